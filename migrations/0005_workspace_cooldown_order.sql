@@ -1,0 +1,1 @@
+ALTER TABLE "workspaces" ADD COLUMN "cooldown" jsonb DEFAULT '{}'::jsonb NOT NULL;

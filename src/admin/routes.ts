@@ -1,0 +1,312 @@
+import type { FastifyInstance, FastifyRequest } from 'fastify'
+import { Type } from '@sinclair/typebox'
+import type { Workspace as WorkspaceRow } from '../db/schema.js'
+import { notFound } from '../errors.js'
+import { acceptJsonBodies } from '../json-body.js'
+import { describeLimits } from '../limits/describe-limits.js'
+import type { RateLimits, SpendCaps, WorkspaceLimits } from '../limits/policy.js'
+import { capsView, mergeRateLimits, mergeSpendCaps, mergeWorkspaceLimits } from '../limits/policy-input.js'
+import { PRICE_FAMILIES } from '../pricing/default-prices.js'
+import type { CooldownPolicy } from '../tenancy/workspaces.js'
+import { requireAdminToken } from './admin-auth.js'
+import {
+  AuditEntry, MintedToken, MistralKey, MistralKeyCreate, MistralKeyReplace, Token, TokenCreate, TokenPatch,
+  Workspace, WorkspaceCreate, WorkspaceParams, WorkspacePatch,
+  type TokenCreateBody, type TokenPatchBody, type WorkspaceCreateBody, type WorkspacePatchBody
+} from './schemas.js'
+
+const errors = {
+  400: Type.Ref('Error'), 401: Type.Ref('Error'), 404: Type.Ref('Error'), 409: Type.Ref('Error')
+}
+const security = [{ adminToken: [] }]
+
+function canonicalModel (app: FastifyInstance, model: string): string {
+  for (const family of PRICE_FAMILIES) {
+    if (app.prices.entry(model, family, 'USD')) return app.prices.canonical(model, family)
+  }
+  return model
+}
+
+// money leaves the gateway as decimal strings in the workspace currency
+const workspaceView = (row: WorkspaceRow) => ({ ...row, caps: capsView(row.caps as SpendCaps) })
+const tokenView = <T extends { caps: Record<string, unknown> }>(token: T) =>
+  ({ ...token, caps: capsView(token.caps as SpendCaps) })
+
+/** `/admin/v1`: the operator's API. Only the admin token opens it; a workspace token never does. */
+export async function adminRoutes (app: FastifyInstance, { adminToken }: { adminToken: string }) {
+  acceptJsonBodies(app, 1024 * 1024)
+  requireAdminToken(app, adminToken)
+
+  const { workspaces, keys, tokens } = app.tenancy
+  const audit = (request: FastifyRequest, action: string, targetType: string, targetId: string | null,
+    workspaceId: string | null, details: Record<string, unknown> = {}) =>
+    app.audit.record({
+      actor: 'admin', action, targetType, targetId, workspaceId, details: { ...details, requestId: request.id }
+    })
+
+  async function workspaceOf (request: FastifyRequest): Promise<WorkspaceRow> {
+    const { ws } = request.params as { ws: string }
+    const workspace = await workspaces.find(ws)
+    if (!workspace) throw notFound(`No workspace '${ws}'`)
+    return workspace
+  }
+
+  app.post('/workspaces', {
+    schema: {
+      tags: ['workspaces'],
+      summary: 'Create a workspace',
+      security,
+      body: WorkspaceCreate,
+      response: { 201: Workspace, ...errors }
+    }
+  }, async (request, reply) => {
+    const workspace = await workspaces.create(request.body as WorkspaceCreateBody)
+    await audit(request, 'workspace.create', 'workspace', workspace.id, workspace.id, { slug: workspace.slug })
+    return reply.code(201).send(workspaceView(workspace))
+  })
+
+  app.get('/workspaces', {
+    schema: {
+      tags: ['workspaces'],
+      summary: 'List workspaces',
+      security,
+      response: { 200: Type.Object({ data: Type.Array(Workspace) }), ...errors }
+    }
+  }, async () => ({ data: (await workspaces.list()).map(workspaceView) }))
+
+  app.get('/workspaces/:ws', {
+    schema: {
+      tags: ['workspaces'],
+      summary: 'Get a workspace',
+      security,
+      params: WorkspaceParams,
+      response: { 200: Workspace, ...errors }
+    }
+  }, async (request) => workspaceView(await workspaceOf(request)))
+
+  app.patch('/workspaces/:ws', {
+    schema: {
+      tags: ['workspaces'],
+      summary: 'Update a workspace',
+      security,
+      params: WorkspaceParams,
+      body: WorkspacePatch,
+      response: { 200: Workspace, ...errors }
+    }
+  }, async (request) => {
+    const workspace = await workspaceOf(request)
+    const patch = request.body as WorkspacePatchBody
+    if (patch.limits?.models) {
+      // admission looks per-model limits up by the price book's canonical id: aliases and case variants name it
+      patch.limits.models = Object.fromEntries(Object.entries(patch.limits.models)
+        .map(([model, limits]) => [canonicalModel(app, model), limits]))
+    }
+    const updated = await workspaces.update(workspace.id, {
+      ...patch,
+      cooldown: patch.cooldown as CooldownPolicy | undefined, // strategies are checked by the store, by name
+      limits: patch.limits === undefined
+        ? undefined
+        : mergeWorkspaceLimits(workspace.limits as WorkspaceLimits, patch.limits),
+      caps: patch.caps === undefined ? undefined : mergeSpendCaps(workspace.caps as SpendCaps, patch.caps)
+    })
+    await app.tenancy.tokens.forgetWorkspace(workspace.id)
+    // the cooldown setting is no secret, and which order was in force explains a client's 429s later
+    const cooldown = patch.cooldown === undefined ? {} : { cooldown: updated.cooldown }
+    await audit(request, 'workspace.update', 'workspace', workspace.id, workspace.id,
+      { fields: Object.keys(patch), ...cooldown })
+    return workspaceView(updated)
+  })
+
+  app.delete('/workspaces/:ws', {
+    schema: {
+      tags: ['workspaces'],
+      summary: 'Delete a workspace (its tokens stop working; its ledger stays)',
+      security,
+      params: WorkspaceParams,
+      response: { 204: Type.Null(), ...errors }
+    }
+  }, async (request, reply) => {
+    const workspace = await workspaceOf(request)
+    await workspaces.remove(workspace.id)
+    await app.tenancy.tokens.forgetWorkspace(workspace.id)
+    await audit(request, 'workspace.delete', 'workspace', workspace.id, workspace.id, { slug: workspace.slug })
+    return reply.code(204).send()
+  })
+
+  app.post('/workspaces/:ws/mistral-keys', {
+    schema: {
+      tags: ['mistral keys'],
+      summary: 'Add a named Mistral key',
+      security,
+      params: WorkspaceParams,
+      body: MistralKeyCreate,
+      response: { 201: MistralKey, ...errors }
+    }
+  }, async (request, reply) => {
+    const workspace = await workspaceOf(request)
+    const { name = 'default', key } = request.body as { name?: string, key: string }
+    const created = await keys.add(workspace.id, name, key)
+    await audit(request, 'mistral_key.create', 'mistral_key', created.id, workspace.id, { name })
+    return reply.code(201).send(created)
+  })
+
+  app.get('/workspaces/:ws/mistral-keys', {
+    schema: {
+      tags: ['mistral keys'],
+      summary: 'List Mistral keys (never the keys themselves)',
+      security,
+      params: WorkspaceParams,
+      response: { 200: Type.Object({ data: Type.Array(MistralKey) }), ...errors }
+    }
+  }, async (request) => {
+    const workspace = await workspaceOf(request)
+    const data = await Promise.all((await keys.list(workspace.id)).map(async (key) => {
+      const block = app.keyHealth.blocked(key.id)
+      return {
+        ...key,
+        // what Mistral's own rate-limit headers said last, to see when a client's Mistral tier is the bottleneck
+        quota: await app.keyHealth.quota(workspace.id, key.id),
+        cooldown: block ? { reason: block.reason, until: new Date(block.until).toISOString() } : null
+      }
+    }))
+    return { data }
+  })
+
+  const KeyParams = Type.Object({ ws: Type.String(), name: Type.String() })
+  app.put('/workspaces/:ws/mistral-keys/:name', {
+    schema: {
+      tags: ['mistral keys'],
+      summary: 'Replace a Mistral key (the client rotated it)',
+      security,
+      params: KeyParams,
+      body: MistralKeyReplace,
+      response: { 200: MistralKey, ...errors }
+    }
+  }, async (request) => {
+    const workspace = await workspaceOf(request)
+    const { name } = request.params as { name: string }
+    const replaced = await keys.replace(workspace.id, name, (request.body as { key: string }).key)
+    await audit(request, 'mistral_key.replace', 'mistral_key', replaced.id, workspace.id, { name })
+    return replaced
+  })
+
+  app.delete('/workspaces/:ws/mistral-keys/:name', {
+    schema: {
+      tags: ['mistral keys'],
+      summary: 'Delete a Mistral key',
+      security,
+      params: KeyParams,
+      response: { 204: Type.Null(), ...errors }
+    }
+  }, async (request, reply) => {
+    const workspace = await workspaceOf(request)
+    const { name } = request.params as { name: string }
+    await keys.remove(workspace.id, name)
+    await audit(request, 'mistral_key.delete', 'mistral_key', null, workspace.id, { name })
+    return reply.code(204).send()
+  })
+
+  app.post('/workspaces/:ws/tokens', {
+    schema: {
+      tags: ['tokens'],
+      summary: 'Mint a workspace token (the secret is in this response only)',
+      security,
+      params: WorkspaceParams,
+      body: TokenCreate,
+      response: { 201: MintedToken, ...errors }
+    }
+  }, async (request, reply) => {
+    const workspace = await workspaceOf(request)
+    const { token, view } = await tokens.mint(workspace.id, request.body as TokenCreateBody)
+    await audit(request, 'token.create', 'token', view.id, workspace.id, { name: view.name, prefix: view.prefix })
+    return reply.code(201).send({ ...tokenView(view), token })
+  })
+
+  app.get('/workspaces/:ws/tokens', {
+    schema: {
+      tags: ['tokens'],
+      summary: 'List workspace tokens (by prefix)',
+      security,
+      params: WorkspaceParams,
+      response: { 200: Type.Object({ data: Type.Array(Token) }), ...errors }
+    }
+  }, async (request) => ({ data: (await tokens.list((await workspaceOf(request)).id)).map(tokenView) }))
+
+  const TokenParams = Type.Object({ ws: Type.String(), id: Type.String() })
+  app.patch('/workspaces/:ws/tokens/:id', {
+    schema: {
+      tags: ['tokens'],
+      summary: 'Set a token\'s own limits and caps (on top of the workspace\'s)',
+      security,
+      params: TokenParams,
+      body: TokenPatch,
+      response: { 200: Token, ...errors }
+    }
+  }, async (request) => {
+    const workspace = await workspaceOf(request)
+    const { id } = request.params as { id: string }
+    const current = await tokens.find(workspace.id, id)
+    if (!current) throw notFound('No such token')
+    const patch = request.body as TokenPatchBody
+    const updated = await tokens.update(workspace.id, id, {
+      limits: patch.limits === undefined ? undefined : mergeRateLimits(current.limits as RateLimits, patch.limits),
+      caps: patch.caps === undefined ? undefined : mergeSpendCaps(current.caps as SpendCaps, patch.caps)
+    })
+    await audit(request, 'token.update', 'token', id, workspace.id,
+      { fields: Object.keys(patch), prefix: updated.prefix })
+    return tokenView(updated)
+  })
+
+  app.get('/workspaces/:ws/limits', {
+    schema: {
+      tags: ['limits'],
+      summary: 'Each limit and cap with what is used, reserved and left, and when it resets',
+      security,
+      params: WorkspaceParams,
+      response: {
+        200: Type.Object({
+          workspace: Type.Unknown(),
+          models: Type.Record(Type.String(), Type.Unknown()),
+          tokens: Type.Record(Type.String(), Type.Unknown())
+        }),
+        ...errors
+      }
+    }
+  }, async (request) => {
+    const workspace = await workspaceOf(request)
+    const live = (await tokens.list(workspace.id)).filter((token) => !token.revokedAt)
+    return describeLimits(app.admission, workspace, live)
+  })
+
+  app.delete('/workspaces/:ws/tokens/:id', {
+    schema: {
+      tags: ['tokens'],
+      summary: 'Revoke a workspace token (every replica refuses it at once)',
+      security,
+      params: Type.Object({ ws: Type.String(), id: Type.String() }),
+      response: { 200: Token, ...errors }
+    }
+  }, async (request) => {
+    const workspace = await workspaceOf(request)
+    const revoked = await tokens.revoke(workspace.id, (request.params as { id: string }).id)
+    await audit(request, 'token.revoke', 'token', revoked.id, workspace.id,
+      { name: revoked.name, prefix: revoked.prefix })
+    return tokenView(revoked)
+  })
+
+  app.get('/audit-log', {
+    schema: {
+      tags: ['audit'],
+      summary: 'The append-only record of every admin change',
+      security,
+      querystring: Type.Object({
+        limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000, default: 100 })),
+        before: Type.Optional(Type.Integer({ description: 'entries older than this id (paging)' }))
+      }),
+      response: { 200: Type.Object({ data: Type.Array(AuditEntry) }), ...errors }
+    }
+  }, async (request) => {
+    const { limit = 100, before } = request.query as { limit?: number, before?: number }
+    return { data: await app.audit.list({ limit, before }) }
+  })
+}

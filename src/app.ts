@@ -1,0 +1,133 @@
+import { randomUUID } from 'node:crypto'
+import Fastify, {
+  LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify'
+import swagger from '@fastify/swagger'
+import swaggerUi from '@fastify/swagger-ui'
+import { pricesRoutes } from './admin/prices-routes.js'
+import { adminRoutes } from './admin/routes.js'
+import { usageRoutes } from './admin/usage-routes.js'
+import { ErrorBody } from './admin/schemas.js'
+import type { Config } from './config.js'
+import { openDatabase } from './db/client.js'
+import { errorHandler, errorEnvelope, unknownRoute } from './errors.js'
+import { createGatewayEvents, type GatewayEvents } from './events.js'
+import { healthRoutes } from './health.js'
+import { metricsPlugin } from './metrics.js'
+import { createScrapeFacts } from './scrape-facts.js'
+import { loggerOptions } from './logger.js'
+import { proxyRoutes } from './proxy/routes.js'
+import { selfServiceRoutes } from './self-service/routes.js'
+import { servicesPlugin } from './services.js'
+
+export interface BuildOptions {
+  config: Config
+  /** Replaces the logger built from the config (tests capture log lines with it). */
+  logger?: FastifyBaseLogger
+}
+
+/** Builds the gateway: database migrated, services wired, routes registered. Never listens. */
+export async function buildApp ({ config, logger }: BuildOptions): Promise<FastifyInstance> {
+  if (!config.TRAMONTANE_ADMIN_TOKEN || !config.TRAMONTANE_MASTER_KEYS) {
+    throw new Error('TRAMONTANE_ADMIN_TOKEN and TRAMONTANE_MASTER_KEYS are required')
+  }
+  const app = Fastify({
+    ...(logger ? { loggerInstance: logger } : { logger: loggerOptions(config) }),
+    // the request id is the ledger's primary key: always ours, never the client's
+    genReqId: () => randomUUID(),
+    // one line per request, written by logOutcome with the facts of the call
+    logController: new LogController({ disableRequestLogging: true }),
+    bodyLimit: config.BODY_LIMIT_BYTES,
+    // a slow generation can hold a request for many minutes: the upstream timeouts bound it, not Node's
+    requestTimeout: 0,
+    return503OnClosing: true,
+    // an operator's typo ("timeZone") must be an error, not silently dropped
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', useDefaults: true } }
+  })
+  app.setErrorHandler(errorHandler)
+  app.setNotFoundHandler((request, reply) => {
+    const error = unknownRoute(`${request.method} ${request.url.split('?')[0]} is not a route of this gateway`)
+    return reply.code(404).send(errorEnvelope(
+      { type: error.type, code: error.code, message: error.message, param: null }, request.id))
+  })
+  app.addHook('onSend', async (request, reply) => { reply.header('x-request-id', request.id) })
+  app.addHook('onResponse', async (request, reply) => logOutcome(request, reply))
+
+  const database = await openDatabase({ url: config.DATABASE_URL, dataDir: config.DATA_DIR })
+  try {
+    await database.migrate()
+  } catch (err) {
+    await database.close()
+    throw err
+  }
+  await app.register(servicesPlugin, { config, database })
+  await app.register(metricsPlugin, {
+    port: config.METRICS_PORT,
+    host: config.HOST,
+    spoolDepth: () => app.usage.pending(),
+    coolingKeys: () => app.keyHealth.cooling(),
+    breakers: () => app.keyHealth.breakers(),
+    quotas: () => app.keyHealth.observedQuotas(),
+    facts: createScrapeFacts(database.db, app.log)
+  })
+  app.decorate('events', createGatewayEvents(app.log))
+  app.admission.onThreshold((crossing) => {
+    app.metrics.thresholdCrossed(crossing.cap, crossing.percent)
+    // admission knows a workspace by its id only: the event names its slug too (a rare read, three a cap a period)
+    const at = new Date().toISOString()
+    void app.tenancy.workspaces.find(crossing.workspaceId).catch(() => undefined).then((workspace) => {
+      app.events.emit('spend.threshold', { type: 'spend.threshold', ...crossing, workspaceSlug: workspace?.slug ?? null, at })
+    })
+  })
+  app.batchJobs.onBilled((facts) => app.metrics.billed(facts))
+
+  let draining = false
+  app.decorate('drain', () => { draining = true })
+  // Node's server.close() ends only the keep-alive connections idle at that moment: one whose stream finishes later
+  // would hold close() for the keep-alive timeout, past SHUTDOWN_GRACE_MS. End each one as it goes idle.
+  app.addHook('preClose', async () => {
+    const sweep = setInterval(() => app.server.closeIdleConnections(), 100).unref()
+    app.server.once('close', () => clearInterval(sweep))
+  })
+  app.addSchema(ErrorBody)
+  await app.register(swagger, {
+    openapi: {
+      info: { title: 'tramontane admin API', version: '1', description: 'Manage workspaces, Mistral keys, tokens, usage and prices.' },
+      components: { securitySchemes: { adminToken: { type: 'http', scheme: 'bearer', description: 'TRAMONTANE_ADMIN_TOKEN' } } }
+    }
+  })
+  await app.register(swaggerUi, { routePrefix: '/docs' })
+  await app.register(healthRoutes, { isDraining: () => draining })
+  await app.register(adminRoutes, { prefix: '/admin/v1', adminToken: config.TRAMONTANE_ADMIN_TOKEN })
+  await app.register(pricesRoutes, { prefix: '/admin/v1', adminToken: config.TRAMONTANE_ADMIN_TOKEN })
+  await app.register(usageRoutes, { prefix: '/admin/v1', adminToken: config.TRAMONTANE_ADMIN_TOKEN })
+  await app.register(selfServiceRoutes, { prefix: '/tramontane/v1' })
+  await app.register(proxyRoutes, { config })
+  return app
+}
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    /** Readiness goes 503 so that load balancers stop sending before the server closes. */
+    drain (): void
+    /** spend thresholds and invalid Mistral keys, for whoever subscribes (src/events.ts) */
+    events: GatewayEvents
+  }
+}
+
+/** One line per request: facts, never payloads or secrets. */
+function logOutcome (request: FastifyRequest, reply: FastifyReply) {
+  const outcome = request.outcome
+  request.log.info({
+    method: request.method,
+    path: request.routeOptions.url === undefined ? 'unknown' : request.url.split('?')[0],
+    status: reply.statusCode,
+    durationMs: Math.round(reply.elapsedTime),
+    workspace: request.tenant?.workspace.slug,
+    token: request.tenant?.token.prefix,
+    operation: request.operation?.id,
+    model: outcome?.model,
+    key: outcome?.keyName,
+    upstreamStatus: outcome?.upstreamStatus,
+    tokens: outcome?.totalTokens
+  }, 'request')
+}

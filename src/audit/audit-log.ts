@@ -1,0 +1,38 @@
+import { desc, lt } from 'drizzle-orm'
+import type { Database } from '../db/client.js'
+import { auditLog, type AuditEntry } from '../db/schema.js'
+
+export interface AuditEvent {
+  actor: string
+  action: string
+  targetType: string
+  targetId?: string | null
+  workspaceId?: string | null
+  /** Facts only (names, fields changed); callers never pass a secret. */
+  details?: Record<string, unknown>
+}
+
+export interface AuditLog {
+  record (event: AuditEvent): Promise<void>
+  list (options: { limit: number, before?: number }): Promise<AuditEntry[]>
+}
+
+export function createAuditLog ({ db }: { db: Database }): AuditLog {
+  return {
+    async record (event) {
+      await db.insert(auditLog).values({
+        actor: event.actor,
+        action: event.action,
+        targetType: event.targetType,
+        targetId: event.targetId ?? null,
+        workspaceId: event.workspaceId ?? null,
+        details: event.details ?? {}
+      })
+    },
+    list ({ limit, before }) {
+      const query = db.select().from(auditLog)
+      const filtered = before === undefined ? query : query.where(lt(auditLog.id, before))
+      return filtered.orderBy(desc(auditLog.id)).limit(limit)
+    }
+  }
+}

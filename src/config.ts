@@ -1,0 +1,59 @@
+import { Type, type Static } from '@sinclair/typebox'
+import { envSchema } from 'env-schema'
+
+const ConfigSchema = Type.Object({
+  PORT: Type.Integer({ default: 8080, minimum: 0, maximum: 65535 }),
+  HOST: Type.String({ default: '0.0.0.0' }),
+  // set: GET /metrics is served on this port (on HOST) and not on PORT, so that only the scraper reaches it
+  METRICS_PORT: Type.Optional(Type.Integer({ minimum: 0, maximum: 65535 })),
+  LOG_LEVEL: Type.String({ default: 'info' }),
+  // unset: embedded PostgreSQL (PGlite) in DATA_DIR
+  DATABASE_URL: Type.Optional(Type.String({ minLength: 1 })),
+  DATA_DIR: Type.String({ default: './data' }),
+  // usage records wait here until PostgreSQL has them (default: DATA_DIR/spool); one folder per running gateway
+  USAGE_SPOOL_DIR: Type.Optional(Type.String({ minLength: 1 })),
+  // unset: in-process store, one replica only
+  REDIS_URL: Type.Optional(Type.String({ minLength: 1 })),
+  REDIS_COMMAND_TIMEOUT_MS: Type.Integer({ default: 1_000, minimum: 10 }),
+  MISTRAL_BASE_URL: Type.String({ default: 'https://api.mistral.ai' }),
+  // 'id:<base64 of 32 bytes>,...': the first wraps new data keys, all of them unwrap
+  TRAMONTANE_MASTER_KEYS: Type.Optional(Type.String({ minLength: 1 })),
+  TRAMONTANE_ADMIN_TOKEN: Type.Optional(Type.String({ minLength: 32 })),
+  // base64 images and documents travel inside JSON bodies (Mistral accepts images up to 20 MB)
+  BODY_LIMIT_BYTES: Type.Integer({ default: 64 * 1024 * 1024, minimum: 1024 }),
+  UPSTREAM_CONNECT_TIMEOUT_MS: Type.Integer({ default: 10_000, minimum: 1 }),
+  // a long non-streamed generation sends no header until it is done
+  UPSTREAM_HEADERS_TIMEOUT_MS: Type.Integer({ default: 600_000, minimum: 1 }),
+  // Mistral itself drops a stream after 10 minutes of silence (known-limitations)
+  UPSTREAM_IDLE_TIMEOUT_MS: Type.Integer({ default: 600_000, minimum: 1 }),
+  UPSTREAM_TOTAL_TIMEOUT_MS: Type.Integer({ default: 3_600_000, minimum: 1 }),
+  UPSTREAM_CONNECTIONS: Type.Integer({ default: 256, minimum: 1 }),
+  // retries happen only before the first byte reaches the client (DESIGN.md): 429 after failover, 5xx, connection errors
+  UPSTREAM_RETRIES: Type.Integer({ default: 2, minimum: 0, maximum: 10 }),
+  UPSTREAM_RETRY_MAX_WAIT_MS: Type.Integer({ default: 10_000, minimum: 0 }),
+  // retries are at most this share of upstream calls (plus a small burst), so an outage is not multiplied
+  UPSTREAM_RETRY_BUDGET_PERCENT: Type.Integer({ default: 10, minimum: 0, maximum: 100 }),
+  // a call for a cooling key waits for the cooldown if it ends within this, instead of answering 429
+  UPSTREAM_COOLDOWN_HOLD_MS: Type.Integer({ default: 3_000, minimum: 0 }),
+  UPSTREAM_BACKOFF_MAX_MS: Type.Integer({ default: 60_000, minimum: 100 }),
+  BREAKER_THRESHOLD: Type.Integer({ default: 5, minimum: 1 }),
+  BREAKER_OPEN_MS: Type.Integer({ default: 15_000, minimum: 100 }),
+  // a call a spend cap would afford once the calls in flight settle waits this long for them, then is refused
+  ADMISSION_HOLD_MS: Type.Integer({ default: 10_000, minimum: 0 }),
+  TOKEN_CACHE_TTL_MS: Type.Integer({ default: 10_000, minimum: 0 }),
+  // how often pending batch jobs are checked upstream, to bill each once it has ended
+  BATCH_POLL_INTERVAL_MS: Type.Integer({ default: 60_000, minimum: 50 }),
+  SHUTDOWN_GRACE_MS: Type.Integer({ default: 30_000, minimum: 0 })
+})
+
+export type Config = Readonly<Static<typeof ConfigSchema>>
+
+/** Parses the environment once; the only reader of process.env. */
+export function loadConfig (env: Record<string, string | undefined> = process.env): Config {
+  const data: Record<string, string> = {}
+  for (const key of Object.keys(ConfigSchema.properties)) {
+    const value = env[key]
+    if (value !== undefined && value !== '') data[key] = value
+  }
+  return Object.freeze(envSchema<Config>({ schema: ConfigSchema, data, dotenv: false }))
+}

@@ -1,0 +1,79 @@
+import { mkdir } from 'node:fs/promises'
+import { join, resolve } from 'node:path'
+import { sql } from 'drizzle-orm'
+import type { PgDatabase, PgQueryResultHKT } from 'drizzle-orm/pg-core'
+import { drizzle as drizzlePg } from 'drizzle-orm/node-postgres'
+import { drizzle as drizzlePglite } from 'drizzle-orm/pglite'
+import pg from 'pg'
+import * as schema from './schema.js'
+
+export type Database = PgDatabase<PgQueryResultHKT, typeof schema>
+
+export interface DatabaseHandle {
+  db: Database
+  kind: 'postgres' | 'embedded'
+  /** Runs pending migrations; safe when several replicas start at once. */
+  migrate (): Promise<void>
+  ping (): Promise<void>
+  close (): Promise<void>
+}
+
+export interface DatabaseOptions {
+  url?: string
+  dataDir: string
+  poolSize?: number
+}
+
+export async function openDatabase ({ url, dataDir, poolSize = 10 }: DatabaseOptions): Promise<DatabaseHandle> {
+  return url ? openPostgres(url, poolSize) : openEmbedded(dataDir)
+}
+
+function openPostgres (url: string, poolSize: number): DatabaseHandle {
+  const pool = new pg.Pool({ connectionString: url, max: poolSize, connectionTimeoutMillis: 5_000 })
+  // an idle client that loses its server must not crash the process; the next query reports it
+  pool.on('error', () => {})
+  const db = drizzlePg(pool, { schema })
+  return {
+    db: db as unknown as Database,
+    kind: 'postgres',
+    async migrate () {
+      const { migrate } = await import('drizzle-orm/node-postgres/migrator')
+      const client = await pool.connect()
+      try {
+        // replicas starting together would race on the same DDL; a session lock serialises them
+        await client.query('select pg_advisory_lock(7275871)')
+        await migrate(drizzlePg(client, { schema }), { migrationsFolder: migrationsFolder() })
+      } finally {
+        await client.query('select pg_advisory_unlock(7275871)').catch(() => {})
+        client.release()
+      }
+    },
+    async ping () { await pool.query('select 1') },
+    async close () { await pool.end() }
+  }
+}
+
+async function openEmbedded (dataDir: string): Promise<DatabaseHandle> {
+  const { PGlite } = await import('@electric-sql/pglite')
+  const folder = resolve(dataDir, 'pglite')
+  await mkdir(folder, { recursive: true })
+  const client = new PGlite(folder)
+  const db = drizzlePglite(client, { schema })
+  return {
+    db: db as unknown as Database,
+    kind: 'embedded',
+    async migrate () {
+      const { migrate } = await import('drizzle-orm/pglite/migrator')
+      await migrate(db, { migrationsFolder: migrationsFolder() })
+    },
+    async ping () { await db.execute(sql`select 1`) },
+    async close () { await client.close() }
+  }
+}
+
+/** The committed drizzle-kit output, found from src/ (tsx) and from dist/src/ (built) alike. */
+export function migrationsFolder (): string {
+  const here = new URL('.', import.meta.url).pathname
+  const root = here.includes('/dist/') ? resolve(here, '../../..') : resolve(here, '../..')
+  return join(root, 'migrations')
+}

@@ -1,0 +1,87 @@
+import { badRequest } from '../errors.js'
+
+// OpenAI's and Mistral's moderations share a path, not a contract (MISTRAL-NOTES §5.6): Mistral requires a model of
+// its own and answers with its own category names and no `flagged`. A request that names no model, or one of
+// OpenAI's, can only come from an OpenAI client: it is sent to Mistral's moderation model and its answer gains what
+// OpenAI clients read. A request naming a Mistral model is Mistral's dialect and passes untouched both ways.
+
+/** Mistral Moderation 2: the current moderation model (MISTRAL-NOTES §4), and one the shipped price book prices. */
+export const MISTRAL_MODERATION_MODEL = 'mistral-moderation-2603'
+
+/** `omni-moderation-latest`, `text-moderation-latest`, `text-moderation-stable` and their dated versions */
+const OPENAI_MODEL = /^(omni|text)-moderation-/
+
+/**
+ * OpenAI's categories that have a Mistral category of the same scope, and which ones (the highest score counts).
+ * OpenAI's `harassment` and its sub-categories (`hate/threatening`, `self-harm/intent`, `sexual/minors`…) have none:
+ * they are left out rather than guessed.
+ */
+const OPENAI_CATEGORIES: ReadonlyArray<readonly [string, readonly string[]]> = [
+  ['sexual', ['sexual']],
+  ['hate', ['hate_and_discrimination']],
+  ['violence', ['violence_and_threats']],
+  ['self-harm', ['selfharm']],
+  // Moderation 2 splits what the first model called `dangerous_and_criminal_content`
+  ['illicit', ['dangerous', 'criminal', 'dangerous_and_criminal_content']]
+]
+
+/**
+ * Translates an OpenAI moderation request in place, and says whether it was one. OpenAI's multi-modal input (an array
+ * of parts) is one input: its text parts become one string; Mistral moderates text only, so an image is refused.
+ */
+export function translateModerationRequest (body: Record<string, unknown>): boolean {
+  const { model } = body
+  const openAi = model === undefined || model === null || (typeof model === 'string' && OPENAI_MODEL.test(model))
+  if (!openAi) return false
+  body.model = MISTRAL_MODERATION_MODEL
+  if (Array.isArray(body.input) && body.input.some(isPart)) body.input = textOfParts(body.input)
+  return true
+}
+
+/**
+ * Mistral's moderation answer with what an OpenAI client reads added to each result: `flagged` (any category Mistral
+ * flagged, its own health, financial, law and PII ones included) and OpenAI's category names beside Mistral's, in
+ * both `categories` and `category_scores`.
+ */
+export function openAiModerations (body: string): string {
+  let parsed: { results?: unknown }
+  try {
+    parsed = JSON.parse(body)
+  } catch {
+    return body
+  }
+  if (parsed === null || typeof parsed !== 'object' || !Array.isArray(parsed.results)) return body
+  parsed.results = parsed.results.map((result: unknown) => {
+    if (result === null || typeof result !== 'object') return result
+    const { categories = {}, category_scores: scores = {}, ...rest } = result as Record<string, Record<string, unknown>>
+    const flagged = Object.values(categories).some((hit) => hit === true)
+    const openAiCategories: Record<string, boolean> = {}
+    const openAiScores: Record<string, number> = {}
+    for (const [name, mistralNames] of OPENAI_CATEGORIES) {
+      const present = mistralNames.filter((mistral) => mistral in categories || mistral in scores)
+      if (present.length === 0) continue
+      openAiCategories[name] = present.some((mistral) => categories[mistral] === true)
+      const values = present.map((mistral) => scores[mistral]).filter((score) => typeof score === 'number')
+      if (values.length > 0) openAiScores[name] = Math.max(...values)
+    }
+    return {
+      flagged,
+      categories: { ...categories, ...openAiCategories },
+      category_scores: { ...scores, ...openAiScores },
+      ...rest
+    }
+  })
+  return JSON.stringify(parsed)
+}
+
+function isPart (item: unknown): item is Record<string, unknown> {
+  return item !== null && typeof item === 'object'
+}
+
+function textOfParts (parts: unknown[]): string {
+  return parts.map((part) => {
+    if (typeof part === 'string') return part
+    if (isPart(part) && part.type === 'text' && typeof part.text === 'string') return part.text
+    throw badRequest('Mistral\'s moderation reads text only: send text inputs', { param: 'input' })
+  }).join('\n')
+}

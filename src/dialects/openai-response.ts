@@ -1,0 +1,165 @@
+import { Transform, type TransformCallback } from 'node:stream'
+import { StringDecoder } from 'node:string_decoder'
+
+// What an OpenAI client needs of a response and a Mistral client does not mind (DESIGN.md "Two dialects"):
+// a final usage chunk when it asked for one, `index` and `type` on streamed tool calls, base64 embeddings, and an
+// `error` object on error bodies. Everything else passes as Mistral sent it.
+
+/**
+ * Reshapes a chat event stream for OpenAI clients (MISTRAL-NOTES §5.4): streamed tool calls get `index` and `type`
+ * (openai-node's stream helper throws without them); when `include_usage` was asked, the usage Mistral puts on its
+ * last chunk moves to an extra chunk with empty `choices`, before [DONE], as OpenAI sends it (a client that adds up
+ * the usage of every chunk would otherwise count it twice); and an error Mistral sends as an event gains the `error`
+ * object openai-node throws on.
+ */
+export function createOpenAiStreamShaper ({ includeUsage }: { includeUsage: boolean }): Transform {
+  const decoder = new StringDecoder('utf8')
+  const toolCalls = createToolCallIndexer()
+  let pending = ''
+  const shape = (event: string): string => {
+    const needsTools = event.includes('"tool_calls"')
+    const needsUsage = includeUsage && event.includes('"usage"')
+    const needsError = event.includes('"object":"error"') || event.includes('"object": "error"')
+    if (!needsTools && !needsUsage && !needsError) return event
+    const dataAt = event.indexOf('data: ')
+    if (dataAt === -1) return event
+    let chunk: Record<string, unknown>
+    try {
+      chunk = JSON.parse(event.slice(dataAt + 6))
+    } catch {
+      return event
+    }
+    if (chunk === null || typeof chunk !== 'object') return event
+    if (chunk.object === 'error') return `data: ${withOpenAiError(JSON.stringify(chunk), 500)}`
+    const { usage } = chunk
+    const movesUsage = needsUsage && usage !== undefined && usage !== null
+    if (!needsTools && !movesUsage) return event
+    if (needsTools) toolCalls.index(chunk)
+    if (movesUsage) delete chunk.usage
+    let out = `data: ${JSON.stringify(chunk)}`
+    if (movesUsage) {
+      const { id, object, created, model } = chunk
+      out += `\n\ndata: ${JSON.stringify({ id, object, created, model, choices: [], usage })}`
+    }
+    return out
+  }
+  return new Transform({
+    transform (chunk: Buffer, _encoding: BufferEncoding, done: TransformCallback) {
+      pending += decoder.write(chunk)
+      let out = ''
+      let end = pending.indexOf('\n\n')
+      while (end !== -1) {
+        out += shape(pending.slice(0, end)) + '\n\n'
+        pending = pending.slice(end + 2)
+        end = pending.indexOf('\n\n')
+      }
+      done(null, out.length > 0 ? out : undefined)
+    },
+    flush (done: TransformCallback) {
+      pending += decoder.end()
+      done(null, pending.length > 0 ? shape(pending) : undefined)
+    }
+  })
+}
+
+/**
+ * OpenAI clients assemble streamed tool calls by `index`: every delta of one call carries the call's index, and each
+ * new call the next one. Mistral usually sends each call whole, without an index; when it sends none, a call is
+ * numbered by its id within its choice, across the whole stream (two calls in two chunks must not both be 0, or the
+ * client merges them into one), and a fragment without an id continues the call before it.
+ */
+function createToolCallIndexer () {
+  const byChoice = new Map<unknown, { ids: Map<string, number>, last: number }>()
+  return {
+    index (chunk: Record<string, unknown>) {
+      const choices = Array.isArray(chunk.choices) ? chunk.choices : []
+      for (const choice of choices as Array<{ index?: unknown, delta?: { tool_calls?: unknown } }>) {
+        const calls = choice?.delta?.tool_calls
+        if (!Array.isArray(calls)) continue
+        let seen = byChoice.get(choice.index ?? 0)
+        if (!seen) byChoice.set(choice.index ?? 0, seen = { ids: new Map(), last: -1 })
+        for (const call of calls as Array<Record<string, unknown>>) {
+          if (call === null || typeof call !== 'object') continue
+          if (typeof call.index !== 'number') {
+            const id = typeof call.id === 'string' ? call.id : undefined
+            if (id === undefined) call.index = Math.max(seen.last, 0)
+            else call.index = seen.ids.get(id) ?? seen.ids.size
+          }
+          if (typeof call.id === 'string' && !seen.ids.has(call.id)) seen.ids.set(call.id, call.index as number)
+          seen.last = call.index as number
+          call.type ??= 'function'
+        }
+      }
+    }
+  }
+}
+
+/** Float vectors as OpenAI's base64: little-endian float32, exactly what openai-node decodes. */
+export function base64Embeddings (body: string): string {
+  const parsed = JSON.parse(body) as { data?: Array<{ embedding?: unknown }> }
+  for (const item of parsed.data ?? []) {
+    if (!Array.isArray(item.embedding)) continue
+    const floats = new Float32Array(item.embedding as number[])
+    const bytes = Buffer.from(floats.buffer, floats.byteOffset, floats.byteLength)
+    // Float32Array uses the platform's byte order; OpenAI's is little-endian
+    if (new Uint8Array(new Uint16Array([1]).buffer)[0] !== 1) bytes.swap32()
+    item.embedding = bytes.toString('base64')
+  }
+  return JSON.stringify(parsed)
+}
+
+/**
+ * Mistral's error bodies come in several shapes (MISTRAL-NOTES §3.1) and openai-node reads only `error`: without it
+ * the user sees "422 status code (no body)". The original fields stay (the Mistral SDK parses `detail`); an `error`
+ * object with the flattened message is added.
+ */
+export function withOpenAiError (body: string, status: number): string {
+  let parsed: unknown
+  try {
+    parsed = JSON.parse(body)
+  } catch {
+    return body
+  }
+  if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) return body
+  const error = parsed as Record<string, unknown>
+  // an `error` object is already what OpenAI clients read; `"error": null` is not one
+  if (error.error !== null && typeof error.error === 'object') return body
+  const message = flatten(error.message) || flatten(error.detail) || `Mistral answered ${status}`
+  const fallback = TYPE_BY_STATUS[status] ?? (status >= 500 ? 'api_error' : 'invalid_request_error')
+  const type = typeof error.type === 'string' ? error.type : fallback
+  const code = error.code === undefined || error.code === null ? null : String(error.code)
+  const param = typeof error.param === 'string' ? error.param : null
+  return JSON.stringify({ ...error, error: { message, type, code, param } })
+}
+
+const TYPE_BY_STATUS: Record<number, string> = {
+  401: 'authentication_error', 403: 'permission_error', 404: 'not_found_error', 429: 'rate_limit_error'
+}
+
+/** A message that may be a string, an object, an array of FastAPI details, or JSON in a string. */
+function flatten (value: unknown): string {
+  if (typeof value === 'string') {
+    if (value.startsWith('{') || value.startsWith('[')) {
+      try {
+        return flatten(JSON.parse(value)) || value
+      } catch {
+        return value
+      }
+    }
+    return value
+  }
+  if (Array.isArray(value)) {
+    return value.map((item) => {
+      if (item && typeof item === 'object' && 'msg' in item) {
+        const loc = Array.isArray((item as { loc?: unknown }).loc) ? (item as { loc: unknown[] }).loc.join('.') : ''
+        return `${loc ? `${loc}: ` : ''}${String((item as { msg: unknown }).msg)}`
+      }
+      return flatten(item)
+    }).filter(Boolean).join('; ')
+  }
+  if (value && typeof value === 'object') {
+    const record = value as Record<string, unknown>
+    return flatten(record.detail) || flatten(record.message) || JSON.stringify(value)
+  }
+  return ''
+}

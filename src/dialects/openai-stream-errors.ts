@@ -1,0 +1,56 @@
+import { Transform, type TransformCallback } from 'node:stream'
+import { withOpenAiError } from './openai-response.js'
+
+const EVENT_END = Buffer.from('\n\n')
+const ERROR_KEY = Buffer.from('"error"')
+
+/**
+ * A chat, FIM or agents stream that needs no other change still needs this one: an error Mistral sends as an event
+ * (`data: {"object":"error",…}`) gains the `error` object openai-node throws on (MISTRAL-NOTES §5.4); without it the
+ * SDK reads the event as a chunk and the stream just ends. The Mistral SDK does not mind the extra field.
+ *
+ * Everything else passes as it came, undecoded: each read's complete events go on at once, and only a read's tail
+ * that ends mid-event waits for the rest of its event (no SSE client can act on half an event anyway). Only reads
+ * that hold `"error"` are decoded and looked at.
+ */
+export function createStreamErrorShaper (): Transform {
+  let pending: Buffer | undefined
+  return new Transform({
+    transform (chunk: Buffer, _encoding: BufferEncoding, done: TransformCallback) {
+      const data = pending === undefined ? chunk : Buffer.concat([pending, chunk])
+      const end = data.lastIndexOf(EVENT_END)
+      if (end === -1) {
+        pending = data
+        return done()
+      }
+      const complete = data.subarray(0, end + EVENT_END.length)
+      pending = end + EVENT_END.length < data.length ? data.subarray(end + EVENT_END.length) : undefined
+      done(null, complete.includes(ERROR_KEY) ? shapeEvents(complete.toString('utf8')) : complete)
+    },
+    flush (done: TransformCallback) {
+      if (pending === undefined) return done()
+      done(null, pending.includes(ERROR_KEY) ? shapeEvents(pending.toString('utf8')) : pending)
+    }
+  })
+}
+
+/** Complete events, each ending in a blank line (the last one may lack it when the stream ends without it). */
+function shapeEvents (text: string): string {
+  return text.split('\n\n').map(openAiErrorEvent).join('\n\n')
+}
+
+/** An error payload of Mistral's with OpenAI's `error` object added; any other event unchanged. */
+function openAiErrorEvent (event: string): string {
+  const line = /^data: /m.exec(event)
+  if (line === null) return event
+  const payload = event.slice(line.index + 6)
+  let parsed: unknown
+  try {
+    parsed = JSON.parse(payload)
+  } catch {
+    return event
+  }
+  if (parsed === null || typeof parsed !== 'object' || (parsed as { object?: unknown }).object !== 'error') return event
+  // an event has no status: an error Mistral reports mid-stream is its own failure unless its type says otherwise
+  return event.slice(0, line.index) + 'data: ' + withOpenAiError(payload, 500)
+}

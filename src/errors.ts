@@ -1,0 +1,94 @@
+import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify'
+
+/** Every error the gateway raises on purpose. `type` follows Mistral's and OpenAI's vocabularies. */
+export class GatewayError extends Error {
+  readonly statusCode: number
+  readonly type: string
+  readonly code: string
+  readonly param: string | null
+  readonly headers: Record<string, string>
+
+  constructor (statusCode: number, type: string, code: string, message: string,
+    options: { param?: string | null, headers?: Record<string, string>, cause?: unknown } = {}) {
+    super(message, { cause: options.cause })
+    this.statusCode = statusCode
+    this.type = type
+    this.code = code
+    this.param = options.param ?? null
+    this.headers = options.headers ?? {}
+  }
+}
+
+type Args = { param?: string | null, headers?: Record<string, string>, cause?: unknown }
+function define (statusCode: number, type: string, code: string) {
+  return (message: string, options?: Args) => new GatewayError(statusCode, type, code, message, options)
+}
+
+export const badRequest = define(400, 'invalid_request_error', 'invalid_request')
+export const invalidJson = define(400, 'invalid_request_error', 'invalid_json')
+export const modelNotPriced = define(400, 'invalid_request_error', 'model_not_priced')
+export const unknownMistralKey = define(400, 'invalid_request_error', 'unknown_mistral_key')
+export const invalidToken = () => new GatewayError(401, 'authentication_error', 'invalid_token',
+  'Invalid, expired or revoked workspace token')
+export const invalidAdminToken = () => new GatewayError(401, 'authentication_error', 'invalid_admin_token',
+  'Invalid admin token')
+export const workspaceSuspended = define(403, 'permission_error', 'workspace_suspended')
+export const scopeDenied = define(403, 'permission_error', 'scope_denied')
+export const organizationRouteDenied = define(403, 'permission_error', 'organization_route_denied')
+export const notFound = define(404, 'not_found_error', 'not_found')
+export const unknownRoute = define(404, 'not_found_error', 'unknown_route')
+export const conflict = define(409, 'invalid_request_error', 'conflict')
+export const payloadTooLarge = define(413, 'invalid_request_error', 'payload_too_large')
+export const noMistralKey = define(409, 'invalid_request_error', 'no_mistral_key')
+export const upstreamUnreachable = define(502, 'upstream_error', 'upstream_unreachable')
+export const upstreamTimeout = define(504, 'upstream_error', 'upstream_timeout')
+export const notReady = define(503, 'server_error', 'not_ready')
+
+/**
+ * When to retry, in both forms clients read: `Retry-After` in whole seconds (RFC 9110 §10.2.3; never 0, which some
+ * clients take as "at once") and `retry-after-ms`, which the OpenAI and Mistral SDKs prefer when present.
+ */
+export function retryAfterHeaders (ms: number): Record<string, string> {
+  const wait = Math.max(1, Math.ceil(ms))
+  return { 'retry-after': String(Math.ceil(wait / 1000)), 'retry-after-ms': String(wait) }
+}
+
+export interface ErrorBody {
+  type: string
+  code: string
+  message: string
+  param: string | null
+}
+
+/** Mistral's flat shape at the top for the Mistral SDK, OpenAI's under `error` for OpenAI clients (DESIGN.md). */
+export function errorEnvelope (body: ErrorBody, requestId: string) {
+  return { object: 'error', ...body, request_id: requestId, error: body }
+}
+
+/** ajv says "must NOT have additional properties"; the operator wants to know which one. */
+function validationMessage (err: FastifyError): string | undefined {
+  const first = err.validation?.[0]
+  if (!first) return undefined
+  const extra = (first.params as { additionalProperty?: string }).additionalProperty
+  const where = `${err.validationContext ?? 'body'}${first.instancePath.replaceAll('/', '.')}`
+  return extra ? `${where} has an unknown property '${extra}'` : `${where} ${first.message ?? 'is invalid'}`
+}
+
+export function errorHandler (err: FastifyError | GatewayError, request: FastifyRequest, reply: FastifyReply) {
+  const known = err instanceof GatewayError
+  let status = err.statusCode ?? 500
+  if (!known && (status < 400 || status > 599)) status = 500
+  if (status >= 500 && !known) request.log.error({ err }, 'request failed')
+  let body: ErrorBody
+  if (known) {
+    body = { type: err.type, code: err.code, message: err.message, param: err.param }
+    reply.headers(err.headers)
+  } else if (status < 500) {
+    // Fastify's own 4xx (bad JSON, body too large, bad media type): its message names no secret
+    const code = (err as FastifyError).code === 'FST_ERR_CTP_BODY_TOO_LARGE' ? 'payload_too_large' : 'invalid_request'
+    body = { type: 'invalid_request_error', code, message: validationMessage(err as FastifyError) ?? err.message, param: null }
+  } else {
+    body = { type: 'server_error', code: 'internal_error', message: 'Internal error', param: null }
+  }
+  return reply.code(status).send(errorEnvelope(body, request.id))
+}

@@ -1,0 +1,442 @@
+import { setTimeout as sleep } from 'node:timers/promises'
+import type { FastifyBaseLogger } from 'fastify'
+import { GatewayError, retryAfterHeaders } from '../errors.js'
+import type { InvalidationBus } from '../tenancy/invalidation-bus.js'
+import { calendarPeriods, type CalendarPeriods } from './periods.js'
+import { DEFAULT_THRESHOLDS, hasCaps, hasRates, type RateLimits, type SpendCaps, type WorkspaceLimits } from './policy.js'
+import type {
+  AdmissionStore, AdmitInput, AdmitResult, DenyReason, HeldCall, Quote, RateInfo, ScopeInput, SeedEntry
+} from './store.js'
+
+export type { Quote }
+
+export interface AdmissionSubject {
+  requestId: string
+  workspace: { id: string, timezone: string, limits: WorkspaceLimits, caps: SpendCaps }
+  token: { id: string, limits: RateLimits, caps: SpendCaps }
+  /** canonical model id, for per-model limits */
+  model: string | undefined
+}
+
+/** An admitted call: settle it exactly once, whatever happens. */
+export interface Ticket {
+  prefix: string
+  id: string
+  store: AdmissionStore
+  /** max_tokens after clamping to the budget, when it was lowered */
+  clampedMaxTokens: number | undefined
+  reservedTokens: number
+  /** micro-units reserved under each spend key */
+  reservedCost: number
+  /** spend key, cap, thresholds */
+  spend: Array<[string, number, number[]]>
+  /** lease sets it holds a slot in */
+  conc: string[]
+  thresholds: number[]
+  /** x-ratelimit-* and x-tramontane-budget-remaining for the response */
+  headers: Record<string, string>
+}
+
+/** A cost known only after the fact: a batch job, billed when it ends (src/usage/batch-watcher.ts). */
+export interface Charge {
+  /** the usage record's request id: a charge counts once */
+  id: string
+  workspace: { id: string, timezone: string, caps: SpendCaps }
+  token: { id: string, caps: SpendCaps } | undefined
+  /** billed micro-units */
+  cost: number
+  /** when it is billed (ms): the calendar periods it counts in */
+  at: number
+}
+
+export interface LedgerSums {
+  /** billed micro-units settled in [from, to) (the whole ledger when both are undefined) */
+  spent (workspaceId: string, tokenId: string | undefined, from?: number, to?: number): Promise<number>
+  /**
+   * the same sum without the calls of `exclude`, and which of the request ids `among` it holds, read at one instant
+   */
+  spentAmong (workspaceId: string, tokenId: string | undefined, from: number | undefined, to: number | undefined,
+    among: string[], exclude?: string[]): Promise<{ spent: number, recorded: string[] }>
+}
+
+interface AdmissionOptions {
+  store: AdmissionStore
+  /** in-process rate limits for when the shared store is unreachable */
+  fallback: AdmissionStore
+  ledger: LedgerSums
+  /** writes what this replica has queued, so that a seed from the ledger includes it */
+  flushLedger: () => Promise<void>
+  /** tells the other replicas that a workspace's state was lost in the shared store (absent: one replica) */
+  bus?: InvalidationBus
+  /** how long replicas get to put back what their calls in flight hold, after the shared store lost it */
+  recoveryMs?: number
+  log: FastifyBaseLogger
+  leaseMs?: number
+  formatMoney: (micros: number) => string
+  /** the replica's clock, only a first guess at the calendar period: the store's own time decides */
+  clock?: () => number
+  /** how long a call waits for in-flight reservations to settle before a spend cap refuses it */
+  holdMs?: number
+}
+
+export interface Admission {
+  readonly store: AdmissionStore
+  readonly ledger: LedgerSums
+  /** Admits or throws the denial; undefined when no limit or cap applies to the call. */
+  admit (subject: AdmissionSubject, quote: Quote): Promise<Ticket | undefined>
+  settle (ticket: Ticket, actual: { cost: number, tokens: number }): Promise<void>
+  /**
+   * Adds a charge to the spend of every cap of its workspace and token, in the periods it is billed in, once per id.
+   * A counter not in the store is left to its next seed, which reads the ledger (where the charge already is).
+   */
+  charge (charge: Charge): Promise<void>
+  /** Called once per period and cap for each threshold crossed (50/80/100 % by default). */
+  onThreshold (listener: (crossing: ThresholdCrossing) => void): void
+  close (): void
+}
+
+/** A spend cap's threshold crossed for the first time in its period (recorded once across replicas). */
+export interface ThresholdCrossing {
+  workspaceId: string
+  /** whose cap: the workspace's, or one token's own */
+  scope: 'workspace' | 'token'
+  tokenId: string | null
+  cap: 'daily' | 'monthly' | 'lifetime'
+  /** the calendar period in the workspace's time zone, as in the counter's key (`2026-12-06`, `2026-12`); lifetime: null */
+  periodId: string | null
+  percent: number
+}
+
+const CAP_KIND = { d: 'daily', m: 'monthly', l: 'lifetime' } as const
+const LIMIT_WORDS: Record<string, string> = {
+  rpm: 'requests per minute', rpd: 'requests per day', tpm: 'tokens per minute', concurrency: 'concurrent calls'
+}
+
+export function createAdmission (options: AdmissionOptions): Admission {
+  const { store, fallback, ledger, flushLedger, log, formatMoney } = options
+  const leaseMs = options.leaseMs ?? 60_000
+  const clock = options.clock ?? Date.now
+  const holdMs = options.holdMs ?? 10_000
+  const recoveryMs = options.recoveryMs ?? 500
+  const live = new Map<string, Ticket>()
+  // the loss each workspace was last recovered from (by the time Redis gave it), so a replica helps once per loss
+  const recovered = new Map<string, number>()
+  const thresholdListeners: Array<(crossing: ThresholdCrossing) => void> = []
+  // a call that outlives its lease keeps it: every replica renews its own calls, a dead one stops
+  const renewal = setInterval(() => renewAll(), Math.floor(leaseMs / 3))
+  renewal.unref()
+
+  // renewal also puts back a call the store lost (FLUSHALL, restart): so a loss heals within leaseMs / 3 at worst
+  async function renewAll (only?: string) {
+    const byStore = new Map<AdmissionStore, Map<string, HeldCall[]>>()
+    for (const ticket of live.values()) {
+      if (only !== undefined && ticket.prefix !== only) continue
+      const prefixes = byStore.get(ticket.store) ?? new Map<string, HeldCall[]>()
+      byStore.set(ticket.store, prefixes)
+      const spend = ticket.spend.map(([key]) => key)
+      const held = { id: ticket.id, cost: ticket.reservedCost, spend, conc: ticket.conc }
+      prefixes.set(ticket.prefix, [...(prefixes.get(ticket.prefix) ?? []), held])
+    }
+    for (const [target, prefixes] of byStore) {
+      for (const [prefix, calls] of prefixes) {
+        await target.renew(prefix, calls, leaseMs).catch((err) => log.warn({ err }, 'lease renewal failed'))
+      }
+    }
+  }
+
+  /**
+   * The shared store lost a workspace's state: put back the room this replica's calls in flight hold, and write what
+   * it has settled, before anyone reads the ledger (the admission that saw the loss waits recoveryMs for this).
+   */
+  async function recover (prefix: string) {
+    await renewAll(prefix)
+    await flushLedger().catch((err) => log.warn({ err }, 'usage flush for a re-seed failed'))
+  }
+
+  options.bus?.subscribe((message) => {
+    // a reconnect may have missed a notice: put back whatever the store lost of every call in flight
+    if (message === null) void renewAll()
+    else if (message.type === 'spend-recovery') void recover(`tmt:{ws:${message.workspaceId}}`)
+  })
+
+  return {
+    store,
+    ledger,
+    async admit (subject, quote) {
+      const { workspace, token } = subject
+      const modelLimits = subject.model ? workspace.limits.models?.[subject.model] : undefined
+      const capped = hasCaps(workspace.caps) || hasCaps(token.caps)
+      if (!capped && !hasRates(workspace.limits) && !hasRates(token.limits) && !hasRates(modelLimits)) return undefined
+
+      const prefix = `tmt:{ws:${workspace.id}}`
+      const scopes: ScopeInput[] = [scope(`${prefix}:w`, workspace.limits, workspace.caps)]
+      const names = ['workspace']
+      if (hasRates(token.limits) || hasCaps(token.caps)) {
+        scopes.push(scope(`${prefix}:t:${token.id}`, token.limits, token.caps))
+        names.push('token')
+      }
+      if (modelLimits && hasRates(modelLimits)) {
+        scopes.push(scope(`${prefix}:m:${subject.model}`, modelLimits, undefined))
+        names.push(`model ${subject.model}`)
+      }
+      const clamp = workspace.caps.clampMaxTokens !== false && token.caps.clampMaxTokens !== false
+      let periods = calendarPeriods(clock(), workspace.timezone)
+      let target = store
+      let holdUntil = Date.now() + holdMs
+      for (let attempt = 0; attempt < 4; attempt++) {
+        const input: AdmitInput = {
+          id: subject.requestId,
+          scopes,
+          day: period(periods.day),
+          month: period(periods.month),
+          ...quote,
+          clamp,
+          lease: leaseMs,
+          quiet: recoveryMs
+        }
+        let result: AdmitResult
+        try {
+          result = await target.admit(prefix, input)
+        } catch (err) {
+          // DESIGN.md: budgets fail closed; rate limits degrade to this replica's own limiter
+          if (capped) throw budgetUnavailable(err)
+          log.warn({ err }, 'admission store unreachable: in-process rate limits')
+          target = fallback
+          continue
+        }
+        if (result.kind === 'period') {
+          periods = calendarPeriods(result.now, workspace.timezone)
+          continue
+        }
+        if (result.kind === 'seed') {
+          if (result.recovery) {
+            // the first replica to see the loss tells the others; each helps once, then the ledger is read
+            if (recovered.get(prefix) !== result.recovery.since) {
+              recovered.set(prefix, result.recovery.since)
+              await options.bus?.publish({ type: 'spend-recovery', workspaceId: workspace.id })
+                .catch((err: unknown) => log.warn({ err }, 'spend recovery notice failed'))
+              if (!options.bus) await recover(prefix)
+            }
+            if (Date.now() > holdUntil) throw budgetUnavailable(new Error('the store stayed in recovery'))
+            attempt--
+            // the wait for the replicas is not the wait for calls in flight to settle: it does not shorten that one
+            holdUntil += result.recovery.waitMs
+            await sleep(result.recovery.waitMs + 1)
+            continue
+          }
+          await seed(target, prefix, result.missing, subject, periods)
+          continue
+        }
+        if (result.kind === 'denied') {
+          // the room is held by calls in flight, which settle in a moment and usually for far less than their
+          // worst case: wait for them (bounded) rather than refuse a call the cap will afford
+          if (result.busy && Date.now() < holdUntil) {
+            attempt--
+            await sleep(10 + Math.random() * 40)
+            continue
+          }
+          throw denial(result, names, scopes, formatMoney)
+        }
+        // each cap reports its own scope's thresholds: a token's, else the workspace's, else 50/80/100 %
+        const workspaceThresholds = workspace.caps.thresholds ?? DEFAULT_THRESHOLDS
+        const tokenThresholds = token.caps.thresholds ?? workspaceThresholds
+        const caps = scopes.flatMap((entry) => Object.entries(entry.caps ?? {}).map(([kind, cap]) =>
+          [spendKey(entry.p, kind, periods), cap, entry.p === `${prefix}:w` ? workspaceThresholds : tokenThresholds] as
+          [string, number, number[]]))
+        const ticket: Ticket = {
+          prefix,
+          id: subject.requestId,
+          store: target,
+          clampedMaxTokens: result.maxTokens < quote.maxTokens ? result.maxTokens : undefined,
+          reservedTokens: result.tokens,
+          reservedCost: result.cost,
+          spend: caps,
+          conc: scopes.filter((entry) => entry.conc !== undefined).map((entry) => `${entry.p}:conc`),
+          thresholds: workspaceThresholds,
+          headers: rateHeaders(result.rpm, result.tpm, result.budgetLeft, formatMoney)
+        }
+        live.set(ticket.id, ticket)
+        return ticket
+      }
+      throw budgetUnavailable(new Error('admission did not settle after retries'))
+    },
+
+    async settle (ticket, actual) {
+      live.delete(ticket.id)
+      try {
+        const crossed = await ticket.store.settle(ticket.prefix, {
+          id: ticket.id,
+          cost: actual.cost,
+          tokens: actual.tokens,
+          reservedTokens: ticket.reservedTokens,
+          spend: ticket.spend,
+          thresholds: ticket.thresholds
+        })
+        announce(ticket.prefix, crossed)
+      } catch (err) {
+        // the reservation expires by itself and the ledger still has the call: nothing is lost, a little is held
+        log.warn({ err }, 'settlement failed; the reservation will expire')
+      }
+    },
+
+    async charge ({ id, workspace, token, cost, at }) {
+      const prefix = `tmt:{ws:${workspace.id}}`
+      const periods = calendarPeriods(at, workspace.timezone)
+      const scopes = [scope(`${prefix}:w`, undefined, workspace.caps)]
+      if (token && hasCaps(token.caps)) scopes.push(scope(`${prefix}:t:${token.id}`, undefined, token.caps))
+      const spend = scopes.flatMap((entry) => Object.entries(entry.caps ?? {})
+        .map(([kind, cap]) => [spendKey(entry.p, kind, periods), cap] as [string, number]))
+      if (spend.length === 0) return
+      try {
+        // settling an id that holds no reservation only adds its cost, once
+        const crossed = await store.settle(prefix, {
+          id, cost, tokens: 0, reservedTokens: 0, spend, thresholds: workspace.caps.thresholds ?? DEFAULT_THRESHOLDS
+        })
+        announce(prefix, crossed)
+      } catch (err) {
+        log.warn({ err }, 'charge failed; the spend counters learn it when next seeded from the ledger')
+      }
+    },
+
+    onThreshold (listener) {
+      thresholdListeners.push(listener)
+    },
+
+    close () {
+      clearInterval(renewal)
+    }
+  }
+
+  function announce (prefix: string, crossed: Array<[string, number]>) {
+    for (const [key, percent] of crossed) {
+      const crossing = { ...crossingOf(key), workspaceId: prefix.slice(8, -1), percent }
+      log.warn(crossing, 'spend cap threshold crossed')
+      for (const listener of thresholdListeners) {
+        try {
+          listener(crossing)
+        } catch (err) {
+          log.error({ err }, 'threshold listener failed')
+        }
+      }
+    }
+  }
+
+  async function seed (target: AdmissionStore, prefix: string, missing: Array<{ scope: number, kind: 'd' | 'm' | 'l', key: string }>,
+    subject: AdmissionSubject, periods: CalendarPeriods) {
+    await flushLedger()
+    // calls that settled while a counter was missing vouched for their cost: the ledger says which it already holds
+    const vouched = await target.vouched(prefix, missing.map(({ key }) => key))
+    // calls in flight (their reservations put back) count when they settle: their records, if the ledger already has
+    // them, are left out of its sum, or a settlement arriving after the seed would count a call twice
+    const held = await target.held(prefix)
+    const entries: SeedEntry[] = []
+    for (const [i, { scope: index, kind, key }] of missing.entries()) {
+      const tokenId = index === 0 ? undefined : subject.token.id
+      const window = kind === 'd' ? periods.day : kind === 'm' ? periods.month : undefined
+      const { spent, recorded } =
+        await ledger.spentAmong(subject.workspace.id, tokenId, window?.start, window?.end, vouched[i], held)
+      entries.push([key, spent, recorded])
+    }
+    await target.seed(prefix, entries)
+  }
+}
+
+/** `tmt:{ws:<id>}:w:spend:m:2026-11` or `tmt:{ws:<id>}:t:<token id>:spend:d:2026-11-05` or `…:spend:l` */
+function crossingOf (key: string): Pick<ThresholdCrossing, 'scope' | 'tokenId' | 'cap' | 'periodId'> {
+  const parts = key.slice(key.indexOf('}') + 2).split(':')
+  const token = parts[0] === 't'
+  const kind = parts[token ? 3 : 2] as 'd' | 'm' | 'l'
+  return {
+    scope: token ? 'token' : 'workspace',
+    tokenId: token ? parts[1] : null,
+    cap: CAP_KIND[kind],
+    periodId: parts[token ? 4 : 3] ?? null
+  }
+}
+
+function scope (p: string, limits: RateLimits | undefined, caps: SpendCaps | undefined): ScopeInput {
+  const entry: ScopeInput = { p }
+  if (limits?.rpm !== undefined) entry.rpm = limits.rpm
+  if (limits?.rpd !== undefined) entry.rpd = limits.rpd
+  if (limits?.tpm !== undefined) entry.tpm = limits.tpm
+  if (limits?.concurrency !== undefined) entry.conc = limits.concurrency
+  if (caps && hasCaps(caps)) {
+    entry.caps = {}
+    if (caps.daily !== undefined) entry.caps.d = caps.daily
+    if (caps.monthly !== undefined) entry.caps.m = caps.monthly
+    if (caps.lifetime !== undefined) entry.caps.l = caps.lifetime
+  }
+  return entry
+}
+
+const period = ({ id, start, end }: { id: string, start: number, end: number }) => ({ id, s: start, e: end })
+
+function spendKey (p: string, kind: string, periods: CalendarPeriods) {
+  if (kind === 'd') return `${p}:spend:d:${periods.day.id}`
+  if (kind === 'm') return `${p}:spend:m:${periods.month.id}`
+  return `${p}:spend:l`
+}
+
+const seconds = (ms: number) => `${Math.max(0, Math.ceil(ms / 1000))}s`
+
+function rateHeaders (rpm: RateInfo | undefined, tpm: RateInfo | undefined, budgetLeft: number | null,
+  formatMoney: (micros: number) => string) {
+  const headers: Record<string, string> = {}
+  if (rpm) {
+    headers['x-ratelimit-limit-requests'] = String(rpm[0])
+    headers['x-ratelimit-remaining-requests'] = String(Math.max(0, rpm[1]))
+    headers['x-ratelimit-reset-requests'] = seconds(rpm[2])
+  }
+  if (tpm) {
+    headers['x-ratelimit-limit-tokens'] = String(tpm[0])
+    headers['x-ratelimit-remaining-tokens'] = String(Math.max(0, tpm[1]))
+    headers['x-ratelimit-reset-tokens'] = seconds(tpm[2])
+  }
+  if (budgetLeft !== null) headers['x-tramontane-budget-remaining'] = formatMoney(Math.max(0, budgetLeft))
+  return headers
+}
+
+function denial (result: Extract<AdmitResult, { kind: 'denied' }>, names: string[], scopes: ScopeInput[],
+  formatMoney: (micros: number) => string): GatewayError {
+  const who = names[result.scope] ?? 'workspace'
+  const scopeInput = scopes[result.scope]
+  const reason: DenyReason = result.reason
+  if (reason.startsWith('cap_')) {
+    const kind = CAP_KIND[reason.slice(4) as 'd' | 'm' | 'l']
+    const cap = scopeInput.caps?.[reason.slice(4) as 'd' | 'm' | 'l'] ?? 0
+    // a daily or monthly cap has room again when its period ends; a lifetime cap never, so no Retry-After
+    const headers: Record<string, string> = {
+      'x-should-retry': 'false', ...(result.retryAfterMs === null ? {} : retryAfterHeaders(result.retryAfterMs))
+    }
+    return new GatewayError(429, 'insufficient_quota', `${kind}_spend_cap_reached`,
+      `The ${who}'s ${kind} spend cap of ${formatMoney(cap)} is reached`, { headers })
+  }
+  if (reason === 'tpm_too_large') {
+    return new GatewayError(429, 'invalid_request_error', 'request_exceeds_token_limit',
+      `This call may use more tokens than the ${who}'s whole limit of ${scopeInput.tpm} tokens per minute; ` +
+      'lower max_tokens or the prompt', { headers: { 'x-should-retry': 'false' } })
+  }
+  const retryMs = result.retryAfterMs ?? 1000
+  const limit = reason === 'concurrency' ? scopeInput.conc : scopeInput[reason as 'rpm' | 'rpd' | 'tpm']
+  const headers: Record<string, string> = { ...retryAfterHeaders(retryMs), 'x-should-retry': 'true' }
+  const retrySeconds = Number(headers['retry-after'])
+  if (reason === 'rpm' || reason === 'rpd' || reason === 'concurrency') {
+    headers['x-ratelimit-limit-requests'] = String(limit)
+    headers['x-ratelimit-remaining-requests'] = '0'
+    headers['x-ratelimit-reset-requests'] = seconds(retryMs)
+  } else {
+    headers['x-ratelimit-limit-tokens'] = String(limit)
+    headers['x-ratelimit-remaining-tokens'] = '0'
+    headers['x-ratelimit-reset-tokens'] = seconds(retryMs)
+  }
+  const code = reason === 'concurrency' ? 'concurrency_limit_exceeded' : 'rate_limit_exceeded'
+  return new GatewayError(429, 'rate_limit_error', code,
+    `The ${who}'s limit of ${limit} ${LIMIT_WORDS[reason]} is reached; retry in ${retrySeconds} s`, { headers, param: reason })
+}
+
+function budgetUnavailable (cause: unknown) {
+  return new GatewayError(503, 'server_error', 'budget_unavailable',
+    'Spend caps cannot be checked right now (the shared store is unreachable); the call was not made',
+    // when Redis answers again is unknown: a few seconds is what a reconnect usually takes
+    { headers: retryAfterHeaders(5_000), cause })
+}

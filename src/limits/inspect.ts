@@ -1,0 +1,66 @@
+import { formatMoney } from '../pricing/money.js'
+import type { LedgerSums } from './admission.js'
+import { calendarPeriods } from './periods.js'
+import { hasCaps, type RateLimits, type SpendCaps } from './policy.js'
+import type { AdmissionStore, ScopeUsage } from './store.js'
+
+export interface ScopeToInspect {
+  name: string
+  /** key prefix, as admission builds it */
+  p: string
+  limits: RateLimits
+  caps?: SpendCaps
+  /** ledger filter for caps not yet in the store */
+  tokenId?: string
+}
+
+/**
+ * Each limit and cap of some scopes with what is used, reserved and left, and when it resets
+ * (`GET /admin/v1/workspaces/{ws}/limits`). Read-only: nothing is seeded or taken.
+ */
+export async function inspectLimits ({ store, ledger, workspaceId, timezone, scopes }: {
+  store: AdmissionStore
+  ledger: LedgerSums
+  workspaceId: string
+  timezone: string
+  scopes: ScopeToInspect[]
+}) {
+  const periods = calendarPeriods(Date.now(), timezone)
+  const capKeys = (scope: ScopeToInspect) => {
+    const keys: Array<{ kind: 'daily' | 'monthly' | 'lifetime', key: string, cap: number, from?: number, to?: number }> = []
+    const caps = scope.caps
+    if (!caps || !hasCaps(caps)) return keys
+    if (caps.daily !== undefined) keys.push({ kind: 'daily', key: `${scope.p}:spend:d:${periods.day.id}`, cap: caps.daily, from: periods.day.start, to: periods.day.end })
+    if (caps.monthly !== undefined) keys.push({ kind: 'monthly', key: `${scope.p}:spend:m:${periods.month.id}`, cap: caps.monthly, from: periods.month.start, to: periods.month.end })
+    if (caps.lifetime !== undefined) keys.push({ kind: 'lifetime', key: `${scope.p}:spend:l`, cap: caps.lifetime })
+    return keys
+  }
+  const prefix = `tmt:{ws:${workspaceId}}`
+  const inspection = await store.inspect(prefix, scopes.map((scope) => ({ p: scope.p, spend: capKeys(scope).map((entry) => entry.key) })))
+  const out: Record<string, unknown> = {}
+  for (const [i, scope] of scopes.entries()) {
+    const usage = inspection.scopes[i] as ScopeUsage
+    const limits: Record<string, unknown> = {}
+    const rate = (limit: number | undefined, used: number, resetMs: number) => limit === undefined
+      ? undefined
+      : { limit, used, remaining: Math.max(0, limit - used), resetsInMs: Math.max(0, resetMs) }
+    limits.rpm = rate(scope.limits.rpm, usage.rpm, usage.rpmReset)
+    limits.rpd = rate(scope.limits.rpd, usage.rpd, 3_600_000 - (inspection.now % 3_600_000))
+    limits.tpm = rate(scope.limits.tpm, usage.tpm, 1000 - (inspection.now % 1000))
+    limits.concurrency = rate(scope.limits.concurrency, usage.conc, 0)
+    const caps: Record<string, unknown> = {}
+    for (const [j, entry] of capKeys(scope).entries()) {
+      const [, stored, reserved] = usage.spend[j] ?? ['', -1, 0]
+      const settled = stored >= 0 ? stored : await ledger.spent(workspaceId, scope.tokenId, entry.from, entry.to)
+      caps[entry.kind] = {
+        cap: formatMoney(entry.cap),
+        settled: formatMoney(settled),
+        reserved: formatMoney(reserved),
+        left: formatMoney(Math.max(0, entry.cap - settled - reserved)),
+        resetsAt: entry.to === undefined ? null : new Date(entry.to).toISOString()
+      }
+    }
+    out[scope.name] = { limits: Object.fromEntries(Object.entries(limits).filter(([, v]) => v !== undefined)), caps }
+  }
+  return out
+}

@@ -1,0 +1,292 @@
+import type { AdmissionStore, AdmitInput, AdmitResult, DenyReason, RateInfo, ScopeInput, SettleInput } from './store.js'
+
+const MINUTE = 60_000
+const HOUR = 3_600_000
+
+interface Held {
+  cost: number
+  spend: string[]
+  conc: string[]
+  tpm: string[]
+  second: number
+  /** when it was admitted (absent for a call put back after a loss) */
+  at?: number
+}
+
+interface Spend {
+  settled?: number
+  reserved: number
+  crossed: Set<number>
+  /** request id → cost of a call that settled while the counter was missing */
+  vouched: Map<string, number>
+}
+
+const newSpend = (): Spend => ({ reserved: 0, crossed: new Set(), vouched: new Map() })
+
+/**
+ * The same decisions as the Redis scripts (src/limits/scripts.ts), in process memory: for a single replica with no
+ * REDIS_URL, and as the fallback rate limiter when Redis is unreachable. JavaScript runs one call at a time, so each
+ * method is as atomic as a script.
+ */
+export function createMemoryStore (clock: () => number = Date.now): AdmissionStore {
+  const requests = new Map<string, number[]>() // P:rpm → admission times, oldest first
+  const buckets = new Map<string, Map<number, number>>() // P:rpd, P:tpm
+  const leases = new Map<string, Map<string, number>>() // P:conc → id → expiry
+  const spends = new Map<string, Spend>()
+  const reservations = new Map<string, Map<string, { expiry: number, held: Held }>>() // per workspace prefix
+  const done = new Map<string, Map<string, number>>()
+  const usualMs = new Map<string, number>() // P:conc → moving average of how long a call holds its slot
+
+  const bucketsOf = (key: string) => mapOf(buckets, key)
+  const leasesOf = (key: string) => mapOf(leases, key)
+
+  function release (prefix: string, id: string): Held | undefined {
+    const entry = mapOf(reservations, prefix).get(id)
+    mapOf(reservations, prefix).delete(id)
+    if (!entry) return undefined
+    for (const key of entry.held.spend) {
+      const spend = spends.get(key)
+      if (spend) spend.reserved -= entry.held.cost
+    }
+    for (const key of entry.held.conc) leasesOf(key).delete(id)
+    return entry.held
+  }
+
+  function sumWindow (key: string, last: number, span: number, width: number, limit: number, need: number, now: number) {
+    const values: number[] = []
+    for (let b = last - span; b <= last; b++) values.push(bucketsOf(key).get(b) ?? 0)
+    const total = values.reduce((sum, value) => sum + value, 0)
+    let retryAt = now
+    if (total + need > limit) {
+      let freed = 0
+      for (let i = 0; i < values.length; i++) {
+        freed += values[i]
+        retryAt = (last + i + 1) * width
+        if (total - freed + need <= limit) break
+      }
+    }
+    return { total, retryAt }
+  }
+
+  function prune (key: string, oldest: number) {
+    const map = bucketsOf(key)
+    if (map.size <= 130) return
+    for (const bucket of map.keys()) if (bucket < oldest) map.delete(bucket)
+  }
+
+  return {
+    kind: 'memory',
+    async admit (prefix, a: AdmitInput): Promise<AdmitResult> {
+      const now = clock()
+      if (now < a.day.s || now >= a.day.e || now < a.month.s || now >= a.month.e) return { kind: 'period', now }
+      for (const [id, entry] of mapOf(reservations, prefix)) if (entry.expiry <= now) release(prefix, id)
+
+      const spendKey = (scope: ScopeInput, kind: string) =>
+        kind === 'd' ? `${scope.p}:spend:d:${a.day.id}` : kind === 'm' ? `${scope.p}:spend:m:${a.month.id}` : `${scope.p}:spend:l`
+      const missing: Array<{ scope: number, kind: 'd' | 'm' | 'l', key: string }> = []
+      a.scopes.forEach((scope, i) => {
+        for (const kind of Object.keys(scope.caps ?? {}) as Array<'d' | 'm' | 'l'>) {
+          if (spends.get(spendKey(scope, kind))?.settled === undefined) missing.push({ scope: i, kind, key: spendKey(scope, kind) })
+        }
+      })
+      if (missing.length > 0) return { kind: 'seed', missing }
+
+      const deny = (reason: DenyReason, scope: number, retryAt: number | null): AdmitResult =>
+        ({ kind: 'denied', reason, scope, retryAfterMs: retryAt === null ? null : Math.max(0, retryAt - now), now })
+      const second = Math.floor(now / 1000)
+      const hour = Math.floor(now / HOUR)
+      let { maxTokens, cost } = a
+      let tokens = a.promptTokens + maxTokens * a.n
+
+      let room: number | undefined
+      let settledRoom: number | undefined
+      let binding: [number, 'd' | 'm' | 'l'] | undefined
+      a.scopes.forEach((scope, i) => {
+        for (const [kind, cap] of Object.entries(scope.caps ?? {}) as Array<['d' | 'm' | 'l', number]>) {
+          const spend = spends.get(spendKey(scope, kind)) as Spend
+          const unsettled = cap - (spend.settled ?? 0)
+          const left = unsettled - spend.reserved
+          if (room === undefined || left < room) { room = left; binding = [i, kind] }
+          if (settledRoom === undefined || unsettled < settledRoom) settledRoom = unsettled
+        }
+      })
+      if (room !== undefined && cost > room) {
+        let affordable = 0
+        if (a.clamp && a.outputPerMillion > 0 && a.promptCost < room) {
+          affordable = Math.min(maxTokens, Math.floor((room - a.promptCost) * 1_000_000 / a.outputPerMillion))
+        }
+        if (affordable < 1) {
+          const [scope, kind] = binding as [number, 'd' | 'm' | 'l']
+          const denied = deny(`cap_${kind}`, scope, kind === 'd' ? a.day.e : kind === 'm' ? a.month.e : null)
+          const need = a.clamp ? a.promptCost + Math.ceil(a.outputPerMillion / 1_000_000) : cost
+          const busy = (settledRoom as number) > (room as number) && (settledRoom as number) >= need
+          return { ...denied, busy } as AdmitResult
+        }
+        maxTokens = affordable
+        cost = a.promptCost + Math.ceil(affordable * a.outputPerMillion / 1_000_000)
+        tokens = a.promptTokens + maxTokens * a.n
+      }
+
+      let rpm: RateInfo | undefined
+      let tpm: RateInfo | undefined
+      for (const [i, scope] of a.scopes.entries()) {
+        if (scope.rpm) {
+          const times = mapOf(requests, `${scope.p}:rpm`, () => [] as number[])
+          while (times.length > 0 && times[0] <= now - MINUTE) times.shift()
+          if (times.length >= scope.rpm) return deny('rpm', i, times[times.length - scope.rpm] + MINUTE + 1)
+          if (rpm === undefined || scope.rpm - times.length - 1 < rpm[1]) {
+            rpm = [scope.rpm, scope.rpm - times.length - 1, times.length > 0 ? times[0] + MINUTE - now : MINUTE]
+          }
+        }
+        if (scope.rpd) {
+          const { total, retryAt } = sumWindow(`${scope.p}:rpd`, hour, 24, HOUR, scope.rpd, 1, now)
+          if (total + 1 > scope.rpd) return deny('rpd', i, retryAt)
+        }
+        if (scope.tpm) {
+          if (tokens > scope.tpm) return deny('tpm_too_large', i, null)
+          const { total, retryAt } = sumWindow(`${scope.p}:tpm`, second, 60, 1000, scope.tpm, tokens, now)
+          if (total + tokens > scope.tpm) return deny('tpm', i, retryAt)
+          if (tpm === undefined || scope.tpm - total - tokens < tpm[1]) tpm = [scope.tpm, scope.tpm - total - tokens, MINUTE]
+        }
+        if (scope.conc) {
+          const held = leasesOf(`${scope.p}:conc`)
+          for (const [id, expiry] of held) if (expiry <= now) held.delete(id)
+          if (held.size >= scope.conc) {
+            const usual = usualMs.get(`${scope.p}:conc`) ?? 1000
+            return deny('concurrency', i, now + Math.max(50, Math.min(60_000, Math.floor(usual / scope.conc))))
+          }
+        }
+      }
+
+      const held: Held = { cost, spend: [], conc: [], tpm: [], second, at: now }
+      for (const scope of a.scopes) {
+        if (scope.rpm) mapOf(requests, `${scope.p}:rpm`, () => [] as number[]).push(now)
+        if (scope.rpd) {
+          const map = bucketsOf(`${scope.p}:rpd`)
+          map.set(hour, (map.get(hour) ?? 0) + 1)
+          prune(`${scope.p}:rpd`, hour - 24)
+        }
+        if (scope.tpm) {
+          const map = bucketsOf(`${scope.p}:tpm`)
+          map.set(second, (map.get(second) ?? 0) + tokens)
+          prune(`${scope.p}:tpm`, second - 60)
+          held.tpm.push(`${scope.p}:tpm`)
+        }
+        if (scope.conc) {
+          leasesOf(`${scope.p}:conc`).set(a.id, now + a.lease)
+          held.conc.push(`${scope.p}:conc`)
+        }
+        for (const kind of Object.keys(scope.caps ?? {})) {
+          const key = spendKey(scope, kind);
+          (spends.get(key) as Spend).reserved += cost
+          held.spend.push(key)
+        }
+      }
+      mapOf(reservations, prefix).set(a.id, { expiry: now + a.lease, held })
+      return { kind: 'admitted', now, maxTokens, cost, tokens, budgetLeft: room === undefined ? null : room - cost, rpm, tpm }
+    },
+
+    async seed (_prefix, entries) {
+      for (const [key, ledger, recorded = []] of entries) {
+        const spend = mapOf(spends, key, newSpend)
+        if (spend.settled !== undefined) continue
+        let total = ledger
+        for (const [id, cost] of spend.vouched) if (!recorded.includes(id)) total += cost
+        spend.vouched.clear()
+        spend.settled = total
+      }
+    },
+
+    async held (prefix) {
+      return [...mapOf(reservations, prefix).keys()]
+    },
+    async vouched (_prefix, keys) {
+      return keys.map((key) => [...(spends.get(key)?.vouched.keys() ?? [])])
+    },
+
+    async settle (prefix, s: SettleInput) {
+      const now = clock()
+      const finished = mapOf(done, prefix)
+      if (finished.has(s.id)) return []
+      finished.set(s.id, now)
+      for (const [id, at] of finished) if (at < now - HOUR) finished.delete(id)
+      const held = release(prefix, s.id)
+      for (const key of held?.tpm ?? []) {
+        const map = bucketsOf(key)
+        map.set(held!.second, (map.get(held!.second) ?? 0) + s.tokens - s.reservedTokens)
+      }
+      if (held?.at !== undefined) {
+        for (const key of held.conc) {
+          const usual = usualMs.get(key) ?? now - held.at
+          usualMs.set(key, Math.floor(usual * 0.8 + (now - held.at) * 0.2))
+        }
+      }
+      const crossed: Array<[string, number]> = []
+      for (const [key, cap, thresholds = s.thresholds] of s.spend) {
+        const spend = mapOf(spends, key, newSpend)
+        if (spend.settled === undefined) {
+          spend.vouched.set(s.id, s.cost)
+          continue
+        }
+        spend.settled += s.cost
+        for (const pct of thresholds) {
+          if (spend.settled * 100 >= cap * pct && !spend.crossed.has(pct)) {
+            spend.crossed.add(pct)
+            crossed.push([key, pct])
+          }
+        }
+      }
+      return crossed
+    },
+
+    async inspect (_prefix, scopes) {
+      const now = clock()
+      const sum = (key: string, last: number, span: number) => {
+        let total = 0
+        for (let b = last - span; b <= last; b++) total += bucketsOf(key).get(b) ?? 0
+        return total
+      }
+      return {
+        now,
+        scopes: scopes.map(({ p, spend }) => {
+          const times = (requests.get(`${p}:rpm`) ?? []).filter((at) => at > now - MINUTE)
+          return {
+            rpm: times.length,
+            rpmReset: times.length > 0 ? times[0] + MINUTE - now : 0,
+            rpd: sum(`${p}:rpd`, Math.floor(now / HOUR), 24),
+            tpm: sum(`${p}:tpm`, Math.floor(now / 1000), 60),
+            conc: [...leasesOf(`${p}:conc`).values()].filter((expiry) => expiry > now).length,
+            spend: spend.map((key) => [key, spends.get(key)?.settled ?? -1, spends.get(key)?.reserved ?? 0] as [string, number, number])
+          }
+        })
+      }
+    },
+
+    async renew (prefix, calls, lease) {
+      const now = clock()
+      for (const call of calls) {
+        const entry = mapOf(reservations, prefix).get(call.id)
+        if (entry) {
+          entry.expiry = now + lease
+          for (const key of entry.held.conc) if (leasesOf(key).has(call.id)) leasesOf(key).set(call.id, now + lease)
+          continue
+        }
+        if (mapOf(done, prefix).has(call.id)) continue
+        // expired while its replica stalled, still in flight: put it back (as the Redis script does after a loss)
+        for (const key of call.spend) mapOf(spends, key, newSpend).reserved += call.cost
+        for (const key of call.conc) leasesOf(key).set(call.id, now + lease)
+        const held: Held = { cost: call.cost, spend: call.spend, conc: call.conc, tpm: [], second: 0 }
+        mapOf(reservations, prefix).set(call.id, { expiry: now + lease, held })
+      }
+    }
+  }
+}
+
+function mapOf<V> (maps: Map<string, V>, key: string, create: () => V = () => new Map() as V): V {
+  let value = maps.get(key)
+  if (value === undefined) {
+    value = create()
+    maps.set(key, value)
+  }
+  return value
+}

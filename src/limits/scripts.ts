@@ -1,0 +1,360 @@
+// The admission decision and its settlement, each one Redis round trip (DESIGN.md, request path step 3).
+// KEYS[1] is the workspace prefix `tmt:{ws:<id>}`; every key the scripts touch starts with it, so they all live
+// in one hash slot and the scripts run unchanged on Redis Cluster. Time is Redis' own (TIME), never a replica's.
+//
+// Key layout under a scope prefix P (the workspace, a token, or a model within the workspace):
+//   P:rpm        ZSET  request id → admitted at (ms)              exact sliding minute
+//   P:rpd        HASH  hour index → requests                      25 hourly buckets: a day, counted generously
+//   P:tpm        HASH  second index → tokens                      61 one-second buckets: a minute, likewise
+//   P:conc       ZSET  request id → lease expiry (ms)             a lease a crashed replica cannot keep
+//   P:conc:ms    STRING  how long a call usually holds its slot     moving average, for a concurrency Retry-After
+//   P:spend:<d|m|l>[:<period id>]  HASH settled, reserved, t<pct>  micro-units of the workspace currency
+//                                       v:<request id>  cost of a call that settled while the counter was missing
+// and per workspace: resv (ZSET request id → expiry), resv:data (HASH request id → what it holds), done (ZSET),
+// epoch (set by the first seed: its absence means the workspace's state is lost, or new here), recovery (when the
+// replicas were first asked to put back what they hold, after a loss).
+
+const COMMON = `
+local prefix = KEYS[1]
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local RESV, RESV_DATA, DONE = prefix .. ':resv', prefix .. ':resv:data', prefix .. ':done'
+
+-- gives back what a reservation holds: its reserved spend and its concurrency leases
+local function release (id)
+  local raw = redis.call('HGET', RESV_DATA, id)
+  if raw then
+    local held = cjson.decode(raw)
+    for _, key in ipairs(held.spend) do
+      if redis.call('EXISTS', key) == 1 then redis.call('HINCRBY', key, 'reserved', -held.cost) end
+    end
+    for _, key in ipairs(held.conc) do redis.call('ZREM', key, id) end
+    redis.call('HDEL', RESV_DATA, id)
+  end
+  redis.call('ZREM', RESV, id)
+  return raw
+end
+`
+
+export const ADMIT_SCRIPT = COMMON + `
+local a = cjson.decode(ARGV[1])
+
+-- the replica computed the calendar periods from its own clock: they must hold Redis' now
+if a.day and (now < a.day.s or now >= a.day.e or now < a.month.s or now >= a.month.e) then return {3, now} end
+
+-- reservations of calls whose replica died expire here, on the next admission of the workspace
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', RESV, '-inf', now, 'LIMIT', 0, 100)) do release(id) end
+
+local function spendKey (scope, kind)
+  if kind == 'd' then return scope.p .. ':spend:d:' .. a.day.id end
+  if kind == 'm' then return scope.p .. ':spend:m:' .. a.month.id end
+  return scope.p .. ':spend:l'
+end
+
+-- a spend counter missing from Redis (restart, eviction, FLUSHALL) is seeded from the ledger before any decision
+local missing = {}
+for i, scope in ipairs(a.scopes) do
+  for kind, cap in pairs(scope.caps or {}) do
+    if redis.call('HEXISTS', spendKey(scope, kind), 'settled') == 0 then
+      table.insert(missing, {i, kind, spendKey(scope, kind)})
+    end
+  end
+end
+if #missing > 0 then
+  -- nothing of the workspace is here: lost (FLUSHALL, restart, failover) or new. The room held by calls in flight on
+  -- every replica is gone with it; they get a.quiet ms to put it back (renew) and to write what they settled, and
+  -- only then is the ledger read. The first to see the loss starts the clock for all.
+  if a.quiet and redis.call('EXISTS', prefix .. ':epoch') == 0 then
+    redis.call('SET', prefix .. ':recovery', now, 'NX', 'PX', a.quiet * 20)
+    local since = tonumber(redis.call('GET', prefix .. ':recovery'))
+    if now < since + a.quiet then return {2, cjson.encode(missing), since, since + a.quiet - now} end
+  end
+  return {2, cjson.encode(missing)}
+end
+
+local MINUTE, HOUR = 60000, 3600000
+local second, hour = math.floor(now / 1000), math.floor(now / HOUR)
+
+-- sums buckets [last - span, last]; returns the sum, and when enough of the oldest leave to fit 'need' more
+local function buckets (key, last, span, width, limit, need)
+  local fields = {}
+  for b = last - span, last do table.insert(fields, b) end
+  local values = redis.call('HMGET', key, unpack(fields))
+  local total = 0
+  for _, v in ipairs(values) do total = total + (tonumber(v) or 0) end
+  local retryAt = now
+  if total + need > limit then
+    local freed = 0
+    for i, v in ipairs(values) do
+      freed = freed + (tonumber(v) or 0)
+      -- bucket (last - span + i - 1) leaves the window when now passes its end by the window's length
+      retryAt = (last - span + i + span) * width
+      if total - freed + need <= limit then break end
+    end
+  end
+  return total, retryAt
+end
+
+-- a busy bucket hash never idles long enough to expire: drop the buckets that left the window now and then
+local function prune (key, oldest, above)
+  if redis.call('HLEN', key) <= above then return end
+  for _, field in ipairs(redis.call('HKEYS', key)) do
+    if tonumber(field) < oldest then redis.call('HDEL', key, field) end
+  end
+end
+
+local function deny (reason, index, retryAt)
+  return {0, reason, index, math.max(0, retryAt - now), now}
+end
+
+local maxTokens, cost = a.maxTokens, a.cost
+local tokens = a.promptTokens + maxTokens * a.n
+local info = {}
+
+-- spend: the worst case must fit under every cap; where only the prompt fits, max_tokens may be clamped
+local room = nil
+local binding = nil
+local settledRoom = nil
+for i, scope in ipairs(a.scopes) do
+  for kind, cap in pairs(scope.caps or {}) do
+    local key = spendKey(scope, kind)
+    local values = redis.call('HMGET', key, 'settled', 'reserved')
+    local unsettled = cap - (tonumber(values[1]) or 0)
+    local left = unsettled - (tonumber(values[2]) or 0)
+    if room == nil or left < room then room, binding = left, {i, kind} end
+    if settledRoom == nil or unsettled < settledRoom then settledRoom = unsettled end
+  end
+end
+if room ~= nil and cost > room then
+  local affordable = 0
+  if a.clamp and a.outputPerMillion > 0 and a.promptCost < room then
+    affordable = math.floor((room - a.promptCost) * 1000000 / a.outputPerMillion)
+    if affordable > maxTokens then affordable = maxTokens end
+  end
+  if affordable < 1 then
+    local retryAt = -1
+    if binding[2] == 'd' then retryAt = a.day.e elseif binding[2] == 'm' then retryAt = a.month.e end
+    -- busy: only calls in flight hold the room this one needs; they settle soon, usually for far less
+    local need = a.clamp and (a.promptCost + math.ceil(a.outputPerMillion / 1000000)) or cost
+    local busy = (settledRoom > room and settledRoom >= need) and 1 or 0
+    return {0, 'cap_' .. binding[2], binding[1], retryAt < 0 and -1 or (retryAt - now), now, busy}
+  end
+  maxTokens = affordable
+  cost = a.promptCost + math.ceil(affordable * a.outputPerMillion / 1000000)
+  tokens = a.promptTokens + maxTokens * a.n
+end
+
+-- rates and concurrency, every scope, before anything is written
+for i, scope in ipairs(a.scopes) do
+  if scope.rpm then
+    local key = scope.p .. ':rpm'
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now - MINUTE)
+    local count = redis.call('ZCARD', key)
+    if count >= scope.rpm then
+      local oldest = redis.call('ZRANGE', key, count - scope.rpm, count - scope.rpm, 'WITHSCORES')
+      return deny('rpm', i, tonumber(oldest[2]) + MINUTE + 1)
+    end
+    if i == 1 or info.rpm == nil or scope.rpm - count < info.rpm[2] then
+      local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+      info.rpm = {scope.rpm, scope.rpm - count - 1, first[2] and (tonumber(first[2]) + MINUTE - now) or MINUTE}
+    end
+  end
+  if scope.rpd then
+    local total, retryAt = buckets(scope.p .. ':rpd', hour, 24, HOUR, scope.rpd, 1)
+    if total + 1 > scope.rpd then return deny('rpd', i, retryAt) end
+  end
+  if scope.tpm then
+    if tokens > scope.tpm then return {0, 'tpm_too_large', i, -1, now} end
+    local total, retryAt = buckets(scope.p .. ':tpm', second, 60, 1000, scope.tpm, tokens)
+    if total + tokens > scope.tpm then return deny('tpm', i, retryAt) end
+    if info.tpm == nil or scope.tpm - total - tokens < info.tpm[2] then
+      info.tpm = {scope.tpm, scope.tpm - total - tokens, MINUTE}
+    end
+  end
+  if scope.conc then
+    local key = scope.p .. ':conc'
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+    if redis.call('ZCARD', key) >= scope.conc then
+      -- a slot frees when one of the calls in flight ends: about a usual call's length spread over the slots
+      local usual = tonumber(redis.call('GET', key .. ':ms') or '1000')
+      return deny('concurrency', i, now + math.max(50, math.min(60000, math.floor(usual / scope.conc))))
+    end
+  end
+end
+
+-- admitted: take everything at once
+local held = {cost = cost, spend = {}, conc = {}, tpm = {}, second = second, at = now}
+for _, scope in ipairs(a.scopes) do
+  if scope.rpm then
+    redis.call('ZADD', scope.p .. ':rpm', now, a.id)
+    redis.call('PEXPIRE', scope.p .. ':rpm', MINUTE + 1000)
+  end
+  if scope.rpd then
+    redis.call('HINCRBY', scope.p .. ':rpd', hour, 1)
+    redis.call('PEXPIRE', scope.p .. ':rpd', 25 * HOUR)
+    prune(scope.p .. ':rpd', hour - 24, 60)
+  end
+  if scope.tpm then
+    redis.call('HINCRBY', scope.p .. ':tpm', second, tokens)
+    redis.call('PEXPIRE', scope.p .. ':tpm', MINUTE + 2000)
+    prune(scope.p .. ':tpm', second - 60, 130)
+    table.insert(held.tpm, scope.p .. ':tpm')
+  end
+  if scope.conc then
+    redis.call('ZADD', scope.p .. ':conc', now + a.lease, a.id)
+    if redis.call('PTTL', scope.p .. ':conc') < a.lease * 2 then redis.call('PEXPIRE', scope.p .. ':conc', a.lease * 2) end
+    table.insert(held.conc, scope.p .. ':conc')
+  end
+  for kind, cap in pairs(scope.caps or {}) do
+    local key = spendKey(scope, kind)
+    redis.call('HINCRBY', key, 'reserved', cost)
+    table.insert(held.spend, key)
+  end
+end
+redis.call('ZADD', RESV, now + a.lease, a.id)
+redis.call('HSET', RESV_DATA, a.id, cjson.encode(held))
+return {1, now, maxTokens, cost, tokens, room and (room - cost) or -1, cjson.encode(info)}
+`
+
+export const SEED_SCRIPT = `
+-- ARGV[1]: [[key, ledger sum, [request ids the sum holds]], ...]
+-- set-if-absent: a replica that seeds late never counts the ledger twice
+for _, entry in ipairs(cjson.decode(ARGV[1])) do
+  local key = entry[1]
+  if redis.call('HEXISTS', key, 'settled') == 0 then
+    local recorded = {}
+    for _, id in ipairs(entry[3] or {}) do recorded['v:' .. id] = true end
+    -- calls that settled while the counter was missing count once: from the ledger, or from here when not yet in it
+    local total = entry[2]
+    local fields = redis.call('HGETALL', key)
+    for i = 1, #fields, 2 do
+      local field = fields[i]
+      if string.sub(field, 1, 2) == 'v:' then
+        if not recorded[field] then total = total + tonumber(fields[i + 1]) end
+        redis.call('HDEL', key, field)
+      end
+    end
+    redis.call('HSET', key, 'settled', total)
+  end
+end
+redis.call('SET', KEYS[1] .. ':epoch', 1)
+redis.call('DEL', KEYS[1] .. ':recovery')
+return 1
+`
+
+export const VOUCHED_SCRIPT = `
+-- the request ids vouched for on each counter, for the ledger to say which it already holds
+local out = {}
+for i = 2, #KEYS do
+  local ids = {}
+  for _, field in ipairs(redis.call('HKEYS', KEYS[i])) do
+    if string.sub(field, 1, 2) == 'v:' then table.insert(ids, string.sub(field, 3)) end
+  end
+  out[i - 1] = ids
+end
+return cjson.encode(out)
+`
+
+export const SETTLE_SCRIPT = COMMON + `
+local s = cjson.decode(ARGV[1])
+-- once per request id, whatever retries or duplicates come after
+if redis.call('ZSCORE', DONE, s.id) then return {0} end
+redis.call('ZADD', DONE, now, s.id)
+redis.call('ZREMRANGEBYSCORE', DONE, '-inf', now - 3600000)
+redis.call('PEXPIRE', DONE, 3600000)
+
+local raw = release(s.id)
+if raw then
+  local held = cjson.decode(raw)
+  -- the minute's token count becomes what Mistral reported, in the second the call was admitted
+  for _, key in ipairs(held.tpm) do
+    if redis.call('EXISTS', key) == 1 then redis.call('HINCRBY', key, held.second, s.tokens - s.reservedTokens) end
+  end
+  -- how long the call held its slot, into the moving average a concurrency denial's Retry-After comes from
+  if held.at then
+    for _, key in ipairs(held.conc) do
+      local usual = tonumber(redis.call('GET', key .. ':ms') or tostring(now - held.at))
+      redis.call('SET', key .. ':ms', math.floor(usual * 0.8 + (now - held.at) * 0.2), 'PX', 3600000)
+    end
+  end
+end
+
+-- settled spend grows by the actual cost. A counter lost meanwhile gets the cost vouched for by request id: the
+-- seed counts it unless the ledger already holds the call, so it counts once whenever the record is written
+local crossed = {}
+for _, entry in ipairs(s.spend) do
+  local key, cap = entry[1], entry[2]
+  if redis.call('HEXISTS', key, 'settled') == 0 then
+    redis.call('HSET', key, 'v:' .. s.id, s.cost)
+  else
+    local settled = redis.call('HINCRBY', key, 'settled', s.cost)
+    for _, pct in ipairs(entry[3] or s.thresholds) do
+      if settled * 100 >= cap * pct and redis.call('HSETNX', key, 't' .. pct, now) == 1 then
+        table.insert(crossed, {key, pct})
+      end
+    end
+  end
+end
+return {1, cjson.encode(crossed)}
+`
+
+export const RENEW_SCRIPT = COMMON + `
+-- a live call keeps its reservation and leases; a dead replica stops renewing and they expire.
+-- ARGV[1]: {lease, calls = [{id, cost, spend, conc}]}
+local r = cjson.decode(ARGV[1])
+local lease = r.lease
+local function keepLease (key, id, flag)
+  if flag then redis.call('ZADD', key, flag, now + lease, id) else redis.call('ZADD', key, now + lease, id) end
+  -- the lease set outlives its longest lease, or a full set would expire under a long stream
+  if redis.call('PTTL', key) < lease * 2 then redis.call('PEXPIRE', key, lease * 2) end
+end
+for _, call in ipairs(r.calls) do
+  local id = call.id
+  if redis.call('ZSCORE', RESV, id) then
+    redis.call('ZADD', RESV, now + lease, id)
+    local raw = redis.call('HGET', RESV_DATA, id)
+    if raw then
+      for _, key in ipairs(cjson.decode(raw).conc) do keepLease(key, id, 'XX') end
+    end
+  elseif not redis.call('ZSCORE', DONE, id) then
+    -- lost with the store's data (or expired while its replica stalled), still in flight: put it back. Its tokens
+    -- per minute are not: the minute's buckets started over with the loss
+    for _, key in ipairs(call.spend) do redis.call('HINCRBY', key, 'reserved', call.cost) end
+    for _, key in ipairs(call.conc) do keepLease(key, id, nil) end
+    redis.call('ZADD', RESV, now + lease, id)
+    local held = {cost = call.cost, spend = call.spend, conc = call.conc, tpm = {}, second = 0}
+    redis.call('HSET', RESV_DATA, id, cjson.encode(held))
+  end
+end
+return 1
+`
+
+export const INSPECT_SCRIPT = COMMON + `
+-- what each limit and cap of the given scopes has used, read-only (GET .../limits)
+local a = cjson.decode(ARGV[1])
+local function sum (key, last, span)
+  local fields = {}
+  for b = last - span, last do table.insert(fields, b) end
+  local total = 0
+  for _, v in ipairs(redis.call('HMGET', key, unpack(fields))) do total = total + (tonumber(v) or 0) end
+  return total
+end
+local out = {}
+for i, scope in ipairs(a.scopes) do
+  local first = redis.call('ZRANGEBYSCORE', scope.p .. ':rpm', now - 60000, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+  local entry = {
+    rpm = redis.call('ZCOUNT', scope.p .. ':rpm', now - 60000, '+inf'),
+    rpmReset = first[2] and (tonumber(first[2]) + 60000 - now) or 0,
+    rpd = sum(scope.p .. ':rpd', math.floor(now / 3600000), 24),
+    tpm = sum(scope.p .. ':tpm', math.floor(now / 1000), 60),
+    conc = redis.call('ZCOUNT', scope.p .. ':conc', now, '+inf'),
+    spend = {}
+  }
+  for _, key in ipairs(scope.spend or {}) do
+    local values = redis.call('HMGET', key, 'settled', 'reserved')
+    table.insert(entry.spend, {key, tonumber(values[1]) or -1, tonumber(values[2]) or 0})
+  end
+  out[i] = entry
+end
+return cjson.encode({now = now, scopes = out})
+`

@@ -1,0 +1,350 @@
+import { createServer, type Server } from 'node:http'
+import type { AddressInfo } from 'node:net'
+import fp from 'fastify-plugin'
+import type { FastifyInstance } from 'fastify'
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
+import pkg from '../package.json' with { type: 'json' }
+import type { ObservedQuota } from './resilience/key-health.js'
+import type { ScrapeFacts, ScrapeFactsReader } from './scrape-facts.js'
+
+// OpenTelemetry GenAI semantic conventions, in Prometheus form, plus the gateway's own accounting. Labels are
+// bounded: a workspace slug (capped, then `__other__`), a model the price book knows (else `other`), an operation
+// family, a status class. Never token ids, user strings, prompts or raw paths (DESIGN.md).
+
+// semconv buckets for gen_ai.client.token.usage and the duration histograms
+const TOKEN_BUCKETS = [1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864]
+const DURATION_BUCKETS = [0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92]
+const TTFT_BUCKETS = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10]
+const MAX_WORKSPACES = 1_000
+// Mistral keys whose quota is charted: one workspace's handful of keys each, up to the workspace cap
+const MAX_QUOTA_KEYS = 1_000
+// statuses Mistral and the gateway answer with (MISTRAL-NOTES §3.2); anything else is `other`
+const KNOWN_CODES = new Set([200, 201, 204, 400, 401, 403, 404, 408, 409, 410, 413, 415, 422, 429, 500, 502, 503, 504])
+// Mistral's rate-limit headers, every generation (MISTRAL-NOTES §3.3): the older `bysize` ones count tokens
+const QUOTA_HEADER = /^(?:x-)?ratelimit(bysize)?-(limit|remaining)(?:-(tokens|req))?(?:-(minute|month))?$/
+
+export interface CallFacts {
+  workspace: string
+  operation: string
+  /** the price book's canonical id (bounded by the book); undefined: `other` */
+  model: string | undefined
+  status: number
+  durationMs: number
+  upstreamMs?: number
+  ttftMs?: number | null
+  inputTokens?: number
+  outputTokens?: number
+  billedMicros?: number
+}
+
+/** A cost known only after the fact: a batch job, billed when it ends (src/usage/batch-watcher.ts). */
+export interface BilledFacts {
+  workspace: string
+  operation: string
+  /** the price book's canonical id (bounded by the book); undefined: `other` */
+  model: string | undefined
+  status: number
+  inputTokens: number
+  outputTokens: number
+  billedMicros: number
+}
+
+export interface Metrics {
+  registry: Registry
+  /** one proxied call, once it is over */
+  call (facts: CallFacts): void
+  /**
+   * Counts a cost billed apart from any call (a batch job) in the requests, tokens and spend counters, and in no
+   * histogram: a job lasts hours, and its tokens are many calls'; either would skew the per-call distributions.
+   */
+  billed (facts: BilledFacts): void
+  denied (workspace: string, limit: string): void
+  upstream (status: number): void
+  retried (): void
+  streamEnded (reason: 'complete' | 'client_abort' | 'upstream_cut' | 'upstream_stalled'): void
+  inFlight (delta: 1 | -1): void
+  thresholdCrossed (period: string, percent: number): void
+  /** The exposition text: reads the scrape-time facts once, then every family. */
+  scrape (): Promise<string>
+}
+
+export interface MetricsOptions {
+  /** the number of records waiting for PostgreSQL, read at scrape time */
+  spoolDepth: () => number
+  /** cooling Mistral keys, read at scrape time */
+  coolingKeys: () => number
+  /** open and half-open breakers, read at scrape time */
+  breakers: () => { open: number, halfOpen: number }
+  /** Mistral's last rate-limit headers per key, read at scrape time */
+  quotas: () => ObservedQuota[]
+  /** spend, caps and key statuses from PostgreSQL, read at scrape time */
+  facts: ScrapeFactsReader
+  /** operators with very many workspaces can turn the label off */
+  workspaceLabel?: boolean
+}
+
+export function createMetrics (options: MetricsOptions): Metrics {
+  const registry = new Registry()
+  collectDefaultMetrics({ register: registry })
+  const registers = [registry]
+  const seenWorkspaces = new Set<string>()
+  const overflow = new Counter({
+    name: 'tramontane_metric_label_overflow_total',
+    help: 'Calls and denials labelled __other__ because the workspace label cap was reached',
+    registers
+  })
+
+  const tokens = new Histogram({
+    name: 'gen_ai_client_token_usage', help: 'Tokens used per call (OTel gen_ai.client.token.usage)',
+    labelNames: ['gen_ai_operation_name', 'gen_ai_request_model', 'gen_ai_token_type', 'workspace'], buckets: TOKEN_BUCKETS, registers
+  })
+  const duration = new Histogram({
+    name: 'gen_ai_client_operation_duration_seconds', help: 'Duration of a call as the client saw it',
+    labelNames: ['gen_ai_operation_name', 'gen_ai_request_model', 'status_class', 'workspace'], buckets: DURATION_BUCKETS, registers
+  })
+  const serverDuration = new Histogram({
+    name: 'gen_ai_server_request_duration_seconds', help: 'Duration of the upstream call to Mistral',
+    labelNames: ['gen_ai_operation_name', 'gen_ai_request_model'], buckets: DURATION_BUCKETS, registers
+  })
+  const ttft = new Histogram({
+    name: 'gen_ai_server_time_to_first_token_seconds', help: 'Time to the first byte of a streamed answer',
+    labelNames: ['gen_ai_operation_name', 'gen_ai_request_model'], buckets: TTFT_BUCKETS, registers
+  })
+  const requests = new Counter({
+    name: 'tramontane_requests_total', help: 'Proxied calls by outcome',
+    labelNames: ['workspace', 'operation', 'model', 'status_class'], registers
+  })
+  const tokenTotal = new Counter({
+    name: 'tramontane_tokens_total', help: 'Tokens Mistral reported',
+    labelNames: ['workspace', 'operation', 'model', 'type'], registers
+  })
+  const spend = new Counter({
+    name: 'tramontane_spend_micros_total', help: 'Billed spend in micro-units of each workspace currency',
+    labelNames: ['workspace', 'operation', 'model'], registers
+  })
+  const denials = new Counter({
+    name: 'tramontane_rate_limit_denials_total', help: 'Calls the gateway refused, by the limit that refused them',
+    labelNames: ['workspace', 'limit'], registers
+  })
+  const upstreamResponses = new Counter({
+    name: 'tramontane_upstream_responses_total',
+    help: 'Mistral answers by status class and code (known codes, else other)',
+    labelNames: ['status_class', 'code'], registers
+  })
+  const retries = new Counter({ name: 'tramontane_upstream_retries_total', help: 'Upstream calls retried', registers })
+  const streams = new Counter({
+    name: 'tramontane_stream_terminations_total', help: 'Streams ended, by how', labelNames: ['reason'], registers
+  })
+  const thresholds = new Counter({
+    name: 'tramontane_spend_threshold_crossings_total', help: 'Spend cap thresholds crossed (once per cap and period)',
+    labelNames: ['period', 'percent'], registers
+  })
+  const inFlight = new Gauge({ name: 'tramontane_in_flight_calls', help: 'Proxied calls in flight on this replica', registers })
+  new Gauge({
+    name: 'tramontane_usage_spool_depth', help: 'Usage records waiting to be written to PostgreSQL', registers,
+    collect () { this.set(options.spoolDepth()) }
+  })
+  new Gauge({
+    name: 'tramontane_upstream_cooldowns_active', help: 'Mistral keys cooling down after a 429 or an open breaker', registers,
+    collect () { this.set(options.coolingKeys()) }
+  })
+  new Gauge({
+    name: 'tramontane_build_info', help: 'Version of the gateway', labelNames: ['version'], registers
+  }).set({ version: pkg.version }, 1)
+  new Gauge({
+    name: 'tramontane_upstream_breakers',
+    help: 'Mistral keys whose circuit breaker is open or half-open, as this replica knows',
+    labelNames: ['state'], registers,
+    collect () {
+      const { open, halfOpen } = options.breakers()
+      this.set({ state: 'open' }, open)
+      this.set({ state: 'half_open' }, halfOpen)
+    }
+  })
+
+  // read from PostgreSQL once per scrape (`scrape` below), then handed to the families that show them
+  let scraped: ScrapeFacts | undefined
+  new Gauge({
+    name: 'tramontane_mistral_keys', help: 'Mistral keys of live workspaces by status (invalid: Mistral answered 401)',
+    labelNames: ['status'], registers,
+    collect () {
+      if (!scraped) return
+      this.set({ status: 'active' }, scraped.keysByStatus.active)
+      this.set({ status: 'invalid' }, scraped.keysByStatus.invalid)
+    }
+  })
+  new Gauge({
+    name: 'tramontane_workspace_spend_micros', help: 'Billed spend of the current calendar period, from the ledger',
+    labelNames: ['workspace', 'period'], registers,
+    collect () {
+      if (!scraped) return
+      this.reset()
+      scraped.spend.forEach((entry, index) => {
+        const workspace = scrapeLabel(entry.workspace, index)
+        for (const [period, micros] of Object.entries(entry.spent)) this.inc({ workspace, period }, micros)
+      })
+    }
+  })
+  new Gauge({
+    name: 'tramontane_workspace_cap_micros', help: 'Spend cap of each period, where the workspace has one',
+    labelNames: ['workspace', 'period'], registers,
+    collect () {
+      if (!scraped) return
+      this.reset()
+      scraped.spend.forEach((entry, index) => {
+        const workspace = scrapeLabel(entry.workspace, index)
+        // a sum of caps means nothing: `__other__` has spend only
+        if (workspace !== entry.workspace) return
+        for (const [period, micros] of Object.entries(entry.caps)) this.set({ workspace, period }, micros)
+      })
+    }
+  })
+  const quotaLabels = ['workspace', 'key', 'resource', 'window']
+  const quotaRemaining = new Gauge({
+    name: 'tramontane_mistral_quota_remaining', help: 'What Mistral last said was left of a key\'s rate limit',
+    labelNames: quotaLabels, registers
+  })
+  const quotaLimit = new Gauge({
+    name: 'tramontane_mistral_quota_limit', help: 'The rate limit Mistral last reported for a key',
+    labelNames: quotaLabels, registers
+  })
+
+  const workspaceOf = (slug: string) => {
+    if (options.workspaceLabel === false) return ''
+    if (seenWorkspaces.has(slug)) return slug
+    if (seenWorkspaces.size < MAX_WORKSPACES) {
+      seenWorkspaces.add(slug)
+      return slug
+    }
+    overflow.inc()
+    return '__other__'
+  }
+  // scrape-time families rank workspaces as the facts do (capped first, then by spend): the rest are `__other__`
+  const scrapeLabel = (slug: string, index: number) => {
+    if (options.workspaceLabel === false) return ''
+    return index < MAX_WORKSPACES ? slug : '__other__'
+  }
+  const modelOf = (model: string | undefined) => model ?? 'other'
+  const statusClass = (status: number) => `${Math.floor(status / 100)}xx`
+
+  function setQuotas (observed: ObservedQuota[], names: ScrapeFacts['keyNames']) {
+    quotaRemaining.reset()
+    quotaLimit.reset()
+    let keys = 0
+    for (const { keyId, headers } of observed) {
+      const name = names.get(keyId)
+      if (!name || keys++ >= MAX_QUOTA_KEYS) continue
+      const workspace = options.workspaceLabel === false ? '' : name.workspace
+      for (const [header, value] of Object.entries(headers)) {
+        const match = QUOTA_HEADER.exec(header)
+        if (!match || !Number.isFinite(Number(value))) continue
+        const [, bySize, kind, resource, window] = match
+        const labels = {
+          workspace,
+          key: name.key,
+          resource: bySize || resource === 'tokens' ? 'tokens' : 'requests',
+          window: window ?? 'unspecified'
+        }
+        if (kind === 'remaining') quotaRemaining.set(labels, Number(value))
+        else quotaLimit.set(labels, Number(value))
+      }
+    }
+  }
+
+  return {
+    registry,
+    call (facts) {
+      const workspace = workspaceOf(facts.workspace)
+      const model = modelOf(facts.model)
+      const operation = facts.operation
+      requests.inc({ workspace, operation, model, status_class: statusClass(facts.status) })
+      duration.observe({ gen_ai_operation_name: operation, gen_ai_request_model: model, status_class: statusClass(facts.status), workspace }, facts.durationMs / 1000)
+      if (facts.upstreamMs !== undefined) serverDuration.observe({ gen_ai_operation_name: operation, gen_ai_request_model: model }, facts.upstreamMs / 1000)
+      if (facts.ttftMs !== undefined && facts.ttftMs !== null) ttft.observe({ gen_ai_operation_name: operation, gen_ai_request_model: model }, facts.ttftMs / 1000)
+      for (const [type, count] of [['input', facts.inputTokens], ['output', facts.outputTokens]] as const) {
+        if (!count) continue
+        tokens.observe({ gen_ai_operation_name: operation, gen_ai_request_model: model, gen_ai_token_type: type, workspace }, count)
+        tokenTotal.inc({ workspace, operation, model, type }, count)
+      }
+      if (facts.billedMicros) spend.inc({ workspace, operation, model }, facts.billedMicros)
+    },
+    billed (facts) {
+      const labels = { workspace: workspaceOf(facts.workspace), operation: facts.operation, model: modelOf(facts.model) }
+      requests.inc({ ...labels, status_class: statusClass(facts.status) })
+      if (facts.inputTokens) tokenTotal.inc({ ...labels, type: 'input' }, facts.inputTokens)
+      if (facts.outputTokens) tokenTotal.inc({ ...labels, type: 'output' }, facts.outputTokens)
+      if (facts.billedMicros) spend.inc(labels, facts.billedMicros)
+    },
+    denied (workspace, limit) { denials.inc({ workspace: workspaceOf(workspace), limit }) },
+    upstream (status) {
+      const code = KNOWN_CODES.has(status) ? String(status) : 'other'
+      upstreamResponses.inc({ status_class: statusClass(status), code })
+    },
+    retried () { retries.inc() },
+    streamEnded (reason) { streams.inc({ reason }) },
+    inFlight (delta) { inFlight.inc(delta) },
+    thresholdCrossed (period, percent) { thresholds.inc({ period, percent: String(percent) }) },
+    async scrape () {
+      const observed = options.quotas()
+      scraped = await options.facts.read(observed.map((entry) => entry.keyId))
+      setQuotas(observed, scraped.keyNames)
+      return registry.metrics()
+    }
+  }
+}
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    metrics: Metrics
+    /** the separate metrics listener when METRICS_PORT is set, once the app listens; else null */
+    metricsServer: Server | null
+  }
+}
+
+interface MetricsPluginOptions extends MetricsOptions {
+  /** serve /metrics on a port of its own (and not on the app's), opened when the app listens */
+  port?: number
+  host: string
+}
+
+/** `GET /metrics` in Prometheus text format, from this app's own registry: on the app, or on a port of its own. */
+export const metricsPlugin = fp(async function metricsRoutes (app: FastifyInstance, options: MetricsPluginOptions) {
+  const metrics = createMetrics(options)
+  app.decorate('metrics', metrics)
+  app.decorate('metricsServer', null)
+  if (options.port === undefined) {
+    app.get('/metrics', { schema: { hide: true } }, async (_request, reply) => {
+      reply.header('content-type', metrics.registry.contentType)
+      return metrics.scrape()
+    })
+    return
+  }
+  // kept off the public port: a scraper reaches it on the internal network, clients never do
+  const port = options.port
+  app.addHook('onListen', async () => {
+    const server = createServer((request, response) => {
+      if (request.method !== 'GET' || request.url?.split('?')[0] !== '/metrics') {
+        response.writeHead(404, { 'content-type': 'text/plain' }).end('Not found\n')
+        return
+      }
+      metrics.scrape().then(
+        (text) => response.writeHead(200, { 'content-type': metrics.registry.contentType }).end(text),
+        (err: unknown) => {
+          app.log.error({ err }, 'metrics scrape failed')
+          response.writeHead(500, { 'content-type': 'text/plain' }).end('Scrape failed\n')
+        })
+    })
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject)
+      server.listen(port, options.host, () => resolve())
+    })
+    app.metricsServer = server
+    app.log.info({ port: (server.address() as AddressInfo).port }, 'metrics listening on a port of their own')
+  })
+  app.addHook('onClose', async () => {
+    const server = app.metricsServer
+    if (!server) return
+    server.closeAllConnections()
+    await new Promise((resolve) => server.close(resolve))
+  })
+}, { name: 'metrics' })

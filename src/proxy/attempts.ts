@@ -1,0 +1,269 @@
+import { setTimeout as sleep } from 'node:timers/promises'
+import type { Readable } from 'node:stream'
+import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
+import type { Dispatcher } from 'undici'
+import type { AuditLog } from '../audit/audit-log.js'
+import type { Config } from '../config.js'
+import type { Metrics } from '../metrics.js'
+import { GatewayError, retryAfterHeaders, unknownMistralKey, upstreamTimeout, upstreamUnreachable } from '../errors.js'
+import type { KeyHealth } from '../resilience/key-health.js'
+import { isSpendLimit, retryAfterMs } from '../resilience/retry-after.js'
+import type { RetryBudget } from '../resilience/retry-budget.js'
+import type { MistralKeyStore, UsableKey } from '../tenancy/mistral-keys.js'
+import type { CooldownStrategy } from '../tenancy/workspaces.js'
+import { upstreamHeaders } from './headers.js'
+import type { UpstreamPool } from './upstream.js'
+
+export interface AttemptDeps {
+  pool: UpstreamPool
+  prefix: string
+  keys: MistralKeyStore
+  health: KeyHealth
+  budget: RetryBudget
+  metrics: Metrics
+  audit: AuditLog
+  config: Config
+  log: FastifyBaseLogger
+}
+
+export interface Attempt {
+  request: FastifyRequest
+  workspaceId: string
+  /** key names to try, in order; one when the token or the header pins it */
+  candidates: string[]
+  body: string | undefined
+  /** a streamed upload can be sent once only */
+  rawBody: Readable | undefined
+  signal: AbortSignal
+}
+
+export interface Answer {
+  upstream: Dispatcher.ResponseData
+  key: UsableKey
+}
+
+const RETRYABLE = new Set([502, 503, 504])
+
+/** The gateway's order when the workspace sets none: another key first, then a short hold (issue 4). */
+const DEFAULT_ORDER: readonly CooldownStrategy[] = ['failover', 'hold']
+
+/** What a call may do while its preferred key is unusable, tried in order; after them the client gets the answer. */
+interface CooldownPlan {
+  order: readonly CooldownStrategy[]
+  holdMs: number
+}
+
+/**
+ * Sends a call to Mistral with the first usable key, and tries again — another key, or the same after a short
+ * wait, as the workspace's cooldown order allows — only while no byte has gone to the client (DESIGN.md). Never
+ * sends on a key that is cooling down, whose breaker is open, or that Mistral rejected.
+ */
+export async function sendWithRetries (attempt: Attempt, deps: AttemptDeps): Promise<Answer> {
+  const { request, workspaceId, candidates, body, rawBody, signal } = attempt
+  const { pool, prefix, keys, health, budget, config, log } = deps
+  const started = Date.now()
+  const resendable = rawBody === undefined
+  const setting = request.tenant?.workspace.cooldown ?? {}
+  const plan = { order: setting.order ?? DEFAULT_ORDER, holdMs: setting.holdMs ?? config.UPSTREAM_COOLDOWN_HOLD_MS }
+  let tries = 0
+  let failovers = 0
+  let lastFailure: GatewayError | undefined
+  // the key this call just met a 429 on: what comes next is a failover (another key) or a retry (the same one)
+  let after429: string | undefined
+  budget.earn()
+
+  while (true) {
+    const choice = await pickKey(workspaceId, candidates, plan, mayHold, deps)
+    if ('error' in choice) throw lastFailure ?? choice.error
+    if ('hold' in choice) {
+      after429 = undefined // mayHold counted it
+      await sleep(choice.hold + 5, undefined, { signal })
+      continue
+    }
+    const key = choice.key
+    if (after429 !== undefined && lastFailure !== undefined) {
+      // moving on to another key of the workspace is failover, not a retry: it costs no retry budget
+      if (key.id !== after429 && failovers < candidates.length - 1) failovers++
+      else if (!(await mayRetry())) throw lastFailure
+      after429 = undefined
+    }
+    let upstream: Dispatcher.ResponseData
+    try {
+      upstream = await pool.request({
+        path: prefix + request.url,
+        method: request.method as Dispatcher.HttpMethod,
+        headers: upstreamHeaders(request.headers, key.secret, rawBody !== undefined),
+        body: rawBody ?? body,
+        signal
+      })
+    } catch (err) {
+      if (signal.aborted) throw err
+      const failure = connectionFailure(err)
+      await health.failed(workspaceId, key.id).catch(() => {})
+      if (!(await mayRetry())) throw failure
+      lastFailure = failure
+      await backoff()
+      continue
+    }
+
+    const status = upstream.statusCode
+    deps.metrics.upstream(status)
+    if (status === 429) {
+      const text = await upstream.body.text().catch(() => '')
+      const spendLimit = isSpendLimit(text)
+      const block = await health.rateLimited(workspaceId, key.id, retryAfterMs(upstream.headers, Date.now()), spendLimit)
+      log.warn({ key: key.name, reason: block.reason, cooldownMs: block.until - Date.now() }, 'Mistral answered 429')
+      lastFailure = rateLimitedError(block.reason, block.until - Date.now(), key.name)
+      if (!resendable) throw lastFailure
+      after429 = key.id // the workspace's cooldown order decides, in pickKey
+      continue
+    }
+    if (status === 401) {
+      await upstream.body.dump().catch(() => {})
+      if (await keys.markInvalid(workspaceId, key.id)) {
+        log.error({ key: key.name }, 'Mistral rejected a workspace key: marked invalid')
+        await deps.audit.record({ actor: 'gateway', action: 'mistral_key.invalid', targetType: 'mistral_key', targetId: key.id, workspaceId, details: { name: key.name } }).catch(() => {})
+        request.server.events.emit('mistral_key.invalid', {
+          type: 'mistral_key.invalid',
+          workspaceId,
+          workspaceSlug: request.tenant?.workspace.slug ?? '',
+          keyId: key.id,
+          keyName: key.name,
+          at: new Date().toISOString()
+        })
+      }
+      lastFailure = invalidKeyError(key.name)
+      if (!(await mayRetry())) throw lastFailure
+      continue
+    }
+    if (RETRYABLE.has(status)) {
+      await health.failed(workspaceId, key.id).catch(() => {})
+      // the last try's answer reaches the client as Mistral sent it
+      if (await mayRetry()) {
+        await upstream.body.dump().catch(() => {})
+        await backoff()
+        continue
+      }
+      return { upstream, key }
+    }
+    health.succeeded(workspaceId, key.id)
+    health.noteQuota(workspaceId, key.id, upstream.headers)
+    return { upstream, key }
+  }
+
+  /** A hold is one of the waits UPSTREAM_RETRY_MAX_WAIT_MS bounds; waiting out this call's own 429 is a retry. */
+  async function mayHold (wait: number): Promise<boolean> {
+    if (Date.now() - started + wait > config.UPSTREAM_RETRY_MAX_WAIT_MS) return false
+    return after429 === undefined || await mayRetry()
+  }
+
+  async function mayRetry (): Promise<boolean> {
+    if (!resendable || signal.aborted || tries >= config.UPSTREAM_RETRIES) return false
+    if (Date.now() - started >= config.UPSTREAM_RETRY_MAX_WAIT_MS) return false
+    if (!budget.spend()) return false
+    tries++
+    deps.metrics.retried()
+    return true
+  }
+
+  async function backoff () {
+    // full jitter on 250 ms × 2^try, within what is left of the total wait
+    const step = Math.min(4_000, 250 * 2 ** tries)
+    const left = config.UPSTREAM_RETRY_MAX_WAIT_MS - (Date.now() - started)
+    await sleep(Math.max(0, Math.min(left, Math.random() * step)), undefined, { signal })
+  }
+}
+
+/** A key that cannot be used now: how long until it can (Infinity: at no known time), and what the client is told. */
+interface Blocked {
+  wait: number
+  error: GatewayError
+}
+
+/**
+ * The preferred key (the first candidate the workspace has) if it is usable now; else the workspace's cooldown
+ * strategies in order: `failover` takes the next usable candidate, `hold` waits for the preferred key (for the
+ * soonest of all once failover was allowed) if that ends within the hold. After them: the error to answer.
+ */
+async function pickKey (workspaceId: string, candidates: string[], plan: CooldownPlan,
+  mayHold: (wait: number) => Promise<boolean>, deps: AttemptDeps):
+Promise<{ key: UsableKey } | { hold: number } | { error: GatewayError }> {
+  let next = 0
+  let preferred: Blocked | undefined
+  while (next < candidates.length && preferred === undefined) {
+    const state = await keyState(workspaceId, candidates[next++], deps)
+    if (state && 'key' in state) return state
+    preferred = state
+  }
+  if (!preferred) {
+    throw unknownMistralKey(`No Mistral key named '${candidates[0]}' in this workspace`, { param: 'x-tramontane-key' })
+  }
+  let soonest = preferred
+  for (const strategy of plan.order) {
+    if (strategy === 'hold') {
+      if (soonest.wait <= plan.holdMs && await mayHold(soonest.wait)) return { hold: soonest.wait }
+      continue
+    }
+    while (next < candidates.length) {
+      const state = await keyState(workspaceId, candidates[next++], deps)
+      if (!state) continue
+      if ('key' in state) return state
+      if (state.wait < soonest.wait) soonest = state
+    }
+  }
+  return { error: soonest.error }
+}
+
+/** A candidate usable now, or why not; undefined when the workspace has no key of that name. */
+async function keyState (workspaceId: string, name: string, deps: AttemptDeps):
+Promise<{ key: UsableKey } | Blocked | undefined> {
+  const key = await deps.keys.resolve(workspaceId, name)
+  if (!key) return undefined
+  if (key.status === 'invalid') return { wait: Infinity, error: invalidKeyError(name) }
+  const block = deps.health.blocked(key.id)
+  if (!block) return { key }
+  const wait = block.until - Date.now()
+  if (block.reason === 'breaker_open' && wait <= 0) {
+    if (await deps.health.claimProbe(workspaceId, key.id)) return { key }
+    // another call holds the probe: nothing ends at a known time, so answer (or fail over) now
+    return { wait: Infinity, error: breakerError(1000, name) }
+  }
+  // what is left of the open time, as it is: Retry-After rounds it up to whole seconds, retry-after-ms does not
+  const error = block.reason === 'breaker_open'
+    ? breakerError(wait, name)
+    : rateLimitedError(block.reason, wait, name)
+  return { wait: Math.max(wait, 0), error }
+}
+
+function rateLimitedError (reason: string, remainingMs: number, keyName: string): GatewayError {
+  const retry = retryAfterHeaders(remainingMs)
+  if (reason === 'spend_limit') {
+    return new GatewayError(429, 'insufficient_quota', 'mistral_spend_limit_reached',
+      `Mistral refused the workspace's key '${keyName}': its organisation reached its spend or usage limit`,
+      { headers: { 'x-should-retry': 'false', ...retry } })
+  }
+  return new GatewayError(429, 'rate_limit_error', 'upstream_rate_limited',
+    `Mistral is rate limiting the workspace's key '${keyName}'; retry in ${retry['retry-after']} s`,
+    { headers: { ...retry, 'x-should-retry': 'true' } })
+}
+
+function breakerError (remainingMs: number, keyName: string): GatewayError {
+  const retry = retryAfterHeaders(remainingMs)
+  return new GatewayError(503, 'server_error', 'upstream_unavailable',
+    `Mistral keeps failing for the workspace's key '${keyName}'; calls resume in ${retry['retry-after']} s`,
+    { headers: retry })
+}
+
+function invalidKeyError (keyName: string): GatewayError {
+  return new GatewayError(502, 'upstream_error', 'mistral_key_rejected',
+    `Mistral rejected the workspace's key '${keyName}' (401); the operator must replace it`)
+}
+
+/** undici failures by `err.code` (nodejs/undici docs/api/Errors.md): timeouts are 504, the rest 502. */
+function connectionFailure (err: unknown): GatewayError {
+  const code = (err as NodeJS.ErrnoException).code ?? ''
+  if (code === 'UND_ERR_CONNECT_TIMEOUT' || code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT') {
+    return upstreamTimeout('Mistral did not answer in time')
+  }
+  return upstreamUnreachable('Mistral could not be reached', { cause: err })
+}

@@ -1,0 +1,194 @@
+import type { FastifyInstance, FastifyRequest } from 'fastify'
+import type { Ticket } from '../limits/admission.js'
+import { costOf } from '../pricing/cost.js'
+import type { TenantContext } from '../tenancy/tokens.js'
+import type { Operation } from './operations.js'
+import type { Priced } from './quote.js'
+import type { TapResult } from './usage-tap.js'
+import { emptyUsage, type Usage } from './usage.js'
+
+interface MeterOptions {
+  app: FastifyInstance
+  request: FastifyRequest
+  operation: Operation
+  /** the key that served the call: known only once failover is done */
+  keyName: () => string
+  /** when the request arrived (the client's clock starts here) */
+  receivedAt: number
+  /** when the call was handed to Mistral, once admitted (Mistral's part starts here) */
+  startedAt: number
+  requestJson: unknown
+  priced: Priced
+  ticket: Ticket | undefined
+}
+
+interface Settlement {
+  status: number
+  upstreamStatus: number | undefined
+  tap: TapResult | undefined
+  /** The upstream body ended early: cut, stalled, or the client hung up. */
+  cut: boolean
+}
+
+/**
+ * One proxied call: whatever way it ends, `settle` writes exactly one usage record when the operation is metered,
+ * and gives back its admission (reservation replaced by the actual cost, slot released). The first call wins.
+ * Returns the total tokens, for the log line.
+ */
+export function meterCall ({
+  app, request, operation, keyName, receivedAt, startedAt, requestJson, priced, ticket
+}: MeterOptions) {
+  let settled = false
+  if (operation.metered) app.usage.begin(provisionalRecord())
+  return {
+    settle ({ status, upstreamStatus, tap, cut }: Settlement): number {
+      if (settled) return 0
+      settled = true
+      const tenant = request.tenant as TenantContext
+      const now = Date.now()
+      const durationMs = now - receivedAt
+      app.metrics.inFlight(-1)
+      // Mistral's part of the call: from the hand-over to the end of its body, retries before the first byte included
+      const upstreamMs = upstreamStatus === undefined ? undefined : now - startedAt
+      if (!operation.metered) {
+        if (ticket) void app.admission.settle(ticket, { cost: 0, tokens: 0 })
+        app.metrics.call({
+          workspace: tenant.workspace.slug, operation: operation.area, model: undefined, status, durationMs, upstreamMs
+        })
+        return 0
+      }
+      const body = asObject(requestJson)
+      const success = upstreamStatus !== undefined && upstreamStatus < 300
+      let usage = tap?.usage
+      let estimated = false
+      if (!usage) {
+        usage = emptyUsage()
+        // Mistral bills what it produced; when its own count never arrived the ledger says it guessed
+        if (success && operation.metered !== 'speech') {
+          estimated = true
+          usage.promptTokens = estimatePromptTokens(body)
+          usage.totalTokens = usage.promptTokens
+        }
+      }
+      // non-streamed speech reports no usage at all: TTS is priced per character of input (MISTRAL-NOTES §2.6)
+      if (operation.metered === 'speech' && success && typeof body?.input === 'string') {
+        usage.characters = [...body.input].length
+      }
+      if (cut && success) estimated = estimated || tap?.usage === undefined
+      const requestedModel = typeof body?.model === 'string' ? body.model : undefined
+      const model = requestedModel ?? tap?.model ?? null
+      const { listMicros, billedMicros, priceModel } = price(app, operation, tenant, priced, requestedModel, model, usage,
+        body)
+      if (ticket) void app.admission.settle(ticket, { cost: billedMicros, tokens: usage.totalTokens })
+      app.usage.record({
+        requestId: request.id,
+        workspaceId: tenant.workspace.id,
+        tokenId: tenant.token.id,
+        keyName: keyName(),
+        operation: operation.metered as string,
+        model,
+        pricedModel: priceModel ?? null,
+        ...usageColumns(usage),
+        listCostMicros: listMicros,
+        billedCostMicros: billedMicros,
+        estimated,
+        streamed: tap?.streamed ?? body?.stream === true,
+        status,
+        upstreamStatus: upstreamStatus ?? null,
+        latencyMs: durationMs,
+        // billed in the period the call was admitted in, as the spend counters were
+        createdAt: new Date(startedAt),
+        ttftMs: tap?.firstByteAt === undefined ? null : tap.firstByteAt - startedAt
+      })
+      app.metrics.call({
+        workspace: tenant.workspace.slug,
+        operation: operation.metered,
+        model: priceModel,
+        status,
+        durationMs,
+        upstreamMs,
+        ttftMs: tap?.streamed && tap.firstByteAt !== undefined ? tap.firstByteAt - startedAt : undefined,
+        inputTokens: usage.promptTokens,
+        outputTokens: usage.completionTokens,
+        billedMicros
+      })
+      return usage.totalTokens
+    }
+  }
+  /**
+   * What the ledger says of this call if the gateway dies before it ends (SIGKILL, crash): the prompt's estimate,
+   * flagged `estimated`, status 0 (no answer known). The spool replays it unless the real record follows.
+   */
+  function provisionalRecord () {
+    const tenant = request.tenant as TenantContext
+    const body = asObject(requestJson)
+    const usage = emptyUsage()
+    if (operation.metered !== 'speech') usage.promptTokens = usage.totalTokens = estimatePromptTokens(body)
+    const requestedModel = typeof body?.model === 'string' ? body.model : undefined
+    const { listMicros, billedMicros, priceModel } = price(app, operation, tenant, priced, requestedModel,
+      requestedModel ?? null, usage, body)
+    return {
+      requestId: request.id,
+      workspaceId: tenant.workspace.id,
+      tokenId: tenant.token.id,
+      keyName: keyName(),
+      operation: operation.metered as string,
+      model: requestedModel ?? null,
+      pricedModel: priceModel ?? null,
+      ...usageColumns(usage),
+      listCostMicros: listMicros,
+      billedCostMicros: billedMicros,
+      estimated: true,
+      streamed: body?.stream === true,
+      status: 0,
+      upstreamStatus: null,
+      latencyMs: 0,
+      createdAt: new Date(startedAt),
+      ttftMs: null
+    }
+  }
+}
+
+/** At the request's model's price, or, where the request named none, at the price of the model Mistral answered with. */
+function price (app: FastifyInstance, operation: Operation, tenant: TenantContext, priced: Priced,
+  requestedModel: string | undefined, model: string | null, usage: Usage, body: Record<string, unknown> | undefined) {
+  const family = operation.metered as NonNullable<Operation['metered']>
+  const unit = (requestedModel === undefined && model !== null
+    ? app.prices.resolve(model, family, tenant.workspace.currency)
+    : undefined) ?? priced.price
+  if (!unit) return { listMicros: 0, billedMicros: 0, priceModel: undefined }
+  const annotated = body?.bbox_annotation_format != null || body?.document_annotation_format != null
+  // the canonical id of the price used: a metric label bounded by the price book
+  // the tier comes with the usage (1.75× when priority); the region with the deployment's upstream (1.1×)
+  const cost = costOf(usage, unit, { family, markupBps: tenant.workspace.markupBps, annotated, regional: priced.regional })
+  return { ...cost, priceModel: unit.model }
+}
+
+function usageColumns (usage: Usage) {
+  return {
+    promptTokens: usage.promptTokens,
+    cachedTokens: usage.cachedTokens,
+    completionTokens: usage.completionTokens,
+    totalTokens: usage.totalTokens,
+    pages: usage.pages,
+    audioSeconds: usage.audioSeconds,
+    characters: usage.characters,
+    connectorTokens: usage.connectorTokens,
+    serviceTier: usage.serviceTier
+  }
+}
+
+function asObject (value: unknown): Record<string, unknown> | undefined {
+  return value !== null && typeof value === 'object' ? value as Record<string, unknown> : undefined
+}
+
+/**
+ * About four characters a token, the usual ratio on prose: what a call whose usage Mistral never sent is billed at,
+ * flagged `estimated`. Not the reservation's estimate (src/pricing/estimate.ts), which over-counts on purpose so that
+ * a cap holds; billing a client for a guess should not.
+ */
+function estimatePromptTokens (body: Record<string, unknown> | undefined): number {
+  if (!body) return 0
+  const text = JSON.stringify(body.messages ?? body.inputs ?? body.input ?? body.prompt ?? '')
+  return Math.ceil(text.length / 4)
+}

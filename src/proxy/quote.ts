@@ -1,0 +1,131 @@
+import type { Quote } from '../limits/admission.js'
+import { worstCaseMicros, costOf } from '../pricing/cost.js'
+import { estimatePromptTokens } from '../pricing/estimate.js'
+import type { ModelPrice, PriceBook } from '../pricing/price-book.js'
+import { priceFamilyOf } from '../pricing/default-prices.js'
+import { badRequest, modelNotPriced } from '../errors.js'
+import type { MeteredFamily } from './operations.js'
+
+export interface Priced {
+  quote: Quote
+  /** the price the call is reserved at; settlement re-prices with the model Mistral names when the request had none */
+  price: ModelPrice | undefined
+  /** whether `max_tokens` bounds this call's cost (and so may be set or clamped) */
+  tokenBound: boolean
+  /** sent to a regional host: reserved and settled at 1.1× */
+  regional: boolean
+}
+
+const FREE: Quote = { cost: 0, promptCost: 0, outputPerMillion: 0, maxTokens: 0, n: 1, promptTokens: 0 }
+// OCR is priced per page and the page count is known only from Mistral's answer; audio likewise by its duration
+const OCR_RESERVED_PAGES = 50
+/** bytes of compressed audio per second, on the low side (16 kbit/s speech codecs): more seconds reserved, not fewer */
+const AUDIO_BYTES_PER_SECOND = 2_000
+const MAX_OUTPUT_TOKENS = 10_000_000
+const MAX_CHOICES = 10_000
+
+/**
+ * Creating a batch job: its cost is known only when it ends (src/usage/batch-watcher.ts), so it is reserved at the
+ * least there is, one micro-unit. A job is thus started only while every spend cap has something left; what it costs
+ * is charged when it ends, past the cap if need be (docs/usage-and-billing.md "Batch jobs").
+ */
+export const BATCH_CREATION: Priced = {
+  quote: { ...FREE, cost: 1, promptCost: 1 }, price: undefined, tokenBound: false, regional: false
+}
+
+/**
+ * The worst case of a metered call before it is made (DESIGN.md "Spend caps are hard"): prompt estimate + max_tokens
+ * (or the model's output ceiling) × n, at the workspace's billed price. Unpriced models are refused here.
+ */
+export function quoteCall ({ family, body, contentLength, prices, currency, markupBps, regional = false }: {
+  family: MeteredFamily | null
+  body: Record<string, unknown> | undefined
+  contentLength: number
+  prices: PriceBook
+  currency: string
+  markupBps: number
+  regional?: boolean
+}): Priced {
+  if (family === null) return { quote: FREE, price: undefined, tokenBound: false, regional }
+  const price = priceOf(prices, family, body?.model, currency)
+  if (!price) {
+    throw modelNotPriced(`Model '${String(body?.model)}' has no price in this gateway's price book; ` +
+      'the operator can add one (PUT /admin/v1/prices/{model})', { param: 'model' })
+  }
+  const billed = { price, markupBps, regional }
+  switch (priceFamilyOf(family)) {
+    case 'chat': {
+      const promptTokens = estimatePromptTokens(body)
+      // bounded so that the worst case stays an exact integer; any real output is far below either bound
+      const maxTokens = Math.min(positiveInteger(body?.max_tokens) ?? price.outputCeiling, MAX_OUTPUT_TOKENS)
+      const n = positiveInteger(body?.n) ?? 1
+      if (n > MAX_CHOICES) throw badRequest(`n may be at most ${MAX_CHOICES}`, { param: 'n' })
+      const priority = body?.service_tier === 'auto'
+      return {
+        quote: {
+          cost: worstCaseMicros({ ...billed, promptTokens, maxOutputTokens: maxTokens, n, priority }),
+          promptCost: worstCaseMicros({ ...billed, promptTokens, maxOutputTokens: 0, n, priority }),
+          outputPerMillion: worstCaseMicros({ ...billed, promptTokens: 0, maxOutputTokens: 1_000_000, n, priority }),
+          maxTokens,
+          n,
+          promptTokens
+        },
+        price,
+        tokenBound: true,
+        regional
+      }
+    }
+    case 'embeddings':
+    case 'moderation': {
+      const promptTokens = estimatePromptTokens(body)
+      const cost = worstCaseMicros({ ...billed, promptTokens, maxOutputTokens: 0 })
+      return { quote: { ...FREE, cost, promptCost: cost, promptTokens }, price, tokenBound: false, regional }
+    }
+    case 'ocr': {
+      const pages = Array.isArray(body?.pages) ? body.pages.length : OCR_RESERVED_PAGES
+      const annotated = body?.bbox_annotation_format != null || body?.document_annotation_format != null
+      const cost = costOf(units({ pages }), price, { family, markupBps, annotated, regional }).billedMicros
+      return { quote: { ...FREE, cost, promptCost: cost }, price, tokenBound: false, regional }
+    }
+    case 'transcription': {
+      const audioSeconds = Math.ceil(contentLength / AUDIO_BYTES_PER_SECOND) || 60
+      const cost = costOf(units({ audioSeconds }), price, { family, markupBps, regional }).billedMicros
+      return { quote: { ...FREE, cost, promptCost: cost }, price, tokenBound: false, regional }
+    }
+    case 'speech': {
+      const characters = typeof body?.input === 'string' ? [...body.input].length : 0
+      const cost = costOf(units({ characters }), price, { family, markupBps, regional }).billedMicros
+      return { quote: { ...FREE, cost, promptCost: cost }, price, tokenBound: false, regional }
+    }
+  }
+}
+
+/**
+ * The request's model, or — where the request names none (agents, conversations with an agent, transcriptions whose
+ * model is a form field streamed past) — the dearest price of the family, so the reservation covers any of them.
+ */
+function priceOf (prices: PriceBook, family: MeteredFamily, model: unknown, currency: string): ModelPrice | undefined {
+  if (typeof model === 'string' && model.length > 0) return prices.resolve(model, family, currency)
+  const fallback = prices.resolve('*', family, currency)
+  if (fallback) return fallback
+  let dearest: ModelPrice | undefined
+  for (const candidate of prices.list(currency, priceFamilyOf(family))) {
+    if (candidate.status === 'retired') continue
+    if (!dearest || weight(candidate) > weight(dearest)) dearest = candidate
+  }
+  return dearest
+}
+
+const weight = (price: ModelPrice) => price.inputPerMTok + price.outputPerMTok + price.audioPerMinute * 1000 +
+  price.pagesPer1000 + price.annotatedPagesPer1000 + price.charactersPerM
+
+function units (partial: Partial<Record<'pages' | 'audioSeconds' | 'characters', number>>) {
+  return { promptTokens: 0, cachedTokens: 0, completionTokens: 0, audioSeconds: 0, pages: 0, characters: 0, ...partial }
+}
+
+/** Mistral's validation is lax (pydantic): "1000" is read as 1000, so the reservation must read it so too. */
+function positiveInteger (value: unknown): number | undefined {
+  const number = typeof value === 'string' && /^\s*\d+\s*$/.test(value) ? Number(value) : value
+  if (typeof number !== 'number' || !Number.isFinite(number) || number <= 0) return undefined
+  return number > Number.MAX_SAFE_INTEGER ? Number.MAX_SAFE_INTEGER : Math.ceil(number)
+}

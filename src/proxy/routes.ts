@@ -1,0 +1,345 @@
+import { Readable } from 'node:stream'
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import type { Config } from '../config.js'
+import {
+  GatewayError, badRequest, errorEnvelope, invalidToken, organizationRouteDenied, scopeDenied, unknownMistralKey,
+  unknownRoute, upstreamTimeout, upstreamUnreachable, workspaceSuspended
+} from '../errors.js'
+import { createRetryBudget } from '../resilience/retry-budget.js'
+import type { MistralKeyStore } from '../tenancy/mistral-keys.js'
+import type { TenantContext } from '../tenancy/tokens.js'
+import { acceptJsonBodies } from '../json-body.js'
+import { sendWithRetries, type AttemptDeps } from './attempts.js'
+import { downstreamHeaders } from './headers.js'
+import { operationTable, type Operation } from './operations.js'
+import { basePath, createUpstreamPool } from './upstream.js'
+import { createJsonTap, createSseTap, type TapResult } from './usage-tap.js'
+import { readModel, readUsage } from './usage.js'
+import { translateChatRequest, translateEmbeddingsRequest } from '../dialects/openai-request.js'
+import { base64Embeddings, createOpenAiStreamShaper, withOpenAiError } from '../dialects/openai-response.js'
+import { openAiModerations, translateModerationRequest } from '../dialects/openai-moderations.js'
+import { createStreamErrorShaper } from '../dialects/openai-stream-errors.js'
+import { batchJobCall, observeBatchJob } from './batch-hook.js'
+import { meterCall } from './meter.js'
+import { BATCH_CREATION, quoteCall } from './quote.js'
+import { isRegionalHost } from '../pricing/region.js'
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    tenant: TenantContext | null
+    operation: Operation | null
+    /** Facts for the request's log line, filled as the call goes. */
+    outcome: { model?: string, keyName?: string, totalTokens?: number, upstreamStatus?: number } | null
+  }
+}
+
+const METHODS = ['GET', 'POST', 'PUT', 'PATCH', 'DELETE']
+const DOT_SEGMENT = /\/\.\.?(\/|$)|\\/
+
+/** `/v1/*` and `/v2/*`: every operation of Mistral's spec, forwarded with the workspace's own Mistral key. */
+export async function proxyRoutes (app: FastifyInstance, { config }: { config: Config }) {
+  const pool = createUpstreamPool(config)
+  const prefix = basePath(config.MISTRAL_BASE_URL)
+  const regional = isRegionalHost(config.MISTRAL_BASE_URL)
+  app.addHook('onClose', async () => { await pool.close() })
+
+  app.decorateRequest('tenant', null)
+  app.decorateRequest('operation', null)
+  app.decorateRequest('outcome', null)
+
+  // JSON is parsed once (to read model and stream), everything else (multipart uploads, audio) streams through
+  app.removeAllContentTypeParsers()
+  acceptJsonBodies(app, config.BODY_LIMIT_BYTES)
+  app.addContentTypeParser('*', (_request, payload, done) => done(null, payload))
+
+  app.addHook('onRequest', async (request) => {
+    const tenant = await app.tenancy.tokens.authenticate(bearer(request.headers.authorization))
+    if (!tenant) throw invalidToken()
+    if (tenant.workspace.status !== 'active') throw workspaceSuspended(`Workspace '${tenant.workspace.slug}' is suspended`)
+    const queryAt = request.url.indexOf('?')
+    const rawPath = queryAt === -1 ? request.url : request.url.slice(0, queryAt)
+    // Mistral (uvicorn) percent-decodes before it routes: classify what it will route, or an escape could disguise
+    // an organisation route
+    const pathname = rawPath.includes('%') ? decodePath(rawPath) : rawPath
+    // a proxy on Mistral's side may resolve dot segments: no route of the API has one
+    if (DOT_SEGMENT.test(pathname)) throw badRequest('The request path has a dot segment or a backslash')
+    const match = operationTable.match(request.method, pathname)
+    if (!match) throw unknownRoute(`${request.method} ${pathname} is not an operation of the Mistral API`)
+    const { operation } = match
+    // connectors activated for the whole organisation are told apart only by a path parameter
+    // an allow-list: a consumer scope Mistral adds later is organisation-wide until we know better
+    const consumerScope = match.params.consumer_scope
+    const organizationWide = operation.organization ||
+      (consumerScope !== undefined && consumerScope !== 'user' && consumerScope !== 'workspace')
+    if (organizationWide && !tenant.workspace.allowOrganizationRoutes) {
+      throw organizationRouteDenied(`${pathname} acts on the whole Mistral organisation; the operator has not allowed it`)
+    }
+    const { scopes } = tenant.token
+    if (scopes.length > 0 && !scopes.includes(operation.area)) {
+      throw scopeDenied(`This token's scopes do not include '${operation.area}'`)
+    }
+    request.tenant = tenant
+    request.operation = operation
+  })
+
+  const attemptDeps: AttemptDeps = {
+    pool, prefix, keys: app.tenancy.keys, health: app.keyHealth, metrics: app.metrics, budget: createRetryBudget(config.UPSTREAM_RETRY_BUDGET_PERCENT),
+    audit: app.audit, config, log: app.log
+  }
+
+  const forward = async (request: FastifyRequest, reply: FastifyReply) => {
+    const tenant = request.tenant as TenantContext
+    const operation = request.operation as Operation
+    const candidates = await keyCandidates(tenant, request.headers['x-tramontane-key'], app.tenancy.keys)
+    const { body, model, rawBody } = requestBody(request.body)
+    request.outcome = { model, keyName: candidates[0] }
+    const notes = translateDialect(operation, body)
+
+    // admission: the worst case of the call against every limit and cap, in one round trip
+    const { workspace, token } = tenant
+    const batchCall = batchJobCall(operation.id, request.url)
+    // a batch job is billed when it ends: its creation is held to the spend caps too
+    const capped = operation.metered !== null || batchCall === 'created'
+    const priced = batchCall === 'created' ? BATCH_CREATION : quoteCall({
+      family: operation.metered,
+      body: body as Record<string, unknown> | undefined,
+      contentLength: Number(request.headers['content-length'] ?? 0),
+      prices: app.prices,
+      currency: workspace.currency,
+      markupBps: workspace.markupBps,
+      regional
+    })
+    const ticket = await app.admission.admit({
+      requestId: request.id,
+      workspace: { id: workspace.id, timezone: workspace.timezone, limits: workspace.limits, caps: capped ? workspace.caps : {} },
+      token: { id: token.id, limits: token.limits, caps: capped ? token.caps : {} },
+      model: priced.price?.model
+    }, priced.quote).catch((err: unknown) => {
+      if (err instanceof GatewayError) app.metrics.denied(workspace.slug, err.param ?? err.code)
+      throw err
+    })
+    if (ticket) {
+      reply.headers(ticket.headers)
+      // a capped call's cost is bounded only by the max_tokens Mistral is sent
+      if (priced.tokenBound && ticket.spend.length > 0) {
+        (body as Record<string, unknown>).max_tokens = ticket.clampedMaxTokens ?? priced.quote.maxTokens
+      }
+    }
+
+    const startedAt = Date.now()
+    // authentication, classification and admission are the gateway's part of the call
+    const receivedAt = startedAt - Math.round(reply.elapsedTime)
+    const controller = new AbortController()
+    // the client hanging up cancels Mistral's work too (and stops the meter at what Mistral reported)
+    const onClientClose = () => { if (!reply.raw.writableFinished) controller.abort() }
+    reply.raw.once('close', onClientClose)
+    const deadline = setTimeout(() => controller.abort(new TotalTimeoutError()), config.UPSTREAM_TOTAL_TIMEOUT_MS)
+
+    let keyName = candidates[0]
+    app.metrics.inFlight(1)
+    const meter = meterCall({
+      request, operation, keyName: () => keyName, receivedAt, startedAt, app, requestJson: body, priced, ticket
+    })
+    let answer
+    try {
+      answer = await sendWithRetries({
+        request,
+        workspaceId: workspace.id,
+        candidates,
+        body: body === undefined ? undefined : JSON.stringify(body),
+        rawBody,
+        signal: controller.signal
+      }, attemptDeps)
+    } catch (err) {
+      clearTimeout(deadline)
+      const failure = err instanceof GatewayError ? err : upstreamFailure(err, controller.signal)
+      meter.settle({ status: failure.statusCode, upstreamStatus: undefined, tap: undefined, cut: false })
+      throw failure
+    }
+    const { upstream, key } = answer
+    keyName = key.name
+    request.outcome.keyName = key.name
+    request.outcome.upstreamStatus = upstream.statusCode
+    reply.code(upstream.statusCode).headers(downstreamHeaders(upstream.headers))
+    const status = upstream.statusCode
+    const contentType = String(upstream.headers['content-type'] ?? '')
+    if (status >= 400 && contentType.startsWith('application/json')) {
+      // small bodies, read whole: every SDK must see the message (DESIGN.md "Two dialects")
+      const text = await upstream.body.text().catch(() => '')
+      clearTimeout(deadline)
+      meter.settle({ status, upstreamStatus: status, tap: undefined, cut: false })
+      reply.removeHeader('content-length')
+      return reply.send(withOpenAiError(text, status))
+    }
+    if (notes?.rewrite && status < 300) {
+      const text = await upstream.body.text()
+      clearTimeout(deadline)
+      request.outcome.totalTokens = meter.settle({ status, upstreamStatus: status, tap: jsonTapOf(text), cut: false })
+      reply.removeHeader('content-length')
+      return reply.send(notes.rewrite(text))
+    }
+    if (batchCall && status < 300) {
+      // a job without its results is small: read whole, to watch the job or to bill it if it has ended
+      let answer: Buffer
+      try {
+        answer = Buffer.from(await upstream.body.arrayBuffer())
+      } finally {
+        clearTimeout(deadline)
+        meter.settle({ status, upstreamStatus: status, tap: undefined, cut: false })
+      }
+      await observeBatchJob(app.batchJobs, batchCall, request, key.name, body, answer)
+      return reply.send(answer)
+    }
+    if (!operation.metered) {
+      upstream.body.once('close', () => {
+        clearTimeout(deadline)
+        meter.settle({ status, upstreamStatus: status, tap: undefined, cut: false })
+      })
+      return reply.send(upstream.body)
+    }
+    const sse = contentType.startsWith('text/event-stream')
+    const tap = sse ? createSseTap() : createJsonTap()
+    let cut: unknown
+    let settled = false
+    const settle = () => {
+      if (settled) return
+      settled = true
+      clearTimeout(deadline)
+      reply.raw.off('close', onClientClose)
+      request.outcome!.totalTokens = meter.settle({ status, upstreamStatus: status, tap: tap.result, cut: Boolean(cut) })
+    }
+    // the tap ends before the reply finishes, so before onResponse writes the request's log line with the tokens
+    tap.once('end', () => {
+      if (sse) app.metrics.streamEnded(cut === undefined ? 'complete' : streamFaultOf(cut))
+      settle()
+    })
+    tap.once('close', settle)
+    upstream.body.once('error', (err) => {
+      cut = err
+      if (controller.signal.aborted && !(controller.signal.reason instanceof TotalTimeoutError)) {
+        if (sse) app.metrics.streamEnded('client_abort')
+        return tap.destroy()
+      }
+      request.log.warn({ err: { code: (err as NodeJS.ErrnoException).code } }, 'upstream stream cut')
+      // the status has gone: an SSE client learns of the cut from an error event (never a [DONE]); JSON is cut short
+      if (sse) tap.end(streamErrorEvent(request.id, err))
+      else tap.destroy(err)
+    })
+    upstream.body.pipe(tap)
+    if (sse && notes?.stream) {
+      reply.removeHeader('content-length')
+      const shaper = notes.stream === 'reshape' ? createOpenAiStreamShaper(notes) : createStreamErrorShaper()
+      return reply.send(tap.pipe(shaper))
+    }
+    return reply.send(tap)
+  }
+
+  for (const url of ['/v1/*', '/v2/*']) {
+    app.route({ method: METHODS, url, handler: forward, schema: { hide: true } })
+  }
+}
+
+class TotalTimeoutError extends Error {
+  constructor () { super('upstream call exceeded UPSTREAM_TOTAL_TIMEOUT_MS'); this.name = 'TotalTimeoutError' }
+}
+
+function decodePath (path: string): string {
+  let decoded: string
+  try {
+    decoded = decodeURIComponent(path)
+  } catch {
+    throw badRequest('The request path has an invalid percent-encoding')
+  }
+  return decoded
+}
+
+function bearer (header: string | undefined): string {
+  if (!header || header.length < 8) return ''
+  return header.slice(0, 7).toLowerCase() === 'bearer ' ? header.slice(7).trim() : ''
+}
+
+/**
+ * A token bound to a key uses it, and `x-tramontane-key` pins one; otherwise `default`, then the workspace's other
+ * keys in order when `default` is cooling down or failing (failover never leaves the workspace).
+ */
+async function keyCandidates (tenant: TenantContext, header: string | string[] | undefined, keys: MistralKeyStore):
+Promise<string[]> {
+  const asked = typeof header === 'string' && header.length > 0 ? header : undefined
+  const bound = tenant.token.mistralKeyName
+  if (bound !== null) {
+    if (asked !== undefined && asked !== bound) {
+      throw unknownMistralKey(`This token may only use the Mistral key '${bound}'`, { param: 'x-tramontane-key' })
+    }
+    return [bound]
+  }
+  if (asked !== undefined) return [asked]
+  const names = await keys.names(tenant.workspace.id)
+  return names[0] === 'default' ? names : ['default']
+}
+
+/** What a response must become for an OpenAI client (DESIGN.md "Two dialects"), noted as its request is translated. */
+interface Dialect {
+  /** a final chunk with empty `choices` and the usage, as `stream_options.include_usage` asks */
+  includeUsage: boolean
+  /**
+   * `reshape`: parsed event by event (asked-for usage, tools that may be called); `errors`: passed as it comes, but
+   * for Mistral's error events, which gain the `error` object openai-node throws on
+   */
+  stream?: 'reshape' | 'errors'
+  /** a 2xx JSON answer rewritten: base64 embeddings, OpenAI's moderation fields */
+  rewrite?: (body: string) => string
+}
+
+/** OpenAI-only parameters become Mistral's (chat family, embeddings, moderations); what the response must then do. */
+function translateDialect (operation: Operation, body: unknown): Dialect | undefined {
+  if (body === null || typeof body !== 'object' || Array.isArray(body)) return undefined
+  const json = body as Record<string, unknown>
+  if (operation.metered === 'chat' || operation.metered === 'fim' || operation.metered === 'agents_completion') {
+    const { includeUsage } = translateChatRequest(json)
+    return { includeUsage, stream: includeUsage || Array.isArray(json.tools) ? 'reshape' : 'errors' }
+  }
+  if (operation.metered === 'embeddings') {
+    const { base64Embeddings: base64 } = translateEmbeddingsRequest(json)
+    return { includeUsage: false, rewrite: base64 ? base64Embeddings : undefined }
+  }
+  // `/v1/chat/moderations` has no OpenAI counterpart
+  if (operation.path === '/v1/moderations' && translateModerationRequest(json)) {
+    return { includeUsage: false, rewrite: openAiModerations }
+  }
+  return undefined
+}
+
+/** What a JSON tap would have read from a body already in hand. */
+function jsonTapOf (text: string): TapResult {
+  let payload: unknown
+  try {
+    payload = JSON.parse(text)
+  } catch {}
+  return { usage: readUsage(payload), model: readModel(payload), events: 1, firstByteAt: Date.now(), streamError: false, streamed: false }
+}
+
+function streamFaultOf (err: unknown): 'upstream_stalled' | 'upstream_cut' {
+  return (err as NodeJS.ErrnoException).code === 'UND_ERR_BODY_TIMEOUT' ? 'upstream_stalled' : 'upstream_cut'
+}
+
+/** An SSE event in the error envelope's shape: openai-node throws on an `error` key, the Mistral SDK on its shape. */
+function streamErrorEvent (requestId: string, err: unknown): string {
+  const body = { type: 'upstream_error', code: streamFaultOf(err), message: 'The upstream stream ended before it was complete', param: null }
+  return `data: ${JSON.stringify(errorEnvelope(body, requestId))}\n\n`
+}
+
+function requestBody (parsed: unknown) {
+  if (parsed instanceof Readable) return { body: undefined, model: undefined, rawBody: parsed }
+  const model = parsed !== null && typeof parsed === 'object' ? (parsed as Record<string, unknown>).model : undefined
+  return { body: parsed, model: typeof model === 'string' ? model : undefined, rawBody: undefined }
+}
+
+/** undici failures by `err.code` (nodejs/undici docs/api/Errors.md): timeouts are 504, the rest 502. */
+function upstreamFailure (err: unknown, signal: AbortSignal): GatewayError {
+  if (signal.reason instanceof TotalTimeoutError) return upstreamTimeout('Mistral did not finish in time')
+  const code = (err as NodeJS.ErrnoException).code ?? ''
+  if (code === 'UND_ERR_CONNECT_TIMEOUT' || code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT') {
+    return upstreamTimeout('Mistral did not answer in time')
+  }
+  return upstreamUnreachable('Mistral could not be reached', { cause: err })
+}

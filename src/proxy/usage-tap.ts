@@ -1,0 +1,125 @@
+import { Transform, type TransformCallback } from 'node:stream'
+import { StringDecoder } from 'node:string_decoder'
+import { readModel, readUsage, type Usage } from './usage.js'
+
+/** What a tap learnt from the bytes that went by. */
+export interface TapResult {
+  usage: Usage | undefined
+  model: string | undefined
+  /** SSE events (or 1 for a JSON body) seen whole. */
+  events: number
+  /** When the first byte came from upstream (ms since the epoch). */
+  firstByteAt: number | undefined
+  /** SSE only: an event told of an upstream error mid-stream. */
+  streamError: boolean
+  /** the reply was an event stream */
+  streamed: boolean
+}
+
+// a metered JSON reply larger than this is relayed but not parsed (no Mistral reply of that size carries usage
+// we could not afford to miss; embeddings batches are the largest, far below it)
+const MAX_JSON_TAP_BYTES = 64 * 1024 * 1024
+
+/**
+ * Relays Mistral's SSE bytes unchanged and reads usage on the side. An event can span reads, so text is kept
+ * until its blank line; only events that mention usage are parsed, the rest are just counted.
+ */
+export function createSseTap (): Transform & { result: TapResult } {
+  const decoder = new StringDecoder('utf8')
+  const result = newResult(true)
+  let pending = ''
+  const inspect = (event: string) => {
+    result.events++
+    if (event.includes('error')) noteError(event, result)
+    // conversations name the model on their deltas, not on the event that carries usage: read it once
+    const wantsModel = result.model === undefined && event.includes('"model"')
+    if (!wantsModel && !event.includes('usage')) return
+    const payload = parseData(event)
+    const usage = readUsage(payload)
+    if (usage) result.usage = usage
+    if (usage || wantsModel) result.model = readModel(payload) ?? result.model
+  }
+  const tap = new Transform({
+    transform (chunk: Buffer, _encoding: BufferEncoding, done: TransformCallback) {
+      result.firstByteAt ??= Date.now()
+      pending += decoder.write(chunk)
+      let end = nextBoundary(pending)
+      while (end !== -1) {
+        inspect(pending.slice(0, end))
+        pending = pending.slice(end).replace(/^(\r?\n)+/, '')
+        end = nextBoundary(pending)
+      }
+      done(null, chunk)
+    },
+    flush (done: TransformCallback) {
+      pending += decoder.end()
+      if (pending.trim().length > 0) inspect(pending)
+      done()
+    }
+  })
+  return Object.assign(tap, { result })
+}
+
+/** Relays a JSON body unchanged and reads its usage once it is whole. */
+export function createJsonTap (): Transform & { result: TapResult } {
+  const result = newResult(false)
+  const chunks: Buffer[] = []
+  let size = 0
+  const tap = new Transform({
+    transform (chunk: Buffer, _encoding: BufferEncoding, done: TransformCallback) {
+      result.firstByteAt ??= Date.now()
+      size += chunk.length
+      if (size <= MAX_JSON_TAP_BYTES) chunks.push(chunk)
+      done(null, chunk)
+    },
+    flush (done: TransformCallback) {
+      if (size <= MAX_JSON_TAP_BYTES && size > 0) {
+        try {
+          const payload = JSON.parse(Buffer.concat(chunks, size).toString('utf8'))
+          result.usage = readUsage(payload)
+          result.model = readModel(payload)
+          result.events = 1
+        } catch {
+          // not JSON after all: relayed as is, metered as unknown
+        }
+      }
+      done()
+    }
+  })
+  return Object.assign(tap, { result })
+}
+
+function newResult (streamed: boolean): TapResult {
+  return { usage: undefined, model: undefined, events: 0, firstByteAt: undefined, streamError: false, streamed }
+}
+
+function nextBoundary (text: string): number {
+  const lf = text.indexOf('\n\n')
+  const crlf = text.indexOf('\r\n\r\n')
+  if (lf === -1) return crlf
+  if (crlf === -1) return lf
+  return Math.min(lf, crlf)
+}
+
+/** The JSON of an event's data lines (SSE allows several, joined by newlines). */
+function parseData (event: string): unknown {
+  let data = ''
+  for (const line of event.split(/\r?\n/)) {
+    if (line.startsWith('data:')) data += (data ? '\n' : '') + line.slice(line.charAt(5) === ' ' ? 6 : 5)
+  }
+  if (!data || data === '[DONE]') return undefined
+  try {
+    return JSON.parse(data)
+  } catch {
+    return undefined
+  }
+}
+
+function noteError (event: string, result: TapResult) {
+  // Mistral's named error event (conversations) or an error payload in a data-only stream
+  if (/^event:\s*[\w.]*error/m.test(event)) result.streamError = true
+  else if (event.includes('"error"') || event.includes('"object":"error"')) {
+    const payload = parseData(event) as Record<string, unknown> | undefined
+    if (payload && (payload.error != null || payload.object === 'error')) result.streamError = true
+  }
+}

@@ -1,0 +1,92 @@
+import { Cluster, Redis, type ClusterNode, type RedisOptions } from 'ioredis'
+
+/** A single Redis or a Redis Cluster: every command the gateway sends works on both (one hash slot per workspace). */
+export type RedisClient = Redis | Cluster
+
+export interface RedisHandle {
+  /** Commands: never queues while disconnected, so no request waits on a dead Redis. */
+  client: RedisClient
+  /** Pub/sub needs its own connection; it re-subscribes by itself after a reconnect. */
+  subscriber: RedisClient
+  close (): Promise<void>
+}
+
+const CLUSTER_SCHEME = /^(rediss?)-cluster:\/\/(?:([^@/]*)@)?([^/?#]+)\/?$/
+
+/**
+ * `redis://…` or `rediss://…` (ioredis' URL form) for one Redis;
+ * `redis-cluster://[[user]:password@]host:port,host:port` (or `rediss-cluster://` for TLS) for a Redis Cluster: any
+ * of its masters, the client discovers the rest.
+ */
+export function openRedis (url: string, commandTimeoutMs: number): RedisHandle {
+  // commands issued in the same tick (the admissions and settlements of concurrent calls) leave in one write: on
+  // loopback, the write is most of what a Redis round trip costs the gateway (bench/results/profile.md)
+  const commands: RedisOptions = {
+    enableOfflineQueue: false, commandTimeout: commandTimeoutMs, maxRetriesPerRequest: 1, enableAutoPipelining: true
+  }
+  const cluster = parseClusterUrl(url)
+  let client: RedisClient
+  let subscriber: RedisClient
+  if (cluster) {
+    const { nodes, redisOptions } = cluster
+    // the cluster's own queue is off (a command fails at once while no node answers); its nodes keep theirs, which
+    // it needs to ask them for the slot map while they connect
+    client = new Cluster(nodes, {
+      enableOfflineQueue: false,
+      enableAutoPipelining: true,
+      redisOptions: { ...redisOptions, commandTimeout: commandTimeoutMs, maxRetriesPerRequest: 1 }
+    })
+    subscriber = new Cluster(nodes, { redisOptions: { ...redisOptions, maxRetriesPerRequest: null } })
+  } else {
+    client = new Redis(url, { ...commands, lazyConnect: false })
+    subscriber = new Redis(url, { lazyConnect: false, maxRetriesPerRequest: null })
+  }
+  // ioredis reports connection errors as events; without listeners they would be unhandled
+  client.on('error', () => {})
+  subscriber.on('error', () => {})
+  return {
+    client,
+    subscriber,
+    async close () {
+      client.disconnect()
+      subscriber.disconnect()
+    }
+  }
+}
+
+/** The nodes and connection options of a `redis-cluster://` URL, or undefined for any other URL. */
+export function parseClusterUrl (url: string): { nodes: ClusterNode[], redisOptions: RedisOptions } | undefined {
+  const match = CLUSTER_SCHEME.exec(url)
+  if (!match) return undefined
+  const [, scheme, auth, hosts] = match
+  const nodes = hosts.split(',').map((entry) => {
+    const at = entry.lastIndexOf(':')
+    const host = at > 0 ? entry.slice(0, at).replace(/^\[(.*)\]$/, '$1') : entry
+    const port = at > 0 ? Number(entry.slice(at + 1)) : 6379
+    if (!host || !Number.isInteger(port) || port < 1 || port > 65535) {
+      throw new Error(`REDIS_URL: '${entry}' is not host:port`)
+    }
+    return { host, port }
+  })
+  const redisOptions: RedisOptions = {}
+  if (auth !== undefined) {
+    const colon = auth.indexOf(':')
+    const username = decodeURIComponent(colon === -1 ? '' : auth.slice(0, colon))
+    const password = decodeURIComponent(colon === -1 ? auth : auth.slice(colon + 1))
+    if (username) redisOptions.username = username
+    if (password) redisOptions.password = password
+  }
+  if (scheme === 'rediss') redisOptions.tls = {}
+  return { nodes, redisOptions }
+}
+
+/** Resolves once the command connection is usable, or rejects after the timeout. */
+export function redisReady (client: RedisClient, timeoutMs: number): Promise<void> {
+  if (client.status === 'ready') return Promise.resolve()
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => { cleanup(); reject(new Error('Redis did not become ready in time')) }, timeoutMs)
+    const onReady = () => { cleanup(); resolve() }
+    const cleanup = () => { clearTimeout(timer); client.off('ready', onReady) }
+    client.on('ready', onReady)
+  })
+}

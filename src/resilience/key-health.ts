@@ -1,0 +1,286 @@
+import type { Cluster, Redis } from 'ioredis'
+import type { InvalidationBus } from '../tenancy/invalidation-bus.js'
+
+/** Why calls stay away from a Mistral key for a while. */
+export type BlockReason = 'rate_limited' | 'spend_limit' | 'breaker_open'
+
+export interface Block {
+  reason: BlockReason
+  /** local epoch ms */
+  until: number
+}
+
+export interface KeyHealthOptions {
+  redis: Redis | Cluster | null
+  bus: InvalidationBus
+  clock?: () => number
+  /** first backoff of a 429 without any hint, doubled per 429 in a row, capped, jittered */
+  backoffBaseMs?: number
+  backoffMaxMs?: number
+  /** how long a 429 that means "spend limit" keeps the key away */
+  spendLimitMs?: number
+  /** 5xx or timeouts within the window that open the breaker */
+  breakerThreshold?: number
+  breakerWindowMs?: number
+  breakerOpenMs?: number
+}
+
+export interface KeyHealth {
+  /** Whether calls may go to this key now: undefined, or why not and until when. Memory only: no round trip. */
+  blocked (keyId: string): Block | undefined
+  /** After Mistral's 429: the cooldown (from its headers, else backoff), shared with every replica. */
+  rateLimited (workspaceId: string, keyId: string, waitMs: number | undefined, spendLimit: boolean): Promise<Block>
+  /** A 5xx or a timeout: counted across replicas; enough in a row open the breaker for every replica. */
+  failed (workspaceId: string, keyId: string): Promise<void>
+  succeeded (workspaceId: string, keyId: string): void
+  /** When the breaker's open time is over, exactly one call (across replicas) may probe. */
+  claimProbe (workspaceId: string, keyId: string): Promise<boolean>
+  /** Keeps Mistral's remaining-quota headers of a successful call (at most one write a second per key). */
+  noteQuota (workspaceId: string, keyId: string, headers: Record<string, string | string[] | undefined>): void
+  /** Reads the cooldowns and breakers in force from Redis: at start, and after pub/sub may have missed some. */
+  load (): Promise<void>
+  /** How many keys this replica knows to be cooling down or behind an open breaker (for metrics). */
+  cooling (): number
+  /** The last quota headers seen for a key, by any replica, and when. */
+  quota (workspaceId: string, keyId: string): Promise<{ observedAt: string, headers: Record<string, string> } | null>
+  /** Keys whose breaker this replica knows to be open, or half-open (its open time is over, a probe may go). */
+  breakers (): { open: number, halfOpen: number }
+  /** The last quota headers this replica saw, per key (read at scrape time by the metrics). */
+  observedQuotas (): ObservedQuota[]
+}
+
+export interface ObservedQuota {
+  workspaceId: string
+  keyId: string
+  headers: Record<string, string>
+}
+
+// Mistral's rate-limit headers, every generation (MISTRAL-NOTES §3.3)
+const QUOTA_HEADER = /^(x-)?ratelimit(bysize)?-/
+
+// every block in force, by its end (Redis' clock): a replica that starts or reconnects reads them here, so it never
+// sends a cooling key upstream for want of a pub/sub message it was not there to hear. One key for all workspaces:
+// it is read only at start and on reconnect, never on the hot path.
+const REGISTRY = 'tmt:key-blocks'
+
+// extends a cooldown, never shortens it: returns the remaining ms and the end, by Redis' clock
+const EXTEND = `
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local untilMs = now + tonumber(ARGV[1])
+local current = tonumber(redis.call('HGET', KEYS[1], 'until') or '0')
+if untilMs > current then
+  redis.call('HSET', KEYS[1], 'until', untilMs, 'reason', ARGV[2])
+  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1]) + 1000)
+  current = untilMs
+end
+return {current - now, current}
+`
+
+/**
+ * The shared health of Mistral keys: 429 cooldowns and circuit breakers. State lives in Redis (one hash slot per
+ * workspace) and every change is pushed to all replicas over the invalidation bus, so the check on the hot path is a
+ * Map lookup. With no Redis, the same in one process.
+ */
+export function createKeyHealth (options: KeyHealthOptions): KeyHealth {
+  const { redis, bus } = options
+  const clock = options.clock ?? Date.now
+  const backoffBase = options.backoffBaseMs ?? 1_000
+  const backoffMax = options.backoffMaxMs ?? 60_000
+  const spendLimitMs = options.spendLimitMs ?? 300_000
+  const threshold = options.breakerThreshold ?? 5
+  const windowMs = options.breakerWindowMs ?? 30_000
+  const openMs = options.breakerOpenMs ?? 15_000
+  const blocks = new Map<string, Block>()
+  const streaks = new Map<string, number>() // 429s in a row without a hint, this replica's view when Redis is absent
+  const failures = new Map<string, number[]>()
+  const probes = new Map<string, number>()
+  const quotas = new Map<string, { workspaceId: string, observedAt: string, headers: Record<string, string> }>()
+  const quotaWritten = new Map<string, number>()
+
+  bus.subscribe((message) => {
+    // pub/sub reconnected: messages may have been missed while it was away
+    if (message === null) void load().catch(() => {})
+    if (message === null || message.type !== 'key-health') return
+    // whichever replica succeeds next on this key resets the shared backoff, not only the one that saw the 429s
+    if (message.reason === 'rate_limited') streaks.set(message.keyId, streaks.get(message.keyId) ?? 0)
+    if (message.remainingMs <= 0) blocks.delete(message.keyId)
+    else extendLocal(message.keyId, { reason: message.reason, until: clock() + message.remainingMs })
+  })
+
+  async function load () {
+    if (!redis) return
+    const [seconds, micros] = await redis.time()
+    const now = Number(seconds) * 1000 + Math.floor(Number(micros) / 1000)
+    // a block outlives its end by a second (EXTEND's PEXPIRE): a breaker half-open; anything older is gone
+    await redis.zremrangebyscore(REGISTRY, '-inf', now - 1000)
+    const members = await redis.zrangebyscore(REGISTRY, now - 1000, '+inf')
+    await Promise.all(members.map(async (member) => {
+      const [workspaceId, keyId] = member.split(':')
+      const [until, reason] = await redis.hmget(blockKey(workspaceId, keyId), 'until', 'reason')
+      if (until === null || reason === null) return
+      extendLocal(keyId, { reason: reason as BlockReason, until: clock() + Number(until) - now })
+    }))
+  }
+
+  function extendLocal (keyId: string, block: Block) {
+    const current = blocks.get(keyId)
+    if (!current || block.until > current.until || current.until <= clock()) blocks.set(keyId, block)
+  }
+
+  async function share (workspaceId: string, keyId: string, reason: BlockReason, ms: number): Promise<Block> {
+    let remaining = ms
+    if (redis) {
+      const [left, until] = await redis.eval(EXTEND, 1, blockKey(workspaceId, keyId), ms, reason) as [number, number]
+      remaining = Number(left)
+      void redis.zadd(REGISTRY, 'GT', until, `${workspaceId}:${keyId}`).catch(() => {})
+    }
+    const block = { reason, until: clock() + remaining }
+    extendLocal(keyId, block)
+    await bus.publish({ type: 'key-health', keyId, reason, remainingMs: remaining }).catch(() => {})
+    return blocks.get(keyId) ?? block
+  }
+
+  async function nextBackoff (workspaceId: string, keyId: string): Promise<number> {
+    let streak: number
+    if (redis) {
+      const key = `tmt:{ws:${workspaceId}}:key:${keyId}:streak`
+      streak = Number(await redis.incr(key))
+      await redis.pexpire(key, backoffMax * 4)
+    } else {
+      streak = (streaks.get(keyId) ?? 0) + 1
+    }
+    streaks.set(keyId, streak)
+    const ceiling = Math.min(backoffMax, backoffBase * 2 ** Math.min(streak - 1, 30))
+    // "equal jitter": at least half the step, so replicas that saw the same 429 do not come back together
+    return Math.ceil(ceiling / 2 + Math.random() * ceiling / 2)
+  }
+
+  return {
+    blocked (keyId) {
+      const block = blocks.get(keyId)
+      if (!block) return undefined
+      if (block.until <= clock()) {
+        // an open breaker's time is over: half-open, the caller must claim the probe
+        if (block.reason === 'breaker_open') return { reason: 'breaker_open', until: block.until }
+        blocks.delete(keyId)
+        return undefined
+      }
+      return block
+    },
+
+    async rateLimited (workspaceId, keyId, waitMs, spendLimit) {
+      const ms = spendLimit ? Math.max(waitMs ?? 0, spendLimitMs) : waitMs ?? await nextBackoff(workspaceId, keyId)
+      return share(workspaceId, keyId, spendLimit ? 'spend_limit' : 'rate_limited', ms)
+    },
+
+    async failed (workspaceId, keyId) {
+      const now = clock()
+      // a failed probe: the breaker opens again at once, for everyone
+      if (blocks.get(keyId)?.reason === 'breaker_open') {
+        blocks.delete(keyId)
+        await share(workspaceId, keyId, 'breaker_open', openMs)
+        return
+      }
+      let count: number
+      if (redis) {
+        const key = `tmt:{ws:${workspaceId}}:key:${keyId}:failures`
+        count = Number(await redis.incr(key))
+        if (count === 1) await redis.pexpire(key, windowMs)
+      } else {
+        const recent = (failures.get(keyId) ?? []).filter((at) => at > now - windowMs)
+        recent.push(now)
+        failures.set(keyId, recent)
+        count = recent.length
+      }
+      if (count >= threshold) {
+        if (redis) await redis.del(`tmt:{ws:${workspaceId}}:key:${keyId}:failures`)
+        failures.delete(keyId)
+        await share(workspaceId, keyId, 'breaker_open', openMs)
+      }
+    },
+
+    succeeded (workspaceId, keyId) {
+      const block = blocks.get(keyId)
+      const hadStreak = streaks.has(keyId)
+      if (!hadStreak && !(block?.reason === 'breaker_open')) return
+      streaks.delete(keyId)
+      failures.delete(keyId)
+      // a successful probe closes the breaker for everyone; a success after 429s resets the backoff
+      if (block?.reason === 'breaker_open') {
+        blocks.delete(keyId)
+        void bus.publish({ type: 'key-health', keyId, reason: 'breaker_open', remainingMs: 0 }).catch(() => {})
+        if (redis) {
+          void redis.del(blockKey(workspaceId, keyId)).catch(() => {})
+          void redis.zrem(REGISTRY, `${workspaceId}:${keyId}`).catch(() => {})
+        }
+      }
+      if (redis && hadStreak) void redis.del(`tmt:{ws:${workspaceId}}:key:${keyId}:streak`).catch(() => {})
+    },
+
+    load,
+
+    cooling () {
+      const now = clock()
+      let count = 0
+      for (const block of blocks.values()) if (block.until > now || block.reason === 'breaker_open') count++
+      return count
+    },
+
+    noteQuota (workspaceId, keyId, headers) {
+      const now = clock()
+      if (now - (quotaWritten.get(keyId) ?? 0) < 1_000) return
+      const seen: Record<string, string> = {}
+      for (const name in headers) {
+        const value = headers[name]
+        if (QUOTA_HEADER.test(name) && typeof value === 'string') seen[name] = value
+      }
+      if (Object.keys(seen).length === 0) return
+      quotaWritten.set(keyId, now)
+      const entry = { observedAt: new Date(now).toISOString(), headers: seen }
+      quotas.set(keyId, { workspaceId, ...entry })
+      if (redis) {
+        const key = `tmt:{ws:${workspaceId}}:key:${keyId}:quota`
+        void redis.set(key, JSON.stringify(entry), 'PX', 86_400_000).catch(() => {})
+      }
+    },
+
+    async quota (workspaceId, keyId) {
+      if (redis) {
+        const raw = await redis.get(`tmt:{ws:${workspaceId}}:key:${keyId}:quota`).catch(() => null)
+        if (raw) return JSON.parse(raw) as { observedAt: string, headers: Record<string, string> }
+      }
+      const local = quotas.get(keyId)
+      return local ? { observedAt: local.observedAt, headers: local.headers } : null
+    },
+
+    breakers () {
+      const now = clock()
+      let open = 0
+      let halfOpen = 0
+      for (const block of blocks.values()) {
+        if (block.reason !== 'breaker_open') continue
+        if (block.until > now) open++
+        else halfOpen++
+      }
+      return { open, halfOpen }
+    },
+
+    observedQuotas () {
+      return [...quotas].map(([keyId, { workspaceId, headers }]) => ({ workspaceId, keyId, headers }))
+    },
+
+    async claimProbe (workspaceId, keyId) {
+      const now = clock()
+      if (redis) {
+        const ok = await redis.set(`tmt:{ws:${workspaceId}}:key:${keyId}:probe`, '1', 'PX', openMs, 'NX')
+        return ok === 'OK'
+      }
+      if ((probes.get(keyId) ?? 0) > now) return false
+      probes.set(keyId, now + openMs)
+      return true
+    }
+  }
+}
+
+const blockKey = (workspaceId: string, keyId: string) => `tmt:{ws:${workspaceId}}:key:${keyId}:block`

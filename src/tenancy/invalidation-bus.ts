@@ -1,0 +1,56 @@
+import { EventEmitter } from 'node:events'
+import type { Cluster, Redis } from 'ioredis'
+
+/** What one replica tells all others so that their caches forget at once (DESIGN.md: revocation is pushed). */
+export type Invalidation =
+  | { type: 'token', hash: string } // revoked or changed: hex sha256 of the token
+  | { type: 'workspace', workspaceId: string } // settings, status, deletion, keys
+  | { type: 'prices' } // an operator changed the price book: reload it
+  | { type: 'key-health', keyId: string, reason: 'rate_limited' | 'spend_limit' | 'breaker_open', remainingMs: number }
+  | { type: 'spend-recovery', workspaceId: string } // Redis lost the workspace's counters: put back calls in flight
+
+export interface InvalidationBus {
+  publish (message: Invalidation): Promise<void>
+  /** `null` means "messages may have been missed": forget everything. */
+  subscribe (listener: (message: Invalidation | null) => void): void
+  close (): Promise<void>
+}
+
+const CHANNEL = 'tmt:invalidations'
+
+export function createLocalBus (): InvalidationBus {
+  const emitter = new EventEmitter()
+  return {
+    async publish (message) { emitter.emit('message', message) },
+    subscribe (listener) { emitter.on('message', listener) },
+    async close () { emitter.removeAllListeners() }
+  }
+}
+
+export function createRedisBus (client: Redis | Cluster, subscriber: Redis | Cluster): InvalidationBus {
+  const emitter = new EventEmitter()
+  let connectedBefore = false
+  subscriber.on('message', (channel: string, raw: string) => {
+    if (channel !== CHANNEL) return
+    try {
+      emitter.emit('message', JSON.parse(raw) as Invalidation)
+    } catch {
+      emitter.emit('message', null)
+    }
+  })
+  // after a reconnect anything published meanwhile is lost: every cache starts over
+  subscriber.on('ready', () => {
+    if (connectedBefore) emitter.emit('message', null)
+    connectedBefore = true
+  })
+  subscriber.subscribe(CHANNEL).catch(() => {})
+  return {
+    async publish (message) {
+      // the local replica must forget even when Redis is unreachable
+      emitter.emit('message', message)
+      await client.publish(CHANNEL, JSON.stringify(message))
+    },
+    subscribe (listener) { emitter.on('message', listener) },
+    async close () { emitter.removeAllListeners() }
+  }
+}

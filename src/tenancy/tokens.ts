@@ -1,0 +1,241 @@
+import { and, desc, eq, isNull, sql } from 'drizzle-orm'
+import type { Database } from '../db/client.js'
+import { workspaces, workspaceTokens, type WorkspaceToken } from '../db/schema.js'
+import { badRequest, notFound } from '../errors.js'
+import type { RateLimits, SpendCaps, WorkspaceLimits } from '../limits/policy.js'
+import type { InvalidationBus } from './invalidation-bus.js'
+import { generateWorkspaceToken, hashWorkspaceToken } from './token-format.js'
+import type { CooldownPolicy } from './workspaces.js'
+
+/** Who is calling: the only source of the workspace for a proxied request (DESIGN.md, Isolation). */
+export interface TenantContext {
+  workspace: {
+    id: string
+    slug: string
+    status: 'active' | 'suspended'
+    allowOrganizationRoutes: boolean
+    timezone: string
+    currency: string
+    markupBps: number
+    limits: WorkspaceLimits
+    caps: SpendCaps
+    /** read on every cooling key, so it travels with the context rather than from the database */
+    cooldown: CooldownPolicy
+  }
+  token: {
+    id: string
+    name: string
+    prefix: string
+    /** Empty: every area. */
+    scopes: readonly string[]
+    mistralKeyName: string | null
+    limits: RateLimits
+    caps: SpendCaps
+  }
+}
+
+export interface TokenInput {
+  name: string
+  mistralKey?: string | null
+  expiresAt?: string | null
+  scopes?: string[]
+}
+
+export type TokenView = Omit<WorkspaceToken, 'hash' | 'workspaceId'>
+
+export interface TokenStore {
+  mint (workspaceId: string, input: TokenInput): Promise<{ token: string, view: TokenView }>
+  list (workspaceId: string): Promise<TokenView[]>
+  revoke (workspaceId: string, tokenId: string): Promise<TokenView>
+  find (workspaceId: string, tokenId: string): Promise<TokenView | undefined>
+  update (workspaceId: string, tokenId: string, patch: { limits?: RateLimits, caps?: SpendCaps }): Promise<TokenView>
+  /** The caller's context, or undefined for any bad, unknown, expired or revoked token. */
+  authenticate (token: string): Promise<TenantContext | undefined>
+  /** Tells every replica to reload the contexts of a workspace whose settings or status changed. */
+  forgetWorkspace (workspaceId: string): Promise<void>
+}
+
+interface CacheEntry {
+  context: TenantContext | undefined
+  workspaceId: string | undefined
+  until: number
+}
+
+interface TokenStoreOptions {
+  db: Database
+  bus: InvalidationBus
+  cacheTtlMs: number
+  scopes: ReadonlySet<string>
+  keyExists: (workspaceId: string, name: string) => Promise<boolean>
+}
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
+const LAST_USED_EVERY_MS = 60_000
+// unknown tokens are cached too (a client looping on a revoked token costs no query), so the cache is bounded
+const CACHE_MAX_ENTRIES = 50_000
+const STALE_RETRY_MS = 5_000
+
+export function createTokenStore ({ db, bus, cacheTtlMs, scopes, keyExists }: TokenStoreOptions): TokenStore {
+  const cache = new Map<string, CacheEntry>()
+  const loading = new Map<string, Promise<CacheEntry>>()
+  const lastUsedWritten = new Map<string, number>()
+
+  // a lookup that overlaps an invalidation must not cache what it read before the change
+  let generation = 0
+  bus.subscribe((message) => {
+    if (message !== null && message.type !== 'token' && message.type !== 'workspace') return // not about tokens
+    generation++
+    if (message === null) return cache.clear()
+    if (message.type === 'token') return void cache.delete(message.hash)
+    for (const [hash, entry] of cache) if (entry.workspaceId === message.workspaceId) cache.delete(hash)
+  })
+
+  return {
+    async mint (workspaceId, input) {
+      const name = input.name?.trim() ?? ''
+      if (name.length === 0 || name.length > 200) throw badRequest('name must be 1-200 characters', { param: 'name' })
+      const requested = input.scopes ?? []
+      const unknown = requested.filter((scope) => !scopes.has(scope))
+      if (unknown.length > 0) {
+        throw badRequest(`unknown scopes: ${unknown.join(', ')}; valid scopes are: ${[...scopes].sort().join(', ')}`,
+          { param: 'scopes' })
+      }
+      const expiresAt = parseExpiry(input.expiresAt)
+      const mistralKeyName = input.mistralKey ?? null
+      if (mistralKeyName !== null && !(await keyExists(workspaceId, mistralKeyName))) {
+        throw badRequest(`No Mistral key named '${mistralKeyName}' in this workspace`, { param: 'mistralKey' })
+      }
+      const { token, prefix, hash } = generateWorkspaceToken()
+      const [row] = await db.insert(workspaceTokens)
+        .values({ workspaceId, name, prefix, hash, scopes: [...new Set(requested)], mistralKeyName, expiresAt })
+        .returning()
+      return { token, view: view(row) }
+    },
+    async list (workspaceId) {
+      const rows = await db.select().from(workspaceTokens).where(eq(workspaceTokens.workspaceId, workspaceId))
+        .orderBy(desc(workspaceTokens.createdAt))
+      return rows.map(view)
+    },
+    async find (workspaceId, tokenId) {
+      if (!UUID.test(tokenId)) return undefined
+      const [row] = await db.select().from(workspaceTokens)
+        .where(and(eq(workspaceTokens.id, tokenId), eq(workspaceTokens.workspaceId, workspaceId)))
+      return row ? view(row) : undefined
+    },
+    async update (workspaceId, tokenId, patch) {
+      if (!UUID.test(tokenId)) throw notFound('No such token')
+      const values: Partial<WorkspaceToken> = {}
+      if (patch.limits !== undefined) values.limits = patch.limits as Record<string, unknown>
+      if (patch.caps !== undefined) values.caps = patch.caps as Record<string, unknown>
+      const [row] = await db.update(workspaceTokens).set(values)
+        .where(and(eq(workspaceTokens.id, tokenId), eq(workspaceTokens.workspaceId, workspaceId))).returning()
+      if (!row) throw notFound('No such token')
+      await bus.publish({ type: 'token', hash: row.hash.toString('hex') })
+      return view(row)
+    },
+    async revoke (workspaceId, tokenId) {
+      if (!UUID.test(tokenId)) throw notFound('No such token')
+      const mine = and(eq(workspaceTokens.id, tokenId), eq(workspaceTokens.workspaceId, workspaceId))
+      const [row] = await db.update(workspaceTokens).set({ revokedAt: sql`coalesce(revoked_at, now())` })
+        .where(mine).returning()
+      if (!row) throw notFound('No such token')
+      await bus.publish({ type: 'token', hash: row.hash.toString('hex') })
+      return view(row)
+    },
+    forgetWorkspace (workspaceId) {
+      return bus.publish({ type: 'workspace', workspaceId })
+    },
+    async authenticate (token) {
+      const hash = hashWorkspaceToken(token)
+      if (!hash) return undefined
+      const key = hash.toString('hex')
+      const now = Date.now()
+      let entry = cache.get(key)
+      if (!entry || entry.until <= now) {
+        // one lookup per token at a time: a thousand streams opening with the same token make one query, not a
+        // thousand that would drain the connection pool
+        let pending = loading.get(key)
+        if (!pending) {
+          const readAt = generation
+          const stale = entry
+          pending = load(hash, now).then((loaded) => {
+            if (cache.size >= CACHE_MAX_ENTRIES) cache.clear()
+            if (readAt === generation) cache.set(key, loaded)
+            return loaded
+          }, (err: unknown) => {
+            // PostgreSQL unreachable: a token this replica knew keeps what it last read (a revocation still arrives
+            // over the bus and drops it), so a database outage does not stop the proxy; asked again in a few seconds
+            if (!stale || readAt !== generation) throw err
+            const kept = { ...stale, until: now + STALE_RETRY_MS }
+            cache.set(key, kept)
+            return kept
+          }).finally(() => loading.delete(key))
+          loading.set(key, pending)
+        }
+        entry = await pending
+      }
+      if (entry.context) touch(entry.context.token.id, now)
+      return entry.context
+    }
+  }
+
+  async function load (hash: Buffer, now: number): Promise<CacheEntry> {
+    const [row] = await db.select({ token: workspaceTokens, workspace: workspaces })
+      .from(workspaceTokens)
+      .innerJoin(workspaces, eq(workspaces.id, workspaceTokens.workspaceId))
+      .where(and(eq(workspaceTokens.hash, hash), isNull(workspaceTokens.revokedAt), isNull(workspaces.deletedAt)))
+      .limit(1)
+    const expiresAt = row?.token.expiresAt?.getTime() ?? Infinity
+    if (!row || expiresAt <= now) return { context: undefined, workspaceId: row?.workspace.id, until: now + cacheTtlMs }
+    const { token, workspace } = row
+    return {
+      context: {
+        workspace: {
+          id: workspace.id,
+          slug: workspace.slug,
+          status: workspace.status,
+          allowOrganizationRoutes: workspace.allowOrganizationRoutes,
+          timezone: workspace.timezone,
+          currency: workspace.currency,
+          markupBps: workspace.markupBps,
+          limits: workspace.limits as WorkspaceLimits,
+          caps: workspace.caps as SpendCaps,
+          cooldown: workspace.cooldown as CooldownPolicy
+        },
+        token: {
+          id: token.id,
+          name: token.name,
+          prefix: token.prefix,
+          scopes: token.scopes,
+          mistralKeyName: token.mistralKeyName,
+          limits: token.limits as RateLimits,
+          caps: token.caps as SpendCaps
+        }
+      },
+      workspaceId: workspace.id,
+      // an expiring token leaves the cache the moment it expires
+      until: Math.min(now + cacheTtlMs, expiresAt)
+    }
+  }
+
+  /** last_used_at is for humans: written at most once a minute per token, never awaited by a request. */
+  function touch (tokenId: string, now: number) {
+    if (now - (lastUsedWritten.get(tokenId) ?? 0) < LAST_USED_EVERY_MS) return
+    lastUsedWritten.set(tokenId, now)
+    db.update(workspaceTokens).set({ lastUsedAt: sql`now()` }).where(eq(workspaceTokens.id, tokenId))
+      .catch(() => lastUsedWritten.delete(tokenId))
+  }
+}
+
+function parseExpiry (value: string | null | undefined): Date | null {
+  if (value === undefined || value === null) return null
+  const date = new Date(value)
+  if (Number.isNaN(date.getTime())) throw badRequest('expiresAt must be an ISO 8601 date-time', { param: 'expiresAt' })
+  if (date.getTime() <= Date.now()) throw badRequest('expiresAt must be in the future', { param: 'expiresAt' })
+  return date
+}
+
+function view (row: WorkspaceToken): TokenView {
+  const { hash: _hash, workspaceId: _workspaceId, ...rest } = row
+  return rest
+}

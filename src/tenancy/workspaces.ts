@@ -1,0 +1,157 @@
+import { and, asc, eq, isNull, sql } from 'drizzle-orm'
+import type { Database } from '../db/client.js'
+import { workspaces, type Workspace } from '../db/schema.js'
+import { badRequest, conflict } from '../errors.js'
+import type { SpendCaps, WorkspaceLimits } from '../limits/policy.js'
+
+const SLUG = /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
+const CURRENCY = /^[A-Z]{3}$/
+
+/** What a call may do while its Mistral key cools down, tried in this order; after them the client gets the 429. */
+export type CooldownStrategy = 'failover' | 'hold'
+export const COOLDOWN_STRATEGIES: readonly CooldownStrategy[] = ['failover', 'hold']
+
+/** A workspace's choice; a field left out takes the gateway's default: failover, then a hold of
+ * UPSTREAM_COOLDOWN_HOLD_MS. */
+export interface CooldownPolicy {
+  order?: CooldownStrategy[]
+  holdMs?: number
+}
+
+export interface WorkspaceInput {
+  slug: string
+  name: string
+  timezone?: string
+  currency?: string
+}
+
+export interface WorkspacePatch {
+  name?: string
+  timezone?: string
+  currency?: string
+  status?: 'active' | 'suspended'
+  allowOrganizationRoutes?: boolean
+  limits?: WorkspaceLimits
+  caps?: SpendCaps
+  markupBps?: number
+  /** replaces the whole setting; {} goes back to the default */
+  cooldown?: CooldownPolicy
+}
+
+export interface WorkspaceStore {
+  create (input: WorkspaceInput): Promise<Workspace>
+  list (): Promise<Workspace[]>
+  /** A live workspace by id or slug. */
+  find (ref: string): Promise<Workspace | undefined>
+  update (id: string, patch: WorkspacePatch): Promise<Workspace>
+  remove (id: string): Promise<void>
+}
+
+/** `maxHoldMs`: a hold is one of the waits UPSTREAM_RETRY_MAX_WAIT_MS bounds, so no longer than it. */
+export function createWorkspaceStore ({ db, maxHoldMs }: { db: Database, maxHoldMs: number }): WorkspaceStore {
+  const live = isNull(workspaces.deletedAt)
+  return {
+    async create (input) {
+      checkSlug(input.slug)
+      const row = {
+        slug: input.slug,
+        name: checkName(input.name),
+        timezone: checkTimezone(input.timezone ?? 'UTC'),
+        currency: checkCurrency(input.currency ?? 'USD')
+      }
+      const [created] = await db.insert(workspaces).values(row).onConflictDoNothing().returning()
+      if (!created) throw conflict(`Workspace slug '${input.slug}' is taken`, { param: 'slug' })
+      return created
+    },
+    list () {
+      return db.select().from(workspaces).where(live).orderBy(asc(workspaces.createdAt))
+    },
+    async find (ref) {
+      const match = UUID.test(ref) ? eq(workspaces.id, ref) : eq(workspaces.slug, ref)
+      const [row] = await db.select().from(workspaces).where(and(match, live)).limit(1)
+      return row
+    },
+    async update (id, patch) {
+      const values: Partial<Workspace> = {}
+      if (patch.name !== undefined) values.name = checkName(patch.name)
+      if (patch.timezone !== undefined) values.timezone = checkTimezone(patch.timezone)
+      if (patch.currency !== undefined) values.currency = checkCurrency(patch.currency)
+      if (patch.status !== undefined) values.status = patch.status
+      if (patch.allowOrganizationRoutes !== undefined) values.allowOrganizationRoutes = patch.allowOrganizationRoutes
+      if (patch.limits !== undefined) values.limits = patch.limits as Record<string, unknown>
+      if (patch.caps !== undefined) values.caps = patch.caps as Record<string, unknown>
+      if (patch.markupBps !== undefined) values.markupBps = checkMarkup(patch.markupBps)
+      if (patch.cooldown !== undefined) {
+        values.cooldown = checkCooldown(patch.cooldown, maxHoldMs) as Record<string, unknown>
+      }
+      const [row] = await db.update(workspaces).set({ ...values, updatedAt: sql`now()` })
+        .where(and(eq(workspaces.id, id), live)).returning()
+      return row
+    },
+    async remove (id) {
+      await db.update(workspaces).set({ deletedAt: sql`now()`, updatedAt: sql`now()` })
+        .where(and(eq(workspaces.id, id), live))
+    }
+  }
+}
+
+function checkSlug (slug: string) {
+  if (!SLUG.test(slug) || UUID.test(slug)) {
+    throw badRequest('slug must be 1-63 characters of a-z, 0-9 and inner hyphens, and not look like a uuid',
+      { param: 'slug' })
+  }
+}
+
+function checkMarkup (markupBps: number) {
+  // a discount can make a call free, never negative
+  if (!Number.isInteger(markupBps) || markupBps < -10_000 || markupBps > 1_000_000) {
+    throw badRequest('markupBps must be whole basis points from -10000 (free) upwards', { param: 'markupBps' })
+  }
+  return markupBps
+}
+
+function checkCooldown (cooldown: CooldownPolicy, maxHoldMs: number): CooldownPolicy {
+  const checked: CooldownPolicy = {}
+  if (cooldown.order !== undefined) {
+    for (const [index, strategy] of cooldown.order.entries()) {
+      if (!COOLDOWN_STRATEGIES.includes(strategy)) {
+        const known = COOLDOWN_STRATEGIES.map((name) => `'${name}'`).join(' or ')
+        throw badRequest(`cooldown.order: unknown strategy '${strategy}' (use ${known})`, { param: 'cooldown.order' })
+      }
+      if (cooldown.order.indexOf(strategy) !== index) {
+        throw badRequest(`cooldown.order lists '${strategy}' twice`, { param: 'cooldown.order' })
+      }
+    }
+    checked.order = [...cooldown.order]
+  }
+  if (cooldown.holdMs !== undefined) {
+    if (!Number.isInteger(cooldown.holdMs) || cooldown.holdMs < 0 || cooldown.holdMs > maxHoldMs) {
+      throw badRequest(`cooldown.holdMs must be whole milliseconds from 0 to ${maxHoldMs} (UPSTREAM_RETRY_MAX_WAIT_MS)`,
+        { param: 'cooldown.holdMs' })
+    }
+    checked.holdMs = cooldown.holdMs
+  }
+  return checked
+}
+
+function checkName (name: string) {
+  const trimmed = name.trim()
+  if (trimmed.length === 0 || trimmed.length > 200) throw badRequest('name must be 1-200 characters', { param: 'name' })
+  return trimmed
+}
+
+function checkTimezone (timezone: string) {
+  try {
+    // the IANA zone decides where the workspace's calendar days and months begin
+    new Intl.DateTimeFormat('en', { timeZone: timezone }).format()
+    return timezone
+  } catch {
+    throw badRequest(`timezone '${timezone}' is not an IANA time zone`, { param: 'timezone' })
+  }
+}
+
+function checkCurrency (currency: string) {
+  if (!CURRENCY.test(currency)) throw badRequest('currency must be an ISO 4217 code such as USD or EUR', { param: 'currency' })
+  return currency
+}

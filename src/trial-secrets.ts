@@ -1,0 +1,56 @@
+import { randomBytes } from 'node:crypto'
+import { mkdir, readFile, writeFile } from 'node:fs/promises'
+import { join, resolve } from 'node:path'
+import type { Config } from './config.js'
+import { generateMasterKey } from './tenancy/master-keys.js'
+
+interface TrialSecrets {
+  adminToken?: string
+  masterKeys?: string
+}
+
+export interface ResolvedSecrets {
+  config: Config
+  /** Which secrets this start generated (and the admin token, to print once). */
+  generated: { adminToken?: string, masterKeys: boolean }
+  file: string
+}
+
+/**
+ * A first start without TRAMONTANE_ADMIN_TOKEN or TRAMONTANE_MASTER_KEYS generates what is missing into the data
+ * folder (mode 0600) so that trying the gateway takes one command. Production sets both in the environment.
+ */
+export async function resolveTrialSecrets (config: Config): Promise<ResolvedSecrets> {
+  const file = join(resolve(config.DATA_DIR), 'secrets.json')
+  if (config.TRAMONTANE_ADMIN_TOKEN && config.TRAMONTANE_MASTER_KEYS) {
+    return { config, generated: { masterKeys: false }, file }
+  }
+  let stored: TrialSecrets = {}
+  try {
+    stored = JSON.parse(await readFile(file, 'utf8')) as TrialSecrets
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw new Error(`cannot read ${file}`)
+  }
+  const generated: ResolvedSecrets['generated'] = { masterKeys: false }
+  if (!config.TRAMONTANE_ADMIN_TOKEN && !stored.adminToken) {
+    stored.adminToken = `tmtadm_${randomBytes(32).toString('base64url')}`
+    generated.adminToken = stored.adminToken
+  }
+  if (!config.TRAMONTANE_MASTER_KEYS && !stored.masterKeys) {
+    stored.masterKeys = generateMasterKey('trial')
+    generated.masterKeys = true
+  }
+  if (generated.adminToken || generated.masterKeys) {
+    await mkdir(resolve(config.DATA_DIR), { recursive: true })
+    await writeFile(file, JSON.stringify(stored, null, 2) + '\n', { mode: 0o600 })
+  }
+  return {
+    config: Object.freeze({
+      ...config,
+      TRAMONTANE_ADMIN_TOKEN: config.TRAMONTANE_ADMIN_TOKEN ?? stored.adminToken,
+      TRAMONTANE_MASTER_KEYS: config.TRAMONTANE_MASTER_KEYS ?? stored.masterKeys
+    }),
+    generated,
+    file
+  }
+}

@@ -1,0 +1,140 @@
+import type { FastifyBaseLogger } from 'fastify'
+import type { Database } from '../db/client.js'
+import type { UsageRecord } from '../db/schema.js'
+import { insertUsageRecords } from './ledger-insert.js'
+import type { Spool } from './spool.js'
+
+export interface UsageRecorder {
+  /** Spools what to bill for a call that has started, should the gateway die before `record` (never queued). */
+  begin (provisional: UsageRecord): void
+  /** Spools one record and queues it for the ledger; never waits on PostgreSQL. */
+  record (row: UsageRecord): void
+  /** Writes everything queued so far (tests, shutdown, a re-seed of the spend counters). */
+  flush (): Promise<void>
+  /** records not yet in the ledger */
+  pending (): number
+  close (): Promise<void>
+}
+
+interface RecorderOptions {
+  db: Database
+  log: FastifyBaseLogger
+  spool: Spool
+  intervalMs?: number
+  batchSize?: number
+  /** how often to look for the spools of gateways that died */
+  orphanScanMs?: number
+}
+
+/**
+ * Batches ledger writes off the request path, through a durable spool (src/usage/spool.ts): a record is on disk
+ * before it is queued, and leaves the disk only once its batch is committed. A write is idempotent by request id, so
+ * a batch retried after a failure, or replayed after a crash, never counts a call twice. While PostgreSQL is down,
+ * records wait in memory and on disk and are written when it answers again.
+ */
+export function createUsageRecorder ({
+  db, log, spool, intervalMs = 200, batchSize = 500, orphanScanMs = 30_000
+}: RecorderOptions): UsageRecorder {
+  let queue: UsageRecord[] = []
+  let writing: Promise<void> | undefined
+  let failing = false
+  // the segment each call in flight began in
+  const begun = new Map<string, number>()
+
+  function adoptOrphans () {
+    const { records, unfinished, broken } = readSpooled(spool.claimOrphans())
+    queue.push(...records, ...unfinished)
+    if (records.length + unfinished.length + broken > 0) {
+      log.warn({ records: records.length, unfinished: unfinished.length, broken },
+        'replaying the usage spool of a gateway that stopped')
+    }
+  }
+  adoptOrphans()
+
+  const timer = setInterval(() => { void flush() }, intervalMs)
+  timer.unref()
+  const scan = setInterval(adoptOrphans, orphanScanMs)
+  scan.unref()
+
+  async function writeQueued () {
+    spool.sync()
+    // every record of the segments sealed here is in the queue: once the queue is empty they are all in the ledger
+    spool.seal()
+    while (queue.length > 0) {
+      const batch = queue.slice(0, batchSize)
+      try {
+        await insertUsageRecords(db, batch)
+      } catch (err) {
+        if (!failing) log.error({ err, pending: queue.length }, 'usage write failed: records wait in the spool')
+        failing = true
+        return
+      }
+      queue = queue.slice(batch.length)
+    }
+    if (failing) log.info('usage writes resumed: the spool is drained')
+    failing = false
+    spool.release()
+  }
+
+  function flush (): Promise<void> {
+    writing ??= writeQueued().finally(() => { writing = undefined })
+    return writing
+  }
+
+  return {
+    begin (provisional) {
+      const segment = spool.append(BEGIN + JSON.stringify(provisional))
+      spool.pin(segment)
+      begun.set(provisional.requestId, segment)
+    },
+    record (row) {
+      spool.append(RECORD + JSON.stringify(row))
+      const segment = begun.get(row.requestId)
+      if (segment !== undefined) {
+        begun.delete(row.requestId)
+        spool.unpin(segment)
+      }
+      queue.push(row)
+      if (queue.length >= batchSize) void flush()
+    },
+    async flush () {
+      // a flush already under way may have started before the latest records were queued
+      await flush()
+      if (queue.length > 0) await flush()
+    },
+    pending: () => queue.length,
+    async close () {
+      clearInterval(timer)
+      clearInterval(scan)
+      await this.flush()
+      spool.close()
+    }
+  }
+}
+
+// a spooled line is a call's start (what to bill should the gateway die before its end) or its record
+const BEGIN = 'b'
+const RECORD = 'r'
+
+/** The records of a dead gateway's spool, and a provisional record for each call it began but never ended. */
+export function readSpooled (lines: string[]) {
+  const ended = new Map<string, UsageRecord>()
+  const started = new Map<string, UsageRecord>()
+  let broken = 0
+  for (const line of lines) {
+    let row: UsageRecord
+    try {
+      row = JSON.parse(line.slice(1)) as UsageRecord
+    } catch {
+      // only the last line of a segment can be cut, by a crash in the middle of its write
+      broken += 1
+      continue
+    }
+    row.createdAt = row.createdAt === undefined ? undefined : new Date(row.createdAt)
+    if (line.startsWith(RECORD)) ended.set(row.requestId, row)
+    else if (line.startsWith(BEGIN)) started.set(row.requestId, row)
+    else broken += 1
+  }
+  const unfinished = [...started.values()].filter((row) => !ended.has(row.requestId))
+  return { records: [...ended.values()], unfinished, broken }
+}

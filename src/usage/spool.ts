@@ -1,0 +1,171 @@
+import { randomUUID } from 'node:crypto'
+import {
+  closeSync, fdatasyncSync, mkdirSync, openSync, readFileSync, readdirSync, renameSync, rmSync, statSync, utimesSync,
+  writeFileSync, writeSync
+} from 'node:fs'
+import { hostname } from 'node:os'
+import { join } from 'node:path'
+
+/**
+ * The usage spool: every record is appended to a file before anything else happens to it, so that a record survives
+ * a PostgreSQL outage, a SIGKILL (the kernel keeps what `write` handed it) and a restart. Each running gateway owns
+ * one folder under the spool directory, named by a random instance id, with an `owner` file it touches every few
+ * seconds. Its records go to numbered segment files; a segment is sealed when a flush takes its records, and deleted
+ * once every one of them is in the ledger.
+ *
+ * A folder whose owner is gone (same host and its process is dead, or its `owner` file went stale) is claimed by the
+ * first gateway that sees it, with an atomic rename, and its records are replayed: the ledger insert is idempotent by
+ * request id, so a record that had already reached PostgreSQL is not counted twice.
+ */
+export interface Spool {
+  /** Appends one line; synchronous, so it is on disk (in the page cache) when this returns. The segment's number. */
+  append (line: string): number
+  /** The segment holds the start of a call still in flight: it outlives its release until `unpin`. */
+  pin (segment: number): void
+  unpin (segment: number): void
+  /** Closes the open segment: what it holds is about to be written, and a new segment takes the next records. */
+  seal (): void
+  /** Deletes the sealed segments that no call in flight pins: every record in them is in the ledger. */
+  release (): void
+  /** The records of folders whose owner is gone, claimed by this spool (their files are sealed segments now). */
+  claimOrphans (): string[]
+  /** Flushes the open segment to the disk itself (a power loss, not only a crash). */
+  sync (): void
+  /** Stops the heartbeat; removes this instance's folder when it holds nothing. */
+  close (): void
+}
+
+export interface SpoolOptions {
+  dir: string
+  /** how often the owner file is touched */
+  heartbeatMs?: number
+  /** an owner file older than this belongs to a gateway that is gone (another host, or a frozen process) */
+  staleMs?: number
+}
+
+interface Owner {
+  host: string
+  pid: number
+}
+
+const OWNER = 'owner'
+
+export function createSpool ({ dir, heartbeatMs = 5_000, staleMs = 30_000 }: SpoolOptions): Spool {
+  const instance = `${Date.now().toString(36)}-${randomUUID().slice(0, 8)}`
+  const own = join(dir, instance)
+  mkdirSync(own, { recursive: true, mode: 0o700 })
+  writeFileSync(join(own, OWNER), JSON.stringify({ host: hostname(), pid: process.pid } satisfies Owner))
+  const heartbeat = setInterval(() => {
+    const now = new Date()
+    try { utimesSync(join(own, OWNER), now, now) } catch {}
+  }, heartbeatMs)
+  heartbeat.unref()
+
+  let sequence = 0
+  let fd: number | undefined
+  let sealed: string[] = []
+  let dirty = false
+  const pins = new Map<number, number>()
+
+  const segmentPath = (n: number) => join(own, `${String(n).padStart(9, '0')}.jsonl`)
+
+  function seal () {
+    if (fd === undefined) return
+    closeSync(fd)
+    fd = undefined
+    sealed.push(segmentPath(sequence))
+  }
+
+  const pinned = (path: string) => [...pins.keys()].some((segment) => segmentPath(segment) === path)
+
+  return {
+    append (line) {
+      if (fd === undefined) {
+        sequence += 1
+        fd = openSync(segmentPath(sequence), 'a', 0o600)
+      }
+      writeSync(fd, line + '\n')
+      dirty = true
+      return sequence
+    },
+    pin (segment) { pins.set(segment, (pins.get(segment) ?? 0) + 1) },
+    unpin (segment) {
+      const count = (pins.get(segment) ?? 0) - 1
+      if (count > 0) pins.set(segment, count)
+      else pins.delete(segment)
+    },
+    seal,
+    release () {
+      const kept: string[] = []
+      for (const path of sealed) {
+        if (pinned(path)) kept.push(path)
+        else rmSync(path, { recursive: true, force: true })
+      }
+      sealed = kept
+    },
+    claimOrphans () {
+      const lines: string[] = []
+      for (const name of readdirSafe(dir)) {
+        if (name === instance || !isOrphan(join(dir, name), staleMs)) continue
+        // whoever renames first owns it: a second claimer finds nothing at the old name
+        const claimed = join(own, `claimed-${name}`)
+        try { renameSync(join(dir, name), claimed) } catch { continue }
+        for (const path of segmentsIn(claimed)) {
+          lines.push(...readFileSync(path, 'utf8').split('\n').filter((line) => line.length > 0))
+        }
+        sealed.push(claimed)
+      }
+      return lines
+    },
+    sync () {
+      if (fd !== undefined && dirty) fdatasyncSync(fd)
+      dirty = false
+    },
+    close () {
+      clearInterval(heartbeat)
+      seal()
+      // anything still sealed is not in the ledger yet: the folder stays, for this gateway's restart or another one
+      if (sealed.length === 0) rmSync(own, { recursive: true, force: true })
+    }
+  }
+}
+
+/** Segment files of a claimed folder, oldest first, also those of folders it had itself claimed before it died. */
+function segmentsIn (folder: string): string[] {
+  const found: string[] = []
+  for (const name of readdirSafe(folder).sort()) {
+    const path = join(folder, name)
+    if (name.endsWith('.jsonl')) found.push(path)
+    else if (name.startsWith('claimed-')) found.push(...segmentsIn(path))
+  }
+  return found
+}
+
+function readdirSafe (path: string): string[] {
+  try { return readdirSync(path) } catch { return [] }
+}
+
+/** A folder whose gateway is gone: its process is dead on this host, or its heartbeat stopped. */
+function isOrphan (folder: string, staleMs: number): boolean {
+  let owner: Owner
+  let touchedAt: number
+  try {
+    owner = JSON.parse(readFileSync(join(folder, OWNER), 'utf8')) as Owner
+    touchedAt = statSync(join(folder, OWNER)).mtimeMs
+  } catch {
+    // a folder being created has no owner file for an instant; one that never gets it is picked up once stale
+    try { return Date.now() - statSync(folder).mtimeMs > staleMs } catch { return false }
+  }
+  if (owner.host === hostname() && !isAlive(owner.pid)) return true
+  return Date.now() - touchedAt > staleMs
+}
+
+function isAlive (pid: number): boolean {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch (err) {
+    // EPERM: a process of another user holds that pid, so it is alive
+    return (err as NodeJS.ErrnoException).code === 'EPERM'
+  }
+}

@@ -1,0 +1,199 @@
+import { randomBytes } from 'node:crypto'
+import { setTimeout as sleep } from 'node:timers/promises'
+import t from 'tap'
+import { buildTestApp } from '../helpers/app.js'
+
+const slug = () => `a-${randomBytes(5).toString('hex')}`
+
+t.test('workspaces: create, read by id and slug, update, delete', async (t) => {
+  const { admin } = await buildTestApp(t)
+  const s = slug()
+  const created = await admin('POST', '/admin/v1/workspaces', { slug: s, name: 'ACME', timezone: 'Europe/Paris', currency: 'EUR' })
+  t.equal(created.statusCode, 201)
+  t.match(created.json, { slug: s, name: 'ACME', timezone: 'Europe/Paris', currency: 'EUR', status: 'active' })
+  t.equal((await admin('GET', `/admin/v1/workspaces/${created.json.id}`)).json.slug, s)
+  t.equal((await admin('GET', `/admin/v1/workspaces/${s}`)).json.id, created.json.id)
+  const listed = await admin('GET', '/admin/v1/workspaces')
+  t.ok(listed.json.data.some((w: { id: string }) => w.id === created.json.id))
+
+  const taken = await admin('POST', '/admin/v1/workspaces', { slug: s, name: 'Other' })
+  t.equal(taken.statusCode, 409)
+  t.equal(taken.json.code, 'conflict')
+
+  const patched = await admin('PATCH', `/admin/v1/workspaces/${s}`, { name: 'ACME 2', status: 'suspended' })
+  t.equal(patched.statusCode, 200)
+  t.match(patched.json, { name: 'ACME 2', status: 'suspended' })
+
+  t.equal((await admin('DELETE', `/admin/v1/workspaces/${s}`)).statusCode, 204)
+  t.equal((await admin('GET', `/admin/v1/workspaces/${s}`)).statusCode, 404)
+  // a deleted workspace frees its slug
+  t.equal((await admin('POST', '/admin/v1/workspaces', { slug: s, name: 'Again' })).statusCode, 201)
+})
+
+t.test('bad input gets a clear 400 in the envelope', async (t) => {
+  const { admin } = await buildTestApp(t)
+  const cases: Array<[unknown, string]> = [
+    [{ slug: 'Bad Slug', name: 'x' }, 'slug'],
+    [{ slug: '-x', name: 'x' }, 'slug'],
+    [{ slug: '123e4567-e89b-12d3-a456-426614174000', name: 'x' }, 'slug'],
+    [{ slug: slug(), name: 'x', timezone: 'Mars/Olympus' }, 'timezone'],
+    [{ slug: slug(), name: 'x', currency: 'euro' }, 'currency'],
+    [{ slug: slug() }, 'name'],
+    [{ slug: slug(), name: 'x', extra: 1 }, 'extra']
+  ]
+  for (const [body, word] of cases) {
+    const res = await admin('POST', '/admin/v1/workspaces', body)
+    t.equal(res.statusCode, 400, JSON.stringify(body))
+    t.equal(res.json.object, 'error')
+    t.equal(res.json.type, 'invalid_request_error')
+    t.ok(res.json.request_id)
+    t.match(res.json.error.message, word, `message names ${word}`)
+  }
+})
+
+t.test('mistral keys: add, list without the secret, replace, delete', async (t) => {
+  const { admin, createWorkspace } = await buildTestApp(t)
+  const ws = await createWorkspace()
+  const secret = `sk-canary-${randomBytes(12).toString('hex')}`
+  const added = await admin('POST', `/admin/v1/workspaces/${ws.slug}/mistral-keys`, { name: 'production', key: secret })
+  t.equal(added.statusCode, 201)
+  t.match(added.json, { name: 'production', last4: secret.slice(-4), status: 'active', masterKeyId: 'test' })
+  t.notMatch(added.body, secret)
+  t.equal((await admin('POST', `/admin/v1/workspaces/${ws.slug}/mistral-keys`, { name: 'production', key: secret })).statusCode, 409)
+
+  const listed = await admin('GET', `/admin/v1/workspaces/${ws.slug}/mistral-keys`)
+  t.same(listed.json.data.map((k: { name: string }) => k.name), ['default', 'production'])
+  t.notMatch(listed.body, secret)
+  t.notMatch(listed.body, /ciphertext|wrapped|"iv"|"tag"/)
+
+  const replaced = await admin('PUT', `/admin/v1/workspaces/${ws.slug}/mistral-keys/production`, { key: 'sk-new-key-9876' })
+  t.equal(replaced.statusCode, 200)
+  t.equal(replaced.json.last4, '9876')
+  t.equal((await admin('PUT', `/admin/v1/workspaces/${ws.slug}/mistral-keys/nope`, { key: 'sk-new-key-9876' })).statusCode, 404)
+  t.equal((await admin('POST', `/admin/v1/workspaces/${ws.slug}/mistral-keys`, { name: 'Bad Name', key: 'sk-12345678' })).statusCode, 400)
+  t.equal((await admin('POST', `/admin/v1/workspaces/${ws.slug}/mistral-keys`, { name: 'short', key: 'abc' })).statusCode, 400)
+
+  t.equal((await admin('DELETE', `/admin/v1/workspaces/${ws.slug}/mistral-keys/production`)).statusCode, 204)
+  t.equal((await admin('DELETE', `/admin/v1/workspaces/${ws.slug}/mistral-keys/production`)).statusCode, 404)
+})
+
+t.test('tokens: minted once, listed by prefix, revoked', async (t) => {
+  const { admin, createWorkspace } = await buildTestApp(t)
+  const ws = await createWorkspace({ keys: ['default', 'production'] })
+  const minted = await admin('POST', `/admin/v1/workspaces/${ws.slug}/tokens`,
+    { name: 'bound', mistralKey: 'production', scopes: ['chat', 'embeddings'], expiresAt: new Date(Date.now() + 3_600_000).toISOString() })
+  t.equal(minted.statusCode, 201)
+  t.match(minted.json.token, /^tmt_[0-9A-Za-z]{49}$/)
+  t.match(minted.json, { name: 'bound', mistralKeyName: 'production', scopes: ['chat', 'embeddings'] })
+  t.equal(minted.json.token.startsWith(minted.json.prefix), true)
+
+  const listed = await admin('GET', `/admin/v1/workspaces/${ws.slug}/tokens`)
+  t.equal(listed.json.data.length, 2)
+  t.notMatch(listed.body, minted.json.token)
+  t.notMatch(listed.body, /"hash"/)
+
+  const badScope = await admin('POST', `/admin/v1/workspaces/${ws.slug}/tokens`, { name: 'x', scopes: ['everything'] })
+  t.equal(badScope.statusCode, 400)
+  t.match(badScope.json.message, /unknown scopes: everything/)
+  t.equal((await admin('POST', `/admin/v1/workspaces/${ws.slug}/tokens`, { name: 'x', mistralKey: 'nope' })).statusCode, 400)
+  t.equal((await admin('POST', `/admin/v1/workspaces/${ws.slug}/tokens`, { name: 'x', expiresAt: '2001-01-01T00:00:00Z' })).statusCode, 400)
+
+  const revoked = await admin('DELETE', `/admin/v1/workspaces/${ws.slug}/tokens/${minted.json.id}`)
+  t.equal(revoked.statusCode, 200)
+  t.ok(revoked.json.revokedAt)
+  t.equal((await admin('DELETE', `/admin/v1/workspaces/${ws.slug}/tokens/not-a-uuid`)).statusCode, 404)
+})
+
+t.test('usage: from and to pick the records of a window, and the totals are the window\'s', async (t) => {
+  const { app, admin, createWorkspace } = await buildTestApp(t)
+  const ws = await createWorkspace()
+  const call = async (content: string) => {
+    const res = await app.inject({
+      method: 'POST', url: '/v1/chat/completions', headers: ws.headers,
+      payload: { model: 'mistral-small-latest', messages: [{ role: 'user', content }] }
+    })
+    t.equal(res.statusCode, 200)
+    return String(res.headers['x-request-id'])
+  }
+  const before = new Date()
+  await sleep(20)
+  const first = await call('the first call')
+  await sleep(20)
+  // a record is timed by the start of its call: the first started before this instant, the second after it
+  const between = new Date()
+  await sleep(20)
+  const second = await call('the second call')
+  await sleep(20)
+  const after = new Date()
+  await app.usage.flush()
+
+  const usage = async (query: Record<string, Date>) => {
+    const params = new URLSearchParams(Object.entries(query).map(([name, at]) => [name, at.toISOString()]))
+    const res = await admin('GET', `/admin/v1/workspaces/${ws.slug}/usage?${params}`)
+    t.equal(res.statusCode, 200, res.body)
+    return res.json
+  }
+  const ids = (view: { records: Array<{ requestId: string }> }) => view.records.map((r) => r.requestId).sort()
+  const both = await usage({ from: before, to: after })
+  t.same(ids(both), [first, second].sort(), 'both calls fall within [before, after)')
+  t.equal(both.totals.calls, 2)
+  t.equal(both.from, before.toISOString(), 'the window is echoed as asked')
+  t.equal(both.to, after.toISOString())
+
+  const early = await usage({ from: before, to: between })
+  t.same(ids(early), [first], 'to is exclusive of what started after it')
+  t.equal(early.totals.calls, 1, 'and the totals count only the window\'s calls')
+  const late = await usage({ from: between, to: after })
+  t.same(ids(late), [second], 'from excludes what started before it')
+  t.equal(late.totals.calls, 1)
+  t.equal(early.totals.totalTokens + late.totals.totalTokens, both.totals.totalTokens, 'the two halves add up')
+  t.same(ids(await usage({ to: between })), [first], 'from defaults to 30 days before to')
+  t.same(ids(await usage({ from: between })), [second], 'to defaults to now')
+
+  const empty = await usage({ from: new Date(before.getTime() - 3_600_000), to: before })
+  t.same(empty.records, [], 'the hour before holds nothing')
+  t.equal(empty.totals.calls, 0)
+  const reversed = await admin('GET',
+    `/admin/v1/workspaces/${ws.slug}/usage?from=${after.toISOString()}&to=${before.toISOString()}`)
+  t.equal(reversed.statusCode, 400)
+  t.equal(reversed.json.param, 'from')
+})
+
+t.test('the admin API opens only with the admin token', async (t) => {
+  const { app, createWorkspace } = await buildTestApp(t)
+  const ws = await createWorkspace()
+  for (const authorization of [undefined, 'Bearer wrong', ws.headers.authorization, `Basic ${ws.token}`]) {
+    const res = await app.inject({ method: 'GET', url: '/admin/v1/workspaces', headers: authorization ? { authorization } : {} })
+    t.equal(res.statusCode, 401, String(authorization).slice(0, 12))
+    t.equal(res.json().code, 'invalid_admin_token')
+  }
+})
+
+t.test('the audit log records every change, without secrets', async (t) => {
+  const { admin, createWorkspace } = await buildTestApp(t)
+  const ws = await createWorkspace()
+  await admin('PUT', `/admin/v1/workspaces/${ws.slug}/mistral-keys/default`, { key: 'sk-rotated-canary-5555' })
+  await admin('DELETE', `/admin/v1/workspaces/${ws.slug}/tokens/${ws.tokenId}`)
+  const log = await admin('GET', '/admin/v1/audit-log?limit=1000')
+  const mine = log.json.data.filter((e: { workspaceId: string }) => e.workspaceId === ws.id)
+  t.same(mine.map((e: { action: string }) => e.action).reverse(),
+    ['workspace.create', 'mistral_key.create', 'token.create', 'mistral_key.replace', 'token.revoke'])
+  t.ok(mine.every((e: { actor: string }) => e.actor === 'admin'))
+  t.notMatch(log.body, 'sk-rotated-canary-5555')
+  t.notMatch(log.body, ws.mistralKey)
+  t.notMatch(log.body, ws.token)
+})
+
+t.test('OpenAPI docs describe the admin API', async (t) => {
+  const { app } = await buildTestApp(t)
+  const res = await app.inject({ method: 'GET', url: '/docs/json' })
+  t.equal(res.statusCode, 200)
+  const doc = res.json()
+  t.equal(doc.openapi.startsWith('3.'), true)
+  for (const path of ['/admin/v1/workspaces', '/admin/v1/workspaces/{ws}', '/admin/v1/workspaces/{ws}/mistral-keys',
+    '/admin/v1/workspaces/{ws}/mistral-keys/{name}', '/admin/v1/workspaces/{ws}/tokens',
+    '/admin/v1/workspaces/{ws}/tokens/{id}', '/admin/v1/workspaces/{ws}/usage', '/admin/v1/audit-log']) {
+    t.ok(doc.paths[path], path)
+  }
+  t.notOk(Object.keys(doc.paths).some((p) => p.startsWith('/v1')), 'the proxy is not in the admin docs')
+})

@@ -1,0 +1,62 @@
+import { setTimeout as sleep } from 'node:timers/promises'
+import t from 'tap'
+import type { SpendThresholdEvent } from '../../src/events.js'
+import { calendarPeriods } from '../../src/limits/periods.js'
+import { costOf } from '../../src/pricing/cost.js'
+import { completePrices, DEFAULT_PRICES } from '../../src/pricing/default-prices.js'
+import { formatMoney } from '../../src/pricing/money.js'
+import { buildTestApp } from '../helpers/app.js'
+import { countTokens, startFakeMistral } from '../helpers/fake-mistral.js'
+
+// Issue 3: thresholds are recorded once per period and cap, and exposed as an event (app.events) that the webhooks
+// issue will deliver: whose cap (the workspace's or a token's), which cap, which period, which percentage.
+
+const COMPLETION = 100
+const PROMPT = 'How far is the moon?'
+const small = DEFAULT_PRICES.find((row) => row.aliases.includes('mistral-small-latest'))
+if (!small) throw new Error('mistral-small-latest is not in the price book')
+const ONE_CALL = costOf({ promptTokens: countTokens(PROMPT), completionTokens: COMPLETION, cachedTokens: 0, audioSeconds: 0, pages: 0, characters: 0 },
+  completePrices(small.prices.USD), { family: 'chat', markupBps: 0 }).billedMicros
+
+t.test('thresholds of a workspace cap and of a token cap: one event each, with scope, cap, period and percent', async (t) => {
+  const mistral = await startFakeMistral({ completionTokens: COMPLETION })
+  t.teardown(() => mistral.close())
+  const { app, admin, createWorkspace } = await buildTestApp(t, {}, { mistral })
+  const ws = await createWorkspace()
+  // five calls' worth each: the workspace reports 40 and 80 % of its month, the token 60 % of its day
+  const patched = await admin('PATCH', `/admin/v1/workspaces/${ws.slug}`,
+    { caps: { monthly: formatMoney(5 * ONE_CALL), thresholds: [40, 80] } })
+  t.equal(patched.statusCode, 200, 'workspace caps set')
+  const token = await admin('PATCH', `/admin/v1/workspaces/${ws.slug}/tokens/${ws.tokenId}`,
+    { caps: { daily: formatMoney(5 * ONE_CALL), thresholds: [60] } })
+  t.equal(token.statusCode, 200, 'token caps set')
+
+  const events: SpendThresholdEvent[] = []
+  // a listener that throws (a broken webhook) breaks neither the call nor the listeners after it
+  app.events.on('spend.threshold', () => { throw new Error('a broken webhook') })
+  app.events.on('spend.threshold', (event) => { events.push(event) })
+  for (let i = 0; i < 4; i++) {
+    const res = await app.inject({
+      method: 'POST',
+      url: '/v1/chat/completions',
+      headers: { ...ws.headers, 'content-type': 'application/json' },
+      payload: { model: 'mistral-small-latest', messages: [{ role: 'user', content: PROMPT }], max_tokens: COMPLETION }
+    })
+    t.equal(res.statusCode, 200, `call ${i + 1} served`)
+    // settlement follows the answer: wait for it, so the calls cross in order
+    for (const deadline = Date.now() + 5_000; Date.now() < deadline; await sleep(20)) {
+      const limits = (await admin('GET', `/admin/v1/workspaces/${ws.slug}/limits`)).json
+      if (limits.workspace.caps.monthly.reserved === formatMoney(0)) break
+    }
+  }
+  for (const deadline = Date.now() + 5_000; events.length < 3 && Date.now() < deadline;) await sleep(20)
+
+  const { day, month } = calendarPeriods(Date.now(), 'UTC')
+  const at = /^\d{4}-\d\d-\d\dT/
+  t.match(events, [
+    { type: 'spend.threshold', workspaceId: ws.id, workspaceSlug: ws.slug, scope: 'workspace', tokenId: null, cap: 'monthly', periodId: month.id, percent: 40, at },
+    { type: 'spend.threshold', workspaceId: ws.id, workspaceSlug: ws.slug, scope: 'token', tokenId: ws.tokenId, cap: 'daily', periodId: day.id, percent: 60, at },
+    { type: 'spend.threshold', workspaceId: ws.id, workspaceSlug: ws.slug, scope: 'workspace', tokenId: null, cap: 'monthly', periodId: month.id, percent: 80, at }
+  ], 'the crossings, in order: 40 % of the month at call 2, 60 % of the token\'s day at call 3, 80 % at call 4')
+  t.equal(events.length, 3, 'each once')
+})

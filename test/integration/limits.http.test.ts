@@ -1,0 +1,100 @@
+import t from 'tap'
+import { buildTestApp, type TestApp, type TestWorkspace } from '../helpers/app.js'
+import { startFakeMistral } from '../helpers/fake-mistral.js'
+
+// Issue 3 over HTTP, on one gateway: a token's own limits and caps (on top of its workspace's, which has none here),
+// and `clampMaxTokens: false`, which refuses a call whose worst case does not fit instead of lowering its max_tokens.
+
+const CHAT = '/v1/chat/completions'
+
+async function chat ({ app }: TestApp, headers: Record<string, string>, body: Record<string, unknown> = {}) {
+  const res = await app.inject({
+    method: 'POST',
+    url: CHAT,
+    headers: { ...headers, 'content-type': 'application/json' },
+    payload: { model: 'mistral-small-latest', messages: [{ role: 'user', content: 'Hello' }], max_tokens: 50, ...body }
+  })
+  return { status: res.statusCode, json: res.json(), headers: res.headers }
+}
+
+/** a second token of the workspace, with no limits of its own */
+async function secondToken ({ admin }: TestApp, ws: TestWorkspace) {
+  const minted = await admin('POST', `/admin/v1/workspaces/${ws.slug}/tokens`, { name: 'other' })
+  return { authorization: `Bearer ${minted.json.token}` }
+}
+
+t.test('a token\'s own rpm: its third call in the minute is refused, the workspace\'s other token is not', async (t) => {
+  const testApp = await buildTestApp(t)
+  const ws = await testApp.createWorkspace()
+  const patched = await testApp.admin('PATCH', `/admin/v1/workspaces/${ws.slug}/tokens/${ws.tokenId}`, { limits: { rpm: 2 } })
+  t.equal(patched.statusCode, 200)
+  const other = await secondToken(testApp, ws)
+
+  const replies = [await chat(testApp, ws.headers), await chat(testApp, ws.headers), await chat(testApp, ws.headers)]
+  t.same(replies.map((reply) => reply.status), [200, 200, 429])
+  t.equal(replies[0].headers['x-ratelimit-limit-requests'], '2', 'the token\'s limit in the headers')
+  t.equal(replies[1].headers['x-ratelimit-remaining-requests'], '0')
+  const denied = replies[2]
+  t.match(denied.json, { type: 'rate_limit_error', code: 'rate_limit_exceeded', param: 'rpm', message: /token's limit of 2 requests per minute/ },
+    'the denial names the token\'s limit')
+  const ms = Number(denied.headers['retry-after-ms'])
+  t.ok(ms > 55_000 && ms <= 60_001, `retry-after-ms ${ms}: when the first call leaves the minute`)
+  t.equal(denied.headers['retry-after'], String(Math.ceil(ms / 1000)))
+  t.equal((await chat(testApp, other)).status, 200, 'the other token of the workspace is served')
+})
+
+t.test('a token\'s own monthly cap: refused once spent, until the month ends; the other token is served', async (t) => {
+  // Mistral answers with all the 50 tokens asked for: a call costs its worst case, about 31 µ, so 80 µ afford two
+  const mistral = await startFakeMistral({ completionTokens: 50 })
+  t.teardown(() => mistral.close())
+  const testApp = await buildTestApp(t, {}, { mistral })
+  const ws = await testApp.createWorkspace()
+  const patched = await testApp.admin('PATCH', `/admin/v1/workspaces/${ws.slug}/tokens/${ws.tokenId}`,
+    { caps: { monthly: '0.00008', clampMaxTokens: false } })
+  t.equal(patched.statusCode, 200)
+  const other = await secondToken(testApp, ws)
+
+  const served = []
+  let refusal
+  for (let i = 0; i < 10 && !refusal; i++) {
+    const reply = await chat(testApp, ws.headers)
+    if (reply.status === 200) served.push(reply)
+    else refusal = reply
+  }
+  t.equal(served.length, 2, 'two served first')
+  t.ok(served.every((reply) => reply.headers['x-tramontane-budget-remaining'] !== undefined), 'with the budget left')
+  t.equal(refusal?.status, 429, 'then refused')
+  t.match(refusal?.json, { type: 'insufficient_quota', code: 'monthly_spend_cap_reached', message: /token's monthly spend cap of 0\.00008/ })
+  t.equal(refusal?.headers['x-should-retry'], 'false')
+  const monthEnd = Date.UTC(new Date().getUTCFullYear(), new Date().getUTCMonth() + 1, 1)
+  const ms = Number(refusal?.headers['retry-after-ms'])
+  t.ok(Math.abs(Date.now() + ms - monthEnd) < 5_000, `retry-after-ms ${ms}: when the month ends (UTC, the workspace's zone)`)
+  t.equal(refusal?.headers['retry-after'], String(Math.ceil(ms / 1000)))
+
+  const limits = (await testApp.admin('GET', `/admin/v1/workspaces/${ws.slug}/limits`)).json
+  const monthly = limits.tokens[ws.tokenId]?.caps?.monthly
+  t.match(monthly, { cap: '0.000080', reserved: '0.000000' }, 'the admin API shows the token\'s cap')
+  t.ok(Number(monthly?.left) < 0.00003, `with less left (${monthly?.left}) than a call's worst case`)
+  t.equal((await chat(testApp, other)).status, 200, 'the other token of the workspace is served')
+})
+
+t.test('clampMaxTokens: lowered max_tokens by default, a refusal when the operator turns it off', async (t) => {
+  const testApp = await buildTestApp(t)
+  const [clamped, strict] = [await testApp.createWorkspace(), await testApp.createWorkspace()]
+  // 20,000 output tokens of mistral-small at 0.60 $/M are 12,000 µ: more than the cap of 5,000 µ; the prompt fits
+  t.equal((await testApp.admin('PATCH', `/admin/v1/workspaces/${clamped.slug}`, { caps: { monthly: '0.005' } })).statusCode, 200)
+  t.equal((await testApp.admin('PATCH', `/admin/v1/workspaces/${strict.slug}`,
+    { caps: { monthly: '0.005', clampMaxTokens: false } })).statusCode, 200)
+
+  const before = testApp.mistral.received.length
+  const lowered = await chat(testApp, clamped.headers, { max_tokens: 20_000 })
+  t.equal(lowered.status, 200, 'served')
+  const forwarded = (testApp.mistral.received.at(-1)?.json as { max_tokens: number }).max_tokens
+  t.ok(forwarded > 7_000 && forwarded < 8_400, `forwarded with max_tokens ${forwarded}: what 5,000 µ less the prompt afford`)
+
+  const refused = await chat(testApp, strict.headers, { max_tokens: 20_000 })
+  t.equal(refused.status, 429, 'clampMaxTokens false: refused')
+  t.match(refused.json, { type: 'insufficient_quota', code: 'monthly_spend_cap_reached' })
+  t.equal(testApp.mistral.received.length - before, 1, 'the refused call never reached Mistral')
+  t.equal((await chat(testApp, strict.headers, { max_tokens: 1_000 })).status, 200, 'a call whose worst case fits is served')
+})

@@ -1,0 +1,54 @@
+import t from 'tap'
+import { buildTestApp, type TestWorkspace } from '../helpers/app.js'
+import { parseExposition, valueOf } from '../helpers/exposition.js'
+
+// src/metrics.ts: the workspace label takes the first 1,000 slugs a replica sees, then says `__other__`
+const LABEL_CAP = 1_000
+const chat = { model: 'mistral-small-latest', messages: [{ role: 'user', content: 'Overflow' }] }
+
+t.test('past 1,000 workspaces the label says __other__ and the overflow is counted', async (t) => {
+  const { app, admin, createWorkspace } = await buildTestApp(t)
+  const workspaces: TestWorkspace[] = []
+  // soft-deleted afterwards, so that the scrape-time spend of later runs does not list them
+  t.teardown(async () => {
+    for (let i = 0; i < workspaces.length; i += 50) {
+      await Promise.all(workspaces.slice(i, i + 50).map((ws) => admin('DELETE', `/admin/v1/workspaces/${ws.slug}`)))
+    }
+  })
+  const call = async (ws: TestWorkspace) => {
+    const res = await app.inject({ method: 'POST', url: '/v1/chat/completions', headers: ws.headers, payload: chat })
+    if (res.statusCode !== 200) throw new Error(`chat for ${ws.slug}: ${res.statusCode} ${res.body}`)
+  }
+  const scrape = async () => parseExposition((await app.inject({ method: 'GET', url: '/metrics' })).body)
+
+  // one call each (listing models: the cheapest call that is counted): the first LABEL_CAP slugs take the labels
+  for (let i = 0; i < LABEL_CAP; i += 50) {
+    const batch = await Promise.all(Array.from({ length: 50 }, () => createWorkspace()))
+    workspaces.push(...batch)
+    await Promise.all(batch.map(async (ws) => {
+      const res = await app.inject({ method: 'GET', url: '/v1/models', headers: ws.headers })
+      if (res.statusCode !== 200) throw new Error(`models for ${ws.slug}: ${res.statusCode} ${res.body}`)
+    }))
+  }
+  let samples = await scrape()
+  const labelled = new Set(samples.filter((s) => s.name === 'tramontane_requests_total').map((s) => s.labels.workspace))
+  t.equal(labelled.size, LABEL_CAP, 'every workspace so far has its own label')
+  t.equal(valueOf(samples, 'tramontane_metric_label_overflow_total'), 0, 'no overflow yet')
+
+  const late = [await createWorkspace(), await createWorkspace()]
+  workspaces.push(...late)
+  await call(late[0])
+  await call(late[1])
+  await call(late[1])
+  await call(workspaces[0])
+  samples = await scrape()
+  const requests = (workspace: string) =>
+    valueOf(samples, 'tramontane_requests_total', { workspace, operation: 'chat', status_class: '2xx' })
+  t.equal(requests('__other__'), 3, 'the calls of workspaces past the cap are counted under __other__')
+  t.equal(valueOf(samples, 'tramontane_metric_label_overflow_total'), 3, 'each of them counted as overflow')
+  t.equal(requests(late[0].slug), undefined, 'no label for a workspace past the cap')
+  t.equal(requests(workspaces[0].slug), 1, 'a workspace seen before the cap keeps its label')
+  t.ok((valueOf(samples, 'tramontane_spend_micros_total', { workspace: '__other__' }) ?? 0) > 0, 'spend past the cap is kept')
+  const series = new Set(samples.filter((s) => s.name === 'tramontane_requests_total').map((s) => s.labels.workspace))
+  t.equal(series.size, LABEL_CAP + 1, 'the label has at most 1,001 values')
+})

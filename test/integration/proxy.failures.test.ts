@@ -1,0 +1,186 @@
+import { randomBytes } from 'node:crypto'
+import { Readable } from 'node:stream'
+import { setTimeout as sleep } from 'node:timers/promises'
+import t, { type Test } from 'tap'
+import { request } from 'undici'
+import { buildTestApp, listen, type TestApp, type TestWorkspace } from '../helpers/app.js'
+import { startFakeMistral } from '../helpers/fake-mistral.js'
+import { freePort } from '../helpers/gateway-process.js'
+
+const chat = (extra: Record<string, unknown> = {}) =>
+  JSON.stringify({ model: 'mistral-small-latest', messages: [{ role: 'user', content: 'Tell me a story' }], ...extra })
+
+const jsonHeaders = (ws: TestWorkspace) => ({ ...ws.headers, 'content-type': 'application/json' })
+
+/** The gateway's error envelope, with the request id of the response header, and nothing else of the request. */
+function assertEnvelope (t: Test, res: { statusCode: number, headers: Record<string, unknown>, body: string },
+  status: number, type: string, code: string) {
+  t.equal(res.statusCode, status, `status ${status}`)
+  const body = JSON.parse(res.body)
+  t.match(body, { object: 'error', type, code, message: String, param: null, error: { type, code } })
+  t.equal(body.error.message, body.message)
+  t.match(res.headers['x-request-id'], /^[0-9a-f-]{36}$/)
+  t.equal(body.request_id, res.headers['x-request-id'], 'request_id is the x-request-id header')
+  return body
+}
+
+async function until (check: () => boolean, timeoutMs = 2_000) {
+  const deadline = Date.now() + timeoutMs
+  while (!check() && Date.now() < deadline) await sleep(20)
+  return check()
+}
+
+/** Reads a streamed answer to its end or to the connection's end, whichever comes; never throws. */
+async function readStream (url: string, ws: TestWorkspace) {
+  const startedAt = Date.now()
+  const res = await request(`${url}/v1/chat/completions`, {
+    method: 'POST', headers: jsonHeaders(ws), body: chat({ stream: true })
+  })
+  let text = ''
+  let failure: unknown
+  try {
+    for await (const chunk of res.body) text += chunk
+  } catch (err) {
+    failure = err
+  }
+  return { res, text, failure, elapsedMs: Date.now() - startedAt }
+}
+
+/** The workspace's usage records once there is one: the meter settles when the upstream body closes. */
+async function usageRecords ({ app, admin }: TestApp, ws: TestWorkspace) {
+  const deadline = Date.now() + 2_000
+  for (;;) {
+    await app.usage.flush()
+    const usage = await admin('GET', `/admin/v1/workspaces/${ws.slug}/usage`)
+    const records = usage.json.records as Array<Record<string, unknown>>
+    if (records.length > 0 || Date.now() > deadline) return records
+    await sleep(50)
+  }
+}
+
+t.test('an upstream port nobody listens on is a 502 upstream_unreachable', async (t) => {
+  const port = await freePort() // free, and nobody listens on it
+  const { app, createWorkspace } = await buildTestApp(t, { MISTRAL_BASE_URL: `http://127.0.0.1:${port}` })
+  const ws = await createWorkspace()
+  const startedAt = Date.now()
+  const res = await app.inject({
+    method: 'POST', url: '/v1/chat/completions', headers: jsonHeaders(ws), payload: chat()
+  })
+  assertEnvelope(t, res, 502, 'upstream_error', 'upstream_unreachable')
+  t.ok(Date.now() - startedAt < 3_000, 'refused at once, not after a timeout')
+  t.notMatch(res.body, /ECONNREFUSED|127\.0\.0\.1/, 'the cause stays in the log')
+})
+
+t.test('an upstream that accepts and never answers is a 504 upstream_timeout', async (t) => {
+  // no retry here: this is about the timeout's mapping (test/integration/resilience.* retries)
+  const { app, mistral, createWorkspace } = await buildTestApp(t, { UPSTREAM_HEADERS_TIMEOUT_MS: '300', UPSTREAM_RETRIES: '0' })
+  const ws = await createWorkspace()
+  mistral.enqueue(function silent () {}, '/v1/chat/completions')
+  const startedAt = Date.now()
+  const res = await app.inject({
+    method: 'POST', url: '/v1/chat/completions', headers: jsonHeaders(ws), payload: chat()
+  })
+  const elapsedMs = Date.now() - startedAt
+  assertEnvelope(t, res, 504, 'upstream_error', 'upstream_timeout')
+  t.equal(mistral.received.length, 1, 'the call reached upstream')
+  t.ok(elapsedMs >= 250 && elapsedMs < 3_000, `gave up after ${elapsedMs} ms`)
+})
+
+t.test('UPSTREAM_TOTAL_TIMEOUT_MS cuts a slow stream', async (t) => {
+  const mistral = await startFakeMistral({ streamDelayMs: 400 }) // 14 events: over 5 s
+  t.teardown(() => mistral.close())
+  const { app, createWorkspace } = await buildTestApp(t, { UPSTREAM_TOTAL_TIMEOUT_MS: '1500' }, { mistral })
+  const ws = await createWorkspace()
+  const url = await listen(app)
+  const { res, text, failure, elapsedMs } = await readStream(url, ws)
+  t.equal(res.statusCode, 200)
+  t.match(text, /^data: \{/, 'the first events reached the client')
+  t.notMatch(text, /\[DONE\]/, 'the stream never finished')
+  t.match(lastEvent(text), { object: 'error', type: 'upstream_error', error: { type: 'upstream_error' } },
+    'the client learnt of the cut from an SSE error event')
+  t.notOk(failure, 'and the stream then ended cleanly')
+  t.ok(elapsedMs < 4_000, `cut after ${elapsedMs} ms`)
+  t.ok(await until(() => mistral.received[0]?.aborted === true), 'the upstream call was cancelled')
+})
+
+for (const mode of ['stall', 'cut'] as const) {
+  t.test(`a stream that upstream ${mode === 'stall' ? 'stalls' : 'cuts'} mid-way ends and is still metered`,
+    async (t) => {
+      const testApp = await buildTestApp(t, { UPSTREAM_IDLE_TIMEOUT_MS: '300' })
+      const { app, mistral, createWorkspace } = testApp
+      const ws = await createWorkspace()
+      const url = await listen(app)
+      mistral.faultNextStream({ after: 2, mode, path: '/v1/chat/completions' })
+      const { res, text, failure, elapsedMs } = await readStream(url, ws)
+      t.equal(res.statusCode, 200)
+      const events = text.split('\n\n').filter((event) => event.startsWith('data: {'))
+      t.equal(events.length, 3, 'the two events sent before the fault reached the client, then an error event')
+      t.notMatch(text, /\[DONE\]/)
+      t.match(lastEvent(text), {
+        object: 'error', code: mode === 'stall' ? 'upstream_stalled' : 'upstream_cut', request_id: res.headers['x-request-id']
+      }, 'the client learnt of the fault from an SSE error event, never a [DONE]')
+      t.notOk(failure, 'and the stream then ended cleanly')
+      t.ok(elapsedMs < 3_000, `ended for the client after ${elapsedMs} ms`)
+      t.equal(mistral.received[0]?.fault, mode)
+
+      const records = await usageRecords(testApp, ws)
+      t.equal(records.length, 1, 'one usage record')
+      t.match(records[0], {
+        requestId: res.headers['x-request-id'],
+        operation: 'chat',
+        model: 'mistral-small-latest',
+        streamed: true,
+        estimated: true, // Mistral's usage rides on the last event, which never came
+        status: 200,
+        upstreamStatus: 200
+      })
+      t.ok((records[0].promptTokens as number) > 0, 'the prompt is estimated')
+    })
+}
+
+t.test('a JSON body over BODY_LIMIT_BYTES is a 413 and nothing goes upstream', async (t) => {
+  const { app, mistral, createWorkspace } = await buildTestApp(t, { BODY_LIMIT_BYTES: '2048' })
+  const ws = await createWorkspace()
+  const small = await app.inject({
+    method: 'POST', url: '/v1/chat/completions', headers: jsonHeaders(ws), payload: chat()
+  })
+  t.equal(small.statusCode, 200, 'a body under the limit goes through')
+  mistral.reset()
+
+  const big = chat({ messages: [{ role: 'user', content: 'x'.repeat(4096) }] })
+  const res = await app.inject({
+    method: 'POST', url: '/v1/chat/completions', headers: jsonHeaders(ws), payload: big
+  })
+  assertEnvelope(t, res, 413, 'invalid_request_error', 'payload_too_large')
+  t.notMatch(res.body, /xxxx/)
+
+  // without a content-length the limit applies as the bytes arrive
+  const url = await listen(app)
+  const chunked = await request(`${url}/v1/chat/completions`, {
+    method: 'POST',
+    headers: jsonHeaders(ws),
+    body: Readable.from([Buffer.from(big.slice(0, 1000)), Buffer.from(big.slice(1000))])
+  })
+  assertEnvelope(t, { statusCode: chunked.statusCode, headers: chunked.headers, body: await chunked.body.text() },
+    413, 'invalid_request_error', 'payload_too_large')
+  t.equal(mistral.received.length, 0, 'nothing reached upstream')
+})
+
+t.test('malformed JSON is a 400 invalid_json that does not echo the body', async (t) => {
+  const { app, mistral, createWorkspace, logs } = await buildTestApp(t)
+  const ws = await createWorkspace()
+  const canary = `canary-${randomBytes(6).toString('hex')}`
+  const payload = `{"model":"mistral-small-latest","messages":[{"role":"user","content":"${canary}"}]`
+  const res = await app.inject({ method: 'POST', url: '/v1/chat/completions', headers: jsonHeaders(ws), payload })
+  const body = assertEnvelope(t, res, 400, 'invalid_request_error', 'invalid_json')
+  t.equal(body.message, 'The request body is not valid JSON')
+  t.notOk(res.body.includes(canary), 'the response does not echo the body')
+  t.notOk(logs.some((line) => line.includes(canary)), 'nor does the log')
+  t.equal(mistral.received.length, 0, 'nothing reached upstream')
+})
+
+/** The JSON of the last `data:` event of an SSE text. */
+function lastEvent (text: string): unknown {
+  const events = text.split('\n\n').filter((event) => event.startsWith('data: {'))
+  return JSON.parse(events[events.length - 1].slice(6))
+}

@@ -1,0 +1,63 @@
+import t from 'tap'
+import { buildTestApp, type TestApp, type TestWorkspace } from '../helpers/app.js'
+
+// Issue 4: what is retried and what is not. 4xx other than 429 are the client's mistake and go back as Mistral sent
+// them, once; a connection that fails before any byte came back is tried again (within UPSTREAM_RETRIES).
+
+const CHAT = '/v1/chat/completions'
+
+async function chat ({ app }: TestApp, ws: TestWorkspace) {
+  const res = await app.inject({
+    method: 'POST',
+    url: CHAT,
+    headers: { ...ws.headers, 'content-type': 'application/json' },
+    payload: { model: 'mistral-small-latest', messages: [{ role: 'user', content: 'Hello' }] }
+  })
+  return { status: res.statusCode, json: res.json(), headers: res.headers }
+}
+
+t.test('400 and 422 from Mistral: passed through as they came, never retried', async (t) => {
+  const testApp = await buildTestApp(t)
+  const ws = await testApp.createWorkspace()
+  const bodies = {
+    400: { object: 'error', message: 'Invalid model: mistral-smol', type: 'invalid_model', param: null, code: '1500' },
+    422: {
+      object: 'error',
+      message: { detail: [{ type: 'missing', loc: ['body', 'messages'], msg: 'Field required', input: {} }] },
+      type: 'invalid_request_message_error',
+      param: null,
+      code: null
+    }
+  }
+  for (const status of [400, 422] as const) {
+    const before = testApp.mistral.received.length
+    testApp.mistral.enqueueError(status, bodies[status], {}, CHAT)
+    const reply = await chat(testApp, ws)
+    t.equal(reply.status, status, `${status} reaches the client`)
+    t.match(reply.json, { message: bodies[status].message, type: bodies[status].type }, `${status}: Mistral's own body`)
+    t.equal(testApp.mistral.received.length - before, 1, `${status}: one upstream call, no retry`)
+  }
+})
+
+t.test('a connection cut before the answer: tried again, and served', async (t) => {
+  const testApp = await buildTestApp(t)
+  const ws = await testApp.createWorkspace()
+  const before = testApp.mistral.received.length
+  // Mistral's side drops the connection with the request read and no byte answered
+  testApp.mistral.enqueue((_req, res) => { res.socket?.destroy() }, CHAT)
+  const reply = await chat(testApp, ws)
+  t.equal(reply.status, 200, 'served by the second attempt')
+  t.equal(testApp.mistral.received.length - before, 2, 'two upstream calls: the cut one and the retry')
+})
+
+t.test('connections cut every time: UPSTREAM_RETRIES more tries, then 502 upstream_unreachable', async (t) => {
+  const testApp = await buildTestApp(t, { UPSTREAM_RETRIES: '2', BREAKER_THRESHOLD: '100' })
+  const ws = await testApp.createWorkspace()
+  const before = testApp.mistral.received.length
+  for (let i = 0; i < 4; i++) testApp.mistral.enqueue((_req, res) => { res.socket?.destroy() }, CHAT)
+  const reply = await chat(testApp, ws)
+  t.equal(reply.status, 502)
+  t.match(reply.json, { object: 'error', type: 'upstream_error', code: 'upstream_unreachable' }, 'the envelope')
+  t.equal(testApp.mistral.received.length - before, 3, 'the first try and 2 retries, no more')
+  testApp.mistral.reset()
+})

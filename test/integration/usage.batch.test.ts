@@ -1,0 +1,364 @@
+import { setTimeout as sleep } from 'node:timers/promises'
+import { Mistral } from '@mistralai/mistralai'
+import { eq } from 'drizzle-orm'
+import t, { type Test } from 'tap'
+import { usageRecords, watchedJobs } from '../../src/db/schema.js'
+import { formatMoney, parseMoney } from '../../src/pricing/money.js'
+import { buildTestApp, listen, type TestApp, type TestWorkspace } from '../helpers/app.js'
+import { countTokens } from '../helpers/fake-mistral.js'
+import { completeBatchJob } from '../helpers/fake-mistral/batch.js'
+
+// Issue #5: a batch job created through the gateway is billed once, when it ends, from its output, at the batch
+// discount (MISTRAL-NOTES §2.6, §4), however many gateways watch it.
+
+const MODEL = 'mistral-small-latest'
+// mistral-small-2603 in USD (src/pricing/default-prices.ts), per million tokens
+const INPUT_PER_MTOK = 150_000n
+const OUTPUT_PER_MTOK = 600_000n
+const PROMPTS = ['a'.repeat(4_000), 'b'.repeat(2_000), 'c'.repeat(1_000)]
+const WORDS = 300
+
+const requests = (prompts = PROMPTS) => prompts.map((content, i) => ({
+  customId: String(i), body: { messages: [{ role: 'user', content }] }
+}))
+
+/** Half the list price, then the markup, rounded once, half up: what the ledger must say, worked out by hand. */
+function batchCost (promptTokens: number, completionTokens: number, markupBps: number) {
+  const amount = BigInt(promptTokens) * INPUT_PER_MTOK + BigInt(completionTokens) * OUTPUT_PER_MTOK
+  const round = (numerator: bigint, denominator: bigint) => Number((numerator + denominator / 2n) / denominator)
+  return {
+    list: round(amount * 5_000n, 1_000_000n * 10_000n),
+    billed: round(amount * 5_000n * BigInt(10_000 + markupBps), 1_000_000n * 10_000n * 10_000n)
+  }
+}
+
+async function setup (t: Test, overrides: Record<string, string> = {}, shared?: TestApp) {
+  const testApp = await buildTestApp(t, overrides, shared && { mistral: shared.mistral })
+  const url = await listen(testApp.app)
+  return { ...testApp, url }
+}
+
+const sdkFor = (url: string, ws: TestWorkspace) => new Mistral({ apiKey: ws.token, serverURL: url })
+
+async function recordsOf (s: TestApp, workspaceId: string) {
+  return s.app.database.db.select().from(usageRecords).where(eq(usageRecords.workspaceId, workspaceId))
+}
+
+async function watchOf (s: TestApp, jobId: string) {
+  const [row] = await s.app.database.db.select().from(watchedJobs).where(eq(watchedJobs.jobId, jobId))
+  return row
+}
+
+async function until<T> (what: string, read: () => Promise<T>, done: (value: T) => boolean, timeoutMs = 15_000) {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    const value = await read()
+    if (done(value)) return value
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}: ${JSON.stringify(value)}`)
+    await sleep(25)
+  }
+}
+
+const jobReads = (s: TestApp, jobId: string) => s.mistral.requestsTo(`/v1/batch/jobs/${jobId}`).length
+
+/**
+ * What one gateway's metrics say of a workspace's batch jobs of one priced model. The calls to `/v1/batch/*` count
+ * under the same operation with model `other` (they name none), and have durations like any call.
+ */
+async function batchMetrics (s: TestApp, workspace: string, model = 'mistral-small-2603') {
+  const samples = async (name: string) => {
+    const { values } = await s.app.metrics.registry.getSingleMetric(name)!.get()
+    return values.filter(({ labels }) => labels.workspace === workspace && labels.operation === 'batch' &&
+      labels.model === model)
+  }
+  const sum = (values: Array<{ value: number }>) => values.reduce((total, { value }) => total + value, 0)
+  const tokens = await samples('tramontane_tokens_total')
+  const requests = await samples('tramontane_requests_total')
+  // a job's hours would skew the latency histograms: none has a series of the job's model
+  let histograms = 0
+  for (const name of ['gen_ai_client_operation_duration_seconds', 'gen_ai_server_request_duration_seconds',
+    'gen_ai_server_time_to_first_token_seconds', 'gen_ai_client_token_usage']) {
+    const { values } = await s.app.metrics.registry.getSingleMetric(name)!.get()
+    histograms += values.filter(({ labels }) => labels.gen_ai_operation_name === 'batch' &&
+      labels.gen_ai_request_model === model).length
+  }
+  return {
+    requests: sum(requests),
+    statuses: [...new Set(requests.map(({ labels }) => labels.status_class))],
+    input: sum(tokens.filter(({ labels }) => labels.type === 'input')),
+    output: sum(tokens.filter(({ labels }) => labels.type === 'output')),
+    spend: sum(await samples('tramontane_spend_micros_total')),
+    histograms
+  }
+}
+
+t.test('a job made with the Mistral SDK is pending, then billed once it ends: half price, plus markup', async (t) => {
+  const s = await setup(t, { BATCH_POLL_INTERVAL_MS: '100' })
+  const ws = await s.createWorkspace()
+  t.equal((await s.admin('PATCH', `/admin/v1/workspaces/${ws.slug}`, { markupBps: 2_000 })).statusCode, 200)
+  const sdk = sdkFor(s.url, ws)
+
+  const job = await sdk.batch.jobs.create({ endpoint: '/v1/chat/completions', model: MODEL, requests: requests() })
+  t.equal(job.status, 'QUEUED', 'the client gets Mistral\'s job')
+  t.match(await watchOf(s, job.id), {
+    workspaceId: ws.id, tokenId: ws.tokenId, keyName: 'default', endpoint: '/v1/chat/completions', model: MODEL,
+    status: 'pending'
+  })
+  // the poll reads the running job and leaves it pending
+  await until('a poll of the queued job', async () => jobReads(s, job.id), (reads) => reads >= 2)
+  t.equal((await watchOf(s, job.id)).status, 'pending')
+  t.equal((await recordsOf(s, ws.id)).length, 0, 'nothing billed while the job runs')
+
+  const ended = completeBatchJob(s.mistral.stores, job.id, { completionTokens: WORDS })
+  const watched = await until('the job recorded', () => watchOf(s, job.id), (row) => row.status === 'recorded')
+  t.equal(watched.upstreamStatus, 'SUCCESS')
+  t.ok(watched.checkedAt!.getTime() <= Date.now() + 1_000, 'the check let go of the job when it ended')
+  const records = await recordsOf(s, ws.id)
+  t.equal(records.length, 1, 'one usage record for the job')
+  const promptTokens = PROMPTS.reduce((sum, text) => sum + countTokens(text), 0)
+  const completionTokens = WORDS * PROMPTS.length
+  const { list, billed } = batchCost(promptTokens, completionTokens, 2_000)
+  t.match(records[0], {
+    requestId: `batch:${job.id}`,
+    workspaceId: ws.id,
+    tokenId: ws.tokenId,
+    keyName: 'default',
+    operation: 'batch',
+    model: MODEL,
+    pricedModel: 'mistral-small-2603',
+    promptTokens,
+    completionTokens,
+    totalTokens: promptTokens + completionTokens,
+    listCostMicros: list,
+    billedCostMicros: billed,
+    estimated: false,
+    streamed: false
+  })
+  t.equal(records[0].createdAt.getTime(), (ended.completed_at as number) * 1000, 'billed when the job completed')
+  t.ok(list > 0 && billed > list, 'priced, with the markup on top')
+  // the metrics count the job as the ledger does: once, at its priced model
+  const counted = { requests: 1, statuses: ['2xx'], input: promptTokens, output: completionTokens, spend: billed,
+    histograms: 0 }
+  t.same(await until('the job counted', () => batchMetrics(s, ws.slug), (seen) => seen.requests > 0), counted,
+    'the counters equal the usage record, and no histogram has the job')
+
+  // a recorded job is not read again
+  const reads = jobReads(s, job.id)
+  await sleep(500)
+  t.equal(jobReads(s, job.id), reads, 'no more reads of a billed job')
+  t.equal((await recordsOf(s, ws.id)).length, 1, 'still one record')
+  t.equal((await sdk.batch.jobs.get({ jobId: job.id })).status, 'SUCCESS', 'the client reads the ended job')
+  t.equal((await recordsOf(s, ws.id)).length, 1, 'and a read bills nothing more')
+  t.same(await batchMetrics(s, ws.slug), counted, 'nor counts anything more')
+})
+
+t.test('a client reading its ended job bills it at once, from the inline results when there is no output file',
+  async (t) => {
+    // the poll would not come before the end of the test: only the read can bill the job
+    const s = await setup(t, { BATCH_POLL_INTERVAL_MS: '600000' })
+    const ws = await s.createWorkspace()
+    const sdk = sdkFor(s.url, ws)
+    const job = await sdk.batch.jobs.create({ endpoint: '/v1/chat/completions', model: MODEL, requests: requests() })
+    completeBatchJob(s.mistral.stores, job.id, { outputFile: false, completionTokens: WORDS })
+    const read = await sdk.batch.jobs.get({ jobId: job.id })
+    t.equal(read.status, 'SUCCESS')
+    t.equal(read.outputFile, null, 'the results are only inline')
+    await until('the job recorded', () => watchOf(s, job.id), (row) => row.status === 'recorded', 5_000)
+    const [record] = await recordsOf(s, ws.id)
+    const promptTokens = PROMPTS.reduce((sum, text) => sum + countTokens(text), 0)
+    t.match(record, { requestId: `batch:${job.id}`, promptTokens, completionTokens: WORDS * PROMPTS.length })
+    t.equal(record.billedCostMicros, batchCost(promptTokens, WORDS * PROMPTS.length, 0).billed)
+    t.ok(s.mistral.requestsTo(`/v1/batch/jobs/${job.id}`).some((request) => request.path.endsWith('?inline=true')),
+      'the gateway asked for the results inline')
+  })
+
+t.test('two gateways checking the same jobs write one record each and charge the spend cap once', async (t) => {
+  const one = await setup(t, { BATCH_POLL_INTERVAL_MS: '50' })
+  const two = await setup(t, { BATCH_POLL_INTERVAL_MS: '50' }, one)
+  const ws = await one.createWorkspace()
+  const capped = await one.admin('PATCH', `/admin/v1/workspaces/${ws.slug}`, { caps: { monthly: '100.00' } })
+  t.equal(capped.statusCode, 200)
+  const sdk = sdkFor(one.url, ws)
+  // a capped call first, so that the spend counter is in Redis when the jobs are charged
+  await sdkFor(two.url, ws).chat.complete({ model: MODEL, messages: [{ role: 'user', content: 'hello' }] })
+  const jobs = await Promise.all(Array.from({ length: 6 }, (_, i) =>
+    sdk.batch.jobs.create({
+      endpoint: '/v1/chat/completions', model: MODEL, requests: requests(PROMPTS.slice(0, 1 + (i % 3)))
+    })))
+  for (const job of jobs) completeBatchJob(one.mistral.stores, job.id, { completionTokens: WORDS })
+  // on top of both timers: polls started together, and reads of every job through both gateways at once, each of
+  // which checks the job right away
+  const readers = [sdk, sdkFor(two.url, ws)]
+  await Promise.all([
+    one.app.batchJobs.poll(), two.app.batchJobs.poll(),
+    ...jobs.flatMap((job) => [...readers, ...readers].map((reader) => reader.batch.jobs.get({ jobId: job.id })))
+  ])
+  await until('every job recorded', () => Promise.all(jobs.map((job) => watchOf(one, job.id))),
+    (rows) => rows.every((row) => row.status === 'recorded'))
+  const downloads = one.mistral.requestsTo('/v1/files/').length
+  t.comment(`${downloads} output downloads for ${jobs.length} jobs`)
+
+  // a check that outlives its lease: the other gateway checks the same job meanwhile, and both write its record
+  const slow = await sdk.batch.jobs.create({ endpoint: '/v1/chat/completions', model: MODEL, requests: requests() })
+  jobs.push(slow)
+  const ended = completeBatchJob(one.mistral.stores, slow.id, { completionTokens: WORDS })
+  const content = `/v1/files/${String(ended.output_file)}/content`
+  one.mistral.enqueueDelay(3_000, content)
+  const first = one.app.batchJobs.seen(ws.id, ended)
+  await until('the first check reading the output', async () => one.mistral.requestsTo(content).length, (n) => n === 1)
+  await one.app.database.db.update(watchedJobs).set({ checkedAt: null }).where(eq(watchedJobs.jobId, slow.id))
+  // the second check: this read, or a poll of either gateway (every 50 ms here) if one claims the job first
+  await two.app.batchJobs.seen(ws.id, ended)
+  const second = await until('the second check', () => watchOf(one, slow.id), (row) => row.status === 'recorded')
+  t.equal(second.status, 'recorded', 'the second check recorded the job while the first was still reading')
+  await first
+  t.equal(one.mistral.requestsTo(content).length, 2, 'both gateways read the output')
+  await sleep(300)
+  await Promise.all([one.app.usage.flush(), two.app.usage.flush()])
+  const records = await recordsOf(one, ws.id)
+  const batches = records.filter((record) => record.operation === 'batch')
+  t.same(batches.map((record) => record.requestId).sort(), jobs.map((job) => `batch:${job.id}`).sort(),
+    'one record a job')
+  for (const record of batches) {
+    const job = jobs.find((candidate) => record.requestId === `batch:${candidate.id}`)!
+    const prompts = PROMPTS.slice(0, job.totalRequests)
+    const promptTokens = prompts.reduce((sum, text) => sum + countTokens(text), 0)
+    t.equal(record.billedCostMicros, batchCost(promptTokens, WORDS * prompts.length, 0).billed, `${job.id} priced`)
+  }
+  const ledger = records.reduce((sum, record) => sum + record.billedCostMicros, 0)
+  const limits = await one.admin('GET', `/admin/v1/workspaces/${ws.slug}/limits`)
+  t.equal(parseMoney(limits.json.workspace.caps.monthly.settled), ledger, 'the spend counter learnt each job once')
+
+  // each job is counted by the gateway that recorded it, and by that one only
+  const counted = () => Promise.all([batchMetrics(one, ws.slug), batchMetrics(two, ws.slug)])
+  const both = await until('every job counted', counted, (seen) => seen[0].requests + seen[1].requests >= jobs.length)
+  t.comment(`jobs counted: ${both[0].requests} by one gateway, ${both[1].requests} by the other`)
+  const sum = (read: (seen: Awaited<ReturnType<typeof batchMetrics>>) => number) => read(both[0]) + read(both[1])
+  t.same([sum((seen) => seen.requests), sum((seen) => seen.spend), sum((seen) => seen.input),
+    sum((seen) => seen.output)],
+    [jobs.length, ...(['billedCostMicros', 'promptTokens', 'completionTokens'] as const)
+      .map((column) => batches.reduce((total, record) => total + record[column], 0))],
+    'the two gateways\' batch counters add up to the batch records')
+})
+
+t.test('a job is created only while every spend cap has something left; Mistral never hears of a refused one',
+  async (t) => {
+    const s = await setup(t, { BATCH_POLL_INTERVAL_MS: '600000' })
+    const ws = await s.createWorkspace()
+    const sdk = sdkFor(s.url, ws)
+    const create = () => sdk.batch.jobs.create({ endpoint: '/v1/chat/completions', model: MODEL, requests: requests() })
+    const creates = () => s.mistral.requestsTo('/v1/batch/jobs').filter((request) => request.method === 'POST').length
+    const cap = async (scope: 'workspace' | 'token', micros: number) => {
+      const url = `/admin/v1/workspaces/${ws.slug}${scope === 'token' ? `/tokens/${ws.tokenId}` : ''}`
+      t.equal((await s.admin('PATCH', url, { caps: { monthly: formatMoney(micros) } })).statusCode, 200)
+    }
+    /** the refusal the Mistral SDK throws, as it reads it */
+    async function refusal (why: string) {
+      const err = await create().then(() => undefined, (failure: unknown) => failure) as
+        { statusCode: number, body: string, headers: Headers } | undefined
+      if (!err) return t.fail(`${why}: the job was created`)
+      t.equal(err.statusCode, 429, why)
+      t.equal(err.headers.get('x-should-retry'), 'false')
+      return JSON.parse(err.body)
+    }
+
+    // one micro-unit left is something left: the job starts, and costs what it costs when it ends
+    await cap('workspace', 1)
+    const job = await create()
+    t.equal(job.status, 'QUEUED')
+    completeBatchJob(s.mistral.stores, job.id, { completionTokens: WORDS })
+    await sdk.batch.jobs.get({ jobId: job.id })
+    await until('the job recorded', () => watchOf(s, job.id), (row) => row.status === 'recorded', 5_000)
+    const [{ billedCostMicros: spent }] = await recordsOf(s, ws.id)
+    t.ok(spent > 1, `the job cost ${spent}, past the cap: charged all the same`)
+    const limits = await s.admin('GET', `/admin/v1/workspaces/${ws.slug}/limits`)
+    t.equal(parseMoney(limits.json.workspace.caps.monthly.settled), spent, 'the spend counter has the job')
+
+    for (const [micros, where] of [[spent - 1, 'past the cap'], [spent, 'exactly at the cap']] as const) {
+      await cap('workspace', micros)
+      t.match(await refusal(where), {
+        object: 'error',
+        type: 'insufficient_quota',
+        code: 'monthly_spend_cap_reached',
+        message: `The workspace's monthly spend cap of ${formatMoney(micros)} is reached`,
+        error: { type: 'insufficient_quota', code: 'monthly_spend_cap_reached' }
+      }, `${where}: the same refusal as any capped call`)
+    }
+    t.equal(creates(), 1, 'Mistral never saw the refused jobs')
+
+    await cap('workspace', spent + 1)
+    const next = await create()
+    t.equal(next.status, 'QUEUED', 'one micro-unit under the cap: created')
+    t.equal((await watchOf(s, next.id)).status, 'pending', 'and watched')
+
+    // the token's own cap holds too
+    await cap('token', spent)
+    t.match(await refusal('the token at its cap'), {
+      type: 'insufficient_quota', message: `The token's monthly spend cap of ${formatMoney(spent)} is reached`
+    })
+    t.equal(creates(), 2, 'Mistral saw the two jobs created, and only them')
+    const watched = await s.app.database.db.select().from(watchedJobs).where(eq(watchedJobs.workspaceId, ws.id))
+    t.same(watched.map((row) => row.jobId).sort(), [job.id, next.id].sort(), 'no refused job is watched')
+  })
+
+t.test('a failed job, a cancelled job and a timed-out one', async (t) => {
+  const s = await setup(t, { BATCH_POLL_INTERVAL_MS: '50' })
+  const ws = await s.createWorkspace()
+  const sdk = sdkFor(s.url, ws)
+  const create = () => sdk.batch.jobs.create({ endpoint: '/v1/chat/completions', model: MODEL, requests: requests() })
+  const [failed, cancelled, timedOut] = [await create(), await create(), await create()]
+
+  completeBatchJob(s.mistral.stores, failed.id, { status: 'FAILED' })
+  t.equal((await sdk.batch.jobs.cancel({ jobId: cancelled.id })).status, 'CANCELLATION_REQUESTED')
+  await until('a poll of the job being cancelled', async () => jobReads(s, cancelled.id), (reads) => reads >= 2)
+  t.equal((await watchOf(s, cancelled.id)).status, 'pending', 'a cancellation under way is not an end')
+  // Mistral bills what the job answered before it stopped
+  completeBatchJob(s.mistral.stores, cancelled.id, { status: 'CANCELLED', succeeded: 1, completionTokens: WORDS })
+  completeBatchJob(s.mistral.stores, timedOut.id, { status: 'TIMEOUT_EXCEEDED', succeeded: 0 })
+
+  const ends = () => Promise.all([failed, cancelled, timedOut].map((job) => watchOf(s, job.id)))
+  const rows = await until('every job ended', ends,
+    (ended) => ended.every((row) => row.status !== 'pending'))
+  t.same(rows.map((row) => [row.status, row.upstreamStatus]),
+    [['failed', 'FAILED'], ['recorded', 'CANCELLED'], ['failed', 'TIMEOUT_EXCEEDED']])
+  const records = await recordsOf(s, ws.id)
+  t.same(records.map((record) => record.requestId), [`batch:${cancelled.id}`], 'only the job that answered is billed')
+  t.match(records[0], { promptTokens: countTokens(PROMPTS[0]), completionTokens: WORDS })
+})
+
+t.test('a job of another workspace is not billed to this one', async (t) => {
+  const s = await setup(t, { BATCH_POLL_INTERVAL_MS: '600000' })
+  const owner = await s.createWorkspace()
+  const other = await s.createWorkspace()
+  const job = await sdkFor(s.url, owner).batch.jobs.create({
+    endpoint: '/v1/chat/completions', model: MODEL, requests: requests()
+  })
+  completeBatchJob(s.mistral.stores, job.id)
+  // the fake keeps one organisation for every key: the other workspace can read the job, and must bill nothing
+  t.equal((await sdkFor(s.url, other).batch.jobs.get({ jobId: job.id })).status, 'SUCCESS')
+  await sleep(500)
+  t.equal((await watchOf(s, job.id)).status, 'pending', 'the other workspace\'s read did not end the watch')
+  t.equal((await recordsOf(s, other.id)).length, 0, 'nothing billed to the other workspace')
+  await sdkFor(s.url, owner).batch.jobs.get({ jobId: job.id })
+  await until('the job recorded', () => watchOf(s, job.id), (row) => row.status === 'recorded', 5_000)
+  t.same((await recordsOf(s, owner.id)).map((record) => record.requestId), [`batch:${job.id}`], 'billed to its owner')
+  t.equal((await recordsOf(s, other.id)).length, 0)
+  t.ok(s.mistral.received.filter((request) => request.path.startsWith(`/v1/files/`))
+    .every((request) => request.apiKey === owner.mistralKey), 'the output was read with the owner\'s key only')
+})
+
+t.test('a job created before a restart is billed by the next gateway', async (t) => {
+  // the first gateway never polls during the test: it stands for a replica that stopped
+  const first = await setup(t, { BATCH_POLL_INTERVAL_MS: '600000' })
+  const ws = await first.createWorkspace()
+  const job = await sdkFor(first.url, ws).batch.jobs.create({
+    endpoint: '/v1/embeddings', model: 'mistral-embed', requests: [{ customId: '0', body: { input: 'x'.repeat(400) } }]
+  })
+  await first.app.close()
+  completeBatchJob(first.mistral.stores, job.id)
+  const next = await setup(t, { BATCH_POLL_INTERVAL_MS: '50' }, first)
+  await until('the job recorded', () => watchOf(next, job.id), (row) => row.status === 'recorded')
+  const [record] = await recordsOf(next, ws.id)
+  t.match(record, { requestId: `batch:${job.id}`, operation: 'batch', model: 'mistral-embed', promptTokens: 100 })
+  t.ok(record.billedCostMicros > 0, 'priced at the embeddings price')
+})

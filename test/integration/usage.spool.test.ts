@@ -1,0 +1,210 @@
+import { spawnSync } from 'node:child_process'
+import { mkdirSync, mkdtempSync, readdirSync, rmSync, utimesSync, writeFileSync } from 'node:fs'
+import { hostname, tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import pg from 'pg'
+import t, { type Test } from 'tap'
+import { TEST_ADMIN_TOKEN, TEST_DATABASE_URL, buildTestApp, gatewayEnv } from '../helpers/app.js'
+import { startFakeMistral } from '../helpers/fake-mistral.js'
+import { startGatewayProcess } from '../helpers/gateway-process.js'
+import { call } from '../helpers/replicas.js'
+import { proxiedDatabase } from '../helpers/tcp-proxy.js'
+import { createSpool } from '../../src/usage/spool.js'
+
+// Issue 5, "lossless and exactly once": a usage record is on disk before it is queued; PostgreSQL down, a SIGKILL or
+// a restart loses none, and a replay never counts one twice.
+
+const CHAT = '/v1/chat/completions'
+const chat = (content: string, stream = false) =>
+  ({ model: 'mistral-small-latest', messages: [{ role: 'user', content }], stream })
+
+function scratchDir (t: Test): string {
+  const dir = mkdtempSync(join(tmpdir(), 'tmt-spool-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  return dir
+}
+
+/** A pid that no process holds: one of a child that has exited. */
+function deadPid (): number {
+  return spawnSync(process.execPath, ['-e', '0']).pid as number
+}
+
+function orphanFolder (dir: string, name: string, owner: { host: string, pid: number }, segments: string[][]) {
+  const folder = join(dir, name)
+  mkdirSync(folder, { recursive: true })
+  writeFileSync(join(folder, 'owner'), JSON.stringify(owner))
+  segments.forEach((lines, i) => writeFileSync(join(folder, `00000000${i + 1}.jsonl`), lines.map((l) => l + '\n').join('')))
+  return folder
+}
+
+async function ledger (query: string, values: unknown[]) {
+  const client = new pg.Client({ connectionString: TEST_DATABASE_URL })
+  await client.connect()
+  try {
+    return (await client.query(query, values)).rows
+  } finally {
+    await client.end()
+  }
+}
+
+const recordsOf = async (workspaceId: string) => (await ledger(
+  'select request_id, status, estimated, prompt_tokens, completion_tokens, billed_cost_micros from usage_records ' +
+  'where workspace_id = $1', [workspaceId])) as Array<{
+  request_id: string, status: number, estimated: boolean, prompt_tokens: number, completion_tokens: number,
+  billed_cost_micros: string
+}>
+
+t.test('the spool: segments leave the disk only when released; orphans are claimed once', async (t) => {
+  const dir = scratchDir(t)
+  const spool = createSpool({ dir })
+  t.teardown(() => spool.close())
+  spool.append('{"a":1}')
+  spool.append('{"a":2}')
+  const [own] = readdirSync(dir)
+  t.same(readdirSync(join(dir, own)).sort(), ['000000001.jsonl', 'owner'], 'one segment beside the owner file')
+  spool.seal()
+  spool.append('{"a":3}')
+  spool.release()
+  t.same(readdirSync(join(dir, own)).sort(), ['000000002.jsonl', 'owner'], 'the sealed segment is gone, the open one stays')
+  // a segment holding the start of a call in flight outlives its release until the call ends
+  spool.pin(2)
+  spool.seal()
+  spool.release()
+  t.same(readdirSync(join(dir, own)).sort(), ['000000002.jsonl', 'owner'], 'a pinned segment stays')
+  spool.unpin(2)
+  spool.release()
+  t.same(readdirSync(join(dir, own)), ['owner'], 'unpinned, the next release deletes it')
+
+  // a live gateway's folder (this process, fresh heartbeat) is never taken
+  const other = createSpool({ dir })
+  t.teardown(() => other.close())
+  t.same(other.claimOrphans(), [], 'nothing to claim while the owner lives')
+
+  // a dead gateway of this host, which had itself claimed a folder before it died; a cut last line
+  orphanFolder(dir, 'dead', { host: hostname(), pid: deadPid() }, [['{"r":1}', '{"r":2}'], ['{"r":3}', '{"r":']])
+  orphanFolder(join(dir, 'dead'), 'claimed-older', { host: hostname(), pid: deadPid() }, [['{"r":0}']])
+  // another host's gateway: alive while its heartbeat is fresh, gone once it is stale
+  orphanFolder(dir, 'fresh', { host: 'elsewhere', pid: 1 }, [['{"r":9}']])
+  const stale = orphanFolder(dir, 'stale', { host: 'elsewhere', pid: 1 }, [['{"r":4}']])
+  const old = new Date(Date.now() - 60_000)
+  utimesSync(join(stale, 'owner'), old, old)
+
+  const claimed = other.claimOrphans()
+  t.same([...claimed].sort(), ['{"r":', '{"r":0}', '{"r":1}', '{"r":2}', '{"r":3}', '{"r":4}'].sort(),
+    'the dead and the stale folders, also what the dead one had claimed')
+  t.same(spool.claimOrphans(), [], 'a second claimer finds nothing: the rename moved them')
+  t.ok(readdirSync(dir).includes('fresh'), 'the fresh folder of another host stays')
+  other.release()
+  const [otherOwn] = readdirSync(dir).filter((name) => name !== own && name !== 'fresh')
+  t.same(readdirSync(join(dir, otherOwn)), ['owner'], 'released: the claimed folders are gone')
+  other.close()
+  t.notOk(readdirSync(dir).includes(otherOwn), 'a closed spool holding nothing removes its folder')
+})
+
+t.test('PostgreSQL unreachable: calls go on, records wait in the spool, and all reach the ledger once it returns',
+  async (t) => {
+    const { proxy, url } = await proxiedDatabase(t, TEST_DATABASE_URL)
+    const spoolDir = scratchDir(t)
+    const testApp = await buildTestApp(t, { DATABASE_URL: url, USAGE_SPOOL_DIR: spoolDir })
+    const { app } = testApp
+    const ws = await testApp.createWorkspace()
+    const send = async (content: string, stream = false) => {
+      const res = await app.inject({ method: 'POST', url: CHAT, headers: ws.headers, payload: chat(content, stream) })
+      return { status: res.statusCode, requestId: res.headers['x-request-id'] as string }
+    }
+    const before = await send('before the outage')
+    t.equal(before.status, 200)
+    await app.usage.flush()
+
+    proxy.cut()
+    const during = []
+    for (let i = 0; i < 10; i++) during.push(await send(`during the outage ${i}`, i % 2 === 1))
+    t.same(during.map((reply) => reply.status), Array(10).fill(200), 'the proxy serves every call while PostgreSQL is away')
+    await app.usage.flush() // fails: PostgreSQL is unreachable
+    t.equal(app.usage.pending(), 10, 'the ten records wait')
+    const [own] = readdirSync(spoolDir)
+    const segments = readdirSync(join(spoolDir, own)).filter((name) => name.endsWith('.jsonl'))
+    t.ok(segments.length > 0, `and they are on disk (${segments.join(', ')})`)
+    t.same(await recordsOf(ws.id).then((rows) => rows.map((row) => row.request_id)), [before.requestId],
+      'the ledger has only the call made before the outage')
+
+    proxy.restore()
+    const deadline = Date.now() + 15_000
+    while (app.usage.pending() > 0 && Date.now() < deadline) await sleep(100)
+    t.equal(app.usage.pending(), 0, 'the queue drained on its own once PostgreSQL answered')
+    const rows = await recordsOf(ws.id)
+    t.same(rows.map((row) => row.request_id).sort(), [before, ...during].map((reply) => reply.requestId).sort(),
+      'every call has exactly one record')
+    t.ok(rows.every((row) => row.prompt_tokens > 0 && row.completion_tokens > 0), 'with the tokens Mistral reported')
+    t.same(readdirSync(join(spoolDir, own)).filter((name) => name.endsWith('.jsonl')), [],
+      'the spool holds nothing once the records are in the ledger')
+    const [daily] = await ledger('select sum(calls)::int as calls from usage_daily where workspace_id = $1', [ws.id])
+    t.equal(daily.calls, 11, 'the daily rollup counts each call once')
+  })
+
+t.test('a gateway SIGKILLed while PostgreSQL is away loses nothing: its restart replays the spool, once', async (t) => {
+  const mistral = await startFakeMistral()
+  t.teardown(() => mistral.close())
+  const { proxy, url } = await proxiedDatabase(t, TEST_DATABASE_URL)
+  const spoolDir = scratchDir(t)
+  const env = { ...gatewayEnv(mistral.url), DATABASE_URL: url, USAGE_SPOOL_DIR: spoolDir, LOG_LEVEL: 'warn' }
+  const first = await startGatewayProcess(t, env)
+  const admin = async (path: string, body: unknown) => {
+    const res = await fetch(first.url + '/admin/v1' + path, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${TEST_ADMIN_TOKEN}`, 'content-type': 'application/json' },
+      body: JSON.stringify(body)
+    })
+    return res.json() as Promise<any>
+  }
+  const slug = `spool-${Date.now().toString(36)}`
+  const workspace = await admin('/workspaces', { slug, name: 'Spool' })
+  await admin(`/workspaces/${slug}/mistral-keys`, { name: 'default', key: `mk-${slug}` })
+  const { token } = await admin(`/workspaces/${slug}/tokens`, { name: 'app' })
+  t.equal((await call(first.url, token, CHAT, chat('warm the token cache'))).status, 200)
+  const deadline = Date.now() + 10_000
+  while ((await recordsOf(workspace.id)).length < 1 && Date.now() < deadline) await sleep(100)
+
+  proxy.cut()
+  const replies = []
+  for (let i = 0; i < 8; i++) replies.push(await call(first.url, token, CHAT, chat(`unrecorded ${i}`, i % 2 === 0)))
+  t.same(replies.map((reply) => reply.status), Array(8).fill(200))
+  await sleep(300) // each of them settled: its record follows the answer by a moment
+  // and one stream still in flight when the gateway dies: Mistral sent its first event, then holds
+  const gate = mistral.holdStreams()
+  t.teardown(() => gate.release())
+  const inFlight = await fetch(first.url + CHAT, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+    body: JSON.stringify(chat('cut by the kill', true))
+  })
+  const inFlightId = inFlight.headers.get('x-request-id')
+  const reader = (inFlight.body as ReadableStream<Uint8Array>).getReader()
+  t.ok((await reader.read()).value, 'the in-flight stream had started')
+  reader.read().catch(() => {})
+  process.kill(-first.pid, 'SIGKILL')
+  t.equal(await first.stop(), null, 'killed, no exit code')
+  t.equal((await recordsOf(workspace.id)).length, 1, 'none of the eight reached the ledger before the kill')
+
+  proxy.restore()
+  const second = await startGatewayProcess(t, env)
+  const ids = replies.map((reply) => reply.headers.get('x-request-id'))
+  let rows = await recordsOf(workspace.id)
+  const replayDeadline = Date.now() + 15_000
+  while (rows.length < 10 && Date.now() < replayDeadline) {
+    await sleep(100)
+    rows = await recordsOf(workspace.id)
+  }
+  t.equal(rows.length, 10, 'the restart replayed the nine records') || t.comment(second.output())
+  const ended = rows.filter((row) => row.request_id !== inFlightId)
+  t.ok(ids.every((id) => ended.some((row) => row.request_id === id)), 'each ended call under its own request id')
+  t.ok(ended.every((row) => row.status === 200 && !row.estimated && row.completion_tokens > 0),
+    'with what Mistral reported')
+  const cut = rows.find((row) => row.request_id === inFlightId)
+  t.match(cut, { status: 0, estimated: true, completion_tokens: 0 },
+    'the call in flight is billed from its estimate, flagged estimated, status 0 (no answer known)')
+  t.ok(Number(cut?.prompt_tokens) > 0 && Number(cut?.billed_cost_micros) > 0, 'at the prompt estimate\'s price')
+  t.same(readdirSync(spoolDir).filter((name) => readdirSync(join(spoolDir, name)).some((f) => f.endsWith('.jsonl'))), [],
+    'no segment is left once replayed')
+})

@@ -1,0 +1,26 @@
+import t from 'tap'
+import { loadConfig } from '../../src/config.js'
+
+t.test('defaults', async (t) => {
+  const config = loadConfig({})
+  t.equal(config.PORT, 8080)
+  t.equal(config.MISTRAL_BASE_URL, 'https://api.mistral.ai')
+  t.equal(config.DATA_DIR, './data')
+  t.equal(config.DATABASE_URL, undefined)
+  t.equal(config.REDIS_URL, undefined)
+  t.equal(config.BODY_LIMIT_BYTES, 64 * 1024 * 1024)
+  t.ok(Object.isFrozen(config))
+})
+
+t.test('values come from the environment, typed; empty means unset', async (t) => {
+  const config = loadConfig({ PORT: '9090', REDIS_URL: '', UPSTREAM_IDLE_TIMEOUT_MS: '1500', UNRELATED: 'x' })
+  t.equal(config.PORT, 9090)
+  t.equal(config.REDIS_URL, undefined)
+  t.equal(config.UPSTREAM_IDLE_TIMEOUT_MS, 1500)
+  t.notOk('UNRELATED' in config)
+})
+
+t.test('bad values fail at boot', async (t) => {
+  t.throws(() => loadConfig({ PORT: 'eighty' }), /PORT/)
+  t.throws(() => loadConfig({ TRAMONTANE_ADMIN_TOKEN: 'short' }), /TRAMONTANE_ADMIN_TOKEN/)
+})

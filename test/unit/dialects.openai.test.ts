@@ -1,0 +1,255 @@
+import { Readable } from 'node:stream'
+import { pipeline } from 'node:stream/promises'
+import t from 'tap'
+import {
+  mistralToolCallId, translateChatRequest, translateEmbeddingsRequest
+} from '../../src/dialects/openai-request.js'
+import { base64Embeddings, createOpenAiStreamShaper, withOpenAiError } from '../../src/dialects/openai-response.js'
+
+// The two halves of the OpenAI dialect (MISTRAL-NOTES §5), on their own: what a request becomes before Mistral sees
+// it, and what a response becomes before an OpenAI client does. The real clients drive them in test/integration.
+
+async function shape (includeUsage: boolean, chunks: Array<string | Buffer>): Promise<string> {
+  let out = ''
+  const input = Readable.from(chunks.map((chunk) => Buffer.from(chunk)))
+  await pipeline(input, createOpenAiStreamShaper({ includeUsage }), async function (source: AsyncIterable<string>) {
+    for await (const chunk of source) out += chunk
+  })
+  return out
+}
+
+const fn = (name: string, args = '{}') => ({ name, arguments: args })
+
+const events = (text: string) => text.split('\n\n').filter(Boolean).map((event) => event.slice(6))
+  .map((data) => data === '[DONE]' ? data : JSON.parse(data))
+
+const HEAD = { id: 'abc', object: 'chat.completion.chunk', created: 1, model: 'mistral-small-latest' }
+const sse = (...payloads: unknown[]) => payloads
+  .map((payload) => `data: ${typeof payload === 'string' ? payload : JSON.stringify(payload)}\n\n`).join('')
+const USAGE = { prompt_tokens: 4, completion_tokens: 2, total_tokens: 6 }
+
+t.test('chat request: renamed, mapped, dropped', async (t) => {
+  const body: Record<string, unknown> = {
+    model: 'm',
+    messages: [{ role: 'developer', content: 'Be brief', name: 'ops' }, { role: 'user', content: 'hi', name: 'al' }],
+    max_completion_tokens: 5,
+    max_tokens: 9,
+    seed: 1,
+    stream: true,
+    stream_options: { include_usage: true },
+    user: 'u',
+    store: true,
+    logprobs: false,
+    tool_choice: 'required',
+    service_tier: 'flex',
+    prediction: { type: 'content', content: [{ type: 'text', text: 'a' }, { type: 'text', text: 'b' }] },
+    tools: [{ type: 'function', function: { name: 'f' } }]
+  }
+  const notes = translateChatRequest(body)
+  t.same(notes, { includeUsage: true, base64Embeddings: false })
+  t.same(body, {
+    model: 'm',
+    messages: [{ role: 'system', content: 'Be brief' }, { role: 'user', content: 'hi' }],
+    max_tokens: 5,
+    random_seed: 1,
+    stream: true,
+    tool_choice: 'any',
+    service_tier: 'standard_only',
+    prediction: { type: 'content', content: 'ab' },
+    tools: [{ type: 'function', function: { name: 'f', parameters: { type: 'object', properties: {} } } }]
+  })
+})
+
+t.test('chat request: a Mistral body is left exactly as it is', async (t) => {
+  const body = {
+    model: 'm',
+    messages: [
+      { role: 'system', content: 'Be brief' },
+      { role: 'assistant', content: '', tool_calls: [{ id: 'abcDEF123', function: { name: 'f', arguments: '{}' } }] },
+      { role: 'tool', tool_call_id: 'abcDEF123', name: 'f', content: '{}' },
+      { role: 'assistant', content: 'It', prefix: true }
+    ],
+    max_tokens: 9,
+    random_seed: 1,
+    temperature: 0.3,
+    top_p: 0.9,
+    safe_prompt: true,
+    tool_choice: 'any'
+  }
+  const copy = structuredClone(body)
+  t.same(translateChatRequest(copy), { includeUsage: false, base64Embeddings: false })
+  t.same(copy, body)
+})
+
+t.test('top_p 0, which Mistral refuses, becomes greedy decoding', async (t) => {
+  const body: Record<string, unknown> = { model: 'm', messages: [], top_p: 0, temperature: 0.7 }
+  translateChatRequest(body)
+  t.same(body, { model: 'm', messages: [], temperature: 0 })
+})
+
+t.test('tool-call ids: 9 letters and digits, the same for the call and its reply, every time', async (t) => {
+  const id = mistralToolCallId('call_abc123XYZ')
+  t.match(id, /^[a-zA-Z0-9]{9}$/)
+  t.equal(mistralToolCallId('call_abc123XYZ'), id, 'stable')
+  t.not(mistralToolCallId('call_abc123XYz'), id)
+  t.equal(mistralToolCallId('abcDEF123'), 'abcDEF123', 'Mistral\'s own ids pass')
+  const body: Record<string, unknown> = {
+    model: 'm',
+    messages: [
+      {
+        role: 'assistant',
+        content: null,
+        refusal: null,
+        tool_calls: [{ id: 'call_abc123XYZ', type: 'function', function: fn('f') }]
+      },
+      { role: 'tool', tool_call_id: 'call_abc123XYZ', content: '{}' }
+    ]
+  }
+  translateChatRequest(body)
+  t.same(body.messages, [
+    { role: 'assistant', content: null, tool_calls: [{ id, type: 'function', function: fn('f') }] },
+    { role: 'tool', tool_call_id: id, content: '{}' }
+  ])
+})
+
+t.test('legacy functions: the call and its reply become a tool call and a tool reply with one id', async (t) => {
+  const body: Record<string, unknown> = {
+    model: 'm',
+    functions: [{ name: 'lookup', parameters: { type: 'object', properties: {} } }],
+    function_call: { name: 'lookup' },
+    messages: [
+      { role: 'user', content: 'hi' },
+      { role: 'assistant', content: null, function_call: { name: 'lookup', arguments: '{"q":1}' } },
+      { role: 'function', name: 'lookup', content: '42' }
+    ]
+  }
+  translateChatRequest(body)
+  const id = mistralToolCallId('lookup')
+  const parameters = { type: 'object', properties: {} }
+  t.same(body.tools, [{ type: 'function', function: { name: 'lookup', parameters } }])
+  t.same(body.tool_choice, { type: 'function', function: { name: 'lookup' } })
+  t.same(body.messages, [
+    { role: 'user', content: 'hi' },
+    { role: 'assistant', content: null, tool_calls: [{ id, type: 'function', function: fn('lookup', '{"q":1}') }] },
+    { role: 'tool', name: 'lookup', content: '42', tool_call_id: id }
+  ], 'the assistant turn is kept, not dropped as empty')
+})
+
+t.test('messages: empty assistant turns dropped, content parts translated', async (t) => {
+  const body: Record<string, unknown> = {
+    model: 'm',
+    messages: [
+      { role: 'user', content: 'hi' },
+      { role: 'assistant', content: '' },
+      { role: 'assistant', content: [{ type: 'text', text: 'no' }, { type: 'refusal', refusal: 'I cannot' }] },
+      {
+        role: 'user',
+        content: [
+          { type: 'input_audio', input_audio: { data: 'UklGRg==', format: 'wav' } },
+          { type: 'file', file: { file_id: '7f4e6a1c-3b8d-4e6f-9a2b-1c0d5e8f7a6b' } },
+          { type: 'file', file: { file_data: 'data:application/pdf;base64,JVBERi0=', filename: 'a.pdf' } }
+        ]
+      }
+    ]
+  }
+  translateChatRequest(body)
+  t.same(body.messages, [
+    { role: 'user', content: 'hi' },
+    { role: 'assistant', content: [{ type: 'text', text: 'no' }] },
+    {
+      role: 'user',
+      content: [
+        { type: 'input_audio', input_audio: 'UklGRg==' },
+        { type: 'file', file_id: '7f4e6a1c-3b8d-4e6f-9a2b-1c0d5e8f7a6b' },
+        { type: 'document_url', document_url: 'data:application/pdf;base64,JVBERi0=', document_name: 'a.pdf' }
+      ]
+    }
+  ])
+})
+
+t.test('embeddings request: floats asked of Mistral, dimensions renamed', async (t) => {
+  const body: Record<string, unknown> = {
+    model: 'e', input: 'x', encoding_format: 'base64', dimensions: 256, user: 'u'
+  }
+  t.same(translateEmbeddingsRequest(body), { includeUsage: false, base64Embeddings: true })
+  t.same(body, { model: 'e', input: 'x', encoding_format: 'float', output_dimension: 256 })
+  const mistralBody = { model: 'e', input: ['x'] }
+  t.same(translateEmbeddingsRequest(mistralBody), { includeUsage: false, base64Embeddings: false })
+  t.same(mistralBody, { model: 'e', input: ['x'] })
+})
+
+t.test('base64 embeddings are little-endian float32, as openai-node decodes them', async (t) => {
+  const vector = [0.1, -0.25, 1 / 3]
+  const out = JSON.parse(base64Embeddings(JSON.stringify({ object: 'list', data: [{ embedding: vector, index: 0 }] })))
+  const bytes = Buffer.from(out.data[0].embedding, 'base64')
+  t.same([0, 1, 2].map((i) => bytes.readFloatLE(i * 4)), vector.map(Math.fround))
+})
+
+t.test('stream with include_usage: the usage moves to a last chunk with empty choices', async (t) => {
+  const input = sse(
+    { ...HEAD, choices: [{ index: 0, delta: { content: 'hi' }, finish_reason: null }] },
+    { ...HEAD, choices: [{ index: 0, delta: { content: '' }, finish_reason: 'stop' }], usage: USAGE },
+    '[DONE]'
+  )
+  const out = events(await shape(true, [input]))
+  t.same(out, [
+    { ...HEAD, choices: [{ index: 0, delta: { content: 'hi' }, finish_reason: null }] },
+    { ...HEAD, choices: [{ index: 0, delta: { content: '' }, finish_reason: 'stop' }] },
+    { ...HEAD, choices: [], usage: USAGE },
+    '[DONE]'
+  ])
+  t.equal(await shape(false, [input]), input, 'not asked: the bytes as they came')
+})
+
+t.test('stream split anywhere, even inside a character: the same result', async (t) => {
+  const input = Buffer.from(sse(
+    { ...HEAD, choices: [{ index: 0, delta: { content: 'Héllo 👋' }, finish_reason: null }] },
+    { ...HEAD, choices: [{ index: 0, delta: { content: '' }, finish_reason: 'stop' }], usage: USAGE },
+    '[DONE]'
+  ))
+  const whole = await shape(true, [input.toString()])
+  t.equal(await shape(true, [...input].map((byte) => Buffer.from([byte]))), whole)
+})
+
+t.test('streamed tool calls get index and type; calls in separate chunks get their own index', async (t) => {
+  const call = (id: string, name: string) => ({ id, function: { name, arguments: '{}' } })
+  const out = events(await shape(false, [sse(
+    { ...HEAD, choices: [{ index: 0, delta: { tool_calls: [call('aaaaaaaa1', 'f'), call('aaaaaaaa2', 'g')] } }] },
+    { ...HEAD, choices: [{ index: 0, delta: { tool_calls: [call('aaaaaaaa3', 'h')] }, finish_reason: 'tool_calls' }] },
+    '[DONE]'
+  )]))
+  t.same(out[0].choices[0].delta.tool_calls.map((c: { index: number, type: string }) => [c.index, c.type]),
+    [[0, 'function'], [1, 'function']])
+  t.same(out[1].choices[0].delta.tool_calls.map((c: { index: number }) => c.index), [2], 'not 0 again')
+  const given = events(await shape(false, [sse(
+    { ...HEAD, choices: [{ index: 0, delta: { tool_calls: [{ ...call('aaaaaaaa1', 'f'), index: 4 }] } }] }
+  )]))
+  t.equal(given[0].choices[0].delta.tool_calls[0].index, 4, 'an index Mistral sent stays')
+})
+
+t.test('an error Mistral sends as an event gains the error object OpenAI clients throw on', async (t) => {
+  const error = { object: 'error', message: 'Service overloaded', type: 'server_error', code: '3000' }
+  const [event] = events(await shape(true, [sse(error)]))
+  t.same(event.error, { message: 'Service overloaded', type: 'server_error', code: '3000', param: null })
+  t.equal(event.message, 'Service overloaded', 'Mistral\'s own fields stay')
+})
+
+t.test('error bodies: every Mistral shape gets an error object with a readable message', async (t) => {
+  const cases: Array<[unknown, number, string]> = [
+    [{ detail: [{ type: 'extra_forbidden', loc: ['body', 'store'], msg: 'Extra inputs are not permitted' }] }, 422,
+      'body.store: Extra inputs are not permitted'],
+    [{ object: 'error', message: '{"detail":[{"loc":["body","messages"],"msg":"Field required"}]}' }, 422,
+      'body.messages: Field required'],
+    [{ object: 'error', message: 'Rate limit exceeded', type: 'rate_limited', code: '1' }, 429, 'Rate limit exceeded'],
+    [{ message: 'Boom', error: null }, 500, 'Boom'],
+    [{ detail: 'Not Found' }, 404, 'Not Found'],
+    [{}, 503, 'Mistral answered 503']
+  ]
+  for (const [body, status, message] of cases) {
+    const out = JSON.parse(withOpenAiError(JSON.stringify(body), status))
+    t.equal(out.error?.message, message, JSON.stringify(body))
+  }
+  t.equal(withOpenAiError('not json', 500), 'not json')
+  const wrapped = JSON.stringify({ error: { message: 'already', type: 'x' } })
+  t.equal(withOpenAiError(wrapped, 400), wrapped, 'an error object already there is left alone')
+})

@@ -1,0 +1,22 @@
+import t from 'tap'
+import { estimatePromptTokens, MEDIA_TOKENS } from '../../src/pricing/estimate.js'
+
+t.test('prompt estimate: conservative bytes / 2, per message, tools, media', async (t) => {
+  t.equal(estimatePromptTokens({ model: 'm', messages: [{ role: 'user', content: 'hello' }] }), 3 + 8)
+  // UTF-8 bytes, not UTF-16 code units: 'é' is two bytes, '日本' six
+  t.equal(estimatePromptTokens({ messages: [{ role: 'user', content: 'é日本' }] }), 4 + 8)
+  const tools = [{ type: 'function', function: { name: 'f', parameters: { type: 'object' } } }]
+  const withTools = estimatePromptTokens({ messages: [{ role: 'user', content: 'hi' }], tools })
+  t.equal(withTools, Math.ceil((2 + Buffer.byteLength(JSON.stringify(tools))) / 2) + 8)
+  const image = { type: 'image_url', image_url: { url: `data:image/png;base64,${'A'.repeat(100_000)}` } }
+  t.equal(estimatePromptTokens({ messages: [{ role: 'user', content: [{ type: 'text', text: 'abcd' }, image] }] }),
+    2 + 8 + MEDIA_TOKENS, 'an image counts as one media allowance, whatever its bytes')
+  t.equal(estimatePromptTokens({ model: 'codestral-latest', prompt: 'def f(', suffix: 'return 1' }), 7)
+  t.equal(estimatePromptTokens({ input: ['abcd', 'efgh'] }), 4)
+  t.equal(estimatePromptTokens(null), 0)
+  t.equal(estimatePromptTokens('text'), 0)
+  // deep nesting does not overflow the stack
+  let deep: unknown = 'x'
+  for (let i = 0; i < 100_000; i++) deep = [deep]
+  t.equal(estimatePromptTokens({ inputs: deep }), 1)
+})

@@ -1,0 +1,60 @@
+import t from 'tap'
+import { addJsonl, addLine, emptyTotals, familyOfEndpoint, TERMINAL_STATUSES } from '../../src/usage/batch-output.js'
+
+const chatLine = (prompt: number, completion: number, model = 'mistral-small-latest') => ({
+  id: 'batch-1',
+  custom_id: 'é',
+  response: {
+    status_code: 200,
+    body: { model, usage: { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion } }
+  },
+  error: null
+})
+
+async function * chunks (text: string, size: number) {
+  const bytes = Buffer.from(text)
+  for (let i = 0; i < bytes.length; i += size) yield bytes.subarray(i, i + size)
+}
+
+t.test('an output file read in chunks that split lines and characters', async (t) => {
+  const lines = [
+    JSON.stringify(chatLine(10, 5)),
+    JSON.stringify({ custom_id: '2', response: { status_code: 400, body: { usage: { prompt_tokens: 99 } } } }),
+    'not json',
+    '',
+    JSON.stringify({ id: 'batch-3', custom_id: '3', response: { status_code: 200, body: { model: 'x' } } }),
+    JSON.stringify(chatLine(7, 3, 'other-model'))
+  ]
+  // one byte at a time: every line and the two-byte é are cut; the last line has no newline
+  for (const size of [1, 7, 1 << 16]) {
+    const totals = emptyTotals()
+    await addJsonl(totals, chunks(lines.join('\n'), size))
+    t.equal(totals.succeeded, 2, `size ${size}: the answered lines with usage`)
+    t.same(totals.units, {
+      promptTokens: 17, completionTokens: 8, totalTokens: 25, cachedTokens: 0, audioSeconds: 0, pages: 0,
+      characters: 0, connectorTokens: 0
+    })
+    t.equal(totals.model, 'mistral-small-latest', 'the first answer names the model')
+  }
+})
+
+t.test('OCR answers with annotations count their pages apart', async (t) => {
+  const totals = emptyTotals()
+  const ocr = (pages: number, body: Record<string, unknown>) => ({
+    response: { status_code: 200, body: { usage_info: { pages_processed: pages }, ...body } }
+  })
+  addLine(totals, ocr(3, { document_annotation: null, pages: [{ images: [{ image_annotation: null }] }] }))
+  addLine(totals, ocr(2, { document_annotation: '{"title":"x"}' }))
+  addLine(totals, ocr(4, { pages: [{ images: [] }, { images: [{ image_annotation: '{}' }] }] }))
+  t.equal(totals.units.pages, 9)
+  t.equal(totals.annotatedPages, 6)
+})
+
+t.test('ends and endpoints as the spec names them', async (t) => {
+  t.same([...TERMINAL_STATUSES].sort(), ['CANCELLED', 'FAILED', 'SUCCESS', 'TIMEOUT_EXCEEDED'])
+  t.equal(familyOfEndpoint('/v1/chat/moderations'), 'moderation')
+  t.equal(familyOfEndpoint('/v1/chat/classifications'), 'classification')
+  t.equal(familyOfEndpoint('/v1/audio/transcriptions'), 'transcription')
+  t.equal(familyOfEndpoint('/v1/unknown'), undefined)
+  t.equal(familyOfEndpoint(null), undefined)
+})
