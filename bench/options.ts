@@ -33,7 +33,7 @@ const USAGE = `npm run bench -- [--quick | --full] [--profile[=chat:32]] [--no-b
   [--ttfb-calls=N] [--hold-streams=N] [--hold-seconds=S] [--soak-calls=N]   (0 skips the hold test or the soak)
 Each number can also come from the environment: BENCH_DURATION_S, BENCH_WARMUP_S, BENCH_REPS, BENCH_TTFB_CALLS,
 BENCH_HOLD_STREAMS, BENCH_HOLD_SECONDS, BENCH_SOAK_CALLS, BENCH_CONNECTIONS; flags win.
-Databases: BENCH_DATABASE_URL (postgres://postgres@127.0.0.1:5432/test), BENCH_REDIS_URL (redis://127.0.0.1:6379).`
+Databases: BENCH_DATABASE_URL (postgres://postgres@127.0.0.1:5432/tramontane_bench, created if missing), BENCH_REDIS_URL (redis://127.0.0.1:6379).`
 
 /** Flags, then environment, then the mode's defaults. Throws on anything it does not know. */
 export function parseOptions (argv: string[], env: NodeJS.ProcessEnv): BenchOptions {
@@ -76,7 +76,7 @@ export function parseOptions (argv: string[], env: NodeJS.ProcessEnv): BenchOpti
     holdStreams: number('hold-streams', 'BENCH_HOLD_STREAMS', defaults.holdStreams),
     holdSeconds: Math.max(2, number('hold-seconds', 'BENCH_HOLD_SECONDS', defaults.holdSeconds)),
     soakCalls: number('soak-calls', 'BENCH_SOAK_CALLS', defaults.soakCalls),
-    databaseUrl: env.BENCH_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test',
+    databaseUrl: env.BENCH_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/tramontane_bench',
     redisUrl: env.BENCH_REDIS_URL ?? 'redis://127.0.0.1:6379'
   }
 }

@@ -9,6 +9,7 @@ import { loadavg } from 'node:os'
 import { join } from 'node:path'
 import { SOAK_MIN_RATE, measureHold, measureSoak } from './endurance.js'
 import { measureIdle, measureScenario, measureTtfb, smokeCheck, type Bench } from './measure.js'
+import { ensureDatabase } from './database.js'
 import { parseOptions, type BenchOptions } from './options.js'
 import { sampleRss } from './proc-stats.js'
 import { enablePinning, runToEnd, stopAll } from './processes.js'
@@ -52,6 +53,7 @@ async function main (options: BenchOptions): Promise<number> {
   }
   if (!existsSync(join(ROOT, 'dist', 'src', 'server.js'))) throw new Error('no dist/src/server.js: drop --no-build')
   mkdirSync(RESULTS, { recursive: true })
+  await ensureDatabase(options.databaseUrl)
   if (options.profile) return profileRun(options, RESULTS, log)
 
   const { databaseUrl, redisUrl } = options

@@ -6,8 +6,9 @@ import { buildApp } from '../../src/app.js'
 import { loadConfig, type Config } from '../../src/config.js'
 import { generateMasterKey } from '../../src/tenancy/master-keys.js'
 import { startFakeMistral, type FakeMistral } from './fake-mistral.js'
+import { runDatabaseUrl } from './run-database.js'
 
-export const TEST_DATABASE_URL = process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test'
+export const TEST_DATABASE_URL = runDatabaseUrl()
 export const TEST_REDIS_URL = process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379'
 
 // one master key ring and admin token for the whole run, so that several apps (replicas) share them

@@ -1,0 +1,3 @@
+import { dropRunDatabase } from '../helpers/run-database.js'
+
+await dropRunDatabase()

@@ -1,0 +1,3 @@
+import { recreateRunDatabase } from '../helpers/run-database.js'
+
+await recreateRunDatabase()
