@@ -269,7 +269,8 @@ export async function adminRoutes (app: FastifyInstance, { adminToken }: { admin
           models: Type.Record(Type.String(), Type.Unknown()),
           tokens: Type.Record(Type.String(), Type.Unknown())
         }),
-        ...errors
+        ...errors,
+        503: Type.Ref('Error')
       }
     }
   }, async (request) => {

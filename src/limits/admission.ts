@@ -121,6 +121,8 @@ export function createAdmission (options: AdmissionOptions): Admission {
   const live = new Map<string, Ticket>()
   // the loss each workspace was last recovered from (by the time Redis gave it), so a replica helps once per loss
   const recovered = new Map<string, number>()
+  // re-seeds under way, by workspace prefix and the counters they seed
+  const seeding = new Map<string, Promise<void>>()
   const thresholdListeners: Array<(crossing: ThresholdCrossing) => void> = []
   // a call that outlives its lease keeps it: every replica renews its own calls, a dead one stops
   const renewal = setInterval(() => renewAll(), Math.floor(leaseMs / 3))
@@ -323,21 +325,34 @@ export function createAdmission (options: AdmissionOptions): Admission {
 
   async function seed (target: AdmissionStore, prefix: string, missing: Array<{ scope: number, kind: 'd' | 'm' | 'l', key: string }>,
     subject: AdmissionSubject, periods: CalendarPeriods) {
+    // every call waiting on the same lost counters would otherwise read the ledger on its own
+    const flight = `${prefix} ${missing.map(({ key }) => key).join(' ')}`
+    const running = seeding.get(flight)
+    if (running) return await running
+    const seeded = seedOnce(target, prefix, missing, subject, periods).finally(() => seeding.delete(flight))
+    seeding.set(flight, seeded)
+    return await seeded
+  }
+
+  async function seedOnce (target: AdmissionStore, prefix: string, missing: Array<{ scope: number, kind: 'd' | 'm' | 'l', key: string }>,
+    subject: AdmissionSubject, periods: CalendarPeriods) {
     await flushLedger()
-    // calls that settled while a counter was missing vouched for their cost: the ledger says which it already holds
-    const vouched = await target.vouched(prefix, missing.map(({ key }) => key))
-    // calls in flight (their reservations put back) count when they settle: their records, if the ledger already has
-    // them, are left out of its sum, or a settlement arriving after the seed would count a call twice
-    const held = await target.held(prefix)
-    const entries: SeedEntry[] = []
-    for (const [i, { scope: index, kind, key }] of missing.entries()) {
-      const tokenId = index === 0 ? undefined : subject.token.id
-      const window = kind === 'd' ? periods.day : kind === 'm' ? periods.month : undefined
-      const { spent, recorded } =
-        await ledger.spentAmong(subject.workspace.id, tokenId, window?.start, window?.end, vouched[i], held)
-      entries.push([key, spent, recorded])
+    for (let attempt = 0; attempt < 3; attempt++) {
+      // calls that settled while a counter was missing vouched for their cost: the ledger says which it already holds.
+      // Calls in flight (their reservations put back) count when they settle: the ledger sum leaves them out
+      const { vouched, held } = await target.snapshot(prefix, missing.map(({ key }) => key))
+      const entries: SeedEntry[] = []
+      for (const [i, { scope: index, kind, key }] of missing.entries()) {
+        const tokenId = index === 0 ? undefined : subject.token.id
+        const window = kind === 'd' ? periods.day : kind === 'm' ? periods.month : undefined
+        const { spent, recorded } =
+          await ledger.spentAmong(subject.workspace.id, tokenId, window?.start, window?.end, vouched[i], held)
+        entries.push([key, spent, recorded, vouched[i]])
+      }
+      // false: a call the snapshot did not know vouched meanwhile, and the ledger may already hold it
+      if (await target.seed(prefix, entries, held)) return
     }
-    await target.seed(prefix, entries)
+    throw budgetUnavailable(new Error('the spend counters could not be re-seeded from a stable snapshot'))
   }
 }
 

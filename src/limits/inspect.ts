@@ -1,3 +1,4 @@
+import { GatewayError, retryAfterHeaders } from '../errors.js'
 import { formatMoney } from '../pricing/money.js'
 import type { LedgerSums } from './admission.js'
 import { calendarPeriods } from './periods.js'
@@ -37,6 +38,11 @@ export async function inspectLimits ({ store, ledger, workspaceId, timezone, sco
   }
   const prefix = `tmt:{ws:${workspaceId}}`
   const inspection = await store.inspect(prefix, scopes.map((scope) => ({ p: scope.p, spend: capKeys(scope).map((entry) => entry.key) })))
+    .catch((cause: unknown) => {
+      throw new GatewayError(503, 'server_error', 'limits_unavailable',
+        'What the limits and caps have used cannot be read right now (the shared store is unreachable)',
+        { headers: retryAfterHeaders(5_000), cause })
+    })
   const out: Record<string, unknown> = {}
   for (const [i, scope] of scopes.entries()) {
     const usage = inspection.scopes[i] as ScopeUsage

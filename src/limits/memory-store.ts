@@ -186,22 +186,31 @@ export function createMemoryStore (clock: () => number = Date.now): AdmissionSto
       return { kind: 'admitted', now, maxTokens, cost, tokens, budgetLeft: room === undefined ? null : room - cost, rpm, tpm }
     },
 
-    async seed (_prefix, entries) {
-      for (const [key, ledger, recorded = []] of entries) {
+    async seed (_prefix, entries, held) {
+      const plan: Array<[Spend, number]> = []
+      for (const [key, ledger, recorded, asked] of entries) {
         const spend = mapOf(spends, key, newSpend)
         if (spend.settled !== undefined) continue
         let total = ledger
-        for (const [id, cost] of spend.vouched) if (!recorded.includes(id)) total += cost
+        for (const [id, cost] of spend.vouched) {
+          if (recorded.includes(id)) continue
+          if (!asked.includes(id) && !held.includes(id)) return false
+          total += cost
+        }
+        plan.push([spend, total])
+      }
+      for (const [spend, total] of plan) {
         spend.vouched.clear()
         spend.settled = total
       }
+      return true
     },
 
-    async held (prefix) {
-      return [...mapOf(reservations, prefix).keys()]
-    },
-    async vouched (_prefix, keys) {
-      return keys.map((key) => [...(spends.get(key)?.vouched.keys() ?? [])])
+    async snapshot (prefix, keys) {
+      return {
+        vouched: keys.map((key) => [...(spends.get(key)?.vouched.keys() ?? [])]),
+        held: [...mapOf(reservations, prefix).keys()]
+      }
     },
 
     async settle (prefix, s: SettleInput) {

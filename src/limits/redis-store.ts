@@ -1,12 +1,12 @@
 import type { Cluster, Redis, Result } from 'ioredis'
-import { ADMIT_SCRIPT, INSPECT_SCRIPT, RENEW_SCRIPT, SEED_SCRIPT, SETTLE_SCRIPT, VOUCHED_SCRIPT } from './scripts.js'
+import { ADMIT_SCRIPT, INSPECT_SCRIPT, RENEW_SCRIPT, SEED_SCRIPT, SETTLE_SCRIPT, SNAPSHOT_SCRIPT } from './scripts.js'
 import { decodeAdmit, type AdmissionStore, type Inspection } from './store.js'
 
 declare module 'ioredis' {
   interface RedisCommander<Context> {
     tmtAdmit (prefix: string, input: string): Result<unknown[], Context>
     tmtSeed (prefix: string, input: string): Result<number, Context>
-    tmtVouched (...args: string[]): Result<string, Context>
+    tmtSnapshot (...args: string[]): Result<string, Context>
     tmtSettle (prefix: string, input: string): Result<unknown[], Context>
     tmtRenew (prefix: string, input: string): Result<number, Context>
     tmtInspect (prefix: string, input: string): Result<string, Context>
@@ -20,7 +20,7 @@ declare module 'ioredis' {
 export function createRedisStore (redis: Redis | Cluster): AdmissionStore {
   redis.defineCommand('tmtAdmit', { numberOfKeys: 1, lua: ADMIT_SCRIPT })
   redis.defineCommand('tmtSeed', { numberOfKeys: 1, lua: SEED_SCRIPT })
-  redis.defineCommand('tmtVouched', { lua: VOUCHED_SCRIPT })
+  redis.defineCommand('tmtSnapshot', { lua: SNAPSHOT_SCRIPT })
   redis.defineCommand('tmtSettle', { numberOfKeys: 1, lua: SETTLE_SCRIPT })
   redis.defineCommand('tmtRenew', { numberOfKeys: 1, lua: RENEW_SCRIPT })
   redis.defineCommand('tmtInspect', { numberOfKeys: 1, lua: INSPECT_SCRIPT })
@@ -29,19 +29,19 @@ export function createRedisStore (redis: Redis | Cluster): AdmissionStore {
     async admit (prefix, input) {
       return decodeAdmit(await redis.tmtAdmit(prefix, JSON.stringify(input)))
     },
-    async seed (prefix, entries) {
-      if (entries.length === 0) return
-      const input = entries.map(([key, ledger, recorded]) => [key, ledger, recorded ?? []])
-      await redis.tmtSeed(prefix, JSON.stringify(input))
+    async seed (prefix, entries, held) {
+      if (entries.length === 0) return true
+      return Number(await redis.tmtSeed(prefix, JSON.stringify({ entries, held }))) === 1
     },
-    async vouched (prefix, keys) {
-      if (keys.length === 0) return []
-      const ids = JSON.parse(await redis.tmtVouched(String(keys.length + 1), prefix, ...keys)) as unknown[]
+    async snapshot (prefix, keys) {
+      const raw = JSON.parse(await redis.tmtSnapshot(String(keys.length + 1), prefix, ...keys)) as
+        { vouched: unknown[] | Record<string, never>, held: string[] | Record<string, never> }
       // cjson writes an empty Lua table as {}
-      return keys.map((_, i) => Array.isArray(ids[i]) ? ids[i] as string[] : [])
-    },
-    async held (prefix) {
-      return redis.zrange(`${prefix}:resv`, 0, -1)
+      const vouched = Array.isArray(raw.vouched) ? raw.vouched : []
+      return {
+        vouched: keys.map((_, i) => Array.isArray(vouched[i]) ? vouched[i] as string[] : []),
+        held: Array.isArray(raw.held) ? raw.held : []
+      }
     },
     async settle (prefix, input) {
       const reply = await redis.tmtSettle(prefix, JSON.stringify(input))

@@ -217,42 +217,58 @@ return {1, now, maxTokens, cost, tokens, room and (room - cost) or -1, cjson.enc
 `
 
 export const SEED_SCRIPT = `
--- ARGV[1]: [[key, ledger sum, [request ids the sum holds]], ...]
+-- ARGV[1]: {entries = [[key, ledger sum, [ids the sum holds], [ids the ledger was asked about]], ...],
+--           held = [ids holding a reservation when the ledger was asked]}, both read by SNAPSHOT_SCRIPT.
 -- set-if-absent: a replica that seeds late never counts the ledger twice
-for _, entry in ipairs(cjson.decode(ARGV[1])) do
+local s = cjson.decode(ARGV[1])
+local held = {}
+for _, id in ipairs(s.held) do held['v:' .. id] = true end
+local plan = {}
+for _, entry in ipairs(s.entries) do
   local key = entry[1]
   if redis.call('HEXISTS', key, 'settled') == 0 then
-    local recorded = {}
-    for _, id in ipairs(entry[3] or {}) do recorded['v:' .. id] = true end
-    -- calls that settled while the counter was missing count once: from the ledger, or from here when not yet in it
-    local total = entry[2]
+    local recorded, asked = {}, {}
+    for _, id in ipairs(entry[3]) do recorded['v:' .. id] = true end
+    for _, id in ipairs(entry[4]) do asked['v:' .. id] = true end
+    -- calls that settled while the counter was missing count once: from the ledger where its sum holds them, else
+    -- from here. A call the snapshot knew neither as vouched for nor as held may be in the sum and here at once:
+    -- nothing is written, and the replica takes a new snapshot
+    local total, vouches = entry[2], {}
     local fields = redis.call('HGETALL', key)
     for i = 1, #fields, 2 do
       local field = fields[i]
       if string.sub(field, 1, 2) == 'v:' then
-        if not recorded[field] then total = total + tonumber(fields[i + 1]) end
-        redis.call('HDEL', key, field)
+        if not recorded[field] then
+          if not (asked[field] or held[field]) then return 0 end
+          total = total + tonumber(fields[i + 1])
+        end
+        table.insert(vouches, field)
       end
     end
-    redis.call('HSET', key, 'settled', total)
+    table.insert(plan, {key, total, vouches})
   end
+end
+for _, step in ipairs(plan) do
+  if #step[3] > 0 then redis.call('HDEL', step[1], unpack(step[3])) end
+  redis.call('HSET', step[1], 'settled', step[2])
 end
 redis.call('SET', KEYS[1] .. ':epoch', 1)
 redis.call('DEL', KEYS[1] .. ':recovery')
 return 1
 `
 
-export const VOUCHED_SCRIPT = `
--- the request ids vouched for on each counter, for the ledger to say which it already holds
-local out = {}
+export const SNAPSHOT_SCRIPT = `
+-- at one instant: the request ids vouched for on each (missing) counter, for the ledger to say which it already
+-- holds, and those of the calls holding a reservation, which their settlement will count, so the ledger sum must not
+local vouched = {}
 for i = 2, #KEYS do
   local ids = {}
   for _, field in ipairs(redis.call('HKEYS', KEYS[i])) do
     if string.sub(field, 1, 2) == 'v:' then table.insert(ids, string.sub(field, 3)) end
   end
-  out[i - 1] = ids
+  vouched[i - 1] = ids
 end
-return cjson.encode(out)
+return cjson.encode({vouched = vouched, held = redis.call('ZRANGE', KEYS[1] .. ':resv', 0, -1)})
 `
 
 export const SETTLE_SCRIPT = COMMON + `

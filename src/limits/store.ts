@@ -72,8 +72,19 @@ export interface HeldCall {
   conc: string[]
 }
 
-/** A spend counter to seed: the ledger's sum, and which of the calls vouched for on it the sum already holds. */
-export type SeedEntry = [key: string, ledger: number, recorded?: string[]]
+/**
+ * A spend counter to seed: the ledger's sum (without the calls held at the snapshot), which of the calls vouched for
+ * on it at the snapshot the sum holds, and which it was asked about (the vouched ids of the snapshot).
+ */
+export type SeedEntry = [key: string, ledger: number, recorded: string[], asked: string[]]
+
+/** What a re-seed reads of the store at one instant, before it asks the ledger. */
+export interface SeedSnapshot {
+  /** per spend key: request ids of the calls that settled into it while it was missing */
+  vouched: string[][]
+  /** request ids of the calls holding a reservation: their settlement will count them, so the ledger sum must not */
+  held: string[]
+}
 
 export interface SettleInput {
   id: string
@@ -94,15 +105,14 @@ export interface SettleInput {
 export interface AdmissionStore {
   readonly kind: 'redis' | 'memory'
   admit (prefix: string, input: AdmitInput): Promise<AdmitResult>
+  /** The calls vouched for on each (missing) spend key and the calls holding a reservation, at one instant. */
+  snapshot (prefix: string, keys: string[]): Promise<SeedSnapshot>
   /**
    * set-if-absent: spend counters re-seeded from the ledger, plus what settled into each while it was missing
-   * (vouched for by request id) unless the ledger sum already holds that call
+   * (vouched for by request id) unless the ledger sum holds that call. False, with nothing written, when a call was
+   * vouched for that the snapshot (`held`, with each entry's `asked`) did not know: take a new snapshot.
    */
-  seed (prefix: string, entries: SeedEntry[]): Promise<void>
-  /** request ids of calls that settled into each (missing) counter: the ledger is asked which it already holds */
-  vouched (prefix: string, keys: string[]): Promise<string[][]>
-  /** request ids of the calls holding a reservation: their settlement will count them, so a re-seed must not */
-  held (prefix: string): Promise<string[]>
+  seed (prefix: string, entries: SeedEntry[], held: string[]): Promise<boolean>
   /** threshold crossings: [spend key, percent] recorded for the first time */
   settle (prefix: string, input: SettleInput): Promise<Array<[string, number]>>
   /** extends the calls' leases; a call the store lost (and that has not settled) is put back */

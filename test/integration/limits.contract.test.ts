@@ -13,7 +13,7 @@ import { createMemoryStore } from '../../src/limits/memory-store.js'
 import { buildTestApp } from '../helpers/app.js'
 import { createRedisStore } from '../../src/limits/redis-store.js'
 import type {
-  AdmissionStore, AdmitInput, AdmitResult, DenyReason, HeldCall, PeriodInput, ScopeInput
+  AdmissionStore, AdmitInput, AdmitResult, DenyReason, HeldCall, PeriodInput, ScopeInput, SeedEntry
 } from '../../src/limits/store.js'
 
 const REDIS_URL = process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379'
@@ -95,8 +95,8 @@ function contract (t: Test, fixture: Fixture) {
     const prefix = await fixture.prefix()
     const p = `${prefix}:w`
     const entries = Object.keys(caps ?? {}).map((kind) =>
-      [spendKey(p, kind as 'd' | 'm' | 'l'), settled[kind as 'd' | 'm' | 'l'] ?? 0] as [string, number])
-    await store.seed(prefix, entries)
+      [spendKey(p, kind as 'd' | 'm' | 'l'), settled[kind as 'd' | 'm' | 'l'] ?? 0, [], []] as SeedEntry)
+    await store.seed(prefix, entries, [])
     return { prefix, p, scopes: [{ p, caps }] as ScopeInput[] }
   }
 
@@ -121,7 +121,7 @@ function contract (t: Test, fixture: Fixture) {
     t.same(await spendOf(prefix, [spendKey(w, 'm')]), [[spendKey(w, 'm'), -1, 0]], 'never seeded: settled -1')
 
     // a partial seed: the admit asks for the rest
-    await store.seed(prefix, [[spendKey(w, 'd'), 0]])
+    await store.seed(prefix, [[spendKey(w, 'd'), 0, [], []]], [])
     const second = await store.admit(prefix, call(scopes))
     t.same(order(second.kind === 'seed' ? second.missing : []), order([
       { scope: 0, kind: 'm', key: spendKey(w, 'm') },
@@ -129,14 +129,15 @@ function contract (t: Test, fixture: Fixture) {
       { scope: 1, kind: 'm', key: spendKey(token, 'm') }
     ]), 'only the keys still missing')
 
-    await store.seed(prefix, [[spendKey(w, 'm'), 1234], [spendKey(w, 'l'), 5000], [spendKey(token, 'm'), 0]])
+    await store.seed(prefix, [[spendKey(w, 'm'), 1234, [], []], [spendKey(w, 'l'), 5000, [], []], [spendKey(token, 'm'), 0, [], []]], [])
     const third = admitted(t, await store.admit(prefix, call(scopes)), 'admitted once seeded')
     t.equal(third.cost, W)
     t.equal(third.maxTokens, MAX_TOKENS)
     t.equal(third.budgetLeft, 20_000 - W, 'the token cap binds')
 
     // seeding again (a late replica, another ledger sum) changes nothing
-    await store.seed(prefix, [[spendKey(w, 'd'), 9999], [spendKey(w, 'm'), 9999], [spendKey(w, 'l'), 9999], [spendKey(token, 'm'), 9999]])
+    await store.seed(prefix, [[spendKey(w, 'd'), 9999, [], []], [spendKey(w, 'm'), 9999, [], []], [spendKey(w, 'l'), 9999, [], []],
+      [spendKey(token, 'm'), 9999, [], []]], [])
     const seen = await store.inspect(prefix, [
       { p: w, spend: [spendKey(w, 'd'), spendKey(w, 'm'), spendKey(w, 'l')] },
       { p: token, spend: [spendKey(token, 'm')] }
@@ -168,7 +169,7 @@ function contract (t: Test, fixture: Fixture) {
     t.equal((await store.inspect(prefix, [{ p, spend: [] }])).scopes[0].rpm, 0, 'nothing taken')
     // the period check comes before seeding; with the right periods the call goes on
     t.equal((await store.admit(prefix, call(scopes))).kind, 'seed')
-    await store.seed(prefix, [[spendKey(p, 'm'), 0]])
+    await store.seed(prefix, [[spendKey(p, 'm'), 0, [], []]], [])
     admitted(t, await store.admit(prefix, call(scopes)))
   })
 
@@ -344,7 +345,7 @@ function contract (t: Test, fixture: Fixture) {
     const w = `${prefix}:w`
     const token = `${prefix}:t:app`
     const scopes: ScopeInput[] = [{ p: w, caps: { m: 1_000_000 } }, { p: token, caps: { d: 5000 } }]
-    await store.seed(prefix, [[spendKey(w, 'm'), 0], [spendKey(token, 'd'), 2000]])
+    await store.seed(prefix, [[spendKey(w, 'm'), 0, [], []], [spendKey(token, 'd'), 2000, [], []]], [])
     const refused = denied(t, await store.admit(prefix, call(scopes)), 'cap_d')
     t.equal(refused.scope, 1, 'the token scope')
     t.equal(refused.retryAfterMs, DAY.e - refused.now, 'retry when the day ends')
@@ -384,7 +385,7 @@ function contract (t: Test, fixture: Fixture) {
     const next: PeriodInput = { ...MONTH, id: `${MONTH.id}-next` }
     const m2 = spendKey(p, 'm', next)
     t.equal((await store.admit(prefix, call(scopes, { month: next }))).kind, 'seed')
-    await store.seed(prefix, [[m2, 0]])
+    await store.seed(prefix, [[m2, 0, [], []]], [])
     const e = call(scopes, { month: next })
     admitted(t, await store.admit(prefix, e))
     t.same(await settle(e.id, 60_000, [[m2, 100_000], [l, 1_000_000]]), [[m2, 50]], 'a new period reports 50 % again')
@@ -444,9 +445,9 @@ function contract (t: Test, fixture: Fixture) {
       t.same(await spendOf(prefix, [m]), [[m, -1, 0]], 'gone')
       const again = await store.admit(prefix, call(scopes))
       t.same(again, { kind: 'seed', missing: [{ scope: 0, kind: 'm', key: m }] }, 'the next admit asks to seed')
-      await store.seed(prefix, [[m, 3000]]) // the ledger's sum
+      await store.seed(prefix, [[m, 3000, [], []]], []) // the ledger's sum
       t.equal(admitted(t, await store.admit(prefix, call(scopes))).budgetLeft, 100_000 - 3000 - W)
-      await store.seed(prefix, [[m, 3000]]) // a second replica seeding late
+      await store.seed(prefix, [[m, 3000, [], []]], []) // a second replica seeding late
       t.same(await spendOf(prefix, [m]), [[m, 3000, W]], 'seeded once')
     })
 
@@ -461,25 +462,55 @@ function contract (t: Test, fixture: Fixture) {
 
       // a settles while the counter is missing: its cost is vouched for under its request id
       await store.settle(prefix, { id: a.id, cost: 2000, tokens: 0, reservedTokens: 0, spend: [[m, 100_000]], thresholds: [50] })
-      t.same(await store.vouched(prefix, [m]), [[a.id]], 'a vouched for')
+      t.same(await store.snapshot(prefix, [m]), { vouched: [[a.id]], held: [] }, 'a vouched for, nothing held')
       // b and c are still in flight: renewal puts their reservations and leases back; a settled one stays out
       await store.renew(prefix, [held(b, [m], [`${p}:conc`]), held(c, [m], [`${p}:conc`]), held(a, [m], [`${p}:conc`])], 30_000)
       await store.renew(prefix, [held(b, [m], [`${p}:conc`])], 30_000) // twice: nothing counted twice
       t.same(await spendOf(prefix, [m]), [[m, -1, 2 * W]], 'b and c reserved again, a not')
       t.equal((await store.inspect(prefix, [{ p, spend: [] }])).scopes[0].conc, 2, 'b and c hold their slots again')
+      const snapshot = await store.snapshot(prefix, [m])
+      t.same({ vouched: snapshot.vouched, held: [...snapshot.held].sort() }, { vouched: [[a.id]], held: [b.id, c.id].sort() },
+        'the snapshot: a vouched for, b and c held')
 
       // the ledger holds a (written meanwhile) and the calls settled before the loss: 5000 in all
-      await store.seed(prefix, [[m, 5000, [a.id]]])
+      t.equal(await store.seed(prefix, [[m, 5000, [a.id], snapshot.vouched[0]]], snapshot.held), true, 'seeded')
       t.same(await spendOf(prefix, [m]), [[m, 5000, 2 * W]], 'a counted once, from the ledger')
       await store.settle(prefix, { id: b.id, cost: 1500, tokens: 0, reservedTokens: 0, spend: [[m, 100_000]], thresholds: [] })
       t.same(await spendOf(prefix, [m]), [[m, 6500, W]], 'b settles as usual')
-      t.same(await store.vouched(prefix, [m]), [[]], 'nothing left vouched for')
+      t.same((await store.snapshot(prefix, [m])).vouched, [[]], 'nothing left vouched for')
 
       // c settles during a second loss and its record is not written before the seed: counted from the vouch
       await wipe(prefix)
       await store.settle(prefix, { id: c.id, cost: 700, tokens: 0, reservedTokens: 0, spend: [[m, 100_000]], thresholds: [] })
-      await store.seed(prefix, [[m, 6500, []]])
+      const again = await store.snapshot(prefix, [m])
+      t.equal(await store.seed(prefix, [[m, 6500, [], again.vouched[0]]], again.held), true)
       t.same(await spendOf(prefix, [m]), [[m, 7200, 0]], 'c counted once, from its vouch')
+    })
+
+    test('a call vouched for after the snapshot counts once: from its vouch if it was held, else after a new snapshot', async (t) => {
+      const { prefix, p, scopes } = await seeded({ m: 100_000 })
+      const m = spendKey(p, 'm')
+      const [a, b] = [call(scopes), call(scopes)]
+      for (const input of [a, b]) admitted(t, await store.admit(prefix, input))
+      await wipe(prefix)
+      // a is put back (held at the snapshot); b's replica has not put it back yet
+      await store.renew(prefix, [held(a, [m], [])], 30_000)
+      const snapshot = await store.snapshot(prefix, [m])
+      t.same(snapshot, { vouched: [[]], held: [a.id] })
+
+      // both settle before the seed; the ledger was read after b's record was written: its sum (without held a) is 900
+      for (const [input, cost] of [[a, 400], [b, 900]] as const) {
+        await store.settle(prefix, { id: input.id, cost, tokens: 0, reservedTokens: 0, spend: [[m, 100_000]], thresholds: [] })
+      }
+      t.equal(await store.seed(prefix, [[m, 900, [], snapshot.vouched[0]]], snapshot.held), false,
+        'b is unknown to the snapshot and may be in the sum: refused')
+      t.same(await spendOf(prefix, [m]), [[m, -1, 0]], 'nothing written')
+
+      const next = await store.snapshot(prefix, [m])
+      t.same({ vouched: next.vouched.map((ids) => [...ids].sort()), held: next.held }, { vouched: [[a.id, b.id].sort()], held: [] })
+      // the ledger, asked about a and b, holds b only (a's record is not written yet): 900, and a from its vouch
+      t.equal(await store.seed(prefix, [[m, 900, [b.id], next.vouched[0]]], next.held), true)
+      t.same(await spendOf(prefix, [m]), [[m, 1300, 0]], 'a and b counted once each')
     })
 
     test('a loss makes the replicas wait `quiet` ms, from the first to see it, before the seed', async (t) => {
@@ -497,7 +528,7 @@ function contract (t: Test, fixture: Fixture) {
       await sleep(second.kind === 'seed' ? second.recovery?.waitMs ?? 0 : 0)
       t.same(await store.admit(prefix, call(scopes, { quiet: 800 })), { kind: 'seed', missing: [{ scope: 0, kind: 'm', key: m }] },
         'after it: seed now')
-      await store.seed(prefix, [[m, 0]])
+      await store.seed(prefix, [[m, 0, [], []]], [])
       admitted(t, await store.admit(prefix, call(scopes, { quiet: 800 })), 'then admitted')
     })
   }
@@ -715,7 +746,7 @@ t.test('redis cluster store', async (t) => {
       const slot = await slotOf(prefix)
       t.same(await Promise.all(keys.map(slotOf)), keys.map(() => slot), `master ${master}: every key in slot ${slot}`)
       t.equal((await store.admit(prefix, call(scopes))).kind, 'seed')
-      await store.seed(prefix, keys.map((key) => [key, 0]))
+      await store.seed(prefix, keys.map((key): SeedEntry => [key, 0, [], []]), [])
       const a = call(scopes)
       admitted(t, await store.admit(prefix, a), `master ${master}: admitted`)
       await store.renew(prefix, [held(a, keys, [`${p}:conc`])], 30_000)

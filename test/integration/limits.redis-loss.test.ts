@@ -73,8 +73,17 @@ const replicas = await startReplicas(t, mistral.url,
 const chat = (ws: ReplicaWorkspace, i: number, body: Record<string, unknown> = {}) =>
   call(replicas.urls[i % replicas.urls.length], ws.token, '/v1/chat/completions',
     { model: 'mistral-small-latest', messages: [{ role: 'user', content: PROMPT }], max_tokens: COMPLETION, ...body })
-const monthlyOf = async (ws: ReplicaWorkspace) =>
-  (await replicas.admin('GET', `/admin/v1/workspaces/${ws.slug}/limits`)).json.workspace.caps.monthly
+/** The monthly cap as GET .../limits shows it. Under load a Redis command can outlast this test's 300 ms timeout (a
+ * 503): ask again, a few times. */
+async function monthlyOf (ws: ReplicaWorkspace) {
+  let answer = await replicas.admin('GET', `/admin/v1/workspaces/${ws.slug}/limits`)
+  for (let retries = 10; answer.status === 503 && retries > 0; retries--) {
+    await sleep(200)
+    answer = await replicas.admin('GET', `/admin/v1/workspaces/${ws.slug}/limits`)
+  }
+  if (answer.status !== 200) throw new Error(`GET limits: ${answer.status} ${JSON.stringify(answer.json)}`)
+  return answer.json.workspace.caps.monthly
+}
 
 t.test('FLUSHALL in the middle of a period: counters re-seeded from the ledger, the cap holds', async (t) => {
   const ws = await replicas.createWorkspace({ caps: { monthly: formatMoney(CAP) } })
@@ -120,15 +129,11 @@ t.test('FLUSHALL while a burst is in flight: the cap holds', async (t) => {
   t.ok(totals.billedCostMicros <= CAP, `settled ${totals.billedCostMicros} ≤ cap ${CAP}`)
   // the calls in flight put their room back and the ledger counts what settled: nothing is refused that fits
   t.ok(served >= 45, `${served} served (50 worst cases fit, more with clamped max_tokens)`)
-  // Known defect (issue 3 stays open for it): under load, about one run in five ends with the counter above the
-  // ledger (6738, 6070, 6910 against 5950): some call is counted both by the re-seed and by its settlement. Leaving
-  // the reservations held at the re-seed out of the ledger sum (29a673e) did not remove it. Until the double count is
-  // found, the exact equality is todo on the runs where it differs; the cap and "never less than the ledger" stay
-  // strict, so the defect can only refuse a workspace early, never let it overspend.
+  // a call settling between the seed's reads of Redis and of the ledger used to be counted twice, about one run in
+  // five (6738, 6070, 6910 against 5950): the seed now reads vouches and reservations at one instant
   const counter = parseMoney((await monthlyOf(ws)).settled)
-  t.ok(counter >= totals.billedCostMicros, `the counter (${counter}) never counts less than the ledger (${totals.billedCostMicros})`)
-  t.equal(counter, totals.billedCostMicros, 'the counter equals the ledger',
-    { todo: counter === totals.billedCostMicros ? false : 'a settlement racing the re-seed can be counted twice' })
+  t.equal(counter, totals.billedCostMicros, 'the counter equals the ledger')
+  t.equal((await monthlyOf(ws)).reserved, formatMoney(0), 'nothing left reserved')
 })
 
 t.test('Redis gone: capped calls fail closed fast, uncapped calls flow under the in-process limit', async (t) => {
@@ -154,6 +159,8 @@ t.test('Redis gone: capped calls fail closed fast, uncapped calls flow under the
     t.same([refusals[0].headers.get('retry-after'), refusals[0].headers.get('retry-after-ms')], ['5', '5000'],
       `${how}: Retry-After 5 s, in both forms`)
     t.ok(slowest < 2_000, `${how}: answered in ${slowest} ms (< 2 s)`)
+    const limits = await replicas.admin('GET', `/admin/v1/workspaces/${capped.slug}/limits`)
+    t.same([limits.status, limits.json?.code], [503, 'limits_unavailable'], `${how}: GET .../limits cannot read them either`)
 
     // each replica counts on its own: 5 a minute through one, the 6th refused with Retry-After
     const one = []
