@@ -61,6 +61,7 @@ export async function adminRoutes (app: FastifyInstance, { adminToken }: { admin
     }
   }, async (request, reply) => {
     const workspace = await workspaces.create(request.body as WorkspaceCreateBody)
+    await app.admission.welcome(workspace.id)
     await audit(request, 'workspace.create', 'workspace', workspace.id, workspace.id, { slug: workspace.slug })
     return reply.code(201).send(workspaceView(workspace))
   })

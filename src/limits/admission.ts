@@ -90,6 +90,11 @@ export interface Admission {
    * A counter not in the store is left to its next seed, which reads the ledger (where the charge already is).
    */
   charge (charge: Charge): Promise<void>
+  /**
+   * A workspace just created: its first capped call need not wait for replicas to put back what a loss of the
+   * store took, as none of its calls can be in flight. Best effort: without it that call waits `recoveryMs`.
+   */
+  welcome (workspaceId: string): Promise<void>
   /** Called once per period and cap for each threshold crossed (50/80/100 % by default). */
   onThreshold (listener: (crossing: ThresholdCrossing) => void): void
   close (): void
@@ -298,6 +303,11 @@ export function createAdmission (options: AdmissionOptions): Admission {
       } catch (err) {
         log.warn({ err }, 'charge failed; the spend counters learn it when next seeded from the ledger')
       }
+    },
+
+    async welcome (workspaceId) {
+      await store.markNew(`tmt:{ws:${workspaceId}}`)
+        .catch((err: unknown) => log.warn({ err }, 'a new workspace could not be marked in the admission store'))
     },
 
     onThreshold (listener) {

@@ -206,6 +206,9 @@ export function createMemoryStore (clock: () => number = Date.now): AdmissionSto
       return true
     },
 
+    // one process loses its state only with its calls in flight: it never waits for replicas
+    async markNew () {},
+
     async snapshot (prefix, keys) {
       return {
         vouched: keys.map((key) => [...(spends.get(key)?.vouched.keys() ?? [])]),

@@ -33,6 +33,9 @@ export function createRedisStore (redis: Redis | Cluster): AdmissionStore {
       if (entries.length === 0) return true
       return Number(await redis.tmtSeed(prefix, JSON.stringify({ entries, held }))) === 1
     },
+    async markNew (prefix) {
+      await redis.set(`${prefix}:epoch`, 1)
+    },
     async snapshot (prefix, keys) {
       const raw = JSON.parse(await redis.tmtSnapshot(String(keys.length + 1), prefix, ...keys)) as
         { vouched: unknown[] | Record<string, never>, held: string[] | Record<string, never> }

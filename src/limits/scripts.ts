@@ -11,7 +11,7 @@
 //   P:spend:<d|m|l>[:<period id>]  HASH settled, reserved, t<pct>  micro-units of the workspace currency
 //                                       v:<request id>  cost of a call that settled while the counter was missing
 // and per workspace: resv (ZSET request id → expiry), resv:data (HASH request id → what it holds), done (ZSET),
-// epoch (set by the first seed: its absence means the workspace's state is lost, or new here), recovery (when the
+// epoch (set when the workspace is created and by each seed: its absence means its state is lost), recovery (when the
 // replicas were first asked to put back what they hold, after a loss).
 
 const COMMON = `

@@ -105,6 +105,11 @@ export interface SettleInput {
 export interface AdmissionStore {
   readonly kind: 'redis' | 'memory'
   admit (prefix: string, input: AdmitInput): Promise<AdmitResult>
+  /**
+   * A workspace just created: none of its calls can be in flight, so its first admission seeds at once instead of
+   * waiting `quiet` ms for replicas to put back what a loss took.
+   */
+  markNew (prefix: string): Promise<void>
   /** The calls vouched for on each (missing) spend key and the calls holding a reservation, at one instant. */
   snapshot (prefix: string, keys: string[]): Promise<SeedSnapshot>
   /**

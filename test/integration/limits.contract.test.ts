@@ -513,6 +513,20 @@ function contract (t: Test, fixture: Fixture) {
       t.same(await spendOf(prefix, [m]), [[m, 1300, 0]], 'a and b counted once each')
     })
 
+    test('a workspace marked new seeds at once: nothing of it can be in flight', async (t) => {
+      const prefix = await fixture.prefix()
+      const p = `${prefix}:w`
+      const scopes: ScopeInput[] = [{ p, caps: { m: 100_000 } }]
+      const missing = [{ scope: 0, kind: 'm', key: spendKey(p, 'm') }]
+      t.match(await store.admit(prefix, call(scopes, { quiet: 800 })), { kind: 'seed', missing, recovery: { waitMs: 800 } },
+        'unknown here: it may have been lost, so wait')
+      const fresh = await fixture.prefix()
+      await store.markNew(fresh)
+      const freshScopes: ScopeInput[] = [{ p: `${fresh}:w`, caps: { m: 100_000 } }]
+      t.same(await store.admit(fresh, call(freshScopes, { quiet: 800 })),
+        { kind: 'seed', missing: [{ scope: 0, kind: 'm', key: spendKey(`${fresh}:w`, 'm') }] }, 'marked new: seed now')
+    })
+
     test('a loss makes the replicas wait `quiet` ms, from the first to see it, before the seed', async (t) => {
       const { prefix, p, scopes } = await seeded({ m: 100_000 })
       const m = spendKey(p, 'm')

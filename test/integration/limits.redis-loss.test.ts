@@ -87,6 +87,8 @@ async function monthlyOf (ws: ReplicaWorkspace) {
 
 t.test('FLUSHALL in the middle of a period: counters re-seeded from the ledger, the cap holds', async (t) => {
   const ws = await replicas.createWorkspace({ caps: { monthly: formatMoney(CAP) } })
+  t.equal(await client.exists(`tmt:{ws:${ws.id}}:epoch`), 1,
+    'created: marked in Redis, so its first capped call need not wait for replicas after a loss')
   const before = await Promise.all(Array.from({ length: 30 }, (_, i) => chat(ws, i)))
   t.same(statusCounts(before), { 200: 30 }, '30 calls served under the cap of 50')
   const spent = (await replicas.settledUsage(ws, 30)).totals.billedCostMicros
