@@ -72,6 +72,20 @@ export async function smokeCheck (bench: Bench, scenario: string): Promise<strin
 }
 
 /**
+ * Every scenario at the throughput level on each side, before anything is measured: V8 optimises a function only
+ * after many calls, and a gateway measured just after its start runs much of its hot path as baseline code (the CPU a
+ * call at one connection fell threefold over the first 40 s of a run; docs/benchmarks.md).
+ */
+export async function warmUp (bench: Bench, scenarios: string[]) {
+  const { loader, options } = bench
+  for (const scenario of scenarios) {
+    for (const side of [bench.direct, bench.gateway]) {
+      await loader.run(cannonJob(side, scenario, options.connections, options.jitWarmupS), (options.jitWarmupS + 60) * 1000)
+    }
+  }
+}
+
+/**
  * Direct and through the gateway, alternating which goes first, `reps` times each after a warm-up of both;
  * medians of the per-run figures. Added latency is the median of each pair's difference.
  */

@@ -10,6 +10,9 @@ export interface BenchOptions {
   /** the throughput level; latency is always measured at one connection */
   connections: number
   durationS: number
+  /** before anything is measured: each scenario at `connections`, per side, so that V8 has optimised the hot path */
+  jitWarmupS: number
+  /** before each measured level: a short run at that level */
   warmupS: number
   reps: number
   ttfbCalls: number
@@ -22,16 +25,19 @@ export interface BenchOptions {
 
 // quick keeps a whole run under about three minutes; full is issue #7's sizes
 const MODES = {
-  quick: { durationS: 2, warmupS: 1, reps: 3, ttfbCalls: 200, holdStreams: 300, holdSeconds: 10, soakCalls: 10_000 },
+  quick: {
+    durationS: 2, jitWarmupS: 10, warmupS: 1, reps: 3, ttfbCalls: 200, holdStreams: 300, holdSeconds: 10, soakCalls: 10_000
+  },
   full: {
-    durationS: 10, warmupS: 3, reps: 5, ttfbCalls: 2_000, holdStreams: 2_000, holdSeconds: 30, soakCalls: 1_000_000
+    durationS: 10, jitWarmupS: 30, warmupS: 3, reps: 5, ttfbCalls: 2_000, holdStreams: 2_000, holdSeconds: 30,
+    soakCalls: 1_000_000
   }
 }
 
 const USAGE = `npm run bench -- [--quick | --full] [--profile[=chat:32]] [--no-build] [--no-pin]
-  [--scenarios=chat,stream,embeddings] [--connections=32] [--duration=S] [--warmup=S] [--reps=N]
+  [--scenarios=chat,stream,embeddings] [--connections=32] [--duration=S] [--jit-warmup=S] [--warmup=S] [--reps=N]
   [--ttfb-calls=N] [--hold-streams=N] [--hold-seconds=S] [--soak-calls=N]   (0 skips the hold test or the soak)
-Each number can also come from the environment: BENCH_DURATION_S, BENCH_WARMUP_S, BENCH_REPS, BENCH_TTFB_CALLS,
+Each number can also come from the environment: BENCH_DURATION_S, BENCH_JIT_WARMUP_S, BENCH_WARMUP_S, BENCH_REPS, BENCH_TTFB_CALLS,
 BENCH_HOLD_STREAMS, BENCH_HOLD_SECONDS, BENCH_SOAK_CALLS, BENCH_CONNECTIONS; flags win.
 Databases: BENCH_DATABASE_URL (postgres://postgres@127.0.0.1:5432/tramontane_bench, created if missing), BENCH_REDIS_URL (redis://127.0.0.1:6379).`
 
@@ -43,7 +49,7 @@ export function parseOptions (argv: string[], env: NodeJS.ProcessEnv): BenchOpti
     if (!match) throw new Error(`unknown argument ${arg}\n${USAGE}`)
     flags.set(match[1], match[2] ?? '')
   }
-  const known = ['quick', 'full', 'profile', 'no-build', 'no-pin', 'scenarios', 'connections', 'duration', 'warmup',
+  const known = ['quick', 'full', 'profile', 'no-build', 'no-pin', 'scenarios', 'connections', 'duration', 'jit-warmup', 'warmup',
     'reps', 'ttfb-calls', 'hold-streams', 'hold-seconds', 'soak-calls', 'help']
   for (const name of flags.keys()) if (!known.includes(name)) throw new Error(`unknown flag --${name}\n${USAGE}`)
   if (flags.has('help')) throw new Error(USAGE)
@@ -70,6 +76,7 @@ export function parseOptions (argv: string[], env: NodeJS.ProcessEnv): BenchOpti
     scenarios,
     connections: number('connections', 'BENCH_CONNECTIONS', 32),
     durationS: number('duration', 'BENCH_DURATION_S', defaults.durationS),
+    jitWarmupS: number('jit-warmup', 'BENCH_JIT_WARMUP_S', defaults.jitWarmupS),
     warmupS: number('warmup', 'BENCH_WARMUP_S', defaults.warmupS),
     reps: Math.max(1, number('reps', 'BENCH_REPS', defaults.reps)),
     ttfbCalls: number('ttfb-calls', 'BENCH_TTFB_CALLS', defaults.ttfbCalls),

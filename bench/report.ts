@@ -32,7 +32,8 @@ export function markdown ({ rows, soak, hold, idle }: Measured, verdicts: Verdic
     `Machine: ${machine}`,
     '',
     ...warning ? [warning, ''] : [],
-    `${options.reps} repetitions of ${options.durationS} s per side (after ${options.warmupS} s of warm-up), ` +
+    `Every scenario first ran ${options.jitWarmupS} s per side at ${options.connections} connections (JIT warm-up); then ` +
+      `${options.reps} repetitions of ${options.durationS} s per side (after ${options.warmupS} s of warm-up), ` +
       'direct and through the gateway interleaved; medians. Latencies in ms; "added" is gateway minus direct, ' +
       'per pair of runs.',
     '',

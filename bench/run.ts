@@ -8,7 +8,7 @@ import { existsSync, mkdirSync, writeFileSync } from 'node:fs'
 import { loadavg } from 'node:os'
 import { join } from 'node:path'
 import { SOAK_MIN_RATE, measureHold, measureSoak } from './endurance.js'
-import { measureIdle, measureScenario, measureTtfb, smokeCheck, type Bench } from './measure.js'
+import { measureIdle, measureScenario, measureTtfb, smokeCheck, warmUp, type Bench } from './measure.js'
 import { ensureDatabase } from './database.js'
 import { parseOptions, type BenchOptions } from './options.js'
 import { sampleRss } from './proc-stats.js'
@@ -28,7 +28,8 @@ const emit = (row: unknown) => process.stdout.write(JSON.stringify(row) + '\n')
 function budgetMs (o: BenchOptions): number {
   const perLevel = 2 * (o.warmupS + 5) + o.reps * 2 * (o.durationS + 5)
   const hold = o.holdStreams ? o.holdSeconds * 6 + 180 : 0
-  return 2 * (300 + o.scenarios.length * 2 * perLevel + 120 + o.soakCalls / SOAK_MIN_RATE + hold) * 1000
+  const warmUp = o.scenarios.length * 2 * (o.jitWarmupS + 5)
+  return 2 * (300 + warmUp + o.scenarios.length * 2 * perLevel + 120 + o.soakCalls / SOAK_MIN_RATE + hold) * 1000
 }
 
 let aborting = false
@@ -80,13 +81,21 @@ async function main (options: BenchOptions): Promise<number> {
   emit(idle)
   const rows: ScenarioRow[] = []
   const broken: string[] = []
+  const healthy: string[] = []
   for (const scenario of options.scenarios) {
     const problem = await smokeCheck(bench, scenario)
-    if (problem) {
-      broken.push(`${scenario}: ${problem}`)
-      log(`${scenario} does not answer correctly, not measured: ${problem}`)
+    if (!problem) {
+      healthy.push(scenario)
       continue
     }
+    broken.push(`${scenario}: ${problem}`)
+    log(`${scenario} does not answer correctly, not measured: ${problem}`)
+  }
+  if (options.jitWarmupS > 0) {
+    log(`warm-up: ${healthy.join(', ')} at ${options.connections} connections, ${options.jitWarmupS} s per side each`)
+    await warmUp(bench, healthy)
+  }
+  for (const scenario of healthy) {
     for (const connections of [1, options.connections]) {
       log(`${scenario} at ${connections} connection(s): ${options.reps} × ${options.durationS} s per side`)
       const row: ScenarioRow = await measureScenario(bench, scenario, connections)
