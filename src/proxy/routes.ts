@@ -2,8 +2,8 @@ import { Readable } from 'node:stream'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { Config } from '../config.js'
 import {
-  GatewayError, badRequest, errorEnvelope, invalidToken, organizationRouteDenied, scopeDenied, unknownMistralKey,
-  unknownRoute, upstreamTimeout, upstreamUnreachable, workspaceSuspended
+  badRequest, clientClosed, errorEnvelope, GatewayError, invalidToken, organizationRouteDenied, scopeDenied,
+  unknownMistralKey, unknownRoute, upstreamTimeout, upstreamUnreachable, workspaceSuspended
 } from '../errors.js'
 import { createRetryBudget } from '../resilience/retry-budget.js'
 import type { MistralKeyStore } from '../tenancy/mistral-keys.js'
@@ -132,7 +132,10 @@ export async function proxyRoutes (app: FastifyInstance, { config }: { config: C
     const controller = new AbortController()
     // the client hanging up cancels Mistral's work too (and stops the meter at what Mistral reported)
     const onClientClose = () => { if (!reply.raw.writableFinished) controller.abort() }
-    reply.raw.once('close', onClientClose)
+    // a client that left during authentication or admission is gone before anyone listened: fastify would then drop
+    // the reply without reading the upstream body, and the call would never end
+    if (reply.raw.destroyed) controller.abort()
+    else reply.raw.once('close', onClientClose)
     const deadline = setTimeout(() => controller.abort(new TotalTimeoutError()), config.UPSTREAM_TOTAL_TIMEOUT_MS)
 
     let keyName = candidates[0]
@@ -158,6 +161,15 @@ export async function proxyRoutes (app: FastifyInstance, { config }: { config: C
     }
     const { upstream, key } = answer
     keyName = key.name
+    if (controller.signal.aborted) {
+      // gone as Mistral answered: nobody will read the body. Billed as a cut call (estimated), as Mistral began
+      clearTimeout(deadline)
+      upstream.body.destroy()
+      reply.raw.off('close', onClientClose)
+      const failure = upstreamFailure(undefined, controller.signal)
+      meter.settle({ status: failure.statusCode, upstreamStatus: upstream.statusCode, tap: undefined, cut: true })
+      throw failure
+    }
     request.outcome.keyName = key.name
     request.outcome.upstreamStatus = upstream.statusCode
     reply.code(upstream.statusCode).headers(downstreamHeaders(upstream.headers))
@@ -337,6 +349,7 @@ function requestBody (parsed: unknown) {
 /** undici failures by `err.code` (nodejs/undici docs/api/Errors.md): timeouts are 504, the rest 502. */
 function upstreamFailure (err: unknown, signal: AbortSignal): GatewayError {
   if (signal.reason instanceof TotalTimeoutError) return upstreamTimeout('Mistral did not finish in time')
+  if (signal.aborted) return clientClosed('The client closed the connection before Mistral answered')
   const code = (err as NodeJS.ErrnoException).code ?? ''
   if (code === 'UND_ERR_CONNECT_TIMEOUT' || code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT') {
     return upstreamTimeout('Mistral did not answer in time')

@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto'
 import { Readable } from 'node:stream'
 import { setTimeout as sleep } from 'node:timers/promises'
 import t, { type Test } from 'tap'
-import { request } from 'undici'
+import { Client, request } from 'undici'
 import { buildTestApp, listen, type TestApp, type TestWorkspace } from '../helpers/app.js'
 import { startFakeMistral } from '../helpers/fake-mistral.js'
 import { freePort } from '../helpers/gateway-process.js'
@@ -184,3 +184,45 @@ function lastEvent (text: string): unknown {
   const events = text.split('\n\n').filter((event) => event.startsWith('data: {'))
   return JSON.parse(events[events.length - 1].slice(6))
 }
+
+t.test('clients hanging up at any moment: every call ends, none is blamed on Mistral, none is recorded twice', async (t) => {
+  const testApp = await buildTestApp(t)
+  const { app, mistral, createWorkspace } = testApp
+  const ws = await createWorkspace()
+  const url = await listen(app)
+  const requestIds = new Set<string>()
+  const worker = async (stream: boolean) => {
+    const client = new Client(url)
+    const body = JSON.stringify({ model: 'mistral-small-latest', messages: [{ role: 'user', content: 'Hi' }], stream })
+    for (let i = 0; i < 40; i++) {
+      const controller = new AbortController()
+      // anywhere from the body's upload, through authentication and admission, to the stream's last event
+      const timer = setTimeout(() => controller.abort(), Math.random() * 6)
+      try {
+        const res = await client.request({
+          path: '/v1/chat/completions', method: 'POST', body, signal: controller.signal,
+          headers: { ...ws.headers, 'content-type': 'application/json' }
+        })
+        requestIds.add(String(res.headers['x-request-id']))
+        for await (const _ of res.body) { /* read to the end, unless aborted */ }
+      } catch {}
+      clearTimeout(timer)
+    }
+    await client.close().catch(() => {})
+  }
+  await Promise.all(Array.from({ length: 16 }, (_, i) => worker(i % 2 === 0)))
+
+  const inFlight = async () => /^tramontane_in_flight_calls (\d+)$/m.exec(await app.metrics.scrape())?.[1]
+  for (const deadline = Date.now() + 5_000; Date.now() < deadline && await inFlight() !== '0';) await sleep(50)
+  t.equal(await inFlight(), '0', 'no call is left in flight')
+
+  await app.usage.flush()
+  const usage = await testApp.admin('GET', `/admin/v1/workspaces/${ws.slug}/usage?limit=10000`)
+  const records = usage.json.records as Array<{ requestId: string, status: number, upstreamStatus: number | null }>
+  t.equal(new Set(records.map((record) => record.requestId)).size, records.length, 'one record per call')
+  t.ok(records.length >= mistral.received.length, `${records.length} records for ${mistral.received.length} calls Mistral saw`)
+  const statuses = new Set(records.map((record) => record.status))
+  t.same([...statuses].filter((status) => status !== 200 && status !== 499), [], 'each answered (200) or the client left (499)')
+  t.ok(records.filter((record) => record.status === 200).every((record) => requestIds.has(record.requestId)),
+    'a call recorded as answered reached its client\'s headers')
+})
