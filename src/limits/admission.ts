@@ -336,10 +336,13 @@ export function createAdmission (options: AdmissionOptions): Admission {
   async function seed (target: AdmissionStore, prefix: string, missing: Array<{ scope: number, kind: 'd' | 'm' | 'l', key: string }>,
     subject: AdmissionSubject, periods: CalendarPeriods) {
     // every call waiting on the same lost counters would otherwise read the ledger on its own
-    const flight = `${prefix} ${missing.map(({ key }) => key).join(' ')}`
+    const flight = `${prefix} ${missing.map(({ key }) => key).sort().join(' ')}`
     const running = seeding.get(flight)
     if (running) return await running
-    const seeded = seedOnce(target, prefix, missing, subject, periods).finally(() => seeding.delete(flight))
+    const seeded = seedOnce(target, prefix, missing, subject, periods)
+      // budgets fail closed (DESIGN.md): a store or ledger that cannot be read is a 503, never a 500
+      .catch((err: unknown) => { throw err instanceof GatewayError ? err : budgetUnavailable(err) })
+      .finally(() => seeding.delete(flight))
     seeding.set(flight, seeded)
     return await seeded
   }

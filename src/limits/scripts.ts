@@ -249,7 +249,8 @@ for _, entry in ipairs(s.entries) do
   end
 end
 for _, step in ipairs(plan) do
-  if #step[3] > 0 then redis.call('HDEL', step[1], unpack(step[3])) end
+  -- in slices: Lua's unpack takes some thousands of values at most, and a long loss can leave more vouches than that
+  for i = 1, #step[3], 500 do redis.call('HDEL', step[1], unpack(step[3], i, math.min(i + 499, #step[3]))) end
   redis.call('HSET', step[1], 'settled', step[2])
 end
 redis.call('SET', KEYS[1] .. ':epoch', 1)

@@ -162,7 +162,8 @@ export async function proxyRoutes (app: FastifyInstance, { config }: { config: C
     const { upstream, key } = answer
     keyName = key.name
     if (controller.signal.aborted) {
-      // gone as Mistral answered: nobody will read the body. Billed as a cut call (estimated), as Mistral began
+      // the client left, or the total deadline passed, just as Mistral answered: the body is not read. Billed as a
+      // cut call (estimated), as Mistral began
       clearTimeout(deadline)
       upstream.body.destroy()
       reply.raw.off('close', onClientClose)

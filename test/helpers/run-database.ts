@@ -46,7 +46,7 @@ export async function recreateRunDatabase (): Promise<void> {
   await onServer(async (client) => {
     // what runs that were killed left behind (their after script never ran)
     const { rows } = await client.query<{ datname: string }>(
-      `select datname from pg_database where datname like '${RUN_PREFIX}%'`)
+      `select datname from pg_database where datname like '${RUN_PREFIX.replaceAll('_', '\\_')}%'`)
     for (const { datname } of rows) {
       const pid = Number(datname.slice(RUN_PREFIX.length))
       if (datname === RUN_DATABASE_NAME || !alive(pid)) await client.query(`drop database if exists ${datname} with (force)`)

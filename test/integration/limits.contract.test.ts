@@ -513,6 +513,20 @@ function contract (t: Test, fixture: Fixture) {
       t.same(await spendOf(prefix, [m]), [[m, 1300, 0]], 'a and b counted once each')
     })
 
+    test('a seed takes any number of vouches: more than one Lua unpack holds', async (t) => {
+      const { prefix, p } = await seeded({ m: 100_000_000 })
+      const m = spendKey(p, 'm')
+      await wipe(prefix)
+      const ids = Array.from({ length: 9_000 }, (_, i) => `vouch-${i}`)
+      await Promise.all(ids.map((id) =>
+        store.settle(prefix, { id, cost: 2, tokens: 0, reservedTokens: 0, spend: [[m, 100_000_000]], thresholds: [] })))
+      const snapshot = await store.snapshot(prefix, [m])
+      t.equal(snapshot.vouched[0].length, 9_000)
+      t.equal(await store.seed(prefix, [[m, 1000, [], snapshot.vouched[0]]], snapshot.held), true)
+      t.same(await spendOf(prefix, [m]), [[m, 1000 + 2 * 9_000, 0]], 'every vouch counted, once')
+      t.same((await store.snapshot(prefix, [m])).vouched, [[]], 'and none left behind')
+    })
+
     test('a workspace marked new seeds at once: nothing of it can be in flight', async (t) => {
       const prefix = await fixture.prefix()
       const p = `${prefix}:w`
