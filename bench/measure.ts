@@ -77,11 +77,13 @@ export async function smokeCheck (bench: Bench, scenario: string): Promise<strin
  * call at one connection fell threefold over the first 40 s of a run; docs/benchmarks.md).
  */
 export async function warmUp (bench: Bench, scenarios: string[]) {
-  const { loader, options } = bench
-  for (const scenario of scenarios) {
-    for (const side of [bench.direct, bench.gateway]) {
-      await loader.run(cannonJob(side, scenario, options.connections, options.jitWarmupS), (options.jitWarmupS + 60) * 1000)
-    }
+  for (const scenario of scenarios) await warmBoth(bench, scenario, bench.options.connections, bench.options.jitWarmupS)
+}
+
+/** A discarded run on each side. */
+async function warmBoth (bench: Bench, scenario: string, connections: number, seconds: number) {
+  for (const side of [bench.direct, bench.gateway]) {
+    await bench.loader.run(cannonJob(side, scenario, connections, seconds), (seconds + 60) * 1000)
   }
 }
 
@@ -92,9 +94,7 @@ export async function warmUp (bench: Bench, scenarios: string[]) {
 export async function measureScenario (bench: Bench, scenario: string, connections: number) {
   const { loader, options } = bench
   const timeoutMs = (options.durationS + 60) * 1000
-  for (const side of [bench.direct, bench.gateway]) {
-    await loader.run(cannonJob(side, scenario, connections, options.warmupS), (options.warmupS + 60) * 1000)
-  }
+  await warmBoth(bench, scenario, connections, options.warmupS)
   const direct: CannonResult[] = []
   const gateway: Array<Awaited<ReturnType<typeof onGateway<CannonResult>>>> = []
   for (let rep = 0; rep < options.reps; rep++) {
