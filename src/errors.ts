@@ -42,6 +42,9 @@ export const payloadTooLarge = define(413, 'invalid_request_error', 'payload_too
 export const noMistralKey = define(409, 'invalid_request_error', 'no_mistral_key')
 export const upstreamUnreachable = define(502, 'upstream_error', 'upstream_unreachable')
 export const upstreamTimeout = define(504, 'upstream_error', 'upstream_timeout')
+/** an answer Mistral began and did not finish: the same codes as a stream's error event */
+export const upstreamCut = define(502, 'upstream_error', 'upstream_cut')
+export const upstreamStalled = define(504, 'upstream_error', 'upstream_stalled')
 /** nginx's 499: nobody reads this one, but the ledger, the logs and the metrics must not blame Mistral for it */
 export const clientClosed = define(499, 'invalid_request_error', 'client_closed_request')
 export const notReady = define(503, 'server_error', 'not_ready')

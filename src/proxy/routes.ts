@@ -3,7 +3,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { Config } from '../config.js'
 import {
   badRequest, clientClosed, errorEnvelope, GatewayError, invalidToken, organizationRouteDenied, scopeDenied,
-  unknownMistralKey, unknownRoute, upstreamTimeout, upstreamUnreachable, workspaceSuspended
+  unknownMistralKey, unknownRoute, upstreamCut, upstreamStalled, upstreamTimeout, upstreamUnreachable, workspaceSuspended
 } from '../errors.js'
 import { createRetryBudget } from '../resilience/retry-budget.js'
 import type { MistralKeyStore } from '../tenancy/mistral-keys.js'
@@ -13,8 +13,8 @@ import { sendWithRetries, type AttemptDeps } from './attempts.js'
 import { downstreamHeaders } from './headers.js'
 import { operationTable, type Operation } from './operations.js'
 import { basePath, createUpstreamPool } from './upstream.js'
-import { createJsonTap, createSseTap, type TapResult } from './usage-tap.js'
-import { readModel, readUsage } from './usage.js'
+import { readJsonFacts } from './json-usage.js'
+import { createJsonTap, createSseTap } from './usage-tap.js'
 import { translateChatRequest, translateEmbeddingsRequest } from '../dialects/openai-request.js'
 import { base64Embeddings, createOpenAiStreamShaper, withOpenAiError } from '../dialects/openai-response.js'
 import { openAiModerations, translateModerationRequest } from '../dialects/openai-moderations.js'
@@ -173,9 +173,38 @@ export async function proxyRoutes (app: FastifyInstance, { config }: { config: C
     }
     request.outcome.keyName = key.name
     request.outcome.upstreamStatus = upstream.statusCode
-    reply.code(upstream.statusCode).headers(downstreamHeaders(upstream.headers))
     const status = upstream.statusCode
     const contentType = String(upstream.headers['content-type'] ?? '')
+    const sse = contentType.startsWith('text/event-stream')
+    if (operation.metered && !sse && status < 300 && (notes?.rewrite || readsWhole(upstream.headers))) {
+      // read whole, then sent in one write: no stream to tap, and a body cut short becomes an error the client can
+      // read instead of a truncated 200
+      const answeredAt = Date.now()
+      let answer: Buffer
+      try {
+        answer = Buffer.from(await upstream.body.arrayBuffer())
+      } catch (err) {
+        const failure = controller.signal.aborted ? upstreamFailure(undefined, controller.signal) : answerCut(err)
+        meter.settle({ status: failure.statusCode, upstreamStatus: status, tap: undefined, cut: true })
+        throw failure
+      } finally {
+        clearTimeout(deadline)
+        reply.raw.off('close', onClientClose)
+      }
+      const facts = readJsonFacts(answer)
+      const tap = {
+        usage: facts?.usage, model: facts?.model, events: facts ? 1 : 0, firstByteAt: answeredAt, streamError: false, streamed: false
+      }
+      // a client that left as the answer came in is told nothing: the call is its, billed in full, recorded as a 499
+      const gone = reply.raw.destroyed ? clientClosed('The client closed the connection before the answer was sent') : undefined
+      request.outcome.totalTokens = meter.settle({ status: gone?.statusCode ?? status, upstreamStatus: status, tap, cut: false })
+      if (gone) throw gone
+      reply.code(status).headers(downstreamHeaders(upstream.headers))
+      if (!notes?.rewrite) return reply.send(answer)
+      reply.removeHeader('content-length')
+      return reply.send(notes.rewrite(answer.toString('utf8')))
+    }
+    reply.code(status).headers(downstreamHeaders(upstream.headers))
     if (status >= 400 && contentType.startsWith('application/json')) {
       // small bodies, read whole: every SDK must see the message (DESIGN.md "Two dialects")
       const text = await upstream.body.text().catch(() => '')
@@ -183,13 +212,6 @@ export async function proxyRoutes (app: FastifyInstance, { config }: { config: C
       meter.settle({ status, upstreamStatus: status, tap: undefined, cut: false })
       reply.removeHeader('content-length')
       return reply.send(withOpenAiError(text, status))
-    }
-    if (notes?.rewrite && status < 300) {
-      const text = await upstream.body.text()
-      clearTimeout(deadline)
-      request.outcome.totalTokens = meter.settle({ status, upstreamStatus: status, tap: jsonTapOf(text), cut: false })
-      reply.removeHeader('content-length')
-      return reply.send(notes.rewrite(text))
     }
     if (batchCall && status < 300) {
       // a job without its results is small: read whole, to watch the job or to bill it if it has ended
@@ -210,7 +232,6 @@ export async function proxyRoutes (app: FastifyInstance, { config }: { config: C
       })
       return reply.send(upstream.body)
     }
-    const sse = contentType.startsWith('text/event-stream')
     const tap = sse ? createSseTap() : createJsonTap()
     let cut: unknown
     let settled = false
@@ -322,13 +343,19 @@ function translateDialect (operation: Operation, body: unknown): Dialect | undef
   return undefined
 }
 
-/** What a JSON tap would have read from a body already in hand. */
-function jsonTapOf (text: string): TapResult {
-  let payload: unknown
-  try {
-    payload = JSON.parse(text)
-  } catch {}
-  return { usage: readUsage(payload), model: readModel(payload), events: 1, firstByteAt: Date.now(), streamError: false, streamed: false }
+// a metered JSON answer up to this size is read whole; a larger one (OCR with its images) is relayed as it comes
+const WHOLE_ANSWER_BYTES = 4 * 1024 * 1024
+
+function readsWhole (headers: Record<string, string | string[] | undefined>): boolean {
+  const length = Number(headers['content-length'])
+  return Number.isInteger(length) && length <= WHOLE_ANSWER_BYTES
+}
+
+/** The upstream body ended early (its socket cut) or stalled past UPSTREAM_IDLE_TIMEOUT_MS. */
+function answerCut (err: unknown): GatewayError {
+  return streamFaultOf(err) === 'upstream_stalled'
+    ? upstreamStalled('Mistral stopped sending its answer before it was complete')
+    : upstreamCut('Mistral\'s answer ended before it was complete', { cause: err })
 }
 
 function streamFaultOf (err: unknown): 'upstream_stalled' | 'upstream_cut' {

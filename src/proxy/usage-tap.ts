@@ -1,5 +1,6 @@
 import { Transform, type TransformCallback } from 'node:stream'
 import { StringDecoder } from 'node:string_decoder'
+import { readJsonFacts } from './json-usage.js'
 import { readModel, readUsage, type Usage } from './usage.js'
 
 /** What a tap learnt from the bytes that went by. */
@@ -39,9 +40,16 @@ export function createSseTap (): Transform & { result: TapResult } {
     if (usage) result.usage = usage
     if (usage || wantsModel) result.model = readModel(payload) ?? result.model
   }
+  // nothing of an earlier read is kept (no part of an event, no part of a character)
+  let atBoundary = true
   const tap = new Transform({
     transform (chunk: Buffer, _encoding: BufferEncoding, done: TransformCallback) {
       result.firstByteAt ??= Date.now()
+      // the usual read, whole events that say nothing of usage, model or errors (the deltas): counted, not decoded
+      if (atBoundary && endsEvents(chunk) && !mentions(chunk, result.model === undefined)) {
+        result.events += countEvents(chunk)
+        return done(null, chunk)
+      }
       pending += decoder.write(chunk)
       let end = nextBoundary(pending)
       while (end !== -1) {
@@ -49,6 +57,7 @@ export function createSseTap (): Transform & { result: TapResult } {
         pending = pending.slice(end).replace(/^(\r?\n)+/, '')
         end = nextBoundary(pending)
       }
+      atBoundary = pending.length === 0 && chunk[chunk.length - 1] === LF
       done(null, chunk)
     },
     flush (done: TransformCallback) {
@@ -74,19 +83,39 @@ export function createJsonTap (): Transform & { result: TapResult } {
     },
     flush (done: TransformCallback) {
       if (size <= MAX_JSON_TAP_BYTES && size > 0) {
-        try {
-          const payload = JSON.parse(Buffer.concat(chunks, size).toString('utf8'))
-          result.usage = readUsage(payload)
-          result.model = readModel(payload)
-          result.events = 1
-        } catch {
-          // not JSON after all: relayed as is, metered as unknown
-        }
+        // not JSON after all: relayed as is, metered as unknown
+        const facts = readJsonFacts(Buffer.concat(chunks, size))
+        if (facts) Object.assign(result, facts, { events: 1 })
       }
       done()
     }
   })
   return Object.assign(tap, { result })
+}
+
+const LF = 0x0a
+
+/** Ends on a blank line, LF-framed (a CR anywhere sends the read down the general path). */
+function endsEvents (chunk: Buffer): boolean {
+  return chunk.length >= 2 && chunk[chunk.length - 1] === LF && chunk[chunk.length - 2] === LF && chunk.indexOf(0x0d) === -1
+}
+
+/** What `inspect` looks for, searched in the bytes (an event split across reads never gets here). */
+function mentions (chunk: Buffer, wantsModel: boolean): boolean {
+  return chunk.indexOf('usage') !== -1 || chunk.indexOf('error') !== -1 || (wantsModel && chunk.indexOf('"model"') !== -1)
+}
+
+/** Events in a read of whole LF-framed events: blank lines, a run of them counting once, as `nextBoundary` does. */
+function countEvents (chunk: Buffer): number {
+  let events = 0
+  let at = chunk.indexOf('\n\n')
+  while (at !== -1) {
+    events++
+    at += 2
+    while (chunk[at] === LF) at++
+    at = chunk.indexOf('\n\n', at)
+  }
+  return events
 }
 
 function newResult (streamed: boolean): TapResult {

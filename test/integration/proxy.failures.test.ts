@@ -138,6 +138,37 @@ for (const mode of ['stall', 'cut'] as const) {
     })
 }
 
+for (const mode of ['stall', 'cut'] as const) {
+  t.test(`a JSON answer that upstream ${mode === 'stall' ? 'stalls' : 'cuts'} mid-body is an error the client can read, metered`,
+    async (t) => {
+      const testApp = await buildTestApp(t, { UPSTREAM_IDLE_TIMEOUT_MS: '300' })
+      const { app, mistral, createWorkspace } = testApp
+      const ws = await createWorkspace()
+      const url = await listen(app)
+      const whole = JSON.stringify({ id: 'x', object: 'chat.completion', model: 'mistral-small-latest', choices: [] })
+      mistral.enqueue((_req, res) => {
+        res.writeHead(200, { 'content-type': 'application/json', 'content-length': String(whole.length) })
+        res.write(whole.slice(0, 20))
+        if (mode === 'cut') setTimeout(() => res.destroy(), 50)
+      }, '/v1/chat/completions')
+      const res = await request(`${url}/v1/chat/completions`, { method: 'POST', headers: jsonHeaders(ws), body: chat() })
+      const body = assertEnvelope(t, { ...res, body: await res.body.text() },
+        mode === 'stall' ? 504 : 502, 'upstream_error', mode === 'stall' ? 'upstream_stalled' : 'upstream_cut')
+      t.notMatch(JSON.stringify(body), /chat\.completion/, 'none of the half answer reaches the client')
+
+      const records = await usageRecords(testApp, ws)
+      t.equal(records.length, 1, 'one usage record')
+      t.match(records[0], {
+        requestId: res.headers['x-request-id'],
+        model: 'mistral-small-latest',
+        estimated: true, // Mistral began, and its usage never came
+        status: mode === 'stall' ? 504 : 502,
+        upstreamStatus: 200
+      })
+      t.ok((records[0].promptTokens as number) > 0, 'the prompt is estimated')
+    })
+}
+
 t.test('a JSON body over BODY_LIMIT_BYTES is a 413 and nothing goes upstream', async (t) => {
   const { app, mistral, createWorkspace } = await buildTestApp(t, { BODY_LIMIT_BYTES: '2048' })
   const ws = await createWorkspace()
