@@ -13,11 +13,16 @@ export interface Side {
   headers: Record<string, string>
 }
 
+/** A side in a process of the harness's own, whose CPU and memory are read from /proc. */
+export type Watched = Side & { pid: number, rss: RssSampler }
+
 export interface Bench {
   options: BenchOptions
   loader: Loader
   direct: Side
-  gateway: Side & { pid: number, rss: RssSampler }
+  /** the least a Node proxy does (bench/floor.ts), in front of the same fake; absent with --no-floor */
+  floor?: Watched
+  gateway: Watched
 }
 
 export interface CannonResult {
@@ -44,7 +49,12 @@ const MB = 1024 * 1024
 
 /** A gateway run's own cost: CPU time over the run (and its ledger flush), RSS peak and at the end. */
 export async function onGateway<T extends { completed: number }> (bench: Bench, run: () => Promise<T>) {
-  const { pid, rss } = bench.gateway
+  return onProcess(bench.gateway, run)
+}
+
+/** The same for any side in a process of its own (the floor gets the same 400 ms, so both are read alike). */
+async function onProcess<T extends { completed: number }> (side: Watched, run: () => Promise<T>) {
+  const { pid, rss } = side
   const cpuBefore = cpuMicros(pid)
   rss.reset()
   const result = await run()
@@ -59,10 +69,16 @@ export function cannonJob (side: Side, scenario: string, connections: number, du
   return { kind: 'cannon', url: side.url + path, headers: jsonHeaders(side), body, connections, durationS }
 }
 
+/** direct, floor (when there is one), gateway: the order of the first repetition. */
+function sides (bench: Bench): Array<[string, Side]> {
+  return [['direct', bench.direct], ...bench.floor ? [['floor', bench.floor] as [string, Side]] : [],
+    ['gateway', bench.gateway]]
+}
+
 /** One call on each side, read whole and checked, before anything is timed. */
 export async function smokeCheck (bench: Bench, scenario: string): Promise<string | undefined> {
   const { path, body, check } = SCENARIOS[scenario]
-  for (const [name, side] of [['direct', bench.direct], ['gateway', bench.gateway]] as const) {
+  for (const [name, side] of sides(bench)) {
     const res = await request(side.url + path, { method: 'POST', headers: jsonHeaders(side), body })
     const text = await res.body.text()
     let ok = false
@@ -82,31 +98,44 @@ export async function warmUp (bench: Bench, scenarios: string[]) {
 
 /** A discarded run on each side. */
 async function warmBoth (bench: Bench, scenario: string, connections: number, seconds: number) {
-  for (const side of [bench.direct, bench.gateway]) {
+  for (const [, side] of sides(bench)) {
     await bench.loader.run(cannonJob(side, scenario, connections, seconds), (seconds + 60) * 1000)
   }
 }
 
+type WatchedRun = Awaited<ReturnType<typeof onProcess<CannonResult>>>
+
 /**
- * Direct and through the gateway, alternating which goes first, `reps` times each after a warm-up of both;
- * medians of the per-run figures. Added latency is the median of each pair's difference.
+ * Direct, through the floor (unless --no-floor) and through the gateway, `reps` times each after a warm-up of each,
+ * every other repetition in the reverse order (direct, floor, gateway; gateway, floor, direct); medians of the
+ * per-run figures. Added latency is the median of each repetition's difference.
  */
 export async function measureScenario (bench: Bench, scenario: string, connections: number) {
   const { loader, options } = bench
   const timeoutMs = (options.durationS + 60) * 1000
   await warmBoth(bench, scenario, connections, options.warmupS)
   const direct: CannonResult[] = []
-  const gateway: Array<Awaited<ReturnType<typeof onGateway<CannonResult>>>> = []
+  const floor: WatchedRun[] = []
+  const gateway: WatchedRun[] = []
   for (let rep = 0; rep < options.reps; rep++) {
     const job = (side: Side) =>
       loader.run<CannonResult>(cannonJob(side, scenario, connections, options.durationS), timeoutMs)
-    const runDirect = async () => { direct.push(await job(bench.direct)) }
-    const runGateway = async () => { gateway.push(await onGateway(bench, () => job(bench.gateway))) }
-    if (rep % 2 === 0) { await runDirect(); await runGateway() } else { await runGateway(); await runDirect() }
+    const onFloor = bench.floor
+    const steps = [
+      async () => { direct.push(await job(bench.direct)) },
+      ...onFloor ? [async () => { floor.push(await onProcess(onFloor, () => job(onFloor))) }] : [],
+      async () => { gateway.push(await onGateway(bench, () => job(bench.gateway))) }
+    ]
+    if (rep % 2 === 1) steps.reverse()
+    for (const step of steps) await step()
   }
   const gw = gateway.map((run) => run.result)
+  const fl = floor.map((run) => run.result)
   const pick = (runs: CannonResult[], p: 'p50' | 'p90' | 'p99') => median(runs.map((run) => run.latencyMs[p]))
-  const added = (p: 'p50' | 'p90' | 'p99') => median(gw.map((run, i) => run.latencyMs[p] - direct[i].latencyMs[p]))
+  const minus = (runs: CannonResult[], base: CannonResult[], p: 'p50' | 'p90' | 'p99') =>
+    median(runs.map((run, i) => run.latencyMs[p] - base[i].latencyMs[p]))
+  const added = (p: 'p50' | 'p90' | 'p99') => minus(gw, direct, p)
+  const cpu = (runs: WatchedRun[]) => round(median(runs.map((run) => run.cpuUsPerCall)), 0)
   const side = (runs: CannonResult[]) => ({
     rps: round(median(runs.map((run) => run.rps)), 0),
     p50: round(pick(runs, 'p50')),
@@ -123,9 +152,28 @@ export async function measureScenario (bench: Bench, scenario: string, connectio
     direct: side(direct),
     gateway: side(gw),
     addedMs: { p50: round(added('p50')), p90: round(added('p90')), p99: round(added('p99')) },
-    cpuUsPerCall: round(median(gateway.map((run) => run.cpuUsPerCall)), 0),
+    cpuUsPerCall: cpu(gateway),
     rssPeakMB: round(Math.max(...gateway.map((run) => run.rssPeak)) / MB, 1),
-    rssEndMB: round(gateway[gateway.length - 1].rssEnd / MB, 1)
+    rssEndMB: round(gateway[gateway.length - 1].rssEnd / MB, 1),
+    // what any Node proxy pays here, and what is left for the gateway's own work (gateway minus floor, per repetition)
+    ...floor.length > 0
+      ? {
+          floor: {
+            ...side(fl),
+            addedMs: {
+              p50: round(minus(fl, direct, 'p50')),
+              p90: round(minus(fl, direct, 'p90')),
+              p99: round(minus(fl, direct, 'p99'))
+            },
+            cpuUsPerCall: cpu(floor),
+            rssPeakMB: round(Math.max(...floor.map((run) => run.rssPeak)) / MB, 1)
+          },
+          overFloor: {
+            p50Ms: round(minus(gw, fl, 'p50')),
+            cpuUsPerCall: round(median(gateway.map((run, i) => run.cpuUsPerCall - floor[i].cpuUsPerCall)), 0)
+          }
+        }
+      : {}
   }
 }
 
@@ -135,23 +183,32 @@ export async function measureTtfb (bench: Bench, scenario: string) {
   const { path, body } = SCENARIOS[scenario]
   const calls = Math.max(1, Math.ceil(options.ttfbCalls / options.reps))
   const job = (side: Side): Job => ({ kind: 'ttfb', url: side.url + path, headers: jsonHeaders(side), body, calls })
-  const direct: TtfbResult[] = []
-  const gateway: TtfbResult[] = []
+  const runs = new Map<string, TtfbResult[]>(sides(bench).map(([name]) => [name, []]))
   for (let rep = 0; rep < options.reps; rep++) {
-    const sides = rep % 2 === 0 ? [bench.direct, bench.gateway] : [bench.gateway, bench.direct]
-    for (const side of sides) {
-      const runs = side === bench.direct ? direct : gateway
-      runs.push(await loader.run<TtfbResult>(job(side), 120_000 + calls * 1000))
+    const order = rep % 2 === 0 ? sides(bench) : sides(bench).reverse()
+    for (const [name, side] of order) {
+      runs.get(name)?.push(await loader.run<TtfbResult>(job(side), 120_000 + calls * 1000))
     }
   }
-  const added = (p: 'p50' | 'p99') => median(gateway.map((run, i) => run.firstByteMs[p] - direct[i].firstByteMs[p]))
+  const direct = runs.get('direct') as TtfbResult[]
+  const gateway = runs.get('gateway') as TtfbResult[]
+  const floor = runs.get('floor') ?? []
+  const minus = (these: TtfbResult[], base: TtfbResult[], p: 'p50' | 'p99') =>
+    round(median(these.map((run, i) => run.firstByteMs[p] - base[i].firstByteMs[p])))
   return {
     calls: calls * options.reps,
-    failed: [...direct, ...gateway].reduce((sum, run) => sum + run.failed, 0),
+    failed: [...runs.values()].flat().reduce((sum, run) => sum + run.failed, 0),
     directP50: round(median(direct.map((run) => run.firstByteMs.p50))),
     gatewayP50: round(median(gateway.map((run) => run.firstByteMs.p50))),
-    addedP50: round(added('p50')),
-    addedP99: round(added('p99'))
+    addedP50: minus(gateway, direct, 'p50'),
+    addedP99: minus(gateway, direct, 'p99'),
+    ...floor.length > 0
+      ? {
+          floorP50: round(median(floor.map((run) => run.firstByteMs.p50))),
+          floorAddedP50: minus(floor, direct, 'p50'),
+          floorAddedP99: minus(floor, direct, 'p99')
+        }
+      : {}
   }
 }
 

@@ -6,6 +6,8 @@ export interface BenchOptions {
   profile: string | undefined
   build: boolean
   pin: boolean
+  /** measure a bare Node proxy (bench/floor.ts) beside direct and the gateway */
+  floor: boolean
   scenarios: string[]
   /** the throughput level; latency is always measured at one connection */
   connections: number
@@ -34,7 +36,7 @@ const MODES = {
   }
 }
 
-const USAGE = `npm run bench -- [--quick | --full] [--profile[=chat:32]] [--no-build] [--no-pin]
+const USAGE = `npm run bench -- [--quick | --full] [--profile[=chat:32]] [--no-build] [--no-pin] [--no-floor]
   [--scenarios=chat,stream,embeddings] [--connections=32] [--duration=S] [--jit-warmup=S] [--warmup=S] [--reps=N]
   [--ttfb-calls=N] [--hold-streams=N] [--hold-seconds=S] [--soak-calls=N]   (0 skips the hold test or the soak)
 Each number can also come from the environment: BENCH_DURATION_S, BENCH_JIT_WARMUP_S, BENCH_WARMUP_S, BENCH_REPS, BENCH_TTFB_CALLS,
@@ -49,7 +51,7 @@ export function parseOptions (argv: string[], env: NodeJS.ProcessEnv): BenchOpti
     if (!match) throw new Error(`unknown argument ${arg}\n${USAGE}`)
     flags.set(match[1], match[2] ?? '')
   }
-  const known = ['quick', 'full', 'profile', 'no-build', 'no-pin', 'scenarios', 'connections', 'duration', 'jit-warmup', 'warmup',
+  const known = ['quick', 'full', 'profile', 'no-build', 'no-pin', 'no-floor', 'scenarios', 'connections', 'duration', 'jit-warmup', 'warmup',
     'reps', 'ttfb-calls', 'hold-streams', 'hold-seconds', 'soak-calls', 'help']
   for (const name of flags.keys()) if (!known.includes(name)) throw new Error(`unknown flag --${name}\n${USAGE}`)
   if (flags.has('help')) throw new Error(USAGE)
@@ -73,6 +75,7 @@ export function parseOptions (argv: string[], env: NodeJS.ProcessEnv): BenchOpti
     profile,
     build: !flags.has('no-build'),
     pin: !flags.has('no-pin'),
+    floor: !flags.has('no-floor'),
     scenarios,
     connections: number('connections', 'BENCH_CONNECTIONS', 32),
     durationS: number('duration', 'BENCH_DURATION_S', defaults.durationS),

@@ -26,6 +26,7 @@ export function busyWarning (loadAtStart: number[]): string | undefined {
 /** The run as Markdown: what was run where, one row per scenario, the long tests, then the targets. */
 export function markdown ({ rows, soak, hold, idle }: Measured, verdicts: Verdict[], options: BenchOptions,
   machine: string, warning?: string): string {
+  const hasFloor = rows.some((r) => r.floor)
   const lines = [
     `## Results: ${new Date().toISOString()} (${options.mode})`,
     '',
@@ -34,8 +35,8 @@ export function markdown ({ rows, soak, hold, idle }: Measured, verdicts: Verdic
     ...warning ? [warning, ''] : [],
     `Every scenario first ran ${options.jitWarmupS} s per side at ${options.connections} connections (JIT warm-up); then ` +
       `${options.reps} repetitions of ${options.durationS} s per side (after ${options.warmupS} s of warm-up), ` +
-      'direct and through the gateway interleaved; medians. Latencies in ms; "added" is gateway minus direct, ' +
-      'per pair of runs.',
+      `direct${hasFloor ? ', through the floor' : ''} and through the gateway interleaved; medians. Latencies in ms; ` +
+      '"added" is gateway minus direct, per repetition.',
     '',
     '| scenario | conns | direct req/s | gateway req/s | direct p50 / p90 / p99 | gateway p50 / p90 / p99 | ' +
       'added p50 / p90 / p99 | TTFB added p50 / p99 | CPU µs/call | RSS peak / end MB | failed calls |',
@@ -48,6 +49,29 @@ export function markdown ({ rows, soak, hold, idle }: Measured, verdicts: Verdic
       `${triple(r.gateway.p50, r.gateway.p90, r.gateway.p99)} | ` +
       `${triple(r.addedMs.p50, r.addedMs.p90, r.addedMs.p99)} | ${ttfb} | ${value(r.cpuUsPerCall)} | ` +
       `${value(r.rssPeakMB)} / ${value(r.rssEndMB)} | ${r.direct.failed + r.gateway.failed} |`)
+  }
+  if (hasFloor) {
+    lines.push('', 'The floor: a bare Node proxy (`bench/floor.ts`: node:http, an undici keep-alive pool, nothing ' +
+      'else) on the gateway\'s CPU, in front of the same fake, measured in the same repetitions. What it adds is ' +
+      'what any Node proxy pays on this machine; "over floor" is gateway minus floor, per repetition: the ' +
+      'gateway\'s own share.',
+    '',
+    '| scenario | conns | direct req/s | floor req/s | gateway req/s | floor p50 / p90 / p99 | ' +
+      'floor added p50 / p90 / p99 | TTFB floor added p50 / p99 | floor CPU µs/call | gateway CPU µs/call | ' +
+      'over floor: p50 ms / CPU µs/call | floor RSS peak MB | floor failed calls |',
+    '|---|---:|---:|---:|---:|---|---|---|---:|---:|---|---:|---:|')
+    for (const r of rows) {
+      const f = r.floor
+      if (!f) continue
+      const ttfb = r.ttfb?.floorAddedP50 === undefined
+        ? ''
+        : `${value(r.ttfb.floorAddedP50)} / ${value(r.ttfb.floorAddedP99)}`
+      lines.push(`| ${r.scenario} | ${r.connections} | ${value(r.direct.rps)} | ${value(f.rps)} | ` +
+        `${value(r.gateway.rps)} | ${triple(f.p50, f.p90, f.p99)} | ` +
+        `${triple(f.addedMs.p50, f.addedMs.p90, f.addedMs.p99)} | ${ttfb} | ${value(f.cpuUsPerCall)} | ` +
+        `${value(r.cpuUsPerCall)} | ${triple(r.overFloor?.p50Ms ?? null, r.overFloor?.cpuUsPerCall ?? null)} | ` +
+        `${value(f.rssPeakMB)} | ${f.failed} |`)
+    }
   }
   if (idle) {
     lines.push('', `Idle gateway: ${idle.cpuPercent} % of a core over ${idle.seconds} s, ${idle.rssMB} MB resident.`)
@@ -68,10 +92,16 @@ export function markdown ({ rows, soak, hold, idle }: Measured, verdicts: Verdic
       `stream p50 ${hold.streamP50S} s, longest ${hold.streamMaxS} s; ${hold.cpuUsPerStream} µs CPU per stream; ` +
       `RSS peak ${hold.rssPeakMB} MB, end ${hold.rssEndMB} MB.`)
   }
-  lines.push('', '| target (issue #7) | wanted | measured | met |', '|---|---|---|---|')
+  const verdict = (met: boolean | undefined) => met === undefined ? 'not measured' : met ? 'yes' : '**no**'
+  if (hasFloor) {
+    lines.push('', '| target (issue #7) | wanted | measured | met | the floor (a bare Node proxy) | met by the floor |',
+      '|---|---|---|---|---|---|')
+  } else {
+    lines.push('', '| target (issue #7) | wanted | measured | met |', '|---|---|---|---|')
+  }
   for (const v of verdicts) {
-    const met = v.met === undefined ? 'not measured' : v.met ? 'yes' : '**no**'
-    lines.push(`| ${v.figure} | ${v.target} | ${v.measured} | ${met} |`)
+    const floor = !hasFloor ? '' : v.floor ? ` ${v.floor.measured} | ${verdict(v.floor.met)} |` : '  |  |'
+    lines.push(`| ${v.figure} | ${v.target} | ${v.measured} | ${verdict(v.met)} |${floor}`)
   }
   return lines.join('\n') + '\n'
 }

@@ -1,7 +1,8 @@
 /**
- * `npm run bench`: what the gateway adds to every call (issue #7). Starts the fake Mistral, the built gateway (real
- * PostgreSQL and Redis) and a load generator, each a process of its own, measures direct and through the gateway
- * interleaved, and prints one JSON line per scenario and a Markdown table (also in bench/results/latest.md).
+ * `npm run bench`: what the gateway adds to every call (issue #7). Starts the fake Mistral, the floor (a bare Node
+ * proxy, bench/floor.ts), the built gateway (real PostgreSQL and Redis) and a load generator, each a process of its
+ * own, measures direct, through the floor and through the gateway interleaved, and prints one JSON line per scenario
+ * and a Markdown table (also in bench/results/latest.md).
  * docs/benchmarks.md says what each figure means and how it is measured.
  */
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs'
@@ -16,7 +17,9 @@ import { enablePinning, runToEnd, stopAll } from './processes.js'
 import { profileRun } from './profile-run.js'
 import { busyWarning, machineLine, markdown } from './report.js'
 import { COMPLETION_TOKENS, SCENARIOS } from './scenarios.js'
-import { ROOT, startFake, startGateway, startLoader, type Upstream } from './stack.js'
+import {
+  ROOT, defaultUpstreamConnections, startFake, startFloor, startGateway, startLoader, type Upstream
+} from './stack.js'
 import { judge, type HoldRow, type ScenarioRow } from './targets.js'
 import { removeWorkspace, setupWorkspace, type BenchWorkspace } from './workspace.js'
 
@@ -26,9 +29,10 @@ const emit = (row: unknown) => process.stdout.write(JSON.stringify(row) + '\n')
 
 /** Generous: twice what the run should take. Past it every process is stopped and the run fails. */
 function budgetMs (o: BenchOptions): number {
-  const perLevel = 2 * (o.warmupS + 5) + o.reps * 2 * (o.durationS + 5)
+  const sides = o.floor ? 3 : 2
+  const perLevel = sides * (o.warmupS + 5) + o.reps * sides * (o.durationS + 5)
   const hold = o.holdStreams ? o.holdSeconds * 6 + 180 : 0
-  const warmUp = o.scenarios.length * 2 * (o.jitWarmupS + 5)
+  const warmUp = o.scenarios.length * sides * (o.jitWarmupS + 5)
   return 2 * (300 + warmUp + o.scenarios.length * 2 * perLevel + 120 + o.soakCalls / SOAK_MIN_RATE + hold) * 1000
 }
 
@@ -59,16 +63,22 @@ async function main (options: BenchOptions): Promise<number> {
 
   const { databaseUrl, redisUrl } = options
   const fake = await startFake('fake upstream', { completionTokens: COMPLETION_TOKENS })
+  // as many upstream connections as the gateway has by default: neither waits for a connection the other has
+  const floorConnections = defaultUpstreamConnections()
+  const floor = options.floor ? await startFloor('floor', fake.url, floorConnections) : undefined
   const gateway = await startGateway('gateway', { upstreamUrl: fake.url, databaseUrl, redisUrl })
   const workspace = await setupWorkspace(gateway.url)
   const loader = await startLoader()
-  log(`fake upstream pid ${fake.proc.pid}, gateway pid ${gateway.proc.pid}, load generator pid ${loader.proc.pid}; ` +
-    `workspace ${workspace.slug}`)
+  log(`fake upstream pid ${fake.proc.pid}, ` +
+    (floor ? `floor pid ${floor.proc.pid} (${floorConnections} upstream connections), ` : 'no floor (--no-floor), ') +
+    `gateway pid ${gateway.proc.pid}, load generator pid ${loader.proc.pid}; workspace ${workspace.slug}`)
+  // the fake wants a Mistral key, any will do; the floor passes it on as it is
+  const mistralKey = { authorization: 'Bearer bench-mistral-key' }
   const bench: Bench = {
     options,
     loader,
-    // the fake wants a Mistral key, any will do
-    direct: { url: fake.url, headers: { authorization: 'Bearer bench-mistral-key' } },
+    direct: { url: fake.url, headers: mistralKey },
+    floor: floor && { url: floor.url, headers: mistralKey, pid: floor.proc.pid, rss: sampleRss(floor.proc.pid) },
     gateway: {
       url: gateway.url,
       headers: { authorization: `Bearer ${workspace.token}` },
@@ -108,6 +118,9 @@ async function main (options: BenchOptions): Promise<number> {
     }
   }
 
+  // the soak and the hold are the gateway's alone: the floor leaves CPU 0 to it
+  bench.floor?.rss.stop()
+  await floor?.proc.stop()
   let soak
   if (options.soakCalls > 0) {
     log(`soak: ${options.soakCalls} chat calls at ${options.connections} connections`)

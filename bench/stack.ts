@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto'
+import { readFileSync } from 'node:fs'
 import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -82,6 +83,34 @@ export async function startGateway (name: string, options: GatewayOptions): Prom
       return undefined
     }
   })
+  return { proc, url }
+}
+
+/**
+ * The gateway's upstream pool size when UPSTREAM_CONNECTIONS is unset, read from src/config.ts so that the floor keeps
+ * up with it (256 if the schema cannot be read).
+ */
+export function defaultUpstreamConnections (): number {
+  const config = readFileSync(join(ROOT, 'src', 'config.ts'), 'utf8')
+  return Number(/UPSTREAM_CONNECTIONS: Type\.Integer\(\{ default: (\d+)/.exec(config)?.[1] ?? 256)
+}
+
+/**
+ * bench/floor.ts, the least a Node reverse proxy does, pinned where the gateway is: what any proxy in front of the
+ * fake costs on this machine (docs/benchmarks.md). It prints `{"url":…}` once listening.
+ */
+export async function startFloor (name: string, upstreamUrl: string, connections: number): Promise<Upstream> {
+  const proc = startProcess(name, [process.execPath, '--import', 'tsx', 'bench/floor.ts'], {
+    cwd: ROOT,
+    cpu: GATEWAY_CPU,
+    env: {
+      ...BASE_ENV,
+      PORT: '0',
+      FLOOR_UPSTREAM_URL: upstreamUrl,
+      FLOOR_UPSTREAM_CONNECTIONS: String(connections)
+    }
+  })
+  const url = await until(name, proc, 30_000, async () => /\{"url":"([^"]+)"\}/.exec(proc.output())?.[1])
   return { proc, url }
 }
 
