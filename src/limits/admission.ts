@@ -196,7 +196,12 @@ export function createAdmission (options: AdmissionOptions): Admission {
           scopes,
           day: period(periods.day),
           month: period(periods.month),
-          ...quote,
+          cost: quote.cost,
+          promptCost: quote.promptCost,
+          outputPerMillion: quote.outputPerMillion,
+          maxTokens: quote.maxTokens,
+          n: quote.n,
+          promptTokens: quote.promptTokens,
           clamp,
           lease: leaseMs,
           quiet: recoveryMs

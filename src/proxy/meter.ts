@@ -1,4 +1,5 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify'
+import type { UsageRecord } from '../db/schema.js'
 import type { Ticket } from '../limits/admission.js'
 import { costOf } from '../pricing/cost.js'
 import type { TenantContext } from '../tenancy/tokens.js'
@@ -80,26 +81,19 @@ export function meterCall ({
       const { listMicros, billedMicros, priceModel } = price(app, operation, tenant, priced, requestedModel, model, usage,
         body)
       if (ticket) void app.admission.settle(ticket, { cost: billedMicros, tokens: usage.totalTokens })
-      app.usage.record({
-        requestId: request.id,
-        workspaceId: tenant.workspace.id,
-        tokenId: tenant.token.id,
-        keyName: keyName(),
-        operation: operation.metered as string,
+      app.usage.record(ledgerRow({
         model,
-        pricedModel: priceModel ?? null,
-        ...usageColumns(usage),
-        listCostMicros: listMicros,
-        billedCostMicros: billedMicros,
+        priceModel,
+        usage,
+        listMicros,
+        billedMicros,
         estimated,
         streamed: tap?.streamed ?? body?.stream === true,
         status,
         upstreamStatus: upstreamStatus ?? null,
         latencyMs: durationMs,
-        // billed in the period the call was admitted in, as the spend counters were
-        createdAt: new Date(startedAt),
         ttftMs: tap?.firstByteAt === undefined ? null : tap.firstByteAt - startedAt
-      })
+      }))
       app.metrics.call({
         workspace: tenant.workspace.slug,
         operation: operation.metered,
@@ -127,24 +121,52 @@ export function meterCall ({
     const requestedModel = typeof body?.model === 'string' ? body.model : undefined
     const { listMicros, billedMicros, priceModel } = price(app, operation, tenant, priced, requestedModel,
       requestedModel ?? null, usage, body)
+    return ledgerRow({
+      model: requestedModel ?? null,
+      priceModel,
+      usage,
+      listMicros,
+      billedMicros,
+      estimated: true,
+      streamed: body?.stream === true,
+      status: 0,
+      upstreamStatus: null,
+      latencyMs: 0,
+      ttftMs: null
+    })
+  }
+
+  /** The ledger's row for this call; fields named one by one (a spread here costs microseconds a call in V8). */
+  function ledgerRow (facts: RowFacts): UsageRecord {
+    const tenant = request.tenant as TenantContext
+    const { usage } = facts
     return {
       requestId: request.id,
       workspaceId: tenant.workspace.id,
       tokenId: tenant.token.id,
       keyName: keyName(),
       operation: operation.metered as string,
-      model: requestedModel ?? null,
-      pricedModel: priceModel ?? null,
-      ...usageColumns(usage),
-      listCostMicros: listMicros,
-      billedCostMicros: billedMicros,
-      estimated: true,
-      streamed: body?.stream === true,
-      status: 0,
-      upstreamStatus: null,
-      latencyMs: 0,
+      model: facts.model,
+      pricedModel: facts.priceModel ?? null,
+      promptTokens: usage.promptTokens,
+      cachedTokens: usage.cachedTokens,
+      completionTokens: usage.completionTokens,
+      totalTokens: usage.totalTokens,
+      pages: usage.pages,
+      audioSeconds: usage.audioSeconds,
+      characters: usage.characters,
+      connectorTokens: usage.connectorTokens,
+      serviceTier: usage.serviceTier,
+      listCostMicros: facts.listMicros,
+      billedCostMicros: facts.billedMicros,
+      estimated: facts.estimated,
+      streamed: facts.streamed,
+      status: facts.status,
+      upstreamStatus: facts.upstreamStatus,
+      latencyMs: facts.latencyMs,
+      // billed in the period the call was admitted in, as the spend counters were
       createdAt: new Date(startedAt),
-      ttftMs: null
+      ttftMs: facts.ttftMs
     }
   }
 }
@@ -161,21 +183,21 @@ function price (app: FastifyInstance, operation: Operation, tenant: TenantContex
   // the canonical id of the price used: a metric label bounded by the price book
   // the tier comes with the usage (1.75× when priority); the region with the deployment's upstream (1.1×)
   const cost = costOf(usage, unit, { family, markupBps: tenant.workspace.markupBps, annotated, regional: priced.regional })
-  return { ...cost, priceModel: unit.model }
+  return { listMicros: cost.listMicros, billedMicros: cost.billedMicros, priceModel: unit.model }
 }
 
-function usageColumns (usage: Usage) {
-  return {
-    promptTokens: usage.promptTokens,
-    cachedTokens: usage.cachedTokens,
-    completionTokens: usage.completionTokens,
-    totalTokens: usage.totalTokens,
-    pages: usage.pages,
-    audioSeconds: usage.audioSeconds,
-    characters: usage.characters,
-    connectorTokens: usage.connectorTokens,
-    serviceTier: usage.serviceTier
-  }
+interface RowFacts {
+  model: string | null
+  priceModel: string | undefined
+  usage: Usage
+  listMicros: number
+  billedMicros: number
+  estimated: boolean
+  streamed: boolean
+  status: number
+  upstreamStatus: number | null
+  latencyMs: number
+  ttftMs: number | null
 }
 
 function asObject (value: unknown): Record<string, unknown> | undefined {
