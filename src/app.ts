@@ -114,8 +114,12 @@ declare module 'fastify' {
   }
 }
 
+const WRITES_INFO = new Set(['trace', 'debug', 'info'])
+
 /** One line per request: facts, never payloads or secrets. */
 function logOutcome (request: FastifyRequest, reply: FastifyReply) {
+  // at LOG_LEVEL=warn or above the line is not written: do not build it either
+  if (!WRITES_INFO.has(request.log.level)) return
   const outcome = request.outcome
   request.log.info({
     method: request.method,

@@ -57,7 +57,7 @@ export function createUsageRecorder ({
   scan.unref()
 
   async function writeQueued () {
-    spool.sync()
+    await spool.sync()
     // every record of the segments sealed here is in the queue: once the queue is empty they are all in the ledger
     spool.seal()
     while (queue.length > 0) {
@@ -73,7 +73,7 @@ export function createUsageRecorder ({
     }
     if (failing) log.info('usage writes resumed: the spool is drained')
     failing = false
-    spool.release()
+    await spool.release()
   }
 
   function flush (): Promise<void> {

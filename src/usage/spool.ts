@@ -1,6 +1,8 @@
 import { randomUUID } from 'node:crypto'
+import { rm } from 'node:fs/promises'
+import { promisify } from 'node:util'
 import {
-  closeSync, fdatasyncSync, mkdirSync, openSync, readFileSync, readdirSync, renameSync, rmSync, statSync, utimesSync,
+  closeSync, fdatasync as fdatasyncCallback, mkdirSync, openSync, readFileSync, readdirSync, renameSync, rmSync, statSync, utimesSync,
   writeFileSync, writeSync
 } from 'node:fs'
 import { hostname } from 'node:os'
@@ -25,12 +27,16 @@ export interface Spool {
   unpin (segment: number): void
   /** Closes the open segment: what it holds is about to be written, and a new segment takes the next records. */
   seal (): void
-  /** Deletes the sealed segments that no call in flight pins: every record in them is in the ledger. */
-  release (): void
+  /**
+   * Deletes the sealed segments that no call in flight pins: every record in them is in the ledger. The deletions run
+   * off the event loop (the promise: when they are done); one a crash interrupts leaves a segment whose replay the
+   * ledger ignores (idempotent inserts).
+   */
+  release (): Promise<void>
   /** The records of folders whose owner is gone, claimed by this spool (their files are sealed segments now). */
   claimOrphans (): string[]
-  /** Flushes the open segment to the disk itself (a power loss, not only a crash). */
-  sync (): void
+  /** Flushes the open segment to the disk itself (a power loss, not only a crash), off the event loop. */
+  sync (): Promise<void>
   /** Stops the heartbeat; removes this instance's folder when it holds nothing. */
   close (): void
 }
@@ -49,6 +55,7 @@ interface Owner {
 }
 
 const OWNER = 'owner'
+const fdatasync = promisify(fdatasyncCallback)
 
 export function createSpool ({ dir, heartbeatMs = 5_000, staleMs = 30_000 }: SpoolOptions): Spool {
   const instance = `${Date.now().toString(36)}-${randomUUID().slice(0, 8)}`
@@ -95,13 +102,15 @@ export function createSpool ({ dir, heartbeatMs = 5_000, staleMs = 30_000 }: Spo
       else pins.delete(segment)
     },
     seal,
-    release () {
+    async release () {
       const kept: string[] = []
+      const deletions: Array<Promise<void>> = []
       for (const path of sealed) {
         if (pinned(path)) kept.push(path)
-        else rmSync(path, { recursive: true, force: true })
+        else deletions.push(rm(path, { recursive: true, force: true }).catch(() => {}))
       }
       sealed = kept
+      await Promise.all(deletions)
     },
     claimOrphans () {
       const lines: string[] = []
@@ -117,9 +126,11 @@ export function createSpool ({ dir, heartbeatMs = 5_000, staleMs = 30_000 }: Spo
       }
       return lines
     },
-    sync () {
-      if (fd !== undefined && dirty) fdatasyncSync(fd)
+    async sync () {
+      if (fd === undefined || !dirty) return
       dirty = false
+      // the segment stays open until the sync is done: `seal` is only called after it (src/usage/recorder.ts)
+      await fdatasync(fd)
     },
     close () {
       clearInterval(heartbeat)

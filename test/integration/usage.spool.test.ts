@@ -65,15 +65,15 @@ t.test('the spool: segments leave the disk only when released; orphans are claim
   t.same(readdirSync(join(dir, own)).sort(), ['000000001.jsonl', 'owner'], 'one segment beside the owner file')
   spool.seal()
   spool.append('{"a":3}')
-  spool.release()
+  await spool.release()
   t.same(readdirSync(join(dir, own)).sort(), ['000000002.jsonl', 'owner'], 'the sealed segment is gone, the open one stays')
   // a segment holding the start of a call in flight outlives its release until the call ends
   spool.pin(2)
   spool.seal()
-  spool.release()
+  await spool.release()
   t.same(readdirSync(join(dir, own)).sort(), ['000000002.jsonl', 'owner'], 'a pinned segment stays')
   spool.unpin(2)
-  spool.release()
+  await spool.release()
   t.same(readdirSync(join(dir, own)), ['owner'], 'unpinned, the next release deletes it')
 
   // a live gateway's folder (this process, fresh heartbeat) is never taken
@@ -95,7 +95,7 @@ t.test('the spool: segments leave the disk only when released; orphans are claim
     'the dead and the stale folders, also what the dead one had claimed')
   t.same(spool.claimOrphans(), [], 'a second claimer finds nothing: the rename moved them')
   t.ok(readdirSync(dir).includes('fresh'), 'the fresh folder of another host stays')
-  other.release()
+  await other.release()
   const [otherOwn] = readdirSync(dir).filter((name) => name !== own && name !== 'fresh')
   t.same(readdirSync(join(dir, otherOwn)), ['owner'], 'released: the claimed folders are gone')
   other.close()
