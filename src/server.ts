@@ -27,4 +27,6 @@ closeWithGrace({ delay: config.SHUTDOWN_GRACE_MS, logger: { error: (message: unk
   await app.close()
 })
 
-await app.listen({ port: config.PORT, host: config.HOST })
+// Node's default accept queue (511) overflows when a burst of clients connects at once (2,000 streams opening in the
+// benchmark reset 68 of them): the kernel caps this at net.core.somaxconn (4096 on current Linux)
+await app.listen({ port: config.PORT, host: config.HOST, backlog: 4096 })
