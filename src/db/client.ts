@@ -3,7 +3,6 @@ import { join, resolve } from 'node:path'
 import { sql } from 'drizzle-orm'
 import type { PgDatabase, PgQueryResultHKT } from 'drizzle-orm/pg-core'
 import { drizzle as drizzlePg } from 'drizzle-orm/node-postgres'
-import { drizzle as drizzlePglite } from 'drizzle-orm/pglite'
 import pg from 'pg'
 import * as schema from './schema.js'
 
@@ -54,7 +53,9 @@ function openPostgres (url: string, poolSize: number): DatabaseHandle {
 }
 
 async function openEmbedded (dataDir: string): Promise<DatabaseHandle> {
+  // imported here, not at the top: drizzle-orm/pglite loads PGlite, megabytes a postgres-backed gateway never uses
   const { PGlite } = await import('@electric-sql/pglite')
+  const { drizzle: drizzlePglite } = await import('drizzle-orm/pglite')
   const folder = resolve(dataDir, 'pglite')
   await mkdir(folder, { recursive: true })
   const client = new PGlite(folder)
