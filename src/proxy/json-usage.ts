@@ -32,13 +32,16 @@ export function readJsonFacts (body: Buffer): JsonFacts | undefined {
 }
 
 function memberFacts (body: Buffer): JsonFacts | undefined {
+  // an object, from its first byte to its last: anything else is left to the whole parse
+  if (body[skipSpace(body, 0)] !== 0x7b || lastByte(body) !== 0x7d) return undefined
   const model = topLevelMember(body, '"model"')
-  if (model === undefined || body[model.start] !== QUOTE) return undefined
+  if (model === undefined || model === UNSURE || body[model.start] !== QUOTE) return undefined
   const payload: Record<string, unknown> = {}
   try {
     payload.model = JSON.parse(body.toString('utf8', model.start, model.end))
     for (const name of ['usage', 'usage_info']) {
       const member = topLevelMember(body, `"${name}"`)
+      if (member === UNSURE) return undefined
       if (member) payload[name] = JSON.parse(body.toString('utf8', member.start, member.end))
     }
   } catch {
@@ -47,16 +50,21 @@ function memberFacts (body: Buffer): JsonFacts | undefined {
   return { usage: readUsage(payload), model: readModel(payload) }
 }
 
+const UNSURE = 'unsure'
+
 /**
- * Where the value of a member of the top-level object lies, found without walking the whole body: its key's first or
- * last occurrence, checked against the shorter side of the body (from the start up to the key, or from the value to
- * the end) to be at depth one. A quoted name followed by `:` can only be a key: a quote inside a string is escaped.
+ * Where the value of a member of the top-level object lies, found without walking the whole body: its key's last or
+ * first occurrence (the last wins, as in JSON.parse), checked against the shorter side of the body (from the start up
+ * to the key, or from the value to the end) to be at depth one. A quoted name followed by `:` can only be a key: a
+ * quote inside a string is escaped. Undefined when the name is nowhere; UNSURE when it occurs more than twice, or
+ * where neither occurrence is at depth one (the member could be between them).
  */
-function topLevelMember (body: Buffer, quotedName: string): { start: number, end: number } | undefined {
+function topLevelMember (body: Buffer, quotedName: string): { start: number, end: number } | undefined | typeof UNSURE {
   const first = body.indexOf(quotedName)
   if (first === -1) return undefined
   const last = body.lastIndexOf(quotedName)
-  for (const key of first === last ? [first] : [first, last]) {
+  if (first !== last && body.indexOf(quotedName, first + 1) !== last) return UNSURE
+  for (const key of first === last ? [first] : [last, first]) {
     if (key === 0 || body[key - 1] === BACKSLASH) continue
     let start = skipSpace(body, key + quotedName.length)
     if (body[start] !== COLON) continue
@@ -68,7 +76,7 @@ function topLevelMember (body: Buffer, quotedName: string): { start: number, end
       : closesLast(body, end)
     if (atDepthOne) return { start, end }
   }
-  return undefined
+  return UNSURE
 }
 
 /** The end (exclusive) of the string, object, array or scalar starting at `start`; -1 when it does not end. */
@@ -119,6 +127,12 @@ function closesLast (body: Buffer, from: number): boolean {
   let end = body.length - 1
   while (end > from && isSpace(body[end])) end--
   return body[end] === 0x7d && depthAfter(body, from, end, 1) === 1
+}
+
+function lastByte (body: Buffer): number | undefined {
+  let end = body.length - 1
+  while (end > 0 && isSpace(body[end])) end--
+  return body[end]
 }
 
 function skipSpace (body: Buffer, at: number): number {

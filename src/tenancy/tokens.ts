@@ -150,12 +150,11 @@ export function createTokenStore ({ db, bus, cacheTtlMs, scopes, keyExists }: To
     },
     async authenticate (token) {
       let key = digests.get(token)
+      const known = key !== undefined
       if (key === undefined) {
         const hash = hashWorkspaceToken(token)
         if (!hash) return undefined
         key = hash.toString('hex')
-        if (digests.size >= CACHE_MAX_ENTRIES) digests.clear()
-        digests.set(token, key)
       }
       const now = Date.now()
       let entry = cache.get(key)
@@ -182,7 +181,14 @@ export function createTokenStore ({ db, bus, cacheTtlMs, scopes, keyExists }: To
         }
         entry = await pending
       }
-      if (entry.context) touch(entry.context.token.id, now)
+      if (entry.context) {
+        touch(entry.context.token.id, now)
+        // only tokens that authenticate, copied out of the header they were sliced from (it may be 16 kB long)
+        if (!known) {
+          if (digests.size >= CACHE_MAX_ENTRIES) digests.clear()
+          digests.set(Buffer.from(token, 'latin1').toString('latin1'), key)
+        }
+      }
       return entry.context
     }
   }

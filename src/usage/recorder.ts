@@ -57,9 +57,11 @@ export function createUsageRecorder ({
   scan.unref()
 
   async function writeQueued () {
-    await spool.sync()
     // every record of the segments sealed here is in the queue: once the queue is empty they are all in the ledger
-    spool.seal()
+    await spool.sealSynced().catch((err: unknown) => {
+      // the records are still in the page cache: a crash keeps them, only a power loss could not
+      log.error({ err }, 'usage spool sync failed')
+    })
     while (queue.length > 0) {
       const batch = queue.slice(0, batchSize)
       try {

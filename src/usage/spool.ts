@@ -35,8 +35,11 @@ export interface Spool {
   release (): Promise<void>
   /** The records of folders whose owner is gone, claimed by this spool (their files are sealed segments now). */
   claimOrphans (): string[]
-  /** Flushes the open segment to the disk itself (a power loss, not only a crash), off the event loop. */
-  sync (): Promise<void>
+  /**
+   * Seals the open segment, then flushes it to the disk itself (a power loss, not only a crash), off the event loop:
+   * every record in it is synced, also those appended while the sync runs (they go to the next segment).
+   */
+  sealSynced (): Promise<void>
   /** Stops the heartbeat; removes this instance's folder when it holds nothing. */
   close (): void
 }
@@ -126,11 +129,18 @@ export function createSpool ({ dir, heartbeatMs = 5_000, staleMs = 30_000 }: Spo
       }
       return lines
     },
-    async sync () {
-      if (fd === undefined || !dirty) return
+    async sealSynced () {
+      if (fd === undefined) return
+      const closing = fd
+      const unsynced = dirty
+      fd = undefined
       dirty = false
-      // the segment stays open until the sync is done: `seal` is only called after it (src/usage/recorder.ts)
-      await fdatasync(fd)
+      sealed.push(segmentPath(sequence))
+      try {
+        if (unsynced) await fdatasync(closing)
+      } finally {
+        closeSync(closing)
+      }
     },
     close () {
       clearInterval(heartbeat)

@@ -89,10 +89,26 @@ t.test('small, broken or foreign bodies', async (t) => {
 
 t.test('the bulk of a large answer is not parsed: only its ends are', async (t) => {
   for (const order of [['id', 'model', 'usage', 'data'], ['id', 'data', 'model', 'usage']]) {
-    const body = answer(randomSource(5), order, false).toString('utf8')
+    // a plain answer: no nested `usage` or `model`, no string "model" (with them, a whole parse reads the members)
+    const plain = JSON.parse(answer(randomSource(5), order, false).toString('utf8'))
+    for (const item of plain.data) { delete item.meta; delete item.note }
+    const body = JSON.stringify(plain)
     // NaN is not JSON: a whole parse fails on it, the member reads never see it
     const unparsable = Buffer.from(body.replace(/"embedding":\[-?0\.\d+/g, '"embedding":[NaN'))
     t.throws(() => JSON.parse(unparsable.toString('utf8')))
     t.match(readJsonFacts(unparsable), { model: 'mistral-embed', usage: { promptTokens: 1_234 } }, order.join(','))
   }
+})
+
+t.test('a top-level member between two nested ones, a duplicated key, a large non-JSON body: as a whole parse', async (t) => {
+  const bulk = embedding(randomSource(13), 6_000)
+  const between = Buffer.from(JSON.stringify({
+    model: 'm', a: { usage: { prompt_tokens: 1 } }, usage: { prompt_tokens: 5 }, b: { usage: { prompt_tokens: 2 } }, bulk
+  }))
+  t.equal(readJsonFacts(between)?.usage?.promptTokens, 5)
+  t.same(readJsonFacts(between), parsedWhole(between))
+  const duplicated = Buffer.from(`{"model":"m","usage":{"prompt_tokens":1},"bulk":${JSON.stringify(bulk)},"usage":{"prompt_tokens":9}}`)
+  t.same(readJsonFacts(duplicated), parsedWhole(duplicated), 'the last of a duplicated key, as JSON.parse')
+  const notJson = Buffer.from(`text "model":"m","usage":{"prompt_tokens":3} ${'x'.repeat(70_000)}`)
+  t.equal(readJsonFacts(notJson), undefined, 'not an object: not JSON')
 })
