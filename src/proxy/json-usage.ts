@@ -13,7 +13,7 @@ const BACKSLASH = 0x5c
 const COLON = 0x3a
 
 /**
- * The usage and model of a JSON answer. A large one (embeddings: 16 inputs make 300 kB of floats; OCR pages) is not
+ * The usage and model of a JSON answer. A large one (embeddings: 16 inputs make about 150 kB of floats; OCR pages) is not
  * parsed whole: its `usage` (`usage_info`) and `model` members sit at one end of it, before or after the bulk, and are
  * read there. Where they cannot be found so, the body is parsed whole.
  */

@@ -16,7 +16,7 @@ export interface Priced {
   regional: boolean
 }
 
-const FREE: Quote = { cost: 0, promptCost: 0, outputPerMillion: 0, maxTokens: 0, n: 1, promptTokens: 0 }
+const FREE: Quote = flatQuote(0)
 // OCR is priced per page and the page count is known only from Mistral's answer; audio likewise by its duration
 const OCR_RESERVED_PAGES = 50
 /** bytes of compressed audio per second, on the low side (16 kbit/s speech codecs): more seconds reserved, not fewer */

@@ -79,11 +79,19 @@ export function createSpool ({ dir, heartbeatMs = 5_000, staleMs = 30_000 }: Spo
 
   const segmentPath = (n: number) => join(own, `${String(n).padStart(9, '0')}.jsonl`)
 
-  function seal () {
-    if (fd === undefined) return
-    closeSync(fd)
+  /** Takes the open segment out of use (the next record starts a new one); its descriptor, still open. */
+  function detach (): number | undefined {
+    const detached = fd
+    if (detached === undefined) return undefined
     fd = undefined
+    dirty = false
     sealed.push(segmentPath(sequence))
+    return detached
+  }
+
+  function seal () {
+    const detached = detach()
+    if (detached !== undefined) closeSync(detached)
   }
 
   const pinned = (path: string) => [...pins.keys()].some((segment) => segmentPath(segment) === path)
@@ -130,16 +138,13 @@ export function createSpool ({ dir, heartbeatMs = 5_000, staleMs = 30_000 }: Spo
       return lines
     },
     async sealSynced () {
-      if (fd === undefined) return
-      const closing = fd
       const unsynced = dirty
-      fd = undefined
-      dirty = false
-      sealed.push(segmentPath(sequence))
+      const detached = detach()
+      if (detached === undefined) return
       try {
-        if (unsynced) await fdatasync(closing)
+        if (unsynced) await fdatasync(detached)
       } finally {
-        closeSync(closing)
+        closeSync(detached)
       }
     },
     close () {
