@@ -321,6 +321,7 @@ export function createAdmission (options: AdmissionOptions): Admission {
 
     close () {
       clearInterval(renewal)
+      store.flush()
     }
   }
 

@@ -251,6 +251,8 @@ export function createMemoryStore (clock: () => number = Date.now): AdmissionSto
       return crossed
     },
 
+    // every command takes effect as it is called: nothing waits
+    flush () {},
     async inspect (_prefix, scopes) {
       const now = clock()
       const sum = (key: string, last: number, span: number) => {

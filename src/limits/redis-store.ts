@@ -1,6 +1,6 @@
 import type { Cluster, Redis, Result } from 'ioredis'
 import { ADMIT_SCRIPT, INSPECT_SCRIPT, RENEW_SCRIPT, SEED_SCRIPT, SETTLE_SCRIPT, SNAPSHOT_SCRIPT } from './scripts.js'
-import { decodeAdmit, type AdmissionStore, type Inspection } from './store.js'
+import { decodeAdmit, type AdmissionStore, type Inspection, type SettleInput } from './store.js'
 
 declare module 'ioredis' {
   interface RedisCommander<Context> {
@@ -14,10 +14,44 @@ declare module 'ioredis' {
 }
 
 /**
+ * How long a settlement may wait for the next command to leave with it. No call waits on its own settlement (its
+ * answer has gone), and on loopback the socket write is most of what a command costs the gateway: at one connection,
+ * a call's settlement and the next call's admission share a write (issue #7, docs/benchmarks.md).
+ */
+export const SETTLE_DELAY_MS = 2
+
+/**
  * Admission on Redis or Redis Cluster: each call is one EVALSHA (ioredis falls back to EVAL once after a script
  * flush), routed by KEYS[1], the workspace prefix whose hash tag holds every key the script touches.
+ *
+ * Settlements wait up to SETTLE_DELAY_MS and go out just before the next command of any kind, in the order they were
+ * asked for: a command never overtakes a settlement asked for before it. Commands issued in one tick leave in one
+ * write (ioredis' auto-pipelining, src/redis.ts).
  */
 export function createRedisStore (redis: Redis | Cluster): AdmissionStore {
+  const waiting: Array<() => void> = []
+  let timer: NodeJS.Timeout | undefined
+  function sendSettlements () {
+    if (timer === undefined) return
+    clearTimeout(timer)
+    timer = undefined
+    for (const send of waiting.splice(0)) send()
+  }
+  function settleSoon (prefix: string, input: SettleInput): Promise<unknown[]> {
+    const json = JSON.stringify(input)
+    return new Promise((resolve, reject) => {
+      // sent synchronously, so that it leaves in the same write as the command that sends it
+      waiting.push(() => {
+        try {
+          redis.tmtSettle(prefix, json).then(resolve, reject)
+        } catch (err) {
+          reject(err)
+        }
+      })
+      timer ??= setTimeout(sendSettlements, SETTLE_DELAY_MS)
+    })
+  }
+
   redis.defineCommand('tmtAdmit', { numberOfKeys: 1, lua: ADMIT_SCRIPT })
   redis.defineCommand('tmtSeed', { numberOfKeys: 1, lua: SEED_SCRIPT })
   redis.defineCommand('tmtSnapshot', { lua: SNAPSHOT_SCRIPT })
@@ -27,16 +61,20 @@ export function createRedisStore (redis: Redis | Cluster): AdmissionStore {
   return {
     kind: 'redis',
     async admit (prefix, input) {
+      sendSettlements()
       return decodeAdmit(await redis.tmtAdmit(prefix, JSON.stringify(input)))
     },
     async seed (prefix, entries, held) {
+      sendSettlements()
       if (entries.length === 0) return true
       return Number(await redis.tmtSeed(prefix, JSON.stringify({ entries, held }))) === 1
     },
     async markNew (prefix) {
+      sendSettlements()
       await redis.set(`${prefix}:epoch`, 1)
     },
     async snapshot (prefix, keys) {
+      sendSettlements()
       const raw = JSON.parse(await redis.tmtSnapshot(String(keys.length + 1), prefix, ...keys)) as
         { vouched: unknown[] | Record<string, never>, held: string[] | Record<string, never> }
       // cjson writes an empty Lua table as {}
@@ -47,16 +85,19 @@ export function createRedisStore (redis: Redis | Cluster): AdmissionStore {
       }
     },
     async settle (prefix, input) {
-      const reply = await redis.tmtSettle(prefix, JSON.stringify(input))
+      const reply = await settleSoon(prefix, input)
       if (Number(reply[0]) !== 1) return []
       // cjson encodes an empty Lua table as {}
       const crossed = JSON.parse(String(reply[1])) as Array<[string, number]> | Record<string, never>
       return Array.isArray(crossed) ? crossed : []
     },
     async renew (prefix, calls, lease) {
+      sendSettlements()
       if (calls.length > 0) await redis.tmtRenew(prefix, JSON.stringify({ lease, calls }))
     },
+    flush: sendSettlements,
     async inspect (prefix, scopes) {
+      sendSettlements()
       const raw = JSON.parse(await redis.tmtInspect(prefix, JSON.stringify({ scopes }))) as
         { now: number, scopes: Array<Omit<Inspection['scopes'][number], 'spend'> & { spend: unknown }> }
       // cjson writes an empty Lua table as {}

@@ -122,6 +122,8 @@ export interface AdmissionStore {
   settle (prefix: string, input: SettleInput): Promise<Array<[string, number]>>
   /** extends the calls' leases; a call the store lost (and that has not settled) is put back */
   renew (prefix: string, calls: HeldCall[], lease: number): Promise<void>
+  /** sends now whatever the store holds back (settlements waiting to share a write): before its connection closes */
+  flush (): void
   /** read-only: what the scopes have used (a spend key never seeded reads settled -1) */
   inspect (prefix: string, scopes: Array<{ p: string, spend: string[] }>): Promise<Inspection>
 }

@@ -248,6 +248,28 @@ function contract (t: Test, fixture: Fixture) {
     t.equal((await store.inspect(prefix, [{ p, spend: [] }])).scopes[0].conc, 1)
     admitted(t, await store.admit(prefix, call(scopes)), 'the freed slot')
     denied(t, await store.admit(prefix, call(scopes)), 'concurrency', 'full again')
+
+  test('no command overtakes a settlement asked for before it, even one not awaited', async (t) => {
+    const prefix = await fixture.prefix()
+    const p = `${prefix}:w`
+    const scopes: ScopeInput[] = [{ p, conc: 1 }]
+    const nothing = { cost: 0, tokens: 0, reservedTokens: 0, spend: [], thresholds: [] }
+    const a = call(scopes)
+    admitted(t, await store.admit(prefix, a))
+    // the Redis store holds a settlement back to share the next command's write: it must still go first
+    const settledA = store.settle(prefix, { id: a.id, ...nothing })
+    const b = call(scopes)
+    admitted(t, await store.admit(prefix, b), 'the slot a gave back')
+    const settledB = store.settle(prefix, { id: b.id, ...nothing })
+    t.equal((await store.inspect(prefix, [{ p, spend: [] }])).scopes[0].conc, 0, 'an inspection sees both settled')
+    t.same(await Promise.all([settledA, settledB]), [[], []])
+    // alone, a settlement still goes out by itself
+    const c = call(scopes)
+    admitted(t, await store.admit(prefix, c))
+    await store.settle(prefix, { id: c.id, ...nothing })
+    store.flush()
+    t.equal((await store.inspect(prefix, [{ p, spend: [] }])).scopes[0].conc, 0)
+  })
   })
 
   test('concurrency: a lease not renewed expires and frees its slot', async (t) => {
