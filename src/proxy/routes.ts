@@ -191,18 +191,31 @@ export async function proxyRoutes (app: FastifyInstance, { config }: { config: C
         clearTimeout(deadline)
         reply.raw.off('close', onClientClose)
       }
-      const facts = readJsonFacts(answer)
-      const tap = {
-        usage: facts?.usage, model: facts?.model, events: facts ? 1 : 0, firstByteAt: answeredAt, streamError: false, streamed: false
+      const whole = answer
+      const settleWhole = (finalStatus: number) => {
+        const facts = readJsonFacts(whole)
+        const tap = {
+          usage: facts?.usage, model: facts?.model, events: facts ? 1 : 0, firstByteAt: answeredAt, streamError: false, streamed: false
+        }
+        request.outcome!.totalTokens = meter.settle({ status: finalStatus, upstreamStatus: status, tap, cut: false })
       }
       // a client that left as the answer came in is told nothing: the call is its, billed in full, recorded as a 499
-      const gone = reply.raw.destroyed ? clientClosed('The client closed the connection before the answer was sent') : undefined
-      request.outcome.totalTokens = meter.settle({ status: gone?.statusCode ?? status, upstreamStatus: status, tap, cut: false })
-      if (gone) throw gone
+      if (reply.raw.destroyed) {
+        const gone = clientClosed('The client closed the connection before the answer was sent')
+        settleWhole(gone.statusCode)
+        throw gone
+      }
       reply.code(status).headers(downstreamHeaders(upstream.headers))
-      if (!notes?.rewrite) return reply.send(answer)
-      reply.removeHeader('content-length')
-      return reply.send(notes.rewrite(answer.toString('utf8')))
+      try {
+        if (!notes?.rewrite) return reply.send(answer)
+        reply.removeHeader('content-length')
+        return reply.send(notes.rewrite(answer.toString('utf8')))
+      } finally {
+        // the meter's work after the answer's write, not before it. fastify writes once its onSend hooks have run
+        // (app.ts: an async one), as microtasks, which all run before the next tick; the reply's 'finish', which logs
+        // the request line with its tokens, comes a tick after the write: after this one
+        process.nextTick(settleWhole, status)
+      }
     }
     reply.code(status).headers(downstreamHeaders(upstream.headers))
     if (status >= 400 && contentType.startsWith('application/json')) {
