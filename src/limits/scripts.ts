@@ -6,6 +6,7 @@
 //   P:rpm        ZSET  request id → admitted at (ms)              exact sliding minute
 //   P:rpd        HASH  hour index → requests                      25 hourly buckets: a day, counted generously
 //   P:tpm        HASH  second index → tokens                      61 one-second buckets: a minute, likewise
+//                both also: -1 → the window's first bucket, -2 → the window's sum (window() in ADMIT_SCRIPT)
 //   P:conc       ZSET  request id → lease expiry (ms)             a lease a crashed replica cannot keep
 //   P:conc:ms    STRING  how long a call usually holds its slot     moving average, for a concurrency Retry-After
 //   P:spend:<d|m|l>[:<period id>]  HASH settled, reserved, t<pct>  micro-units of the workspace currency
@@ -19,20 +20,27 @@ local prefix = KEYS[1]
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local RESV, RESV_DATA, DONE = prefix .. ':resv', prefix .. ':resv:data', prefix .. ':done'
+-- the fields where a bucket hash keeps its window's first bucket and sum: numbers below every bucket index, so that a
+-- prune of the buckets that left the window (an older version of these scripts' too) drops them with those, and the
+-- next admission works the sum out again
+local FROM, SUM = '-1', '-2'
 
--- gives back what a reservation holds: its reserved spend and its concurrency leases
-local function release (id)
+-- gives back what a reservation holds: its concurrency leases, and its reserved spend but on the counters in
+-- 'settling', which the caller writes itself; returns what it held
+local function release (id, settling)
   local raw = redis.call('HGET', RESV_DATA, id)
-  if raw then
-    local held = cjson.decode(raw)
+  local held = raw and cjson.decode(raw)
+  if held then
     for _, key in ipairs(held.spend) do
-      if redis.call('EXISTS', key) == 1 then redis.call('HINCRBY', key, 'reserved', -held.cost) end
+      if not (settling and settling[key]) and redis.call('EXISTS', key) == 1 then
+        redis.call('HINCRBY', key, 'reserved', -held.cost)
+      end
     end
     for _, key in ipairs(held.conc) do redis.call('ZREM', key, id) end
     redis.call('HDEL', RESV_DATA, id)
   end
   redis.call('ZREM', RESV, id)
-  return raw
+  return held
 end
 `
 
@@ -45,19 +53,18 @@ if a.day and (now < a.day.s or now >= a.day.e or now < a.month.s or now >= a.mon
 -- reservations of calls whose replica died expire here, on the next admission of the workspace
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', RESV, '-inf', now, 'LIMIT', 0, 100)) do release(id) end
 
-local function spendKey (scope, kind)
-  if kind == 'd' then return scope.p .. ':spend:d:' .. a.day.id end
-  if kind == 'm' then return scope.p .. ':spend:m:' .. a.month.id end
-  return scope.p .. ':spend:l'
-end
-
+-- every cap of every scope, its counter read once: {scope index, kind, cap, key, settled, reserved}
+local caps = {}
 -- a spend counter missing from Redis (restart, eviction, FLUSHALL) is seeded from the ledger before any decision
 local missing = {}
 for i, scope in ipairs(a.scopes) do
   for kind, cap in pairs(scope.caps or {}) do
-    if redis.call('HEXISTS', spendKey(scope, kind), 'settled') == 0 then
-      table.insert(missing, {i, kind, spendKey(scope, kind)})
-    end
+    local key = scope.p .. ':spend:l'
+    if kind == 'd' then key = scope.p .. ':spend:d:' .. a.day.id end
+    if kind == 'm' then key = scope.p .. ':spend:m:' .. a.month.id end
+    local values = redis.call('HMGET', key, 'settled', 'reserved')
+    if not values[1] then table.insert(missing, {i, kind, key}) end
+    table.insert(caps, {i, kind, cap, key, tonumber(values[1]) or 0, tonumber(values[2]) or 0})
   end
 end
 if #missing > 0 then
@@ -75,32 +82,44 @@ end
 local MINUTE, HOUR = 60000, 3600000
 local second, hour = math.floor(now / 1000), math.floor(now / HOUR)
 
--- sums buckets [last - span, last]; returns the sum, and when enough of the oldest leave to fit 'need' more
-local function buckets (key, last, span, width, limit, need)
-  local fields = {}
-  for b = last - span, last do table.insert(fields, b) end
-  local values = redis.call('HMGET', key, unpack(fields))
-  local total = 0
-  for _, v in ipairs(values) do total = total + (tonumber(v) or 0) end
-  local retryAt = now
-  if total + need > limit then
-    local freed = 0
-    for i, v in ipairs(values) do
-      freed = freed + (tonumber(v) or 0)
-      -- bucket (last - span + i - 1) leaves the window when now passes its end by the window's length
-      retryAt = (last - span + i + span) * width
-      if total - freed + need <= limit then break end
-    end
+-- The sum of buckets [last - span, last], and bucket last. A hash of this size is a listpack, where reading a field
+-- scans it: a read of every bucket of the window costs a scan per bucket. So the hash keeps the window's sum, which
+-- every write to a bucket of the window adds to, and only the first call of each bucket works it out again, dropping
+-- the buckets that left the window (a busy hash never idles long enough to expire)
+local function window (key, last, span)
+  local from = last - span
+  local values = redis.call('HMGET', key, FROM, SUM, last)
+  if tonumber(values[1]) == from then return tonumber(values[2]), values[3] end
+  local total, stale = 0, {}
+  local fields = redis.call('HGETALL', key)
+  for i = 1, #fields, 2 do
+    local b = tonumber(fields[i])
+    if b < from then table.insert(stale, fields[i]) elseif b <= last then total = total + tonumber(fields[i + 1]) end
   end
-  return total, retryAt
+  if #stale > 0 then redis.call('HDEL', key, unpack(stale)) end
+  return total, values[3]
 end
 
--- a busy bucket hash never idles long enough to expire: drop the buckets that left the window now and then
-local function prune (key, oldest, above)
-  if redis.call('HLEN', key) <= above then return end
-  for _, field in ipairs(redis.call('HKEYS', key)) do
-    if tonumber(field) < oldest then redis.call('HDEL', key, field) end
+-- when enough of the window's oldest buckets leave it to fit 'need' more
+local function fitsAt (key, last, span, width, total, limit, need)
+  local fields = {}
+  for b = last - span, last do table.insert(fields, b) end
+  local freed, at = 0, now
+  for i, v in ipairs(redis.call('HMGET', key, unpack(fields))) do
+    freed = freed + (tonumber(v) or 0)
+    -- bucket (last - span + i - 1) leaves the window when now passes its end by the window's length
+    at = (last + i) * width
+    if total - freed + need <= limit then break end
   end
+  return at
+end
+
+-- adds n to bucket last of a window read by window()
+local function add (key, last, span, n, total, bucket, ttl)
+  redis.call('HSET', key, last, (tonumber(bucket) or 0) + n, FROM, last - span, SUM, total + n)
+  -- the first call of a bucket makes the hash outlive the bucket's time in the window; the calls after it in that
+  -- bucket would add nothing to that, and the next bucket's first call extends it again
+  if not bucket then redis.call('PEXPIRE', key, ttl) end
 end
 
 local function deny (reason, index, retryAt)
@@ -115,15 +134,11 @@ local info = {}
 local room = nil
 local binding = nil
 local settledRoom = nil
-for i, scope in ipairs(a.scopes) do
-  for kind, cap in pairs(scope.caps or {}) do
-    local key = spendKey(scope, kind)
-    local values = redis.call('HMGET', key, 'settled', 'reserved')
-    local unsettled = cap - (tonumber(values[1]) or 0)
-    local left = unsettled - (tonumber(values[2]) or 0)
-    if room == nil or left < room then room, binding = left, {i, kind} end
-    if settledRoom == nil or unsettled < settledRoom then settledRoom = unsettled end
-  end
+for _, c in ipairs(caps) do
+  local unsettled = c[3] - c[5]
+  local left = unsettled - c[6]
+  if room == nil or left < room then room, binding = left, {c[1], c[2]} end
+  if settledRoom == nil or unsettled < settledRoom then settledRoom = unsettled end
 end
 if room ~= nil and cost > room then
   local affordable = 0
@@ -144,8 +159,11 @@ if room ~= nil and cost > room then
   tokens = a.promptTokens + maxTokens * a.n
 end
 
--- rates and concurrency, every scope, before anything is written
+-- rates and concurrency, every scope, before anything is written; the bucket windows read, for the writes
+local windows = {}
 for i, scope in ipairs(a.scopes) do
+  local w = {}
+  windows[i] = w
   if scope.rpm then
     local key = scope.p .. ':rpm'
     redis.call('ZREMRANGEBYSCORE', key, '-inf', now - MINUTE)
@@ -160,13 +178,19 @@ for i, scope in ipairs(a.scopes) do
     end
   end
   if scope.rpd then
-    local total, retryAt = buckets(scope.p .. ':rpd', hour, 24, HOUR, scope.rpd, 1)
-    if total + 1 > scope.rpd then return deny('rpd', i, retryAt) end
+    local key = scope.p .. ':rpd'
+    local total, bucket = window(key, hour, 24)
+    if total + 1 > scope.rpd then return deny('rpd', i, fitsAt(key, hour, 24, HOUR, total, scope.rpd, 1)) end
+    w.rpd = {total, bucket}
   end
   if scope.tpm then
     if tokens > scope.tpm then return {0, 'tpm_too_large', i, -1, now} end
-    local total, retryAt = buckets(scope.p .. ':tpm', second, 60, 1000, scope.tpm, tokens)
-    if total + tokens > scope.tpm then return deny('tpm', i, retryAt) end
+    local key = scope.p .. ':tpm'
+    local total, bucket = window(key, second, 60)
+    if total + tokens > scope.tpm then
+      return deny('tpm', i, fitsAt(key, second, 60, 1000, total, scope.tpm, tokens))
+    end
+    w.tpm = {total, bucket}
     if info.tpm == nil or scope.tpm - total - tokens < info.tpm[2] then
       info.tpm = {scope.tpm, scope.tpm - total - tokens, MINUTE}
     end
@@ -184,20 +208,15 @@ end
 
 -- admitted: take everything at once
 local held = {cost = cost, spend = {}, conc = {}, tpm = {}, second = second, at = now}
-for _, scope in ipairs(a.scopes) do
+for i, scope in ipairs(a.scopes) do
+  local w = windows[i]
   if scope.rpm then
     redis.call('ZADD', scope.p .. ':rpm', now, a.id)
     redis.call('PEXPIRE', scope.p .. ':rpm', MINUTE + 1000)
   end
-  if scope.rpd then
-    redis.call('HINCRBY', scope.p .. ':rpd', hour, 1)
-    redis.call('PEXPIRE', scope.p .. ':rpd', 25 * HOUR)
-    prune(scope.p .. ':rpd', hour - 24, 60)
-  end
+  if scope.rpd then add(scope.p .. ':rpd', hour, 24, 1, w.rpd[1], w.rpd[2], 25 * HOUR) end
   if scope.tpm then
-    redis.call('HINCRBY', scope.p .. ':tpm', second, tokens)
-    redis.call('PEXPIRE', scope.p .. ':tpm', MINUTE + 2000)
-    prune(scope.p .. ':tpm', second - 60, 130)
+    add(scope.p .. ':tpm', second, 60, tokens, w.tpm[1], w.tpm[2], MINUTE + 2000)
     table.insert(held.tpm, scope.p .. ':tpm')
   end
   if scope.conc then
@@ -205,11 +224,10 @@ for _, scope in ipairs(a.scopes) do
     if redis.call('PTTL', scope.p .. ':conc') < a.lease * 2 then redis.call('PEXPIRE', scope.p .. ':conc', a.lease * 2) end
     table.insert(held.conc, scope.p .. ':conc')
   end
-  for kind, cap in pairs(scope.caps or {}) do
-    local key = spendKey(scope, kind)
-    redis.call('HINCRBY', key, 'reserved', cost)
-    table.insert(held.spend, key)
-  end
+end
+for _, c in ipairs(caps) do
+  redis.call('HINCRBY', c[4], 'reserved', cost)
+  table.insert(held.spend, c[4])
 end
 redis.call('ZADD', RESV, now + a.lease, a.id)
 redis.call('HSET', RESV_DATA, a.id, cjson.encode(held))
@@ -275,17 +293,25 @@ return cjson.encode({vouched = vouched, held = redis.call('ZRANGE', KEYS[1] .. '
 export const SETTLE_SCRIPT = COMMON + `
 local s = cjson.decode(ARGV[1])
 -- once per request id, whatever retries or duplicates come after
-if redis.call('ZSCORE', DONE, s.id) then return {0} end
-redis.call('ZADD', DONE, now, s.id)
+if redis.call('ZADD', DONE, 'NX', now, s.id) == 0 then return {0} end
 redis.call('ZREMRANGEBYSCORE', DONE, '-inf', now - 3600000)
 redis.call('PEXPIRE', DONE, 3600000)
 
-local raw = release(s.id)
-if raw then
-  local held = cjson.decode(raw)
-  -- the minute's token count becomes what Mistral reported, in the second the call was admitted
+local settling = {}
+for _, entry in ipairs(s.spend) do settling[entry[1]] = true end
+local held = release(s.id, settling)
+if held then
+  -- the minute's token count becomes what Mistral reported, in the second the call was admitted, unless that second
+  -- has left the window its sum holds
+  local delta = s.tokens - s.reservedTokens
   for _, key in ipairs(held.tpm) do
-    if redis.call('EXISTS', key) == 1 then redis.call('HINCRBY', key, held.second, s.tokens - s.reservedTokens) end
+    local values = redis.call('HMGET', key, FROM, SUM, held.second)
+    local from = tonumber(values[1])
+    if from == nil then
+      if redis.call('EXISTS', key) == 1 then redis.call('HINCRBY', key, held.second, delta) end
+    elseif held.second >= from then
+      redis.call('HSET', key, held.second, (tonumber(values[3]) or 0) + delta, SUM, tonumber(values[2]) + delta)
+    end
   end
   -- how long the call held its slot, into the moving average a concurrency denial's Retry-After comes from
   if held.at then
@@ -296,15 +322,25 @@ if raw then
   end
 end
 
--- settled spend grows by the actual cost. A counter lost meanwhile gets the cost vouched for by request id: the
--- seed counts it unless the ledger already holds the call, so it counts once whenever the record is written
+-- settled spend grows by the actual cost, and the reservation the call held there comes off, in one read and one
+-- write. A counter lost meanwhile gets the cost vouched for by request id: the seed counts it unless the ledger
+-- already holds the call, so it counts once whenever the record is written
 local crossed = {}
 for _, entry in ipairs(s.spend) do
   local key, cap = entry[1], entry[2]
-  if redis.call('HEXISTS', key, 'settled') == 0 then
+  local back = nil
+  for _, heldKey in ipairs(held and held.spend or {}) do if heldKey == key then back = held.cost end end
+  local values = redis.call('HMGET', key, 'settled', 'reserved')
+  if not values[1] then
+    if back and (values[2] or redis.call('EXISTS', key) == 1) then redis.call('HINCRBY', key, 'reserved', -back) end
     redis.call('HSET', key, 'v:' .. s.id, s.cost)
   else
-    local settled = redis.call('HINCRBY', key, 'settled', s.cost)
+    local settled = tonumber(values[1]) + s.cost
+    if back then
+      redis.call('HSET', key, 'settled', settled, 'reserved', (tonumber(values[2]) or 0) - back)
+    else
+      redis.call('HSET', key, 'settled', settled)
+    end
     for _, pct in ipairs(entry[3] or s.thresholds) do
       if settled * 100 >= cap * pct and redis.call('HSETNX', key, 't' .. pct, now) == 1 then
         table.insert(crossed, {key, pct})

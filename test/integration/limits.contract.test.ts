@@ -233,6 +233,46 @@ function contract (t: Test, fixture: Fixture) {
       [1000, 0, 60_000])
   })
 
+  test('tpm: each admission sees the minute\'s sum, through settlements of calls from seconds before', async (t) => {
+    const prefix = await fixture.prefix()
+    const p = `${prefix}:w`
+    const limit = 1_000_000
+    const scopes: ScopeInput[] = [{ p, tpm: limit }]
+    // what the minute holds by this test's own count: each call's reservation, or what it settled for
+    const open: Array<{ id: string, tokens: number }> = []
+    let used = 0
+    for (let i = 0; i < 30; i++) {
+      const input = call(scopes, { promptTokens: 50 + (i * 37) % 200, maxTokens: 100 + (i * 53) % 400 })
+      const result = admitted(t, await store.admit(prefix, input), `call ${i}`)
+      t.equal(result.tpm?.[1], limit - used - result.tokens, `call ${i} sees the minute's ${used} tokens`)
+      used += result.tokens
+      open.push({ id: input.id, tokens: result.tokens })
+      // settle the oldest call in flight every other call, for less than it reserved, now and then for more
+      if (i % 2 === 1) {
+        const { id, tokens } = open.shift()!
+        const actual = i % 6 === 5 ? tokens + 40 : Math.floor(tokens / 3)
+        await store.settle(prefix, { id, cost: 0, tokens: actual, reservedTokens: tokens, spend: [], thresholds: [] })
+        used += actual - tokens
+      }
+      // the calls span three or four seconds: each second's first admission works the minute out again
+      await sleep(100)
+    }
+    const usage = (await store.inspect(prefix, [{ p, spend: [] }])).scopes[0]
+    t.equal(usage.tpm, used, 'the buckets hold what the calls saw')
+  })
+
+  test('rpd: a limit of 3 a day admits 3, then denies until their hour leaves the day', async (t) => {
+    const prefix = await fixture.prefix()
+    const p = `${prefix}:w`
+    const scopes: ScopeInput[] = [{ p, rpd: 3 }]
+    for (let i = 0; i < 3; i++) admitted(t, await store.admit(prefix, call(scopes)), `call ${i}`)
+    const over = denied(t, await store.admit(prefix, call(scopes)), 'rpd')
+    t.equal(over.scope, 0)
+    // the three share this hour's bucket, which leaves the day 24 hours after the hour ends
+    t.equal(over.retryAfterMs, (Math.floor(over.now / HOUR) + 25) * HOUR - over.now)
+    t.equal((await store.inspect(prefix, [{ p, spend: [] }])).scopes[0].rpd, 3, 'denials are not counted')
+  })
+
   test('concurrency: a limit of 2 denies the third; settling frees a slot', async (t) => {
     const prefix = await fixture.prefix()
     const p = `${prefix}:w`
@@ -691,14 +731,28 @@ t.test('redis store', async (t) => {
     for (const prefix of prefixes) await deleteKeys(redis, prefix)
     await redis.quit()
   })
-  contract(t, {
-    store: createRedisStore(redis),
-    prefix: async () => {
-      const prefix = newPrefix()
-      prefixes.push(prefix)
-      return prefix
-    },
-    wipe: (prefix) => deleteKeys(redis, prefix)
+  const store = createRedisStore(redis)
+  const prefix = async () => {
+    const prefix = newPrefix()
+    prefixes.push(prefix)
+    return prefix
+  }
+  contract(t, { store, prefix, wipe: (prefix) => deleteKeys(redis, prefix) })
+
+  t.test('tpm: buckets that left the minute neither count nor stay', async (t) => {
+    const ws = await prefix()
+    const key = `${ws}:w:tpm`
+    const second = Number((await redis.time())[0])
+    // as a minute the workspace was busy in leaves them: two buckets before the window, two in it
+    await redis.hset(key, second - 100, 5000, second - 62, 5000, second - 50, 100, second - 1, 200)
+    await redis.pexpire(key, 62_000)
+    const input = call([{ p: `${ws}:w`, tpm: 10_000 }], { promptTokens: 100, maxTokens: 0 })
+    const result = admitted(t, await store.admit(ws, input))
+    t.same(result.tpm, [10_000, 10_000 - 300 - 100, 60_000], 'only the buckets of the minute count')
+    const fields = (await redis.hkeys(key)).map(Number)
+    t.notOk(fields.includes(second - 100) || fields.includes(second - 62), 'the buckets before the minute are dropped')
+    t.ok(fields.includes(second - 50) && fields.includes(second - 1), 'the minute\'s buckets stay')
+    t.ok(await redis.pttl(key) > 60_000, 'the hash outlives the bucket just written')
   })
 })
 
