@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto'
 import { EventEmitter } from 'node:events'
 import type { Cluster, Redis } from 'ioredis'
 
@@ -29,14 +30,22 @@ export function createLocalBus (): InvalidationBus {
 
 export function createRedisBus (client: Redis | Cluster, subscriber: Redis | Cluster): InvalidationBus {
   const emitter = new EventEmitter()
+  // a replica hears its own messages when it publishes them: their echo from Redis is dropped, or it would handle
+  // each twice, and a key's cooldown would be extended here by the time pub/sub took to bring it back
+  const origin = randomUUID()
   let connectedBefore = false
   subscriber.on('message', (channel: string, raw: string) => {
     if (channel !== CHANNEL) return
+    let message: Invalidation & { origin?: string }
     try {
-      emitter.emit('message', JSON.parse(raw) as Invalidation)
+      message = JSON.parse(raw) as Invalidation & { origin?: string }
     } catch {
       emitter.emit('message', null)
+      return
     }
+    if (message.origin === origin) return
+    delete message.origin
+    emitter.emit('message', message)
   })
   // after a reconnect anything published meanwhile is lost: every cache starts over
   subscriber.on('ready', () => {
@@ -48,7 +57,7 @@ export function createRedisBus (client: Redis | Cluster, subscriber: Redis | Clu
     async publish (message) {
       // the local replica must forget even when Redis is unreachable
       emitter.emit('message', message)
-      await client.publish(CHANNEL, JSON.stringify(message))
+      await client.publish(CHANNEL, JSON.stringify({ ...message, origin }))
     },
     subscribe (listener) { emitter.on('message', listener) },
     async close () { emitter.removeAllListeners() }
