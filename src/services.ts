@@ -127,7 +127,7 @@ async function services (app: FastifyInstance, { config, database }: ServicesOpt
     await batchJobs.close()
     await batchUpstream.close()
     prices.close()
-    admission.close()
+    await admission.close()
     await usage.close()
     await bus.close()
     await redis?.close()

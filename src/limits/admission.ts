@@ -97,7 +97,8 @@ export interface Admission {
   welcome (workspaceId: string): Promise<void>
   /** Called once per period and cap for each threshold crossed (50/80/100 % by default). */
   onThreshold (listener: (crossing: ThresholdCrossing) => void): void
-  close (): void
+  /** Stops renewing leases; sends the settlements the store still holds and waits for them. */
+  close (): Promise<void>
 }
 
 /** A spend cap's threshold crossed for the first time in its period (recorded once across replicas). */
@@ -283,7 +284,7 @@ export function createAdmission (options: AdmissionOptions): Admission {
           reservedTokens: ticket.reservedTokens,
           spend: ticket.spend,
           thresholds: ticket.thresholds
-        })
+        }, ticket.conc.length > 0)
         announce(ticket.prefix, crossed)
       } catch (err) {
         // the reservation expires by itself and the ledger still has the call: nothing is lost, a little is held
@@ -319,9 +320,9 @@ export function createAdmission (options: AdmissionOptions): Admission {
       thresholdListeners.push(listener)
     },
 
-    close () {
+    async close () {
       clearInterval(renewal)
-      store.flush()
+      await store.flush()
     }
   }
 

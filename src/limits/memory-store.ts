@@ -252,7 +252,7 @@ export function createMemoryStore (clock: () => number = Date.now): AdmissionSto
     },
 
     // every command takes effect as it is called: nothing waits
-    flush () {},
+    async flush () {},
     async inspect (_prefix, scopes) {
       const now = clock()
       const sum = (key: string, last: number, span: number) => {

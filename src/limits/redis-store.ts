@@ -18,7 +18,7 @@ declare module 'ioredis' {
  * answer has gone), and on loopback the socket write is most of what a command costs the gateway: at one connection,
  * a call's settlement and the next call's admission share a write (issue #7, docs/benchmarks.md).
  */
-export const SETTLE_DELAY_MS = 2
+const SETTLE_DELAY_MS = 2
 
 /**
  * Admission on Redis or Redis Cluster: each call is one EVALSHA (ioredis falls back to EVAL once after a script
@@ -26,20 +26,26 @@ export const SETTLE_DELAY_MS = 2
  *
  * Settlements wait up to SETTLE_DELAY_MS and go out just before the next command of any kind, in the order they were
  * asked for: a command never overtakes a settlement asked for before it. Commands issued in one tick leave in one
- * write (ioredis' auto-pipelining, src/redis.ts).
+ * write (ioredis' auto-pipelining, src/redis.ts). A settlement that frees a concurrency slot waits only for the end of
+ * this turn of the event loop: the client has its answer, and its next call may reach another replica at once.
  */
 export function createRedisStore (redis: Redis | Cluster): AdmissionStore {
   const waiting: Array<() => void> = []
+  // every settlement not yet answered, for flush()
+  const unanswered = new Set<Promise<unknown[]>>()
   let timer: NodeJS.Timeout | undefined
+  let immediate: NodeJS.Immediate | undefined
   function sendSettlements () {
-    if (timer === undefined) return
+    if (waiting.length === 0) return
     clearTimeout(timer)
+    clearImmediate(immediate)
     timer = undefined
+    immediate = undefined
     for (const send of waiting.splice(0)) send()
   }
-  function settleSoon (prefix: string, input: SettleInput): Promise<unknown[]> {
+  function settleSoon (prefix: string, input: SettleInput, freesSlot: boolean): Promise<unknown[]> {
     const json = JSON.stringify(input)
-    return new Promise((resolve, reject) => {
+    const settled = new Promise<unknown[]>((resolve, reject) => {
       // sent synchronously, so that it leaves in the same write as the command that sends it
       waiting.push(() => {
         try {
@@ -48,8 +54,13 @@ export function createRedisStore (redis: Redis | Cluster): AdmissionStore {
           reject(err)
         }
       })
-      timer ??= setTimeout(sendSettlements, SETTLE_DELAY_MS)
+      if (freesSlot) immediate ??= setImmediate(sendSettlements)
+      else timer ??= setTimeout(sendSettlements, SETTLE_DELAY_MS)
     })
+    unanswered.add(settled)
+    const forget = () => { unanswered.delete(settled) }
+    settled.then(forget, forget)
+    return settled
   }
 
   redis.defineCommand('tmtAdmit', { numberOfKeys: 1, lua: ADMIT_SCRIPT })
@@ -84,8 +95,8 @@ export function createRedisStore (redis: Redis | Cluster): AdmissionStore {
         held: Array.isArray(raw.held) ? raw.held : []
       }
     },
-    async settle (prefix, input) {
-      const reply = await settleSoon(prefix, input)
+    async settle (prefix, input, freesSlot = false) {
+      const reply = await settleSoon(prefix, input, freesSlot)
       if (Number(reply[0]) !== 1) return []
       // cjson encodes an empty Lua table as {}
       const crossed = JSON.parse(String(reply[1])) as Array<[string, number]> | Record<string, never>
@@ -95,7 +106,10 @@ export function createRedisStore (redis: Redis | Cluster): AdmissionStore {
       sendSettlements()
       if (calls.length > 0) await redis.tmtRenew(prefix, JSON.stringify({ lease, calls }))
     },
-    flush: sendSettlements,
+    async flush () {
+      sendSettlements()
+      await Promise.allSettled(unanswered)
+    },
     async inspect (prefix, scopes) {
       sendSettlements()
       const raw = JSON.parse(await redis.tmtInspect(prefix, JSON.stringify({ scopes }))) as

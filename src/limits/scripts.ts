@@ -6,7 +6,8 @@
 //   P:rpm        ZSET  request id → admitted at (ms)              exact sliding minute
 //   P:rpd        HASH  hour index → requests                      25 hourly buckets: a day, counted generously
 //   P:tpm        HASH  second index → tokens                      61 one-second buckets: a minute, likewise
-//                both also: -1 → the window's first bucket, -2 → the window's sum (window() in ADMIT_SCRIPT)
+//                both also: -1 → the window's first bucket, -2 → the window's sum, -3 → the last bucket as the sum
+//                knows it (window() in ADMIT_SCRIPT)
 //   P:conc       ZSET  request id → lease expiry (ms)             a lease a crashed replica cannot keep
 //   P:conc:ms    STRING  how long a call usually holds its slot     moving average, for a concurrency Retry-After
 //   P:spend:<d|m|l>[:<period id>]  HASH settled, reserved, t<pct>  micro-units of the workspace currency
@@ -23,7 +24,7 @@ local RESV, RESV_DATA, DONE = prefix .. ':resv', prefix .. ':resv:data', prefix 
 -- the fields where a bucket hash keeps its window's first bucket and sum: numbers below every bucket index, so that a
 -- prune of the buckets that left the window (an older version of these scripts' too) drops them with those, and the
 -- next admission works the sum out again
-local FROM, SUM = '-1', '-2'
+local FROM, SUM, SEEN = '-1', '-2', '-3'
 
 -- gives back what a reservation holds: its concurrency leases, and its reserved spend but on the counters in
 -- 'settling', which the caller writes itself; returns what it held
@@ -84,20 +85,31 @@ local second, hour = math.floor(now / 1000), math.floor(now / HOUR)
 
 -- The sum of buckets [last - span, last], and bucket last. A hash of this size is a listpack, where reading a field
 -- scans it: a read of every bucket of the window costs a scan per bucket. So the hash keeps the window's sum, which
--- every write to a bucket of the window adds to, and only the first call of each bucket works it out again, dropping
--- the buckets that left the window (a busy hash never idles long enough to expire)
+-- every write to a bucket of the window adds to, and the first call of each bucket works it out again, dropping the
+-- buckets that left the window (a busy hash never idles long enough to expire). The sum is trusted only while bucket
+-- last is what it knows: a replica of an older version adds to that bucket alone (during a rolling upgrade)
 local function window (key, last, span)
   local from = last - span
-  local values = redis.call('HMGET', key, FROM, SUM, last)
-  if tonumber(values[1]) == from then return tonumber(values[2]), values[3] end
-  local total, stale = 0, {}
+  local values = redis.call('HMGET', key, FROM, SUM, SEEN, last)
+  if tonumber(values[1]) == from and values[2] and tonumber(values[3]) == (tonumber(values[4]) or 0) then
+    return tonumber(values[2]), values[4]
+  end
+  local total, stale, kept = 0, {}, 0
   local fields = redis.call('HGETALL', key)
   for i = 1, #fields, 2 do
     local b = tonumber(fields[i])
-    if b < from then table.insert(stale, fields[i]) elseif b <= last then total = total + tonumber(fields[i + 1]) end
+    if b < from then
+      table.insert(stale, fields[i])
+    else
+      kept = kept + 1
+      if b <= last then total = total + tonumber(fields[i + 1]) end
+    end
   end
   if #stale > 0 then redis.call('HDEL', key, unpack(stale)) end
-  return total, values[3]
+  -- kept for the calls after this one (a workspace denied for a whole second would add it up on every call); only
+  -- in a hash that still holds buckets, which has its expiry
+  if kept > 0 then redis.call('HSET', key, FROM, from, SUM, total, SEEN, tonumber(values[4]) or 0) end
+  return total, values[4]
 end
 
 -- when enough of the window's oldest buckets leave it to fit 'need' more
@@ -116,7 +128,8 @@ end
 
 -- adds n to bucket last of a window read by window()
 local function add (key, last, span, n, total, bucket, ttl)
-  redis.call('HSET', key, last, (tonumber(bucket) or 0) + n, FROM, last - span, SUM, total + n)
+  local value = (tonumber(bucket) or 0) + n
+  redis.call('HSET', key, last, value, FROM, last - span, SUM, total + n, SEEN, value)
   -- the first call of a bucket makes the hash outlive the bucket's time in the window; the calls after it in that
   -- bucket would add nothing to that, and the next bucket's first call extends it again
   if not bucket then redis.call('PEXPIRE', key, ttl) end
@@ -307,10 +320,13 @@ if held then
   for _, key in ipairs(held.tpm) do
     local values = redis.call('HMGET', key, FROM, SUM, held.second)
     local from = tonumber(values[1])
-    if from == nil then
+    if from == nil or not values[2] then
       if redis.call('EXISTS', key) == 1 then redis.call('HINCRBY', key, held.second, delta) end
-    elseif held.second >= from then
-      redis.call('HSET', key, held.second, (tonumber(values[3]) or 0) + delta, SUM, tonumber(values[2]) + delta)
+    elseif held.second >= from and held.second <= from + 60 then
+      local value = (tonumber(values[3]) or 0) + delta
+      redis.call('HSET', key, held.second, value, SUM, tonumber(values[2]) + delta)
+      -- the window's last bucket: the sum knows its new value
+      if held.second == from + 60 then redis.call('HSET', key, SEEN, value) end
     end
   end
   -- how long the call held its slot, into the moving average a concurrency denial's Retry-After comes from

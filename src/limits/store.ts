@@ -118,12 +118,15 @@ export interface AdmissionStore {
    * vouched for that the snapshot (`held`, with each entry's `asked`) did not know: take a new snapshot.
    */
   seed (prefix: string, entries: SeedEntry[], held: string[]): Promise<boolean>
-  /** threshold crossings: [spend key, percent] recorded for the first time */
-  settle (prefix: string, input: SettleInput): Promise<Array<[string, number]>>
+  /**
+   * threshold crossings: [spend key, percent] recorded for the first time. `freesSlot`: the call held a concurrency
+   * slot, which a store that holds settlements back (to share a write) must not keep long
+   */
+  settle (prefix: string, input: SettleInput, freesSlot?: boolean): Promise<Array<[string, number]>>
   /** extends the calls' leases; a call the store lost (and that has not settled) is put back */
   renew (prefix: string, calls: HeldCall[], lease: number): Promise<void>
-  /** sends now whatever the store holds back (settlements waiting to share a write): before its connection closes */
-  flush (): void
+  /** sends whatever the store holds back (settlements waiting to share a write), and waits for their answers */
+  flush (): Promise<void>
   /** read-only: what the scopes have used (a spend key never seeded reads settled -1) */
   inspect (prefix: string, scopes: Array<{ p: string, spend: string[] }>): Promise<Inspection>
 }

@@ -214,7 +214,14 @@ export async function proxyRoutes (app: FastifyInstance, { config }: { config: C
         // the meter's work after the answer's write, not before it. fastify writes once its onSend hooks have run
         // (app.ts: an async one), as microtasks, which all run before the next tick; the reply's 'finish', which logs
         // the request line with its tokens, comes a tick after the write: after this one
-        process.nextTick(settleWhole, status)
+        process.nextTick(() => {
+          try {
+            settleWhole(status)
+          } catch (err) {
+            // on its own tick nothing else would catch it: the process would die with every call in flight
+            request.log.error({ err }, 'metering a call failed')
+          }
+        })
       }
     }
     reply.code(status).headers(downstreamHeaders(upstream.headers))

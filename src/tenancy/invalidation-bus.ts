@@ -36,16 +36,15 @@ export function createRedisBus (client: Redis | Cluster, subscriber: Redis | Clu
   let connectedBefore = false
   subscriber.on('message', (channel: string, raw: string) => {
     if (channel !== CHANNEL) return
-    let message: Invalidation & { origin?: string }
     try {
-      message = JSON.parse(raw) as Invalidation & { origin?: string }
+      const message = JSON.parse(raw) as (Invalidation & { origin?: string }) | null
+      if (message?.origin === origin) return
+      if (message !== null) delete message.origin
+      emitter.emit('message', message)
     } catch {
+      // unreadable, or a listener failed on it: what it said is unknown, so every cache starts over
       emitter.emit('message', null)
-      return
     }
-    if (message.origin === origin) return
-    delete message.origin
-    emitter.emit('message', message)
   })
   // after a reconnect anything published meanwhile is lost: every cache starts over
   subscriber.on('ready', () => {

@@ -288,6 +288,7 @@ function contract (t: Test, fixture: Fixture) {
     t.equal((await store.inspect(prefix, [{ p, spend: [] }])).scopes[0].conc, 1)
     admitted(t, await store.admit(prefix, call(scopes)), 'the freed slot')
     denied(t, await store.admit(prefix, call(scopes)), 'concurrency', 'full again')
+  })
 
   test('no command overtakes a settlement asked for before it, even one not awaited', async (t) => {
     const prefix = await fixture.prefix()
@@ -303,13 +304,13 @@ function contract (t: Test, fixture: Fixture) {
     const settledB = store.settle(prefix, { id: b.id, ...nothing })
     t.equal((await store.inspect(prefix, [{ p, spend: [] }])).scopes[0].conc, 0, 'an inspection sees both settled')
     t.same(await Promise.all([settledA, settledB]), [[], []])
-    // alone, a settlement still goes out by itself
-    const c = call(scopes)
-    admitted(t, await store.admit(prefix, c))
-    await store.settle(prefix, { id: c.id, ...nothing })
-    store.flush()
+    // alone, a settlement still goes out by itself, whether it frees a slot or not
+    for (const freesSlot of [false, true]) {
+      const c = call(scopes)
+      admitted(t, await store.admit(prefix, c))
+      await store.settle(prefix, { id: c.id, ...nothing }, freesSlot)
+    }
     t.equal((await store.inspect(prefix, [{ p, spend: [] }])).scopes[0].conc, 0)
-  })
   })
 
   test('concurrency: a lease not renewed expires and frees its slot', async (t) => {
@@ -738,6 +739,19 @@ t.test('redis store', async (t) => {
     return prefix
   }
   contract(t, { store, prefix, wipe: (prefix) => deleteKeys(redis, prefix) })
+
+  t.test('rpd: calls an older version added to the hour\'s bucket alone still count (a rolling upgrade)', async (t) => {
+    const ws = await prefix()
+    const p = `${ws}:w`
+    const scopes: ScopeInput[] = [{ p, rpd: 5 }]
+    admitted(t, await store.admit(ws, call(scopes)))
+    // what a replica of the version before the window's sum writes for each call it admits: the bucket, no sum
+    const hour = Math.floor(Number((await redis.time())[0]) / 3600)
+    await redis.hincrby(`${p}:rpd`, String(hour), 3)
+    admitted(t, await store.admit(ws, call(scopes)), 'the fifth of the day')
+    denied(t, await store.admit(ws, call(scopes)), 'rpd', 'the sixth: 1 + 3 + 1 made the day\'s 5')
+    t.equal((await store.inspect(ws, [{ p, spend: [] }])).scopes[0].rpd, 5)
+  })
 
   t.test('tpm: buckets that left the minute neither count nor stay', async (t) => {
     const ws = await prefix()
