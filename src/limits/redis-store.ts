@@ -26,24 +26,21 @@ const SETTLE_DELAY_MS = 2
  *
  * Settlements wait up to SETTLE_DELAY_MS and go out just before the next command of any kind, in the order they were
  * asked for: a command never overtakes a settlement asked for before it. Commands issued in one tick leave in one
- * write (ioredis' auto-pipelining, src/redis.ts). A settlement that frees a concurrency slot waits only for the end of
- * this turn of the event loop: the client has its answer, and its next call may reach another replica at once.
+ * write (ioredis' auto-pipelining, src/redis.ts). A settlement that frees a concurrency slot does not wait: the client
+ * has its answer, and its next call may reach another replica at once.
  */
 export function createRedisStore (redis: Redis | Cluster): AdmissionStore {
   const waiting: Array<() => void> = []
-  // every settlement not yet answered, for flush()
+  // the settlements held back and not yet answered, for flush()
   const unanswered = new Set<Promise<unknown[]>>()
   let timer: NodeJS.Timeout | undefined
-  let immediate: NodeJS.Immediate | undefined
   function sendSettlements () {
     if (waiting.length === 0) return
     clearTimeout(timer)
-    clearImmediate(immediate)
     timer = undefined
-    immediate = undefined
     for (const send of waiting.splice(0)) send()
   }
-  function settleSoon (prefix: string, input: SettleInput, freesSlot: boolean): Promise<unknown[]> {
+  function settleSoon (prefix: string, input: SettleInput): Promise<unknown[]> {
     const json = JSON.stringify(input)
     const settled = new Promise<unknown[]>((resolve, reject) => {
       // sent synchronously, so that it leaves in the same write as the command that sends it
@@ -54,8 +51,7 @@ export function createRedisStore (redis: Redis | Cluster): AdmissionStore {
           reject(err)
         }
       })
-      if (freesSlot) immediate ??= setImmediate(sendSettlements)
-      else timer ??= setTimeout(sendSettlements, SETTLE_DELAY_MS)
+      timer ??= setTimeout(sendSettlements, SETTLE_DELAY_MS)
     })
     unanswered.add(settled)
     const forget = () => { unanswered.delete(settled) }
@@ -96,7 +92,13 @@ export function createRedisStore (redis: Redis | Cluster): AdmissionStore {
       }
     },
     async settle (prefix, input, freesSlot = false) {
-      const reply = await settleSoon(prefix, input, freesSlot)
+      let reply: unknown[]
+      if (freesSlot) {
+        sendSettlements()
+        reply = await redis.tmtSettle(prefix, JSON.stringify(input))
+      } else {
+        reply = await settleSoon(prefix, input)
+      }
       if (Number(reply[0]) !== 1) return []
       // cjson encodes an empty Lua table as {}
       const crossed = JSON.parse(String(reply[1])) as Array<[string, number]> | Record<string, never>
