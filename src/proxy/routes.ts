@@ -191,18 +191,23 @@ export async function proxyRoutes (app: FastifyInstance, { config }: { config: C
         clearTimeout(deadline)
         reply.raw.off('close', onClientClose)
       }
-      const whole = answer
-      const settleWhole = (finalStatus: number) => {
-        const facts = readJsonFacts(whole)
-        const tap = {
-          usage: facts?.usage, model: facts?.model, events: facts ? 1 : 0, firstByteAt: answeredAt, streamError: false, streamed: false
+      const settleWhole = (body: Buffer, finalStatus: number) => {
+        try {
+          const facts = readJsonFacts(body)
+          const tap = {
+            usage: facts?.usage, model: facts?.model, events: facts ? 1 : 0, firstByteAt: answeredAt, streamError: false, streamed: false
+          }
+          request.outcome!.totalTokens = meter.settle({ status: finalStatus, upstreamStatus: status, tap, cut: false })
+        } catch (err) {
+          // it runs on a tick of its own (below), where nothing else would catch it: the process would die with every
+          // call in flight
+          request.log.error({ err }, 'metering a call failed')
         }
-        request.outcome!.totalTokens = meter.settle({ status: finalStatus, upstreamStatus: status, tap, cut: false })
       }
       // a client that left as the answer came in is told nothing: the call is its, billed in full, recorded as a 499
       if (reply.raw.destroyed) {
         const gone = clientClosed('The client closed the connection before the answer was sent')
-        settleWhole(gone.statusCode)
+        settleWhole(answer, gone.statusCode)
         throw gone
       }
       reply.code(status).headers(downstreamHeaders(upstream.headers))
@@ -214,14 +219,7 @@ export async function proxyRoutes (app: FastifyInstance, { config }: { config: C
         // the meter's work after the answer's write, not before it. fastify writes once its onSend hooks have run
         // (app.ts: an async one), as microtasks, which all run before the next tick; the reply's 'finish', which logs
         // the request line with its tokens, comes a tick after the write: after this one
-        process.nextTick(() => {
-          try {
-            settleWhole(status)
-          } catch (err) {
-            // on its own tick nothing else would catch it: the process would die with every call in flight
-            request.log.error({ err }, 'metering a call failed')
-          }
-        })
+        process.nextTick(settleWhole, answer, status)
       }
     }
     reply.code(status).headers(downstreamHeaders(upstream.headers))
