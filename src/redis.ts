@@ -19,18 +19,18 @@ const CLUSTER_SCHEME = /^(rediss?)-cluster:\/\/(?:([^@/]*)@)?([^/?#]+)\/?$/
  * of its masters, the client discovers the rest.
  */
 export function openRedis (url: string, commandTimeoutMs: number): RedisHandle {
-  // commands issued in the same tick (the admissions and settlements of concurrent calls) leave in one write: on
-  // loopback, the write is most of what a Redis round trip costs the gateway (bench/results/profile.md)
-  const commands: RedisOptions = {
-    enableOfflineQueue: false, commandTimeout: commandTimeoutMs, maxRetriesPerRequest: 1, enableAutoPipelining: true
-  }
+  // no auto-pipelining on one Redis: it builds a pipeline per batch and sends it a turn of the event loop later, which
+  // cost a one-connection call 0.19 ms and more CPU than it saved (docs/benchmarks.md); the admission store batches
+  // its own writes (turnWriter below)
+  const commands: RedisOptions = { enableOfflineQueue: false, commandTimeout: commandTimeoutMs, maxRetriesPerRequest: 1 }
   const cluster = parseClusterUrl(url)
   let client: RedisClient
   let subscriber: RedisClient
   if (cluster) {
     const { nodes, redisOptions } = cluster
     // the cluster's own queue is off (a command fails at once while no node answers); its nodes keep theirs, which
-    // it needs to ask them for the slot map while they connect
+    // it needs to ask them for the slot map while they connect. Auto-pipelining stays: it batches per node, which
+    // turnWriter cannot
     client = new Cluster(nodes, {
       enableOfflineQueue: false,
       enableAutoPipelining: true,
@@ -51,6 +51,27 @@ export function openRedis (url: string, commandTimeoutMs: number): RedisHandle {
       client.disconnect()
       subscriber.disconnect()
     }
+  }
+}
+
+/**
+ * Commands sent during one turn of the event loop leave in one socket write: the first corks the connection, which is
+ * uncorked once the turn's I/O callbacks have run (`setImmediate`). At 32 connections that turn holds the admissions
+ * and settlements of several calls, and on loopback the write is most of what a command costs the gateway. Call it
+ * before each command. A Cluster batches by auto-pipelining instead.
+ */
+export function turnWriter (client: RedisClient): () => void {
+  if (client instanceof Cluster) return () => {}
+  let corked: Redis['stream'] | undefined
+  const uncork = () => {
+    corked?.uncork()
+    corked = undefined
+  }
+  return () => {
+    if (corked !== undefined || client.stream === undefined) return
+    corked = client.stream
+    corked.cork()
+    setImmediate(uncork)
   }
 }
 

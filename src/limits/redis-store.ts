@@ -1,4 +1,5 @@
 import type { Cluster, Redis, Result } from 'ioredis'
+import { turnWriter } from '../redis.js'
 import { ADMIT_SCRIPT, INSPECT_SCRIPT, RENEW_SCRIPT, SEED_SCRIPT, SETTLE_SCRIPT, SNAPSHOT_SCRIPT } from './scripts.js'
 import { decodeAdmit, type AdmissionStore, type Inspection, type SettleInput } from './store.js'
 
@@ -25,8 +26,8 @@ const SETTLE_DELAY_MS = 2
  * flush), routed by KEYS[1], the workspace prefix whose hash tag holds every key the script touches.
  *
  * Settlements wait up to SETTLE_DELAY_MS and go out just before the next command of any kind, in the order they were
- * asked for: a command never overtakes a settlement asked for before it. Commands issued in one tick leave in one
- * write (ioredis' auto-pipelining, src/redis.ts). A settlement that frees a concurrency slot does not wait: the client
+ * asked for: a command never overtakes a settlement asked for before it. Commands issued in one turn of the event
+ * loop leave in one write (`turnWriter`, src/redis.ts). A settlement that frees a concurrency slot does not wait: the client
  * has its answer, and its next call may reach another replica at once.
  */
 export function createRedisStore (redis: Redis | Cluster): AdmissionStore {
@@ -34,7 +35,10 @@ export function createRedisStore (redis: Redis | Cluster): AdmissionStore {
   // the settlements held back and not yet answered, for flush()
   const unanswered = new Set<Promise<unknown[]>>()
   let timer: NodeJS.Timeout | undefined
+  const batchWrites = turnWriter(redis)
+  /** Before every command: held settlements first, and all of them in the turn's write. */
   function sendSettlements () {
+    batchWrites()
     if (waiting.length === 0) return
     clearTimeout(timer)
     timer = undefined

@@ -753,6 +753,22 @@ t.test('redis store', async (t) => {
     t.equal((await store.inspect(ws, [{ p, spend: [] }])).scopes[0].rpd, 5)
   })
 
+  t.test('the commands of one turn of the event loop leave in one write, and all are answered', async (t) => {
+    const ws = await prefix()
+    const scopes: ScopeInput[] = [{ p: `${ws}:w`, rpm: 100 }]
+    const stream = redis.stream
+    t.equal(stream.writableCorked, 0, 'nothing corks the connection between turns')
+    const answers = [store.admit(ws, call(scopes))]
+    t.equal(stream.writableCorked, 1, 'the first command corked the connection')
+    const oneCommand = stream.writableLength
+    t.ok(oneCommand > 0, 'and waits in it')
+    answers.push(store.admit(ws, call(scopes)), store.admit(ws, call(scopes)))
+    t.equal(stream.writableLength, 3 * oneCommand, 'the three commands wait for the end of the turn, together')
+    const results = await Promise.all(answers)
+    t.same(results.map((result) => admitted(t, result).rpm?.[1]), [99, 98, 97], 'each admitted once, in order')
+    t.equal(stream.writableCorked, 0, 'uncorked once the turn\'s I/O had run')
+  })
+
   t.test('tpm: buckets that left the minute neither count nor stay', async (t) => {
     const ws = await prefix()
     const key = `${ws}:w:tpm`
