@@ -8,8 +8,12 @@ export interface TcpProxy {
   close (): Promise<void>
 }
 
-/** A loopback TCP proxy a test can cut, to make a service (PostgreSQL) unreachable for a while. */
-export async function startTcpProxy (targetPort: number, targetHost = '127.0.0.1'): Promise<TcpProxy> {
+/**
+ * A loopback TCP proxy a test can cut, to make a service (PostgreSQL) unreachable for a while. With `delayMs`, every
+ * byte is held that long each way: a slow network (a Redis connection whose pub/sub messages arrive late).
+ */
+export async function startTcpProxy (targetPort: number, targetHost = '127.0.0.1', { delayMs = 0 } = {}):
+Promise<TcpProxy> {
   let cut = false
   const open = new Set<Socket>()
   const server = createServer((client) => {
@@ -20,7 +24,9 @@ export async function startTcpProxy (targetPort: number, targetHost = '127.0.0.1
       socket.on('close', () => open.delete(socket))
       socket.on('error', () => { client.destroy(); upstream.destroy() })
     }
-    client.pipe(upstream).pipe(client)
+    if (delayMs === 0) return void client.pipe(upstream).pipe(client)
+    relayLate(client, upstream, delayMs)
+    relayLate(upstream, client, delayMs)
   })
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
   return {
@@ -35,6 +41,12 @@ export async function startTcpProxy (targetPort: number, targetHost = '127.0.0.1
       await new Promise<void>((resolve) => server.close(() => resolve()))
     }
   }
+}
+
+/** What `from` reads goes to `to` `delayMs` later, in order: timers of one duration fire in the order they were set. */
+function relayLate (from: Socket, to: Socket, delayMs: number) {
+  from.on('data', (chunk) => setTimeout(() => { if (!to.destroyed) to.write(chunk) }, delayMs))
+  from.on('end', () => setTimeout(() => to.end(), delayMs))
 }
 
 interface Tap {
