@@ -63,6 +63,9 @@ const QUOTA_HEADER = /^(x-)?ratelimit(bysize)?-/
 // it is read only at start and on reconnect, never on the hot path.
 const REGISTRY = 'tmt:key-blocks'
 
+// how long a measured offset to Redis' clock is trusted: NTP may correct either clock while a replica runs
+const OFFSET_MAX_AGE_MS = 60_000
+
 // extends a cooldown, never shortens it: returns the remaining ms and the end, by Redis' clock
 const EXTEND = `
 local clock = redis.call('TIME')
@@ -97,6 +100,11 @@ export function createKeyHealth (options: KeyHealthOptions): KeyHealth {
   const probes = new Map<string, number>()
   const quotas = new Map<string, { workspaceId: string, observedAt: string, headers: Record<string, string> }>()
   const quotaWritten = new Map<string, number>()
+  // Redis' clock minus this replica's (ms). A block ends at an instant of Redis' clock (EXTEND's TIME), and every
+  // replica converts that same instant to its own clock with its own offset: all of them lift the block together,
+  // however late pub/sub brought the news and however far apart their clocks are. Without Redis: one clock, 0.
+  let offset = 0
+  let offsetAt = -Infinity
 
   bus.subscribe((message) => {
     // pub/sub reconnected: messages may have been missed while it was away
@@ -104,14 +112,34 @@ export function createKeyHealth (options: KeyHealthOptions): KeyHealth {
     if (message === null || message.type !== 'key-health') return
     // whichever replica succeeds next on this key resets the shared backoff, not only the one that saw the 429s
     if (message.reason === 'rate_limited') streaks.set(message.keyId, streaks.get(message.keyId) ?? 0)
-    if (message.remainingMs <= 0) blocks.delete(message.keyId)
-    else extendLocal(message.keyId, { reason: message.reason, until: clock() + message.remainingMs })
+    if (message.remainingMs <= 0) return void blocks.delete(message.keyId)
+    // an older replica sends only what was left: counted from the arrival, it ends late by pub/sub's delay
+    const until = message.until === undefined ? clock() + message.remainingMs : message.until - offset
+    extendLocal(message.keyId, { reason: message.reason, until })
+    if (redis && clock() - offsetAt > OFFSET_MAX_AGE_MS) void measureOffset(redis).catch(() => {})
   })
+
+  /**
+   * Sets `offset` from Redis' TIME and returns Redis' now. TIME was read somewhere within the round trip, so its
+   * midpoint is off by at most half the round trip: of a few, the shortest is kept (as NTP does).
+   */
+  async function measureOffset (client: Redis | Cluster): Promise<number> {
+    let shortest = Infinity
+    for (let i = 0; i < 3; i++) {
+      const sent = clock()
+      const [seconds, micros] = await client.time()
+      const received = clock()
+      if (received - sent >= shortest) continue
+      shortest = received - sent
+      offset = Number(seconds) * 1000 + Number(micros) / 1000 - (sent + received) / 2
+    }
+    offsetAt = clock()
+    return offsetAt + offset
+  }
 
   async function load () {
     if (!redis) return
-    const [seconds, micros] = await redis.time()
-    const now = Number(seconds) * 1000 + Math.floor(Number(micros) / 1000)
+    const now = await measureOffset(redis)
     // a block outlives its end by a second (EXTEND's PEXPIRE): a breaker half-open; anything older is gone
     await redis.zremrangebyscore(REGISTRY, '-inf', now - 1000)
     const members = await redis.zrangebyscore(REGISTRY, now - 1000, '+inf')
@@ -119,7 +147,7 @@ export function createKeyHealth (options: KeyHealthOptions): KeyHealth {
       const [workspaceId, keyId] = member.split(':')
       const [until, reason] = await redis.hmget(blockKey(workspaceId, keyId), 'until', 'reason')
       if (until === null || reason === null) return
-      extendLocal(keyId, { reason: reason as BlockReason, until: clock() + Number(until) - now })
+      extendLocal(keyId, { reason: reason as BlockReason, until: Number(until) - offset })
     }))
   }
 
@@ -130,14 +158,17 @@ export function createKeyHealth (options: KeyHealthOptions): KeyHealth {
 
   async function share (workspaceId: string, keyId: string, reason: BlockReason, ms: number): Promise<Block> {
     let remaining = ms
+    let until = clock() + ms // by Redis' clock once Redis has answered
     if (redis) {
-      const [left, until] = await redis.eval(EXTEND, 1, blockKey(workspaceId, keyId), ms, reason) as [number, number]
+      const [left, end] = await redis.eval(EXTEND, 1, blockKey(workspaceId, keyId), ms, reason) as [number, number]
       remaining = Number(left)
+      until = Number(end)
       void redis.zadd(REGISTRY, 'GT', until, `${workspaceId}:${keyId}`).catch(() => {})
     }
-    const block = { reason, until: clock() + remaining }
+    const block = { reason, until: until - offset }
     extendLocal(keyId, block)
-    await bus.publish({ type: 'key-health', keyId, reason, remainingMs: remaining }).catch(() => {})
+    // `until` for this version's replicas; `remainingMs` still for older ones, during a rolling upgrade
+    await bus.publish({ type: 'key-health', keyId, reason, until, remainingMs: remaining }).catch(() => {})
     return blocks.get(keyId) ?? block
   }
 

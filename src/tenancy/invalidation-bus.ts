@@ -7,7 +7,15 @@ export type Invalidation =
   | { type: 'token', hash: string } // revoked or changed: hex sha256 of the token
   | { type: 'workspace', workspaceId: string } // settings, status, deletion, keys
   | { type: 'prices' } // an operator changed the price book: reload it
-  | { type: 'key-health', keyId: string, reason: 'rate_limited' | 'spend_limit' | 'breaker_open', remainingMs: number }
+  | {
+    type: 'key-health'
+    keyId: string
+    reason: 'rate_limited' | 'spend_limit' | 'breaker_open'
+    /** the block's end, epoch ms by Redis' clock; absent from the messages of older replicas */
+    until?: number
+    /** what was left of the block when it was set (0: lifted); all that older replicas read */
+    remainingMs: number
+  }
   | { type: 'spend-recovery', workspaceId: string } // Redis lost the workspace's counters: put back calls in flight
 
 export interface InvalidationBus {

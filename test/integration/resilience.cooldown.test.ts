@@ -455,10 +455,11 @@ t.test('a 429 with Retry-After: 2 cools the key on both replicas: 50 calls, none
     for (const url of urls) {
       const [shown] = (await admin(url, 'GET', `/workspaces/${slug}/mistral-keys`)).data
       t.equal(shown.cooldown?.reason, 'rate_limited', 'each replica shows the cooldown')
-      // never before Redis' end; later only by the time the replica took to hear of it
+      // Redis' end on every replica, however long it took to hear of it: off only by how well the replica measured
+      // its offset to Redis' clock (half a round trip to TIME)
       const lag = Date.parse(shown.cooldown.until) - until
       replicaUntil = Math.max(replicaUntil, Date.parse(shown.cooldown.until))
-      t.ok(lag >= -5 && lag < 1_000, `at the time Redis holds (${lag} ms later)`)
+      t.ok(Math.abs(lag) <= 20, `at the time Redis holds (${lag} ms apart)`)
     }
 
     // 50 calls spread over both replicas and over the cooldown's first second
