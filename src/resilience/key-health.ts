@@ -105,6 +105,8 @@ export function createKeyHealth (options: KeyHealthOptions): KeyHealth {
   // however late pub/sub brought the news and however far apart their clocks are. Without Redis: one clock, 0.
   let offset = 0
   let offsetAt = -Infinity
+  // one measurement at a time: a burst of messages after a quiet minute starts only one
+  let measuring: Promise<number> | undefined
 
   bus.subscribe((message) => {
     // pub/sub reconnected: messages may have been missed while it was away
@@ -116,7 +118,10 @@ export function createKeyHealth (options: KeyHealthOptions): KeyHealth {
     // an older replica sends only what was left: counted from the arrival, it ends late by pub/sub's delay
     const until = message.until === undefined ? clock() + message.remainingMs : message.until - offset
     extendLocal(message.keyId, { reason: message.reason, until })
-    if (redis && clock() - offsetAt > OFFSET_MAX_AGE_MS) void measureOffset(redis).catch(() => {})
+    if (redis && !measuring && clock() - offsetAt > OFFSET_MAX_AGE_MS) {
+      measuring = measureOffset(redis).finally(() => { measuring = undefined })
+      measuring.catch(() => {})
+    }
   })
 
   /**
