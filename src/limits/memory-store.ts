@@ -221,7 +221,13 @@ export function createMemoryStore (clock: () => number = Date.now): AdmissionSto
       const finished = mapOf(done, prefix)
       if (finished.has(s.id)) return []
       finished.set(s.id, now)
-      for (const [id, at] of finished) if (at < now - HOUR) finished.delete(id)
+      // a map iterates in insertion order, which is settlement order: the hour's expired ids are the first ones, and
+      // the sweep stops at the first one kept instead of reading the hour's thousands of ids on every settlement (after
+      // the clock steps back, an id may stay a little past its hour: a duplicate is ignored a little longer)
+      for (const [id, at] of finished) {
+        if (at >= now - HOUR) break
+        finished.delete(id)
+      }
       const held = release(prefix, s.id)
       for (const key of held?.tpm ?? []) {
         const map = bucketsOf(key)
