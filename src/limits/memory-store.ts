@@ -24,12 +24,24 @@ interface Spend {
 const newSpend = (): Spend => ({ reserved: 0, crossed: new Set(), vouched: new Map() })
 
 /**
+ * Admission times, oldest first from `head`. A busy workspace's minute is hundreds of thousands of calls: an array
+ * that long lives outside V8's young heap, where a shift copies the whole of it, so the times that leave the minute
+ * are skipped over and dropped in one copy once they are half the array.
+ */
+interface Admissions {
+  at: number[]
+  head: number
+}
+
+const newAdmissions = (): Admissions => ({ at: [], head: 0 })
+
+/**
  * The same decisions as the Redis scripts (src/limits/scripts.ts), in process memory: for a single replica with no
  * REDIS_URL, and as the fallback rate limiter when Redis is unreachable. JavaScript runs one call at a time, so each
  * method is as atomic as a script.
  */
 export function createMemoryStore (clock: () => number = Date.now): AdmissionStore {
-  const requests = new Map<string, number[]>() // P:rpm → admission times, oldest first
+  const requests = new Map<string, Admissions>() // P:rpm
   const buckets = new Map<string, Map<number, number>>() // P:rpd, P:tpm
   const leases = new Map<string, Map<string, number>>() // P:conc → id → expiry
   const spends = new Map<string, Spend>()
@@ -131,11 +143,11 @@ export function createMemoryStore (clock: () => number = Date.now): AdmissionSto
       let tpm: RateInfo | undefined
       for (const [i, scope] of a.scopes.entries()) {
         if (scope.rpm) {
-          const times = mapOf(requests, `${scope.p}:rpm`, () => [] as number[])
-          while (times.length > 0 && times[0] <= now - MINUTE) times.shift()
-          if (times.length >= scope.rpm) return deny('rpm', i, times[times.length - scope.rpm] + MINUTE + 1)
-          if (rpm === undefined || scope.rpm - times.length - 1 < rpm[1]) {
-            rpm = [scope.rpm, scope.rpm - times.length - 1, times.length > 0 ? times[0] + MINUTE - now : MINUTE]
+          const { at, head } = expire(mapOf(requests, `${scope.p}:rpm`, newAdmissions), now - MINUTE)
+          const count = at.length - head
+          if (count >= scope.rpm) return deny('rpm', i, at[at.length - scope.rpm] + MINUTE + 1)
+          if (rpm === undefined || scope.rpm - count - 1 < rpm[1]) {
+            rpm = [scope.rpm, scope.rpm - count - 1, count > 0 ? at[head] + MINUTE - now : MINUTE]
           }
         }
         if (scope.rpd) {
@@ -160,7 +172,7 @@ export function createMemoryStore (clock: () => number = Date.now): AdmissionSto
 
       const held: Held = { cost, spend: [], conc: [], tpm: [], second, at: now }
       for (const scope of a.scopes) {
-        if (scope.rpm) mapOf(requests, `${scope.p}:rpm`, () => [] as number[]).push(now)
+        if (scope.rpm) mapOf(requests, `${scope.p}:rpm`, newAdmissions).at.push(now)
         if (scope.rpd) {
           const map = bucketsOf(`${scope.p}:rpd`)
           map.set(hour, (map.get(hour) ?? 0) + 1)
@@ -269,7 +281,8 @@ export function createMemoryStore (clock: () => number = Date.now): AdmissionSto
       return {
         now,
         scopes: scopes.map(({ p, spend }) => {
-          const times = (requests.get(`${p}:rpm`) ?? []).filter((at) => at > now - MINUTE)
+          const log = requests.get(`${p}:rpm`)
+          const times = (log?.at.slice(log.head) ?? []).filter((at) => at > now - MINUTE)
           return {
             rpm: times.length,
             rpmReset: times.length > 0 ? times[0] + MINUTE - now : 0,
@@ -300,6 +313,16 @@ export function createMemoryStore (clock: () => number = Date.now): AdmissionSto
       }
     }
   }
+}
+
+/** Drops the admission times at or before `oldest`; returns the log. */
+function expire (log: Admissions, oldest: number): Admissions {
+  while (log.head < log.at.length && log.at[log.head] <= oldest) log.head++
+  if (log.head > log.at.length / 2) {
+    log.at = log.at.slice(log.head)
+    log.head = 0
+  }
+  return log
 }
 
 function mapOf<V> (maps: Map<string, V>, key: string, create: () => V = () => new Map() as V): V {
