@@ -48,9 +48,35 @@ export function createMemoryStore (clock: () => number = Date.now): AdmissionSto
   const reservations = new Map<string, Map<string, { expiry: number, held: Held }>>() // per workspace prefix
   const done = new Map<string, Map<string, number>>()
   const usualMs = new Map<string, number>() // P:conc → moving average of how long a call holds its slot
+  // workspace prefix (its reservations) or P:conc → no expiry in that map is earlier. A busy store holds thousands of
+  // calls in flight: their maps are read whole only once something in them may have expired, not on every admission
+  const earliest = new Map<string, number>()
 
   const bucketsOf = (key: string) => mapOf(buckets, key)
   const leasesOf = (key: string) => mapOf(leases, key)
+
+  /** an expiry set in the map under `key`: its sweep must not wait past it */
+  function expiresAt (key: string, expiry: number) {
+    if (expiry < (earliest.get(key) ?? Infinity)) earliest.set(key, expiry)
+  }
+
+  function setLease (key: string, id: string, expiry: number) {
+    leasesOf(key).set(id, expiry)
+    expiresAt(key, expiry)
+  }
+
+  /** drops (`drop`) what expired by `now` in the map under `key`, reading the map only when something may have */
+  function sweep<V> (key: string, map: Map<string, V>, now: number, expiryOf: (value: V) => number,
+    drop: (id: string) => void) {
+    if (now < (earliest.get(key) ?? Infinity)) return
+    let next = Infinity
+    for (const [id, value] of map) {
+      const expiry = expiryOf(value)
+      if (expiry <= now) drop(id)
+      else next = Math.min(next, expiry)
+    }
+    earliest.set(key, next)
+  }
 
   function release (prefix: string, id: string): Held | undefined {
     const entry = mapOf(reservations, prefix).get(id)
@@ -91,7 +117,7 @@ export function createMemoryStore (clock: () => number = Date.now): AdmissionSto
     async admit (prefix, a: AdmitInput): Promise<AdmitResult> {
       const now = clock()
       if (now < a.day.s || now >= a.day.e || now < a.month.s || now >= a.month.e) return { kind: 'period', now }
-      for (const [id, entry] of mapOf(reservations, prefix)) if (entry.expiry <= now) release(prefix, id)
+      sweep(prefix, mapOf(reservations, prefix), now, (entry) => entry.expiry, (id) => release(prefix, id))
 
       const spendKey = (scope: ScopeInput, kind: string) =>
         kind === 'd' ? `${scope.p}:spend:d:${a.day.id}` : kind === 'm' ? `${scope.p}:spend:m:${a.month.id}` : `${scope.p}:spend:l`
@@ -162,7 +188,7 @@ export function createMemoryStore (clock: () => number = Date.now): AdmissionSto
         }
         if (scope.conc) {
           const held = leasesOf(`${scope.p}:conc`)
-          for (const [id, expiry] of held) if (expiry <= now) held.delete(id)
+          sweep(`${scope.p}:conc`, held, now, (expiry) => expiry, (id) => held.delete(id))
           if (held.size >= scope.conc) {
             const usual = usualMs.get(`${scope.p}:conc`) ?? 1000
             return deny('concurrency', i, now + Math.max(50, Math.min(60_000, Math.floor(usual / scope.conc))))
@@ -185,7 +211,7 @@ export function createMemoryStore (clock: () => number = Date.now): AdmissionSto
           held.tpm.push(`${scope.p}:tpm`)
         }
         if (scope.conc) {
-          leasesOf(`${scope.p}:conc`).set(a.id, now + a.lease)
+          setLease(`${scope.p}:conc`, a.id, now + a.lease)
           held.conc.push(`${scope.p}:conc`)
         }
         for (const kind of Object.keys(scope.caps ?? {})) {
@@ -195,6 +221,7 @@ export function createMemoryStore (clock: () => number = Date.now): AdmissionSto
         }
       }
       mapOf(reservations, prefix).set(a.id, { expiry: now + a.lease, held })
+      expiresAt(prefix, now + a.lease)
       return { kind: 'admitted', now, maxTokens, cost, tokens, budgetLeft: room === undefined ? null : room - cost, rpm, tpm }
     },
 
@@ -301,15 +328,17 @@ export function createMemoryStore (clock: () => number = Date.now): AdmissionSto
         const entry = mapOf(reservations, prefix).get(call.id)
         if (entry) {
           entry.expiry = now + lease
-          for (const key of entry.held.conc) if (leasesOf(key).has(call.id)) leasesOf(key).set(call.id, now + lease)
+          expiresAt(prefix, entry.expiry)
+          for (const key of entry.held.conc) if (leasesOf(key).has(call.id)) setLease(key, call.id, now + lease)
           continue
         }
         if (mapOf(done, prefix).has(call.id)) continue
         // expired while its replica stalled, still in flight: put it back (as the Redis script does after a loss)
         for (const key of call.spend) mapOf(spends, key, newSpend).reserved += call.cost
-        for (const key of call.conc) leasesOf(key).set(call.id, now + lease)
+        for (const key of call.conc) setLease(key, call.id, now + lease)
         const held: Held = { cost: call.cost, spend: call.spend, conc: call.conc, tpm: [], second: 0 }
         mapOf(reservations, prefix).set(call.id, { expiry: now + lease, held })
+        expiresAt(prefix, now + lease)
       }
     }
   }
