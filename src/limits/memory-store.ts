@@ -24,21 +24,59 @@ interface Spend {
 const newSpend = (): Spend => ({ reserved: 0, crossed: new Set(), vouched: new Map() })
 
 /**
+ * Admission times, oldest first from `head`. A busy workspace's minute is hundreds of thousands of calls: an array
+ * that long lives outside V8's young heap, where a shift copies the whole of it, so the times that leave the minute
+ * are skipped over and dropped in one copy once they are half the array.
+ */
+interface Admissions {
+  at: number[]
+  head: number
+}
+
+const newAdmissions = (): Admissions => ({ at: [], head: 0 })
+
+/**
  * The same decisions as the Redis scripts (src/limits/scripts.ts), in process memory: for a single replica with no
  * REDIS_URL, and as the fallback rate limiter when Redis is unreachable. JavaScript runs one call at a time, so each
  * method is as atomic as a script.
  */
 export function createMemoryStore (clock: () => number = Date.now): AdmissionStore {
-  const requests = new Map<string, number[]>() // P:rpm → admission times, oldest first
+  const requests = new Map<string, Admissions>() // P:rpm
   const buckets = new Map<string, Map<number, number>>() // P:rpd, P:tpm
   const leases = new Map<string, Map<string, number>>() // P:conc → id → expiry
   const spends = new Map<string, Spend>()
   const reservations = new Map<string, Map<string, { expiry: number, held: Held }>>() // per workspace prefix
   const done = new Map<string, Map<string, number>>()
   const usualMs = new Map<string, number>() // P:conc → moving average of how long a call holds its slot
+  // workspace prefix (its reservations) or P:conc → no expiry in that map is earlier. A busy store holds thousands of
+  // calls in flight: their maps are read whole only once something in them may have expired, not on every admission
+  const earliest = new Map<string, number>()
 
   const bucketsOf = (key: string) => mapOf(buckets, key)
   const leasesOf = (key: string) => mapOf(leases, key)
+
+  /** an expiry set in the map under `key`: its sweep must not wait past it */
+  function expiresAt (key: string, expiry: number) {
+    if (expiry < (earliest.get(key) ?? Infinity)) earliest.set(key, expiry)
+  }
+
+  function setLease (key: string, id: string, expiry: number) {
+    leasesOf(key).set(id, expiry)
+    expiresAt(key, expiry)
+  }
+
+  /** drops (`drop`) what expired by `now` in the map under `key`, reading the map only when something may have */
+  function sweep<V> (key: string, map: Map<string, V>, now: number, expiryOf: (value: V) => number,
+    drop: (id: string) => void) {
+    if (now < (earliest.get(key) ?? Infinity)) return
+    let next = Infinity
+    for (const [id, value] of map) {
+      const expiry = expiryOf(value)
+      if (expiry <= now) drop(id)
+      else next = Math.min(next, expiry)
+    }
+    earliest.set(key, next)
+  }
 
   function release (prefix: string, id: string): Held | undefined {
     const entry = mapOf(reservations, prefix).get(id)
@@ -79,7 +117,7 @@ export function createMemoryStore (clock: () => number = Date.now): AdmissionSto
     async admit (prefix, a: AdmitInput): Promise<AdmitResult> {
       const now = clock()
       if (now < a.day.s || now >= a.day.e || now < a.month.s || now >= a.month.e) return { kind: 'period', now }
-      for (const [id, entry] of mapOf(reservations, prefix)) if (entry.expiry <= now) release(prefix, id)
+      sweep(prefix, mapOf(reservations, prefix), now, (entry) => entry.expiry, (id) => release(prefix, id))
 
       const spendKey = (scope: ScopeInput, kind: string) =>
         kind === 'd' ? `${scope.p}:spend:d:${a.day.id}` : kind === 'm' ? `${scope.p}:spend:m:${a.month.id}` : `${scope.p}:spend:l`
@@ -131,11 +169,11 @@ export function createMemoryStore (clock: () => number = Date.now): AdmissionSto
       let tpm: RateInfo | undefined
       for (const [i, scope] of a.scopes.entries()) {
         if (scope.rpm) {
-          const times = mapOf(requests, `${scope.p}:rpm`, () => [] as number[])
-          while (times.length > 0 && times[0] <= now - MINUTE) times.shift()
-          if (times.length >= scope.rpm) return deny('rpm', i, times[times.length - scope.rpm] + MINUTE + 1)
-          if (rpm === undefined || scope.rpm - times.length - 1 < rpm[1]) {
-            rpm = [scope.rpm, scope.rpm - times.length - 1, times.length > 0 ? times[0] + MINUTE - now : MINUTE]
+          const { at, head } = expire(mapOf(requests, `${scope.p}:rpm`, newAdmissions), now - MINUTE)
+          const count = at.length - head
+          if (count >= scope.rpm) return deny('rpm', i, at[at.length - scope.rpm] + MINUTE + 1)
+          if (rpm === undefined || scope.rpm - count - 1 < rpm[1]) {
+            rpm = [scope.rpm, scope.rpm - count - 1, count > 0 ? at[head] + MINUTE - now : MINUTE]
           }
         }
         if (scope.rpd) {
@@ -150,7 +188,7 @@ export function createMemoryStore (clock: () => number = Date.now): AdmissionSto
         }
         if (scope.conc) {
           const held = leasesOf(`${scope.p}:conc`)
-          for (const [id, expiry] of held) if (expiry <= now) held.delete(id)
+          sweep(`${scope.p}:conc`, held, now, (expiry) => expiry, (id) => held.delete(id))
           if (held.size >= scope.conc) {
             const usual = usualMs.get(`${scope.p}:conc`) ?? 1000
             return deny('concurrency', i, now + Math.max(50, Math.min(60_000, Math.floor(usual / scope.conc))))
@@ -160,7 +198,7 @@ export function createMemoryStore (clock: () => number = Date.now): AdmissionSto
 
       const held: Held = { cost, spend: [], conc: [], tpm: [], second, at: now }
       for (const scope of a.scopes) {
-        if (scope.rpm) mapOf(requests, `${scope.p}:rpm`, () => [] as number[]).push(now)
+        if (scope.rpm) mapOf(requests, `${scope.p}:rpm`, newAdmissions).at.push(now)
         if (scope.rpd) {
           const map = bucketsOf(`${scope.p}:rpd`)
           map.set(hour, (map.get(hour) ?? 0) + 1)
@@ -173,7 +211,7 @@ export function createMemoryStore (clock: () => number = Date.now): AdmissionSto
           held.tpm.push(`${scope.p}:tpm`)
         }
         if (scope.conc) {
-          leasesOf(`${scope.p}:conc`).set(a.id, now + a.lease)
+          setLease(`${scope.p}:conc`, a.id, now + a.lease)
           held.conc.push(`${scope.p}:conc`)
         }
         for (const kind of Object.keys(scope.caps ?? {})) {
@@ -183,6 +221,7 @@ export function createMemoryStore (clock: () => number = Date.now): AdmissionSto
         }
       }
       mapOf(reservations, prefix).set(a.id, { expiry: now + a.lease, held })
+      expiresAt(prefix, now + a.lease)
       return { kind: 'admitted', now, maxTokens, cost, tokens, budgetLeft: room === undefined ? null : room - cost, rpm, tpm }
     },
 
@@ -221,7 +260,13 @@ export function createMemoryStore (clock: () => number = Date.now): AdmissionSto
       const finished = mapOf(done, prefix)
       if (finished.has(s.id)) return []
       finished.set(s.id, now)
-      for (const [id, at] of finished) if (at < now - HOUR) finished.delete(id)
+      // a map iterates in insertion order, which is settlement order: the hour's expired ids are the first ones, and
+      // the sweep stops at the first one kept instead of reading the hour's thousands of ids on every settlement (after
+      // the clock steps back, an id may stay a little past its hour: a duplicate is ignored a little longer)
+      for (const [id, at] of finished) {
+        if (at >= now - HOUR) break
+        finished.delete(id)
+      }
       const held = release(prefix, s.id)
       for (const key of held?.tpm ?? []) {
         const map = bucketsOf(key)
@@ -263,7 +308,8 @@ export function createMemoryStore (clock: () => number = Date.now): AdmissionSto
       return {
         now,
         scopes: scopes.map(({ p, spend }) => {
-          const times = (requests.get(`${p}:rpm`) ?? []).filter((at) => at > now - MINUTE)
+          const log = requests.get(`${p}:rpm`)
+          const times = (log?.at.slice(log.head) ?? []).filter((at) => at > now - MINUTE)
           return {
             rpm: times.length,
             rpmReset: times.length > 0 ? times[0] + MINUTE - now : 0,
@@ -282,18 +328,30 @@ export function createMemoryStore (clock: () => number = Date.now): AdmissionSto
         const entry = mapOf(reservations, prefix).get(call.id)
         if (entry) {
           entry.expiry = now + lease
-          for (const key of entry.held.conc) if (leasesOf(key).has(call.id)) leasesOf(key).set(call.id, now + lease)
+          expiresAt(prefix, entry.expiry)
+          for (const key of entry.held.conc) if (leasesOf(key).has(call.id)) setLease(key, call.id, now + lease)
           continue
         }
         if (mapOf(done, prefix).has(call.id)) continue
         // expired while its replica stalled, still in flight: put it back (as the Redis script does after a loss)
         for (const key of call.spend) mapOf(spends, key, newSpend).reserved += call.cost
-        for (const key of call.conc) leasesOf(key).set(call.id, now + lease)
+        for (const key of call.conc) setLease(key, call.id, now + lease)
         const held: Held = { cost: call.cost, spend: call.spend, conc: call.conc, tpm: [], second: 0 }
         mapOf(reservations, prefix).set(call.id, { expiry: now + lease, held })
+        expiresAt(prefix, now + lease)
       }
     }
   }
+}
+
+/** Drops the admission times at or before `oldest`; returns the log. */
+function expire (log: Admissions, oldest: number): Admissions {
+  while (log.head < log.at.length && log.at[log.head] <= oldest) log.head++
+  if (log.head > log.at.length / 2) {
+    log.at = log.at.slice(log.head)
+    log.head = 0
+  }
+  return log
 }
 
 function mapOf<V> (maps: Map<string, V>, key: string, create: () => V = () => new Map() as V): V {
