@@ -19,9 +19,9 @@ const CLUSTER_SCHEME = /^(rediss?)-cluster:\/\/(?:([^@/]*)@)?([^/?#]+)\/?$/
  * of its masters, the client discovers the rest.
  */
 export function openRedis (url: string, commandTimeoutMs: number): RedisHandle {
-  // no auto-pipelining on one Redis: it builds a pipeline per batch and sends it a turn of the event loop later, which
-  // cost a one-connection call 0.19 ms and more CPU than it saved (docs/benchmarks.md); the admission store batches
-  // its own writes (turnWriter below)
+  // no auto-pipelining on one Redis: the pipeline object it builds for each batch cost a one-connection call 0.19 ms
+  // and more CPU than its one write saved (docs/benchmarks.md); the admission store batches its own writes, with
+  // nothing built per batch (turnWriter below)
   const commands: RedisOptions = { enableOfflineQueue: false, commandTimeout: commandTimeoutMs, maxRetriesPerRequest: 1 }
   const cluster = parseClusterUrl(url)
   let client: RedisClient

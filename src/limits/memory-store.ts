@@ -264,7 +264,7 @@ export function createMemoryStore (clock: () => number = Date.now): AdmissionSto
       // the sweep stops at the first one kept instead of reading the hour's thousands of ids on every settlement (after
       // the clock steps back, an id may stay a little past its hour: a duplicate is ignored a little longer)
       for (const [id, at] of finished) {
-        if (at >= now - HOUR) break
+        if (at > now - HOUR) break
         finished.delete(id)
       }
       const held = release(prefix, s.id)

@@ -26,9 +26,10 @@ const SETTLE_DELAY_MS = 2
  * flush), routed by KEYS[1], the workspace prefix whose hash tag holds every key the script touches.
  *
  * Settlements wait up to SETTLE_DELAY_MS and go out just before the next command of any kind, in the order they were
- * asked for: a command never overtakes a settlement asked for before it. Commands issued in one turn of the event
- * loop leave in one write (`turnWriter`, src/redis.ts). A settlement that frees a concurrency slot does not wait: the client
- * has its answer, and its next call may reach another replica at once.
+ * asked for: a command never overtakes a settlement asked for before it, except just after Redis lost its scripts
+ * (a flush, a failover), when ioredis sends a script whole again after what followed it. Commands issued in one turn
+ * of the event loop leave in one write (`turnWriter`, src/redis.ts). A settlement that frees a concurrency slot does
+ * not wait: the client has its answer, and its next call may reach another replica at once.
  */
 export function createRedisStore (redis: Redis | Cluster): AdmissionStore {
   const waiting: Array<() => void> = []
@@ -36,8 +37,8 @@ export function createRedisStore (redis: Redis | Cluster): AdmissionStore {
   const unanswered = new Set<Promise<unknown[]>>()
   let timer: NodeJS.Timeout | undefined
   const batchWrites = turnWriter(redis)
-  /** Before every command: held settlements first, and all of them in the turn's write. */
-  function sendSettlements () {
+  /** Before every command, and when held settlements may wait no longer: those first, all in the turn's write. */
+  function beforeCommand () {
     batchWrites()
     if (waiting.length === 0) return
     clearTimeout(timer)
@@ -55,7 +56,7 @@ export function createRedisStore (redis: Redis | Cluster): AdmissionStore {
           reject(err)
         }
       })
-      timer ??= setTimeout(sendSettlements, SETTLE_DELAY_MS)
+      timer ??= setTimeout(beforeCommand, SETTLE_DELAY_MS)
     })
     unanswered.add(settled)
     const forget = () => { unanswered.delete(settled) }
@@ -72,20 +73,20 @@ export function createRedisStore (redis: Redis | Cluster): AdmissionStore {
   return {
     kind: 'redis',
     async admit (prefix, input) {
-      sendSettlements()
+      beforeCommand()
       return decodeAdmit(await redis.tmtAdmit(prefix, JSON.stringify(input)))
     },
     async seed (prefix, entries, held) {
-      sendSettlements()
+      beforeCommand()
       if (entries.length === 0) return true
       return Number(await redis.tmtSeed(prefix, JSON.stringify({ entries, held }))) === 1
     },
     async markNew (prefix) {
-      sendSettlements()
+      beforeCommand()
       await redis.set(`${prefix}:epoch`, 1)
     },
     async snapshot (prefix, keys) {
-      sendSettlements()
+      beforeCommand()
       const raw = JSON.parse(await redis.tmtSnapshot(String(keys.length + 1), prefix, ...keys)) as
         { vouched: unknown[] | Record<string, never>, held: string[] | Record<string, never> }
       // cjson writes an empty Lua table as {}
@@ -98,7 +99,7 @@ export function createRedisStore (redis: Redis | Cluster): AdmissionStore {
     async settle (prefix, input, freesSlot = false) {
       let reply: unknown[]
       if (freesSlot) {
-        sendSettlements()
+        beforeCommand()
         reply = await redis.tmtSettle(prefix, JSON.stringify(input))
       } else {
         reply = await settleSoon(prefix, input)
@@ -109,15 +110,15 @@ export function createRedisStore (redis: Redis | Cluster): AdmissionStore {
       return Array.isArray(crossed) ? crossed : []
     },
     async renew (prefix, calls, lease) {
-      sendSettlements()
+      beforeCommand()
       if (calls.length > 0) await redis.tmtRenew(prefix, JSON.stringify({ lease, calls }))
     },
     async flush () {
-      sendSettlements()
+      beforeCommand()
       await Promise.allSettled(unanswered)
     },
     async inspect (prefix, scopes) {
-      sendSettlements()
+      beforeCommand()
       const raw = JSON.parse(await redis.tmtInspect(prefix, JSON.stringify({ scopes }))) as
         { now: number, scopes: Array<Omit<Inspection['scopes'][number], 'spend'> & { spend: unknown }> }
       // cjson writes an empty Lua table as {}

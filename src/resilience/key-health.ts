@@ -1,4 +1,4 @@
-import type { Cluster, Redis } from 'ioredis'
+import { Cluster, type Redis } from 'ioredis'
 import type { InvalidationBus } from '../tenancy/invalidation-bus.js'
 
 /** Why calls stay away from a Mistral key for a while. */
@@ -102,10 +102,13 @@ export function createKeyHealth (options: KeyHealthOptions): KeyHealth {
   const quotaWritten = new Map<string, number>()
   // Redis' clock minus this replica's (ms). A block ends at an instant of Redis' clock (EXTEND's TIME), and every
   // replica converts that same instant to its own clock with its own offset: all of them lift the block together,
-  // however late pub/sub brought the news and however far apart their clocks are. Without Redis: one clock, 0.
+  // however late pub/sub brought the news and however far apart their clocks are. Measured on one Redis only: a
+  // Cluster answers TIME from any node, not the one whose clock set the block, so there (and until a first
+  // measurement) a block counts what was left of it from when the news arrived.
+  const measurable = redis !== null && !(redis instanceof Cluster) ? redis : undefined
   let offset = 0
   let offsetAt = -Infinity
-  // one measurement at a time: a burst of messages after a quiet minute starts only one
+  // one measurement at a time: a burst of messages after a quiet minute, or a reconnect meanwhile, starts only one
   let measuring: Promise<number> | undefined
 
   bus.subscribe((message) => {
@@ -116,35 +119,46 @@ export function createKeyHealth (options: KeyHealthOptions): KeyHealth {
     if (message.reason === 'rate_limited') streaks.set(message.keyId, streaks.get(message.keyId) ?? 0)
     if (message.remainingMs <= 0) return void blocks.delete(message.keyId)
     // an older replica sends only what was left: counted from the arrival, it ends late by pub/sub's delay
-    const until = message.until === undefined ? clock() + message.remainingMs : message.until - offset
-    extendLocal(message.keyId, { reason: message.reason, until })
-    if (redis && !measuring && clock() - offsetAt > OFFSET_MAX_AGE_MS) {
-      measuring = measureOffset(redis).finally(() => { measuring = undefined })
-      measuring.catch(() => {})
-    }
+    extendLocal(message.keyId, { reason: message.reason, until: localEnd(message.until, message.remainingMs) })
+    // an offset a minute old is still used (a clock NTP slews drifts by milliseconds a minute at most), and renewed
+    if (measurable && clock() - offsetAt > OFFSET_MAX_AGE_MS) void measure(measurable).catch(() => {})
   })
 
+  /** A block's end on this replica's clock: Redis' instant through the offset, else what was left of it from now. */
+  function localEnd (until: unknown, remainingMs: number): number {
+    const known = offsetAt !== -Infinity && typeof until === 'number' && Number.isFinite(until)
+    return known ? (until as number) - offset : clock() + remainingMs
+  }
+
+  /** Redis' clock now, from the measurement under way or a new one, which sets `offset`. */
+  function measure (client: Redis): Promise<number> {
+    measuring ??= measureOffset(client).finally(() => { measuring = undefined })
+    return measuring
+  }
+
   /**
-   * Sets `offset` from Redis' TIME and returns Redis' now. TIME was read somewhere within the round trip, so its
-   * midpoint is off by at most half the round trip: of a few, the shortest is kept (as NTP does).
+   * TIME was read somewhere within the round trip, so its midpoint is off by at most half the round trip: of a few,
+   * the shortest is kept (as NTP does).
    */
-  async function measureOffset (client: Redis | Cluster): Promise<number> {
+  async function measureOffset (client: Redis): Promise<number> {
     let shortest = Infinity
+    let measured = 0
     for (let i = 0; i < 3; i++) {
       const sent = clock()
       const [seconds, micros] = await client.time()
       const received = clock()
       if (received - sent >= shortest) continue
       shortest = received - sent
-      offset = Number(seconds) * 1000 + Number(micros) / 1000 - (sent + received) / 2
+      measured = Number(seconds) * 1000 + Number(micros) / 1000 - (sent + received) / 2
     }
+    offset = measured
     offsetAt = clock()
     return offsetAt + offset
   }
 
   async function load () {
     if (!redis) return
-    const now = await measureOffset(redis)
+    const now = measurable ? await measure(measurable) : redisNow(await redis.time())
     // a block outlives its end by a second (EXTEND's PEXPIRE): a breaker half-open; anything older is gone
     await redis.zremrangebyscore(REGISTRY, '-inf', now - 1000)
     const members = await redis.zrangebyscore(REGISTRY, now - 1000, '+inf')
@@ -152,7 +166,7 @@ export function createKeyHealth (options: KeyHealthOptions): KeyHealth {
       const [workspaceId, keyId] = member.split(':')
       const [until, reason] = await redis.hmget(blockKey(workspaceId, keyId), 'until', 'reason')
       if (until === null || reason === null) return
-      extendLocal(keyId, { reason: reason as BlockReason, until: Number(until) - offset })
+      extendLocal(keyId, { reason: reason as BlockReason, until: localEnd(Number(until), Number(until) - now) })
     }))
   }
 
@@ -170,7 +184,7 @@ export function createKeyHealth (options: KeyHealthOptions): KeyHealth {
       until = Number(end)
       void redis.zadd(REGISTRY, 'GT', until, `${workspaceId}:${keyId}`).catch(() => {})
     }
-    const block = { reason, until: until - offset }
+    const block = { reason, until: localEnd(until, remaining) }
     extendLocal(keyId, block)
     // `until` for this version's replicas; `remainingMs` still for older ones, during a rolling upgrade
     await bus.publish({ type: 'key-health', keyId, reason, until, remainingMs: remaining }).catch(() => {})
@@ -318,5 +332,7 @@ export function createKeyHealth (options: KeyHealthOptions): KeyHealth {
     }
   }
 }
+
+const redisNow = ([seconds, micros]: Array<number | string>) => Number(seconds) * 1000 + Math.floor(Number(micros) / 1000)
 
 const blockKey = (workspaceId: string, keyId: string) => `tmt:{ws:${workspaceId}}:key:${keyId}:block`

@@ -39,7 +39,8 @@ export function createLocalBus (): InvalidationBus {
 export function createRedisBus (client: Redis | Cluster, subscriber: Redis | Cluster): InvalidationBus {
   const emitter = new EventEmitter()
   // a replica hears its own messages when it publishes them: their echo from Redis is dropped, or it would handle
-  // each twice, and a key's cooldown would be extended here by the time pub/sub took to bring it back
+  // each twice (and, for a cooldown counted from the arrival, as before a first offset measurement, extend it by the
+  // time pub/sub took to bring it back)
   const origin = randomUUID()
   let connectedBefore = false
   subscriber.on('message', (channel: string, raw: string) => {

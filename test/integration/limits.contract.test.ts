@@ -756,6 +756,9 @@ t.test('redis store', async (t) => {
   t.test('the commands of one turn of the event loop leave in one write, and all are answered', async (t) => {
     const ws = await prefix()
     const scopes: ScopeInput[] = [{ p: `${ws}:w`, rpm: 100 }]
+    // ioredis sends a script whole on its first use on a connection, by its digest after: one admission first, so
+    // that the three below are the same command
+    admitted(t, await store.admit(ws, call(scopes)))
     const stream = redis.stream
     t.equal(stream.writableCorked, 0, 'nothing corks the connection between turns')
     const answers = [store.admit(ws, call(scopes))]
@@ -765,7 +768,7 @@ t.test('redis store', async (t) => {
     answers.push(store.admit(ws, call(scopes)), store.admit(ws, call(scopes)))
     t.equal(stream.writableLength, 3 * oneCommand, 'the three commands wait for the end of the turn, together')
     const results = await Promise.all(answers)
-    t.same(results.map((result) => admitted(t, result).rpm?.[1]), [99, 98, 97], 'each admitted once, in order')
+    t.same(results.map((result) => admitted(t, result).rpm?.[1]), [98, 97, 96], 'each admitted once, in order')
     t.equal(stream.writableCorked, 0, 'uncorked once the turn\'s I/O had run')
   })
 

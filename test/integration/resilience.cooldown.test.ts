@@ -459,7 +459,7 @@ t.test('a 429 with Retry-After: 2 cools the key on both replicas: 50 calls, none
       // its offset to Redis' clock (half a round trip to TIME)
       const lag = Date.parse(shown.cooldown.until) - until
       replicaUntil = Math.max(replicaUntil, Date.parse(shown.cooldown.until))
-      t.ok(Math.abs(lag) <= 20, `at the time Redis holds (${lag} ms apart)`)
+      t.ok(Math.abs(lag) <= 50, `at the time Redis holds (${lag} ms apart)`)
     }
 
     // 50 calls spread over both replicas and over the cooldown's first second

@@ -78,8 +78,11 @@ t.test('settle: an id counts once for the hour after its settlement, then again'
   await settle('x')
   t.equal(await settled(), 20, 'x an hour later to the ms: still the same settlement')
   clock.now += 1
-  await settle('z') // the sweep of a later settlement drops x (settled more than an hour ago), keeps y
+  await settle('z') // the sweep of a later settlement drops what is an hour old or more, as the Redis script does
   await settle('x')
   await settle('y')
-  t.equal(await settled(), 40, 'x counts again, y does not yet')
+  t.equal(await settled(), 50, 'x and y (an hour old to the ms) count again')
+  clock.now += 1
+  await settle('x')
+  t.equal(await settled(), 50, 'x, settled again a ms ago: the same settlement')
 })
