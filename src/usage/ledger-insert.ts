@@ -2,27 +2,26 @@ import { getTableColumns, is, sql, SQL } from 'drizzle-orm'
 import type { Database } from '../db/client.js'
 import { usageRecords, type UsageRecord } from '../db/schema.js'
 
-// The ledger's column names and, for those a record may leave out, the value the table would give them
-const columns = Object.entries(getTableColumns(usageRecords)).map(([key, column]) => ({
-  key: key as keyof UsageRecord,
-  name: column.name,
-  fallback: column.hasDefault && !is(column.default, SQL) ? column.default : null
-}))
-const names = sql.raw(columns.map((column) => `"${column.name}"`).join(', '))
+// Each column of the ledger read from the record's own field, as a record is serialised (and spooled); where a record
+// may leave a field out, the value the table would give it. From the schema only: nothing here comes from a request
+const columns = Object.entries(getTableColumns(usageRecords))
+const names = sql.raw(columns.map(([, column]) => `"${column.name}"`).join(', '))
+const values = sql.raw(columns.map(([field, column]) => {
+  if (column.name === 'created_at') return `coalesce(r."${field}", now())`
+  if (column.hasDefault && !is(column.default, SQL)) return `coalesce(r."${field}", ${String(column.default)})`
+  return `r."${field}"`
+}).join(', '))
+const fields = sql.raw(columns.map(([field, column]) => `"${field}" ${column.getSQLType()}`).join(', '))
 
 /**
  * Inserts a batch of usage records in one statement with one parameter: the batch as JSON, spread into rows by
  * PostgreSQL. Idempotent by request id. Building drizzle's multi-row insert cost about 150 µs of CPU a record (the
- * benchmark's profile: `is` alone was 8 % of the gateway's time under load); this costs a JSON.stringify.
+ * benchmark's profile: `is` alone was 8 % of the gateway's time under load); this costs a JSON.stringify of the
+ * records as they are (renaming their fields to the columns' names first made a copy of each: the largest
+ * allocation of a call, docs/benchmarks.md).
  */
 export async function insertUsageRecords (db: Database, batch: UsageRecord[]): Promise<void> {
-  const rows = batch.map((record) => {
-    const row: Record<string, unknown> = {}
-    for (const { key, name, fallback } of columns) row[name] = record[key] ?? fallback
-    row.created_at ??= new Date()
-    return row
-  })
   await db.execute(sql`insert into usage_records (${names})
-    select ${names} from json_populate_recordset(null::usage_records, ${JSON.stringify(rows)}::json)
+    select ${values} from json_to_recordset(${JSON.stringify(batch)}::json) as r(${fields})
     on conflict (request_id) do nothing`)
 }
