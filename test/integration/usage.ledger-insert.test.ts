@@ -1,0 +1,99 @@
+// The ledger insert on both databases the gateway runs on: what a record leaves out or sets to null takes the
+// column's default, a record replayed twice counts once, the largest exact bigint survives, unknown fields are ignored.
+import { randomUUID } from 'node:crypto'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { sql } from 'drizzle-orm'
+import t, { type Test } from 'tap'
+import { openDatabase, type DatabaseHandle } from '../../src/db/client.js'
+import type { UsageRecord } from '../../src/db/schema.js'
+import { insertUsageRecords } from '../../src/usage/ledger-insert.js'
+import { TEST_DATABASE_URL } from '../helpers/app.js'
+
+function contract (t: Test, open: () => Promise<DatabaseHandle>) {
+  t.test('defaults, nulls, duplicates, extremes and strangers', async (t) => {
+    const handle = await open()
+    const { db } = handle
+    const workspaceId = randomUUID()
+    const full = {
+      requestId: `full-${randomUUID()}`,
+      workspaceId,
+      tokenId: randomUUID(),
+      keyName: 'default',
+      operation: 'chat',
+      model: 'it\'s "quoted"',
+      pricedModel: 'mistral-small-latest',
+      promptTokens: 15,
+      cachedTokens: 3,
+      completionTokens: 20,
+      totalTokens: 35,
+      pages: 0,
+      audioSeconds: 0,
+      characters: 0,
+      connectorTokens: 0,
+      serviceTier: 'priority',
+      listCostMicros: Number.MAX_SAFE_INTEGER,
+      billedCostMicros: 12,
+      estimated: true,
+      streamed: true,
+      status: 200,
+      upstreamStatus: 200,
+      latencyMs: 7,
+      createdAt: new Date('2026-12-06T10:00:00.000Z'),
+      ttftMs: 3
+    } satisfies UsageRecord
+    // a record spooled before some columns existed, with nulls where the table has defaults, and a field it ignores
+    const sparse = {
+      requestId: `sparse-${randomUUID()}`,
+      workspaceId,
+      keyName: 'default',
+      operation: 'embeddings',
+      status: 200,
+      latencyMs: 4,
+      cachedTokens: null,
+      estimated: null,
+      prompt_tokens: 99,
+      createdAt: '2026-12-06T11:00:00.000Z'
+    } as unknown as UsageRecord
+    await insertUsageRecords(db, [full, sparse, { ...full, billedCostMicros: 999 }])
+    await insertUsageRecords(db, [{ ...sparse, status: 500 }])
+    const result = await db.execute(sql`select * from usage_records where workspace_id = ${workspaceId}
+      order by request_id`) as unknown as { rows: Array<Record<string, unknown>> }
+    const rows = result.rows
+    t.equal(rows.length, 2, 'one row per request id, however often it is inserted')
+    const [first, second] = rows
+    t.match(first, {
+      request_id: full.requestId, model: full.model, prompt_tokens: 15, cached_tokens: 3, service_tier: 'priority',
+      billed_cost_micros: 12, estimated: true, streamed: true, ttft_ms: 3, connector_tokens: 0
+    }, 'every field as the record has it; the first insert of an id wins')
+    t.equal(Number(first.list_cost_micros), Number.MAX_SAFE_INTEGER, 'the largest exact bigint')
+    t.equal(new Date(first.created_at as string).toISOString(), '2026-12-06T10:00:00.000Z')
+    t.match(second, {
+      request_id: sparse.requestId, token_id: null, model: null, prompt_tokens: 0, cached_tokens: 0,
+      completion_tokens: 0, estimated: false, streamed: false, status: 200, upstream_status: null, ttft_ms: null
+    }, 'left out or null: the column\'s default (or null); a stranger field is not read')
+    t.equal(new Date(second.created_at as string).toISOString(), '2026-12-06T11:00:00.000Z')
+    await db.execute(sql`delete from usage_records where workspace_id = ${workspaceId}`)
+    await db.execute(sql`delete from usage_daily where workspace_id = ${workspaceId}`)
+    await handle.close()
+  })
+}
+
+t.test('postgresql', async (t) => {
+  contract(t, async () => {
+    const handle = await openDatabase({ url: TEST_DATABASE_URL, dataDir: '.' })
+    await handle.migrate()
+    return handle
+  })
+})
+
+t.test('embedded (PGlite)', async (t) => {
+  const dataDir = await mkdtemp(join(tmpdir(), 'tramontane-ledger-'))
+  t.teardown(() => rm(dataDir, { recursive: true, force: true }))
+  contract(t, async () => {
+    const handle = await openDatabase({ dataDir })
+    await handle.migrate()
+    return handle
+  })
+})
