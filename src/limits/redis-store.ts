@@ -33,7 +33,7 @@ const SETTLE_DELAY_MS = 2
  */
 export function createRedisStore (redis: Redis | Cluster): AdmissionStore {
   const waiting: Array<() => void> = []
-  // the settlements held back and not yet answered, for flush()
+  // the settlements not yet answered, for flush()
   const unanswered = new Set<Promise<unknown[]>>()
   let timer: NodeJS.Timeout | undefined
   const batchWrites = turnWriter(redis)
@@ -45,7 +45,8 @@ export function createRedisStore (redis: Redis | Cluster): AdmissionStore {
     timer = undefined
     for (const send of waiting.splice(0)) send()
   }
-  function settleSoon (prefix: string, input: SettleInput): Promise<unknown[]> {
+  /** Queues a settlement behind those held back; it waits for the next command unless it frees a slot. */
+  function queueSettlement (prefix: string, input: SettleInput, freesSlot: boolean): Promise<unknown[]> {
     const json = JSON.stringify(input)
     const settled = new Promise<unknown[]>((resolve, reject) => {
       // sent synchronously, so that it leaves in the same write as the command that sends it
@@ -56,8 +57,10 @@ export function createRedisStore (redis: Redis | Cluster): AdmissionStore {
           reject(err)
         }
       })
-      timer ??= setTimeout(beforeCommand, SETTLE_DELAY_MS)
     })
+    // a slot is not held back: the client has its answer, and its next call may reach another replica at once
+    if (freesSlot) beforeCommand()
+    else timer ??= setTimeout(beforeCommand, SETTLE_DELAY_MS)
     unanswered.add(settled)
     const forget = () => { unanswered.delete(settled) }
     settled.then(forget, forget)
@@ -97,13 +100,7 @@ export function createRedisStore (redis: Redis | Cluster): AdmissionStore {
       }
     },
     async settle (prefix, input, freesSlot = false) {
-      let reply: unknown[]
-      if (freesSlot) {
-        beforeCommand()
-        reply = await redis.tmtSettle(prefix, JSON.stringify(input))
-      } else {
-        reply = await settleSoon(prefix, input)
-      }
+      const reply = await queueSettlement(prefix, input, freesSlot)
       if (Number(reply[0]) !== 1) return []
       // cjson encodes an empty Lua table as {}
       const crossed = JSON.parse(String(reply[1])) as Array<[string, number]> | Record<string, never>
