@@ -20,5 +20,5 @@ EXPOSE 8080
 VOLUME ["/data"]
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
   CMD node -e "fetch('http://127.0.0.1:'+(process.env.PORT||8080)+'/readyz').then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"
-# --heap-growing-percent: docs/operations.md#memory
-CMD ["node", "--heap-growing-percent=50", "dist/src/server.js"]
+# --heap-growing-percent and --max-semi-space-size: docs/operations.md#memory
+CMD ["node", "--heap-growing-percent=50", "--max-semi-space-size=4", "dist/src/server.js"]

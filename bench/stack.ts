@@ -54,8 +54,10 @@ export interface GatewayOptions {
 /** The built gateway (`node dist/src/server.js`, as production runs it), ready once /readyz says so. */
 export async function startGateway (name: string, options: GatewayOptions): Promise<Upstream> {
   const port = await freePort()
-  // the V8 flag of `npm start`, the Dockerfile and the systemd unit (docs/operations.md#memory)
-  const command = [process.execPath, '--heap-growing-percent=50', ...options.nodeFlags ?? [], 'dist/src/server.js']
+  // the V8 flags of `npm start`, the Dockerfile and the systemd unit (docs/operations.md#memory)
+  const command = [
+    process.execPath, '--heap-growing-percent=50', '--max-semi-space-size=4', ...options.nodeFlags ?? [], 'dist/src/server.js'
+  ]
   const proc = startProcess(name, command, {
     cwd: ROOT,
     cpu: GATEWAY_CPU,
