@@ -56,7 +56,8 @@ export async function startGateway (name: string, options: GatewayOptions): Prom
   const port = await freePort()
   // the V8 flags of `npm start`, the Dockerfile and the systemd unit (docs/operations.md#memory)
   const command = [
-    process.execPath, '--heap-growing-percent=50', '--max-semi-space-size=4', ...options.nodeFlags ?? [], 'dist/src/server.js'
+    process.execPath, '--heap-growing-percent=50', '--max-semi-space-size=4', ...options.nodeFlags ?? [],
+    'dist/src/server.js'
   ]
   const proc = startProcess(name, command, {
     cwd: ROOT,

@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto'
-import { Redis } from 'ioredis'
+import { Cluster } from 'ioredis'
 import { request } from 'undici'
+import { openRedis, redisReady } from '../src/redis.js'
 import { secrets } from './stack.js'
 
 export interface BenchWorkspace {
@@ -16,7 +17,8 @@ export interface BenchWorkspace {
  */
 export async function setupWorkspace (gatewayUrl: string): Promise<BenchWorkspace> {
   const slug = `bench-${randomBytes(4).toString('hex')}`
-  const { id } = await admin(gatewayUrl, 'POST', '/admin/v1/workspaces', { slug, name: 'tramontane bench' }) as { id: string }
+  const created = await admin(gatewayUrl, 'POST', '/admin/v1/workspaces', { slug, name: 'tramontane bench' })
+  const { id } = created as { id: string }
   await admin(gatewayUrl, 'PATCH', `/admin/v1/workspaces/${slug}`, {
     limits: { rpm: 10_000_000, tpm: 10_000_000_000, concurrency: 100_000 },
     caps: { monthly: '1000000.00' }
@@ -27,24 +29,33 @@ export async function setupWorkspace (gatewayUrl: string): Promise<BenchWorkspac
   return { id, slug, token: (minted as { token: string }).token }
 }
 
-/**
- * Its tokens stop working; its ledger stays, as for any deleted workspace. Its admission state goes from Redis at
- * once, freed off Redis' main thread (UNLINK): a soak leaves a set of a million settled request ids, and Redis frees an
- * expiring key on its main thread (unless lazyfree-lazy-expire), about 0.2 s a million, stalling whatever runs next on
- * the machine an hour later (docs/operations.md#redis).
- */
-export async function removeWorkspace (gatewayUrl: string, workspace: BenchWorkspace, redisUrl: string) {
+/** Its tokens stop working; its ledger stays, as for any deleted workspace. */
+export async function removeWorkspace (gatewayUrl: string, workspace: BenchWorkspace) {
   await admin(gatewayUrl, 'DELETE', `/admin/v1/workspaces/${workspace.slug}`)
-  const redis = new Redis(redisUrl, { lazyConnect: true, maxRetriesPerRequest: 1 })
+}
+
+/**
+ * The workspace's admission state leaves Redis at once, freed off Redis' main thread (UNLINK). Left alone, a soak's set
+ * of a million settled request ids would expire an hour later as one key, which Redis frees on its main thread (unless
+ * lazyfree-lazy-expire): about 0.2 s during which every command on the machine's Redis waits, whatever runs then
+ * (docs/operations.md#redis).
+ */
+export async function forgetAdmissionState (redisUrl: string, workspace: BenchWorkspace) {
+  const redis = openRedis(redisUrl, 5_000)
   try {
-    let cursor = '0'
-    do {
-      const [next, keys] = await redis.scan(cursor, 'MATCH', `tmt:{ws:${workspace.id}}:*`, 'COUNT', 1000)
-      if (keys.length > 0) await redis.unlink(...keys)
-      cursor = next
-    } while (cursor !== '0')
+    await redisReady(redis.client, 5_000)
+    // every key of a workspace shares its hash slot: on a Cluster they are all on one master, found by scanning each
+    const nodes = redis.client instanceof Cluster ? redis.client.nodes('master') : [redis.client]
+    for (const node of nodes) {
+      let cursor = '0'
+      do {
+        const [next, keys] = await node.scan(cursor, 'MATCH', `tmt:{ws:${workspace.id}}:*`, 'COUNT', 1000)
+        if (keys.length > 0) await node.unlink(...keys)
+        cursor = next
+      } while (cursor !== '0')
+    }
   } finally {
-    redis.disconnect()
+    await redis.close()
   }
 }
 
