@@ -145,11 +145,11 @@ export function createKeyHealth (options: KeyHealthOptions): KeyHealth {
     let measured = 0
     for (let i = 0; i < 3; i++) {
       const sent = clock()
-      const [seconds, micros] = await client.time()
+      const time = await client.time()
       const received = clock()
       if (received - sent >= shortest) continue
       shortest = received - sent
-      measured = Number(seconds) * 1000 + Number(micros) / 1000 - (sent + received) / 2
+      measured = redisNow(time) - (sent + received) / 2
     }
     offset = measured
     offsetAt = clock()
@@ -333,6 +333,7 @@ export function createKeyHealth (options: KeyHealthOptions): KeyHealth {
   }
 }
 
-const redisNow = ([seconds, micros]: Array<number | string>) => Number(seconds) * 1000 + Math.floor(Number(micros) / 1000)
+/** Redis' `TIME` reply in epoch ms, to the microsecond. */
+const redisNow = ([seconds, micros]: Array<number | string>) => Number(seconds) * 1000 + Number(micros) / 1000
 
 const blockKey = (workspaceId: string, keyId: string) => `tmt:{ws:${workspaceId}}:key:${keyId}:block`
