@@ -268,16 +268,20 @@ t.test('clients hanging up at any moment: every call ends, none is blamed on Mis
     return mistral.received.map((request) => keyNameOf(request.apiKey)).filter((name) => !recorded.has(name as string))
   }
   // a request whose client has gone can still be in authentication or admission, not yet counted in flight, when the
-  // gauge reads 0, and reach Mistral after that: read until every call Mistral saw has its record, or the deadline
-  for (const deadline = Date.now() + 10_000; ;) {
-    while (Date.now() < deadline && await inFlight() !== '0') await sleep(50)
+  // gauge reads 0, and go in flight (and reach Mistral) after any one reading: wait for a reading with nothing in
+  // flight and every call Mistral saw recorded, and then the same reading again a moment later
+  let previous = ''
+  let gauge: string | undefined
+  for (const deadline = Date.now() + 10_000; Date.now() < deadline; await sleep(250)) {
+    gauge = await inFlight()
     await app.usage.flush()
     const usage = await testApp.admin('GET', `/admin/v1/workspaces/${ws.slug}/usage?limit=10000`)
     records = usage.json.records as Row[]
-    if (unrecorded().length === 0 || Date.now() >= deadline) break
-    await sleep(100)
+    const reading = `${gauge} in flight, ${mistral.received.length} seen, ${records.length} recorded`
+    if (gauge === '0' && unrecorded().length === 0 && reading === previous) break
+    previous = reading
   }
-  t.equal(await inFlight(), '0', 'no call is left in flight')
+  t.equal(gauge, '0', 'no call is left in flight')
   t.equal(new Set(records.map((record) => record.keyName)).size, records.length, 'one record per call')
   t.same(unrecorded(), [], `each of the ${mistral.received.length} calls Mistral saw has its own record ` +
     `(${records.length} records in all)`)
