@@ -6,7 +6,7 @@ import { sampleRss } from './proc-stats.js'
 import { profileMarkdown, summarizeProfile } from './profile-summary.js'
 import { COMPLETION_TOKENS, SCENARIOS } from './scenarios.js'
 import { startFake, startGateway, startLoader } from './stack.js'
-import { forgetAdmissionState, removeWorkspace, setupWorkspace } from './workspace.js'
+import { removeWorkspace, setupWorkspace } from './workspace.js'
 
 const MIN_PROFILE_S = 15
 
@@ -53,8 +53,6 @@ Promise<number> {
   const loadEndedAt = Date.now()
   bench.gateway.rss.stop()
   await removeWorkspace(gateway.url, workspace).catch((err) => log(`could not delete ${workspace.slug}: ${err}`))
-  await forgetAdmissionState(options.redisUrl, workspace)
-    .catch((err) => log(`could not delete ${workspace.slug}'s keys from Redis: ${err}`))
   // the profile is written when the process exits (SIGTERM: it drains and exits 0)
   await gateway.proc.stop()
   // --cpu-prof covers the whole process: only the samples of the load are summarised, located back from the exit

@@ -21,7 +21,7 @@ import {
   ROOT, defaultUpstreamConnections, startFake, startFloor, startGateway, startLoader, type Upstream
 } from './stack.js'
 import { judge, type HoldRow, type ScenarioRow } from './targets.js'
-import { forgetAdmissionState, removeWorkspace, setupWorkspace, type BenchWorkspace } from './workspace.js'
+import { removeWorkspace, setupWorkspace, type BenchWorkspace } from './workspace.js'
 
 const RESULTS = join(ROOT, 'bench', 'results')
 const log = (message: string) => process.stderr.write(`[bench] ${message}\n`)
@@ -179,13 +179,11 @@ async function holdPhase (bench: Bench, workspace: BenchWorkspace): Promise<Hold
 }
 
 /**
- * The workspace goes through the last gateway up (its ledger stays), its admission state out of Redis; what that
- * gateway logged is shown.
+ * The workspace is deleted through the last gateway up (its ledger stays; its state leaves Redis); what that gateway
+ * logged is shown.
  */
 async function finish (gateway: Upstream, workspace: BenchWorkspace) {
   await removeWorkspace(gateway.url, workspace).catch((err) => log(`could not delete ${workspace.slug}: ${err}`))
-  await forgetAdmissionState(options.redisUrl, workspace)
-    .catch((err) => log(`could not delete ${workspace.slug}'s keys from Redis: ${err}`))
   const said = gateway.proc.output().trim()
   if (said) log(`${gateway.proc.name} logged (warn and above):\n${said.slice(-2000)}`)
 }

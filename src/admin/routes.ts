@@ -121,7 +121,7 @@ export async function adminRoutes (app: FastifyInstance, { adminToken }: { admin
   app.delete('/workspaces/:ws', {
     schema: {
       tags: ['workspaces'],
-      summary: 'Delete a workspace (its tokens stop working; its ledger stays)',
+      summary: 'Delete a workspace (its tokens stop working; its ledger stays; its state in Redis goes)',
       security,
       params: WorkspaceParams,
       response: { 204: Type.Null(), ...errors }
@@ -131,6 +131,9 @@ export async function adminRoutes (app: FastifyInstance, { adminToken }: { admin
     await workspaces.remove(workspace.id)
     await app.tenancy.tokens.forgetWorkspace(workspace.id)
     await audit(request, 'workspace.delete', 'workspace', workspace.id, workspace.id, { slug: workspace.slug })
+    // nothing of it in Redis would ever expire; the deletion stands whether or not Redis answers now
+    await app.admission.forget(workspace.id)
+      .catch((err: unknown) => request.log.warn({ err, workspaceId: workspace.id }, 'a deleted workspace\'s state stays in Redis'))
     return reply.code(204).send()
   })
 

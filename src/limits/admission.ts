@@ -95,6 +95,12 @@ export interface Admission {
    * store took, as none of its calls can be in flight. Best effort: without it that call waits `recoveryMs`.
    */
   welcome (workspaceId: string): Promise<void>
+  /**
+   * A deleted workspace: what the store holds for it goes (counters, reservations, settled ids, key cooldowns), and so
+   * does what this replica's fallback limiter holds. A call of it still in flight may write a little back when it
+   * settles.
+   */
+  forget (workspaceId: string): Promise<void>
   /** Called once per period and cap for each threshold crossed (50/80/100 % by default). */
   onThreshold (listener: (crossing: ThresholdCrossing) => void): void
   /** Stops renewing leases; sends the settlements the store still holds and waits for them. */
@@ -314,6 +320,13 @@ export function createAdmission (options: AdmissionOptions): Admission {
     async welcome (workspaceId) {
       await store.markNew(`tmt:{ws:${workspaceId}}`)
         .catch((err: unknown) => log.warn({ err }, 'a new workspace could not be marked in the admission store'))
+    },
+
+    async forget (workspaceId) {
+      const prefix = `tmt:{ws:${workspaceId}}`
+      recovered.delete(prefix)
+      await fallback.forget(prefix)
+      await store.forget(prefix)
     },
 
     onThreshold (listener) {

@@ -322,6 +322,13 @@ export function createMemoryStore (clock: () => number = Date.now): AdmissionSto
       }
     },
 
+    async forget (prefix) {
+      const own = (key: string) => key === prefix || key.startsWith(`${prefix}:`)
+      for (const map of [requests, buckets, leases, spends, reservations, done, usualMs, earliest] as Array<Map<string, unknown>>) {
+        for (const key of map.keys()) if (own(key)) map.delete(key)
+      }
+    },
+
     async renew (prefix, calls, lease) {
       const now = clock()
       for (const call of calls) {

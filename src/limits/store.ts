@@ -129,6 +129,8 @@ export interface AdmissionStore {
   flush (): Promise<void>
   /** read-only: what the scopes have used (a spend key never seeded reads settled -1) */
   inspect (prefix: string, scopes: Array<{ p: string, spend: string[] }>): Promise<Inspection>
+  /** the workspace is deleted: everything the store holds for it goes (nothing of it ever expires otherwise) */
+  forget (prefix: string): Promise<void>
 }
 
 export interface ScopeUsage {

@@ -623,6 +623,31 @@ function contract (t: Test, fixture: Fixture) {
       admitted(t, await store.admit(prefix, call(scopes, { quiet: 800 })), 'then admitted')
     })
   }
+
+  test('forget: a deleted workspace leaves nothing in the store, another keeps all it had', async (t) => {
+    const [gone, kept] = [await fixture.prefix(), await fixture.prefix()]
+    const m = (prefix: string) => spendKey(`${prefix}:w`, 'm')
+    const scopesOf = (prefix: string): ScopeInput[] => [{ p: `${prefix}:w`, rpm: 100, rpd: 1000, tpm: 10_000_000, conc: 10, caps: { m: 100_000 } }]
+    for (const prefix of [gone, kept]) {
+      await store.seed(prefix, [[m(prefix), 0, [], []]], [])
+      const first = call(scopesOf(prefix))
+      admitted(t, await store.admit(prefix, first))
+      await store.settle(prefix, { id: first.id, cost: 7, tokens: 100, reservedTokens: first.promptTokens + MAX_TOKENS,
+        spend: [[m(prefix), 100_000]], thresholds: [] }, true)
+      admitted(t, await store.admit(prefix, call(scopesOf(prefix))), 'a second call, in flight')
+    }
+    const usage = async (prefix: string) =>
+      (await store.inspect(prefix, [{ p: `${prefix}:w`, spend: [m(prefix)] }])).scopes[0]
+    t.match(await usage(kept), { rpm: 2, conc: 1, spend: [[m(kept), 7, W]] }, 'before: each workspace has its state')
+
+    await store.forget(gone)
+    await store.flush()
+    t.match(await usage(gone), { rpm: 0, rpd: 0, tpm: 0, conc: 0, spend: [[m(gone), -1, 0]] },
+      'the deleted workspace: no call counted, no slot held, no spend counter')
+    t.match(await usage(kept), { rpm: 2, rpd: 2, conc: 1, spend: [[m(kept), 7, W]] }, 'the other: all it had')
+    t.match(await store.admit(gone, call(scopesOf(gone))), { kind: 'seed', missing: [{ key: m(gone) }] },
+      'a call under the deleted prefix starts from nothing: its counter is seeded again')
+  })
 }
 
 // --- the stores ----------------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
+import { Redis } from 'ioredis'
 import t from 'tap'
-import { buildTestApp, type TestApp, type TestWorkspace } from '../helpers/app.js'
+import { buildTestApp, TEST_REDIS_URL, type TestApp, type TestWorkspace } from '../helpers/app.js'
 import { startFakeMistral } from '../helpers/fake-mistral.js'
 
 // Issue 3 over HTTP, on one gateway: a token's own limits and caps (on top of its workspace's, which has none here),
@@ -97,4 +98,36 @@ t.test('clampMaxTokens: lowered max_tokens by default, a refusal when the operat
   t.match(refused.json, { type: 'insufficient_quota', code: 'monthly_spend_cap_reached' })
   t.equal(testApp.mistral.received.length - before, 1, 'the refused call never reached Mistral')
   t.equal((await chat(testApp, strict.headers, { max_tokens: 1_000 })).status, 200, 'a call whose worst case fits is served')
+})
+
+t.test('deleting a workspace takes its state out of Redis; another workspace keeps its own', async (t) => {
+  const testApp = await buildTestApp(t)
+  const redis = new Redis(TEST_REDIS_URL)
+  t.teardown(() => redis.quit())
+  const keysOf = async (workspaceId: string) => {
+    const keys: string[] = []
+    let cursor = '0'
+    do {
+      const [next, batch] = await redis.scan(cursor, 'MATCH', `tmt:{ws:${workspaceId}}:*`, 'COUNT', 1000)
+      keys.push(...batch)
+      cursor = next
+    } while (cursor !== '0')
+    return keys.sort()
+  }
+  const [gone, kept] = [await testApp.createWorkspace(), await testApp.createWorkspace()]
+  for (const ws of [gone, kept]) {
+    const limited = await testApp.admin('PATCH', `/admin/v1/workspaces/${ws.slug}`,
+      { limits: { rpm: 100, concurrency: 5 }, caps: { monthly: '10.00' } })
+    t.equal(limited.statusCode, 200)
+    t.equal((await chat(testApp, ws.headers)).status, 200)
+  }
+  await testApp.app.admission.store.flush()
+  const before = await keysOf(gone.id)
+  t.ok(before.some((key) => key.includes(':spend:m:')) && before.some((key) => key.endsWith(':done')),
+    `the workspace's counters and settled ids are in Redis (${before.length} keys)`)
+  const keptBefore = await keysOf(kept.id)
+
+  t.equal((await testApp.admin('DELETE', `/admin/v1/workspaces/${gone.slug}`)).statusCode, 204)
+  t.same(await keysOf(gone.id), [], 'none left once it is deleted')
+  t.same(await keysOf(kept.id), keptBefore, 'the other workspace\'s keys are untouched')
 })
