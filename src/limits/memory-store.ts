@@ -1,3 +1,4 @@
+import { counterTtl } from './counter-expiry.js'
 import type { AdmissionStore, AdmitInput, AdmitResult, DenyReason, RateInfo, ScopeInput, SettleInput } from './store.js'
 
 const MINUTE = 60_000
@@ -19,9 +20,9 @@ interface Spend {
   crossed: Set<number>
   /** request id → cost of a call that settled while the counter was missing */
   vouched: Map<string, number>
+  /** a day's or a month's: when it goes, as the Redis key expires (counter-expiry.ts) */
+  expiry?: number
 }
-
-const newSpend = (): Spend => ({ reserved: 0, crossed: new Set(), vouched: new Map() })
 
 /**
  * Admission times, oldest first from `head`. A busy workspace's minute is hundreds of thousands of calls: an array
@@ -53,6 +54,22 @@ export function createMemoryStore (clock: () => number = Date.now): AdmissionSto
   const earliest = new Map<string, number>()
 
   const bucketsOf = (key: string) => mapOf(buckets, key)
+
+  /** a spend counter, created at its first write with the expiry of its period's kind */
+  function spendOf (key: string, now: number): Spend {
+    let spend = spends.get(key)
+    if (spend === undefined) {
+      const ttl = counterTtl(key)
+      spend = { reserved: 0, crossed: new Set(), vouched: new Map(), expiry: ttl === undefined ? undefined : now + ttl }
+      spends.set(key, spend)
+    }
+    return spend
+  }
+
+  /** drops the counters of past days and months; read whole, so only when a seed starts one of a new period */
+  function dropExpiredCounters (now: number) {
+    for (const [key, spend] of spends) if (spend.expiry !== undefined && spend.expiry <= now) spends.delete(key)
+  }
   const leasesOf = (key: string) => mapOf(leases, key)
 
   /** an expiry set in the map under `key`: its sweep must not wait past it */
@@ -226,9 +243,11 @@ export function createMemoryStore (clock: () => number = Date.now): AdmissionSto
     },
 
     async seed (_prefix, entries, held) {
+      const now = clock()
+      dropExpiredCounters(now)
       const plan: Array<[Spend, number]> = []
       for (const [key, ledger, recorded, asked] of entries) {
-        const spend = mapOf(spends, key, newSpend)
+        const spend = spendOf(key, now)
         if (spend.settled !== undefined) continue
         let total = ledger
         for (const [id, cost] of spend.vouched) {
@@ -280,7 +299,7 @@ export function createMemoryStore (clock: () => number = Date.now): AdmissionSto
       }
       const crossed: Array<[string, number]> = []
       for (const [key, cap, thresholds = s.thresholds] of s.spend) {
-        const spend = mapOf(spends, key, newSpend)
+        const spend = spendOf(key, now)
         if (spend.settled === undefined) {
           spend.vouched.set(s.id, s.cost)
           continue
@@ -341,7 +360,7 @@ export function createMemoryStore (clock: () => number = Date.now): AdmissionSto
         }
         if (mapOf(done, prefix).has(call.id)) continue
         // expired while its replica stalled, still in flight: put it back (as the Redis script does after a loss)
-        for (const key of call.spend) mapOf(spends, key, newSpend).reserved += call.cost
+        for (const key of call.spend) spendOf(key, now).reserved += call.cost
         for (const key of call.conc) setLease(key, call.id, now + lease)
         const held: Held = { cost: call.cost, spend: call.spend, conc: call.conc, tpm: [], second: 0 }
         mapOf(reservations, prefix).set(call.id, { expiry: now + lease, held })

@@ -1,3 +1,5 @@
+import { COUNTER_TTL_MS } from './counter-expiry.js'
+
 // The admission decision and its settlement, each one Redis round trip (DESIGN.md, request path step 3).
 // KEYS[1] is the workspace prefix `tmt:{ws:<id>}`; every key the scripts touch starts with it, so they all live
 // in one hash slot and the scripts run unchanged on Redis Cluster. Time is Redis' own (TIME), never a replica's.
@@ -12,11 +14,21 @@
 //   P:conc:ms    STRING  how long a call usually holds its slot     moving average, for a concurrency Retry-After
 //   P:spend:<d|m|l>[:<period id>]  HASH settled, reserved, t<pct>  micro-units of the workspace currency
 //                                       v:<request id>  cost of a call that settled while the counter was missing
+//                a day's or a month's expires some days after its first write (counter-expiry.ts); a lifetime's stays
 // and per workspace: resv (ZSET request id → expiry), resv:data (HASH request id → what it holds), done (ZSET),
 // epoch (set when the workspace is created and by each seed: its absence means its state is lost), recovery (when the
 // replicas were first asked to put back what they hold, after a loss).
 
-const COMMON = `
+// a spend counter's first write (a seed, a vouch, a reservation put back) gives a day's or a month's its expiry
+const EXPIRE_COUNTER = `
+local function expireCounter (key)
+  if redis.call('PTTL', key) ~= -1 then return end
+  if string.find(key, ':spend:d:', 1, true) then redis.call('PEXPIRE', key, ${COUNTER_TTL_MS.day})
+  elseif string.find(key, ':spend:m:', 1, true) then redis.call('PEXPIRE', key, ${COUNTER_TTL_MS.month}) end
+end
+`
+
+const COMMON = EXPIRE_COUNTER + `
 local prefix = KEYS[1]
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
@@ -247,7 +259,7 @@ redis.call('HSET', RESV_DATA, a.id, cjson.encode(held))
 return {1, now, maxTokens, cost, tokens, room and (room - cost) or -1, cjson.encode(info)}
 `
 
-export const SEED_SCRIPT = `
+export const SEED_SCRIPT = EXPIRE_COUNTER + `
 -- ARGV[1]: {entries = [[key, ledger sum, [ids the sum holds], [ids the ledger was asked about]], ...],
 --           held = [ids holding a reservation when the ledger was asked]}, both read by SNAPSHOT_SCRIPT.
 -- set-if-absent: a replica that seeds late never counts the ledger twice
@@ -283,6 +295,7 @@ for _, step in ipairs(plan) do
   -- in slices: Lua's unpack takes some thousands of values at most, and a long loss can leave more vouches than that
   for i = 1, #step[3], 500 do redis.call('HDEL', step[1], unpack(step[3], i, math.min(i + 499, #step[3]))) end
   redis.call('HSET', step[1], 'settled', step[2])
+  expireCounter(step[1])
 end
 redis.call('SET', KEYS[1] .. ':epoch', 1)
 redis.call('DEL', KEYS[1] .. ':recovery')
@@ -350,6 +363,7 @@ for _, entry in ipairs(s.spend) do
   if not values[1] then
     if back and (values[2] or redis.call('EXISTS', key) == 1) then redis.call('HINCRBY', key, 'reserved', -back) end
     redis.call('HSET', key, 'v:' .. s.id, s.cost)
+    expireCounter(key)
   else
     local settled = tonumber(values[1]) + s.cost
     if back then
@@ -388,7 +402,10 @@ for _, call in ipairs(r.calls) do
   elseif not redis.call('ZSCORE', DONE, id) then
     -- lost with the store's data (or expired while its replica stalled), still in flight: put it back. Its tokens
     -- per minute are not: the minute's buckets started over with the loss
-    for _, key in ipairs(call.spend) do redis.call('HINCRBY', key, 'reserved', call.cost) end
+    for _, key in ipairs(call.spend) do
+      redis.call('HINCRBY', key, 'reserved', call.cost)
+      expireCounter(key)
+    end
     for _, key in ipairs(call.conc) do keepLease(key, id, nil) end
     redis.call('ZADD', RESV, now + lease, id)
     local held = {cost = call.cost, spend = call.spend, conc = call.conc, tpm = {}, second = 0}

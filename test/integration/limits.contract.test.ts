@@ -9,6 +9,7 @@ import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { Cluster, Redis } from 'ioredis'
 import t, { type Test } from 'tap'
+import { COUNTER_TTL_MS } from '../../src/limits/counter-expiry.js'
 import { createMemoryStore } from '../../src/limits/memory-store.js'
 import { buildTestApp } from '../helpers/app.js'
 import { createRedisStore } from '../../src/limits/redis-store.js'
@@ -777,6 +778,35 @@ t.test('redis store', async (t) => {
     denied(t, await store.admit(ws, call(scopes)), 'rpd', 'the sixth: 1 + 3 + 1 made the day\'s 5')
     t.equal((await store.inspect(ws, [{ p, spend: [] }])).scopes[0].rpd, 5)
   })
+
+  t.test('a day\'s and a month\'s spend counters expire some days after their first write, a lifetime\'s never',
+    async (t) => {
+      const ws = await prefix()
+      const p = `${ws}:w`
+      const [day, month, lifetime] = [spendKey(p, 'd'), spendKey(p, 'm'), spendKey(p, 'l')]
+      const ttls = async (keys: string[]) => Promise.all(keys.map((key) => redis.pttl(key)))
+      const near = (ttl: number, wanted: number) => ttl > wanted - 60_000 && ttl <= wanted
+      await store.seed(ws, [[day, 0, [], []], [month, 0, [], []], [lifetime, 0, [], []]], [])
+      const [dayTtl, monthTtl, lifetimeTtl] = await ttls([day, month, lifetime])
+      t.ok(near(dayTtl, COUNTER_TTL_MS.day), `seeded: the day's counter expires in ${dayTtl} ms`)
+      t.ok(near(monthTtl, COUNTER_TTL_MS.month), `the month's in ${monthTtl} ms`)
+      t.equal(lifetimeTtl, -1, 'the lifetime counter never')
+
+      // first written by a settlement that vouches for its cost (the counter missing), or by a reservation put back
+      const [vouched, putBack] = [`${p}:spend:d:vouched`, `${p}:spend:m:put-back`]
+      await store.settle(ws, { id: randomUUID(), cost: 5, tokens: 0, reservedTokens: 0, spend: [[vouched, 100]], thresholds: [] })
+      await store.renew(ws, [{ id: randomUUID(), cost: 5, spend: [putBack], conc: [] }], 30_000)
+      await store.flush()
+      const [vouchedTtl, putBackTtl] = await ttls([vouched, putBack])
+      t.ok(near(vouchedTtl, COUNTER_TTL_MS.day), `a vouch: ${vouchedTtl} ms`)
+      t.ok(near(putBackTtl, COUNTER_TTL_MS.month), `a reservation put back: ${putBackTtl} ms`)
+
+      // later writes leave the expiry where the first one set it
+      await redis.pexpire(day, 5_000)
+      await store.settle(ws, { id: randomUUID(), cost: 5, tokens: 0, reservedTokens: 0, spend: [[day, 100]], thresholds: [] })
+      await store.flush()
+      t.ok((await redis.pttl(day)) <= 5_000, 'a settlement does not push it back')
+    })
 
   t.test('the commands of one turn of the event loop leave in one write, and all are answered', async (t) => {
     const ws = await prefix()

@@ -86,3 +86,25 @@ t.test('settle: an id counts once for the hour after its settlement, then again'
   await settle('x')
   t.equal(await settled(), 50, 'x, settled again a ms ago: the same settlement')
 })
+
+t.test('the counters of past days and months go as their Redis keys expire; a lifetime counter stays', async (t) => {
+  const { clock, store } = storeAt()
+  const DAY_MS = 24 * HOUR
+  const counters = { day: `${P}:spend:d:${DAY.id}`, month: SPEND, lifetime: `${P}:spend:l` }
+  await store.seed(PREFIX, [[counters.day, 10, [], []], [counters.month, 20, [], []], [counters.lifetime, 30, [], []]], [])
+  const settled = async () => (await store.inspect(PREFIX, [{ p: P, spend: Object.values(counters) }])).scopes[0].spend
+    .map(([, value]) => value)
+  // a seed of a later day's counter is when the store drops what expired
+  const seedAt = async (sinceFirstWrite: number) => {
+    clock.now = START + sinceFirstWrite
+    await store.seed(PREFIX, [[`${P}:spend:d:later-${sinceFirstWrite}`, 0, [], []]], [])
+  }
+  await seedAt(3 * DAY_MS - 1)
+  t.same(await settled(), [10, 20, 30], 'three days less a millisecond after the first write, all are kept')
+  await seedAt(3 * DAY_MS)
+  t.same(await settled(), [-1, 20, 30], 'three days after it, the day\'s counter is gone')
+  await seedAt(35 * DAY_MS - 1)
+  t.same(await settled(), [-1, 20, 30], 'the month\'s is kept 35 days')
+  await seedAt(35 * DAY_MS)
+  t.same(await settled(), [-1, -1, 30], '35 days after it, the month\'s too; the lifetime counter stays')
+})
