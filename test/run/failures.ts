@@ -1,54 +1,46 @@
-// After a failed run: every failing assertion again, with its diagnostics, at the very end of the output. A CI log
-// that keeps only its last lines still names what failed (the TAP stream puts it among 7,000 passing lines).
-import { readdir, readFile } from 'node:fs/promises'
-import { join } from 'node:path'
+// What failed in a tap run, read back from the TAP it left in .tap/test-results: test/run/tap.ts prints it last, where
+// a CI log that keeps only its end still shows it (the TAP stream puts it among 7,000 passing lines).
 
-const RESULTS = '.tap/test-results'
-const NOT_OK = /^(\s*)not ok \d+ - /
-const PLAN = /^\s*1\.\.\d+/
+const TEST_POINT = /^( *)(not ok|ok) \d+ - (.*?)(?: # (?:time=.*|SKIP.*|TODO.*))?$/
+const SUBTEST = /^( *)# Subtest: (.*)$/
+const TOP_PLAN = /^1\.\.\d+/
 
-async function * tapFiles (dir: string): AsyncGenerator<string> {
-  for (const entry of await readdir(dir, { withFileTypes: true })) {
-    const path = join(dir, entry.name)
-    if (entry.isDirectory()) yield * tapFiles(path)
-    else if (entry.name.endsWith('.tap')) yield path
-  }
-}
-
-/** The failing assertions of one file: each `not ok` line with its YAML block, without the subtests that only fail
- * because of them (a `not ok` right after a plan closes a subtest). */
-function failures (lines: string[]): string[] {
+/**
+ * The failing assertions of one file, each with the names of its subtests and its YAML block. A subtest's own
+ * `not ok` (the line that closes its `# Subtest:` header, at the header's indent) only repeats its children's
+ * failures and is left out; a file whose TAP never reached its last plan (it died on import, was killed by a timeout,
+ * a hook failed) is reported as such.
+ */
+export function failuresOf (tap: string): string[] {
+  const lines = tap.split('\n')
   const found: string[] = []
-  const subtests: string[] = []
+  const open: Array<{ indent: number, name: string, found: number }> = []
   for (let i = 0; i < lines.length; i++) {
-    const line = lines[i]
-    const indent = line.length - line.trimStart().length
-    subtests.length = Math.min(subtests.length, indent / 4)
-    if (line.trimStart().startsWith('# Subtest: ')) subtests[indent / 4] = line.trim().slice('# Subtest: '.length)
-    const match = NOT_OK.exec(line)
-    if (match === null) continue
-    let previous = i - 1
-    while (previous >= 0 && lines[previous].trim() === '') previous--
-    if (previous >= 0 && PLAN.test(lines[previous])) continue
-    const block = [line.trim()]
-    while (i + 1 < lines.length && (lines[i + 1].trim() === '' || lines[i + 1].startsWith(`${match[1]}  `))) {
-      block.push(lines[++i].slice(match[1].length))
+    const header = SUBTEST.exec(lines[i])
+    if (header) {
+      open.push({ indent: header[1].length, name: header[2], found: found.length })
+      continue
     }
-    found.push([subtests.filter(Boolean).join(' > '), ...block].filter(Boolean).join('\n'))
+    const point = TEST_POINT.exec(lines[i])
+    if (!point) continue
+    const indent = point[1].length
+    while (open.length > 0 && open[open.length - 1].indent > indent) open.pop()
+    const last = open[open.length - 1]
+    if (last !== undefined && last.indent === indent && last.name === point[3]) {
+      open.pop()
+      if (found.length > last.found) continue
+    }
+    if (point[2] === 'ok') continue
+    const block = [lines[i].trim()]
+    while (i + 1 < lines.length && (lines[i + 1].trim() === '' || lines[i + 1].startsWith(`${point[1]}  `))) {
+      block.push(lines[++i].slice(indent))
+    }
+    const path = open.map((subtest) => subtest.name).join(' > ')
+    found.push([path, ...block].filter(Boolean).join('\n').trimEnd())
+  }
+  if (!lines.some((line) => TOP_PLAN.test(line))) {
+    found.push('the file ended before its last plan: it died, was killed (a timeout) or a hook failed; its own output ' +
+      'is in the log above')
   }
   return found
 }
-
-let count = 0
-try {
-  for await (const file of tapFiles(RESULTS)) {
-    for (const failure of failures((await readFile(file, 'utf8')).split('\n'))) {
-      count++
-      console.log(`\n# ${file.slice(RESULTS.length + 1, -'.tap'.length)}\n${failure.trimEnd()}`)
-    }
-  }
-} catch (error) {
-  console.log(`# no test results to read in ${RESULTS}: ${(error as Error).message}`)
-}
-console.log(`\n# ${count} failing assertion(s), listed above`)
-process.exitCode = 1

@@ -1,0 +1,44 @@
+// `npm test`: tap with the arguments given (none: the whole suite), then, when it failed, every failing assertion again
+// with its diagnostics, last: a CI log cut to its last lines still names what failed.
+import { spawn } from 'node:child_process'
+import { readdir, readFile, rm } from 'node:fs/promises'
+import { join } from 'node:path'
+import { failuresOf } from './failures.js'
+
+const RESULTS = '.tap/test-results'
+
+async function * tapFiles (dir: string): AsyncGenerator<string> {
+  for (const entry of await readdir(dir, { withFileTypes: true })) {
+    const path = join(dir, entry.name)
+    if (entry.isDirectory()) yield * tapFiles(path)
+    else if (entry.name.endsWith('.tap')) yield path
+  }
+}
+
+// tap rewrites the results of the files it runs and leaves the others': an earlier run's would be reported as this one's
+await rm(RESULTS, { recursive: true, force: true })
+const tap = spawn(join('node_modules', '.bin', 'tap'), process.argv.slice(2), { stdio: 'inherit' })
+const code = await new Promise<number>((resolve) => {
+  tap.once('error', (err) => {
+    console.error(`tap could not be started: ${err.message}`)
+    resolve(1)
+  })
+  tap.once('exit', (status, signal) => resolve(status ?? (signal ? 1 : 0)))
+})
+if (code !== 0) {
+  let count = 0
+  try {
+    for await (const file of tapFiles(RESULTS)) {
+      for (const failure of failuresOf(await readFile(file, 'utf8'))) {
+        count++
+        console.log(`\n# ${file.slice(RESULTS.length + 1, -'.tap'.length)}\n${failure}`)
+      }
+    }
+  } catch (err) {
+    console.log(`# ${RESULTS} could not be read: ${(err as Error).message}`)
+  }
+  console.log(count > 0
+    ? `\n# ${count} failure(s), listed above`
+    : '\n# tap failed, but no test file recorded a failure: the cause is in its own output above')
+}
+process.exitCode = code
