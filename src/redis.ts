@@ -111,3 +111,21 @@ export function redisReady (client: RedisClient, timeoutMs: number): Promise<voi
     client.on('ready', onReady)
   })
 }
+
+/** The nodes that hold the data: the one Redis, or every master of a Cluster (none known: an error, not nothing). */
+export function dataNodes (client: RedisClient): Redis[] {
+  if (!(client instanceof Cluster)) return [client]
+  const masters = client.nodes('master')
+  if (masters.length === 0) throw new Error('no master of the Redis Cluster is connected')
+  return masters
+}
+
+/** The keys of one node that match `pattern`, a SCAN batch at a time (KEYS would hold Redis for its whole keyspace). */
+export async function * scanKeys (node: Redis, pattern: string): AsyncGenerator<string[]> {
+  let cursor = '0'
+  do {
+    const [next, keys] = await node.scan(cursor, 'MATCH', pattern, 'COUNT', 1000)
+    if (keys.length > 0) yield keys
+    cursor = next
+  } while (cursor !== '0')
+}

@@ -131,7 +131,8 @@ export async function adminRoutes (app: FastifyInstance, { adminToken }: { admin
     await workspaces.remove(workspace.id)
     await app.tenancy.tokens.forgetWorkspace(workspace.id)
     await audit(request, 'workspace.delete', 'workspace', workspace.id, workspace.id, { slug: workspace.slug })
-    // nothing of it in Redis would ever expire; the deletion stands whether or not Redis answers now
+    // its lifetime counters and epoch would stay in Redis for good, its settled ids expire an hour later as one large
+    // key: they go now. The deletion stands whether or not Redis answers
     await app.admission.forget(workspace.id)
       .catch((err: unknown) => request.log.warn({ err, workspaceId: workspace.id }, 'a deleted workspace\'s state stays in Redis'))
     return reply.code(204).send()

@@ -96,9 +96,10 @@ export interface Admission {
    */
   welcome (workspaceId: string): Promise<void>
   /**
-   * A deleted workspace: what the store holds for it goes (counters, reservations, settled ids, key cooldowns), and so
-   * does what this replica's fallback limiter holds. A call of it still in flight may write a little back when it
-   * settles.
+   * A deleted workspace: every key of it in the store goes (its spend counters, rate windows, reservations, settled
+   * ids; in Redis also its Mistral keys' cooldowns, which share its prefix), and so does what this replica's fallback
+   * limiter holds. This replica stops renewing its calls in flight; each of them, wherever it runs, may still write a
+   * little back when it settles (docs/operations.md#redis).
    */
   forget (workspaceId: string): Promise<void>
   /** Called once per period and cap for each threshold crossed (50/80/100 % by default). */
@@ -324,6 +325,8 @@ export function createAdmission (options: AdmissionOptions): Admission {
 
     async forget (workspaceId) {
       const prefix = `tmt:{ws:${workspaceId}}`
+      // a renewal finds neither the reservation nor the settled id, and would put the call back for good
+      for (const [id, ticket] of live) if (ticket.prefix === prefix) live.delete(id)
       recovered.delete(prefix)
       await fallback.forget(prefix)
       await store.forget(prefix)

@@ -1,5 +1,5 @@
-import { Cluster, type Redis, type Result } from 'ioredis'
-import { turnWriter } from '../redis.js'
+import type { Cluster, Redis, Result } from 'ioredis'
+import { dataNodes, scanKeys, turnWriter } from '../redis.js'
 import { ADMIT_SCRIPT, INSPECT_SCRIPT, RENEW_SCRIPT, SEED_SCRIPT, SETTLE_SCRIPT, SNAPSHOT_SCRIPT } from './scripts.js'
 import { decodeAdmit, type AdmissionStore, type Inspection, type SettleInput } from './store.js'
 
@@ -122,18 +122,14 @@ export function createRedisStore (redis: Redis | Cluster): AdmissionStore {
       return { now: raw.now, scopes: raw.scopes.map((scope) => ({ ...scope, spend: Array.isArray(scope.spend) ? scope.spend : [] })) }
     },
     async forget (prefix) {
-      // the settlements held back go first: one of this workspace's would otherwise write its keys again after
+      // the settlements held back, answered first: one of this workspace's would otherwise write its keys back after
+      // the scan (a Cluster sends them on the next tick, a scan of its node goes at once)
       beforeCommand()
+      await Promise.allSettled(unanswered)
       // every key of a workspace shares its hash slot: on a Cluster they are all on one master, found by scanning each.
       // UNLINK frees them off Redis' main thread (a busy workspace's hour of settled ids is a large set)
-      const nodes = redis instanceof Cluster ? redis.nodes('master') : [redis]
-      for (const node of nodes) {
-        let cursor = '0'
-        do {
-          const [next, keys] = await node.scan(cursor, 'MATCH', `${prefix}:*`, 'COUNT', 1000)
-          if (keys.length > 0) await node.unlink(...keys)
-          cursor = next
-        } while (cursor !== '0')
+      for (const node of dataNodes(redis)) {
+        for await (const keys of scanKeys(node, `${prefix}:*`)) await node.unlink(...keys)
       }
     }
   }

@@ -129,7 +129,10 @@ export interface AdmissionStore {
   flush (): Promise<void>
   /** read-only: what the scopes have used (a spend key never seeded reads settled -1) */
   inspect (prefix: string, scopes: Array<{ p: string, spend: string[] }>): Promise<Inspection>
-  /** the workspace is deleted: everything the store holds for it goes (nothing of it ever expires otherwise) */
+  /**
+   * the workspace is deleted: everything the store holds for it goes now. Its spend counters and epoch would otherwise
+   * stay for days or for good, and its hour of settled ids expire as one large key
+   */
   forget (prefix: string): Promise<void>
 }
 

@@ -13,6 +13,7 @@ import { COUNTER_TTL_MS } from '../../src/limits/counter-expiry.js'
 import { createMemoryStore } from '../../src/limits/memory-store.js'
 import { buildTestApp } from '../helpers/app.js'
 import { createRedisStore } from '../../src/limits/redis-store.js'
+import { scanKeys } from '../../src/redis.js'
 import type {
   AdmissionStore, AdmitInput, AdmitResult, DenyReason, HeldCall, PeriodInput, ScopeInput, SeedEntry
 } from '../../src/limits/store.js'
@@ -85,6 +86,8 @@ interface Fixture {
   prefix: () => Promise<string>
   /** deletes every key of a workspace behind the store's back, as FLUSHALL or an eviction would (Redis only) */
   wipe?: (prefix: string) => Promise<void>
+  /** every key of a workspace (Redis only) */
+  keys?: (prefix: string) => Promise<string[]>
 }
 
 /** The contract: every case runs against the fixture's store and asserts on values. */
@@ -628,24 +631,35 @@ function contract (t: Test, fixture: Fixture) {
   test('forget: a deleted workspace leaves nothing in the store, another keeps all it had', async (t) => {
     const [gone, kept] = [await fixture.prefix(), await fixture.prefix()]
     const m = (prefix: string) => spendKey(`${prefix}:w`, 'm')
-    const scopesOf = (prefix: string): ScopeInput[] => [{ p: `${prefix}:w`, rpm: 100, rpd: 1000, tpm: 10_000_000, conc: 10, caps: { m: 100_000 } }]
+    const scopesOf = (prefix: string): ScopeInput[] =>
+      [{ p: `${prefix}:w`, rpm: 100, rpd: 1000, tpm: 10_000_000, conc: 10, caps: { m: 100_000 } }]
+    const inFlight: Record<string, AdmitInput> = {}
     for (const prefix of [gone, kept]) {
       await store.seed(prefix, [[m(prefix), 0, [], []]], [])
       const first = call(scopesOf(prefix))
       admitted(t, await store.admit(prefix, first))
       await store.settle(prefix, { id: first.id, cost: 7, tokens: 100, reservedTokens: first.promptTokens + MAX_TOKENS,
         spend: [[m(prefix), 100_000]], thresholds: [] }, true)
-      admitted(t, await store.admit(prefix, call(scopesOf(prefix))), 'a second call, in flight')
+      inFlight[prefix] = call(scopesOf(prefix))
+      admitted(t, await store.admit(prefix, inFlight[prefix]), 'a second call, in flight')
     }
     const usage = async (prefix: string) =>
       (await store.inspect(prefix, [{ p: `${prefix}:w`, spend: [m(prefix)] }])).scopes[0]
-    t.match(await usage(kept), { rpm: 2, conc: 1, spend: [[m(kept), 7, W]] }, 'before: each workspace has its state')
+    for (const prefix of [gone, kept]) {
+      t.match(await usage(prefix), { rpm: 2, rpd: 2, conc: 1, spend: [[m(prefix), 7, W]] }, 'before: each has its state')
+    }
+    const keptKeys = await fixture.keys?.(kept)
 
+    // the call in flight settles just before the deletion, its settlement held back to share a write (not awaited)
+    const last = inFlight[gone]
+    void store.settle(gone, { id: last.id, cost: 9, tokens: 100, reservedTokens: last.promptTokens + MAX_TOKENS,
+      spend: [[m(gone), 100_000]], thresholds: [] }, false)
     await store.forget(gone)
-    await store.flush()
     t.match(await usage(gone), { rpm: 0, rpd: 0, tpm: 0, conc: 0, spend: [[m(gone), -1, 0]] },
       'the deleted workspace: no call counted, no slot held, no spend counter')
+    if (fixture.keys) t.same(await fixture.keys(gone), [], 'not one key of it is left, the held settlement\'s included')
     t.match(await usage(kept), { rpm: 2, rpd: 2, conc: 1, spend: [[m(kept), 7, W]] }, 'the other: all it had')
+    if (fixture.keys) t.same(await fixture.keys(kept), keptKeys, 'and every key of it')
     t.match(await store.admit(gone, call(scopesOf(gone))), { kind: 'seed', missing: [{ key: m(gone) }] },
       'a call under the deleted prefix starts from nothing: its counter is seeded again')
   })
@@ -657,15 +671,16 @@ const newPrefix = () => `tmt:{ws:${randomUUID()}}`
 
 /** deletes the keys of a workspace on one node */
 async function deleteKeys (node: Redis, prefix: string) {
-  const keys: string[] = []
-  let cursor = '0'
-  do {
-    const [next, batch] = await node.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 1000)
-    cursor = next
-    keys.push(...batch)
-  } while (cursor !== '0')
+  const keys = await keysOf(node, prefix)
   // every key of a workspace shares its hash slot, so one DEL takes them all, on Redis Cluster too
   if (keys.length > 0) await node.del(...keys)
+}
+
+/** the keys of a workspace on one node, sorted */
+async function keysOf (node: Redis, prefix: string) {
+  const keys: string[] = []
+  for await (const batch of scanKeys(node, `${prefix}*`)) keys.push(...batch)
+  return keys.sort()
 }
 
 async function canListen (port: number) {
@@ -764,7 +779,7 @@ t.test('redis store', async (t) => {
     prefixes.push(prefix)
     return prefix
   }
-  contract(t, { store, prefix, wipe: (prefix) => deleteKeys(redis, prefix) })
+  contract(t, { store, prefix, wipe: (prefix) => deleteKeys(redis, prefix), keys: (prefix) => keysOf(redis, prefix) })
 
   t.test('rpd: calls an older version added to the hour\'s bucket alone still count (a rolling upgrade)', async (t) => {
     const ws = await prefix()
@@ -889,7 +904,8 @@ t.test('redis cluster store', async (t) => {
       used[master]++
       return prefixOn(master)
     },
-    wipe: async (prefix) => deleteKeys(masters[ownerOf(await slotOf(prefix))], prefix)
+    wipe: async (prefix) => deleteKeys(masters[ownerOf(await slotOf(prefix))], prefix),
+    keys: async (prefix) => keysOf(masters[ownerOf(await slotOf(prefix))], prefix)
   })
 
   t.test('two gateways on REDIS_URL=redis-cluster://…: caps, rate limits and pub/sub on the cluster', async (t) => {

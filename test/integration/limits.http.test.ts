@@ -1,10 +1,12 @@
 import { Redis } from 'ioredis'
 import t from 'tap'
 import { buildTestApp, TEST_REDIS_URL, type TestApp, type TestWorkspace } from '../helpers/app.js'
+import { scanKeys } from '../../src/redis.js'
 import { startFakeMistral } from '../helpers/fake-mistral.js'
 
 // Issue 3 over HTTP, on one gateway: a token's own limits and caps (on top of its workspace's, which has none here),
-// and `clampMaxTokens: false`, which refuses a call whose worst case does not fit instead of lowering its max_tokens.
+// and `clampMaxTokens: false`, which refuses a call whose worst case does not fit instead of lowering its max_tokens;
+// and that deleting a workspace takes its state out of Redis.
 
 const CHAT = '/v1/chat/completions'
 
@@ -106,12 +108,7 @@ t.test('deleting a workspace takes its state out of Redis; another workspace kee
   t.teardown(() => redis.quit())
   const keysOf = async (workspaceId: string) => {
     const keys: string[] = []
-    let cursor = '0'
-    do {
-      const [next, batch] = await redis.scan(cursor, 'MATCH', `tmt:{ws:${workspaceId}}:*`, 'COUNT', 1000)
-      keys.push(...batch)
-      cursor = next
-    } while (cursor !== '0')
+    for await (const batch of scanKeys(redis, `tmt:{ws:${workspaceId}}:*`)) keys.push(...batch)
     return keys.sort()
   }
   const [gone, kept] = [await testApp.createWorkspace(), await testApp.createWorkspace()]
@@ -126,6 +123,7 @@ t.test('deleting a workspace takes its state out of Redis; another workspace kee
   t.ok(before.some((key) => key.includes(':spend:m:')) && before.some((key) => key.endsWith(':done')),
     `the workspace's counters and settled ids are in Redis (${before.length} keys)`)
   const keptBefore = await keysOf(kept.id)
+  t.ok(keptBefore.length > 0, `and the other's (${keptBefore.length} keys)`)
 
   t.equal((await testApp.admin('DELETE', `/admin/v1/workspaces/${gone.slug}`)).statusCode, 204)
   t.same(await keysOf(gone.id), [], 'none left once it is deleted')
