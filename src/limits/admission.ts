@@ -154,7 +154,10 @@ export function createAdmission (options: AdmissionOptions): Admission {
     }
     for (const [target, prefixes] of byStore) {
       for (const [prefix, calls] of prefixes) {
-        await target.renew(prefix, calls, leaseMs).catch((err) => log.warn({ err }, 'lease renewal failed'))
+        // a call that settled, or whose workspace was deleted, while an earlier renewal was awaited is not put back
+        const still = calls.filter((call) => live.has(call.id))
+        if (still.length === 0) continue
+        await target.renew(prefix, still, leaseMs).catch((err) => log.warn({ err }, 'lease renewal failed'))
       }
     }
   }

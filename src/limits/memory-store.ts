@@ -20,8 +20,12 @@ interface Spend {
   crossed: Set<number>
   /** request id → cost of a call that settled while the counter was missing */
   vouched: Map<string, number>
-  /** a day's or a month's: when it goes, as the Redis key expires (counter-expiry.ts) */
-  expiry?: number
+}
+
+/** Counters created with one TTL, oldest first: so also in expiry order, the expired ones at the head. */
+interface ExpiryQueue {
+  items: Array<{ expiry: number, key: string, spend: Spend }>
+  head: number
 }
 
 /**
@@ -46,6 +50,7 @@ export function createMemoryStore (clock: () => number = Date.now): AdmissionSto
   const buckets = new Map<string, Map<number, number>>() // P:rpd, P:tpm
   const leases = new Map<string, Map<string, number>>() // P:conc → id → expiry
   const spends = new Map<string, Spend>()
+  const expiring = new Map<number, ExpiryQueue>() // TTL → the counters created with it
   const reservations = new Map<string, Map<string, { expiry: number, held: Held }>>() // per workspace prefix
   const done = new Map<string, Map<string, number>>()
   const usualMs = new Map<string, number>() // P:conc → moving average of how long a call holds its slot
@@ -55,20 +60,31 @@ export function createMemoryStore (clock: () => number = Date.now): AdmissionSto
 
   const bucketsOf = (key: string) => mapOf(buckets, key)
 
-  /** a spend counter, created at its first write with the expiry of its period's kind */
+  /** a spend counter; a day's or a month's expires as its Redis key would, counted from its first write */
   function spendOf (key: string, now: number): Spend {
     let spend = spends.get(key)
     if (spend === undefined) {
-      const ttl = counterTtl(key)
-      spend = { reserved: 0, crossed: new Set(), vouched: new Map(), expiry: ttl === undefined ? undefined : now + ttl }
+      spend = { reserved: 0, crossed: new Set(), vouched: new Map() }
       spends.set(key, spend)
+      const ttl = counterTtl(key)
+      if (ttl !== undefined) mapOf(expiring, ttl, newExpiryQueue).items.push({ expiry: now + ttl, key, spend })
     }
     return spend
   }
 
-  /** drops the counters of past days and months; read whole, so only when a seed starts one of a new period */
+  /** drops the counters of past days and months, reading only those (a seed does it: a new period's counter) */
   function dropExpiredCounters (now: number) {
-    for (const [key, spend] of spends) if (spend.expiry !== undefined && spend.expiry <= now) spends.delete(key)
+    for (const queue of expiring.values()) {
+      while (queue.head < queue.items.length && queue.items[queue.head].expiry <= now) {
+        const { key, spend } = queue.items[queue.head++]
+        // forget() may have dropped it, and another counter taken its key since
+        if (spends.get(key) === spend) spends.delete(key)
+      }
+      if (queue.head > queue.items.length / 2) {
+        queue.items = queue.items.slice(queue.head)
+        queue.head = 0
+      }
+    }
   }
   const leasesOf = (key: string) => mapOf(leases, key)
 
@@ -346,6 +362,10 @@ export function createMemoryStore (clock: () => number = Date.now): AdmissionSto
       for (const map of [requests, buckets, leases, spends, reservations, done, usualMs, earliest] as Array<Map<string, unknown>>) {
         for (const key of map.keys()) if (own(key)) map.delete(key)
       }
+      for (const queue of expiring.values()) {
+        queue.items = queue.items.slice(queue.head).filter((item) => !own(item.key))
+        queue.head = 0
+      }
     },
 
     async renew (prefix, calls, lease) {
@@ -380,7 +400,9 @@ function expire (log: Admissions, oldest: number): Admissions {
   return log
 }
 
-function mapOf<V> (maps: Map<string, V>, key: string, create: () => V = () => new Map() as V): V {
+const newExpiryQueue = (): ExpiryQueue => ({ items: [], head: 0 })
+
+function mapOf<K, V> (maps: Map<K, V>, key: K, create: () => V = () => new Map() as V): V {
   let value = maps.get(key)
   if (value === undefined) {
     value = create()

@@ -28,7 +28,7 @@ local function expireCounter (key)
 end
 `
 
-const COMMON = EXPIRE_COUNTER + `
+const COMMON = `
 local prefix = KEYS[1]
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
@@ -316,7 +316,7 @@ end
 return cjson.encode({vouched = vouched, held = redis.call('ZRANGE', KEYS[1] .. ':resv', 0, -1)})
 `
 
-export const SETTLE_SCRIPT = COMMON + `
+export const SETTLE_SCRIPT = EXPIRE_COUNTER + COMMON + `
 local s = cjson.decode(ARGV[1])
 -- once per request id, whatever retries or duplicates come after
 if redis.call('ZADD', DONE, 'NX', now, s.id) == 0 then return {0} end
@@ -381,7 +381,7 @@ end
 return {1, cjson.encode(crossed)}
 `
 
-export const RENEW_SCRIPT = COMMON + `
+export const RENEW_SCRIPT = EXPIRE_COUNTER + COMMON + `
 -- a live call keeps its reservation and leases; a dead replica stops renewing and they expire.
 -- ARGV[1]: {lease, calls = [{id, cost, spend, conc}]}
 local r = cjson.decode(ARGV[1])

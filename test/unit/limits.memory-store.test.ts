@@ -108,3 +108,18 @@ t.test('the counters of past days and months go as their Redis keys expire; a li
   await seedAt(35 * DAY_MS)
   t.same(await settled(), [-1, -1, 30], '35 days after it, the month\'s too; the lifetime counter stays')
 })
+
+t.test('a counter first written by a settlement (its cost vouched for) expires from that write, seeded or not',
+  async (t) => {
+    const { clock, store } = storeAt()
+    const DAY_MS = 24 * HOUR
+    const day = `${P}:spend:d:vouched`
+    await store.settle(PREFIX, { id: 'late', cost: 5, tokens: 0, reservedTokens: 0, spend: [[day, 100]], thresholds: [] })
+    const settledOf = async () => (await store.inspect(PREFIX, [{ p: P, spend: [day] }])).scopes[0].spend[0][1]
+    clock.now = START + DAY_MS
+    t.equal(await store.seed(PREFIX, [[day, 0, [], ['late']]], []), true)
+    t.equal(await settledOf(), 5, 'seeded a day later, with the cost it vouched for')
+    clock.now = START + 3 * DAY_MS
+    await store.seed(PREFIX, [[`${P}:spend:d:next`, 0, [], []]], [])
+    t.equal(await settledOf(), -1, 'gone three days after the settlement, not after the seed')
+  })
