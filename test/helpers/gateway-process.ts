@@ -1,6 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process'
-import { readFileSync } from 'node:fs'
+import { readdirSync, readFileSync } from 'node:fs'
 import { createServer } from 'node:net'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url))
@@ -12,7 +13,7 @@ export interface GatewayProcess {
   output (): string
   /** resident set size in bytes, from /proc */
   rss (): number
-  /** SIGTERM, then SIGKILL after the timeout; resolves with the exit code */
+  /** SIGTERM to its process group, then SIGKILL after the timeout; resolves with the exit code once none is left */
   stop (timeoutMs?: number): Promise<number | null>
 }
 
@@ -48,13 +49,15 @@ export async function startGatewayProcess (t: Tap, env: Record<string, string>,
       return Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0) * 1024
     },
     async stop (timeoutMs = 10_000) {
-      if (child.exitCode !== null || child.signalCode !== null) return child.exitCode
-      // the whole process group: `npm start` forwards nothing when killed itself
-      try { process.kill(-(child.pid as number), 'SIGTERM') } catch {}
-      const timer = setTimeout(() => { try { process.kill(-(child.pid as number), 'SIGKILL') } catch {} }, timeoutMs)
-      const code = await exited
-      clearTimeout(timer)
-      return code
+      const group = child.pid as number
+      if (!groupRunning(group)) return await exited
+      // the whole process group: `npm start` forwards nothing when killed itself, and exits before the gateway it
+      // started has drained (a test removing its data folder then meets files still being written)
+      try { process.kill(-group, 'SIGTERM') } catch {}
+      for (const deadline = Date.now() + timeoutMs; groupRunning(group) && Date.now() < deadline;) await sleep(20)
+      try { process.kill(-group, 'SIGKILL') } catch {}
+      for (const deadline = Date.now() + 5_000; groupRunning(group) && Date.now() < deadline;) await sleep(20)
+      return await exited
     }
   }
   t.teardown(() => gateway.stop())
@@ -68,6 +71,26 @@ export async function startGatewayProcess (t: Tap, env: Record<string, string>,
     await new Promise((resolve) => setTimeout(resolve, 100))
   }
   throw new Error(`gateway not ready in time:\n${output}`)
+}
+
+/**
+ * Whether a process of the group still runs. A zombie does not: the gateway `npm start` started outlives npm, and
+ * whoever inherits it may never reap it.
+ */
+function groupRunning (group: number): boolean {
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue
+    let stat: string
+    try {
+      stat = readFileSync(`/proc/${entry}/stat`, 'utf8')
+    } catch {
+      continue // it ended while the folder was read
+    }
+    // after the command's name, in parentheses: state, parent, process group
+    const [state, , processGroup] = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+    if (Number(processGroup) === group && state !== 'Z') return true
+  }
+  return false
 }
 
 export function freePort (): Promise<number> {
