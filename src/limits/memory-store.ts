@@ -22,9 +22,12 @@ interface Spend {
   vouched: Map<string, number>
 }
 
-/** Counters created with one TTL, oldest first: so also in expiry order, the expired ones at the head. */
+/**
+ * Counters created with one TTL, oldest first: so also in expiry order, the expired ones at the head (after the clock
+ * steps back, one may go late by the step, never early).
+ */
 interface ExpiryQueue {
-  items: Array<{ expiry: number, key: string, spend: Spend }>
+  items: Array<{ expiry: number, key: string }>
   head: number
 }
 
@@ -67,7 +70,7 @@ export function createMemoryStore (clock: () => number = Date.now): AdmissionSto
       spend = { reserved: 0, crossed: new Set(), vouched: new Map() }
       spends.set(key, spend)
       const ttl = counterTtl(key)
-      if (ttl !== undefined) mapOf(expiring, ttl, newExpiryQueue).items.push({ expiry: now + ttl, key, spend })
+      if (ttl !== undefined) mapOf(expiring, ttl, newExpiryQueue).items.push({ expiry: now + ttl, key })
     }
     return spend
   }
@@ -76,9 +79,7 @@ export function createMemoryStore (clock: () => number = Date.now): AdmissionSto
   function dropExpiredCounters (now: number) {
     for (const queue of expiring.values()) {
       while (queue.head < queue.items.length && queue.items[queue.head].expiry <= now) {
-        const { key, spend } = queue.items[queue.head++]
-        // forget() may have dropped it, and another counter taken its key since
-        if (spends.get(key) === spend) spends.delete(key)
+        spends.delete(queue.items[queue.head++].key)
       }
       if (queue.head > queue.items.length / 2) {
         queue.items = queue.items.slice(queue.head)

@@ -39,6 +39,7 @@ export async function startGatewayProcess (t: Tap, env: Record<string, string>,
   child.stdout?.on('data', (chunk) => { output += chunk })
   child.stderr?.on('data', (chunk) => { output += chunk })
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)))
+  let stopping: Promise<number | null> | undefined
   const url = `http://127.0.0.1:${port}`
   const gateway: GatewayProcess = {
     url,
@@ -48,16 +49,10 @@ export async function startGatewayProcess (t: Tap, env: Record<string, string>,
       const status = readFileSync(`/proc/${child.pid}/status`, 'utf8')
       return Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0) * 1024
     },
-    async stop (timeoutMs = 10_000) {
-      const group = child.pid as number
-      if (!groupRunning(group)) return await exited
-      // the whole process group: `npm start` forwards nothing when killed itself, and exits before the gateway it
-      // started has drained (a test removing its data folder then meets files still being written)
-      try { process.kill(-group, 'SIGTERM') } catch {}
-      for (const deadline = Date.now() + timeoutMs; groupRunning(group) && Date.now() < deadline;) await sleep(20)
-      try { process.kill(-group, 'SIGKILL') } catch {}
-      for (const deadline = Date.now() + 5_000; groupRunning(group) && Date.now() < deadline;) await sleep(20)
-      return await exited
+    stop (timeoutMs = 10_000) {
+      // once: the test's own stop and its teardown's must not signal a group id the system may have reused since
+      stopping ??= stopGroup(child, exited, timeoutMs)
+      return stopping
     }
   }
   t.teardown(() => gateway.stop())
@@ -74,23 +69,47 @@ export async function startGatewayProcess (t: Tap, env: Record<string, string>,
 }
 
 /**
- * Whether a process of the group still runs. A zombie does not: the gateway `npm start` started outlives npm, and
+ * SIGTERM to the child's process group, SIGKILL to what is left of it after the timeout; resolves once none of it
+ * runs. `npm start` forwards nothing when killed itself, and exits before the gateway it started has drained: a test
+ * that removed its data folder then met files still being written.
+ */
+async function stopGroup (child: ChildProcess, exited: Promise<number | null>, timeoutMs: number) {
+  if (child.pid === undefined) return null
+  const group = child.pid
+  // found once: no process joins the group once it is told to stop, and a pid is polled on its own after that
+  const members = groupMembers(group)
+  const running = () => members.filter((pid) => inGroup(pid, group))
+  if (running().length === 0) return await exited
+  try { process.kill(-group, 'SIGTERM') } catch {}
+  for (const deadline = Date.now() + timeoutMs; running().length > 0 && Date.now() < deadline;) await sleep(20)
+  if (running().length > 0) {
+    try { process.kill(-group, 'SIGKILL') } catch {}
+    for (const deadline = Date.now() + 5_000; running().length > 0 && Date.now() < deadline;) await sleep(20)
+    const left = running()
+    if (left.length > 0) throw new Error(`processes ${left.join(', ')} of the gateway outlived SIGKILL`)
+  }
+  return await exited
+}
+
+/** The processes of a group, from /proc. */
+function groupMembers (group: number): number[] {
+  return readdirSync('/proc').filter((entry) => /^\d+$/.test(entry)).map(Number).filter((pid) => inGroup(pid, group))
+}
+
+/**
+ * Whether a process still runs in the group. A zombie does not: the gateway `npm start` started outlives npm, and
  * whoever inherits it may never reap it.
  */
-function groupRunning (group: number): boolean {
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue
-    let stat: string
-    try {
-      stat = readFileSync(`/proc/${entry}/stat`, 'utf8')
-    } catch {
-      continue // it ended while the folder was read
-    }
-    // after the command's name, in parentheses: state, parent, process group
-    const [state, , processGroup] = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
-    if (Number(processGroup) === group && state !== 'Z') return true
+function inGroup (pid: number, group: number): boolean {
+  let stat: string
+  try {
+    stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+  } catch {
+    return false // it has ended
   }
-  return false
+  // after the command's name, in parentheses: state, parent, process group
+  const [state, , processGroup] = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+  return Number(processGroup) === group && state !== 'Z'
 }
 
 export function freePort (): Promise<number> {

@@ -19,8 +19,9 @@ async function * tapFiles (dir: string): AsyncGenerator<string> {
 // tap rewrites the results of the files it runs and leaves the others': an earlier run's would be reported as this one's
 await rm(RESULTS, { recursive: true, force: true })
 const tap = spawn(join('node_modules', '.bin', 'tap'), process.argv.slice(2), { stdio: 'inherit' })
-// a signal meant for the run (a CI job cancelled) reaches tap, which stops its test processes and cleans up
-const signals: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP']
+// a signal meant for the run (a CI job cancelled) reaches tap, which stops its test processes and cleans up. Not
+// SIGINT: a terminal's Ctrl-C reaches tap itself already, and a second one would cut its summary short
+const signals: NodeJS.Signals[] = ['SIGTERM', 'SIGHUP']
 const forward = (signal: NodeJS.Signals) => tap.kill(signal)
 for (const signal of signals) process.on(signal, forward)
 const code = await new Promise<number>((resolve) => {
