@@ -171,8 +171,10 @@ export function createTokenStore ({ db, bus, cacheTtlMs, scopes, keyExists }: To
             return loaded
           }, (err: unknown) => {
             // PostgreSQL unreachable: a token this replica knew keeps what it last read (a revocation still arrives
-            // over the bus and drops it), so a database outage does not stop the proxy; asked again in a few seconds
-            if (!stale || readAt !== generation) throw err
+            // over the bus and drops it), so a database outage does not stop the proxy; asked again in a few seconds.
+            // Kept unless this token's own entry was dropped meanwhile: a change to any other token or workspace
+            // must not turn the outage into errors for this one
+            if (!stale || cache.get(key) !== stale) throw err
             const kept = { ...stale, until: now + STALE_RETRY_MS }
             cache.set(key, kept)
             return kept

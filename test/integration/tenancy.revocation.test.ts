@@ -1,8 +1,10 @@
-import { randomBytes } from 'node:crypto'
+import { randomBytes, randomUUID } from 'node:crypto'
+import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
-import { TEST_ADMIN_TOKEN, gatewayEnv } from '../helpers/app.js'
+import { buildTestApp, TEST_ADMIN_TOKEN, TEST_DATABASE_URL, gatewayEnv } from '../helpers/app.js'
 import { startFakeMistral } from '../helpers/fake-mistral.js'
 import { startGatewayProcess } from '../helpers/gateway-process.js'
+import { proxiedDatabase } from '../helpers/tcp-proxy.js'
 
 t.test('a revoked token is refused by every replica within 1 s', async (t) => {
   const mistral = await startFakeMistral()
@@ -46,3 +48,32 @@ t.test('a revoked token is refused by every replica within 1 s', async (t) => {
   const body = await (await models(two.url)).json() as any
   t.equal(body.code, 'invalid_token')
 })
+
+t.test('a token known before a PostgreSQL outage keeps working through it, whatever other workspace changes meanwhile',
+  async (t) => {
+    const { proxy, url } = await proxiedDatabase(t, TEST_DATABASE_URL)
+    const testApp = await buildTestApp(t, { DATABASE_URL: url, TOKEN_CACHE_TTL_MS: '50' })
+    const { app } = testApp
+    const ws = await testApp.createWorkspace()
+    const token = ws.headers.authorization.slice('Bearer '.length)
+    const chat = async () => (await app.inject({
+      method: 'POST',
+      url: '/v1/chat/completions',
+      headers: { ...ws.headers, 'content-type': 'application/json' },
+      payload: { model: 'mistral-small-latest', messages: [{ role: 'user', content: 'Hi' }] }
+    })).statusCode
+    t.equal(await chat(), 200, 'served before the outage: its token and Mistral key are known')
+
+    proxy.cut()
+    await sleep(100) // its cache entry is due for a new read, which fails
+    const lookup = app.tenancy.tokens.authenticate(token)
+    // while that read waits on PostgreSQL, another workspace changes (another test's, another client's)
+    await app.tenancy.tokens.forgetWorkspace(randomUUID())
+    t.equal((await lookup)?.workspace.id, ws.id, 'still known: the change was not to its workspace')
+    t.equal(await chat(), 200, 'and its calls are served')
+
+    // a change to its own workspace is another matter: what was read before may be wrong now
+    await app.tenancy.tokens.forgetWorkspace(ws.id)
+    await t.rejects(app.tenancy.tokens.authenticate(token), 'not served from what was read before its workspace changed')
+    proxy.restore()
+  })
