@@ -52,7 +52,7 @@ Promise<number> {
   const run = await loader.run<CannonResult>(job, (seconds + 60) * 1000)
   const loadEndedAt = Date.now()
   bench.gateway.rss.stop()
-  await removeWorkspace(gateway.url, workspace).catch((err) => log(`could not delete ${workspace.slug}: ${err}`))
+  await removeWorkspace(gateway.url, workspace.slug).catch((err) => log(`could not delete ${workspace.slug}: ${err}`))
   // the profile is written when the process exits (SIGTERM: it drains and exits 0)
   await gateway.proc.stop()
   // --cpu-prof covers the whole process: only the samples of the load are summarised, located back from the exit

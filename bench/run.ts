@@ -183,7 +183,7 @@ async function holdPhase (bench: Bench, workspace: BenchWorkspace): Promise<Hold
  * logged is shown.
  */
 async function finish (gateway: Upstream, workspace: BenchWorkspace) {
-  await removeWorkspace(gateway.url, workspace).catch((err) => log(`could not delete ${workspace.slug}: ${err}`))
+  await removeWorkspace(gateway.url, workspace.slug).catch((err) => log(`could not delete ${workspace.slug}: ${err}`))
   const said = gateway.proc.output().trim()
   if (said) log(`${gateway.proc.name} logged (warn and above):\n${said.slice(-2000)}`)
 }

@@ -30,8 +30,8 @@ export async function setupWorkspace (gatewayUrl: string): Promise<BenchWorkspac
  * with UNLINK (a soak's million settled ids would otherwise expire an hour later as one key, freed on Redis' main thread
  * unless lazyfree-lazy-expire: docs/operations.md#redis).
  */
-export async function removeWorkspace (gatewayUrl: string, workspace: BenchWorkspace) {
-  await admin(gatewayUrl, 'DELETE', `/admin/v1/workspaces/${workspace.slug}`)
+export async function removeWorkspace (gatewayUrl: string, slug: string) {
+  await admin(gatewayUrl, 'DELETE', `/admin/v1/workspaces/${slug}`)
 }
 
 async function admin (gatewayUrl: string, method: 'POST' | 'PATCH' | 'DELETE', path: string, body?: unknown):

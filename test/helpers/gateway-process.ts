@@ -79,14 +79,15 @@ async function stopGroup (child: ChildProcess, exited: Promise<number | null>, t
   // found once: no process joins the group once it is told to stop, and a pid is polled on its own after that
   const members = groupMembers(group)
   const running = () => members.filter((pid) => inGroup(pid, group))
+  const gone = async (ms: number) => {
+    for (const deadline = Date.now() + ms; running().length > 0 && Date.now() < deadline;) await sleep(20)
+    return running().length === 0
+  }
   if (running().length === 0) return await exited
   try { process.kill(-group, 'SIGTERM') } catch {}
-  for (const deadline = Date.now() + timeoutMs; running().length > 0 && Date.now() < deadline;) await sleep(20)
-  if (running().length > 0) {
+  if (!await gone(timeoutMs)) {
     try { process.kill(-group, 'SIGKILL') } catch {}
-    for (const deadline = Date.now() + 5_000; running().length > 0 && Date.now() < deadline;) await sleep(20)
-    const left = running()
-    if (left.length > 0) throw new Error(`processes ${left.join(', ')} of the gateway outlived SIGKILL`)
+    if (!await gone(5_000)) throw new Error(`processes ${running().join(', ')} of the gateway outlived SIGKILL`)
   }
   return await exited
 }

@@ -8,14 +8,6 @@ import { failuresOf } from './failures.js'
 
 const RESULTS = '.tap/test-results'
 
-async function * tapFiles (dir: string): AsyncGenerator<string> {
-  for (const entry of await readdir(dir, { withFileTypes: true })) {
-    const path = join(dir, entry.name)
-    if (entry.isDirectory()) yield * tapFiles(path)
-    else if (entry.name.endsWith('.tap')) yield path
-  }
-}
-
 // tap rewrites the results of the files it runs and leaves the others': an earlier run's would be reported as this one's
 await rm(RESULTS, { recursive: true, force: true })
 const tap = spawn(join('node_modules', '.bin', 'tap'), process.argv.slice(2), { stdio: 'inherit' })
@@ -35,10 +27,11 @@ for (const signal of signals) process.off(signal, forward)
 if (code !== 0) {
   let count = 0
   try {
-    for await (const file of tapFiles(RESULTS)) {
-      for (const failure of failuresOf(await readFile(file, 'utf8'))) {
+    const files = (await readdir(RESULTS, { recursive: true })).filter((file) => file.endsWith('.tap')).sort()
+    for (const file of files) {
+      for (const failure of failuresOf(await readFile(join(RESULTS, file), 'utf8'))) {
         count++
-        console.log(`\n# ${file.slice(RESULTS.length + 1, -'.tap'.length)}\n${failure}`)
+        console.log(`\n# ${file.slice(0, -'.tap'.length)}\n${failure}`)
       }
     }
   } catch (err) {
