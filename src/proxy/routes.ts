@@ -199,8 +199,7 @@ export async function proxyRoutes (app: FastifyInstance, { config }: { config: C
           }
           request.outcome!.totalTokens = meter.settle({ status: finalStatus, upstreamStatus: status, tap, cut: false })
         } catch (err) {
-          // it runs on a tick of its own (below), where nothing else would catch it: the process would die with every
-          // call in flight
+          // a metering fault is logged, not answered: it runs once the answer is written (or the client gone)
           request.log.error({ err }, 'metering a call failed')
         }
       }
@@ -216,10 +215,10 @@ export async function proxyRoutes (app: FastifyInstance, { config }: { config: C
         reply.removeHeader('content-length')
         return reply.send(notes.rewrite(answer.toString('utf8')))
       } finally {
-        // the meter's work after the answer's write, not before it. fastify writes once its onSend hooks have run
-        // (app.ts: an async one), as microtasks, which all run before the next tick; the reply's 'finish', which logs
-        // the request line with its tokens, comes a tick after the write: after this one
-        process.nextTick(settleWhole, answer, status)
+        // the meter's work after the answer's write, not before it: fastify has written it when send returns (the
+        // onSend hooks of app.ts are callbacks, run at once); the reply's 'finish', which logs the request line with
+        // its tokens, comes a tick later
+        settleWhole(answer, status)
       }
     }
     reply.code(status).headers(downstreamHeaders(upstream.headers))
