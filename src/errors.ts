@@ -48,6 +48,13 @@ export const upstreamStalled = define(504, 'upstream_error', 'upstream_stalled')
 /** nginx's 499: nobody reads this one, but the ledger, the logs and the metrics must not blame Mistral for it */
 export const clientClosed = define(499, 'invalid_request_error', 'client_closed_request')
 export const notReady = define(503, 'server_error', 'not_ready')
+/**
+ * A token this replica has not read yet, while PostgreSQL does not answer: neither valid nor invalid as far as the
+ * gateway can tell, so not a 401 the client would act on. Retry once a new read may succeed.
+ */
+export const authenticationUnavailable = (cause: unknown, retryMs: number) => new GatewayError(503, 'server_error',
+  'authentication_unavailable', 'The token cannot be checked right now (the gateway\'s database does not answer); retry shortly',
+  { headers: retryAfterHeaders(retryMs), cause })
 
 /**
  * When to retry, in both forms clients read: `Retry-After` in whole seconds (RFC 9110 §10.2.3; never 0, which some

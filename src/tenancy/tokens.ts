@@ -1,7 +1,7 @@
 import { and, desc, eq, isNull, sql } from 'drizzle-orm'
 import type { Database } from '../db/client.js'
 import { workspaces, workspaceTokens, type WorkspaceToken } from '../db/schema.js'
-import { badRequest, notFound } from '../errors.js'
+import { authenticationUnavailable, badRequest, notFound } from '../errors.js'
 import type { RateLimits, SpendCaps, WorkspaceLimits } from '../limits/policy.js'
 import type { InvalidationBus } from './invalidation-bus.js'
 import { generateWorkspaceToken, hashWorkspaceToken } from './token-format.js'
@@ -174,7 +174,7 @@ export function createTokenStore ({ db, bus, cacheTtlMs, scopes, keyExists }: To
             // over the bus and drops it), so a database outage does not stop the proxy; asked again in a few seconds.
             // Kept unless this token's own entry was dropped meanwhile: a change to any other token or workspace
             // must not turn the outage into errors for this one
-            if (!stale || cache.get(key) !== stale) throw err
+            if (!stale || cache.get(key) !== stale) throw authenticationUnavailable(err, STALE_RETRY_MS)
             const kept = { ...stale, until: now + STALE_RETRY_MS }
             cache.set(key, kept)
             return kept

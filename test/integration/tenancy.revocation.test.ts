@@ -63,6 +63,8 @@ t.test('a token known before a PostgreSQL outage keeps working through it, whate
       payload: { model: 'mistral-small-latest', messages: [{ role: 'user', content: 'Hi' }] }
     })).statusCode
     t.equal(await chat(), 200, 'served before the outage: its token and Mistral key are known')
+    // a second token of the workspace, never used: this replica has not read it
+    const unread = await testApp.admin('POST', `/admin/v1/workspaces/${ws.slug}/tokens`, { name: 'unread' })
 
     proxy.cut()
     await sleep(100) // its cache entry is due for a new read, which fails
@@ -74,6 +76,25 @@ t.test('a token known before a PostgreSQL outage keeps working through it, whate
 
     // a change to its own workspace is another matter: what was read before may be wrong now
     await app.tenancy.tokens.forgetWorkspace(ws.id)
-    await t.rejects(app.tenancy.tokens.authenticate(token), 'not served from what was read before its workspace changed')
+    await t.rejects(app.tenancy.tokens.authenticate(token), { code: 'authentication_unavailable' },
+      'not served from what was read before its workspace changed')
+
+    // neither token can be told valid or invalid now: a 503 to retry, not a 401 the client would act on
+    for (const [name, bearer] of [['the token whose workspace changed', token], ['a token never read', unread.json.token]]) {
+      const res = await app.inject({
+        method: 'POST',
+        url: '/v1/chat/completions',
+        headers: { authorization: `Bearer ${bearer}`, 'content-type': 'application/json' },
+        payload: { model: 'mistral-small-latest', messages: [{ role: 'user', content: 'Hi' }] }
+      })
+      t.equal(res.statusCode, 503, `${name}: 503`)
+      t.match(res.json(), {
+        type: 'server_error', code: 'authentication_unavailable', request_id: res.headers['x-request-id']
+      }, `${name}: the error envelope, with the request id`)
+      t.same([res.headers['retry-after'], res.headers['retry-after-ms']], ['5', '5000'], `${name}: retry in 5 s`)
+      t.notOk(res.body.includes(bearer), `${name}: the body does not carry the token`)
+    }
+    const malformed = await app.inject({ method: 'GET', url: '/v1/models', headers: { authorization: 'Bearer not-a-token' } })
+    t.equal(malformed.statusCode, 401, 'a token that cannot be one is refused as ever, without PostgreSQL')
     proxy.restore()
   })
