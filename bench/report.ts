@@ -34,7 +34,8 @@ export function markdown ({ rows, soak, hold, idle }: Measured, verdicts: Verdic
     '',
     ...warning ? [warning, ''] : [],
     `Every scenario first ran ${options.jitWarmupS} s per side at ${options.connections} connections (JIT warm-up); then ` +
-      `${options.reps} repetitions of ${options.durationS} s per side (after ${options.warmupS} s of warm-up), ` +
+      `${options.reps} repetitions of ${options.durationS} s per side (after ${options.warmupS} s of warm-up, ` +
+      `${Math.max(options.warmupS, options.jitWarmupS)} s at 1 connection), ` +
       `direct${hasFloor ? ', through the floor' : ''} and through the gateway interleaved; medians. Latencies in ms; ` +
       '"added" is gateway minus direct, per repetition.',
     '',

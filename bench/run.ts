@@ -30,7 +30,7 @@ const emit = (row: unknown) => process.stdout.write(JSON.stringify(row) + '\n')
 /** Generous: twice what the run should take. Past it every process is stopped and the run fails. */
 function budgetMs (o: BenchOptions): number {
   const sides = o.floor ? 3 : 2
-  const perLevel = sides * (o.warmupS + 5) + o.reps * sides * (o.durationS + 5)
+  const perLevel = sides * (Math.max(o.warmupS, o.jitWarmupS) + 5) + o.reps * sides * (o.durationS + 5)
   const hold = o.holdStreams ? o.holdSeconds * 6 + 180 : 0
   const warmUp = o.scenarios.length * sides * (o.jitWarmupS + 5)
   return 2 * (300 + warmUp + o.scenarios.length * 2 * perLevel + 120 + o.soakCalls / SOAK_MIN_RATE + hold) * 1000
