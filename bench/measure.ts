@@ -113,9 +113,10 @@ type WatchedRun = Awaited<ReturnType<typeof onProcess<CannonResult>>>
 export async function measureScenario (bench: Bench, scenario: string, connections: number) {
   const { loader, options } = bench
   const timeoutMs = (options.durationS + 60) * 1000
-  // one connection after the throughput level runs on code V8 has dropped for it: its first few thousand calls cost
-  // twice the CPU of the later ones (docs/benchmarks.md, "one connection at rest")
-  await warmBoth(bench, scenario, connections, connections === 1 ? Math.max(options.warmupS, options.jitWarmupS) : options.warmupS)
+  // one connection after the throughput level runs on code V8 has dropped for it: its first several thousand calls
+  // cost twice the CPU of the later ones (docs/benchmarks.md, "one connection at rest")
+  const warmS = connections === 1 ? Math.max(options.warmupS, options.jitWarmupS) : options.warmupS
+  await warmBoth(bench, scenario, connections, warmS)
   const direct: CannonResult[] = []
   const floor: WatchedRun[] = []
   const gateway: WatchedRun[] = []

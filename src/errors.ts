@@ -45,15 +45,18 @@ export const upstreamTimeout = define(504, 'upstream_error', 'upstream_timeout')
 /** an answer Mistral began and did not finish: the same codes as a stream's error event */
 export const upstreamCut = define(502, 'upstream_error', 'upstream_cut')
 export const upstreamStalled = define(504, 'upstream_error', 'upstream_stalled')
+/** a 2xx answer that cannot be translated into the client's dialect (not the JSON Mistral documents) */
+export const upstreamMalformed = define(502, 'upstream_error', 'upstream_malformed')
 /** nginx's 499: nobody reads this one, but the ledger, the logs and the metrics must not blame Mistral for it */
 export const clientClosed = define(499, 'invalid_request_error', 'client_closed_request')
 export const notReady = define(503, 'server_error', 'not_ready')
 /**
- * A token this replica has not read yet, while PostgreSQL does not answer: neither valid nor invalid as far as the
- * gateway can tell, so not a 401 the client would act on. Retry once a new read may succeed.
+ * A token this replica cannot read while PostgreSQL does not answer, and has nothing of to keep serving: neither valid
+ * nor invalid as far as the gateway can tell, so not a 401 the client would act on. Retry once a new read may succeed.
+ * The message does not say why (anyone can shape a token that reaches the lookup); the log does.
  */
 export const authenticationUnavailable = (cause: unknown, retryMs: number) => new GatewayError(503, 'server_error',
-  'authentication_unavailable', 'The token cannot be checked right now (the gateway\'s database does not answer); retry shortly',
+  'authentication_unavailable', 'The token cannot be checked right now; retry shortly',
   { headers: retryAfterHeaders(retryMs), cause })
 
 /**

@@ -66,7 +66,8 @@ async function services (app: FastifyInstance, { config, database }: ServicesOpt
     bus,
     cacheTtlMs: config.TOKEN_CACHE_TTL_MS,
     scopes: operationAreas,
-    keyExists: (workspaceId, name) => keys.exists(workspaceId, name)
+    keyExists: (workspaceId, name) => keys.exists(workspaceId, name),
+    log: app.log
   })
   const usage = createUsageRecorder({
     db, log: app.log, spool: createSpool({ dir: config.USAGE_SPOOL_DIR ?? join(config.DATA_DIR, 'spool') })

@@ -3,7 +3,8 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { Config } from '../config.js'
 import {
   badRequest, clientClosed, errorEnvelope, GatewayError, invalidToken, organizationRouteDenied, scopeDenied,
-  unknownMistralKey, unknownRoute, upstreamCut, upstreamStalled, upstreamTimeout, upstreamUnreachable, workspaceSuspended
+  unknownMistralKey, unknownRoute, upstreamCut, upstreamMalformed, upstreamStalled, upstreamTimeout, upstreamUnreachable,
+  workspaceSuspended
 } from '../errors.js'
 import { createRetryBudget } from '../resilience/retry-budget.js'
 import type { MistralKeyStore } from '../tenancy/mistral-keys.js'
@@ -199,7 +200,7 @@ export async function proxyRoutes (app: FastifyInstance, { config }: { config: C
           }
           request.outcome!.totalTokens = meter.settle({ status: finalStatus, upstreamStatus: status, tap, cut: false })
         } catch (err) {
-          // a metering fault is logged, not answered: it runs once the answer is written (or the client gone)
+          // a metering fault is logged, not answered: the answer (or the error) is the client's already
           request.log.error({ err }, 'metering a call failed')
         }
       }
@@ -209,15 +210,25 @@ export async function proxyRoutes (app: FastifyInstance, { config }: { config: C
         settleWhole(answer, gone.statusCode)
         throw gone
       }
+      let payload: Buffer | string = answer
+      if (notes?.rewrite) {
+        try {
+          payload = notes.rewrite(answer.toString('utf8'))
+        } catch {
+          // a 200 whose body the dialect cannot read: an error the client can read, metered as the error it got
+          const failure = upstreamMalformed('Mistral\'s answer could not be read as JSON')
+          settleWhole(answer, failure.statusCode)
+          throw failure
+        }
+      }
       reply.code(status).headers(downstreamHeaders(upstream.headers))
+      if (payload !== answer) reply.removeHeader('content-length')
       try {
-        if (!notes?.rewrite) return reply.send(answer)
-        reply.removeHeader('content-length')
-        return reply.send(notes.rewrite(answer.toString('utf8')))
+        return reply.send(payload)
       } finally {
-        // the meter's work after the answer's write, not before it: fastify has written it when send returns (the
-        // onSend hooks of app.ts are callbacks, run at once); the reply's 'finish', which logs the request line with
-        // its tokens, comes a tick later
+        // the meter's work after the answer's write, not before it: fastify has written it when send returns, as the
+        // onSend hooks of app.ts are callbacks, run at once (an async one would put the write after this); the
+        // reply's 'finish', which logs the request line with its tokens, comes a tick later
         settleWhole(answer, status)
       }
     }

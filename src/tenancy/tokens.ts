@@ -1,4 +1,5 @@
 import { and, desc, eq, isNull, sql } from 'drizzle-orm'
+import type { FastifyBaseLogger } from 'fastify'
 import type { Database } from '../db/client.js'
 import { workspaces, workspaceTokens, type WorkspaceToken } from '../db/schema.js'
 import { authenticationUnavailable, badRequest, notFound } from '../errors.js'
@@ -49,7 +50,11 @@ export interface TokenStore {
   revoke (workspaceId: string, tokenId: string): Promise<TokenView>
   find (workspaceId: string, tokenId: string): Promise<TokenView | undefined>
   update (workspaceId: string, tokenId: string, patch: { limits?: RateLimits, caps?: SpendCaps }): Promise<TokenView>
-  /** The caller's context, or undefined for any bad, unknown, expired or revoked token. */
+  /**
+   * The caller's context, or undefined for any bad, unknown, expired or revoked token. Throws 503
+   * `authentication_unavailable` for a well-formed token it cannot read (PostgreSQL does not answer) and has nothing
+   * of to keep serving.
+   */
   authenticate (token: string): Promise<TenantContext | undefined>
   /** Tells every replica to reload the contexts of a workspace whose settings or status changed. */
   forgetWorkspace (workspaceId: string): Promise<void>
@@ -67,6 +72,7 @@ interface TokenStoreOptions {
   cacheTtlMs: number
   scopes: ReadonlySet<string>
   keyExists: (workspaceId: string, name: string) => Promise<boolean>
+  log: FastifyBaseLogger
 }
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
@@ -75,13 +81,15 @@ const LAST_USED_EVERY_MS = 60_000
 const CACHE_MAX_ENTRIES = 50_000
 const STALE_RETRY_MS = 5_000
 
-export function createTokenStore ({ db, bus, cacheTtlMs, scopes, keyExists }: TokenStoreOptions): TokenStore {
+export function createTokenStore ({ db, bus, cacheTtlMs, scopes, keyExists, log }: TokenStoreOptions): TokenStore {
   const cache = new Map<string, CacheEntry>()
   // the token's checksum and SHA-256, worked out once per token and not on every call (2-3 µs each): the process
   // holds the token as long as it serves it, as it holds the decrypted Mistral keys
   const digests = new Map<string, string>()
   const loading = new Map<string, Promise<CacheEntry>>()
   const lastUsedWritten = new Map<string, number>()
+  // a failing read is logged once per retry period, not once per call of an outage
+  let failureLoggedAt = -Infinity
 
   // a lookup that overlaps an invalidation must not cache what it read before the change
   let generation = 0
@@ -174,7 +182,13 @@ export function createTokenStore ({ db, bus, cacheTtlMs, scopes, keyExists }: To
             // over the bus and drops it), so a database outage does not stop the proxy; asked again in a few seconds.
             // Kept unless this token's own entry was dropped meanwhile: a change to any other token or workspace
             // must not turn the outage into errors for this one
-            if (!stale || cache.get(key) !== stale) throw authenticationUnavailable(err, STALE_RETRY_MS)
+            if (!stale || cache.get(key) !== stale) {
+              if (now - failureLoggedAt >= STALE_RETRY_MS) {
+                failureLoggedAt = now
+                log.error({ err: rootCause(err) }, 'token lookup failed: calls with tokens not read before get 503')
+              }
+              throw authenticationUnavailable(err, STALE_RETRY_MS)
+            }
             const kept = { ...stale, until: now + STALE_RETRY_MS }
             cache.set(key, kept)
             return kept
@@ -241,6 +255,17 @@ export function createTokenStore ({ db, bus, cacheTtlMs, scopes, keyExists }: To
     db.update(workspaceTokens).set({ lastUsedAt: sql`now()` }).where(eq(workspaceTokens.id, tokenId))
       .catch(() => lastUsedWritten.delete(tokenId))
   }
+}
+
+/**
+ * The driver's own error under the query builder's: its code and message say what failed (a refused connection, a
+ * timeout), where the builder's message quotes the query and its parameters (a token's hash).
+ */
+function rootCause (err: unknown): { code?: string, message: string } {
+  let cause = err
+  while (cause instanceof Error && cause.cause instanceof Error) cause = cause.cause
+  if (!(cause instanceof Error)) return { message: String(cause) }
+  return { code: (cause as NodeJS.ErrnoException).code, message: cause.message }
 }
 
 function parseExpiry (value: string | null | undefined): Date | null {

@@ -169,6 +169,38 @@ for (const mode of ['stall', 'cut'] as const) {
     })
 }
 
+t.test('a 200 the client\'s dialect cannot be given (base64 embeddings of a body that is not JSON) is a 502 ' +
+  'upstream_malformed, metered as that 502', async (t) => {
+  const testApp = await buildTestApp(t)
+  const { app, mistral, createWorkspace } = testApp
+  const ws = await createWorkspace()
+  mistral.enqueue((_req, res) => {
+    res.writeHead(200, { 'content-type': 'application/json' })
+    res.end('<html>a proxy page, not JSON</html>')
+  }, '/v1/embeddings')
+  const res = await app.inject({
+    method: 'POST',
+    url: '/v1/embeddings',
+    headers: jsonHeaders(ws),
+    payload: { model: 'mistral-embed', input: ['the tramontane'], encoding_format: 'base64' }
+  })
+  assertEnvelope(t, res, 502, 'upstream_error', 'upstream_malformed')
+  t.notMatch(res.body, /proxy page/, 'none of the body reaches the client')
+  t.notOk(res.headers['content-type'] !== undefined && !String(res.headers['content-type']).includes('json'),
+    'the error is JSON, whatever Mistral\'s answer said it was')
+
+  const records = await usageRecords(testApp, ws)
+  t.equal(records.length, 1, 'one usage record')
+  t.match(records[0], {
+    requestId: res.headers['x-request-id'],
+    operation: 'embeddings',
+    model: 'mistral-embed',
+    status: 502,
+    upstreamStatus: 200,
+    estimated: true // Mistral answered, and its usage could not be read
+  })
+})
+
 t.test('a JSON body over BODY_LIMIT_BYTES is a 413 and nothing goes upstream', async (t) => {
   const { app, mistral, createWorkspace } = await buildTestApp(t, { BODY_LIMIT_BYTES: '2048' })
   const ws = await createWorkspace()

@@ -5,6 +5,7 @@ import { buildTestApp, TEST_ADMIN_TOKEN, TEST_DATABASE_URL, gatewayEnv } from '.
 import { startFakeMistral } from '../helpers/fake-mistral.js'
 import { startGatewayProcess } from '../helpers/gateway-process.js'
 import { proxiedDatabase } from '../helpers/tcp-proxy.js'
+import { hashWorkspaceToken } from '../../src/tenancy/token-format.js'
 
 t.test('a revoked token is refused by every replica within 1 s', async (t) => {
   const mistral = await startFakeMistral()
@@ -49,7 +50,8 @@ t.test('a revoked token is refused by every replica within 1 s', async (t) => {
   t.equal(body.code, 'invalid_token')
 })
 
-t.test('a token known before a PostgreSQL outage keeps working through it, whatever other workspace changes meanwhile',
+t.test('a token known before a PostgreSQL outage keeps working through it, whatever other workspace changes meanwhile; ' +
+  'one that cannot be read gets a 503 to retry',
   async (t) => {
     const { proxy, url } = await proxiedDatabase(t, TEST_DATABASE_URL)
     const testApp = await buildTestApp(t, { DATABASE_URL: url, TOKEN_CACHE_TTL_MS: '50' })
@@ -65,6 +67,7 @@ t.test('a token known before a PostgreSQL outage keeps working through it, whate
     t.equal(await chat(), 200, 'served before the outage: its token and Mistral key are known')
     // a second token of the workspace, never used: this replica has not read it
     const unread = await testApp.admin('POST', `/admin/v1/workspaces/${ws.slug}/tokens`, { name: 'unread' })
+    t.equal(unread.statusCode, 201, 'a second token, never used')
 
     proxy.cut()
     await sleep(100) // its cache entry is due for a new read, which fails
@@ -93,6 +96,14 @@ t.test('a token known before a PostgreSQL outage keeps working through it, whate
       }, `${name}: the error envelope, with the request id`)
       t.same([res.headers['retry-after'], res.headers['retry-after-ms']], ['5', '5000'], `${name}: retry in 5 s`)
       t.notOk(res.body.includes(bearer), `${name}: the body does not carry the token`)
+    }
+    // the outage is in the log once for the retry period, as the driver tells it: not the query, which names the hash
+    const logged = testApp.logs.filter((line) => line.includes('token lookup failed'))
+    t.equal(logged.length, 1, 'the failing reads are logged once in 5 s')
+    t.match(JSON.parse(logged[0] ?? '{}'), { level: 50, err: { message: String } }, 'as an error, with its cause')
+    for (const secret of [token, unread.json.token]) {
+      t.notOk(testApp.logs.some((line) => line.includes(secret) || line.includes(hashWorkspaceToken(secret)!.toString('hex'))),
+        'no log line carries a token or its hash')
     }
     const malformed = await app.inject({ method: 'GET', url: '/v1/models', headers: { authorization: 'Bearer not-a-token' } })
     t.equal(malformed.statusCode, 401, 'a token that cannot be one is refused as ever, without PostgreSQL')
