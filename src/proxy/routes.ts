@@ -200,7 +200,7 @@ export async function proxyRoutes (app: FastifyInstance, { config }: { config: C
           }
           request.outcome!.totalTokens = meter.settle({ status: finalStatus, upstreamStatus: status, tap, cut: false })
         } catch (err) {
-          // a metering fault is logged, not answered: the answer (or the error) is the client's already
+          // a metering fault is logged, not answered: the client gets its answer or its error whatever the meter does
           request.log.error({ err }, 'metering a call failed')
         }
       }
@@ -214,9 +214,12 @@ export async function proxyRoutes (app: FastifyInstance, { config }: { config: C
       if (notes?.rewrite) {
         try {
           payload = notes.rewrite(answer.toString('utf8'))
-        } catch {
-          // a 200 whose body the dialect cannot read: an error the client can read, metered as the error it got
-          const failure = upstreamMalformed('Mistral\'s answer could not be read as JSON')
+        } catch (err) {
+          // a 200 whose body the dialect cannot read: an error the client can read, metered as the error it got.
+          // Not the parser's message: it quotes a slice of the body
+          request.log.warn({ err: { name: (err as Error).name }, bytes: answer.length, contentType },
+            'Mistral\'s answer could not be rewritten for the client\'s dialect')
+          const failure = upstreamMalformed('Mistral\'s answer is not the JSON it documents')
           settleWhole(answer, failure.statusCode)
           throw failure
         }

@@ -1,4 +1,4 @@
-import { and, desc, eq, isNull, sql } from 'drizzle-orm'
+import { and, desc, DrizzleQueryError, eq, isNull, sql } from 'drizzle-orm'
 import type { FastifyBaseLogger } from 'fastify'
 import type { Database } from '../db/client.js'
 import { workspaces, workspaceTokens, type WorkspaceToken } from '../db/schema.js'
@@ -183,11 +183,13 @@ export function createTokenStore ({ db, bus, cacheTtlMs, scopes, keyExists, log 
             // Kept unless this token's own entry was dropped meanwhile: a change to any other token or workspace
             // must not turn the outage into errors for this one
             if (!stale || cache.get(key) !== stale) {
-              if (now - failureLoggedAt >= STALE_RETRY_MS) {
-                failureLoggedAt = now
-                log.error({ err: rootCause(err) }, 'token lookup failed: calls with tokens not read before get 503')
+              const failure = driverError(err)
+              const at = Date.now()
+              if (at - failureLoggedAt >= STALE_RETRY_MS) {
+                failureLoggedAt = at
+                log.error({ err: failure }, 'token lookup failed: tokens this replica cannot serve from its cache get 503')
               }
-              throw authenticationUnavailable(err, STALE_RETRY_MS)
+              throw authenticationUnavailable(failure, STALE_RETRY_MS)
             }
             const kept = { ...stale, until: now + STALE_RETRY_MS }
             cache.set(key, kept)
@@ -258,14 +260,19 @@ export function createTokenStore ({ db, bus, cacheTtlMs, scopes, keyExists, log 
 }
 
 /**
- * The driver's own error under the query builder's: its code and message say what failed (a refused connection, a
- * timeout), where the builder's message quotes the query and its parameters (a token's hash).
+ * What the driver said, without the query builder's wrapping: its message quotes the query and its parameters (a
+ * token's hash). The driver's messages (its causes', and each address tried by a connect that failed on all of them)
+ * say what failed: a refused connection, a timeout.
  */
-function rootCause (err: unknown): { code?: string, message: string } {
-  let cause = err
-  while (cause instanceof Error && cause.cause instanceof Error) cause = cause.cause
-  if (!(cause instanceof Error)) return { message: String(cause) }
-  return { code: (cause as NodeJS.ErrnoException).code, message: cause.message }
+function driverError (err: unknown): { code?: string, message: string } {
+  const driver = err instanceof DrizzleQueryError ? err.cause : err
+  if (!(driver instanceof Error)) return { message: 'the query failed' }
+  const messages = [driver.message]
+  for (let cause = driver.cause; cause instanceof Error; cause = cause.cause) messages.push(cause.message)
+  if (driver instanceof AggregateError) {
+    for (const each of driver.errors) if (each instanceof Error) messages.push(each.message)
+  }
+  return { code: (driver as NodeJS.ErrnoException).code, message: messages.filter(Boolean).join('; ') }
 }
 
 function parseExpiry (value: string | null | undefined): Date | null {
