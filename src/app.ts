@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto'
 import Fastify, {
-  LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify'
+  LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify'
 import swagger from '@fastify/swagger'
 import { SerializerSelector, type SerializerFactory } from '@fastify/fast-json-stringify-compiler'
 import swaggerUi from '@fastify/swagger-ui'
@@ -17,6 +17,7 @@ import { metricsPlugin } from './metrics.js'
 import { createScrapeFacts } from './scrape-facts.js'
 import { loggerOptions } from './logger.js'
 import { proxyRoutes } from './proxy/routes.js'
+import { clientGone, writeRequestLine } from './request-line.js'
 import { selfServiceRoutes } from './self-service/routes.js'
 import { servicesPlugin } from './services.js'
 
@@ -51,7 +52,7 @@ export async function buildApp ({ config, logger }: BuildOptions): Promise<Fasti
     ...(logger ? { loggerInstance: logger } : { logger: loggerOptions(config) }),
     // the request id is the ledger's primary key: always ours, never the client's
     genReqId: () => randomUUID(),
-    // one line per request, written by logOutcome with the facts of the call
+    // one line per request, written by writeRequestLine with the facts of the call
     logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: config.BODY_LIMIT_BYTES,
     // a slow generation can hold a request for many minutes: the upstream timeouts bound it, not Node's
@@ -71,12 +72,16 @@ export async function buildApp ({ config, logger }: BuildOptions): Promise<Fasti
   // the microtask queue (the onSend one before the answer's write). With callbacks only, reply.send writes the answer
   // before it returns, and the proxy meters a whole answer after that (proxy/routes.ts): an async onSend hook would
   // put the metering back in front of the write
+  app.decorateRequest('lineWritten', false)
   app.addHook('onSend', (request, reply, payload, done) => {
     reply.header('x-request-id', request.id)
+    // a reply to a client that has gone never finishes: its line is written now, unless a proxied call still open
+    // writes it when it settles (proxy/routes.ts)
+    if (clientGone(reply) && request.outcome?.open !== true) writeRequestLine(request, reply)
     done(null, payload)
   })
   app.addHook('onResponse', (request, reply, done) => {
-    logOutcome(request, reply)
+    writeRequestLine(request, reply)
     done()
   })
 
@@ -140,26 +145,4 @@ declare module 'fastify' {
     /** spend thresholds and invalid Mistral keys, for whoever subscribes (src/events.ts) */
     events: GatewayEvents
   }
-}
-
-const WRITES_INFO = new Set(['trace', 'debug', 'info'])
-
-/** One line per request: facts, never payloads or secrets. */
-function logOutcome (request: FastifyRequest, reply: FastifyReply) {
-  // at LOG_LEVEL=warn or above the line is not written: do not build it either
-  if (!WRITES_INFO.has(request.log.level)) return
-  const outcome = request.outcome
-  request.log.info({
-    method: request.method,
-    path: request.routeOptions.url === undefined ? 'unknown' : request.url.split('?')[0],
-    status: reply.statusCode,
-    durationMs: Math.round(reply.elapsedTime),
-    workspace: request.tenant?.workspace.slug,
-    token: request.tenant?.token.prefix,
-    operation: request.operation?.id,
-    model: outcome?.model,
-    key: outcome?.keyName,
-    upstreamStatus: outcome?.upstreamStatus,
-    tokens: outcome?.totalTokens
-  }, 'request')
 }

@@ -23,7 +23,7 @@ interface MeterOptions {
   ticket: Ticket | undefined
 }
 
-interface Settlement {
+export interface Settlement {
   status: number
   upstreamStatus: number | undefined
   tap: TapResult | undefined

@@ -21,16 +21,15 @@ import { base64Embeddings, createOpenAiStreamShaper, withOpenAiError } from '../
 import { openAiModerations, translateModerationRequest } from '../dialects/openai-moderations.js'
 import { createStreamErrorShaper } from '../dialects/openai-stream-errors.js'
 import { batchJobCall, observeBatchJob } from './batch-hook.js'
-import { meterCall } from './meter.js'
+import { meterCall, type Settlement } from './meter.js'
 import { BATCH_CREATION, quoteCall } from './quote.js'
 import { isRegionalHost } from '../pricing/region.js'
+import { clientGone, writeRequestLine } from '../request-line.js'
 
 declare module 'fastify' {
   interface FastifyRequest {
     tenant: TenantContext | null
     operation: Operation | null
-    /** Facts for the request's log line, filled as the call goes. */
-    outcome: { model?: string, keyName?: string, totalTokens?: number, upstreamStatus?: number } | null
   }
 }
 
@@ -131,8 +130,13 @@ export async function proxyRoutes (app: FastifyInstance, { config }: { config: C
     // authentication, classification and admission are the gateway's part of the call
     const receivedAt = startedAt - Math.round(reply.elapsedTime)
     const controller = new AbortController()
-    // the client hanging up cancels Mistral's work too (and stops the meter at what Mistral reported)
-    const onClientClose = () => { if (!reply.raw.writableFinished) controller.abort() }
+    // the client hanging up cancels Mistral's work too (and stops the meter at what Mistral reported). Kept until the
+    // socket closes: a client that leaves after the call settled but before its answer finished gets its line here
+    const onClientClose = () => {
+      if (reply.raw.writableFinished) return
+      controller.abort()
+      if (request.outcome?.open === false) writeRequestLine(request, reply)
+    }
     // a client that left during authentication or admission is gone before anyone listened: fastify would then drop
     // the reply without reading the upstream body, and the call would never end
     if (reply.raw.destroyed) controller.abort()
@@ -141,9 +145,25 @@ export async function proxyRoutes (app: FastifyInstance, { config }: { config: C
 
     let keyName = candidates[0]
     app.metrics.inFlight(1)
-    const meter = meterCall({
+    const metered = meterCall({
       request, operation, keyName: () => keyName, receivedAt, startedAt, app, requestJson: body, priced, ticket
     })
+    request.outcome.open = true
+    // every way a call ends settles it here: the tokens go on the request's line, which is written now when the
+    // client has gone (its reply never finishes, so no onResponse hook writes it)
+    const meter = {
+      settle (settlement: Settlement) {
+        const outcome = request.outcome!
+        if (outcome.open !== true) return
+        outcome.open = false
+        try {
+          const tokens = metered.settle(settlement)
+          if (operation.metered) outcome.totalTokens = tokens
+        } finally {
+          if (clientGone(reply)) writeRequestLine(request, reply, settlement.status)
+        }
+      }
+    }
     let answer
     try {
       answer = await sendWithRetries({
@@ -190,7 +210,6 @@ export async function proxyRoutes (app: FastifyInstance, { config }: { config: C
         throw failure
       } finally {
         clearTimeout(deadline)
-        reply.raw.off('close', onClientClose)
       }
       const settleWhole = (body: Buffer, finalStatus: number) => {
         try {
@@ -198,7 +217,7 @@ export async function proxyRoutes (app: FastifyInstance, { config }: { config: C
           const tap = {
             usage: facts?.usage, model: facts?.model, events: facts ? 1 : 0, firstByteAt: answeredAt, streamError: false, streamed: false
           }
-          request.outcome!.totalTokens = meter.settle({ status: finalStatus, upstreamStatus: status, tap, cut: false })
+          meter.settle({ status: finalStatus, upstreamStatus: status, tap, cut: false })
         } catch (err) {
           // a metering fault is logged, not answered: the client gets its answer or its error whatever the meter does
           request.log.error({ err }, 'metering a call failed')
@@ -270,8 +289,7 @@ export async function proxyRoutes (app: FastifyInstance, { config }: { config: C
       if (settled) return
       settled = true
       clearTimeout(deadline)
-      reply.raw.off('close', onClientClose)
-      request.outcome!.totalTokens = meter.settle({ status, upstreamStatus: status, tap: tap.result, cut: Boolean(cut) })
+      meter.settle({ status, upstreamStatus: status, tap: tap.result, cut: Boolean(cut) })
     }
     // the tap ends before the reply finishes, so before onResponse writes the request's log line with the tokens
     tap.once('end', () => {

@@ -24,6 +24,12 @@ function assertEnvelope (t: Test, res: { statusCode: number, headers: Record<str
   return body
 }
 
+/** The request lines of proxied chat calls the app has logged so far, parsed. */
+function requestLines (testApp: TestApp): Array<Record<string, any>> {
+  return testApp.logs.map((line) => JSON.parse(line))
+    .filter((line) => line.msg === 'request' && line.path === '/v1/chat/completions')
+}
+
 async function until (check: () => boolean, timeoutMs = 2_000) {
   const deadline = Date.now() + timeoutMs
   while (!check() && Date.now() < deadline) await sleep(20)
@@ -323,4 +329,60 @@ t.test('clients hanging up at any moment: every call ends, none is blamed on Mis
   t.same([...statuses].filter((status) => status !== 200 && status !== 499), [], 'each answered (200) or the client left (499)')
   t.ok(records.filter((record) => record.status === 200).every((record) => requestIds.has(record.requestId)),
     'a call recorded as answered reached its client\'s headers')
+  // the log: a call whose client left has its line too (its reply never finishes), once, with its record's status
+  const lines = requestLines(testApp)
+  const linesOf = (id: string) => lines.filter((line) => line.reqId === id)
+  t.same(records.filter((record) => linesOf(record.requestId).length !== 1).map((record) => record.requestId), [],
+    `each of the ${records.length} recorded calls has exactly one request line`)
+  t.same(records.filter((record) => linesOf(record.requestId)[0]?.status !== record.status).map((record) => record.requestId), [],
+    'with the status of its record')
+  t.equal(new Set(lines.map((line) => line.reqId)).size, lines.length, 'no request has two lines')
+})
+
+t.test('a client that hangs up still gets its request line, marked clientClosed, with its tokens', async (t) => {
+  const mistral = await startFakeMistral({ streamDelayMs: 40 })
+  t.teardown(() => mistral.close())
+  const testApp = await buildTestApp(t, {}, { mistral })
+  const ws = await testApp.createWorkspace()
+  const url = await listen(testApp.app)
+  const client = new Client(url)
+  t.teardown(() => client.close())
+  const newLine = async (seen: number) => {
+    t.ok(await until(() => requestLines(testApp).length > seen), 'a request line is written')
+    return requestLines(testApp)[seen]
+  }
+
+  // gone before Mistral answered: no response headers, so the line is found by its order
+  mistral.enqueueDelay(400)
+  const controller = new AbortController()
+  setTimeout(() => controller.abort(), 150)
+  await client.request({ path: '/v1/chat/completions', method: 'POST', headers: jsonHeaders(ws), body: chat(), signal: controller.signal })
+    .then(() => t.fail('the call was aborted'), () => {})
+  t.match(await newLine(0), {
+    workspace: ws.slug, model: 'mistral-small-latest', key: 'default', status: 499, clientClosed: true, tokens: 0
+  }, 'left before the answer: 499, as its record says')
+
+  // gone in the middle of a stream: the status it had, and the tokens the ledger bills
+  const res = await client.request({
+    path: '/v1/chat/completions', method: 'POST', headers: jsonHeaders(ws), body: chat({ stream: true })
+  })
+  const streamId = String(res.headers['x-request-id'])
+  for await (const _ of res.body) break // one chunk, then the connection goes
+  const cut = await newLine(1)
+  await testApp.app.usage.flush()
+  const usage = await testApp.admin('GET', `/admin/v1/workspaces/${ws.slug}/usage?limit=10`)
+  const record = (usage.json.records as Array<{ requestId: string, totalTokens: number, status: number }>)
+    .find((row) => row.requestId === streamId)
+  t.match(cut, { reqId: streamId, status: 200, upstreamStatus: 200, clientClosed: true }, 'left mid-stream: the 200 it got')
+  t.equal(cut.tokens, record?.totalTokens, `with the tokens of its record (${record?.totalTokens})`)
+  t.ok((record?.totalTokens ?? 0) > 0, 'which bills the prompt')
+
+  // a call whose client stays: one line, without the mark
+  const whole = await client.request({ path: '/v1/chat/completions', method: 'POST', headers: jsonHeaders(ws), body: chat() })
+  const completion = await whole.body.json() as { usage: { total_tokens: number } }
+  const done = await newLine(2)
+  t.match(done, { reqId: whole.headers['x-request-id'], status: 200, tokens: completion.usage.total_tokens })
+  t.notOk('clientClosed' in done, 'an answer that reached its client is not marked')
+  await sleep(200)
+  t.equal(requestLines(testApp).length, 3, 'one line a call')
 })
