@@ -17,7 +17,7 @@ import { metricsPlugin } from './metrics.js'
 import { createScrapeFacts } from './scrape-facts.js'
 import { loggerOptions } from './logger.js'
 import { proxyRoutes } from './proxy/routes.js'
-import { clientGone, writeRequestLine } from './request-line.js'
+import { answered, trackRequestLine, writeRequestLine } from './request-line.js'
 import { selfServiceRoutes } from './self-service/routes.js'
 import { servicesPlugin } from './services.js'
 
@@ -72,12 +72,14 @@ export async function buildApp ({ config, logger }: BuildOptions): Promise<Fasti
   // the microtask queue (the onSend one before the answer's write). With callbacks only, reply.send writes the answer
   // before it returns, and the proxy meters a whole answer after that (proxy/routes.ts): an async onSend hook would
   // put the metering back in front of the write
-  app.decorateRequest('lineWritten', false)
+  app.decorateRequest('line', null)
+  app.addHook('onRequest', (request, reply, done) => {
+    trackRequestLine(request, reply)
+    done()
+  })
   app.addHook('onSend', (request, reply, payload, done) => {
     reply.header('x-request-id', request.id)
-    // a reply to a client that has gone never finishes: its line is written now, unless a proxied call still open
-    // writes it when it settles (proxy/routes.ts)
-    if (clientGone(reply) && request.outcome?.open !== true) writeRequestLine(request, reply)
+    answered(request, reply)
     done(null, payload)
   })
   app.addHook('onResponse', (request, reply, done) => {

@@ -3,31 +3,68 @@ import type { FastifyReply, FastifyRequest } from 'fastify'
 declare module 'fastify' {
   interface FastifyRequest {
     /** Facts for the request's log line, filled as the call goes. */
-    outcome: {
-      model?: string
-      keyName?: string
-      totalTokens?: number
-      upstreamStatus?: number
-      /** a proxied call not yet settled: its line waits for the settlement's status and tokens */
-      open?: boolean
-    } | null
-    /** the request's line is written (at most one a request) */
-    lineWritten: boolean
+    outcome: { model?: string, keyName?: string, totalTokens?: number, upstreamStatus?: number } | null
+    /** where the request's line stands (absent when the level writes no request line) */
+    line: RequestLine | null
   }
+}
+
+interface RequestLine {
+  written: boolean
+  /** the gateway has answered (onSend ran): what the line says is known, unless `held` */
+  answered: boolean
+  /** the reply's socket closed before `finish`: the client left, or the connection was cut */
+  closed: boolean
+  /** a proxied call in flight: its line waits for the status and tokens it settles on */
+  held: boolean
 }
 
 const WRITES_INFO = new Set(['trace', 'debug', 'info'])
 
 /**
- * One line per request: facts, never payloads or secrets. Written when the reply finishes; for a client that left, a
- * reply never finishes (Node emits no `finish` on a destroyed socket), so the line is written when the gateway is done
- * with the call instead, with the status it settled on and `clientClosed: true`.
+ * One line per request, with facts and never payloads or secrets, written once. Written when the reply finishes
+ * (onResponse); a reply whose socket closed first never finishes (Node emits no `finish`), so its line is written as
+ * soon as both have happened: the socket closed, and the gateway answered or settled the call. Such a line is marked
+ * `unfinished: true`. Events, not `writableFinished`: a write to a socket already destroyed reads as finished.
  */
-export function writeRequestLine (request: FastifyRequest, reply: FastifyReply, status = reply.statusCode) {
-  if (request.lineWritten) return
-  request.lineWritten = true
-  // at LOG_LEVEL=warn or above the line is not written: do not build it either
+export function trackRequestLine (request: FastifyRequest, reply: FastifyReply) {
+  // at LOG_LEVEL=warn or above no line is written: nothing is tracked either
   if (!WRITES_INFO.has(request.log.level)) return
+  const line: RequestLine = { written: false, answered: false, closed: false, held: false }
+  request.line = line
+  reply.raw.once('close', () => {
+    if (line.written) return
+    line.closed = true
+    if (line.answered && !line.held) writeRequestLine(request, reply)
+  })
+}
+
+/** The gateway has answered (onSend): a client already gone gets its line now, unless a proxied call holds it. */
+export function answered (request: FastifyRequest, reply: FastifyReply) {
+  const line = request.line
+  if (!line) return
+  line.answered = true
+  if (line.closed && !line.held) writeRequestLine(request, reply)
+}
+
+/** A proxied call holds its line until it settles. */
+export function holdLine (request: FastifyRequest) {
+  if (request.line) request.line.held = true
+}
+
+/** The proxied call settled on `status`: a client already gone gets its line now, with it. */
+export function settled (request: FastifyRequest, reply: FastifyReply, status: number) {
+  const line = request.line
+  if (!line) return
+  line.held = false
+  if (line.closed) writeRequestLine(request, reply, status)
+}
+
+/** Writes the line unless it is written already; `status` defaults to the reply's. */
+export function writeRequestLine (request: FastifyRequest, reply: FastifyReply, status = reply.statusCode) {
+  const line = request.line
+  if (!line || line.written) return
+  line.written = true
   const outcome = request.outcome
   request.log.info({
     method: request.method,
@@ -41,11 +78,6 @@ export function writeRequestLine (request: FastifyRequest, reply: FastifyReply, 
     key: outcome?.keyName,
     upstreamStatus: outcome?.upstreamStatus,
     tokens: outcome?.totalTokens,
-    clientClosed: reply.raw.writableFinished ? undefined : true
+    unfinished: line.closed ? true : undefined
   }, 'request')
-}
-
-/** The client has gone and the reply will never finish: no `finish`, so no onResponse hook, will write the line. */
-export function clientGone (reply: FastifyReply): boolean {
-  return reply.raw.destroyed && !reply.raw.writableFinished
 }

@@ -24,7 +24,7 @@ import { batchJobCall, observeBatchJob } from './batch-hook.js'
 import { meterCall, type Settlement } from './meter.js'
 import { BATCH_CREATION, quoteCall } from './quote.js'
 import { isRegionalHost } from '../pricing/region.js'
-import { clientGone, writeRequestLine } from '../request-line.js'
+import { holdLine, settled as lineSettled } from '../request-line.js'
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -130,13 +130,8 @@ export async function proxyRoutes (app: FastifyInstance, { config }: { config: C
     // authentication, classification and admission are the gateway's part of the call
     const receivedAt = startedAt - Math.round(reply.elapsedTime)
     const controller = new AbortController()
-    // the client hanging up cancels Mistral's work too (and stops the meter at what Mistral reported). Kept until the
-    // socket closes: a client that leaves after the call settled but before its answer finished gets its line here
-    const onClientClose = () => {
-      if (reply.raw.writableFinished) return
-      controller.abort()
-      if (request.outcome?.open === false) writeRequestLine(request, reply)
-    }
+    // the client hanging up cancels Mistral's work too (and stops the meter at what Mistral reported)
+    const onClientClose = () => { if (!reply.raw.writableFinished) controller.abort() }
     // a client that left during authentication or admission is gone before anyone listened: fastify would then drop
     // the reply without reading the upstream body, and the call would never end
     if (reply.raw.destroyed) controller.abort()
@@ -148,19 +143,19 @@ export async function proxyRoutes (app: FastifyInstance, { config }: { config: C
     const metered = meterCall({
       request, operation, keyName: () => keyName, receivedAt, startedAt, app, requestJson: body, priced, ticket
     })
-    request.outcome.open = true
-    // every way a call ends settles it here: the tokens go on the request's line, which is written now when the
-    // client has gone (its reply never finishes, so no onResponse hook writes it)
+    holdLine(request)
+    // every way a call ends settles it here, once: its tokens go on the request's line, which a client already gone
+    // gets now (its reply never finishes, so no onResponse hook writes it)
+    let open = true
     const meter = {
       settle (settlement: Settlement) {
-        const outcome = request.outcome!
-        if (outcome.open !== true) return
-        outcome.open = false
+        if (!open) return
+        open = false
         try {
           const tokens = metered.settle(settlement)
-          if (operation.metered) outcome.totalTokens = tokens
+          if (operation.metered) request.outcome!.totalTokens = tokens
         } finally {
-          if (clientGone(reply)) writeRequestLine(request, reply, settlement.status)
+          lineSettled(request, reply, settlement.status)
         }
       }
     }
@@ -182,6 +177,8 @@ export async function proxyRoutes (app: FastifyInstance, { config }: { config: C
     }
     const { upstream, key } = answer
     keyName = key.name
+    request.outcome.keyName = key.name
+    request.outcome.upstreamStatus = upstream.statusCode
     if (controller.signal.aborted) {
       // the client left, or the total deadline passed, just as Mistral answered: the body is not read. Billed as a
       // cut call (estimated), as Mistral began
@@ -192,8 +189,6 @@ export async function proxyRoutes (app: FastifyInstance, { config }: { config: C
       meter.settle({ status: failure.statusCode, upstreamStatus: upstream.statusCode, tap: undefined, cut: true })
       throw failure
     }
-    request.outcome.keyName = key.name
-    request.outcome.upstreamStatus = upstream.statusCode
     const status = upstream.statusCode
     const contentType = String(upstream.headers['content-type'] ?? '')
     const sse = contentType.startsWith('text/event-stream')
@@ -210,6 +205,7 @@ export async function proxyRoutes (app: FastifyInstance, { config }: { config: C
         throw failure
       } finally {
         clearTimeout(deadline)
+        reply.raw.off('close', onClientClose)
       }
       const settleWhole = (body: Buffer, finalStatus: number) => {
         try {
@@ -289,6 +285,7 @@ export async function proxyRoutes (app: FastifyInstance, { config }: { config: C
       if (settled) return
       settled = true
       clearTimeout(deadline)
+      reply.raw.off('close', onClientClose)
       meter.settle({ status, upstreamStatus: status, tap: tap.result, cut: Boolean(cut) })
     }
     // the tap ends before the reply finishes, so before onResponse writes the request's log line with the tokens

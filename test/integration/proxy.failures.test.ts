@@ -273,6 +273,8 @@ t.test('clients hanging up at any moment: every call ends, none is blamed on Mis
   mistral.reset()
   const keyNameOf = (apiKey: string | undefined) => apiKey?.slice(ws.mistralKey.length + 1)
   const url = await listen(app)
+  let chatRequests = 0
+  app.server.on('request', (req) => { if (req.url === '/v1/chat/completions') chatRequests++ })
   const requestIds = new Set<string>()
   const worker = async (w: number) => {
     const client = new Client(url)
@@ -337,12 +339,12 @@ t.test('clients hanging up at any moment: every call ends, none is blamed on Mis
   t.same(records.filter((record) => linesOf(record.requestId)[0]?.status !== record.status).map((record) => record.requestId), [],
     'with the status of its record')
   t.equal(new Set(lines.map((line) => line.reqId)).size, lines.length, 'no request has two lines')
+  t.equal(lines.length, chatRequests, `and every request has one, also those whose client left before they were metered (${chatRequests})`)
 })
 
-t.test('a client that hangs up still gets its request line, marked clientClosed, with its tokens', async (t) => {
-  const mistral = await startFakeMistral({ streamDelayMs: 40 })
-  t.teardown(() => mistral.close())
-  const testApp = await buildTestApp(t, {}, { mistral })
+t.test('a client that hangs up still gets its request line, marked unfinished, with its tokens', async (t) => {
+  const testApp = await buildTestApp(t)
+  const { mistral } = testApp
   const ws = await testApp.createWorkspace()
   const url = await listen(testApp.app)
   const client = new Client(url)
@@ -352,28 +354,34 @@ t.test('a client that hangs up still gets its request line, marked clientClosed,
     return requestLines(testApp)[seen]
   }
 
-  // gone before Mistral answered: no response headers, so the line is found by its order
-  mistral.enqueueDelay(400)
+  // gone while Mistral works on it: no response headers, so the line is found by its order
+  mistral.enqueueDelay(5_000)
   const controller = new AbortController()
-  setTimeout(() => controller.abort(), 150)
-  await client.request({ path: '/v1/chat/completions', method: 'POST', headers: jsonHeaders(ws), body: chat(), signal: controller.signal })
-    .then(() => t.fail('the call was aborted'), () => {})
+  const aborted = client.request({
+    path: '/v1/chat/completions', method: 'POST', headers: jsonHeaders(ws), body: chat(), signal: controller.signal
+  }).then(() => t.fail('the call was aborted'), () => {})
+  t.ok(await until(() => mistral.received.length === 1, 10_000), 'the call reached Mistral')
+  controller.abort()
+  await aborted
   t.match(await newLine(0), {
-    workspace: ws.slug, model: 'mistral-small-latest', key: 'default', status: 499, clientClosed: true, tokens: 0
+    workspace: ws.slug, model: 'mistral-small-latest', key: 'default', status: 499, unfinished: true, tokens: 0
   }, 'left before the answer: 499, as its record says')
 
-  // gone in the middle of a stream: the status it had, and the tokens the ledger bills
+  // gone in the middle of a stream (Mistral holds it after its first event): the status it had, the tokens billed
+  const gate = mistral.holdStreams()
+  t.teardown(() => gate.release())
   const res = await client.request({
     path: '/v1/chat/completions', method: 'POST', headers: jsonHeaders(ws), body: chat({ stream: true })
   })
   const streamId = String(res.headers['x-request-id'])
   for await (const _ of res.body) break // one chunk, then the connection goes
   const cut = await newLine(1)
+  gate.release()
   await testApp.app.usage.flush()
   const usage = await testApp.admin('GET', `/admin/v1/workspaces/${ws.slug}/usage?limit=10`)
   const record = (usage.json.records as Array<{ requestId: string, totalTokens: number, status: number }>)
     .find((row) => row.requestId === streamId)
-  t.match(cut, { reqId: streamId, status: 200, upstreamStatus: 200, clientClosed: true }, 'left mid-stream: the 200 it got')
+  t.match(cut, { reqId: streamId, status: 200, upstreamStatus: 200, unfinished: true }, 'left mid-stream: the 200 it got')
   t.equal(cut.tokens, record?.totalTokens, `with the tokens of its record (${record?.totalTokens})`)
   t.ok((record?.totalTokens ?? 0) > 0, 'which bills the prompt')
 
@@ -382,7 +390,7 @@ t.test('a client that hangs up still gets its request line, marked clientClosed,
   const completion = await whole.body.json() as { usage: { total_tokens: number } }
   const done = await newLine(2)
   t.match(done, { reqId: whole.headers['x-request-id'], status: 200, tokens: completion.usage.total_tokens })
-  t.notOk('clientClosed' in done, 'an answer that reached its client is not marked')
+  t.notOk('unfinished' in done, 'an answer that reached its client is not marked')
   await sleep(200)
   t.equal(requestLines(testApp).length, 3, 'one line a call')
 })
