@@ -140,7 +140,7 @@ export async function proxyRoutes (app: FastifyInstance, { config }: { config: C
 
     let keyName = candidates[0]
     app.metrics.inFlight(1)
-    const metered = meterCall({
+    const callMeter = meterCall({
       request, operation, keyName: () => keyName, receivedAt, startedAt, app, requestJson: body, priced, ticket
     })
     holdLine(request)
@@ -152,7 +152,7 @@ export async function proxyRoutes (app: FastifyInstance, { config }: { config: C
         if (!open) return
         open = false
         try {
-          const tokens = metered.settle(settlement)
+          const tokens = callMeter.settle(settlement)
           if (operation.metered) request.outcome!.totalTokens = tokens
         } finally {
           lineSettled(request, reply, settlement.status)
