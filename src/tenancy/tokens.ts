@@ -4,7 +4,7 @@ import type { Database } from '../db/client.js'
 import { workspaces, workspaceTokens, type WorkspaceToken } from '../db/schema.js'
 import { authenticationUnavailable, badRequest, notFound } from '../errors.js'
 import type { RateLimits, SpendCaps, WorkspaceLimits } from '../limits/policy.js'
-import type { InvalidationBus } from './invalidation-bus.js'
+import type { Invalidation, InvalidationBus } from './invalidation-bus.js'
 import { generateWorkspaceToken, hashWorkspaceToken } from './token-format.js'
 import type { CooldownPolicy } from './workspaces.js'
 
@@ -80,6 +80,8 @@ const LAST_USED_EVERY_MS = 60_000
 // unknown tokens are cached too (a client looping on a revoked token costs no query), so the cache is bounded
 const CACHE_MAX_ENTRIES = 50_000
 const STALE_RETRY_MS = 5_000
+// invalidations kept for the lookups in flight
+const MAX_HEARD = 1_000
 
 export function createTokenStore ({ db, bus, cacheTtlMs, scopes, keyExists, log }: TokenStoreOptions): TokenStore {
   const cache = new Map<string, CacheEntry>()
@@ -91,11 +93,23 @@ export function createTokenStore ({ db, bus, cacheTtlMs, scopes, keyExists, log 
   // a failing read is logged once per retry period, not once per call of an outage
   let failureLoggedAt = -Infinity
 
-  // a lookup that overlaps an invalidation must not cache what it read before the change
-  let generation = 0
+  // The invalidations heard while lookups are in flight, numbered from `heardFrom`. A lookup that overlapped one about
+  // its own token or workspace, or a reconnect (which may have missed any), must not cache what it read before the
+  // change; one that overlapped changes to other tokens and workspaces still caches what it read, or every admin change
+  // of any workspace would leave uncached the tokens whose lookups it crossed (and a PostgreSQL outage then fail them)
+  let heard: Array<Invalidation | null> = []
+  let heardFrom = 0
+  const overlapped = (since: number, key: string, workspaceId: string | undefined) => since < heardFrom ||
+    heard.slice(since - heardFrom).some((message) => message === null ||
+      (message.type === 'token' && message.hash === key) ||
+      (message.type === 'workspace' && message.workspaceId === workspaceId))
   bus.subscribe((message) => {
     if (message !== null && message.type !== 'token' && message.type !== 'workspace') return // not about tokens
-    generation++
+    if (loading.size > 0) {
+      heard.push(message)
+      // a lookup older than what is kept counts as overlapped
+      if (heard.length > MAX_HEARD) { heardFrom += heard.length - MAX_HEARD; heard = heard.slice(-MAX_HEARD) }
+    }
     if (message === null) return cache.clear()
     if (message.type === 'token') return void cache.delete(message.hash)
     for (const [hash, entry] of cache) if (entry.workspaceId === message.workspaceId) cache.delete(hash)
@@ -171,11 +185,11 @@ export function createTokenStore ({ db, bus, cacheTtlMs, scopes, keyExists, log 
         // thousand that would drain the connection pool
         let pending = loading.get(key)
         if (!pending) {
-          const readAt = generation
+          const readAt = heardFrom + heard.length
           const stale = entry
           pending = load(Buffer.from(key, 'hex'), now).then((loaded) => {
             if (cache.size >= CACHE_MAX_ENTRIES) cache.clear()
-            if (readAt === generation) cache.set(key, loaded)
+            if (!overlapped(readAt, key, loaded.workspaceId)) cache.set(key, loaded)
             return loaded
           }, (err: unknown) => {
             // PostgreSQL unreachable: a token this replica knew keeps what it last read (a revocation still arrives
@@ -194,7 +208,11 @@ export function createTokenStore ({ db, bus, cacheTtlMs, scopes, keyExists, log 
             const kept = { ...stale, until: now + STALE_RETRY_MS }
             cache.set(key, kept)
             return kept
-          }).finally(() => loading.delete(key))
+          }).finally(() => {
+            loading.delete(key)
+            // nothing in flight: what was heard concerns no lookup any more
+            if (loading.size === 0) { heardFrom += heard.length; heard = [] }
+          })
           loading.set(key, pending)
         }
         entry = await pending

@@ -4,7 +4,7 @@ import t from 'tap'
 import { buildTestApp, TEST_ADMIN_TOKEN, TEST_DATABASE_URL, gatewayEnv } from '../helpers/app.js'
 import { startFakeMistral } from '../helpers/fake-mistral.js'
 import { startGatewayProcess } from '../helpers/gateway-process.js'
-import { proxiedDatabase } from '../helpers/tcp-proxy.js'
+import { proxiedDatabase, startTcpProxy } from '../helpers/tcp-proxy.js'
 import { hashWorkspaceToken } from '../../src/tenancy/token-format.js'
 
 t.test('a revoked token is refused by every replica within 1 s', async (t) => {
@@ -115,3 +115,34 @@ t.test('a token known before a PostgreSQL outage keeps working through it, whate
     t.equal(malformed.statusCode, 401, 'a token that cannot be one is refused as ever, without PostgreSQL')
     proxy.restore()
   })
+
+t.test('a lookup is cached though another workspace changed while it read; not when its own workspace did', async (t) => {
+  // every byte to and from PostgreSQL held 150 ms: a lookup takes long enough for a change to arrive in the middle
+  const database = new URL(TEST_DATABASE_URL)
+  const proxy = await startTcpProxy(Number(database.port || 5432), database.hostname, { delayMs: 150 })
+  t.teardown(() => proxy.close())
+  database.hostname = '127.0.0.1'
+  database.port = String(proxy.port)
+  const testApp = await buildTestApp(t, { DATABASE_URL: database.toString() })
+  const { app } = testApp
+  const [ws, other] = [await testApp.createWorkspace(), await testApp.createWorkspace()]
+  const tokenOf = (workspace: typeof ws) => workspace.headers.authorization.slice('Bearer '.length)
+
+  // read while another workspace changes (an operator at work on another client): what it read still holds
+  const crossed = app.tenancy.tokens.authenticate(tokenOf(ws))
+  await sleep(50)
+  await app.tenancy.tokens.forgetWorkspace(other.id)
+  t.equal((await crossed)?.workspace.id, ws.id, 'read while another workspace changed')
+  // read while its own workspace changes: what it read may be stale, so it is not kept
+  const stale = app.tenancy.tokens.authenticate(tokenOf(other))
+  await sleep(50)
+  await app.tenancy.tokens.forgetWorkspace(other.id)
+  t.equal((await stale)?.workspace.id, other.id, 'read while its own workspace changed')
+
+  proxy.cut()
+  t.equal((await app.tenancy.tokens.authenticate(tokenOf(ws)))?.workspace.id, ws.id,
+    'the first was cached: it is served without PostgreSQL')
+  await t.rejects(app.tenancy.tokens.authenticate(tokenOf(other)), { code: 'authentication_unavailable' },
+    'the second was not: it must be read again')
+  proxy.restore()
+})
