@@ -129,14 +129,23 @@ t.test('a lookup is cached though another workspace changed while it read; not w
   const tokenOf = (workspace: typeof ws) => workspace.headers.authorization.slice('Bearer '.length)
 
   // read while another workspace changes (an operator at work on another client): what it read still holds
+  const pending = (lookup: Promise<unknown>) => {
+    let done = false
+    lookup.finally(() => { done = true }).catch(() => {})
+    return () => !done
+  }
   const crossed = app.tenancy.tokens.authenticate(tokenOf(ws))
+  const crossedPending = pending(crossed)
   await sleep(50)
   await app.tenancy.tokens.forgetWorkspace(other.id)
+  t.ok(crossedPending(), 'the change came while the first read was under way')
   t.equal((await crossed)?.workspace.id, ws.id, 'read while another workspace changed')
   // read while its own workspace changes: what it read may be stale, so it is not kept
   const stale = app.tenancy.tokens.authenticate(tokenOf(other))
+  const stalePending = pending(stale)
   await sleep(50)
   await app.tenancy.tokens.forgetWorkspace(other.id)
+  t.ok(stalePending(), 'the change came while the second read was under way')
   t.equal((await stale)?.workspace.id, other.id, 'read while its own workspace changed')
 
   proxy.cut()
