@@ -128,25 +128,20 @@ t.test('a lookup is cached though another workspace changed while it read; not w
   const [ws, other] = [await testApp.createWorkspace(), await testApp.createWorkspace()]
   const tokenOf = (workspace: typeof ws) => workspace.headers.authorization.slice('Bearer '.length)
 
-  // read while another workspace changes (an operator at work on another client): what it read still holds
-  const pending = (lookup: Promise<unknown>) => {
+  /** Reads `workspace`'s token, and changes the workspace `changed` while the read is under way. */
+  const readCrossedBy = async (workspace: typeof ws, changed: string, what: string) => {
+    const lookup = app.tenancy.tokens.authenticate(tokenOf(workspace))
     let done = false
     lookup.finally(() => { done = true }).catch(() => {})
-    return () => !done
+    await sleep(50)
+    await app.tenancy.tokens.forgetWorkspace(changed)
+    t.notOk(done, `the change came while the read ${what} was under way`)
+    t.equal((await lookup)?.workspace.id, workspace.id, `read ${what}`)
   }
-  const crossed = app.tenancy.tokens.authenticate(tokenOf(ws))
-  const crossedPending = pending(crossed)
-  await sleep(50)
-  await app.tenancy.tokens.forgetWorkspace(other.id)
-  t.ok(crossedPending(), 'the change came while the first read was under way')
-  t.equal((await crossed)?.workspace.id, ws.id, 'read while another workspace changed')
-  // read while its own workspace changes: what it read may be stale, so it is not kept
-  const stale = app.tenancy.tokens.authenticate(tokenOf(other))
-  const stalePending = pending(stale)
-  await sleep(50)
-  await app.tenancy.tokens.forgetWorkspace(other.id)
-  t.ok(stalePending(), 'the change came while the second read was under way')
-  t.equal((await stale)?.workspace.id, other.id, 'read while its own workspace changed')
+  // an operator at work on another client: what the read found still holds
+  await readCrossedBy(ws, other.id, 'while another workspace changed')
+  // its own workspace changed: what the read found may be stale, so it is not kept
+  await readCrossedBy(other, other.id, 'while its own workspace changed')
 
   proxy.cut()
   t.equal((await app.tenancy.tokens.authenticate(tokenOf(ws)))?.workspace.id, ws.id,
