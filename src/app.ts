@@ -68,11 +68,11 @@ export async function buildApp ({ config, logger }: BuildOptions): Promise<Fasti
     return reply.code(404).send(errorEnvelope(
       { type: error.type, code: error.code, message: error.message, param: null }, request.id))
   })
+  app.decorateRequest('line', null)
   // callback hooks, not async ones: every call runs them, and an async hook costs each call a promise and a turn of
   // the microtask queue (the onSend one before the answer's write). With callbacks only, reply.send writes the answer
   // before it returns, and the proxy meters a whole answer after that (proxy/routes.ts): an async onSend hook would
   // put the metering back in front of the write
-  app.decorateRequest('line', null)
   app.addHook('onRequest', (request, reply, done) => {
     trackRequestLine(request, reply)
     done()

@@ -21,9 +21,11 @@ interface MeterOptions {
   requestJson: unknown
   priced: Priced
   ticket: Ticket | undefined
+  /** once settled, however the settlement went: the status it settled on, the total tokens (0 when not metered) */
+  settled: (status: number, tokens: number) => void
 }
 
-export interface Settlement {
+interface Settlement {
   status: number
   upstreamStatus: number | undefined
   tap: TapResult | undefined
@@ -33,82 +35,93 @@ export interface Settlement {
 
 /**
  * One proxied call: whatever way it ends, `settle` writes exactly one usage record when the operation is metered,
- * and gives back its admission (reservation replaced by the actual cost, slot released). The first call wins.
- * Returns the total tokens, for the log line.
+ * and gives back its admission (reservation replaced by the actual cost, slot released). The first call wins, and
+ * tells `settled` (for the request's log line), also when the metering fails.
  */
 export function meterCall ({
-  app, request, operation, keyName, receivedAt, startedAt, requestJson, priced, ticket
+  app, request, operation, keyName, receivedAt, startedAt, requestJson, priced, ticket, settled
 }: MeterOptions) {
-  let settled = false
+  let open = true
   if (operation.metered) app.usage.begin(provisionalRecord())
   return {
-    settle ({ status, upstreamStatus, tap, cut }: Settlement): number {
-      if (settled) return 0
-      settled = true
-      const tenant = request.tenant as TenantContext
-      const now = Date.now()
-      const durationMs = now - receivedAt
-      app.metrics.inFlight(-1)
-      // Mistral's part of the call: from the hand-over to the end of its body, retries before the first byte included
-      const upstreamMs = upstreamStatus === undefined ? undefined : now - startedAt
-      if (!operation.metered) {
-        if (ticket) void app.admission.settle(ticket, { cost: 0, tokens: 0 })
-        app.metrics.call({
-          workspace: tenant.workspace.slug, operation: operation.area, model: undefined, status, durationMs, upstreamMs
-        })
-        return 0
+    settle (settlement: Settlement) {
+      if (!open) return
+      open = false
+      let tokens = 0
+      try {
+        tokens = account(settlement)
+      } finally {
+        settled(settlement.status, tokens)
       }
-      const body = asObject(requestJson)
-      const success = upstreamStatus !== undefined && upstreamStatus < 300
-      let usage = tap?.usage
-      let estimated = false
-      if (!usage) {
-        usage = emptyUsage()
-        // Mistral bills what it produced; when its own count never arrived the ledger says it guessed
-        if (success && operation.metered !== 'speech') {
-          estimated = true
-          usage.promptTokens = estimatePromptTokens(body)
-          usage.totalTokens = usage.promptTokens
-        }
-      }
-      // non-streamed speech reports no usage at all: TTS is priced per character of input (MISTRAL-NOTES §2.6)
-      if (operation.metered === 'speech' && success && typeof body?.input === 'string') {
-        usage.characters = [...body.input].length
-      }
-      if (cut && success) estimated = estimated || tap?.usage === undefined
-      const requestedModel = typeof body?.model === 'string' ? body.model : undefined
-      const model = requestedModel ?? tap?.model ?? null
-      const { listMicros, billedMicros, priceModel } = price(app, operation, tenant, priced, requestedModel, model, usage,
-        body)
-      if (ticket) void app.admission.settle(ticket, { cost: billedMicros, tokens: usage.totalTokens })
-      app.usage.record(ledgerRow({
-        model,
-        priceModel,
-        usage,
-        listMicros,
-        billedMicros,
-        estimated,
-        streamed: tap?.streamed ?? body?.stream === true,
-        status,
-        upstreamStatus: upstreamStatus ?? null,
-        latencyMs: durationMs,
-        ttftMs: tap?.firstByteAt === undefined ? null : tap.firstByteAt - startedAt
-      }))
-      app.metrics.call({
-        workspace: tenant.workspace.slug,
-        operation: operation.metered,
-        model: priceModel,
-        status,
-        durationMs,
-        upstreamMs,
-        ttftMs: tap?.streamed && tap.firstByteAt !== undefined ? tap.firstByteAt - startedAt : undefined,
-        inputTokens: usage.promptTokens,
-        outputTokens: usage.completionTokens,
-        billedMicros
-      })
-      return usage.totalTokens
     }
   }
+
+  /** The metering of the call's end; the total tokens. */
+  function account ({ status, upstreamStatus, tap, cut }: Settlement): number {
+    const tenant = request.tenant as TenantContext
+    const now = Date.now()
+    const durationMs = now - receivedAt
+    app.metrics.inFlight(-1)
+    // Mistral's part of the call: from the hand-over to the end of its body, retries before the first byte included
+    const upstreamMs = upstreamStatus === undefined ? undefined : now - startedAt
+    if (!operation.metered) {
+      if (ticket) void app.admission.settle(ticket, { cost: 0, tokens: 0 })
+      app.metrics.call({
+        workspace: tenant.workspace.slug, operation: operation.area, model: undefined, status, durationMs, upstreamMs
+      })
+      return 0
+    }
+    const body = asObject(requestJson)
+    const success = upstreamStatus !== undefined && upstreamStatus < 300
+    let usage = tap?.usage
+    let estimated = false
+    if (!usage) {
+      usage = emptyUsage()
+      // Mistral bills what it produced; when its own count never arrived the ledger says it guessed
+      if (success && operation.metered !== 'speech') {
+        estimated = true
+        usage.promptTokens = estimatePromptTokens(body)
+        usage.totalTokens = usage.promptTokens
+      }
+    }
+    // non-streamed speech reports no usage at all: TTS is priced per character of input (MISTRAL-NOTES §2.6)
+    if (operation.metered === 'speech' && success && typeof body?.input === 'string') {
+      usage.characters = [...body.input].length
+    }
+    if (cut && success) estimated = estimated || tap?.usage === undefined
+    const requestedModel = typeof body?.model === 'string' ? body.model : undefined
+    const model = requestedModel ?? tap?.model ?? null
+    const { listMicros, billedMicros, priceModel } = price(app, operation, tenant, priced, requestedModel, model, usage,
+      body)
+    if (ticket) void app.admission.settle(ticket, { cost: billedMicros, tokens: usage.totalTokens })
+    app.usage.record(ledgerRow({
+      model,
+      priceModel,
+      usage,
+      listMicros,
+      billedMicros,
+      estimated,
+      streamed: tap?.streamed ?? body?.stream === true,
+      status,
+      upstreamStatus: upstreamStatus ?? null,
+      latencyMs: durationMs,
+      ttftMs: tap?.firstByteAt === undefined ? null : tap.firstByteAt - startedAt
+    }))
+    app.metrics.call({
+      workspace: tenant.workspace.slug,
+      operation: operation.metered,
+      model: priceModel,
+      status,
+      durationMs,
+      upstreamMs,
+      ttftMs: tap?.streamed && tap.firstByteAt !== undefined ? tap.firstByteAt - startedAt : undefined,
+      inputTokens: usage.promptTokens,
+      outputTokens: usage.completionTokens,
+      billedMicros
+    })
+    return usage.totalTokens
+  }
+
   /**
    * What the ledger says of this call if the gateway dies before it ends (SIGKILL, crash): the prompt's estimate,
    * flagged `estimated`, status 0 (no answer known). The spool replays it unless the real record follows.

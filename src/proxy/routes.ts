@@ -21,7 +21,7 @@ import { base64Embeddings, createOpenAiStreamShaper, withOpenAiError } from '../
 import { openAiModerations, translateModerationRequest } from '../dialects/openai-moderations.js'
 import { createStreamErrorShaper } from '../dialects/openai-stream-errors.js'
 import { batchJobCall, observeBatchJob } from './batch-hook.js'
-import { meterCall, type Settlement } from './meter.js'
+import { meterCall } from './meter.js'
 import { BATCH_CREATION, quoteCall } from './quote.js'
 import { isRegionalHost } from '../pricing/region.js'
 import { holdLine, settled as lineSettled } from '../request-line.js'
@@ -140,25 +140,16 @@ export async function proxyRoutes (app: FastifyInstance, { config }: { config: C
 
     let keyName = candidates[0]
     app.metrics.inFlight(1)
-    const callMeter = meterCall({
-      request, operation, keyName: () => keyName, receivedAt, startedAt, app, requestJson: body, priced, ticket
+    const meter = meterCall({
+      request, operation, keyName: () => keyName, receivedAt, startedAt, app, requestJson: body, priced, ticket,
+      // however the call ends: its tokens go on the request's line, which a client already gone gets now (its reply
+      // never finishes, so no onResponse hook writes it)
+      settled: (status, tokens) => {
+        if (operation.metered) request.outcome!.totalTokens = tokens
+        lineSettled(request, reply, status)
+      }
     })
     holdLine(request)
-    // every way a call ends settles it here, once: its tokens go on the request's line, which a client already gone
-    // gets now (its reply never finishes, so no onResponse hook writes it)
-    let open = true
-    const meter = {
-      settle (settlement: Settlement) {
-        if (!open) return
-        open = false
-        try {
-          const tokens = callMeter.settle(settlement)
-          if (operation.metered) request.outcome!.totalTokens = tokens
-        } finally {
-          lineSettled(request, reply, settlement.status)
-        }
-      }
-    }
     let answer
     try {
       answer = await sendWithRetries({
