@@ -63,6 +63,11 @@ const QUOTA_HEADER = /^(x-)?ratelimit(bysize)?-/
 // it is read only at start and on reconnect, never on the hot path.
 const REGISTRY = 'tmt:key-blocks'
 
+/** A block as this replica keeps it: its end on the local clock and, when Redis set it, on Redis' clock. */
+interface HeldBlock extends Block {
+  redisUntil?: number
+}
+
 // how long a measured offset to Redis' clock is trusted: NTP may correct either clock while a replica runs
 const OFFSET_MAX_AGE_MS = 60_000
 
@@ -94,7 +99,7 @@ export function createKeyHealth (options: KeyHealthOptions): KeyHealth {
   const threshold = options.breakerThreshold ?? 5
   const windowMs = options.breakerWindowMs ?? 30_000
   const openMs = options.breakerOpenMs ?? 15_000
-  const blocks = new Map<string, Block>()
+  const blocks = new Map<string, HeldBlock>()
   const streaks = new Map<string, number>() // 429s in a row without a hint, this replica's view when Redis is absent
   const failures = new Map<string, number[]>()
   const probes = new Map<string, number>()
@@ -119,7 +124,11 @@ export function createKeyHealth (options: KeyHealthOptions): KeyHealth {
     if (message.reason === 'rate_limited') streaks.set(message.keyId, streaks.get(message.keyId) ?? 0)
     if (message.remainingMs <= 0) return void blocks.delete(message.keyId)
     // an older replica sends only what was left: counted from the arrival, it ends late by pub/sub's delay
-    extendLocal(message.keyId, { reason: message.reason, until: localEnd(message.until, message.remainingMs) })
+    extendLocal(message.keyId, {
+      reason: message.reason,
+      until: localEnd(message.until, message.remainingMs),
+      redisUntil: typeof message.until === 'number' ? message.until : undefined
+    })
     // an offset a minute old is still used (a clock NTP slews drifts by milliseconds a minute at most), and renewed
     if (measurable && clock() - offsetAt > OFFSET_MAX_AGE_MS) void measure(measurable).catch(() => {})
   })
@@ -166,25 +175,34 @@ export function createKeyHealth (options: KeyHealthOptions): KeyHealth {
       const [workspaceId, keyId] = member.split(':')
       const [until, reason] = await redis.hmget(blockKey(workspaceId, keyId), 'until', 'reason')
       if (until === null || reason === null) return
-      extendLocal(keyId, { reason: reason as BlockReason, until: localEnd(Number(until), Number(until) - now) })
+      const redisUntil = Number(until)
+      extendLocal(keyId, { reason: reason as BlockReason, until: localEnd(redisUntil, redisUntil - now), redisUntil })
     }))
   }
 
-  function extendLocal (keyId: string, block: Block) {
+  function extendLocal (keyId: string, block: HeldBlock) {
     const current = blocks.get(keyId)
+    // the same block heard again (this replica's own message, a reload): the end it keeps is the better estimate
+    if (current && block.redisUntil !== undefined && current.redisUntil === block.redisUntil) return
     if (!current || block.until > current.until || current.until <= clock()) blocks.set(keyId, block)
   }
 
   async function share (workspaceId: string, keyId: string, reason: BlockReason, ms: number): Promise<Block> {
     let remaining = ms
     let until = clock() + ms // by Redis' clock once Redis has answered
+    let localUntil = until
     if (redis) {
+      const sent = clock()
       const [left, end] = await redis.eval(EXTEND, 1, blockKey(workspaceId, keyId), ms, reason) as [number, number]
+      const received = clock()
       remaining = Number(left)
       until = Number(end)
+      // Redis counted `remaining` at an instant between sent and received: the end lies in that window shifted by it.
+      // The offset, measured on a loaded machine, may be off by half a slow round trip; this call's own is the bound
+      localUntil = Math.min(Math.max(localEnd(until, remaining), sent + remaining), received + remaining)
       void redis.zadd(REGISTRY, 'GT', until, `${workspaceId}:${keyId}`).catch(() => {})
     }
-    const block = { reason, until: localEnd(until, remaining) }
+    const block = { reason, until: localUntil, redisUntil: redis ? until : undefined }
     extendLocal(keyId, block)
     // `until` for this version's replicas; `remainingMs` still for older ones, during a rolling upgrade
     await bus.publish({ type: 'key-health', keyId, reason, until, remainingMs: remaining }).catch(() => {})

@@ -129,3 +129,35 @@ t.test('rolling upgrade: an older replica\'s message (only remainingMs) still co
       type: 'key-health', keyId: newKey, reason: 'rate_limited', until: redisUntil, remainingMs: 2_000
     }, 'the end by Redis\' clock, and what was left for older replicas')
   })
+
+t.test('a replica whose offset was measured over slow round trips still ends its own cooldowns at Redis\' end',
+  async (t) => {
+    const client = new Redis(TEST_REDIS_URL)
+    const subscriber = new Redis(TEST_REDIS_URL)
+    t.teardown(() => { client.disconnect(); subscriber.disconnect() })
+    await Promise.all([once(client, 'ready'), once(subscriber, 'ready')])
+    // while it measures, every TIME answer seems to take SLOW_MS to come back (as on a loaded machine): the offset's
+    // midpoint is then about SLOW_MS / 2 off, and a cooldown converted through it ends that much late
+    const SLOW_MS = 400
+    let slow = true
+    let reads = 0
+    const clock = () => Date.now() + (slow && reads++ % 2 === 1 ? SLOW_MS : 0)
+    const health = createKeyHealth({ redis: client, bus: createRedisBus(client, subscriber), clock })
+    await subscriber.subscribe(CHANNEL)
+    await health.load()
+    slow = false
+
+    const workspaceId = randomUUID()
+    const keyId = `clock-${randomUUID()}`
+    const askedAt = Date.now()
+    const block = await health.rateLimited(workspaceId, keyId, 1_000, false)
+    const answeredAt = Date.now()
+    const redisUntil = Number(await client.hget(`tmt:{ws:${workspaceId}}:key:${keyId}:block`, 'until'))
+    t.ok(redisUntil >= askedAt + 1_000 && redisUntil <= answeredAt + 1_000, 'Redis counted the 1 s within the call')
+    // Redis took its instant somewhere within the call: the end this replica keeps lies within the call's window too
+    t.ok(block.until >= askedAt + 1_000 && block.until <= answeredAt + 1_000,
+      `its end is within the call's window (${block.until - redisUntil} ms from Redis'), not ${SLOW_MS / 2} ms late`)
+    // its own message comes back to it on the bus: that echo, converted through the offset, must not move the end
+    await sleep(50)
+    t.equal(health.blocked(keyId)?.until, block.until, 'its own message heard back leaves the end as it was')
+  })
