@@ -10,7 +10,7 @@ import { createRetryBudget } from '../resilience/retry-budget.js'
 import type { MistralKeyStore } from '../tenancy/mistral-keys.js'
 import type { TenantContext } from '../tenancy/tokens.js'
 import { acceptJsonBodies } from '../json-body.js'
-import { sendWithRetries, type AttemptDeps } from './attempts.js'
+import { sendWithRetries, type Answer, type AttemptDeps } from './attempts.js'
 import { downstreamHeaders } from './headers.js'
 import { operationTable, type Operation } from './operations.js'
 import { basePath, createUpstreamPool } from './upstream.js'
@@ -150,159 +150,179 @@ export async function proxyRoutes (app: FastifyInstance, { config }: { config: C
       }
     })
     holdLine(request)
-    let answer
+    let answer: Answer | undefined
     try {
-      answer = await sendWithRetries({
-        request,
-        workspaceId: workspace.id,
-        candidates,
-        body: body === undefined ? undefined : JSON.stringify(body),
-        rawBody,
-        signal: controller.signal
-      }, attemptDeps)
-    } catch (err) {
-      clearTimeout(deadline)
-      const failure = err instanceof GatewayError ? err : upstreamFailure(err, controller.signal)
-      meter.settle({ status: failure.statusCode, upstreamStatus: undefined, tap: undefined, cut: false })
-      throw failure
-    }
-    const { upstream, key } = answer
-    keyName = key.name
-    request.outcome.keyName = key.name
-    request.outcome.upstreamStatus = upstream.statusCode
-    if (controller.signal.aborted) {
-      // the client left, or the total deadline passed, just as Mistral answered: the body is not read. Billed as a
-      // cut call (estimated), as Mistral began
-      clearTimeout(deadline)
-      upstream.body.destroy()
-      reply.raw.off('close', onClientClose)
-      const failure = upstreamFailure(undefined, controller.signal)
-      meter.settle({ status: failure.statusCode, upstreamStatus: upstream.statusCode, tap: undefined, cut: true })
-      throw failure
-    }
-    const status = upstream.statusCode
-    const contentType = String(upstream.headers['content-type'] ?? '')
-    const sse = contentType.startsWith('text/event-stream')
-    if (operation.metered && !sse && status < 300 && (notes?.rewrite || readsWhole(upstream.headers))) {
-      // read whole, then sent in one write: no stream to tap, and a body cut short becomes an error the client can
-      // read instead of a truncated 200
-      const answeredAt = Date.now()
-      let answer: Buffer
       try {
-        answer = Buffer.from(await upstream.body.arrayBuffer())
+        answer = await sendWithRetries({
+          request,
+          workspaceId: workspace.id,
+          candidates,
+          body: body === undefined ? undefined : JSON.stringify(body),
+          rawBody,
+          signal: controller.signal
+        }, attemptDeps)
       } catch (err) {
-        const failure = controller.signal.aborted ? upstreamFailure(undefined, controller.signal) : answerCut(err)
-        meter.settle({ status: failure.statusCode, upstreamStatus: status, tap: undefined, cut: true })
+        clearTimeout(deadline)
+        const failure = err instanceof GatewayError ? err : upstreamFailure(err, controller.signal)
+        meter.settle({ status: failure.statusCode, upstreamStatus: undefined, tap: undefined, cut: false })
         throw failure
-      } finally {
+      }
+      const { upstream, key } = answer
+      keyName = key.name
+      request.outcome.keyName = key.name
+      request.outcome.upstreamStatus = upstream.statusCode
+      if (controller.signal.aborted) {
+        // the client left, or the total deadline passed, just as Mistral answered: the body is not read. Billed as a
+        // cut call (estimated), as Mistral began
+        clearTimeout(deadline)
+        upstream.body.destroy()
+        reply.raw.off('close', onClientClose)
+        const failure = upstreamFailure(undefined, controller.signal)
+        meter.settle({ status: failure.statusCode, upstreamStatus: upstream.statusCode, tap: undefined, cut: true })
+        throw failure
+      }
+      const status = upstream.statusCode
+      if (status < 200 || status > 599) {
+        // undici reads any three digits; fastify cannot answer with a status outside HTTP's
         clearTimeout(deadline)
         reply.raw.off('close', onClientClose)
+        upstream.body.dump().catch(() => {})
+        const failure = upstreamMalformed(`Mistral answered with HTTP status ${status}, which is not one HTTP defines`)
+        meter.settle({ status: failure.statusCode, upstreamStatus: status, tap: undefined, cut: false })
+        throw failure
       }
-      const settleWhole = (body: Buffer, finalStatus: number) => {
+      const contentType = String(upstream.headers['content-type'] ?? '')
+      const sse = contentType.startsWith('text/event-stream')
+      if (operation.metered && !sse && status < 300 && (notes?.rewrite || readsWhole(upstream.headers))) {
+        // read whole, then sent in one write: no stream to tap, and a body cut short becomes an error the client can
+        // read instead of a truncated 200
+        const answeredAt = Date.now()
+        let whole: Buffer
         try {
-          const facts = readJsonFacts(body)
-          const tap = {
-            usage: facts?.usage, model: facts?.model, events: facts ? 1 : 0, firstByteAt: answeredAt, streamError: false, streamed: false
-          }
-          meter.settle({ status: finalStatus, upstreamStatus: status, tap, cut: false })
+          whole = Buffer.from(await upstream.body.arrayBuffer())
         } catch (err) {
-          // a metering fault is logged, not answered: the client gets its answer or its error whatever the meter does
-          request.log.error({ err }, 'metering a call failed')
-        }
-      }
-      // a client that left as the answer came in is told nothing: the call is its, billed in full, recorded as a 499
-      if (reply.raw.destroyed) {
-        const gone = clientClosed('The client closed the connection before the answer was sent')
-        settleWhole(answer, gone.statusCode)
-        throw gone
-      }
-      let payload: Buffer | string = answer
-      if (notes?.rewrite) {
-        try {
-          payload = notes.rewrite(answer.toString('utf8'))
-        } catch (err) {
-          // a 200 whose body the dialect cannot read: an error the client can read, metered as the error it got.
-          // Not the parser's message: it quotes a slice of the body
-          request.log.warn({ err: { name: (err as Error).name }, bytes: answer.length, contentType },
-            'Mistral\'s answer could not be rewritten for the client\'s dialect')
-          const failure = upstreamMalformed('Mistral\'s answer is not the JSON it documents')
-          settleWhole(answer, failure.statusCode)
+          const failure = controller.signal.aborted ? upstreamFailure(undefined, controller.signal) : answerCut(err)
+          meter.settle({ status: failure.statusCode, upstreamStatus: status, tap: undefined, cut: true })
           throw failure
+        } finally {
+          clearTimeout(deadline)
+          reply.raw.off('close', onClientClose)
+        }
+        const settleWhole = (body: Buffer, finalStatus: number) => {
+          try {
+            const facts = readJsonFacts(body)
+            const tap = {
+              usage: facts?.usage, model: facts?.model, events: facts ? 1 : 0, firstByteAt: answeredAt, streamError: false, streamed: false
+            }
+            meter.settle({ status: finalStatus, upstreamStatus: status, tap, cut: false })
+          } catch (err) {
+            // a metering fault is logged, not answered: the client gets its answer or its error whatever the meter does
+            request.log.error({ err }, 'metering a call failed')
+          }
+        }
+        // a client that left as the answer came in is told nothing: the call is its, billed in full, recorded as a 499
+        if (reply.raw.destroyed) {
+          const gone = clientClosed('The client closed the connection before the answer was sent')
+          settleWhole(whole, gone.statusCode)
+          throw gone
+        }
+        let payload: Buffer | string = whole
+        if (notes?.rewrite) {
+          try {
+            payload = notes.rewrite(whole.toString('utf8'))
+          } catch (err) {
+            // a 200 whose body the dialect cannot read: an error the client can read, metered as the error it got.
+            // Not the parser's message: it quotes a slice of the body
+            request.log.warn({ err: { name: (err as Error).name }, bytes: whole.length, contentType },
+              'Mistral\'s answer could not be rewritten for the client\'s dialect')
+            const failure = upstreamMalformed('Mistral\'s answer is not the JSON it documents')
+            settleWhole(whole, failure.statusCode)
+            throw failure
+          }
+        }
+        reply.code(status).headers(downstreamHeaders(upstream.headers))
+        if (payload !== whole) reply.removeHeader('content-length')
+        try {
+          return reply.send(payload)
+        } finally {
+          // the meter's work after the answer's write, not before it: fastify has written it when send returns, as the
+          // onSend hooks of app.ts are callbacks, run at once (an async one would put the write after this); the
+          // reply's 'finish', which logs the request line with its tokens, comes a tick later
+          settleWhole(whole, status)
         }
       }
       reply.code(status).headers(downstreamHeaders(upstream.headers))
-      if (payload !== answer) reply.removeHeader('content-length')
-      try {
-        return reply.send(payload)
-      } finally {
-        // the meter's work after the answer's write, not before it: fastify has written it when send returns, as the
-        // onSend hooks of app.ts are callbacks, run at once (an async one would put the write after this); the
-        // reply's 'finish', which logs the request line with its tokens, comes a tick later
-        settleWhole(answer, status)
-      }
-    }
-    reply.code(status).headers(downstreamHeaders(upstream.headers))
-    if (status >= 400 && contentType.startsWith('application/json')) {
-      // small bodies, read whole: every SDK must see the message (DESIGN.md "Two dialects")
-      const text = await upstream.body.text().catch(() => '')
-      clearTimeout(deadline)
-      meter.settle({ status, upstreamStatus: status, tap: undefined, cut: false })
-      reply.removeHeader('content-length')
-      return reply.send(withOpenAiError(text, status))
-    }
-    if (batchCall && status < 300) {
-      // a job without its results is small: read whole, to watch the job or to bill it if it has ended
-      let answer: Buffer
-      try {
-        answer = Buffer.from(await upstream.body.arrayBuffer())
-      } finally {
+      if (status >= 400 && contentType.startsWith('application/json')) {
+        // small bodies, read whole: every SDK must see the message (DESIGN.md "Two dialects")
+        const text = await upstream.body.text().catch(() => '')
         clearTimeout(deadline)
         meter.settle({ status, upstreamStatus: status, tap: undefined, cut: false })
+        reply.removeHeader('content-length')
+        return reply.send(withOpenAiError(text, status))
       }
-      await observeBatchJob(app.batchJobs, batchCall, request, key.name, body, answer)
-      return reply.send(answer)
-    }
-    if (!operation.metered) {
-      upstream.body.once('close', () => {
+      if (batchCall && status < 300) {
+        // a job without its results is small: read whole, to watch the job or to bill it if it has ended
+        let whole: Buffer
+        try {
+          whole = Buffer.from(await upstream.body.arrayBuffer())
+        } finally {
+          clearTimeout(deadline)
+          meter.settle({ status, upstreamStatus: status, tap: undefined, cut: false })
+        }
+        await observeBatchJob(app.batchJobs, batchCall, request, key.name, body, whole)
+        return reply.send(whole)
+      }
+      if (!operation.metered) {
+        upstream.body.once('close', () => {
+          clearTimeout(deadline)
+          meter.settle({ status, upstreamStatus: status, tap: undefined, cut: false })
+        })
+        return reply.send(upstream.body)
+      }
+      const tap = sse ? createSseTap() : createJsonTap()
+      let cut: unknown
+      let settled = false
+      const settle = () => {
+        if (settled) return
+        settled = true
         clearTimeout(deadline)
-        meter.settle({ status, upstreamStatus: status, tap: undefined, cut: false })
+        reply.raw.off('close', onClientClose)
+        meter.settle({ status, upstreamStatus: status, tap: tap.result, cut: Boolean(cut) })
+      }
+      // the tap ends before the reply finishes, so before onResponse writes the request's log line with the tokens
+      tap.once('end', () => {
+        if (sse) app.metrics.streamEnded(cut === undefined ? 'complete' : streamFaultOf(cut))
+        settle()
       })
-      return reply.send(upstream.body)
-    }
-    const tap = sse ? createSseTap() : createJsonTap()
-    let cut: unknown
-    let settled = false
-    const settle = () => {
-      if (settled) return
-      settled = true
+      tap.once('close', settle)
+      upstream.body.once('error', (err) => {
+        cut = err
+        if (controller.signal.aborted && !(controller.signal.reason instanceof TotalTimeoutError)) {
+          if (sse) app.metrics.streamEnded('client_abort')
+          return tap.destroy()
+        }
+        request.log.warn({ err: { code: (err as NodeJS.ErrnoException).code } }, 'upstream stream cut')
+        // the status has gone: an SSE client learns of the cut from an error event (never a [DONE]); JSON is cut short
+        if (sse) tap.end(streamErrorEvent(request.id, err))
+        else tap.destroy(err)
+      })
+      upstream.body.pipe(tap)
+      if (sse && notes?.stream) {
+        reply.removeHeader('content-length')
+        const shaper = notes.stream === 'reshape' ? createOpenAiStreamShaper(notes) : createStreamErrorShaper()
+        return reply.send(tap.pipe(shaper))
+      }
+      return reply.send(tap)
+    } catch (err) {
+      // every way out above settles first; anything else that throws (a bug, a surprise from a library) must not
+      // keep the call's slot, reservation and request line until they expire: settled as the error answered
       clearTimeout(deadline)
       reply.raw.off('close', onClientClose)
-      meter.settle({ status, upstreamStatus: status, tap: tap.result, cut: Boolean(cut) })
+      answer?.upstream.body.destroy()
+      const status = err instanceof GatewayError ? err.statusCode : 500
+      meter.settle({ status, upstreamStatus: request.outcome.upstreamStatus, tap: undefined, cut: false })
+      throw err
     }
-    // the tap ends before the reply finishes, so before onResponse writes the request's log line with the tokens
-    tap.once('end', () => {
-      if (sse) app.metrics.streamEnded(cut === undefined ? 'complete' : streamFaultOf(cut))
-      settle()
-    })
-    tap.once('close', settle)
-    upstream.body.once('error', (err) => {
-      cut = err
-      if (controller.signal.aborted && !(controller.signal.reason instanceof TotalTimeoutError)) {
-        if (sse) app.metrics.streamEnded('client_abort')
-        return tap.destroy()
-      }
-      request.log.warn({ err: { code: (err as NodeJS.ErrnoException).code } }, 'upstream stream cut')
-      // the status has gone: an SSE client learns of the cut from an error event (never a [DONE]); JSON is cut short
-      if (sse) tap.end(streamErrorEvent(request.id, err))
-      else tap.destroy(err)
-    })
-    upstream.body.pipe(tap)
-    if (sse && notes?.stream) {
-      reply.removeHeader('content-length')
-      const shaper = notes.stream === 'reshape' ? createOpenAiStreamShaper(notes) : createStreamErrorShaper()
-      return reply.send(tap.pipe(shaper))
-    }
-    return reply.send(tap)
   }
 
   for (const url of ['/v1/*', '/v2/*']) {

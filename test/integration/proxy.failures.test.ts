@@ -207,6 +207,34 @@ t.test('a 200 the client\'s dialect cannot be given (base64 embeddings of a body
   })
 })
 
+t.test('an answer whose status is outside HTTP\'s (600) is a 502 upstream_malformed, metered, its slot given back',
+  async (t) => {
+    const testApp = await buildTestApp(t)
+    const { app, mistral, createWorkspace, admin } = testApp
+    const ws = await createWorkspace()
+    await admin('PATCH', `/admin/v1/workspaces/${ws.slug}`, { limits: { concurrency: 1 } })
+    for (const path of ['/v1/chat/completions', '/v1/models']) {
+      mistral.enqueue((_req, res) => {
+        res.writeHead(600, { 'content-type': 'application/json' })
+        res.end('{"object":"odd"}')
+      }, path)
+    }
+    const res = await app.inject({ method: 'POST', url: '/v1/chat/completions', headers: jsonHeaders(ws), payload: chat() })
+    assertEnvelope(t, res, 502, 'upstream_error', 'upstream_malformed')
+    t.notMatch(res.body, /odd/, 'none of the body reaches the client')
+    const records = await usageRecords(testApp, ws)
+    t.match(records, [{ requestId: res.headers['x-request-id'], status: 502, upstreamStatus: 600 }], 'recorded as that 502')
+    // an operation that is not metered goes another way through the proxy: the same answer
+    const models = await app.inject({ method: 'GET', url: '/v1/models', headers: ws.headers })
+    assertEnvelope(t, models, 502, 'upstream_error', 'upstream_malformed')
+
+    // the workspace may have one call at a time: a slot still held would refuse the next one
+    const next = await app.inject({ method: 'POST', url: '/v1/chat/completions', headers: jsonHeaders(ws), payload: chat() })
+    t.equal(next.statusCode, 200, 'the next call is admitted: the odd calls gave their slot back')
+    const metrics = await app.inject({ method: 'GET', url: '/metrics' })
+    t.match(metrics.body, /^tramontane_in_flight_calls 0$/m, 'and nothing is left in flight')
+  })
+
 t.test('a JSON body over BODY_LIMIT_BYTES is a 413 and nothing goes upstream', async (t) => {
   const { app, mistral, createWorkspace } = await buildTestApp(t, { BODY_LIMIT_BYTES: '2048' })
   const ws = await createWorkspace()
