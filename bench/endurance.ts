@@ -37,6 +37,8 @@ export async function measureSoak (bench: Bench, calls: number) {
     p50: round(result.latencyMs.p50),
     p99: round(result.latencyMs.p99),
     cpuUsPerCall: round(run.cpuUsPerCall, 0),
+    redisUsPerCall: run.redisUsPerCall === undefined ? null : round(run.redisUsPerCall, 0),
+    postgresUsPerCall: run.postgresUsPerCall === undefined ? null : round(run.postgresUsPerCall, 0),
     rssEarlyMB: round(early / MB, 1),
     rssLateMB: round(late / MB, 1),
     rssPeakMB: round(run.rssPeak / MB, 1),

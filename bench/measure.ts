@@ -2,7 +2,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { request } from 'undici'
 import type { Job } from './loader.js'
 import type { BenchOptions } from './options.js'
-import { cpuMicros, rssBytes, type RssSampler } from './proc-stats.js'
+import { cpuMicros, rssBytes, serviceCpuMicros, type RssSampler, type ServiceCpu } from './proc-stats.js'
 import { SCENARIOS } from './scenarios.js'
 import type { Loader } from './stack.js'
 import { median, round, type Percentiles } from './stats.js'
@@ -23,6 +23,8 @@ export interface Bench {
   /** the least a Node proxy does (bench/floor.ts), in front of the same fake; absent with --no-floor */
   floor?: Watched
   gateway: Watched
+  /** which of Redis and PostgreSQL run on this machine, where their processes' CPU can be read */
+  localServices: Record<keyof ServiceCpu, boolean>
 }
 
 export interface CannonResult {
@@ -47,9 +49,19 @@ interface TtfbResult {
 const SETTLE_MS = 400
 const MB = 1024 * 1024
 
-/** A gateway run's own cost: CPU time over the run (and its ledger flush), RSS peak and at the end. */
+/**
+ * A gateway run's own cost: CPU time over the run (and its ledger flush), RSS peak and at the end; and what its calls
+ * cost the local Redis and PostgreSQL, per call (undefined for a server elsewhere). Nothing else is meant to use them
+ * meanwhile: the direct and floor runs do not.
+ */
 export async function onGateway<T extends { completed: number }> (bench: Bench, run: () => Promise<T>) {
-  return onProcess(bench.gateway, run)
+  const before = serviceCpuMicros()
+  const measured = await onProcess(bench.gateway, run)
+  const after = serviceCpuMicros()
+  const perCall = (service: keyof ServiceCpu) => bench.localServices[service]
+    ? (after[service] - before[service]) / Math.max(1, measured.result.completed)
+    : undefined
+  return { ...measured, redisUsPerCall: perCall('redis'), postgresUsPerCall: perCall('postgres') }
 }
 
 /** The same for any side in a process of its own (the floor gets the same 400 ms, so both are read alike). */
@@ -104,6 +116,7 @@ async function warmBoth (bench: Bench, scenario: string, connections: number, se
 }
 
 type WatchedRun = Awaited<ReturnType<typeof onProcess<CannonResult>>>
+type GatewayRun = Awaited<ReturnType<typeof onGateway<CannonResult>>>
 
 /**
  * Direct, through the floor (unless --no-floor) and through the gateway, `reps` times each after a warm-up of each,
@@ -119,7 +132,7 @@ export async function measureScenario (bench: Bench, scenario: string, connectio
   await warmBoth(bench, scenario, connections, warmS)
   const direct: CannonResult[] = []
   const floor: WatchedRun[] = []
-  const gateway: WatchedRun[] = []
+  const gateway: GatewayRun[] = []
   for (let rep = 0; rep < options.reps; rep++) {
     const job = (side: Side) =>
       loader.run<CannonResult>(cannonJob(side, scenario, connections, options.durationS), timeoutMs)
@@ -156,6 +169,9 @@ export async function measureScenario (bench: Bench, scenario: string, connectio
     gateway: side(gw),
     addedMs: { p50: round(added('p50')), p90: round(added('p90')), p99: round(added('p99')) },
     cpuUsPerCall: cpu(gateway),
+    // what the gateway's calls cost the local Redis (admission scripts) and PostgreSQL (ledger inserts); null: elsewhere
+    redisUsPerCall: serviceCpu(gateway.map((run) => run.redisUsPerCall)),
+    postgresUsPerCall: serviceCpu(gateway.map((run) => run.postgresUsPerCall)),
     rssPeakMB: round(Math.max(...gateway.map((run) => run.rssPeak)) / MB, 1),
     rssEndMB: round(gateway[gateway.length - 1].rssEnd / MB, 1),
     // what any Node proxy pays here, and what is left for the gateway's own work (gateway minus floor, per repetition)
@@ -178,6 +194,10 @@ export async function measureScenario (bench: Bench, scenario: string, connectio
         }
       : {}
   }
+}
+
+function serviceCpu (perRun: Array<number | undefined>): number | null {
+  return perRun[0] === undefined ? null : round(median(perRun as number[]), 0)
 }
 
 /** Streams one after another on one connection, measured with undici: time to the first event, added. */

@@ -1,16 +1,46 @@
 import { execFileSync } from 'node:child_process'
-import { readFileSync } from 'node:fs'
+import { readdirSync, readFileSync } from 'node:fs'
 
 // /proc/<pid>/stat counts CPU time in clock ticks (proc(5)); 100 a second nearly everywhere
 const TICKS_PER_SECOND = Number(execFileSync('getconf', ['CLK_TCK']).toString().trim()) || 100
 
 /** utime + stime of the process, all its threads, in microseconds. */
 export function cpuMicros (pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+  return statCpuMicros(readFileSync(`/proc/${pid}/stat`, 'utf8'))
+}
+
+function statCpuMicros (stat: string): number {
   // the command name sits in parentheses and may hold spaces: count fields after its closing one
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
   const ticks = Number(fields[11]) + Number(fields[12]) // fields 14 and 15 of proc(5)
   return (ticks / TICKS_PER_SECOND) * 1e6
+}
+
+export interface ServiceCpu {
+  redis: number
+  postgres: number
+}
+
+/**
+ * The CPU of this machine's Redis and PostgreSQL servers, in microseconds: every process named `redis-server` or
+ * `postgres` (the postmaster, its backends and its background workers). What the gateway's calls cost them is not in
+ * the gateway's own figure: an admission's Lua script runs in Redis, a ledger insert in a backend.
+ */
+export function serviceCpuMicros (): ServiceCpu {
+  const total: ServiceCpu = { redis: 0, postgres: 0 }
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue
+    let stat: string
+    try {
+      stat = readFileSync(`/proc/${entry}/stat`, 'utf8')
+    } catch {
+      continue // ended meanwhile
+    }
+    const name = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'))
+    if (name === 'redis-server') total.redis += statCpuMicros(stat)
+    else if (name === 'postgres') total.postgres += statCpuMicros(stat)
+  }
+  return total
 }
 
 export function rssBytes (pid: number): number {

@@ -5,7 +5,7 @@ import type { BenchOptions } from './options.js'
 import { sampleRss } from './proc-stats.js'
 import { profileMarkdown, summarizeProfile } from './profile-summary.js'
 import { COMPLETION_TOKENS, SCENARIOS } from './scenarios.js'
-import { startFake, startGateway, startLoader } from './stack.js'
+import { onThisMachine, startFake, startGateway, startLoader } from './stack.js'
 import { removeWorkspace, setupWorkspace } from './workspace.js'
 
 const MIN_PROFILE_S = 15
@@ -41,7 +41,8 @@ Promise<number> {
       headers: { authorization: `Bearer ${workspace.token}` },
       pid: gateway.proc.pid,
       rss: sampleRss(gateway.proc.pid)
-    }
+    },
+    localServices: { redis: onThisMachine(options.redisUrl), postgres: onThisMachine(options.databaseUrl) }
   }
   const problem = await smokeCheck(bench, scenario)
   if (problem) throw new Error(`${scenario} does not answer correctly: ${problem}`)

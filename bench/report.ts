@@ -40,8 +40,9 @@ export function markdown ({ rows, soak, hold, idle }: Measured, verdicts: Verdic
       '"added" is gateway minus direct, per repetition.',
     '',
     '| scenario | conns | direct req/s | gateway req/s | direct p50 / p90 / p99 | gateway p50 / p90 / p99 | ' +
-      'added p50 / p90 / p99 | TTFB added p50 / p99 | CPU µs/call | RSS peak / end MB | failed calls |',
-    '|---|---:|---:|---:|---|---|---|---|---:|---|---:|'
+      'added p50 / p90 / p99 | TTFB added p50 / p99 | CPU µs/call | Redis / PostgreSQL CPU µs/call | ' +
+      'RSS peak / end MB | failed calls |',
+    '|---|---:|---:|---:|---|---|---|---|---:|---|---|---:|'
   ]
   for (const r of rows) {
     const ttfb = r.ttfb ? `${value(r.ttfb.addedP50)} / ${value(r.ttfb.addedP99)}` : ''
@@ -49,8 +50,12 @@ export function markdown ({ rows, soak, hold, idle }: Measured, verdicts: Verdic
       `${triple(r.direct.p50, r.direct.p90, r.direct.p99)} | ` +
       `${triple(r.gateway.p50, r.gateway.p90, r.gateway.p99)} | ` +
       `${triple(r.addedMs.p50, r.addedMs.p90, r.addedMs.p99)} | ${ttfb} | ${value(r.cpuUsPerCall)} | ` +
+      `${triple(r.redisUsPerCall, r.postgresUsPerCall)} | ` +
       `${value(r.rssPeakMB)} / ${value(r.rssEndMB)} | ${r.direct.failed + r.gateway.failed} |`)
   }
+  lines.push('', '"CPU µs/call" is the gateway\'s process. "Redis / PostgreSQL" is what the same runs cost this ' +
+    'machine\'s Redis (the admission scripts) and PostgreSQL (the ledger inserts), per call: not in the gateway\'s ' +
+    'figure nor in the targets, but CPU a deployment must have (n/a: the server is not on this machine).')
   if (hasFloor) {
     lines.push('', 'The floor: a bare Node proxy (`bench/floor.ts`: node:http, an undici keep-alive pool, nothing ' +
       'else) on the gateway\'s CPU, in front of the same fake, measured in the same repetitions. What it adds is ' +
@@ -79,7 +84,8 @@ export function markdown ({ rows, soak, hold, idle }: Measured, verdicts: Verdic
   }
   if (soak) {
     lines.push('', `Soak: ${soak.calls} chat calls through the gateway at ${soak.connections} connections: ` +
-      `${soak.rps} calls/s, p50 ${soak.p50} ms, p99 ${soak.p99} ms, ${soak.cpuUsPerCall} µs CPU per call, RSS ` +
+      `${soak.rps} calls/s, p50 ${soak.p50} ms, p99 ${soak.p99} ms, ${soak.cpuUsPerCall} µs CPU per call ` +
+      `(Redis ${value(soak.redisUsPerCall)}, PostgreSQL ${value(soak.postgresUsPerCall)}), RSS ` +
       `${soak.rssEarlyMB} MB early → ${soak.rssLateMB} MB late (growth ${soak.growthMB} MB), ` +
       `peak ${soak.rssPeakMB} MB, ` +
       `${soak.failed} failed.`)

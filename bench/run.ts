@@ -18,7 +18,7 @@ import { profileRun } from './profile-run.js'
 import { busyWarning, machineLine, markdown } from './report.js'
 import { COMPLETION_TOKENS, SCENARIOS } from './scenarios.js'
 import {
-  ROOT, defaultUpstreamConnections, startFake, startFloor, startGateway, startLoader, type Upstream
+  ROOT, defaultUpstreamConnections, onThisMachine, startFake, startFloor, startGateway, startLoader, type Upstream
 } from './stack.js'
 import { judge, type HoldRow, type ScenarioRow } from './targets.js'
 import { removeWorkspace, setupWorkspace, type BenchWorkspace } from './workspace.js'
@@ -84,7 +84,8 @@ async function main (options: BenchOptions): Promise<number> {
       headers: { authorization: `Bearer ${workspace.token}` },
       pid: gateway.proc.pid,
       rss: sampleRss(gateway.proc.pid)
-    }
+    },
+    localServices: { redis: onThisMachine(redisUrl), postgres: onThisMachine(databaseUrl) }
   }
 
   const idle = await measureIdle(bench, Math.max(2, options.durationS))

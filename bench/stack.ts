@@ -171,3 +171,9 @@ function freePort (): Promise<number> {
     server.once('error', reject)
   })
 }
+
+/** A server on loopback is one of this machine's processes, whose CPU /proc shows. */
+export function onThisMachine (url: string): boolean {
+  const host = new URL(url).hostname
+  return host === '127.0.0.1' || host === 'localhost' || host === '[::1]'
+}
