@@ -1,5 +1,6 @@
 // The ledger insert on both databases the gateway runs on: what a record leaves out or sets to null takes the
-// column's default, a record replayed twice counts once, the largest exact bigint survives, unknown fields are ignored.
+// column's default, a record replayed twice counts once, the largest exact bigint survives, unknown fields are ignored;
+// and the daily rollup the database keeps from the records each insert adds.
 import { randomUUID } from 'node:crypto'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
@@ -74,6 +75,57 @@ function contract (t: Test, open: () => Promise<DatabaseHandle>) {
       completion_tokens: 0, estimated: false, streamed: false, status: 200, upstream_status: null, ttft_ms: null
     }, 'left out or null: the column\'s default (or null); a stranger field is not read')
     t.equal(new Date(second.created_at as string).toISOString(), '2026-12-06T11:00:00.000Z')
+    await db.execute(sql`delete from usage_records where workspace_id = ${workspaceId}`)
+    await db.execute(sql`delete from usage_daily where workspace_id = ${workspaceId}`)
+    await handle.close()
+  })
+
+  t.test('the daily rollup adds each batch\'s inserted records once, by day, token, model and operation', async (t) => {
+    const handle = await open()
+    const { db } = handle
+    const workspaceId = randomUUID()
+    const tokenId = randomUUID()
+    const record = (id: string, fields: Partial<UsageRecord>): UsageRecord => ({
+      requestId: `${id}-${workspaceId}`,
+      workspaceId,
+      tokenId,
+      keyName: 'default',
+      operation: 'chat',
+      model: 'mistral-small-2506',
+      pricedModel: 'mistral-small-latest',
+      status: 200,
+      latencyMs: 5,
+      createdAt: new Date('2026-12-06T10:00:00.000Z'),
+      ...fields
+    }) as UsageRecord
+    const a = record('a', { promptTokens: 10, completionTokens: 5, totalTokens: 15, billedCostMicros: 100, listCostMicros: 80 })
+    const b = record('b', { promptTokens: 1, totalTokens: 3, billedCostMicros: 7, estimated: true })
+    const noToken = record('c', { tokenId: null, totalTokens: 2, billedCostMicros: 1 })
+    const embeddings = record('d', { operation: 'embeddings', pricedModel: 'mistral-embed', totalTokens: 4 })
+    const nextDay = record('e', { totalTokens: 6, createdAt: new Date('2026-12-07T00:00:01.000Z') })
+    const later = record('f', { totalTokens: 30, billedCostMicros: 50 })
+    const later2 = record('g', { totalTokens: 20, billedCostMicros: 5, estimated: true })
+    // replays (the same request id again, whatever it says now) count nothing, within a batch or across batches
+    await insertUsageRecords(db, [a, b, { ...a, totalTokens: 1_000, billedCostMicros: 1_000 }, noToken])
+    await insertUsageRecords(db, [{ ...b, totalTokens: 1_000 }, embeddings, nextDay, later, later2,
+      { ...noToken, estimated: true }])
+    const result = await db.execute(sql`select day::text as day, token_id, model, operation, calls, estimated_calls,
+        prompt_tokens, completion_tokens, total_tokens, list_cost_micros, billed_cost_micros
+      from usage_daily where workspace_id = ${workspaceId} order by day, operation, token_id nulls last`) as unknown as
+      { rows: Array<Record<string, unknown>> }
+    const rows = result.rows.map((row) => Object.fromEntries(Object.entries(row).map(([k, v]) =>
+      [k, typeof v === 'bigint' || (typeof v === 'string' && /^\d+$/.test(v)) ? Number(v) : v])))
+    const day = { model: 'mistral-small-latest', prompt_tokens: 0, completion_tokens: 0, list_cost_micros: 0 }
+    t.same(rows, [
+      { ...day, day: '2026-12-06', token_id: tokenId, operation: 'chat', calls: 4, estimated_calls: 2, prompt_tokens: 11,
+        completion_tokens: 5, total_tokens: 68, list_cost_micros: 80, billed_cost_micros: 162 },
+      { ...day, day: '2026-12-06', token_id: null, operation: 'chat', calls: 1, estimated_calls: 0, total_tokens: 2,
+        billed_cost_micros: 1 },
+      { ...day, day: '2026-12-06', token_id: tokenId, model: 'mistral-embed', operation: 'embeddings', calls: 1,
+        estimated_calls: 0, total_tokens: 4, billed_cost_micros: 0 },
+      { ...day, day: '2026-12-07', token_id: tokenId, operation: 'chat', calls: 1, estimated_calls: 0, total_tokens: 6,
+        billed_cost_micros: 0 }
+    ], 'one row per group, the sums of the records inserted, a second batch added to the first')
     await db.execute(sql`delete from usage_records where workspace_id = ${workspaceId}`)
     await db.execute(sql`delete from usage_daily where workspace_id = ${workspaceId}`)
     await handle.close()

@@ -1,0 +1,38 @@
+-- usage_daily is added to once per insert statement, not once per record: the ledger writes its records in batches,
+-- and a row trigger upserted the same rollup row once for each record of a batch (a lock, a new row version and a
+-- plpgsql call each: most of what PostgreSQL spent on a call, docs/benchmarks.md). The transition table holds only
+-- the rows the statement inserted, so a replayed record skipped by ON CONFLICT DO NOTHING still counts nothing.
+CREATE FUNCTION usage_daily_add_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  INSERT INTO usage_daily AS d (workspace_id, day, token_id, model, operation, calls, estimated_calls, prompt_tokens,
+    cached_tokens, completion_tokens, total_tokens, connector_tokens, pages, audio_seconds, characters,
+    list_cost_micros, billed_cost_micros)
+  SELECT r.workspace_id, (r.created_at AT TIME ZONE coalesce(w.timezone, 'UTC'))::date, r.token_id,
+    coalesce(r.priced_model, r.model, ''), r.operation, count(*), count(*) FILTER (WHERE r.estimated),
+    sum(r.prompt_tokens), sum(r.cached_tokens), sum(r.completion_tokens), sum(r.total_tokens), sum(r.connector_tokens),
+    sum(r.pages), sum(r.audio_seconds), sum(r.characters), sum(r.list_cost_micros), sum(r.billed_cost_micros)
+  FROM inserted r LEFT JOIN workspaces w ON w.id = r.workspace_id
+  GROUP BY 1, 2, 3, 4, 5
+  ON CONFLICT ON CONSTRAINT usage_daily_key DO UPDATE SET
+    calls = d.calls + EXCLUDED.calls,
+    estimated_calls = d.estimated_calls + EXCLUDED.estimated_calls,
+    prompt_tokens = d.prompt_tokens + EXCLUDED.prompt_tokens,
+    cached_tokens = d.cached_tokens + EXCLUDED.cached_tokens,
+    completion_tokens = d.completion_tokens + EXCLUDED.completion_tokens,
+    total_tokens = d.total_tokens + EXCLUDED.total_tokens,
+    connector_tokens = d.connector_tokens + EXCLUDED.connector_tokens,
+    pages = d.pages + EXCLUDED.pages,
+    audio_seconds = d.audio_seconds + EXCLUDED.audio_seconds,
+    characters = d.characters + EXCLUDED.characters,
+    list_cost_micros = d.list_cost_micros + EXCLUDED.list_cost_micros,
+    billed_cost_micros = d.billed_cost_micros + EXCLUDED.billed_cost_micros;
+  RETURN NULL;
+END
+$$;
+--> statement-breakpoint
+DROP TRIGGER usage_records_daily ON usage_records;
+--> statement-breakpoint
+CREATE TRIGGER usage_records_daily AFTER INSERT ON usage_records REFERENCING NEW TABLE AS inserted
+  FOR EACH STATEMENT EXECUTE FUNCTION usage_daily_add_inserted();
+--> statement-breakpoint
+DROP FUNCTION usage_daily_add();
