@@ -13,6 +13,9 @@ BEGIN
     sum(r.pages), sum(r.audio_seconds), sum(r.characters), sum(r.list_cost_micros), sum(r.billed_cost_micros)
   FROM inserted r LEFT JOIN workspaces w ON w.id = r.workspace_id
   GROUP BY 1, 2, 3, 4, 5
+  -- in the key's order: two replicas' inserts that touch the same rollup rows lock them in the same order, so neither
+  -- waits for the other in a cycle (a deadlock)
+  ORDER BY 1, 2, 3, 4, 5
   ON CONFLICT ON CONSTRAINT usage_daily_key DO UPDATE SET
     calls = d.calls + EXCLUDED.calls,
     estimated_calls = d.estimated_calls + EXCLUDED.estimated_calls,
