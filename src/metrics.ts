@@ -2,8 +2,9 @@ import { createServer, type Server } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import fp from 'fastify-plugin'
 import type { FastifyInstance } from 'fastify'
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
+import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client'
 import pkg from '../package.json' with { type: 'json' }
+import { CounterCells, HistogramCells } from './metric-cells.js'
 import type { ObservedQuota } from './resilience/key-health.js'
 import type { ScrapeFacts, ScrapeFactsReader } from './scrape-facts.js'
 
@@ -94,43 +95,27 @@ export function createMetrics (options: MetricsOptions): Metrics {
     registers
   })
 
-  const tokens = new Histogram({
-    name: 'gen_ai_client_token_usage', help: 'Tokens used per call (OTel gen_ai.client.token.usage)',
-    labelNames: ['gen_ai_operation_name', 'gen_ai_request_model', 'gen_ai_token_type', 'workspace'], buckets: TOKEN_BUCKETS, registers
-  })
-  const duration = new Histogram({
-    name: 'gen_ai_client_operation_duration_seconds', help: 'Duration of a call as the client saw it',
-    labelNames: ['gen_ai_operation_name', 'gen_ai_request_model', 'status_class', 'workspace'], buckets: DURATION_BUCKETS, registers
-  })
-  const serverDuration = new Histogram({
-    name: 'gen_ai_server_request_duration_seconds', help: 'Duration of the upstream call to Mistral',
-    labelNames: ['gen_ai_operation_name', 'gen_ai_request_model'], buckets: DURATION_BUCKETS, registers
-  })
-  const ttft = new Histogram({
-    name: 'gen_ai_server_time_to_first_token_seconds', help: 'Time to the first byte of a streamed answer',
-    labelNames: ['gen_ai_operation_name', 'gen_ai_request_model'], buckets: TTFT_BUCKETS, registers
-  })
-  const requests = new Counter({
-    name: 'tramontane_requests_total', help: 'Proxied calls by outcome',
-    labelNames: ['workspace', 'operation', 'model', 'status_class'], registers
-  })
-  const tokenTotal = new Counter({
-    name: 'tramontane_tokens_total', help: 'Tokens Mistral reported',
-    labelNames: ['workspace', 'operation', 'model', 'type'], registers
-  })
-  const spend = new Counter({
-    name: 'tramontane_spend_micros_total', help: 'Billed spend in micro-units of each workspace currency',
-    labelNames: ['workspace', 'operation', 'model'], registers
-  })
+  // the families every call adds to: cells of the gateway's own (src/metric-cells.ts), label values in this order
+  const tokens = new HistogramCells('gen_ai_client_token_usage', 'Tokens used per call (OTel gen_ai.client.token.usage)',
+    ['gen_ai_operation_name', 'gen_ai_request_model', 'gen_ai_token_type', 'workspace'], TOKEN_BUCKETS, registry)
+  const duration = new HistogramCells('gen_ai_client_operation_duration_seconds', 'Duration of a call as the client saw it',
+    ['gen_ai_operation_name', 'gen_ai_request_model', 'status_class', 'workspace'], DURATION_BUCKETS, registry)
+  const serverDuration = new HistogramCells('gen_ai_server_request_duration_seconds',
+    'Duration of the upstream call to Mistral', ['gen_ai_operation_name', 'gen_ai_request_model'], DURATION_BUCKETS, registry)
+  const ttft = new HistogramCells('gen_ai_server_time_to_first_token_seconds',
+    'Time to the first byte of a streamed answer', ['gen_ai_operation_name', 'gen_ai_request_model'], TTFT_BUCKETS, registry)
+  const requests = new CounterCells('tramontane_requests_total', 'Proxied calls by outcome',
+    ['workspace', 'operation', 'model', 'status_class'], registry)
+  const tokenTotal = new CounterCells('tramontane_tokens_total', 'Tokens Mistral reported',
+    ['workspace', 'operation', 'model', 'type'], registry)
+  const spend = new CounterCells('tramontane_spend_micros_total', 'Billed spend in micro-units of each workspace currency',
+    ['workspace', 'operation', 'model'], registry)
   const denials = new Counter({
     name: 'tramontane_rate_limit_denials_total', help: 'Calls the gateway refused, by the limit that refused them',
     labelNames: ['workspace', 'limit'], registers
   })
-  const upstreamResponses = new Counter({
-    name: 'tramontane_upstream_responses_total',
-    help: 'Mistral answers by status class and code (known codes, else other)',
-    labelNames: ['status_class', 'code'], registers
-  })
+  const upstreamResponses = new CounterCells('tramontane_upstream_responses_total',
+    'Mistral answers by status class and code (known codes, else other)', ['status_class', 'code'], registry)
   const retries = new Counter({ name: 'tramontane_upstream_retries_total', help: 'Upstream calls retried', registers })
   const streams = new Counter({
     name: 'tramontane_stream_terminations_total', help: 'Streams ended, by how', labelNames: ['reason'], registers
@@ -257,28 +242,33 @@ export function createMetrics (options: MetricsOptions): Metrics {
       const workspace = workspaceOf(facts.workspace)
       const model = modelOf(facts.model)
       const operation = facts.operation
-      requests.inc({ workspace, operation, model, status_class: statusClass(facts.status) })
-      duration.observe({ gen_ai_operation_name: operation, gen_ai_request_model: model, status_class: statusClass(facts.status), workspace }, facts.durationMs / 1000)
-      if (facts.upstreamMs !== undefined) serverDuration.observe({ gen_ai_operation_name: operation, gen_ai_request_model: model }, facts.upstreamMs / 1000)
-      if (facts.ttftMs !== undefined && facts.ttftMs !== null) ttft.observe({ gen_ai_operation_name: operation, gen_ai_request_model: model }, facts.ttftMs / 1000)
-      for (const [type, count] of [['input', facts.inputTokens], ['output', facts.outputTokens]] as const) {
-        if (!count) continue
-        tokens.observe({ gen_ai_operation_name: operation, gen_ai_request_model: model, gen_ai_token_type: type, workspace }, count)
-        tokenTotal.inc({ workspace, operation, model, type }, count)
+      const status = statusClass(facts.status)
+      requests.inc(1, workspace, operation, model, status)
+      duration.observe(facts.durationMs / 1000, operation, model, status, workspace)
+      if (facts.upstreamMs !== undefined) serverDuration.observe(facts.upstreamMs / 1000, operation, model)
+      if (facts.ttftMs !== undefined && facts.ttftMs !== null) ttft.observe(facts.ttftMs / 1000, operation, model)
+      if (facts.inputTokens) {
+        tokens.observe(facts.inputTokens, operation, model, 'input', workspace)
+        tokenTotal.inc(facts.inputTokens, workspace, operation, model, 'input')
       }
-      if (facts.billedMicros) spend.inc({ workspace, operation, model }, facts.billedMicros)
+      if (facts.outputTokens) {
+        tokens.observe(facts.outputTokens, operation, model, 'output', workspace)
+        tokenTotal.inc(facts.outputTokens, workspace, operation, model, 'output')
+      }
+      if (facts.billedMicros) spend.inc(facts.billedMicros, workspace, operation, model)
     },
     billed (facts) {
-      const labels = { workspace: workspaceOf(facts.workspace), operation: facts.operation, model: modelOf(facts.model) }
-      requests.inc({ ...labels, status_class: statusClass(facts.status) })
-      if (facts.inputTokens) tokenTotal.inc({ ...labels, type: 'input' }, facts.inputTokens)
-      if (facts.outputTokens) tokenTotal.inc({ ...labels, type: 'output' }, facts.outputTokens)
-      if (facts.billedMicros) spend.inc(labels, facts.billedMicros)
+      const workspace = workspaceOf(facts.workspace)
+      const model = modelOf(facts.model)
+      requests.inc(1, workspace, facts.operation, model, statusClass(facts.status))
+      if (facts.inputTokens) tokenTotal.inc(facts.inputTokens, workspace, facts.operation, model, 'input')
+      if (facts.outputTokens) tokenTotal.inc(facts.outputTokens, workspace, facts.operation, model, 'output')
+      if (facts.billedMicros) spend.inc(facts.billedMicros, workspace, facts.operation, model)
     },
     denied (workspace, limit) { denials.inc({ workspace: workspaceOf(workspace), limit }) },
     upstream (status) {
       const code = KNOWN_CODES.has(status) ? String(status) : 'other'
-      upstreamResponses.inc({ status_class: statusClass(status), code })
+      upstreamResponses.inc(1, statusClass(status), code)
     },
     retried () { retries.inc() },
     streamEnded (reason) { streams.inc({ reason }) },
