@@ -58,9 +58,11 @@ export async function onGateway<T extends { completed: number }> (bench: Bench, 
   const before = serviceCpuMicros()
   const measured = await onProcess(bench.gateway, run)
   const after = serviceCpuMicros()
-  const perCall = (service: keyof ServiceCpu) => bench.localServices[service]
-    ? (after[service] - before[service]) / Math.max(1, measured.result.completed)
-    : undefined
+  const perCall = (service: keyof ServiceCpu) => {
+    const [from, to] = [before[service], after[service]]
+    if (!bench.localServices[service] || from === undefined || to === undefined) return undefined
+    return (to - from) / Math.max(1, measured.result.completed)
+  }
   return { ...measured, redisUsPerCall: perCall('redis'), postgresUsPerCall: perCall('postgres') }
 }
 

@@ -9,10 +9,12 @@ export function cpuMicros (pid: number): number {
   return statCpuMicros(readFileSync(`/proc/${pid}/stat`, 'utf8'))
 }
 
-function statCpuMicros (stat: string): number {
+function statCpuMicros (stat: string, withChildren = false): number {
   // the command name sits in parentheses and may hold spaces: count fields after its closing one
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
-  const ticks = Number(fields[11]) + Number(fields[12]) // fields 14 and 15 of proc(5)
+  // fields 14 and 15 of proc(5); 16 and 17 what its children that ended and were waited for used
+  let ticks = Number(fields[11]) + Number(fields[12])
+  if (withChildren) ticks += Number(fields[13]) + Number(fields[14])
   return (ticks / TICKS_PER_SECOND) * 1e6
 }
 
@@ -23,11 +25,13 @@ export interface ServiceCpu {
 
 /**
  * The CPU of this machine's Redis and PostgreSQL servers, in microseconds: every process named `redis-server` or
- * `postgres` (the postmaster, its backends and its background workers). What the gateway's calls cost them is not in
- * the gateway's own figure: an admission's Lua script runs in Redis, a ledger insert in a backend.
+ * `postgres` (the postmaster, its backends and its background workers), with what their ended children used (a
+ * backend or an autovacuum worker that exits during a run is the postmaster's child: its CPU moves there, and is not
+ * lost). What the gateway's calls cost them is not in the gateway's own figure: an admission's Lua script runs in
+ * Redis, a ledger insert in a backend. A server with no such process here is absent (another host, a container).
  */
-export function serviceCpuMicros (): ServiceCpu {
-  const total: ServiceCpu = { redis: 0, postgres: 0 }
+export function serviceCpuMicros (): Partial<ServiceCpu> {
+  const total: Partial<ServiceCpu> = {}
   for (const entry of readdirSync('/proc')) {
     if (!/^\d+$/.test(entry)) continue
     let stat: string
@@ -37,8 +41,8 @@ export function serviceCpuMicros (): ServiceCpu {
       continue // ended meanwhile
     }
     const name = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'))
-    if (name === 'redis-server') total.redis += statCpuMicros(stat)
-    else if (name === 'postgres') total.postgres += statCpuMicros(stat)
+    const service = name === 'redis-server' ? 'redis' : name === 'postgres' ? 'postgres' : undefined
+    if (service) total[service] = (total[service] ?? 0) + statCpuMicros(stat, true)
   }
   return total
 }

@@ -1,6 +1,8 @@
 import type { Registry } from 'prom-client'
 
 type Labels = Record<string, string>
+/** one value for each label name, in their order */
+type Values<L extends readonly string[]> = { [K in keyof L]: string }
 
 // between label values in a cell's key: no label value the gateway writes holds it
 const SEP = '\u0001'
@@ -11,23 +13,22 @@ const SEP = '\u0001'
  * (issue #7: the per-call families cost about 30 µs a call that way). The registry reads a family at scrape time as it
  * reads prom-client's own metrics, and prints the same exposition text. Label values go in the order of `labelNames`.
  */
-abstract class CellFamily<Cell extends { labels: Labels }> {
+abstract class CellFamily<Cell extends { labels: Labels }, L extends readonly string[]> {
   protected readonly cells = new Map<string, Cell>()
 
-  constructor (readonly name: string, readonly help: string, private readonly labelNames: readonly string[],
-    registry: Registry) {
+  constructor (readonly name: string, readonly help: string, private readonly labelNames: L, registry: Registry) {
     // the registry keeps anything with a name and a get(); the cast names that contract, which prom-client types as
     // its own classes only
     registry.registerMetric(this as unknown as Parameters<Registry['registerMetric']>[0])
   }
 
-  protected cell (values: readonly [string, string, string?, string?]): Cell {
-    const [a, b, c, d] = values
-    const key = c === undefined ? a + SEP + b : d === undefined ? a + SEP + b + SEP + c : a + SEP + b + SEP + c + SEP + d
+  protected cell (values: Values<L>): Cell {
+    let key: string = values[0]
+    for (let i = 1; i < values.length; i++) key += SEP + values[i]
     let cell = this.cells.get(key)
     if (cell === undefined) {
       const labels: Labels = {}
-      this.labelNames.forEach((name, i) => { labels[name] = values[i] as string })
+      this.labelNames.forEach((name, i) => { labels[name] = values[i] })
       cell = this.create(labels)
       this.cells.set(key, cell)
     }
@@ -46,12 +47,12 @@ interface CounterCell {
   value: number
 }
 
-export class CounterCells extends CellFamily<CounterCell> {
+export class CounterCells<const L extends readonly string[]> extends CellFamily<CounterCell, L> {
   readonly type = 'counter'
   readonly aggregator = 'sum'
 
   /** Adds `value` (a count, never negative: anything else is not counted) to the cell of these label values. */
-  inc (value: number, ...values: [string, string, string?, string?]): void {
+  inc (value: number, ...values: Values<L>): void {
     if (!(value >= 0) || value === Infinity) return
     this.cell(values).value += value
   }
@@ -68,34 +69,34 @@ export class CounterCells extends CellFamily<CounterCell> {
 
 interface HistogramCell {
   labels: Labels
-  /** observations per bucket, not cumulative; the last one is over every bound */
+  /** observations per bucket, not cumulative (one over every bound is in `count` alone) */
   counts: Float64Array
   sum: number
   count: number
 }
 
-export class HistogramCells extends CellFamily<HistogramCell> {
+export class HistogramCells<const L extends readonly string[]> extends CellFamily<HistogramCell, L> {
   readonly type = 'histogram'
   readonly aggregator = 'sum'
 
-  constructor (name: string, help: string, labelNames: readonly string[], private readonly bounds: readonly number[],
+  constructor (name: string, help: string, labelNames: L, private readonly bounds: readonly number[],
     registry: Registry) {
     super(name, help, labelNames, registry)
   }
 
   /** One observation in the cell of these label values (a value that is not a number is not observed). */
-  observe (value: number, ...values: [string, string, string?, string?]): void {
+  observe (value: number, ...values: Values<L>): void {
     if (!Number.isFinite(value)) return
     const cell = this.cell(values)
     let bucket = 0
     while (bucket < this.bounds.length && value > this.bounds[bucket]) bucket++
-    cell.counts[bucket] += 1
+    if (bucket < this.bounds.length) cell.counts[bucket] += 1
     cell.sum += value
     cell.count += 1
   }
 
   protected create (labels: Labels): HistogramCell {
-    return { labels, counts: new Float64Array(this.bounds.length + 1), sum: 0, count: 0 }
+    return { labels, counts: new Float64Array(this.bounds.length), sum: 0, count: 0 }
   }
 
   /** As prom-client's histograms give them to the text format: the call's labels shared, `le` of each bucket its own. */

@@ -183,10 +183,9 @@ export async function proxyRoutes (app: FastifyInstance, { config }: { config: C
       }
       const status = upstream.statusCode
       if (status < 200 || status > 599) {
-        // undici reads any three digits; fastify cannot answer with a status outside HTTP's
+        // undici reads any three digits; fastify cannot answer with such a status (the catch below reads off the body)
         clearTimeout(deadline)
         reply.raw.off('close', onClientClose)
-        upstream.body.dump().catch(() => {})
         const failure = upstreamMalformed(`Mistral answered with HTTP status ${status}, which is not one HTTP defines`)
         meter.settle({ status: failure.statusCode, upstreamStatus: status, tap: undefined, cut: false })
         throw failure
@@ -318,7 +317,8 @@ export async function proxyRoutes (app: FastifyInstance, { config }: { config: C
       // keep the call's slot, reservation and request line until they expire: settled as the error answered
       clearTimeout(deadline)
       reply.raw.off('close', onClientClose)
-      answer?.upstream.body.destroy()
+      // whatever is left of the body, read off (up to undici's limit, then dropped) so that the connection is reused
+      answer?.upstream.body.dump().catch(() => {})
       const status = err instanceof GatewayError ? err.statusCode : 500
       meter.settle({ status, upstreamStatus: request.outcome.upstreamStatus, tap: undefined, cut: false })
       throw err

@@ -63,9 +63,9 @@ const QUOTA_HEADER = /^(x-)?ratelimit(bysize)?-/
 // it is read only at start and on reconnect, never on the hot path.
 const REGISTRY = 'tmt:key-blocks'
 
-/** A block as this replica keeps it: its end on the local clock and, when Redis set it, on Redis' clock. */
+/** A block as this replica keeps it: its end on the local clock, and as it was announced (Redis' clock, if any). */
 interface HeldBlock extends Block {
-  redisUntil?: number
+  announcedUntil?: number
 }
 
 // how long a measured offset to Redis' clock is trusted: NTP may correct either clock while a replica runs
@@ -127,7 +127,7 @@ export function createKeyHealth (options: KeyHealthOptions): KeyHealth {
     extendLocal(message.keyId, {
       reason: message.reason,
       until: localEnd(message.until, message.remainingMs),
-      redisUntil: typeof message.until === 'number' ? message.until : undefined
+      announcedUntil: typeof message.until === 'number' ? message.until : undefined
     })
     // an offset a minute old is still used (a clock NTP slews drifts by milliseconds a minute at most), and renewed
     if (measurable && clock() - offsetAt > OFFSET_MAX_AGE_MS) void measure(measurable).catch(() => {})
@@ -175,15 +175,22 @@ export function createKeyHealth (options: KeyHealthOptions): KeyHealth {
       const [workspaceId, keyId] = member.split(':')
       const [until, reason] = await redis.hmget(blockKey(workspaceId, keyId), 'until', 'reason')
       if (until === null || reason === null) return
-      const redisUntil = Number(until)
-      extendLocal(keyId, { reason: reason as BlockReason, until: localEnd(redisUntil, redisUntil - now), redisUntil })
+      const announcedUntil = Number(until)
+      extendLocal(keyId, {
+        reason: reason as BlockReason, until: localEnd(announcedUntil, announcedUntil - now), announcedUntil
+      })
     }))
   }
 
-  function extendLocal (keyId: string, block: HeldBlock) {
+  /** `own`: the end this replica worked out from its own call to Redis, the best estimate of that block's end. */
+  function extendLocal (keyId: string, block: HeldBlock, own = false) {
     const current = blocks.get(keyId)
-    // the same block heard again (this replica's own message, a reload): the end it keeps is the better estimate
-    if (current && block.redisUntil !== undefined && current.redisUntil === block.redisUntil) return
+    // the same block heard again (this replica's own message, a reload, another replica's news of it): the estimate
+    // this replica has is kept, unless it is the replica's own
+    if (current && block.announcedUntil !== undefined && current.announcedUntil === block.announcedUntil) {
+      if (own) blocks.set(keyId, block)
+      return
+    }
     if (!current || block.until > current.until || current.until <= clock()) blocks.set(keyId, block)
   }
 
@@ -202,8 +209,8 @@ export function createKeyHealth (options: KeyHealthOptions): KeyHealth {
       localUntil = Math.min(Math.max(localEnd(until, remaining), sent + remaining), received + remaining)
       void redis.zadd(REGISTRY, 'GT', until, `${workspaceId}:${keyId}`).catch(() => {})
     }
-    const block = { reason, until: localUntil, redisUntil: redis ? until : undefined }
-    extendLocal(keyId, block)
+    const block = { reason, until: localUntil, announcedUntil: until }
+    extendLocal(keyId, block, true)
     // `until` for this version's replicas; `remainingMs` still for older ones, during a rolling upgrade
     await bus.publish({ type: 'key-health', keyId, reason, until, remainingMs: remaining }).catch(() => {})
     return blocks.get(keyId) ?? block

@@ -126,6 +126,10 @@ function contract (t: Test, open: () => Promise<DatabaseHandle>) {
       { ...day, day: '2026-12-07', token_id: tokenId, operation: 'chat', calls: 1, estimated_calls: 0, total_tokens: 6,
         billed_cost_micros: 0 }
     ], 'one row per group, the sums of the records inserted, a second batch added to the first')
+    const trigger = await db.execute(sql`select action_orientation from information_schema.triggers
+      where trigger_name = 'usage_records_daily'`) as unknown as { rows: Array<{ action_orientation: string }> }
+    t.same(trigger.rows.map((row) => row.action_orientation), ['STATEMENT'],
+      'kept once per insert statement, not once per record')
     await db.execute(sql`delete from usage_records where workspace_id = ${workspaceId}`)
     await db.execute(sql`delete from usage_daily where workspace_id = ${workspaceId}`)
     await handle.close()
