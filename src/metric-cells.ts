@@ -10,8 +10,9 @@ const SEP = '\u0001'
 /**
  * A counter or histogram family that every call adds to, kept in cells of the gateway's own: one Map lookup by the
  * label values and a few additions a call, where prom-client validates, hashes and allocates on each observation
- * (issue #7: the per-call families cost about 30 µs a call that way). The registry reads a family at scrape time as it
- * reads prom-client's own metrics, and prints the same exposition text. Label values go in the order of `labelNames`.
+ * (issue #7: 4.7 µs a chat call that way in a loop, 1.7 with these cells). The registry reads a family at scrape time
+ * as it reads prom-client's own metrics, and prints the same exposition text. Label values go in the order of
+ * `labelNames`.
  */
 abstract class CellFamily<Cell extends { labels: Labels }, L extends readonly string[]> {
   protected readonly cells = new Map<string, Cell>()
