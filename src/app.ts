@@ -105,13 +105,16 @@ export async function buildApp ({ config, logger }: BuildOptions): Promise<Fasti
     facts: createScrapeFacts(database.db, app.log)
   })
   app.decorate('events', createGatewayEvents(app.log))
+  // crossings are announced in the order they happened: the slug's lookup for one may take longer than the next's
+  let announced = Promise.resolve()
   app.admission.onThreshold((crossing) => {
     app.metrics.thresholdCrossed(crossing.cap, crossing.percent)
     // admission knows a workspace by its id only: the event names its slug too (a rare read, three a cap a period)
     const at = new Date().toISOString()
-    void app.tenancy.workspaces.find(crossing.workspaceId).catch(() => undefined).then((workspace) => {
-      app.events.emit('spend.threshold', { type: 'spend.threshold', ...crossing, workspaceSlug: workspace?.slug ?? null, at })
-    })
+    const workspace = app.tenancy.workspaces.find(crossing.workspaceId).catch(() => undefined)
+    announced = announced.then(() => workspace).then((found) => {
+      app.events.emit('spend.threshold', { type: 'spend.threshold', ...crossing, workspaceSlug: found?.slug ?? null, at })
+    }).catch((err: unknown) => app.log.error({ err }, 'announcing a spend threshold failed'))
   })
   app.batchJobs.onBilled((facts) => app.metrics.billed(facts))
 

@@ -213,7 +213,8 @@ export function createKeyHealth (options: KeyHealthOptions): KeyHealth {
     extendLocal(keyId, block, true)
     // `until` for this version's replicas; `remainingMs` still for older ones, during a rolling upgrade
     await bus.publish({ type: 'key-health', keyId, reason, until, remainingMs: remaining }).catch(() => {})
-    return blocks.get(keyId) ?? block
+    const held = blocks.get(keyId) ?? block
+    return { reason: held.reason, until: held.until }
   }
 
   async function nextBackoff (workspaceId: string, keyId: string): Promise<number> {
@@ -241,7 +242,7 @@ export function createKeyHealth (options: KeyHealthOptions): KeyHealth {
         blocks.delete(keyId)
         return undefined
       }
-      return block
+      return { reason: block.reason, until: block.until }
     },
 
     async rateLimited (workspaceId, keyId, waitMs, spendLimit) {
