@@ -183,12 +183,9 @@ export async function proxyRoutes (app: FastifyInstance, { config }: { config: C
       }
       const status = upstream.statusCode
       if (status < 200 || status > 599) {
-        // undici reads any three digits; fastify cannot answer with such a status (the catch below reads off the body)
-        clearTimeout(deadline)
-        reply.raw.off('close', onClientClose)
-        const failure = upstreamMalformed(`Mistral answered with HTTP status ${status}, which is not one HTTP defines`)
-        meter.settle({ status: failure.statusCode, upstreamStatus: status, tap: undefined, cut: false })
-        throw failure
+        // undici reads any three digits; fastify cannot answer with such a status. The catch below settles the call
+        // as this 502 (Mistral's status beside it) and reads off the body
+        throw upstreamMalformed(`Mistral answered with HTTP status ${status}, outside HTTP's 200-599`)
       }
       const contentType = String(upstream.headers['content-type'] ?? '')
       const sse = contentType.startsWith('text/event-stream')
