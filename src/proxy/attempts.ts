@@ -44,6 +44,14 @@ export interface Answer {
 
 const RETRYABLE = new Set([502, 503, 504])
 
+/**
+ * An answer that counts against its key and may be sent again: 502, 503, 504, or a status outside HTTP's 200-599,
+ * which undici reads (any three digits) but only a broken hop between the gateway and Mistral sends.
+ */
+function failedAnswer (status: number): boolean {
+  return RETRYABLE.has(status) || status < 200 || status > 599
+}
+
 /** The gateway's order when the workspace sets none: another key first, then a short hold (issue 4). */
 const DEFAULT_ORDER: readonly CooldownStrategy[] = ['failover', 'hold']
 
@@ -136,9 +144,9 @@ export async function sendWithRetries (attempt: Attempt, deps: AttemptDeps): Pro
       if (!(await mayRetry())) throw lastFailure
       continue
     }
-    if (RETRYABLE.has(status)) {
+    if (failedAnswer(status)) {
       await health.failed(workspaceId, key.id).catch(() => {})
-      // the last try's answer reaches the client as Mistral sent it
+      // the last try's answer reaches the client as Mistral sent it (one outside 200-599 as a 502, in routes.ts)
       if (await mayRetry()) {
         await upstream.body.dump().catch(() => {})
         await backoff()

@@ -209,7 +209,8 @@ t.test('a 200 the client\'s dialect cannot be given (base64 embeddings of a body
 
 t.test('an answer whose status is outside HTTP\'s (600) is a 502 upstream_malformed, metered, its slot given back',
   async (t) => {
-    const testApp = await buildTestApp(t)
+    // no retry: the one answer is the last one (the next test retries it)
+    const testApp = await buildTestApp(t, { UPSTREAM_RETRIES: '0' })
     const { app, mistral, createWorkspace, admin } = testApp
     const ws = await createWorkspace()
     await admin('PATCH', `/admin/v1/workspaces/${ws.slug}`, { limits: { concurrency: 1 } })
@@ -234,6 +235,32 @@ t.test('an answer whose status is outside HTTP\'s (600) is a 502 upstream_malfor
     const metrics = await app.inject({ method: 'GET', url: '/metrics' })
     t.match(metrics.body, /^tramontane_in_flight_calls 0$/m, 'and nothing is left in flight')
   })
+
+t.test('a status outside HTTP\'s is sent again, as a 502 is, and counts against its key', async (t) => {
+  const odd = (mistral: Awaited<ReturnType<typeof buildTestApp>>['mistral']) => mistral.enqueue((_req, res) => {
+    res.writeHead(600, { 'content-type': 'application/json' })
+    res.end('{"object":"odd"}')
+  }, '/v1/chat/completions')
+
+  const retried = await buildTestApp(t)
+  const ws = await retried.createWorkspace()
+  odd(retried.mistral)
+  const res = await retried.app.inject({ method: 'POST', url: '/v1/chat/completions', headers: jsonHeaders(ws), payload: chat() })
+  t.equal(res.statusCode, 200, 'the second try\'s answer reaches the client')
+  t.equal(retried.mistral.requestsTo('/v1/chat/completions').length, 2, 'Mistral was asked twice')
+  const metrics = await retried.app.inject({ method: 'GET', url: '/metrics' })
+  t.match(metrics.body, /^tramontane_upstream_retries_total 1$/m, 'one retry')
+
+  // one failure opens a breaker here: the odd answer must be one
+  const counted = await buildTestApp(t, { BREAKER_THRESHOLD: '1', UPSTREAM_RETRIES: '0' })
+  const other = await counted.createWorkspace()
+  odd(counted.mistral)
+  const first = await counted.app.inject({ method: 'POST', url: '/v1/chat/completions', headers: jsonHeaders(other), payload: chat() })
+  assertEnvelope(t, first, 502, 'upstream_error', 'upstream_malformed')
+  const next = await counted.app.inject({ method: 'POST', url: '/v1/chat/completions', headers: jsonHeaders(other), payload: chat() })
+  assertEnvelope(t, next, 503, 'server_error', 'upstream_unavailable')
+  t.equal(counted.mistral.requestsTo('/v1/chat/completions').length, 1, 'the key\'s breaker kept the next call from Mistral')
+})
 
 t.test('a JSON body over BODY_LIMIT_BYTES is a 413 and nothing goes upstream', async (t) => {
   const { app, mistral, createWorkspace } = await buildTestApp(t, { BODY_LIMIT_BYTES: '2048' })
