@@ -1,5 +1,5 @@
-import { Transform, type TransformCallback } from 'node:stream'
 import { StringDecoder } from 'node:string_decoder'
+import type { SseShaping } from '../proxy/usage-tap.js'
 
 // What an OpenAI client needs of a response and a Mistral client does not mind (DESIGN.md "Two dialects"):
 // a final usage chunk when it asked for one, `index` and `type` on streamed tool calls, base64 embeddings, and an
@@ -10,9 +10,9 @@ import { StringDecoder } from 'node:string_decoder'
  * (openai-node's stream helper throws without them); when `include_usage` was asked, the usage Mistral puts on its
  * last chunk moves to an extra chunk with empty `choices`, before [DONE], as OpenAI sends it (a client that adds up
  * the usage of every chunk would otherwise count it twice); and an error Mistral sends as an event gains the `error`
- * object openai-node throws on.
+ * object openai-node throws on. Runs in the usage tap's pass, which reads Mistral's bytes before this changes them.
  */
-export function createOpenAiStreamShaper ({ includeUsage }: { includeUsage: boolean }): Transform {
+export function openAiStreamShaping ({ includeUsage }: { includeUsage: boolean }): SseShaping {
   const decoder = new StringDecoder('utf8')
   const toolCalls = createToolCallIndexer()
   let pending = ''
@@ -43,8 +43,8 @@ export function createOpenAiStreamShaper ({ includeUsage }: { includeUsage: bool
     }
     return out
   }
-  return new Transform({
-    transform (chunk: Buffer, _encoding: BufferEncoding, done: TransformCallback) {
+  return {
+    write (chunk) {
       pending += decoder.write(chunk)
       let out = ''
       let end = pending.indexOf('\n\n')
@@ -53,13 +53,14 @@ export function createOpenAiStreamShaper ({ includeUsage }: { includeUsage: bool
         pending = pending.slice(end + 2)
         end = pending.indexOf('\n\n')
       }
-      done(null, out.length > 0 ? out : undefined)
+      return out.length > 0 ? out : undefined
     },
-    flush (done: TransformCallback) {
-      pending += decoder.end()
-      done(null, pending.length > 0 ? shape(pending) : undefined)
+    end () {
+      const rest = pending + decoder.end()
+      pending = ''
+      return rest.length > 0 ? shape(rest) : undefined
     }
-  })
+  }
 }
 
 /**

@@ -1,4 +1,4 @@
-import { Transform, type TransformCallback } from 'node:stream'
+import type { SseShaping } from '../proxy/usage-tap.js'
 import { withOpenAiError } from './openai-response.js'
 
 const EVENT_END = Buffer.from('\n\n')
@@ -11,27 +11,29 @@ const ERROR_KEY = Buffer.from('"error"')
  *
  * Everything else passes as it came, undecoded: each read's complete events go on at once, and only a read's tail
  * that ends mid-event waits for the rest of its event (no SSE client can act on half an event anyway). Only reads
- * that hold `"error"` are decoded and looked at.
+ * that hold `"error"` are decoded and looked at. Runs in the usage tap's pass: one stream hop a chunk, not two.
  */
-export function createStreamErrorShaper (): Transform {
+export function streamErrorShaping (): SseShaping {
   let pending: Buffer | undefined
-  return new Transform({
-    transform (chunk: Buffer, _encoding: BufferEncoding, done: TransformCallback) {
+  const shaped = (events: Buffer) => events.includes(ERROR_KEY) ? shapeEvents(events.toString('utf8')) : events
+  return {
+    write (chunk) {
       const data = pending === undefined ? chunk : Buffer.concat([pending, chunk])
       const end = data.lastIndexOf(EVENT_END)
       if (end === -1) {
         pending = data
-        return done()
+        return undefined
       }
-      const complete = data.subarray(0, end + EVENT_END.length)
-      pending = end + EVENT_END.length < data.length ? data.subarray(end + EVENT_END.length) : undefined
-      done(null, complete.includes(ERROR_KEY) ? shapeEvents(complete.toString('utf8')) : complete)
+      const cut = end + EVENT_END.length
+      pending = cut < data.length ? data.subarray(cut) : undefined
+      return shaped(cut < data.length ? data.subarray(0, cut) : data)
     },
-    flush (done: TransformCallback) {
-      if (pending === undefined) return done()
-      done(null, pending.includes(ERROR_KEY) ? shapeEvents(pending.toString('utf8')) : pending)
+    end () {
+      const rest = pending
+      pending = undefined
+      return rest === undefined ? undefined : shaped(rest)
     }
-  })
+  }
 }
 
 /** Complete events, each ending in a blank line (the last one may lack it when the stream ends without it). */

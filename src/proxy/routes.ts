@@ -15,11 +15,11 @@ import { downstreamHeaders } from './headers.js'
 import { operationTable, type Operation } from './operations.js'
 import { basePath, createUpstreamPool } from './upstream.js'
 import { readJsonFacts } from './json-usage.js'
-import { createJsonTap, createSseTap } from './usage-tap.js'
+import { createJsonTap, createSseTap, type SseShaping } from './usage-tap.js'
 import { translateChatRequest, translateEmbeddingsRequest } from '../dialects/openai-request.js'
-import { base64Embeddings, createOpenAiStreamShaper, withOpenAiError } from '../dialects/openai-response.js'
+import { base64Embeddings, openAiStreamShaping, withOpenAiError } from '../dialects/openai-response.js'
 import { openAiModerations, translateModerationRequest } from '../dialects/openai-moderations.js'
-import { createStreamErrorShaper } from '../dialects/openai-stream-errors.js'
+import { streamErrorShaping } from '../dialects/openai-stream-errors.js'
 import { batchJobCall, observeBatchJob } from './batch-hook.js'
 import { meterCall } from './meter.js'
 import { BATCH_CREATION, quoteCall } from './quote.js'
@@ -275,7 +275,10 @@ export async function proxyRoutes (app: FastifyInstance, { config }: { config: C
         })
         return reply.send(upstream.body)
       }
-      const tap = sse ? createSseTap() : createJsonTap()
+      const shaping = sse ? streamShaping(notes) : undefined
+      // a shaped stream's length is not Mistral's
+      if (shaping !== undefined) reply.removeHeader('content-length')
+      const tap = sse ? createSseTap(shaping) : createJsonTap()
       let cut: unknown
       let settled = false
       const settle = () => {
@@ -303,11 +306,6 @@ export async function proxyRoutes (app: FastifyInstance, { config }: { config: C
         else tap.destroy(err)
       })
       upstream.body.pipe(tap)
-      if (sse && notes?.stream) {
-        reply.removeHeader('content-length')
-        const shaper = notes.stream === 'reshape' ? createOpenAiStreamShaper(notes) : createStreamErrorShaper()
-        return reply.send(tap.pipe(shaper))
-      }
       return reply.send(tap)
     } catch (err) {
       // every way out above settles first; anything else that throws (a bug, a surprise from a library) must not
@@ -395,6 +393,12 @@ function translateDialect (operation: Operation, body: unknown): Dialect | undef
     return { includeUsage: false, rewrite: openAiModerations }
   }
   return undefined
+}
+
+/** What an OpenAI client's stream needs (the dialect's `stream`), done in the usage tap's own pass. */
+function streamShaping (notes: Dialect | undefined): SseShaping | undefined {
+  if (notes?.stream === 'reshape') return openAiStreamShaping(notes)
+  return notes?.stream === 'errors' ? streamErrorShaping() : undefined
 }
 
 // a metered JSON answer up to this size is read whole; a larger one (OCR with its images) is relayed as it comes

@@ -22,10 +22,22 @@ export interface TapResult {
 const MAX_JSON_TAP_BYTES = 64 * 1024 * 1024
 
 /**
- * Relays Mistral's SSE bytes unchanged and reads usage on the side. An event can span reads, so text is kept
- * until its blank line; only events that mention usage are parsed, the rest are just counted.
+ * A rewrite of the relayed bytes for the client's dialect (src/dialects), run inside the tap's own pass: a stream hop
+ * costs every chunk its callbacks and buffering, and a chat stream has twenty and more chunks.
  */
-export function createSseTap (): Transform & { result: TapResult } {
+export interface SseShaping {
+  /** What to send on for this read; undefined for nothing yet. */
+  write (chunk: Buffer): Buffer | string | undefined
+  /** What is left to send once Mistral's stream ended. */
+  end (): Buffer | string | undefined
+}
+
+/**
+ * Relays Mistral's SSE bytes, unchanged or through `shaping`, and reads usage on the side from the bytes as Mistral
+ * sent them. An event can span reads, so text is kept until its blank line; only events that mention usage are
+ * parsed, the rest are just counted.
+ */
+export function createSseTap (shaping?: SseShaping): Transform & { result: TapResult } {
   const decoder = new StringDecoder('utf8')
   const result = newResult(true)
   let pending = ''
@@ -48,7 +60,7 @@ export function createSseTap (): Transform & { result: TapResult } {
       // the usual read, whole events that say nothing of usage, model or errors (the deltas): counted, not decoded
       if (atBoundary && endsEvents(chunk) && !mentions(chunk, result.model === undefined)) {
         result.events += countEvents(chunk)
-        return done(null, chunk)
+        return done(null, shaping === undefined ? chunk : shaping.write(chunk))
       }
       pending += decoder.write(chunk)
       let end = nextBoundary(pending)
@@ -58,12 +70,12 @@ export function createSseTap (): Transform & { result: TapResult } {
         end = nextBoundary(pending)
       }
       atBoundary = pending.length === 0 && chunk[chunk.length - 1] === LF
-      done(null, chunk)
+      done(null, shaping === undefined ? chunk : shaping.write(chunk))
     },
     flush (done: TransformCallback) {
       pending += decoder.end()
       if (pending.trim().length > 0) inspect(pending)
-      done()
+      done(null, shaping?.end())
     }
   })
   return Object.assign(tap, { result })

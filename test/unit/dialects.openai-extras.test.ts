@@ -4,15 +4,16 @@ import t from 'tap'
 import {
   MISTRAL_MODERATION_MODEL, openAiModerations, translateModerationRequest
 } from '../../src/dialects/openai-moderations.js'
-import { createStreamErrorShaper } from '../../src/dialects/openai-stream-errors.js'
+import { streamErrorShaping } from '../../src/dialects/openai-stream-errors.js'
+import { createSseTap } from '../../src/proxy/usage-tap.js'
 
-// Moderations and in-stream errors for OpenAI clients, on their own; the openai SDK drives them in
-// test/integration/openai.sdk.test.ts.
+// Moderations and in-stream errors for OpenAI clients, on their own (the errors in the usage tap's pass, where the
+// gateway runs them); the openai SDK drives them in test/integration/openai.sdk.test.ts.
 
 /** The chunks the shaper let through, each as it was pushed. */
 async function through (chunks: Array<string | Buffer>): Promise<Buffer[]> {
   const out: Buffer[] = []
-  await pipeline(Readable.from(chunks.map((chunk) => Buffer.from(chunk))), createStreamErrorShaper(),
+  await pipeline(Readable.from(chunks.map((chunk) => Buffer.from(chunk))), createSseTap(streamErrorShaping()),
     async function (source: AsyncIterable<Buffer | string>) {
       for await (const chunk of source) out.push(Buffer.from(chunk))
     })
@@ -23,7 +24,7 @@ const CHUNK = 'data: {"id":"abc","object":"chat.completion.chunk","choices":[{"i
 const ERROR = { object: 'error', message: 'Service unavailable', type: 'server_error', param: null, code: '3000' }
 
 t.test('stream errors: events without an error pass as the same bytes, as soon as they are whole', async (t) => {
-  const shaper = createStreamErrorShaper()
+  const shaper = createSseTap(streamErrorShaping())
   const read = () => (shaper.read() as Buffer | null)?.toString() ?? null
   const written = Buffer.from(CHUNK)
   shaper.write(written)

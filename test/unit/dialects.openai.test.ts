@@ -4,7 +4,8 @@ import t from 'tap'
 import {
   mistralToolCallId, translateChatRequest, translateEmbeddingsRequest
 } from '../../src/dialects/openai-request.js'
-import { base64Embeddings, createOpenAiStreamShaper, withOpenAiError } from '../../src/dialects/openai-response.js'
+import { base64Embeddings, openAiStreamShaping, withOpenAiError } from '../../src/dialects/openai-response.js'
+import { createSseTap } from '../../src/proxy/usage-tap.js'
 
 // The two halves of the OpenAI dialect (MISTRAL-NOTES §5), on their own: what a request becomes before Mistral sees
 // it, and what a response becomes before an OpenAI client does. The real clients drive them in test/integration.
@@ -12,7 +13,7 @@ import { base64Embeddings, createOpenAiStreamShaper, withOpenAiError } from '../
 async function shape (includeUsage: boolean, chunks: Array<string | Buffer>): Promise<string> {
   let out = ''
   const input = Readable.from(chunks.map((chunk) => Buffer.from(chunk)))
-  await pipeline(input, createOpenAiStreamShaper({ includeUsage }), async function (source: AsyncIterable<string>) {
+  await pipeline(input, createSseTap(openAiStreamShaping({ includeUsage })), async function (source: AsyncIterable<Buffer>) {
     for await (const chunk of source) out += chunk
   })
   return out

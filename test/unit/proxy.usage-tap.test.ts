@@ -295,6 +295,31 @@ const CHAT_JSON = JSON.stringify({
   usage: { prompt_tokens: 16, completion_tokens: 34, total_tokens: 50, prompt_tokens_details: { cached_tokens: 0 } }
 })
 
+t.test('with a shaping, the tap reads the bytes Mistral sent and relays what the shaping made of them', async (t) => {
+  const seen: string[] = []
+  // marks every read it is given and what is left at the end, so that the test sees each call and its order
+  const shaping = {
+    write (chunk: Buffer) {
+      seen.push(chunk.toString())
+      return `<${seen.length}>`
+    },
+    end () { return '<end>' }
+  }
+  for (const chunks of [[bytes(CHAT_SSE)], splitAt(bytes(CHAT_SSE), 7, 200, 201)]) {
+    seen.length = 0
+    const tap = createSseTap(shaping)
+    const output = await run(tap, chunks)
+    t.same(seen, chunks.map(String), `${chunks.length} read(s): the shaping gets every read as it came, once`)
+    t.equal(output.toString(), chunks.map((_, i) => `<${i + 1}>`).join('') + '<end>', 'and only its output goes on')
+    t.same(tap.result.usage, CHAT_USAGE, 'usage from Mistral\'s bytes, whatever the shaping sent')
+    t.equal(tap.result.model, 'mistral-small-latest')
+    t.equal(tap.result.events, 4)
+  }
+  const quiet = createSseTap({ write: () => undefined, end: () => undefined })
+  t.equal((await run(quiet, [bytes(CHAT_SSE)])).length, 0, 'a shaping that holds everything back sends nothing')
+  t.same(quiet.result.usage, CHAT_USAGE)
+})
+
 t.test('JSON tap: chat completion body, in one read and split inside a character', async (t) => {
   const input = bytes(CHAT_JSON)
   const wave = input.indexOf(bytes('👋'))
