@@ -17,7 +17,9 @@ export function streamErrorShaping (): SseShaping {
   let pending: Buffer | undefined
   const shaped = (events: Buffer) => events.includes(ERROR_KEY) ? shapeEvents(events.toString('utf8')) : events
   return {
-    write (chunk) {
+    write (chunk, plain) {
+      // whole events without an error, and nothing held back before them: as they came
+      if (plain && pending === undefined) return chunk
       const data = pending === undefined ? chunk : Buffer.concat([pending, chunk])
       const end = data.lastIndexOf(EVENT_END)
       if (end === -1) {

@@ -26,8 +26,11 @@ const MAX_JSON_TAP_BYTES = 64 * 1024 * 1024
  * costs every chunk its callbacks and buffering, and a chat stream has twenty and more chunks.
  */
 export interface SseShaping {
-  /** What to send on for this read; undefined for nothing yet. */
-  write (chunk: Buffer): Buffer | string | undefined
+  /**
+   * What to send on for this read; undefined for nothing yet. `plain`: the read is whole LF-framed events, none of
+   * which mentions usage or an error (the tap has looked: a shaping need not look again).
+   */
+  write (chunk: Buffer, plain: boolean): Buffer | string | undefined
   /** What is left to send once Mistral's stream ended. */
   end (): Buffer | string | undefined
 }
@@ -60,7 +63,7 @@ export function createSseTap (shaping?: SseShaping): Transform & { result: TapRe
       // the usual read, whole events that say nothing of usage, model or errors (the deltas): counted, not decoded
       if (atBoundary && endsEvents(chunk) && !mentions(chunk, result.model === undefined)) {
         result.events += countEvents(chunk)
-        return done(null, shaping === undefined ? chunk : shaping.write(chunk))
+        return done(null, shaping === undefined ? chunk : shaping.write(chunk, true))
       }
       pending += decoder.write(chunk)
       let end = nextBoundary(pending)
@@ -70,7 +73,7 @@ export function createSseTap (shaping?: SseShaping): Transform & { result: TapRe
         end = nextBoundary(pending)
       }
       atBoundary = pending.length === 0 && chunk[chunk.length - 1] === LF
-      done(null, shaping === undefined ? chunk : shaping.write(chunk))
+      done(null, shaping === undefined ? chunk : shaping.write(chunk, false))
     },
     flush (done: TransformCallback) {
       pending += decoder.end()
@@ -106,6 +109,11 @@ export function createJsonTap (): Transform & { result: TapResult } {
 }
 
 const LF = 0x0a
+// the needles as bytes: a string needle is encoded again on every search
+const USAGE = Buffer.from('usage')
+const ERROR = Buffer.from('error')
+const MODEL = Buffer.from('"model"')
+const EVENT_END = Buffer.from('\n\n')
 
 /** Ends on a blank line, LF-framed (a CR anywhere sends the read down the general path). */
 function endsEvents (chunk: Buffer): boolean {
@@ -114,18 +122,18 @@ function endsEvents (chunk: Buffer): boolean {
 
 /** What `inspect` looks for, searched in the bytes (an event split across reads never gets here). */
 function mentions (chunk: Buffer, wantsModel: boolean): boolean {
-  return chunk.indexOf('usage') !== -1 || chunk.indexOf('error') !== -1 || (wantsModel && chunk.indexOf('"model"') !== -1)
+  return chunk.indexOf(USAGE) !== -1 || chunk.indexOf(ERROR) !== -1 || (wantsModel && chunk.indexOf(MODEL) !== -1)
 }
 
 /** Events in a read of whole LF-framed events: blank lines, a run of them counting once, as `nextBoundary` does. */
 function countEvents (chunk: Buffer): number {
   let events = 0
-  let at = chunk.indexOf('\n\n')
+  let at = chunk.indexOf(EVENT_END)
   while (at !== -1) {
     events++
     at += 2
     while (chunk[at] === LF) at++
-    at = chunk.indexOf('\n\n', at)
+    at = chunk.indexOf(EVENT_END, at)
   }
   return events
 }

@@ -296,21 +296,29 @@ const CHAT_JSON = JSON.stringify({
 })
 
 t.test('with a shaping, the tap reads the bytes Mistral sent and relays what the shaping made of them', async (t) => {
-  const seen: string[] = []
+  const seen: Array<[string, boolean]> = []
   // marks every read it is given and what is left at the end, so that the test sees each call and its order
   const shaping = {
-    write (chunk: Buffer) {
-      seen.push(chunk.toString())
+    write (chunk: Buffer, plain: boolean) {
+      seen.push([chunk.toString(), plain])
       return `<${seen.length}>`
     },
     end () { return '<end>' }
   }
-  for (const chunks of [[bytes(CHAT_SSE)], splitAt(bytes(CHAT_SSE), 7, 200, 201)]) {
+  const events = CHAT_SSE.split(/(?<=\n\n)/).map(bytes)
+  const cases = [
+    { reads: [bytes(CHAT_SSE)], plain: [false] },
+    { reads: splitAt(bytes(CHAT_SSE), 7, 200, 201), plain: [false, false, false, false] },
+    // one event a read: the first names the model (read for it), the third has the usage; the others are plain
+    { reads: events, plain: [false, true, false, true] }
+  ]
+  for (const { reads, plain } of cases) {
     seen.length = 0
     const tap = createSseTap(shaping)
-    const output = await run(tap, chunks)
-    t.same(seen, chunks.map(String), `${chunks.length} read(s): the shaping gets every read as it came, once`)
-    t.equal(output.toString(), chunks.map((_, i) => `<${i + 1}>`).join('') + '<end>', 'and only its output goes on')
+    const output = await run(tap, reads)
+    t.same(seen, reads.map((read, i) => [String(read), plain[i]]),
+      `${reads.length} read(s): the shaping gets every read as it came, once, told which are plain`)
+    t.equal(output.toString(), reads.map((_, i) => `<${i + 1}>`).join('') + '<end>', 'and only its output goes on')
     t.same(tap.result.usage, CHAT_USAGE, 'usage from Mistral\'s bytes, whatever the shaping sent')
     t.equal(tap.result.model, 'mistral-small-latest')
     t.equal(tap.result.events, 4)
