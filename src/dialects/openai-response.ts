@@ -59,6 +59,10 @@ export function openAiStreamShaping ({ includeUsage }: { includeUsage: boolean }
       const rest = pending + decoder.end()
       pending = ''
       return rest.length > 0 ? shape(rest) : undefined
+    },
+    drop () {
+      pending = ''
+      decoder.end()
     }
   }
 }

@@ -34,7 +34,8 @@ export function streamErrorShaping (): SseShaping {
       const rest = pending
       pending = undefined
       return rest === undefined ? undefined : shaped(rest)
-    }
+    },
+    drop () { pending = undefined }
   }
 }
 

@@ -278,7 +278,8 @@ export async function proxyRoutes (app: FastifyInstance, { config }: { config: C
       const shaping = sse ? streamShaping(notes) : undefined
       // a shaped stream's length is not Mistral's
       if (shaping !== undefined) reply.removeHeader('content-length')
-      const tap = sse ? createSseTap(shaping) : createJsonTap()
+      const sseTap = sse ? createSseTap(shaping) : undefined
+      const tap = sseTap ?? createJsonTap()
       let cut: unknown
       let settled = false
       const settle = () => {
@@ -302,7 +303,7 @@ export async function proxyRoutes (app: FastifyInstance, { config }: { config: C
         }
         request.log.warn({ err: { code: (err as NodeJS.ErrnoException).code } }, 'upstream stream cut')
         // the status has gone: an SSE client learns of the cut from an error event (never a [DONE]); JSON is cut short
-        if (sse) tap.end(streamErrorEvent(request.id, err))
+        if (sseTap) sseTap.endCut(streamErrorEvent(request.id, err))
         else tap.destroy(err)
       })
       upstream.body.pipe(tap)

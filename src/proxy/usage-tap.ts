@@ -33,6 +33,18 @@ export interface SseShaping {
   write (chunk: Buffer, plain: boolean): Buffer | string | undefined
   /** What is left to send once Mistral's stream ended. */
   end (): Buffer | string | undefined
+  /** Forgets what it holds back of an event Mistral left unfinished (its stream was cut: it will never be whole). */
+  drop (): void
+}
+
+export type SseTap = Transform & {
+  result: TapResult
+  /**
+   * Ends the stream with the gateway's own event, after Mistral's was cut. What Mistral sent of an unfinished event
+   * never becomes whole: held back by the shaping it is dropped, already relayed it is closed off by a blank line, so
+   * that the gateway's event is read on its own. It is not Mistral's first byte, nor one of its events.
+   */
+  endCut (event: string): void
 }
 
 /**
@@ -40,7 +52,7 @@ export interface SseShaping {
  * sent them. An event can span reads, so text is kept until its blank line; only events that mention usage are
  * parsed, the rest are just counted.
  */
-export function createSseTap (shaping?: SseShaping): Transform & { result: TapResult } {
+export function createSseTap (shaping?: SseShaping): SseTap {
   const decoder = new StringDecoder('utf8')
   const result = newResult(true)
   let pending = ''
@@ -57,8 +69,21 @@ export function createSseTap (shaping?: SseShaping): Transform & { result: TapRe
   }
   // nothing of an earlier read is kept (no part of an event, no part of a character)
   let atBoundary = true
+  // the gateway's own last event (endCut), told from Mistral's reads by identity: it comes after all of them
+  let closing: Buffer | undefined
+  const closeCut = (event: Buffer) => {
+    const unfinished = !atBoundary
+    pending = ''
+    decoder.end()
+    atBoundary = true
+    noteError(event.toString('utf8'), result)
+    if (shaping === undefined) return unfinished ? Buffer.concat([EVENT_END, event]) : event
+    shaping.drop()
+    return shaping.write(event, false)
+  }
   const tap = new Transform({
     transform (chunk: Buffer, _encoding: BufferEncoding, done: TransformCallback) {
+      if (chunk === closing) return done(null, closeCut(chunk))
       result.firstByteAt ??= Date.now()
       // the usual read, whole events that say nothing of usage, model or errors (the deltas): counted, not decoded
       if (atBoundary && endsEvents(chunk) && !mentions(chunk, result.model === undefined)) {
@@ -81,7 +106,11 @@ export function createSseTap (shaping?: SseShaping): Transform & { result: TapRe
       done(null, shaping?.end())
     }
   })
-  return Object.assign(tap, { result })
+  const endCut = (event: string) => {
+    closing = Buffer.from(event)
+    tap.end(closing)
+  }
+  return Object.assign(tap, { result, endCut })
 }
 
 /** Relays a JSON body unchanged and reads its usage once it is whole. */

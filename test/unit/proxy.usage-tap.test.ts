@@ -1,7 +1,8 @@
 import { Readable, type Transform } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import t from 'tap'
-import { createJsonTap, createSseTap, type TapResult } from '../../src/proxy/usage-tap.js'
+import { streamErrorShaping } from '../../src/dialects/openai-stream-errors.js'
+import { createJsonTap, createSseTap, type SseTap, type TapResult } from '../../src/proxy/usage-tap.js'
 import { emptyUsage } from '../../src/proxy/usage.js'
 
 type Tap = Transform & { result: TapResult }
@@ -303,7 +304,8 @@ t.test('with a shaping, the tap reads the bytes Mistral sent and relays what the
       seen.push([chunk.toString(), plain])
       return `<${seen.length}>`
     },
-    end () { return '<end>' }
+    end () { return '<end>' },
+    drop () { seen.push(['<drop>', false]) }
   }
   const events = CHAT_SSE.split(/(?<=\n\n)/).map(bytes)
   const cases = [
@@ -323,9 +325,44 @@ t.test('with a shaping, the tap reads the bytes Mistral sent and relays what the
     t.equal(tap.result.model, 'mistral-small-latest')
     t.equal(tap.result.events, 4)
   }
-  const quiet = createSseTap({ write: () => undefined, end: () => undefined })
+  const quiet = createSseTap({ write: () => undefined, end: () => undefined, drop () {} })
   t.equal((await run(quiet, [bytes(CHAT_SSE)])).length, 0, 'a shaping that holds everything back sends nothing')
   t.same(quiet.result.usage, CHAT_USAGE)
+})
+
+t.test('a cut stream ends with the gateway\'s event, read on its own, never glued to half of Mistral\'s', async (t) => {
+  const events = CHAT_SSE.split(/(?<=\n\n)/)
+  const half = events[1].slice(0, 60)
+  const ours = 'data: {"object":"error","type":"upstream_error","code":"upstream_cut","error":{"code":"upstream_cut"}}\n\n'
+  /** Mistral's reads, then the cut: the gateway's event in place of the rest. */
+  async function cutAfter (tap: SseTap, reads: string[]): Promise<string> {
+    const out: Buffer[] = []
+    tap.on('data', (chunk: Buffer) => out.push(chunk))
+    const ended = new Promise((resolve) => tap.once('end', resolve))
+    for (const read of reads) tap.write(bytes(read))
+    tap.endCut(ours)
+    await ended
+    return Buffer.concat(out).toString()
+  }
+
+  const shaped = createSseTap(streamErrorShaping())
+  t.equal(await cutAfter(shaped, [events[0], half]), events[0] + ours,
+    'shaped: the half event the shaping held back is dropped')
+  t.equal(shaped.result.streamError, true, 'the tap saw the error event')
+  t.equal(shaped.result.events, 1, 'one event of Mistral\'s, whole; the gateway\'s is not one')
+
+  const relayed = createSseTap()
+  t.equal(await cutAfter(relayed, [events[0], half]), events[0] + half + '\n\n' + ours,
+    'unshaped: the half event already relayed is closed off before the gateway\'s')
+  t.equal(relayed.result.streamError, true)
+
+  const atBoundary = createSseTap()
+  t.equal(await cutAfter(atBoundary, [events[0]]), events[0] + ours, 'a cut between events adds nothing')
+
+  const before = createSseTap(streamErrorShaping())
+  t.equal(await cutAfter(before, []), ours, 'a cut before any byte: only the gateway\'s event')
+  t.equal(before.result.firstByteAt, undefined, 'which is not Mistral\'s first byte')
+  t.equal(before.result.events, 0)
 })
 
 t.test('JSON tap: chat completion body, in one read and split inside a character', async (t) => {
