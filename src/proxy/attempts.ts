@@ -141,7 +141,10 @@ export async function sendWithRetries (attempt: Attempt, deps: AttemptDeps): Pro
         })
       }
       lastFailure = invalidKeyError(key.name)
-      if (!(await mayRetry())) throw lastFailure
+      // only another key can serve the call now: failover, which the workspace's cooldown order allows or not (in
+      // pickKey), and which costs no retry; never more of them than the workspace has other keys
+      if (!resendable || signal.aborted || failovers >= candidates.length - 1) throw lastFailure
+      failovers++
       continue
     }
     if (failedAnswer(status)) {

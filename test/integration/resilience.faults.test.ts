@@ -304,6 +304,21 @@ t.test('a 401 for workspace A\'s key marks it invalid for A only; replacing it b
   t.equal(mistral.received.at(-1)?.apiKey, rotated, 'with the new key')
 })
 
+t.test('a key Mistral rejects is failed over to the next one, which is no retry', async (t) => {
+  // no retries at all: the failover must not need one
+  const testApp = await buildTestApp(t, { UPSTREAM_RETRIES: '0' })
+  const { mistral, createWorkspace, app } = testApp
+  const ws = await createWorkspace({ keys: ['default', 'backup'] })
+  mistral.validKeys.add(`${ws.mistralKey}-backup`)
+  const served = await injectChat(testApp, ws)
+  t.equal(served.status, 200, 'the backup key served it')
+  t.same(mistral.received.map((r) => r.apiKey), [ws.mistralKey, `${ws.mistralKey}-backup`], 'default (401), then backup')
+  t.same((await keysOf(testApp, ws)).map((key: any) => [key.name, key.status]).sort(),
+    [['backup', 'active'], ['default', 'invalid']])
+  const metrics = await app.inject({ method: 'GET', url: '/metrics' })
+  t.match(metrics.body, /^tramontane_upstream_retries_total 0$/m, 'not counted as a retry')
+})
+
 t.test('Mistral\'s remaining-quota headers on a success are kept per key and shown by the admin API', async (t) => {
   const testApp = await buildTestApp(t)
   const ws = await testApp.createWorkspace()
