@@ -102,7 +102,8 @@ export async function buildApp ({ config, logger }: BuildOptions): Promise<Fasti
     coolingKeys: () => app.keyHealth.cooling(),
     breakers: () => app.keyHealth.breakers(),
     quotas: () => app.keyHealth.observedQuotas(),
-    facts: createScrapeFacts(database.db, app.log)
+    facts: createScrapeFacts(database.db, app.log),
+    workspaceLabel: config.METRICS_WORKSPACE_LABEL
   })
   app.decorate('events', createGatewayEvents(app.log))
   // crossings are announced in the order they happened: the slug's lookup for one may take longer than the next's

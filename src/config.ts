@@ -7,6 +7,8 @@ const ConfigSchema = Type.Object({
   // set: GET /metrics is served on this port (on HOST) and not on PORT, so that only the scraper reaches it
   METRICS_PORT: Type.Optional(Type.Integer({ minimum: 0, maximum: 65535 })),
   LOG_LEVEL: Type.String({ default: 'info' }),
+  // false: no metric carries the workspace label (an agency with very many workspaces); Mistral's quota gauges keep it
+  METRICS_WORKSPACE_LABEL: Type.Boolean({ default: true }),
   // unset: embedded PostgreSQL (PGlite) in DATA_DIR
   DATABASE_URL: Type.Optional(Type.String({ minLength: 1 })),
   DATA_DIR: Type.String({ default: './data' }),
@@ -28,7 +30,8 @@ const ConfigSchema = Type.Object({
   UPSTREAM_IDLE_TIMEOUT_MS: Type.Integer({ default: 600_000, minimum: 1 }),
   UPSTREAM_TOTAL_TIMEOUT_MS: Type.Integer({ default: 3_600_000, minimum: 1 }),
   UPSTREAM_CONNECTIONS: Type.Integer({ default: 256, minimum: 1 }),
-  // retries happen only before the first byte reaches the client (DESIGN.md): 429 after failover, 5xx, connection errors
+  // retries happen only before the first byte reaches the client (DESIGN.md): 429 after failover, 502-504, a status
+  // outside 200-599, connection errors and timeouts before Mistral answers
   UPSTREAM_RETRIES: Type.Integer({ default: 2, minimum: 0, maximum: 10 }),
   UPSTREAM_RETRY_MAX_WAIT_MS: Type.Integer({ default: 10_000, minimum: 0 }),
   // retries are at most this share of upstream calls (plus a small burst), so an outage is not multiplied

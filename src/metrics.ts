@@ -80,7 +80,10 @@ export interface MetricsOptions {
   quotas: () => ObservedQuota[]
   /** spend, caps and key statuses from PostgreSQL, read at scrape time */
   facts: ScrapeFactsReader
-  /** operators with very many workspaces can turn the label off */
+  /**
+   * false: the workspace label is empty on every family but Mistral's quota gauges, whose series are a key's (capped
+   * at MAX_QUOTA_KEYS keys, and a key's name means nothing without its workspace)
+   */
   workspaceLabel?: boolean
 }
 
@@ -219,13 +222,12 @@ export function createMetrics (options: MetricsOptions): Metrics {
     for (const { keyId, headers } of observed) {
       const name = names.get(keyId)
       if (!name || keys++ >= MAX_QUOTA_KEYS) continue
-      const workspace = options.workspaceLabel === false ? '' : name.workspace
       for (const [header, value] of Object.entries(headers)) {
         const match = QUOTA_HEADER.exec(header)
         if (!match || !Number.isFinite(Number(value))) continue
         const [, bySize, kind, resource, window] = match
         const labels = {
-          workspace,
+          workspace: name.workspace,
           key: name.key,
           resource: bySize || resource === 'tokens' ? 'tokens' : 'requests',
           window: window ?? 'unspecified'

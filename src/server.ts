@@ -3,7 +3,8 @@ import { buildApp } from './app.js'
 import { loadConfig } from './config.js'
 import { resolveTrialSecrets } from './trial-secrets.js'
 
-const { config, generated, file } = await resolveTrialSecrets(loadConfig())
+const given = loadConfig()
+const { config, generated, file } = await resolveTrialSecrets(given)
 const app = await buildApp({ config })
 
 if (generated.adminToken) {
@@ -11,7 +12,7 @@ if (generated.adminToken) {
   process.stderr.write(`\n  tramontane generated an admin token for this trial (stored in ${file}):\n\n` +
     `    ${generated.adminToken}\n\n  Set TRAMONTANE_ADMIN_TOKEN and TRAMONTANE_MASTER_KEYS in production.\n\n`)
 }
-if (!process.env.TRAMONTANE_ADMIN_TOKEN || !process.env.TRAMONTANE_MASTER_KEYS) {
+if (!given.TRAMONTANE_ADMIN_TOKEN || !given.TRAMONTANE_MASTER_KEYS) {
   app.log.warn({ file }, 'using trial secrets from the data folder: fine for trying it out, not for production')
 }
 if (!config.REDIS_URL) {

@@ -19,7 +19,7 @@ export interface KeyHealthOptions {
   backoffMaxMs?: number
   /** how long a 429 that means "spend limit" keeps the key away */
   spendLimitMs?: number
-  /** 5xx or timeouts within the window that open the breaker */
+  /** failures (502-504, a status outside 200-599, a connection error or timeout) within the window that open the breaker */
   breakerThreshold?: number
   breakerWindowMs?: number
   breakerOpenMs?: number
@@ -30,7 +30,10 @@ export interface KeyHealth {
   blocked (keyId: string): Block | undefined
   /** After Mistral's 429: the cooldown (from its headers, else backoff), shared with every replica. */
   rateLimited (workspaceId: string, keyId: string, waitMs: number | undefined, spendLimit: boolean): Promise<Block>
-  /** A 5xx or a timeout: counted across replicas; enough in a row open the breaker for every replica. */
+  /**
+   * A failure (502-504, a status outside 200-599, no connection or answer in time): counted across replicas; enough
+   * of them within the window open the breaker for every replica.
+   */
   failed (workspaceId: string, keyId: string): Promise<void>
   succeeded (workspaceId: string, keyId: string): void
   /** When the breaker's open time is over, exactly one call (across replicas) may probe. */
