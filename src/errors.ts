@@ -38,14 +38,15 @@ export const organizationRouteDenied = define(403, 'permission_error', 'organiza
 export const notFound = define(404, 'not_found_error', 'not_found')
 export const unknownRoute = define(404, 'not_found_error', 'unknown_route')
 export const conflict = define(409, 'invalid_request_error', 'conflict')
-export const payloadTooLarge = define(413, 'invalid_request_error', 'payload_too_large')
-export const noMistralKey = define(409, 'invalid_request_error', 'no_mistral_key')
 export const upstreamUnreachable = define(502, 'upstream_error', 'upstream_unreachable')
 export const upstreamTimeout = define(504, 'upstream_error', 'upstream_timeout')
 /** an answer Mistral began and did not finish: the same codes as a stream's error event */
 export const upstreamCut = define(502, 'upstream_error', 'upstream_cut')
 export const upstreamStalled = define(504, 'upstream_error', 'upstream_stalled')
-/** a 2xx answer that cannot be translated into the client's dialect (not the JSON Mistral documents) */
+/**
+ * an answer that cannot be given: a status outside 200-599, or a 2xx the client's dialect needs translated that is not
+ * the JSON Mistral documents
+ */
 export const upstreamMalformed = define(502, 'upstream_error', 'upstream_malformed')
 /** nginx's 499: nobody reads this one, but the ledger, the logs and the metrics must not blame Mistral for it */
 export const clientClosed = define(499, 'invalid_request_error', 'client_closed_request')
