@@ -149,8 +149,10 @@ export async function sendWithRetries (attempt: Attempt, deps: AttemptDeps): Pro
     }
     if (failedAnswer(status)) {
       await health.failed(workspaceId, key.id).catch(() => {})
-      // the last try's answer reaches the client as Mistral sent it (one outside 200-599 as a 502, in routes.ts)
-      if (await mayRetry()) {
+      // the last try's answer reaches the client as Mistral sent it (one outside 200-599 as a 502, in routes.ts); so
+      // does one that just opened the breaker of the call's only key: a retry could only end in the breaker's 503
+      const nothingLeft = candidates.length === 1 && health.blocked(key.id) !== undefined
+      if (!nothingLeft && await mayRetry()) {
         await upstream.body.dump().catch(() => {})
         await backoff()
         continue

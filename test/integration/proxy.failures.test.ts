@@ -262,6 +262,23 @@ t.test('a status outside HTTP\'s is sent again, as a 502 is, and counts against 
   t.equal(counted.mistral.requestsTo('/v1/chat/completions').length, 1, 'the key\'s breaker kept the next call from Mistral')
 })
 
+t.test('a failure that opens the only key\'s breaker reaches the client as Mistral sent it, with no retry', async (t) => {
+  const { app, mistral, createWorkspace } = await buildTestApp(t, { BREAKER_THRESHOLD: '1' })
+  const ws = await createWorkspace()
+  mistral.enqueue((_req, res) => {
+    res.writeHead(503, { 'content-type': 'application/json' })
+    res.end('{"object":"error","message":"Mistral is overloaded","type":"service_unavailable","code":"3505"}')
+  }, '/v1/chat/completions')
+  const res = await app.inject({ method: 'POST', url: '/v1/chat/completions', headers: jsonHeaders(ws), payload: chat() })
+  t.equal(res.statusCode, 503)
+  t.match(res.json(), { message: 'Mistral is overloaded', code: '3505' }, 'Mistral\'s own answer, not the breaker\'s')
+  t.equal(mistral.requestsTo('/v1/chat/completions').length, 1, 'sent once')
+  const metrics = await app.inject({ method: 'GET', url: '/metrics' })
+  t.match(metrics.body, /^tramontane_upstream_retries_total 0$/m, 'no retry spent on it')
+  const next = await app.inject({ method: 'POST', url: '/v1/chat/completions', headers: jsonHeaders(ws), payload: chat() })
+  assertEnvelope(t, next, 503, 'server_error', 'upstream_unavailable')
+})
+
 t.test('a JSON body over BODY_LIMIT_BYTES is a 413 and nothing goes upstream', async (t) => {
   const { app, mistral, createWorkspace } = await buildTestApp(t, { BODY_LIMIT_BYTES: '2048' })
   const ws = await createWorkspace()
