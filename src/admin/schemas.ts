@@ -90,7 +90,10 @@ export const Workspace = Type.Object({
 export const WorkspaceCreate = Type.Object({
   slug: Type.String({ description: 'lower-case a-z, 0-9 and inner hyphens, 1-63 characters', examples: ['acme'] }),
   name: Type.String({ examples: ['ACME Corp'] }),
-  timezone: Type.Optional(Type.String({ description: 'IANA time zone of its budget periods', default: 'UTC' })),
+  timezone: Type.Optional(Type.String({
+    description: 'IANA time zone name of its budget periods (Europe/Paris, America/New_York, UTC; not an abbreviation)',
+    default: 'UTC'
+  })),
   currency: Type.Optional(Type.String({ description: 'ISO 4217 code of its prices and caps', default: 'USD' }))
 }, { additionalProperties: false })
 

@@ -19,6 +19,11 @@ export type Invalidation =
   | { type: 'spend-recovery', workspaceId: string } // Redis lost the workspace's counters: put back calls in flight
 
 export interface InvalidationBus {
+  /**
+   * Never rejects: a message Redis cannot take is lost as one sent while a replica is disconnected is, and the same
+   * holds (replicas that reconnect forget everything; a token lookup is trusted TOKEN_CACHE_TTL_MS at most). The
+   * change it announces is committed by then, and must be answered and audited as such.
+   */
   publish (message: Invalidation): Promise<void>
   /** `null` means "messages may have been missed": forget everything. */
   subscribe (listener: (message: Invalidation | null) => void): void
@@ -65,7 +70,7 @@ export function createRedisBus (client: Redis | Cluster, subscriber: Redis | Clu
     async publish (message) {
       // the local replica must forget even when Redis is unreachable
       emitter.emit('message', message)
-      await client.publish(CHANNEL, JSON.stringify({ ...message, origin }))
+      await client.publish(CHANNEL, JSON.stringify({ ...message, origin })).catch(() => {})
     },
     subscribe (listener) { emitter.on('message', listener) },
     async close () { emitter.removeAllListeners() }

@@ -141,13 +141,21 @@ function checkName (name: string) {
   return trimmed
 }
 
+// an IANA name (Area/Location, Etc/GMT+5) or UTC: the gateway's periods follow Node's zone data and the ledger's
+// rollups PostgreSQL's, and both know these alike. Abbreviations do not agree: Node takes IST for India and BST for
+// Bangladesh where PostgreSQL reads Israel and British Summer Time, and PostgreSQL knows no AET, which would fail
+// every ledger insert that holds one of the workspace's records
+const IANA_NAME = /^(?:UTC|[A-Za-z]+(?:\/[A-Za-z0-9_+-]+)+)$/
+
 function checkTimezone (timezone: string) {
   try {
+    if (!IANA_NAME.test(timezone)) throw new RangeError('not an IANA name')
     // the IANA zone decides where the workspace's calendar days and months begin
     new Intl.DateTimeFormat('en', { timeZone: timezone }).format()
     return timezone
   } catch {
-    throw badRequest(`timezone '${timezone}' is not an IANA time zone`, { param: 'timezone' })
+    throw badRequest(`timezone '${timezone}' is not an IANA time zone name such as Europe/Paris, or UTC`,
+      { param: 'timezone' })
   }
 }
 

@@ -37,6 +37,10 @@ t.test('bad input gets a clear 400 in the envelope', async (t) => {
     [{ slug: '-x', name: 'x' }, 'slug'],
     [{ slug: '123e4567-e89b-12d3-a456-426614174000', name: 'x' }, 'slug'],
     [{ slug: slug(), name: 'x', timezone: 'Mars/Olympus' }, 'timezone'],
+    // abbreviations Node takes and PostgreSQL reads otherwise (IST, BST) or not at all (AET)
+    [{ slug: slug(), name: 'x', timezone: 'IST' }, 'timezone'],
+    [{ slug: slug(), name: 'x', timezone: 'BST' }, 'timezone'],
+    [{ slug: slug(), name: 'x', timezone: 'AET' }, 'timezone'],
     [{ slug: slug(), name: 'x', currency: 'euro' }, 'currency'],
     [{ slug: slug() }, 'name'],
     [{ slug: slug(), name: 'x', extra: 1 }, 'extra']
