@@ -1,7 +1,7 @@
 import { randomBytes, randomUUID } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
-import { buildTestApp, TEST_ADMIN_TOKEN, TEST_DATABASE_URL, gatewayEnv } from '../helpers/app.js'
+import { buildTestApp, TEST_ADMIN_TOKEN, TEST_DATABASE_URL, TEST_REDIS_URL, gatewayEnv } from '../helpers/app.js'
 import { startFakeMistral } from '../helpers/fake-mistral.js'
 import { startGatewayProcess } from '../helpers/gateway-process.js'
 import { proxiedDatabase, startTcpProxy } from '../helpers/tcp-proxy.js'
@@ -149,4 +149,27 @@ t.test('a lookup is cached though another workspace changed while it read; not w
   await t.rejects(app.tenancy.tokens.authenticate(tokenOf(other)), { code: 'authentication_unavailable' },
     'the second was not: it must be read again')
   proxy.restore()
+})
+
+t.test('an admin change committed while Redis is down is answered and audited as done', async (t) => {
+  const redisUrl = new URL(TEST_REDIS_URL)
+  const proxy = await startTcpProxy(Number(redisUrl.port || 6379), redisUrl.hostname)
+  t.teardown(() => proxy.close())
+  const { admin, createWorkspace } = await buildTestApp(t, { REDIS_URL: `redis://127.0.0.1:${proxy.port}` })
+  const ws = await createWorkspace()
+  const minted = await admin('POST', `/admin/v1/workspaces/${ws.slug}/tokens`, { name: 'spare' })
+  t.equal(minted.statusCode, 201)
+
+  proxy.cut()
+  const suspended = await admin('PATCH', `/admin/v1/workspaces/${ws.slug}`, { status: 'suspended' })
+  t.equal(suspended.statusCode, 200, 'the suspension is answered')
+  t.equal(suspended.json.status, 'suspended')
+  const revoked = await admin('DELETE', `/admin/v1/workspaces/${ws.slug}/tokens/${minted.json.id}`)
+  t.equal(revoked.statusCode, 200, 'the revocation is answered')
+  proxy.restore()
+
+  const log = (await admin('GET', '/admin/v1/audit-log?limit=1000')).json.data as Array<Record<string, unknown>>
+  const mine = log.filter((entry) => entry.workspaceId === ws.id).map((entry) => entry.action)
+  t.ok(mine.includes('workspace.update'), 'the suspension is audited')
+  t.ok(mine.includes('token.revoke'), 'the revocation is audited')
 })
