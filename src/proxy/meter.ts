@@ -159,7 +159,7 @@ export function meterCall ({
       tokenId: tenant.token.id,
       keyName: keyName(),
       operation: operation.metered as string,
-      model: facts.model,
+      model: facts.model === null ? null : ledgerText(facts.model),
       pricedModel: facts.priceModel ?? null,
       promptTokens: usage.promptTokens,
       cachedTokens: usage.cachedTokens,
@@ -212,6 +212,17 @@ interface RowFacts {
   latencyMs: number
   ttftMs: number | null
 }
+
+/**
+ * A model name as the client or Mistral wrote it, as text the ledger can hold: PostgreSQL refuses a NUL and half a
+ * surrogate pair (and with them the whole batch the record is in), and no model's name is longer than this.
+ */
+function ledgerText (text: string): string {
+  return text.slice(0, 200).replace(CONTROL, '').replace(LONE_SURROGATE, '\ufffd')
+}
+
+const CONTROL = /[\u0000-\u001f\u007f]/g
+const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/g
 
 function asObject (value: unknown): Record<string, unknown> | undefined {
   return value !== null && typeof value === 'object' ? value as Record<string, unknown> : undefined

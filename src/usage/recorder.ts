@@ -67,15 +67,35 @@ export function createUsageRecorder ({
       try {
         await insertUsageRecords(db, batch)
       } catch (err) {
-        if (!failing) log.error({ err, pending: queue.length }, 'usage write failed: records wait in the spool')
-        failing = true
-        return
+        if (!refusedRecord(err) || !(await insertOneByOne(batch))) {
+          if (!failing) log.error({ err, pending: queue.length }, 'usage write failed: records wait in the spool')
+          failing = true
+          return
+        }
       }
       queue = queue.slice(batch.length)
     }
     if (failing) log.info('usage writes resumed: the spool is drained')
     failing = false
     await spool.release()
+  }
+
+  /**
+   * A batch PostgreSQL refused for what one of its records holds, written record by record: a record it refuses on its
+   * own is set aside in the log, whole (ids, model, counts and costs: no secret), for the operator to bill by hand,
+   * rather than holding back every record after it, on this replica and on any that replays its spool. False when
+   * the database stopped answering meanwhile: the batch waits, as any other.
+   */
+  async function insertOneByOne (batch: UsageRecord[]): Promise<boolean> {
+    for (const record of batch) {
+      try {
+        await insertUsageRecords(db, [record])
+      } catch (err) {
+        if (!refusedRecord(err)) return false
+        log.error({ err, record }, 'usage record refused by PostgreSQL: set aside, not in the ledger')
+      }
+    }
+    return true
   }
 
   function flush (): Promise<void> {
@@ -112,6 +132,15 @@ export function createUsageRecorder ({
       spool.close()
     }
   }
+}
+
+/**
+ * PostgreSQL refused the statement for a value in it (SQLSTATE class 22, data exception: text it cannot store, a
+ * number out of range; 23, a constraint), not because it could not be reached. drizzle wraps the driver's error.
+ */
+function refusedRecord (err: unknown): boolean {
+  const code = (err as { code?: unknown }).code ?? (err as { cause?: { code?: unknown } }).cause?.code
+  return typeof code === 'string' && (code.startsWith('22') || code.startsWith('23'))
 }
 
 // a spooled line is a call's start (what to bill should the gateway die before its end) or its record

@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto'
 import { spawnSync } from 'node:child_process'
 import { mkdirSync, mkdtempSync, readdirSync, rmSync, utimesSync, writeFileSync } from 'node:fs'
 import { hostname, tmpdir } from 'node:os'
@@ -207,4 +208,44 @@ t.test('a gateway SIGKILLed while PostgreSQL is away loses nothing: its restart 
   t.ok(Number(cut?.prompt_tokens) > 0 && Number(cut?.billed_cost_micros) > 0, 'at the prompt estimate\'s price')
   t.same(readdirSync(spoolDir).filter((name) => readdirSync(join(spoolDir, name)).some((f) => f.endsWith('.jsonl'))), [],
     'no segment is left once replayed')
+})
+
+t.test('a record PostgreSQL refuses is set aside in the log; the records beside it reach the ledger', async (t) => {
+  const testApp = await buildTestApp(t, { USAGE_SPOOL_DIR: scratchDir(t) })
+  const { app } = testApp
+  const one = await testApp.createWorkspace()
+  const two = await testApp.createWorkspace()
+  const send = async (ws: typeof one, body: Record<string, unknown>) =>
+    (await app.inject({ method: 'POST', url: CHAT, headers: ws.headers, payload: body })).headers['x-request-id'] as string
+
+  // a model name the ledger cannot hold as it came (a NUL, half a surrogate pair) is written without them
+  const odd = await send(one, { ...chat('an odd model name'), model: 'ft:mistral-small-latest:x\u0000\ud800' })
+  const plain = await send(two, chat('a plain call'))
+  await app.usage.flush()
+  t.equal(app.usage.pending(), 0, 'nothing waits')
+  const [stored] = await ledger('select model from usage_records where request_id = $1', [odd])
+  t.equal(stored?.model, 'ft:mistral-small-latest:x\ufffd', 'the odd name, as text the ledger holds')
+
+  // a record no cleaning can save (a count past PostgreSQL's integer) goes in the same batch as good ones
+  const base = (await ledger('select * from usage_records where request_id = $1', [plain]))[0]
+  const refusedId = randomUUID()
+  const good = [randomUUID(), randomUUID()]
+  const row = (requestId: string, promptTokens: number) => ({
+    requestId, workspaceId: two.id, tokenId: base.token_id, keyName: 'default', operation: 'chat',
+    model: 'mistral-small-latest', pricedModel: 'mistral-small-latest', promptTokens, cachedTokens: 0,
+    completionTokens: 1, totalTokens: promptTokens + 1, pages: 0, audioSeconds: 0, characters: 0, connectorTokens: 0,
+    serviceTier: null, listCostMicros: 1, billedCostMicros: 1, estimated: false, streamed: false, status: 200,
+    upstreamStatus: 200, latencyMs: 1, createdAt: new Date(), ttftMs: null
+  })
+  app.usage.record(row(good[0], 5))
+  app.usage.record(row(refusedId, 3_000_000_000))
+  app.usage.record(row(good[1], 6))
+  await app.usage.flush()
+  t.equal(app.usage.pending(), 0, 'the refused record does not hold the queue')
+  const landed = await ledger('select request_id from usage_records where request_id = any($1)', [[...good, refusedId]])
+  t.same(landed.map((r) => r.request_id).sort(), [...good].sort(), 'the records beside it are in the ledger')
+  const line = testApp.logs.map((l) => JSON.parse(l)).find((l) => l.msg?.startsWith('usage record refused'))
+  t.equal(line?.level, 50, 'the refused one is logged as an error')
+  t.equal(line?.record?.requestId, refusedId, 'whole, for the operator to bill by hand')
+  t.equal(line?.record?.promptTokens, 3_000_000_000)
 })
