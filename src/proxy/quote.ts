@@ -57,7 +57,8 @@ export function quoteCall ({ family, body, contentLength, prices, currency, mark
     case 'chat': {
       const promptTokens = estimatePromptTokens(body)
       // bounded so that the worst case stays an exact integer; any real output is far below either bound
-      const maxTokens = Math.min(positiveInteger(body?.max_tokens) ?? price.outputCeiling, MAX_OUTPUT_TOKENS)
+      const maxTokens = Math.min(positiveInteger(outputBound(family, body)?.max_tokens) ?? price.outputCeiling,
+        MAX_OUTPUT_TOKENS)
       const n = positiveInteger(body?.n) ?? 1
       if (n > MAX_CHOICES) throw badRequest(`n may be at most ${MAX_CHOICES}`, { param: 'n' })
       const priority = body?.service_tier === 'auto'
@@ -118,6 +119,26 @@ function priceOf (prices: PriceBook, family: MeteredFamily, model: unknown, curr
 
 const weight = (price: ModelPrice) => price.inputPerMTok + price.outputPerMTok + price.audioPerMinute * 1000 +
   price.pagesPer1000 + price.annotatedPagesPer1000 + price.charactersPerM
+
+/**
+ * The object of the request that names its output bound (`max_tokens`): a conversation's `completion_args` (the top
+ * level of an append or a restart forbids other fields, as the spec's AppendConversationRequest says), the top level
+ * of the other chat calls. Undefined where there is none.
+ */
+function outputBound (family: MeteredFamily, body: Record<string, unknown> | undefined) {
+  if (family !== 'conversation' || body === undefined) return body
+  const args = body.completion_args
+  return args !== null && typeof args === 'object' && !Array.isArray(args) ? args as Record<string, unknown> : undefined
+}
+
+/** Bounds a capped call's output where Mistral reads it (`outputBound`), so that its cost cannot pass its quote. */
+export function boundOutput (family: MeteredFamily, body: Record<string, unknown>, maxTokens: number): void {
+  if (family !== 'conversation') {
+    body.max_tokens = maxTokens
+    return
+  }
+  body.completion_args = { ...outputBound(family, body), max_tokens: maxTokens }
+}
 
 /** A cost known before the call, with no output to reserve. */
 function flatQuote (cost: number, promptTokens = 0): Quote {

@@ -12,7 +12,7 @@ import type { TenantContext } from '../tenancy/tokens.js'
 import { acceptJsonBodies } from '../json-body.js'
 import { sendWithRetries, type Answer, type AttemptDeps } from './attempts.js'
 import { downstreamHeaders } from './headers.js'
-import { operationTable, type Operation } from './operations.js'
+import { operationTable, type MeteredFamily, type Operation } from './operations.js'
 import { basePath, createUpstreamPool } from './upstream.js'
 import { readJsonFacts } from './json-usage.js'
 import { createJsonTap, createSseTap, type SseShaping } from './usage-tap.js'
@@ -22,7 +22,7 @@ import { openAiModerations, translateModerationRequest } from '../dialects/opena
 import { streamErrorShaping } from '../dialects/openai-stream-errors.js'
 import { batchJobCall, observeBatchJob } from './batch-hook.js'
 import { meterCall } from './meter.js'
-import { BATCH_CREATION, quoteCall } from './quote.js'
+import { BATCH_CREATION, boundOutput, quoteCall } from './quote.js'
 import { isRegionalHost } from '../pricing/region.js'
 import { holdLine, settled as lineSettled } from '../request-line.js'
 
@@ -122,7 +122,8 @@ export async function proxyRoutes (app: FastifyInstance, { config }: { config: C
       reply.headers(ticket.headers)
       // a capped call's cost is bounded only by the max_tokens Mistral is sent
       if (priced.tokenBound && ticket.spend.length > 0) {
-        (body as Record<string, unknown>).max_tokens = ticket.clampedMaxTokens ?? priced.quote.maxTokens
+        boundOutput(operation.metered as MeteredFamily, body as Record<string, unknown>,
+          ticket.clampedMaxTokens ?? priced.quote.maxTokens)
       }
     }
 

@@ -81,3 +81,27 @@ t.test('the upstream duration of each call is observed', async (t) => {
   t.equal(count('chat', 'mistral-small-2603'), 1, 'a metered call')
   t.equal(count('models', 'other'), 1, 'a call that is not metered')
 })
+
+t.test('a capped workspace\'s conversations are bounded in completion_args, where Mistral reads it', async (t) => {
+  const { app, createWorkspace, admin, mistral } = await buildTestApp(t)
+  const ws = await createWorkspace()
+  t.equal((await admin('PATCH', `/admin/v1/workspaces/${ws.slug}`, { caps: { daily: '5' } })).statusCode, 200)
+  const send = async (url: string, payload: Record<string, unknown>) => {
+    const res = await app.inject({ method: 'POST', url, headers: ws.headers, payload })
+    t.equal(res.statusCode, 200, `${url}: ${res.body.slice(0, 300)}`)
+    return res.json()
+  }
+  const started = await send('/v1/conversations', {
+    model: 'mistral-small-latest', inputs: 'Hello', completion_args: { temperature: 0.2, max_tokens: 50 }
+  })
+  await send(`/v1/conversations/${started.conversation_id}`, { inputs: 'And then?' })
+  await send(`/v1/conversations/${started.conversation_id}/restart`, {
+    inputs: 'Again', from_entry_id: started.outputs[0].id
+  })
+  const sent = mistral.requestsTo('/v1/conversations').map((request) => request.json as Record<string, any>)
+  t.equal(sent.length, 3)
+  t.same(sent.map((body) => 'max_tokens' in body), [false, false, false], 'never at the top level')
+  t.equal(sent[0].completion_args.max_tokens, 50, 'the client\'s own bound, kept')
+  t.equal(sent[0].completion_args.temperature, 0.2, 'beside its other arguments')
+  t.ok(sent.slice(1).every((body) => body.completion_args.max_tokens > 0), 'the append and the restart are bounded too')
+})

@@ -10,7 +10,8 @@ type Loc = Array<string | number>
  * where OpenAI clients and Mistral disagree. Routes without an entry accept anything.
  */
 export function bodyIssues (method: string, route: string, body: unknown): ValidationIssue[] {
-  const rules = strictRequestBody(`${method} ${route}`)
+  // the fake's routes name their parameters as fastify does (`:id`), the spec's paths as OpenAPI does (`{id}`)
+  const rules = strictRequestBody(`${method} ${route.replace(/:(\w+)/g, '{$1}')}`)
   if (!rules) return []
   if (body === undefined) return [{ type: 'missing', loc: ['body'], msg: 'Field required', input: null }]
   if (!isObject(body)) {
