@@ -57,9 +57,18 @@ export function readUsage (payload: unknown): Usage | undefined {
   return result
 }
 
-/** The model a response names; agents completions carry no model in the request. */
+/**
+ * The model a response names; agents completions carry no model in the request. A conversation's answer names it on
+ * each of its `outputs` entries, not at the top (an append or a restart never names it in its request).
+ */
 export function readModel (payload: unknown): string | undefined {
   if (payload === null || typeof payload !== 'object') return undefined
-  const model = (payload as Record<string, unknown>).model
-  return typeof model === 'string' ? model : undefined
+  const { model, outputs } = payload as Record<string, unknown>
+  if (typeof model === 'string') return model
+  if (!Array.isArray(outputs)) return undefined
+  for (const entry of outputs) {
+    const named = entry !== null && typeof entry === 'object' ? (entry as Record<string, unknown>).model : undefined
+    if (typeof named === 'string') return named
+  }
+  return undefined
 }

@@ -105,3 +105,18 @@ t.test('a capped workspace\'s conversations are bounded in completion_args, wher
   t.equal(sent[0].completion_args.temperature, 0.2, 'beside its other arguments')
   t.ok(sent.slice(1).every((body) => body.completion_args.max_tokens > 0), 'the append and the restart are bounded too')
 })
+
+t.test('a conversation\'s append is priced at the model its answer names, not at the dearest chat price', async (t) => {
+  const { app, createWorkspace, admin } = await buildTestApp(t)
+  const ws = await createWorkspace()
+  const send = async (url: string, payload: Record<string, unknown>) =>
+    (await app.inject({ method: 'POST', url, headers: ws.headers, payload })).json()
+  const started = await send('/v1/conversations', { model: 'mistral-small-latest', inputs: 'Hello' })
+  await send(`/v1/conversations/${started.conversation_id}`, { inputs: 'And then?' })
+  await app.usage.flush()
+  const records = (await admin('GET', `/admin/v1/workspaces/${ws.slug}/usage`)).json.records as Array<Record<string, any>>
+  t.equal(records.length, 2)
+  t.match(records.map((record) => record.pricedModel), [/^mistral-small-/, /^mistral-small-/],
+    'both at the price of the conversation\'s model')
+  t.same(records.map((record) => record.model), ['mistral-small-latest', 'mistral-small-latest'])
+})
