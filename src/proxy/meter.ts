@@ -81,7 +81,10 @@ export function meterCall ({
       if (success && operation.metered !== 'speech') {
         estimated = true
         usage.promptTokens = estimatePromptTokens(body)
-        usage.totalTokens = usage.promptTokens
+        // a stream cut, stalled or left before Mistral's count came: Mistral bills what it produced, at least a token
+        // for each event relayed (each delta carries one or more), or hanging up would make the output free
+        usage.completionTokens = tap?.streamed ? tap.events : 0
+        usage.totalTokens = usage.promptTokens + usage.completionTokens
       }
     }
     // non-streamed speech reports no usage at all: TTS is priced per character of input (MISTRAL-NOTES §2.6)
