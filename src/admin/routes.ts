@@ -181,7 +181,8 @@ export async function adminRoutes (app: FastifyInstance, { adminToken }: { admin
   app.put('/workspaces/:ws/mistral-keys/:name', {
     schema: {
       tags: ['mistral keys'],
-      summary: 'Replace a Mistral key (the client rotated it)',
+      summary: 'Replace a Mistral key (the client rotated it); the new key gets a new id, and none of the old key\'s ' +
+        'cooldowns, breaker or quota',
       security,
       params: KeyParams,
       body: MistralKeyReplace,

@@ -80,9 +80,13 @@ MistralKeyStore {
     async replace (workspaceId, name, secret) {
       const [current] = await db.select({ id: mistralKeys.id }).from(mistralKeys).where(byName(workspaceId, name))
       if (!current) throw notFound(`No Mistral key named '${name}'`)
+      // a new key gets a new id: what is known by the old one (a cooldown, an open breaker, Mistral's quota, a 401
+      // that a call still in flight with the old secret meets and would mark invalid) is the old key's, not this one's
+      const id = randomUUID()
       const [row] = await db.update(mistralKeys)
-        .set({ ...seal(cipher, workspaceId, current.id, secret), status: 'active', updatedAt: sql`now()` })
+        .set({ id, ...seal(cipher, workspaceId, id, secret), status: 'active', updatedAt: sql`now()` })
         .where(eq(mistralKeys.id, current.id)).returning()
+      if (!row) throw notFound(`No Mistral key named '${name}'`)
       await changed(workspaceId)
       return view(row)
     },
@@ -133,9 +137,11 @@ MistralKeyStore {
         }
         const rewrapped = cipher.rewrap({ ...row, keyId: row.id })
         if (!rewrapped) continue
-        // only if nobody replaced the key meanwhile: the old data key must still be the one we unwrapped
+        // only if nobody replaced the key meanwhile: the old data key must still be the one we unwrapped (a replacement
+        // sealed under the same master key by a replica not yet given the new one would pass a check of that alone)
         const updated = await db.update(mistralKeys).set(rewrapped)
-          .where(and(eq(mistralKeys.id, row.id), eq(mistralKeys.masterKeyId, row.masterKeyId)))
+          .where(and(eq(mistralKeys.id, row.id), eq(mistralKeys.masterKeyId, row.masterKeyId),
+            eq(mistralKeys.wrappedDataKey, row.wrappedDataKey)))
           .returning({ id: mistralKeys.id })
         moved += updated.length
       }

@@ -322,6 +322,24 @@ t.test('a key Mistral rejects is failed over to the next one, which is no retry'
   t.match(metrics.body, /^tramontane_upstream_retries_total 0$/m, 'not counted as a retry')
 })
 
+t.test('a replaced key starts anew: it gets a new id and none of the old key\'s cooldown', async (t) => {
+  const testApp = await buildTestApp(t)
+  const { mistral, createWorkspace, admin } = testApp
+  const ws = await createWorkspace()
+  const [before] = await keysOf(testApp, ws)
+  // Mistral rate-limits the key for a minute: with one key and no short hold, calls get 429 until then
+  mistral.enqueueRateLimit({ retryAfterSeconds: 60, filter: '/v1/chat/completions' })
+  t.equal((await injectChat(testApp, ws)).json?.code, 'upstream_rate_limited')
+  t.equal((await injectChat(testApp, ws)).json?.code, 'upstream_rate_limited', 'the cooldown holds')
+
+  const replaced = await admin('PUT', `/admin/v1/workspaces/${ws.slug}/mistral-keys/default`, { key: `${ws.mistralKey}-new` })
+  t.equal(replaced.statusCode, 200)
+  t.not(replaced.json.id, before.id, 'a new id')
+  const served = await injectChat(testApp, ws)
+  t.equal(served.status, 200, 'the new key is not held by the old one\'s cooldown')
+  t.equal(mistral.received.at(-1)?.apiKey, `${ws.mistralKey}-new`)
+})
+
 t.test('Mistral\'s remaining-quota headers on a success are kept per key and shown by the admin API', async (t) => {
   const testApp = await buildTestApp(t)
   const ws = await testApp.createWorkspace()
