@@ -1,4 +1,5 @@
 import type { FastifyReply, FastifyRequest } from 'fastify'
+import { WORKSPACE_TOKEN_PATTERN } from './tenancy/token-format.js'
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -68,7 +69,7 @@ export function writeRequestLine (request: FastifyRequest, reply: FastifyReply, 
   const outcome = request.outcome
   request.log.info({
     method: request.method,
-    path: request.routeOptions.url === undefined ? 'unknown' : request.url.split('?')[0],
+    path: request.routeOptions.url === undefined ? 'unknown' : withoutTokens(request.url.split('?')[0]),
     status,
     durationMs: Math.round(reply.elapsedTime),
     workspace: request.tenant?.workspace.slug,
@@ -80,4 +81,12 @@ export function writeRequestLine (request: FastifyRequest, reply: FastifyReply, 
     tokens: outcome?.totalTokens,
     unfinished: line.closed ? true : undefined
   }, 'request')
+}
+
+// an operator who revokes a token by its secret instead of its id (DELETE …/tokens/tmt_…) puts it in the path
+const TOKEN_IN_PATH = new RegExp(WORKSPACE_TOKEN_PATTERN.source, 'g')
+
+/** The path as logged: a workspace token in it, in any segment, is replaced. */
+function withoutTokens (path: string): string {
+  return path.includes('tmt_') ? path.replace(TOKEN_IN_PATH, '[redacted]') : path
 }

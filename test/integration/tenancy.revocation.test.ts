@@ -173,3 +173,16 @@ t.test('an admin change committed while Redis is down is answered and audited as
   t.ok(mine.includes('workspace.update'), 'the suspension is audited')
   t.ok(mine.includes('token.revoke'), 'the revocation is audited')
 })
+
+t.test('a token put in an admin path by mistake (revoked by its secret) never reaches the log', async (t) => {
+  const testApp = await buildTestApp(t)
+  const ws = await testApp.createWorkspace()
+  const minted = await testApp.admin('POST', `/admin/v1/workspaces/${ws.slug}/tokens`, { name: 'canary' })
+  const secret = minted.json.token as string
+  t.match(secret, /^tmt_/)
+  const wrong = await testApp.admin('DELETE', `/admin/v1/workspaces/${ws.slug}/tokens/${secret}`)
+  t.equal(wrong.statusCode, 404, 'no token has that id')
+  const line = testApp.logs.map((l) => JSON.parse(l)).find((l) => l.msg === 'request' && l.method === 'DELETE')
+  t.equal(line?.path, `/admin/v1/workspaces/${ws.slug}/tokens/[redacted]`, 'its request line says where, not what')
+  t.notOk(testApp.logs.some((l) => l.includes(secret)), 'no log line holds the secret')
+})
