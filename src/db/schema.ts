@@ -73,13 +73,14 @@ export const usageRecords = pgTable('usage_records', {
   keyName: text('key_name').notNull(),
   operation: text('operation').notNull(),
   model: text('model'),
-  promptTokens: integer('prompt_tokens').notNull().default(0),
-  cachedTokens: integer('cached_tokens').notNull().default(0),
-  completionTokens: integer('completion_tokens').notNull().default(0),
-  totalTokens: integer('total_tokens').notNull().default(0),
-  pages: integer('pages').notNull().default(0),
-  audioSeconds: integer('audio_seconds').notNull().default(0),
-  characters: integer('characters').notNull().default(0),
+  // counts of a whole batch job are one record: past an integer's 2^31 for a large one
+  promptTokens: bigint('prompt_tokens', { mode: 'number' }).notNull().default(0),
+  cachedTokens: bigint('cached_tokens', { mode: 'number' }).notNull().default(0),
+  completionTokens: bigint('completion_tokens', { mode: 'number' }).notNull().default(0),
+  totalTokens: bigint('total_tokens', { mode: 'number' }).notNull().default(0),
+  pages: bigint('pages', { mode: 'number' }).notNull().default(0),
+  audioSeconds: bigint('audio_seconds', { mode: 'number' }).notNull().default(0),
+  characters: bigint('characters', { mode: 'number' }).notNull().default(0),
   listCostMicros: bigint('list_cost_micros', { mode: 'number' }).notNull().default(0),
   billedCostMicros: bigint('billed_cost_micros', { mode: 'number' }).notNull().default(0),
   estimated: boolean('estimated').notNull().default(false),
@@ -93,7 +94,7 @@ export const usageRecords = pgTable('usage_records', {
   // `standard` or `priority`, as Mistral reported it (priority is billed at a multiple)
   serviceTier: text('service_tier'),
   // conversations: tokens spent by connectors (web search, code interpreter, ...)
-  connectorTokens: integer('connector_tokens').notNull().default(0),
+  connectorTokens: bigint('connector_tokens', { mode: 'number' }).notNull().default(0),
   createdAt: createdAt()
 }, (t) => [index('usage_records_workspace_created_idx').on(t.workspaceId, t.createdAt)])
 

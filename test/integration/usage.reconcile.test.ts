@@ -113,8 +113,8 @@ async function ledger (workspaceId: string) {
 
 const sumOf = (rows: Awaited<ReturnType<typeof ledger>>): Sums => ({
   calls: rows.length,
-  prompt: rows.reduce((sum, row) => sum + row.prompt_tokens, 0),
-  completion: rows.reduce((sum, row) => sum + row.completion_tokens, 0),
+  prompt: rows.reduce((sum, row) => sum + Number(row.prompt_tokens), 0),
+  completion: rows.reduce((sum, row) => sum + Number(row.completion_tokens), 0),
   billed: rows.reduce((sum, row) => sum + Number(row.billed_cost_micros), 0)
 })
 

@@ -226,20 +226,21 @@ t.test('a record PostgreSQL refuses is set aside in the log; the records beside 
   const [stored] = await ledger('select model from usage_records where request_id = $1', [odd])
   t.equal(stored?.model, 'ft:mistral-small-latest:x\ufffd', 'the odd name, as text the ledger holds')
 
-  // a record no cleaning can save (a count past PostgreSQL's integer) goes in the same batch as good ones
+  // a record PostgreSQL refuses (a NUL in its text: only the meter cleans it, and this one comes past the meter) goes
+  // in the same batch as good ones, one of them with a count past an integer's 2^31 (a large batch job's)
   const base = (await ledger('select * from usage_records where request_id = $1', [plain]))[0]
   const refusedId = randomUUID()
   const good = [randomUUID(), randomUUID()]
-  const row = (requestId: string, promptTokens: number) => ({
+  const row = (requestId: string, promptTokens: number, model = 'mistral-small-latest') => ({
     requestId, workspaceId: two.id, tokenId: base.token_id, keyName: 'default', operation: 'chat',
-    model: 'mistral-small-latest', pricedModel: 'mistral-small-latest', promptTokens, cachedTokens: 0,
+    model, pricedModel: 'mistral-small-latest', promptTokens, cachedTokens: 0,
     completionTokens: 1, totalTokens: promptTokens + 1, pages: 0, audioSeconds: 0, characters: 0, connectorTokens: 0,
     serviceTier: null, listCostMicros: 1, billedCostMicros: 1, estimated: false, streamed: false, status: 200,
     upstreamStatus: 200, latencyMs: 1, createdAt: new Date(), ttftMs: null
   })
   app.usage.record(row(good[0], 5))
-  app.usage.record(row(refusedId, 3_000_000_000))
-  app.usage.record(row(good[1], 6))
+  app.usage.record(row(refusedId, 7, 'mistral-small-latest\u0000'))
+  app.usage.record(row(good[1], 3_000_000_000))
   await app.usage.flush()
   t.equal(app.usage.pending(), 0, 'the refused record does not hold the queue')
   const landed = await ledger('select request_id from usage_records where request_id = any($1)', [[...good, refusedId]])
@@ -247,5 +248,7 @@ t.test('a record PostgreSQL refuses is set aside in the log; the records beside 
   const line = testApp.logs.map((l) => JSON.parse(l)).find((l) => l.msg?.startsWith('usage record refused'))
   t.equal(line?.level, 50, 'the refused one is logged as an error')
   t.equal(line?.record?.requestId, refusedId, 'whole, for the operator to bill by hand')
-  t.equal(line?.record?.promptTokens, 3_000_000_000)
+  t.equal(line?.record?.model, 'mistral-small-latest\u0000')
+  const [large] = await ledger('select prompt_tokens from usage_records where request_id = $1', [good[1]])
+  t.equal(Number(large?.prompt_tokens), 3_000_000_000, 'a count past 2^31 is the ledger\'s')
 })
