@@ -32,7 +32,8 @@ export async function usageRoutes (app: FastifyInstance, { adminToken }: { admin
 
   async function workspaceOf (request: FastifyRequest): Promise<Workspace> {
     const { ws } = request.params as { ws: string }
-    const workspace = await app.tenancy.workspaces.find(ws)
+    // a deleted workspace's ledger stays, and is read by the workspace's id
+    const workspace = await app.tenancy.workspaces.find(ws, { deleted: true })
     if (!workspace) throw notFound(`No workspace '${ws}'`)
     return workspace
   }
@@ -40,7 +41,8 @@ export async function usageRoutes (app: FastifyInstance, { adminToken }: { admin
   app.get('/workspaces/:ws/usage', {
     schema: {
       tags,
-      summary: 'Usage of a workspace: totals and newest records, or grouped by day, model, operation or token',
+      summary: 'Usage of a workspace: totals and newest records, or grouped by day, model, operation or token ' +
+        '(a deleted workspace\'s by its id)',
       security,
       params: Type.Object({ ws: Type.String({ description: 'workspace id or slug' }) }),
       querystring: UsageQuerySchema,
@@ -58,7 +60,8 @@ export async function usageRoutes (app: FastifyInstance, { adminToken }: { admin
   app.get('/workspaces/:ws/statements/:month', {
     schema: {
       tags,
-      summary: 'Monthly statement: lines per model and operation, list cost, markup, billed total',
+      summary: 'Monthly statement: lines per model and operation, list cost, markup, billed total (a deleted ' +
+        'workspace\'s by its id)',
       security,
       params: StatementParams,
       querystring: FormatQuery,

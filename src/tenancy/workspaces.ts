@@ -43,7 +43,11 @@ export interface WorkspaceStore {
   create (input: WorkspaceInput): Promise<Workspace>
   list (): Promise<Workspace[]>
   /** A live workspace by id or slug. */
-  find (ref: string): Promise<Workspace | undefined>
+  /**
+   * A live workspace by slug or id; `deleted`: also a deleted one, by id only (its ledger stays, and its slug may be a
+   * new workspace's by now).
+   */
+  find (ref: string, options?: { deleted?: boolean }): Promise<Workspace | undefined>
   update (id: string, patch: WorkspacePatch): Promise<Workspace>
   remove (id: string): Promise<void>
 }
@@ -67,9 +71,10 @@ export function createWorkspaceStore ({ db, maxHoldMs }: { db: Database, maxHold
     list () {
       return db.select().from(workspaces).where(live).orderBy(asc(workspaces.createdAt))
     },
-    async find (ref) {
-      const match = UUID.test(ref) ? eq(workspaces.id, ref) : eq(workspaces.slug, ref)
-      const [row] = await db.select().from(workspaces).where(and(match, live)).limit(1)
+    async find (ref, { deleted = false } = {}) {
+      const byId = UUID.test(ref)
+      const match = byId ? eq(workspaces.id, ref) : eq(workspaces.slug, ref)
+      const [row] = await db.select().from(workspaces).where(byId && deleted ? match : and(match, live)).limit(1)
       return row
     },
     async update (id, patch) {

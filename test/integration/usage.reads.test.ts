@@ -283,3 +283,20 @@ t.test('the OpenAPI document at /docs shows the usage routes, and not the self-s
   t.ok(doc.paths['/admin/v1/workspaces/{ws}/usage'].get.parameters.some((p: any) => p.name === 'groupBy'))
   t.notOk(Object.keys(doc.paths).some((path) => path.startsWith('/tramontane')), 'workspace-token routes are not here')
 })
+
+t.test('a deleted workspace\'s usage and statements are read by its id; its slug no longer finds it', async (t) => {
+  const s = await buildTestApp(t)
+  const ws = await s.createWorkspace()
+  await seed(s, ws, [{ at: '2019-04-10T12:00:00Z', billed: 777 }])
+  t.equal((await s.admin('DELETE', `/admin/v1/workspaces/${ws.slug}`)).statusCode, 204)
+
+  const statement = await s.admin('GET', `/admin/v1/workspaces/${ws.id}/statements/2019-04`)
+  t.equal(statement.statusCode, 200, 'the statement of a deleted workspace, by id')
+  t.equal(statement.json.lines.length, 1)
+  t.equal(Number(statement.json.lines[0].billedCostMicros), 777, 'with what it was billed')
+  const usage = await s.admin('GET', `/admin/v1/workspaces/${ws.id}/usage?from=2019-04-01&to=2019-05-01`)
+  t.equal(usage.statusCode, 200, 'its usage too')
+  t.equal(usage.json.records.length, 1)
+  t.equal((await s.admin('GET', `/admin/v1/workspaces/${ws.slug}/statements/2019-04`)).statusCode, 404,
+    'by slug: no live workspace has it')
+})
