@@ -1,5 +1,6 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import { Type } from '@sinclair/typebox'
+import { changesOf } from '../audit/changes.js'
 import type { Workspace as WorkspaceRow } from '../db/schema.js'
 import { notFound } from '../errors.js'
 import { acceptJsonBodies } from '../json-body.js'
@@ -62,7 +63,8 @@ export async function adminRoutes (app: FastifyInstance, { adminToken }: { admin
   }, async (request, reply) => {
     const workspace = await workspaces.create(request.body as WorkspaceCreateBody)
     await app.admission.welcome(workspace.id)
-    await audit(request, 'workspace.create', 'workspace', workspace.id, workspace.id, { slug: workspace.slug })
+    await audit(request, 'workspace.create', 'workspace', workspace.id, workspace.id,
+      { slug: workspace.slug, name: workspace.name, timezone: workspace.timezone, currency: workspace.currency })
     return reply.code(201).send(workspaceView(workspace))
   })
 
@@ -113,9 +115,11 @@ export async function adminRoutes (app: FastifyInstance, { adminToken }: { admin
     await app.tenancy.tokens.forgetWorkspace(workspace.id)
     // the cooldown setting is no secret, and which order was in force explains a client's 429s later
     const cooldown = patch.cooldown === undefined ? {} : { cooldown: updated.cooldown }
+    const view = workspaceView(updated)
+    const fields = Object.keys(patch)
     await audit(request, 'workspace.update', 'workspace', workspace.id, workspace.id,
-      { fields: Object.keys(patch), ...cooldown })
-    return workspaceView(updated)
+      { fields, changes: changesOf(workspaceView(workspace), view, fields), ...cooldown })
+    return view
   })
 
   app.delete('/workspaces/:ws', {
@@ -191,8 +195,11 @@ export async function adminRoutes (app: FastifyInstance, { adminToken }: { admin
   }, async (request) => {
     const workspace = await workspaceOf(request)
     const { name } = request.params as { name: string }
+    const before = (await keys.list(workspace.id)).find((key) => key.name === name)
     const replaced = await keys.replace(workspace.id, name, (request.body as { key: string }).key)
-    await audit(request, 'mistral_key.replace', 'mistral_key', replaced.id, workspace.id, { name })
+    // the last four characters, as the admin API shows them: which key replaced which, never the key
+    await audit(request, 'mistral_key.replace', 'mistral_key', replaced.id, workspace.id,
+      { name, previousId: before?.id ?? null, last4: { from: before?.last4 ?? null, to: replaced.last4 } })
     return replaced
   })
 
@@ -207,8 +214,8 @@ export async function adminRoutes (app: FastifyInstance, { adminToken }: { admin
   }, async (request, reply) => {
     const workspace = await workspaceOf(request)
     const { name } = request.params as { name: string }
-    await keys.remove(workspace.id, name)
-    await audit(request, 'mistral_key.delete', 'mistral_key', null, workspace.id, { name })
+    const id = await keys.remove(workspace.id, name)
+    await audit(request, 'mistral_key.delete', 'mistral_key', id, workspace.id, { name })
     return reply.code(204).send()
   })
 
@@ -259,7 +266,7 @@ export async function adminRoutes (app: FastifyInstance, { adminToken }: { admin
       caps: patch.caps === undefined ? undefined : mergeSpendCaps(current.caps as SpendCaps, patch.caps)
     })
     await audit(request, 'token.update', 'token', id, workspace.id,
-      { fields: Object.keys(patch), prefix: updated.prefix })
+      { fields: Object.keys(patch), prefix: updated.prefix, changes: changesOf(current, updated, Object.keys(patch)) })
     return tokenView(updated)
   })
 

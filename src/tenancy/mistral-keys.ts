@@ -32,7 +32,8 @@ export interface MistralKeyStore {
   add (workspaceId: string, name: string, secret: string): Promise<MistralKeyView>
   list (workspaceId: string): Promise<MistralKeyView[]>
   replace (workspaceId: string, name: string, secret: string): Promise<MistralKeyView>
-  remove (workspaceId: string, name: string): Promise<void>
+  /** The id of the key deleted. */
+  remove (workspaceId: string, name: string): Promise<string>
   exists (workspaceId: string, name: string): Promise<boolean>
   /** The decrypted key a proxied call uses; cached until the bus says the workspace changed. */
   resolve (workspaceId: string, name: string): Promise<UsableKey | undefined>
@@ -94,6 +95,7 @@ MistralKeyStore {
       const deleted = await db.delete(mistralKeys).where(byName(workspaceId, name)).returning({ id: mistralKeys.id })
       if (deleted.length === 0) throw notFound(`No Mistral key named '${name}'`)
       await changed(workspaceId)
+      return deleted[0].id
     },
     async exists (workspaceId, name) {
       const rows = await db.select({ id: mistralKeys.id }).from(mistralKeys).where(byName(workspaceId, name))

@@ -188,6 +188,38 @@ t.test('the audit log records every change, without secrets', async (t) => {
   t.notMatch(log.body, ws.token)
 })
 
+t.test('the audit log says what each change changed: before and after, never a secret', async (t) => {
+  const { admin, createWorkspace } = await buildTestApp(t)
+  const ws = await createWorkspace()
+  const keysNow = async () => (await admin('GET', `/admin/v1/workspaces/${ws.slug}/mistral-keys`)).json.data as any[]
+  const [keyBefore] = await keysNow()
+  await admin('PATCH', `/admin/v1/workspaces/${ws.slug}`, { caps: { daily: '20' }, markupBps: 1500, name: `Test ${ws.slug}` })
+  await admin('PATCH', `/admin/v1/workspaces/${ws.slug}`, { status: 'suspended' })
+  await admin('PATCH', `/admin/v1/workspaces/${ws.slug}/tokens/${ws.tokenId}`, { limits: { rpm: 60 } })
+  const replaced = await admin('PUT', `/admin/v1/workspaces/${ws.slug}/mistral-keys/default`, { key: 'sk-audit-canary-9876' })
+  await admin('POST', `/admin/v1/workspaces/${ws.slug}/mistral-keys`, { name: 'spare', key: 'sk-spare-canary-1234' })
+  const spare = (await keysNow()).find((key) => key.name === 'spare')
+  await admin('DELETE', `/admin/v1/workspaces/${ws.slug}/mistral-keys/spare`)
+
+  const log = await admin('GET', '/admin/v1/audit-log?limit=1000')
+  const mine = (log.json.data as Array<Record<string, any>>).filter((e) => e.workspaceId === ws.id).reverse()
+  const of = (action: string) => mine.filter((e) => e.action === action)
+  const [caps, status] = of('workspace.update')
+  t.same(caps.details.changes.markupBps, { from: 0, to: 1500 }, 'the markup, before and after')
+  t.match(caps.details.changes.caps, { from: {}, to: { daily: String } }, 'the caps, before and after')
+  t.notOk('name' in caps.details.changes, 'a field set to what it was is no change')
+  t.same(status.details.changes, { status: { from: 'active', to: 'suspended' } }, 'suspended, not just "status"')
+  t.match(of('token.update')[0].details.changes, { limits: { from: {}, to: { rpm: 60 } } })
+  t.match(of('mistral_key.replace')[0].details,
+    { name: 'default', previousId: keyBefore.id, last4: { from: keyBefore.last4, to: '9876' } })
+  t.equal(of('mistral_key.replace')[0].targetId, replaced.json.id)
+  t.equal(of('mistral_key.delete')[0].targetId, spare.id, 'a deleted key is named by its id')
+  t.match(of('workspace.create')[0].details, { slug: ws.slug, timezone: 'UTC', currency: 'USD' })
+  for (const secret of ['sk-audit-canary-9876', 'sk-spare-canary-1234', ws.mistralKey, ws.token]) {
+    t.notMatch(log.body, secret, 'no key or token in the audit log')
+  }
+})
+
 t.test('OpenAPI docs describe the admin API', async (t) => {
   const { app } = await buildTestApp(t)
   const res = await app.inject({ method: 'GET', url: '/docs/json' })
