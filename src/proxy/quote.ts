@@ -47,8 +47,8 @@ export function quoteCall ({ family, body, contentLength, prices, currency, mark
   if (family === null) return { quote: FREE, price: undefined, tokenBound: false, regional }
   const price = priceOf(prices, family, body?.model, currency)
   if (!price) {
-    throw modelNotPriced(`Model '${String(body?.model)}' has no price in this gateway's price book; ` +
-      'the operator can add one (PUT /admin/v1/prices/{model})', { param: 'model' })
+    throw modelNotPriced(`Model '${String(body?.model)}' has no ${currency} price in this gateway's price book ` +
+      '(the workspace\'s currency); the operator can add one (PUT /admin/v1/prices/{model})', { param: 'model' })
   }
   // one literal, not a spread of shared fields: V8 spreads an object literal into a new one slowly (4 µs a call)
   const worst = (promptTokens: number, maxOutputTokens: number, n = 1, priority = false) =>

@@ -199,6 +199,7 @@ t.test('hostile inputs never get a call admitted that the cap would refuse', asy
   const unknown = await chat(free, 1, { model: 'gpt-4o-mini' })
   t.equal(unknown.status, 400, 'unknown model, no cap: 400')
   t.equal(unknown.json?.code, 'model_not_priced', 'model_not_priced')
+  t.match(unknown.json?.message, /has no USD price/, 'the message names the currency it has no price in')
   t.equal(upstreamOf(free).length, 0, 'nothing upstream')
 })
 
