@@ -31,6 +31,16 @@ export function readJsonFacts (body: Buffer): JsonFacts | undefined {
   return { usage: readUsage(payload), model: readModel(payload) }
 }
 
+/**
+ * The usage and model of a JSON answer too large to keep (over the JSON tap's limit: OCR with its page images), from
+ * its first and last bytes alone, of the same length: each member is looked for on its side of the join, as
+ * `topLevelMember` checks the shorter side. Undefined where they are not found so.
+ */
+export function readJsonEdgeFacts (head: Buffer, tail: Buffer): JsonFacts | undefined {
+  if (head.length !== tail.length) throw new RangeError('the two ends must be of one length')
+  return memberFacts(Buffer.concat([head, tail]))
+}
+
 function memberFacts (body: Buffer): JsonFacts | undefined {
   // an object, from its first byte to its last: anything else is left to the whole parse
   if (body[skipSpace(body, 0)] !== 0x7b || lastByte(body) !== 0x7d) return undefined

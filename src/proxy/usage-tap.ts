@@ -1,6 +1,6 @@
 import { Transform, type TransformCallback } from 'node:stream'
 import { StringDecoder } from 'node:string_decoder'
-import { readJsonFacts } from './json-usage.js'
+import { readJsonEdgeFacts, readJsonFacts } from './json-usage.js'
 import { readModel, readUsage, type Usage } from './usage.js'
 
 /** What a tap learnt from the bytes that went by. */
@@ -17,9 +17,10 @@ export interface TapResult {
   streamed: boolean
 }
 
-// a metered JSON reply larger than this is relayed but not parsed (no Mistral reply of that size carries usage
-// we could not afford to miss; embeddings batches are the largest, far below it)
+// a metered JSON reply larger than this is relayed, not kept: its usage is read from its ends (an OCR answer with its
+// page images can pass it; embeddings batches are far below it)
 const MAX_JSON_TAP_BYTES = 64 * 1024 * 1024
+const EDGE_BYTES = 1024 * 1024
 
 /**
  * A rewrite of the relayed bytes for the client's dialect (src/dialects), run inside the tap's own pass: a stream hop
@@ -113,22 +114,40 @@ export function createSseTap (shaping?: SseShaping): SseTap {
   return Object.assign(tap, { result, endCut })
 }
 
-/** Relays a JSON body unchanged and reads its usage once it is whole. */
+/**
+ * Relays a JSON body unchanged and reads its usage once it is whole. One over MAX_JSON_TAP_BYTES is not kept: only its
+ * first and last EDGE_BYTES, where an OCR answer's `model` and `usage_info` are, after and before its pages.
+ */
 export function createJsonTap (): Transform & { result: TapResult } {
   const result = newResult(false)
-  const chunks: Buffer[] = []
+  let chunks: Buffer[] = []
   let size = 0
+  // past the limit: the body's first bytes, and its last ones so far in `chunks` (at least EDGE_BYTES of them)
+  let head: Buffer | undefined
+  let kept = 0
   const tap = new Transform({
     transform (chunk: Buffer, _encoding: BufferEncoding, done: TransformCallback) {
       result.firstByteAt ??= Date.now()
       size += chunk.length
-      if (size <= MAX_JSON_TAP_BYTES) chunks.push(chunk)
+      chunks.push(chunk)
+      kept += chunk.length
+      if (head === undefined && size > MAX_JSON_TAP_BYTES) {
+        const whole = Buffer.concat(chunks, kept)
+        head = Buffer.from(whole.subarray(0, EDGE_BYTES))
+        chunks = [Buffer.from(whole.subarray(whole.length - EDGE_BYTES))]
+        kept = EDGE_BYTES
+      } else if (head !== undefined) {
+        while (kept - chunks[0].length >= EDGE_BYTES) kept -= (chunks.shift() as Buffer).length
+      }
       done(null, chunk)
     },
     flush (done: TransformCallback) {
-      if (size <= MAX_JSON_TAP_BYTES && size > 0) {
+      if (size > 0) {
+        const body = Buffer.concat(chunks, kept)
         // not JSON after all: relayed as is, metered as unknown
-        const facts = readJsonFacts(Buffer.concat(chunks, size))
+        const facts = head === undefined
+          ? readJsonFacts(body)
+          : readJsonEdgeFacts(head, body.subarray(body.length - EDGE_BYTES))
         if (facts) Object.assign(result, facts, { events: 1 })
       }
       done()

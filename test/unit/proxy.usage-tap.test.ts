@@ -413,6 +413,22 @@ t.test('JSON tap: OCR body counts pages', async (t) => {
   t.equal(tap.result.events, 1)
 })
 
+t.test('JSON tap: an OCR answer over 64 MiB (its page images) is relayed whole and metered from its ends', async (t) => {
+  const image = 'A'.repeat(66 * 1024 * 1024)
+  const input = bytes(JSON.stringify({
+    pages: [{ index: 0, markdown: '# Scan', images: [{ id: 'img-0.jpeg', image_base64: image }] }],
+    model: 'mistral-ocr-2505-completion',
+    document_annotation: null,
+    usage_info: { pages_processed: 240, doc_size_bytes: 48213 }
+  }))
+  const reads = splitAt(input, ...Array.from({ length: Math.floor(input.length / 65536) }, (_, i) => (i + 1) * 65536))
+  const tap = createJsonTap()
+  const output = await run(tap, reads)
+  t.equal(output.length, input.length, 'every byte relayed')
+  t.same(tap.result.usage, usageOf({ pages: 240 }), 'the pages Mistral counted, from the last bytes')
+  t.equal(tap.result.model, 'mistral-ocr-2505-completion')
+})
+
 t.test('JSON tap: invalid JSON is relayed, not metered, and does not throw', async (t) => {
   for (const text of ['{"usage":{"prompt_tokens":4', '<html>502 Bad Gateway</html>', 'data: [DONE]\n\n']) {
     const input = bytes(text)
