@@ -2,12 +2,13 @@ import type { FastifyInstance, FastifyRequest } from 'fastify'
 import { Type } from '@sinclair/typebox'
 import { changesOf } from '../audit/changes.js'
 import type { Workspace as WorkspaceRow } from '../db/schema.js'
-import { notFound } from '../errors.js'
+import { conflict, notFound } from '../errors.js'
 import { acceptJsonBodies } from '../json-body.js'
 import { describeLimits } from '../limits/describe-limits.js'
 import type { RateLimits, SpendCaps, WorkspaceLimits } from '../limits/policy.js'
 import { capsView, mergeRateLimits, mergeSpendCaps, mergeWorkspaceLimits } from '../limits/policy-input.js'
 import { PRICE_FAMILIES } from '../pricing/default-prices.js'
+import type { TokenView } from '../tenancy/tokens.js'
 import type { CooldownPolicy } from '../tenancy/workspaces.js'
 import { requireAdminToken } from './admin-auth.js'
 import {
@@ -34,6 +35,10 @@ const tokenView = <T extends { caps: Record<string, unknown> }>(token: T) =>
   ({ ...token, caps: capsView(token.caps as SpendCaps) })
 
 /** `/admin/v1`: the operator's API. Only the admin token opens it; a workspace token never does. */
+// how many times a PATCH merges again after another change came between its read and its write: at each round one
+// of the PATCHes racing it wins, so as many as the PATCHes made at once
+const MERGE_ATTEMPTS = 10
+
 export async function adminRoutes (app: FastifyInstance, { adminToken }: { adminToken: string }) {
   acceptJsonBodies(app, 1024 * 1024)
   requireAdminToken(app, adminToken)
@@ -97,21 +102,29 @@ export async function adminRoutes (app: FastifyInstance, { adminToken }: { admin
       response: { 200: Workspace, ...errors }
     }
   }, async (request) => {
-    const workspace = await workspaceOf(request)
     const patch = request.body as WorkspacePatchBody
     if (patch.limits?.models) {
       // admission looks per-model limits up by the price book's canonical id: aliases and case variants name it
       patch.limits.models = Object.fromEntries(Object.entries(patch.limits.models)
         .map(([model, limits]) => [canonicalModel(app, model), limits]))
     }
-    const updated = await workspaces.update(workspace.id, {
-      ...patch,
-      cooldown: patch.cooldown as CooldownPolicy | undefined, // strategies are checked by the store, by name
-      limits: patch.limits === undefined
-        ? undefined
-        : mergeWorkspaceLimits(workspace.limits as WorkspaceLimits, patch.limits),
-      caps: patch.caps === undefined ? undefined : mergeSpendCaps(workspace.caps as SpendCaps, patch.caps)
-    })
+    // limits and caps are merged into what is stored: a change written between the read and the write would be lost,
+    // so the write holds only if they are still as read, and the merge is made again from a new read if not
+    let workspace: WorkspaceRow | undefined
+    let updated: WorkspaceRow | undefined
+    for (let attempt = 0; updated === undefined; attempt++) {
+      if (attempt === MERGE_ATTEMPTS) throw conflict('The workspace kept changing while this change was merged; retry')
+      workspace = await workspaceOf(request)
+      updated = await workspaces.update(workspace.id, {
+        ...patch,
+        cooldown: patch.cooldown as CooldownPolicy | undefined, // strategies are checked by the store, by name
+        limits: patch.limits === undefined
+          ? undefined
+          : mergeWorkspaceLimits(workspace.limits as WorkspaceLimits, patch.limits),
+        caps: patch.caps === undefined ? undefined : mergeSpendCaps(workspace.caps as SpendCaps, patch.caps)
+      }, workspace)
+    }
+    workspace = workspace as WorkspaceRow
     await app.tenancy.tokens.forgetWorkspace(workspace.id)
     // the cooldown setting is no secret, and which order was in force explains a client's 429s later
     const cooldown = patch.cooldown === undefined ? {} : { cooldown: updated.cooldown }
@@ -258,13 +271,20 @@ export async function adminRoutes (app: FastifyInstance, { adminToken }: { admin
   }, async (request) => {
     const workspace = await workspaceOf(request)
     const { id } = request.params as { id: string }
-    const current = await tokens.find(workspace.id, id)
-    if (!current) throw notFound('No such token')
     const patch = request.body as TokenPatchBody
-    const updated = await tokens.update(workspace.id, id, {
-      limits: patch.limits === undefined ? undefined : mergeRateLimits(current.limits as RateLimits, patch.limits),
-      caps: patch.caps === undefined ? undefined : mergeSpendCaps(current.caps as SpendCaps, patch.caps)
-    })
+    // merged into what is stored, as a workspace's PATCH is: again from a new read if another change came between
+    let current: TokenView | undefined
+    let updated: TokenView | undefined
+    for (let attempt = 0; updated === undefined; attempt++) {
+      if (attempt === MERGE_ATTEMPTS) throw conflict('The token kept changing while this change was merged; retry')
+      current = await tokens.find(workspace.id, id)
+      if (!current) throw notFound('No such token')
+      updated = await tokens.update(workspace.id, id, {
+        limits: patch.limits === undefined ? undefined : mergeRateLimits(current.limits as RateLimits, patch.limits),
+        caps: patch.caps === undefined ? undefined : mergeSpendCaps(current.caps as SpendCaps, patch.caps)
+      }, current)
+    }
+    current = current as TokenView
     await audit(request, 'token.update', 'token', id, workspace.id,
       { fields: Object.keys(patch), prefix: updated.prefix, changes: changesOf(current, updated, Object.keys(patch)) })
     return tokenView(updated)

@@ -48,7 +48,11 @@ export interface WorkspaceStore {
    * new workspace's by now).
    */
   find (ref: string, options?: { deleted?: boolean }): Promise<Workspace | undefined>
-  update (id: string, patch: WorkspacePatch): Promise<Workspace>
+  /**
+   * Undefined when the workspace is gone, or when `read` is given and its limits or caps are no longer what it says:
+   * another change came between the read a merge was made from and this write, which would undo it.
+   */
+  update (id: string, patch: WorkspacePatch, read?: Pick<Workspace, 'limits' | 'caps'>): Promise<Workspace | undefined>
   remove (id: string): Promise<void>
 }
 
@@ -77,7 +81,7 @@ export function createWorkspaceStore ({ db, maxHoldMs }: { db: Database, maxHold
       const [row] = await db.select().from(workspaces).where(byId && deleted ? match : and(match, live)).limit(1)
       return row
     },
-    async update (id, patch) {
+    async update (id, patch, read) {
       const values: Partial<Workspace> = {}
       if (patch.name !== undefined) values.name = checkName(patch.name)
       if (patch.timezone !== undefined) values.timezone = checkTimezone(patch.timezone)
@@ -90,8 +94,9 @@ export function createWorkspaceStore ({ db, maxHoldMs }: { db: Database, maxHold
       if (patch.cooldown !== undefined) {
         values.cooldown = checkCooldown(patch.cooldown, maxHoldMs) as Record<string, unknown>
       }
+      const unchanged = read === undefined ? [] : [eq(workspaces.limits, read.limits), eq(workspaces.caps, read.caps)]
       const [row] = await db.update(workspaces).set({ ...values, updatedAt: sql`now()` })
-        .where(and(eq(workspaces.id, id), live)).returning()
+        .where(and(eq(workspaces.id, id), live, ...unchanged)).returning()
       return row
     },
     async remove (id) {

@@ -220,6 +220,29 @@ t.test('the audit log says what each change changed: before and after, never a s
   }
 })
 
+t.test('PATCHes at once each keep their part of the limits and caps: none undoes another', async (t) => {
+  const { admin, createWorkspace } = await buildTestApp(t)
+  const ws = await createWorkspace()
+  const parts = [
+    { caps: { daily: '20' } }, { caps: { monthly: '250' } }, { caps: { lifetime: '900' } },
+    { limits: { rpm: 60 } }, { limits: { rpd: 5000 } }, { limits: { tpm: 90000 } }, { limits: { concurrency: 4 } }
+  ]
+  const answers = await Promise.all(parts.map((part) => admin('PATCH', `/admin/v1/workspaces/${ws.slug}`, part)))
+  t.same(answers.map((answer) => answer.statusCode), parts.map(() => 200))
+  const after = (await admin('GET', `/admin/v1/workspaces/${ws.slug}`)).json
+  t.match(after.caps, { daily: /^20(\.0+)?$/, monthly: /^250(\.0+)?$/, lifetime: /^900(\.0+)?$/ }, 'every cap')
+  t.match(after.limits, { rpm: 60, rpd: 5000, tpm: 90000, concurrency: 4 }, 'every limit')
+
+  const tokenParts = [{ caps: { daily: '5' } }, { caps: { monthly: '50' } }, { limits: { rpm: 10 } }, { limits: { tpm: 1000 } }]
+  const url = `/admin/v1/workspaces/${ws.slug}/tokens/${ws.tokenId}`
+  const tokenAnswers = await Promise.all(tokenParts.map((part) => admin('PATCH', url, part)))
+  t.same(tokenAnswers.map((answer) => answer.statusCode), tokenParts.map(() => 200))
+  const listed = (await admin('GET', `/admin/v1/workspaces/${ws.slug}/tokens`)).json
+  const token = listed.data.find((entry: { id: string }) => entry.id === ws.tokenId)
+  t.match(token.caps, { daily: /^5(\.0+)?$/, monthly: /^50(\.0+)?$/ }, 'a token\'s caps, likewise')
+  t.match(token.limits, { rpm: 10, tpm: 1000 }, 'and its limits')
+})
+
 t.test('OpenAPI docs describe the admin API', async (t) => {
   const { app } = await buildTestApp(t)
   const res = await app.inject({ method: 'GET', url: '/docs/json' })
