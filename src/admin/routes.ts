@@ -2,7 +2,7 @@ import type { FastifyInstance, FastifyRequest } from 'fastify'
 import { Type } from '@sinclair/typebox'
 import { changesOf } from '../audit/changes.js'
 import type { Workspace as WorkspaceRow } from '../db/schema.js'
-import { conflict, notFound } from '../errors.js'
+import { badRequest, conflict, notFound } from '../errors.js'
 import { acceptJsonBodies } from '../json-body.js'
 import { describeLimits } from '../limits/describe-limits.js'
 import type { RateLimits, SpendCaps, WorkspaceLimits } from '../limits/policy.js'
@@ -22,11 +22,20 @@ const errors = {
 }
 const security = [{ adminToken: [] }]
 
-function canonicalModel (app: FastifyInstance, model: string): string {
+/**
+ * The price book's canonical id of a model a per-model limit names: admission looks the limit up by it. A model the
+ * book does not know (in the workspace's currency or in USD) is refused: its limit would never apply. A limit being
+ * removed (`null`) may name any.
+ */
+function canonicalModel (app: FastifyInstance, model: string, currency: string, removing: boolean): string {
   for (const family of PRICE_FAMILIES) {
-    if (app.prices.entry(model, family, 'USD')) return app.prices.canonical(model, family)
+    for (const book of new Set([currency, 'USD'])) {
+      if (app.prices.entry(model, family, book)) return app.prices.canonical(model, family)
+    }
   }
-  return model
+  if (removing) return model
+  throw badRequest(`limits.models: the price book has no model '${model}'; a per-model limit applies to the ` +
+    'models it prices (GET /admin/v1/prices)', { param: `limits.models.${model}` })
 }
 
 // money leaves the gateway as decimal strings in the workspace currency
@@ -105,8 +114,9 @@ export async function adminRoutes (app: FastifyInstance, { adminToken }: { admin
     const patch = request.body as WorkspacePatchBody
     if (patch.limits?.models) {
       // admission looks per-model limits up by the price book's canonical id: aliases and case variants name it
+      const currency = patch.currency ?? (await workspaceOf(request)).currency
       patch.limits.models = Object.fromEntries(Object.entries(patch.limits.models)
-        .map(([model, limits]) => [canonicalModel(app, model), limits]))
+        .map(([model, limits]) => [canonicalModel(app, model, currency, limits === null), limits]))
     }
     // limits and caps are merged into what is stored: a change written between the read and the write would be lost,
     // so the write holds only if they are still as read, and the merge is made again from a new read if not

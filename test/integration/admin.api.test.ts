@@ -243,6 +243,20 @@ t.test('PATCHes at once each keep their part of the limits and caps: none undoes
   t.match(token.limits, { rpm: 10, tpm: 1000 }, 'and its limits')
 })
 
+t.test('a per-model limit must name a model of the price book, or it would never apply', async (t) => {
+  const { admin, createWorkspace } = await buildTestApp(t)
+  const ws = await createWorkspace()
+  const typo = await admin('PATCH', `/admin/v1/workspaces/${ws.slug}`, { limits: { models: { 'mistral-lagre-latest': { rpm: 1 } } } })
+  t.equal(typo.statusCode, 400, 'a typo is refused')
+  t.equal(typo.json.param, 'limits.models.mistral-lagre-latest')
+  t.match(typo.json.message, /price book has no model 'mistral-lagre-latest'/)
+  const alias = await admin('PATCH', `/admin/v1/workspaces/${ws.slug}`, { limits: { models: { 'mistral-small-latest': { rpm: 3 } } } })
+  t.equal(alias.statusCode, 200, 'an alias is taken')
+  t.same(Object.values(alias.json.limits.models), [{ rpm: 3 }], 'under the canonical id')
+  const removed = await admin('PATCH', `/admin/v1/workspaces/${ws.slug}`, { limits: { models: { 'gone-model': null } } })
+  t.equal(removed.statusCode, 200, 'removing a limit may name any model')
+})
+
 t.test('OpenAPI docs describe the admin API', async (t) => {
   const { app } = await buildTestApp(t)
   const res = await app.inject({ method: 'GET', url: '/docs/json' })
