@@ -65,7 +65,7 @@ export function createWorkspaceStore ({ db, maxHoldMs }: { db: Database, maxHold
       const row = {
         slug: input.slug,
         name: checkName(input.name),
-        timezone: checkTimezone(input.timezone ?? 'UTC'),
+        timezone: await checkTimezone(db, input.timezone ?? 'UTC'),
         currency: checkCurrency(input.currency ?? 'USD')
       }
       const [created] = await db.insert(workspaces).values(row).onConflictDoNothing().returning()
@@ -84,7 +84,7 @@ export function createWorkspaceStore ({ db, maxHoldMs }: { db: Database, maxHold
     async update (id, patch, read) {
       const values: Partial<Workspace> = {}
       if (patch.name !== undefined) values.name = checkName(patch.name)
-      if (patch.timezone !== undefined) values.timezone = checkTimezone(patch.timezone)
+      if (patch.timezone !== undefined) values.timezone = await checkTimezone(db, patch.timezone)
       if (patch.currency !== undefined) values.currency = checkCurrency(patch.currency)
       if (patch.status !== undefined) values.status = patch.status
       if (patch.allowOrganizationRoutes !== undefined) values.allowOrganizationRoutes = patch.allowOrganizationRoutes
@@ -151,22 +151,31 @@ function checkName (name: string) {
   return trimmed
 }
 
-// an IANA name (Area/Location, Etc/GMT+5) or UTC: the gateway's periods follow Node's zone data and the ledger's
-// rollups PostgreSQL's, and both know these alike. Abbreviations do not agree: Node takes IST for India and BST for
-// Bangladesh where PostgreSQL reads Israel and British Summer Time, and PostgreSQL knows no AET, which would fail
-// every ledger insert that holds one of the workspace's records
+// an IANA name (Area/Location, Etc/GMT+5) or UTC, known to both: the gateway's periods follow Node's zone data and
+// the ledger's rollups PostgreSQL's. Abbreviations do not agree (Node takes IST for India and BST for Bangladesh where
+// PostgreSQL reads Israel and British Summer Time), and a name only Node knows (AET, US/Pacific-New) would fail every
+// ledger insert holding one of the workspace's records
 const IANA_NAME = /^(?:UTC|[A-Za-z]+(?:\/[A-Za-z0-9_+-]+)+)$/
 
-function checkTimezone (timezone: string) {
+async function checkTimezone (db: Database, timezone: string): Promise<string> {
+  const refused = () => badRequest(`timezone '${timezone}' is not an IANA time zone name such as Europe/Paris, or UTC`,
+    { param: 'timezone' })
+  if (!IANA_NAME.test(timezone)) throw refused()
   try {
-    if (!IANA_NAME.test(timezone)) throw new RangeError('not an IANA name')
     // the IANA zone decides where the workspace's calendar days and months begin
     new Intl.DateTimeFormat('en', { timeZone: timezone }).format()
-    return timezone
   } catch {
-    throw badRequest(`timezone '${timezone}' is not an IANA time zone name such as Europe/Paris, or UTC`,
-      { param: 'timezone' })
+    throw refused()
   }
+  try {
+    await db.execute(sql`select now() at time zone ${timezone}`)
+  } catch (err) {
+    // 22023, invalid_parameter_value: "time zone … not recognized" (drizzle wraps the driver's error)
+    const code = (err as { code?: unknown }).code ?? (err as { cause?: { code?: unknown } }).cause?.code
+    if (code === '22023') throw refused()
+    throw err
+  }
+  return timezone
 }
 
 function checkCurrency (currency: string) {

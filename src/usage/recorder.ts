@@ -134,13 +134,16 @@ export function createUsageRecorder ({
   }
 }
 
-/**
- * PostgreSQL refused the statement for a value in it (SQLSTATE class 22, data exception: text it cannot store, a
- * number out of range; 23, a constraint), not because it could not be reached. drizzle wraps the driver's error.
- */
+// what PostgreSQL says of a value it cannot store: text it cannot hold (a NUL, broken JSON or Unicode), a number out
+// of range, a null or a value a constraint refuses. Not a fault of anything else (a workspace's time zone it does not
+// know, 22023, is a setting to mend, not records to set aside: those batches wait, as while PostgreSQL is down)
+const REFUSED_VALUE = new Set(['22001', '22003', '22021', '22P02', '22P05', '23502', '23514'])
+
+/** PostgreSQL refused the statement for a value in it, not because it could not be reached. */
 function refusedRecord (err: unknown): boolean {
+  // drizzle wraps the driver's error
   const code = (err as { code?: unknown }).code ?? (err as { cause?: { code?: unknown } }).cause?.code
-  return typeof code === 'string' && (code.startsWith('22') || code.startsWith('23'))
+  return typeof code === 'string' && REFUSED_VALUE.has(code)
 }
 
 // a spooled line is a call's start (what to bill should the gateway die before its end) or its record
