@@ -2,12 +2,22 @@ import type { SseShaping } from '../proxy/usage-tap.js'
 import { withOpenAiError } from './openai-response.js'
 
 const EVENT_END = Buffer.from('\n\n')
+const CRLF_EVENT_END = Buffer.from('\r\n\r\n')
 const ERROR_KEY = Buffer.from('"error"')
 
+/** Just past the last blank line of `data`, LF- or CRLF-framed (SSE allows both); -1 when there is none. */
+function lastEventEnd (data: Buffer): number {
+  const lf = data.lastIndexOf(EVENT_END)
+  const crlf = data.lastIndexOf(CRLF_EVENT_END)
+  return Math.max(lf === -1 ? -1 : lf + EVENT_END.length, crlf === -1 ? -1 : crlf + CRLF_EVENT_END.length)
+}
+
 /**
- * A chat, FIM or agents stream that needs no other change still needs this one: an error Mistral sends as an event
- * (`data: {"object":"error",…}`) gains the `error` object openai-node throws on (MISTRAL-NOTES §5.4); without it the
- * SDK reads the event as a chunk and the stream just ends. The Mistral SDK does not mind the extra field.
+ * Every stream that needs no other change gets this one: an error Mistral sends as an event (`data:
+ * {"object":"error",…}`) gains the `error` object openai-node throws on (MISTRAL-NOTES §5.4); without it the SDK reads
+ * the event as a chunk and the stream just ends. The Mistral SDK does not mind the extra field. And only whole events
+ * reach the client: when Mistral cuts a stream mid-event, the half it sent is dropped before the gateway's own error
+ * event, which an SDK would otherwise fail to parse as one event with it.
  *
  * Everything else passes as it came, undecoded: each read's complete events go on at once, and only a read's tail
  * that ends mid-event waits for the rest of its event (no SSE client can act on half an event anyway). Only reads
@@ -21,12 +31,11 @@ export function streamErrorShaping (): SseShaping {
       // whole events without an error, and nothing held back before them: as they came
       if (plain && pending === undefined) return chunk
       const data = pending === undefined ? chunk : Buffer.concat([pending, chunk])
-      const end = data.lastIndexOf(EVENT_END)
-      if (end === -1) {
+      const cut = lastEventEnd(data)
+      if (cut === -1) {
         pending = data
         return undefined
       }
-      const cut = end + EVENT_END.length
       pending = cut < data.length ? data.subarray(cut) : undefined
       return shaped(cut < data.length ? data.subarray(0, cut) : data)
     },

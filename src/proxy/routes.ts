@@ -370,10 +370,10 @@ interface Dialect {
   /** a final chunk with empty `choices` and the usage, as `stream_options.include_usage` asks */
   includeUsage: boolean
   /**
-   * `reshape`: parsed event by event (asked-for usage, tools that may be called); `errors`: passed as it comes, but
-   * for Mistral's error events, which gain the `error` object openai-node throws on
+   * parsed event by event (asked-for usage, tools that may be called); any other stream passes as it comes but for
+   * Mistral's error events, which gain the `error` object openai-node throws on (streamShaping)
    */
-  stream?: 'reshape' | 'errors'
+  reshapeStream?: boolean
   /** a 2xx JSON answer rewritten: base64 embeddings, OpenAI's moderation fields */
   rewrite?: (body: string) => string
 }
@@ -384,7 +384,7 @@ function translateDialect (operation: Operation, body: unknown): Dialect | undef
   const json = body as Record<string, unknown>
   if (operation.metered === 'chat' || operation.metered === 'fim' || operation.metered === 'agents_completion') {
     const { includeUsage } = translateChatRequest(json)
-    return { includeUsage, stream: includeUsage || Array.isArray(json.tools) ? 'reshape' : 'errors' }
+    return { includeUsage, reshapeStream: includeUsage || Array.isArray(json.tools) }
   }
   if (operation.metered === 'embeddings') {
     const { base64Embeddings: base64 } = translateEmbeddingsRequest(json)
@@ -397,10 +397,12 @@ function translateDialect (operation: Operation, body: unknown): Dialect | undef
   return undefined
 }
 
-/** What an OpenAI client's stream needs (the dialect's `stream`), done in the usage tap's own pass. */
-function streamShaping (notes: Dialect | undefined): SseShaping | undefined {
-  if (notes?.stream === 'reshape') return openAiStreamShaping(notes)
-  return notes?.stream === 'errors' ? streamErrorShaping() : undefined
+/**
+ * What a stream needs, done in the usage tap's own pass: an OpenAI client's reshaping (the dialect's `stream`), or
+ * else the error events' `error` object and whole events only, for every client (conversations and audio streams too).
+ */
+function streamShaping (notes: Dialect | undefined): SseShaping {
+  return notes?.reshapeStream === true ? openAiStreamShaping(notes) : streamErrorShaping()
 }
 
 // a metered JSON answer up to this size is read whole; a larger one (OCR with its images) is relayed as it comes

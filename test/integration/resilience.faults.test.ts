@@ -205,6 +205,26 @@ t.test('mid-stream faults', async (t) => {
     })
   }
 
+  t.test('a conversation stream cut mid-event: no half event reaches the client, then the gateway\'s', async (t) => {
+    const ws = await createWorkspace()
+    const whole = 'event: message.output.delta\ndata: {"type":"message.output.delta","content":"Hello","model":"mistral-small-latest"}\n\n'
+    mistral.enqueue((_req, res) => {
+      res.writeHead(200, { 'content-type': 'text/event-stream' })
+      res.write(whole + 'event: message.output.delta\ndata: {"type":"message.output.delta","cont')
+      setTimeout(() => res.destroy(), 50)
+    }, '/v1/conversations')
+    const res = await request(`${url}/v1/conversations`, {
+      method: 'POST',
+      headers: { ...ws.headers, 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'mistral-small-latest', inputs: 'Hi', stream: true })
+    })
+    const text = await res.body.text()
+    t.ok(text.startsWith(whole), 'the whole event as Mistral sent it')
+    t.notMatch(text, '"cont\n', 'none of the half event')
+    const last = text.slice(whole.length)
+    t.match(JSON.parse(last.replace(/^data: /, '')), { object: 'error', code: 'upstream_cut' }, 'then the gateway\'s event, whole')
+  })
+
   t.test('a cut after Mistral\'s usage event is metered from Mistral\'s count, not estimated', async (t) => {
     const ws = await createWorkspace()
     // role event, 3 words, the finish event carrying usage; the cut takes the [DONE]

@@ -65,6 +65,15 @@ t.test('stream errors: a stream that ends mid-event lets the rest out as it came
   t.equal(out, CHUNK + 'data: {"id":"ab')
 })
 
+t.test('stream errors: CRLF-framed events go on as they are whole too, not at the end of the stream', async (t) => {
+  const crlf = CHUNK.replace(/\n/g, '\r\n')
+  const shaper = createSseTap(streamErrorShaping())
+  shaper.write(Buffer.from(crlf + crlf.slice(0, 15)))
+  t.equal((shaper.read() as Buffer | null)?.toString(), crlf, 'the whole event at once, its half held back')
+  shaper.write(Buffer.from(crlf.slice(15)))
+  t.equal((shaper.read() as Buffer | null)?.toString(), crlf, 'and the rest once whole')
+})
+
 t.test('moderation requests: no model or OpenAI\'s is translated; a Mistral model is not', async (t) => {
   for (const model of [undefined, null, 'omni-moderation-latest', 'omni-moderation-2024-09-26',
     'text-moderation-latest', 'text-moderation-stable']) {
