@@ -7,7 +7,8 @@ const ConfigSchema = Type.Object({
   // set: GET /metrics is served on this port (on HOST) and not on PORT, so that only the scraper reaches it
   METRICS_PORT: Type.Optional(Type.Integer({ minimum: 0, maximum: 65535 })),
   LOG_LEVEL: Type.String({ default: 'info' }),
-  // false: no metric carries the workspace label (an agency with very many workspaces); Mistral's quota gauges keep it
+  // false: the per-call metrics carry no workspace label (an agency with very many workspaces); the scrape-time
+  // gauges (spend, caps, Mistral's quota) keep it
   METRICS_WORKSPACE_LABEL: Type.Boolean({ default: true }),
   // unset: embedded PostgreSQL (PGlite) in DATA_DIR
   DATABASE_URL: Type.Optional(Type.String({ minLength: 1 })),

@@ -81,8 +81,9 @@ export interface MetricsOptions {
   /** spend, caps and key statuses from PostgreSQL, read at scrape time */
   facts: ScrapeFactsReader
   /**
-   * false: the workspace label is empty on every family but Mistral's quota gauges, whose series are a key's (capped
-   * at MAX_QUOTA_KEYS keys, and a key's name means nothing without its workspace)
+   * false: the workspace label is empty on the families every call adds to; the scrape-time ones keep it (Mistral's
+   * quota per key, a key's name meaning nothing without its workspace; spend and caps, which the cap alerts join by
+   * it), each capped at 1,000 series
    */
   workspaceLabel?: boolean
 }
@@ -207,11 +208,10 @@ export function createMetrics (options: MetricsOptions): Metrics {
     overflow.inc()
     return '__other__'
   }
-  // scrape-time families rank workspaces as the facts do (capped first, then by spend): the rest are `__other__`
-  const scrapeLabel = (slug: string, index: number) => {
-    if (options.workspaceLabel === false) return ''
-    return index < MAX_WORKSPACES ? slug : '__other__'
-  }
+  // scrape-time families rank workspaces as the facts do (capped first, then by spend): the rest are `__other__`. They
+  // keep the label whatever `workspaceLabel` says: one series per capped workspace at most (1,000, then one), and the
+  // cap alerts join spend to cap by it
+  const scrapeLabel = (slug: string, index: number) => index < MAX_WORKSPACES ? slug : '__other__'
   const modelOf = (model: string | undefined) => model ?? 'other'
   const statusClass = (status: number) => `${Math.floor(status / 100)}xx`
 

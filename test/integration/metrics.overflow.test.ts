@@ -53,21 +53,28 @@ t.test('past 1,000 workspaces the label says __other__ and the overflow is count
   t.equal(series.size, LABEL_CAP + 1, 'the label has at most 1,001 values')
 })
 
-t.test('METRICS_WORKSPACE_LABEL=false: no family names a workspace but Mistral\'s quota per key', async (t) => {
-  const { app, createWorkspace } = await buildTestApp(t, { METRICS_WORKSPACE_LABEL: 'false' })
+t.test('METRICS_WORKSPACE_LABEL=false: the per-call families name no workspace; the scrape-time gauges still do', async (t) => {
+  const { app, createWorkspace, admin } = await buildTestApp(t, { METRICS_WORKSPACE_LABEL: 'false' })
   const one = await createWorkspace()
   const two = await createWorkspace()
+  t.equal((await admin('PATCH', `/admin/v1/workspaces/${two.slug}`, { caps: { monthly: '100' } })).statusCode, 200)
   for (const ws of [one, two, two]) {
     const res = await app.inject({ method: 'POST', url: '/v1/chat/completions', headers: ws.headers, payload: chat })
     t.equal(res.statusCode, 200)
   }
+  await app.usage.flush()
   const text = (await app.inject({ method: 'GET', url: '/metrics' })).body
   const samples = parseExposition(text)
   t.equal(valueOf(samples, 'tramontane_requests_total', { workspace: '', operation: 'chat', status_class: '2xx' }), 3,
     'the calls of both workspaces, in one series')
-  const named = samples.filter((s) => s.labels.workspace && !s.name.startsWith('tramontane_mistral_quota_'))
-  t.same(named.map((s) => `${s.name} ${s.labels.workspace}`), [], 'no other series names a workspace')
+  const SCRAPED = /^tramontane_(mistral_quota_|workspace_spend_|workspace_cap_)/
+  const named = samples.filter((s) => s.labels.workspace && !SCRAPED.test(s.name))
+  t.same(named.map((s) => `${s.name} ${s.labels.workspace}`), [], 'no per-call series names a workspace')
   t.equal(valueOf(samples, 'tramontane_mistral_quota_limit', { workspace: two.slug, key: 'default', resource: 'tokens', window: 'minute' }),
     5_000_000, 'a key\'s quota still says whose key it is')
+  // other test files' workspaces share this database: theirs may be listed too
+  const capped = samples.filter((s) => s.name === 'tramontane_workspace_cap_micros').map((s) => s.labels.workspace)
+  t.ok(capped.includes(two.slug), 'a cap keeps its workspace, for the cap alerts')
+  t.notOk(capped.includes(''), 'none without it')
   t.equal(valueOf(samples, 'tramontane_metric_label_overflow_total'), 0)
 })
