@@ -296,7 +296,8 @@ export async function adminRoutes (app: FastifyInstance, { adminToken }: { admin
     }
     current = current as TokenView
     await audit(request, 'token.update', 'token', id, workspace.id,
-      { fields: Object.keys(patch), prefix: updated.prefix, changes: changesOf(current, updated, Object.keys(patch)) })
+      { fields: Object.keys(patch), prefix: updated.prefix,
+        changes: changesOf(tokenView(current), tokenView(updated), Object.keys(patch)) })
     return tokenView(updated)
   })
 

@@ -82,8 +82,9 @@ export function meterCall ({
         estimated = true
         usage.promptTokens = estimatePromptTokens(body)
         // a stream cut, stalled or left before Mistral's count came: Mistral bills what it produced, at least a token
-        // for each event relayed (each delta carries one or more), or hanging up would make the output free
-        usage.completionTokens = tap?.streamed ? tap.events : 0
+        // for each event relayed after the first (each delta carries one or more; the first, the role or the
+        // conversation's start, none), or hanging up would make the output free
+        usage.completionTokens = tap?.streamed ? Math.max(0, tap.events - 1) : 0
         usage.totalTokens = usage.promptTokens + usage.completionTokens
       }
     }

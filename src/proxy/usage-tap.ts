@@ -120,7 +120,7 @@ export function createSseTap (shaping?: SseShaping): SseTap {
  */
 export function createJsonTap (): Transform & { result: TapResult } {
   const result = newResult(false)
-  let chunks: Buffer[] = []
+  const chunks: Buffer[] = []
   let size = 0
   // past the limit: the body's first bytes, and its last ones so far in `chunks` (at least EDGE_BYTES of them)
   let head: Buffer | undefined
@@ -131,12 +131,9 @@ export function createJsonTap (): Transform & { result: TapResult } {
       size += chunk.length
       chunks.push(chunk)
       kept += chunk.length
-      if (head === undefined && size > MAX_JSON_TAP_BYTES) {
-        const whole = Buffer.concat(chunks, kept)
-        head = Buffer.from(whole.subarray(0, EDGE_BYTES))
-        chunks = [Buffer.from(whole.subarray(whole.length - EDGE_BYTES))]
-        kept = EDGE_BYTES
-      } else if (head !== undefined) {
+      // the first bytes copied out once (not the whole: 64 MiB more at that moment); then only the last ones are kept
+      if (head === undefined && size > MAX_JSON_TAP_BYTES) head = firstBytes(chunks, EDGE_BYTES)
+      if (head !== undefined) {
         while (kept - chunks[0].length >= EDGE_BYTES) kept -= (chunks.shift() as Buffer).length
       }
       done(null, chunk)
@@ -157,6 +154,18 @@ export function createJsonTap (): Transform & { result: TapResult } {
 }
 
 const LF = 0x0a
+
+/** A copy of the first `count` bytes of `chunks` (which hold at least that many). */
+function firstBytes (chunks: Buffer[], count: number): Buffer {
+  const leading: Buffer[] = []
+  let length = 0
+  for (const chunk of chunks) {
+    if (length >= count) break
+    leading.push(chunk)
+    length += chunk.length
+  }
+  return Buffer.from(Buffer.concat(leading, length).subarray(0, count))
+}
 // the needles as bytes: a string needle is encoded again on every search
 const USAGE = Buffer.from('usage')
 const ERROR = Buffer.from('error')

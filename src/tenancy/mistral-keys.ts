@@ -79,14 +79,13 @@ MistralKeyStore {
       return rows.map(view)
     },
     async replace (workspaceId, name, secret) {
-      const [current] = await db.select({ id: mistralKeys.id }).from(mistralKeys).where(byName(workspaceId, name))
-      if (!current) throw notFound(`No Mistral key named '${name}'`)
       // a new key gets a new id: what is known by the old one (a cooldown, an open breaker, Mistral's quota, a 401
-      // that a call still in flight with the old secret meets and would mark invalid) is the old key's, not this one's
+      // that a call still in flight with the old secret meets and would mark invalid) is the old key's, not this one's.
+      // By name: of two replacements at once, the later one wins
       const id = randomUUID()
       const [row] = await db.update(mistralKeys)
         .set({ id, ...seal(cipher, workspaceId, id, secret), status: 'active', updatedAt: sql`now()` })
-        .where(eq(mistralKeys.id, current.id)).returning()
+        .where(byName(workspaceId, name)).returning()
       if (!row) throw notFound(`No Mistral key named '${name}'`)
       await changed(workspaceId)
       return view(row)

@@ -49,9 +49,9 @@ export interface TokenStore {
   list (workspaceId: string): Promise<TokenView[]>
   revoke (workspaceId: string, tokenId: string): Promise<TokenView>
   find (workspaceId: string, tokenId: string): Promise<TokenView | undefined>
-  /** Undefined when `read` is given and the token's limits or caps are no longer what it says (see workspaces). */
+  /** Undefined when the token's limits or caps are no longer those `read` holds (see workspaces' update). */
   update (workspaceId: string, tokenId: string, patch: { limits?: RateLimits, caps?: SpendCaps },
-    read?: { limits: unknown, caps: unknown }): Promise<TokenView | undefined>
+    read: { limits: unknown, caps: unknown }): Promise<TokenView | undefined>
   /**
    * The caller's context, or undefined for any bad, unknown, expired or revoked token. Throws 503
    * `authentication_unavailable` for a well-formed token it cannot read (PostgreSQL does not answer) and has nothing
@@ -155,15 +155,10 @@ export function createTokenStore ({ db, bus, cacheTtlMs, scopes, keyExists, log 
       if (patch.limits !== undefined) values.limits = patch.limits as Record<string, unknown>
       if (patch.caps !== undefined) values.caps = patch.caps as Record<string, unknown>
       const mine = and(eq(workspaceTokens.id, tokenId), eq(workspaceTokens.workspaceId, workspaceId))
-      const unchanged = read === undefined ? [] : [
-        eq(workspaceTokens.limits, read.limits as Record<string, unknown>),
-        eq(workspaceTokens.caps, read.caps as Record<string, unknown>)
-      ]
-      const [row] = await db.update(workspaceTokens).set(values).where(and(mine, ...unchanged)).returning()
-      if (!row) {
-        if (read !== undefined) return undefined
-        throw notFound('No such token')
-      }
+      const unchanged = and(eq(workspaceTokens.limits, read.limits as Record<string, unknown>),
+        eq(workspaceTokens.caps, read.caps as Record<string, unknown>))
+      const [row] = await db.update(workspaceTokens).set(values).where(and(mine, unchanged)).returning()
+      if (!row) return undefined
       await bus.publish({ type: 'token', hash: row.hash.toString('hex') })
       return view(row)
     },

@@ -49,10 +49,10 @@ export interface WorkspaceStore {
    */
   find (ref: string, options?: { deleted?: boolean }): Promise<Workspace | undefined>
   /**
-   * Undefined when the workspace is gone, or when `read` is given and its limits or caps are no longer what it says:
-   * another change came between the read a merge was made from and this write, which would undo it.
+   * Undefined when the workspace is gone, or when its limits or caps are no longer those `read` holds: another change
+   * came between the read a merge was made from and this write, which would undo it.
    */
-  update (id: string, patch: WorkspacePatch, read?: Pick<Workspace, 'limits' | 'caps'>): Promise<Workspace | undefined>
+  update (id: string, patch: WorkspacePatch, read: Pick<Workspace, 'limits' | 'caps'>): Promise<Workspace | undefined>
   remove (id: string): Promise<void>
 }
 
@@ -94,9 +94,9 @@ export function createWorkspaceStore ({ db, maxHoldMs }: { db: Database, maxHold
       if (patch.cooldown !== undefined) {
         values.cooldown = checkCooldown(patch.cooldown, maxHoldMs) as Record<string, unknown>
       }
-      const unchanged = read === undefined ? [] : [eq(workspaces.limits, read.limits), eq(workspaces.caps, read.caps)]
+      const unchanged = and(eq(workspaces.limits, read.limits), eq(workspaces.caps, read.caps))
       const [row] = await db.update(workspaces).set({ ...values, updatedAt: sql`now()` })
-        .where(and(eq(workspaces.id, id), live, ...unchanged)).returning()
+        .where(and(eq(workspaces.id, id), live, unchanged)).returning()
       return row
     },
     async remove (id) {

@@ -195,7 +195,7 @@ t.test('the audit log says what each change changed: before and after, never a s
   const [keyBefore] = await keysNow()
   await admin('PATCH', `/admin/v1/workspaces/${ws.slug}`, { caps: { daily: '20' }, markupBps: 1500, name: `Test ${ws.slug}` })
   await admin('PATCH', `/admin/v1/workspaces/${ws.slug}`, { status: 'suspended' })
-  await admin('PATCH', `/admin/v1/workspaces/${ws.slug}/tokens/${ws.tokenId}`, { limits: { rpm: 60 } })
+  await admin('PATCH', `/admin/v1/workspaces/${ws.slug}/tokens/${ws.tokenId}`, { limits: { rpm: 60 }, caps: { daily: '2' } })
   const replaced = await admin('PUT', `/admin/v1/workspaces/${ws.slug}/mistral-keys/default`, { key: 'sk-audit-canary-9876' })
   await admin('POST', `/admin/v1/workspaces/${ws.slug}/mistral-keys`, { name: 'spare', key: 'sk-spare-canary-1234' })
   const spare = (await keysNow()).find((key) => key.name === 'spare')
@@ -210,11 +210,15 @@ t.test('the audit log says what each change changed: before and after, never a s
   t.notOk('name' in caps.details.changes, 'a field set to what it was is no change')
   t.same(status.details.changes, { status: { from: 'active', to: 'suspended' } }, 'suspended, not just "status"')
   t.match(of('token.update')[0].details.changes, { limits: { from: {}, to: { rpm: 60 } } })
+  t.match(of('token.update')[0].details.changes.caps.to.daily, /^2(\.0+)?$/, 'a token\'s caps as the admin API shows them')
   t.match(of('mistral_key.replace')[0].details,
     { name: 'default', previousId: keyBefore.id, last4: { from: keyBefore.last4, to: '9876' } })
   t.equal(of('mistral_key.replace')[0].targetId, replaced.json.id)
   t.equal(of('mistral_key.delete')[0].targetId, spare.id, 'a deleted key is named by its id')
   t.match(of('workspace.create')[0].details, { slug: ws.slug, timezone: 'UTC', currency: 'USD' })
+  const twice = await Promise.all(['sk-first-canary-1111', 'sk-second-canary-2222'].map((key) =>
+    admin('PUT', `/admin/v1/workspaces/${ws.slug}/mistral-keys/default`, { key })))
+  t.same(twice.map((answer) => answer.statusCode), [200, 200], 'two replacements at once both succeed')
   for (const secret of ['sk-audit-canary-9876', 'sk-spare-canary-1234', ws.mistralKey, ws.token]) {
     t.notMatch(log.body, secret, 'no key or token in the audit log')
   }
