@@ -229,7 +229,7 @@ export async function adminRoutes (app: FastifyInstance, { adminToken }: { admin
   app.delete('/workspaces/:ws/mistral-keys/:name', {
     schema: {
       tags: ['mistral keys'],
-      summary: 'Delete a Mistral key',
+      summary: 'Delete a Mistral key (409 while a live token is bound to it: each of its calls would be refused)',
       security,
       params: KeyParams,
       response: { 204: Type.Null(), ...errors }
@@ -237,6 +237,11 @@ export async function adminRoutes (app: FastifyInstance, { adminToken }: { admin
   }, async (request, reply) => {
     const workspace = await workspaceOf(request)
     const { name } = request.params as { name: string }
+    const bound = (await tokens.list(workspace.id)).filter((token) => token.mistralKeyName === name && !token.revokedAt)
+    if (bound.length > 0) {
+      throw conflict(`Mistral key '${name}' is bound to ${bound.length} live token(s) (${bound.map((token) =>
+        token.prefix).join(', ')}): replace the key (PUT), or revoke those tokens first`, { param: 'name' })
+    }
     const id = await keys.remove(workspace.id, name)
     await audit(request, 'mistral_key.delete', 'mistral_key', id, workspace.id, { name })
     return reply.code(204).send()

@@ -102,8 +102,14 @@ t.test('tokens: minted once, listed by prefix, revoked', async (t) => {
   t.equal((await admin('POST', `/admin/v1/workspaces/${ws.slug}/tokens`, { name: 'x', mistralKey: 'nope' })).statusCode, 400)
   t.equal((await admin('POST', `/admin/v1/workspaces/${ws.slug}/tokens`, { name: 'x', expiresAt: '2001-01-01T00:00:00Z' })).statusCode, 400)
 
+  // a key a live token is bound to cannot go: every call of that token would be refused
+  const keyInUse = await admin('DELETE', `/admin/v1/workspaces/${ws.slug}/mistral-keys/production`)
+  t.equal(keyInUse.statusCode, 409)
+  t.match(keyInUse.json.message, new RegExp(`bound to 1 live token\\(s\\) \\(${minted.json.prefix}\\)`))
   const revoked = await admin('DELETE', `/admin/v1/workspaces/${ws.slug}/tokens/${minted.json.id}`)
   t.equal(revoked.statusCode, 200)
+  t.equal((await admin('DELETE', `/admin/v1/workspaces/${ws.slug}/mistral-keys/production`)).statusCode, 204,
+    'once the token is revoked, the key may go')
   t.ok(revoked.json.revokedAt)
   t.equal((await admin('DELETE', `/admin/v1/workspaces/${ws.slug}/tokens/not-a-uuid`)).statusCode, 404)
 })
