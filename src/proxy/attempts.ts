@@ -150,9 +150,9 @@ export async function sendWithRetries (attempt: Attempt, deps: AttemptDeps): Pro
     if (failedAnswer(status)) {
       await health.failed(workspaceId, key.id).catch(() => {})
       // the last try's answer reaches the client as Mistral sent it (one outside 200-599 as a 502, in routes.ts); so
-      // does one that just opened the breaker of the call's only key: a retry could only end in the breaker's 503
-      const nothingLeft = candidates.length === 1 && health.blocked(key.id) !== undefined
-      if (!nothingLeft && await mayRetry()) {
+      // does one after which no key could take a retry (this one's breaker just opened, the others are cooling or
+      // rejected): a retry could only end in a 503 or 429 of the gateway's own
+      if (await anyKeyLeft() && await mayRetry()) {
         await upstream.body.dump().catch(() => {})
         await backoff()
         continue
@@ -162,6 +162,18 @@ export async function sendWithRetries (attempt: Attempt, deps: AttemptDeps): Pro
     health.succeeded(workspaceId, key.id)
     health.noteQuota(workspaceId, key.id, upstream.headers)
     return { upstream, key }
+  }
+
+  /** Whether a key of the call could take a retry: active, and not blocked past what the cooldown order may wait. */
+  async function anyKeyLeft (): Promise<boolean> {
+    const names = plan.order.includes('failover') ? candidates : candidates.slice(0, 1)
+    for (const name of names) {
+      const candidate = await keys.resolve(workspaceId, name).catch(() => undefined)
+      if (candidate === undefined || candidate.status !== 'active') continue
+      const block = health.blocked(candidate.id)
+      if (block === undefined || (plan.order.includes('hold') && block.until - Date.now() <= plan.holdMs)) return true
+    }
+    return false
   }
 
   /** A hold is one of the waits UPSTREAM_RETRY_MAX_WAIT_MS bounds; waiting out this call's own 429 is a retry. */

@@ -279,6 +279,24 @@ t.test('a failure that opens the only key\'s breaker reaches the client as Mistr
   assertEnvelope(t, next, 503, 'server_error', 'upstream_unavailable')
 })
 
+t.test('so does one that opens a breaker when the workspace\'s other key is cooling down', async (t) => {
+  const { app, mistral, createWorkspace } = await buildTestApp(t, { BREAKER_THRESHOLD: '1' })
+  const ws = await createWorkspace({ keys: ['default', 'backup'] })
+  const send = () => app.inject({ method: 'POST', url: '/v1/chat/completions', headers: jsonHeaders(ws), payload: chat() })
+  // `default` is rate-limited for a minute: the call fails over to `backup`
+  mistral.enqueueRateLimit({ retryAfterSeconds: 60, filter: '/v1/chat/completions' })
+  t.equal((await send()).statusCode, 200, 'served by backup')
+  mistral.enqueue((_req, res) => {
+    res.writeHead(503, { 'content-type': 'application/json' })
+    res.end('{"object":"error","message":"Mistral is overloaded","type":"service_unavailable","code":"3505"}')
+  }, '/v1/chat/completions')
+  const mark = mistral.requestsTo('/v1/chat/completions').length
+  const res = await send()
+  t.equal(res.statusCode, 503)
+  t.match(res.json(), { message: 'Mistral is overloaded', code: '3505' }, 'Mistral\'s own answer: no key could take a retry')
+  t.equal(mistral.requestsTo('/v1/chat/completions').length - mark, 1, 'sent once')
+})
+
 t.test('a JSON body over BODY_LIMIT_BYTES is a 413 and nothing goes upstream', async (t) => {
   const { app, mistral, createWorkspace } = await buildTestApp(t, { BODY_LIMIT_BYTES: '2048' })
   const ws = await createWorkspace()
