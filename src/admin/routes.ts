@@ -237,7 +237,10 @@ export async function adminRoutes (app: FastifyInstance, { adminToken }: { admin
   }, async (request, reply) => {
     const workspace = await workspaceOf(request)
     const { name } = request.params as { name: string }
-    const bound = (await tokens.list(workspace.id)).filter((token) => token.mistralKeyName === name && !token.revokedAt)
+    if (!(await keys.exists(workspace.id, name))) throw notFound(`No Mistral key named '${name}'`)
+    const now = Date.now()
+    const bound = (await tokens.list(workspace.id)).filter((token) => token.mistralKeyName === name &&
+      !token.revokedAt && (token.expiresAt === null || token.expiresAt.getTime() > now))
     if (bound.length > 0) {
       throw conflict(`Mistral key '${name}' is bound to ${bound.length} live token(s) (${bound.map((token) =>
         token.prefix).join(', ')}): replace the key (PUT), or revoke those tokens first`, { param: 'name' })

@@ -47,11 +47,12 @@ export function openAiStreamShaping ({ includeUsage }: { includeUsage: boolean }
     write (chunk) {
       pending += decoder.write(chunk)
       let out = ''
-      let end = pending.indexOf('\n\n')
-      while (end !== -1) {
-        out += shape(pending.slice(0, end)) + '\n\n'
-        pending = pending.slice(end + 2)
-        end = pending.indexOf('\n\n')
+      // an event ends at a blank line, LF- or CRLF-framed; the blank line goes on as it came
+      let boundary = EVENT_BOUNDARY.exec(pending)
+      while (boundary !== null) {
+        out += shape(pending.slice(0, boundary.index)) + boundary[0]
+        pending = pending.slice(boundary.index + boundary[0].length)
+        boundary = EVENT_BOUNDARY.exec(pending)
       }
       return out.length > 0 ? out : undefined
     },
@@ -66,6 +67,8 @@ export function openAiStreamShaping ({ includeUsage }: { includeUsage: boolean }
     }
   }
 }
+
+const EVENT_BOUNDARY = /\r?\n\r?\n/
 
 /**
  * OpenAI clients assemble streamed tool calls by `index`: every delta of one call carries the call's index, and each

@@ -48,9 +48,12 @@ export function streamErrorShaping (): SseShaping {
   }
 }
 
-/** Complete events, each ending in a blank line (the last one may lack it when the stream ends without it). */
+/**
+ * Complete events, each ending in a blank line (the last one may lack it when the stream ends without it), LF- or
+ * CRLF-framed: each blank line is kept as it came.
+ */
 function shapeEvents (text: string): string {
-  return text.split('\n\n').map(openAiErrorEvent).join('\n\n')
+  return text.split(/(\r?\n\r?\n)/).map((part, i) => i % 2 === 0 ? openAiErrorEvent(part) : part).join('')
 }
 
 /** An error payload of Mistral's with OpenAI's `error` object added; any other event unchanged. */

@@ -134,10 +134,10 @@ export function createUsageRecorder ({
   }
 }
 
-// what PostgreSQL says of a value it cannot store: text it cannot hold (a NUL, broken JSON or Unicode), a number out
-// of range, a null or a value a constraint refuses. Not a fault of anything else (a workspace's time zone it does not
-// know, 22023, is a setting to mend, not records to set aside: those batches wait, as while PostgreSQL is down)
-const REFUSED_VALUE = new Set(['22001', '22003', '22021', '22P02', '22P05', '23502', '23514'])
+// what PostgreSQL says of a value it cannot store: text it cannot hold (a NUL, broken JSON or Unicode), a number or a
+// date out of range, a null or a value a constraint refuses. Anything else is no fault of a record's: its batch waits,
+// as while PostgreSQL is down
+const REFUSED_VALUE = new Set(['22001', '22003', '22008', '22009', '22021', '22P02', '22P05', '23502', '23514'])
 
 /** PostgreSQL refused the statement for a value in it, not because it could not be reached. */
 function refusedRecord (err: unknown): boolean {

@@ -267,6 +267,18 @@ t.test('a per-model limit must name a model of the price book, or it would never
   t.equal(removed.statusCode, 200, 'removing a limit may name any model')
 })
 
+t.test('a key whose bound tokens have all expired may be deleted; a key that is not there is a 404', async (t) => {
+  const { admin, createWorkspace } = await buildTestApp(t)
+  const ws = await createWorkspace({ keys: ['default', 'spare'] })
+  const minted = await admin('POST', `/admin/v1/workspaces/${ws.slug}/tokens`,
+    { name: 'brief', mistralKey: 'spare', expiresAt: new Date(Date.now() + 1_000).toISOString() })
+  t.equal(minted.statusCode, 201)
+  t.equal((await admin('DELETE', `/admin/v1/workspaces/${ws.slug}/mistral-keys/spare`)).statusCode, 409, 'while it lives')
+  await sleep(1_100)
+  t.equal((await admin('DELETE', `/admin/v1/workspaces/${ws.slug}/mistral-keys/spare`)).statusCode, 204, 'once expired')
+  t.equal((await admin('DELETE', `/admin/v1/workspaces/${ws.slug}/mistral-keys/spare`)).statusCode, 404, 'then gone')
+})
+
 t.test('OpenAPI docs describe the admin API', async (t) => {
   const { app } = await buildTestApp(t)
   const res = await app.inject({ method: 'GET', url: '/docs/json' })

@@ -134,6 +134,30 @@ function contract (t: Test, open: () => Promise<DatabaseHandle>) {
     await db.execute(sql`delete from usage_daily where workspace_id = ${workspaceId}`)
     await handle.close()
   })
+
+  t.test('a workspace whose zone the database does not know is rolled up in UTC, and holds back no one', async (t) => {
+    const handle = await open()
+    const { db } = handle
+    const odd = randomUUID()
+    const tokyo = randomUUID()
+    // stored before the admin API asked the database (US/Pacific-New: a name later tzdata dropped, which ICU keeps)
+    await db.execute(sql`insert into workspaces (id, slug, name, timezone) values
+      (${odd}, ${`odd-${odd}`}, 'odd', 'US/Pacific-New'), (${tokyo}, ${`tokyo-${tokyo}`}, 'tokyo', 'Asia/Tokyo')`)
+    const record = (workspaceId: string): UsageRecord => ({
+      requestId: `zone-${randomUUID()}`, workspaceId, tokenId: null, keyName: 'default', operation: 'chat',
+      model: 'm', pricedModel: 'm', status: 200, latencyMs: 1, totalTokens: 3,
+      createdAt: new Date('2026-12-06T23:30:00.000Z')
+    }) as UsageRecord
+    await insertUsageRecords(db, [record(odd), record(tokyo)])
+    const days = await db.execute(sql`select workspace_id, day::text as day, calls::int as calls from usage_daily
+      where workspace_id in (${odd}, ${tokyo})`) as unknown as { rows: Array<{ workspace_id: string, day: string }> }
+    t.same(Object.fromEntries(days.rows.map((row) => [row.workspace_id, row.day])),
+      { [odd]: '2026-12-06', [tokyo]: '2026-12-07' }, 'UTC\'s day for the unknown zone, Tokyo\'s for Tokyo, in one insert')
+    await db.execute(sql`delete from usage_records where workspace_id in (${odd}, ${tokyo})`)
+    await db.execute(sql`delete from usage_daily where workspace_id in (${odd}, ${tokyo})`)
+    await db.execute(sql`delete from workspaces where id in (${odd}, ${tokyo})`)
+    await handle.close()
+  })
 }
 
 t.test('postgresql', async (t) => {

@@ -72,6 +72,12 @@ t.test('stream errors: CRLF-framed events go on as they are whole too, not at th
   t.equal((shaper.read() as Buffer | null)?.toString(), crlf, 'the whole event at once, its half held back')
   shaper.write(Buffer.from(crlf.slice(15)))
   t.equal((shaper.read() as Buffer | null)?.toString(), crlf, 'and the rest once whole')
+
+  const error = `data: ${JSON.stringify(ERROR)}\r\n\r\n`
+  const out = Buffer.concat(await through([crlf + error])).toString()
+  t.ok(out.startsWith(crlf), 'the chunk before it as it came')
+  t.ok(out.endsWith('\r\n\r\n'), 'the error event keeps its blank line, or no client would dispatch it')
+  t.match(JSON.parse(out.slice(crlf.length).trim().slice(6)), { object: 'error', error: { message: 'Service unavailable' } })
 })
 
 t.test('moderation requests: no model or OpenAI\'s is translated; a Mistral model is not', async (t) => {

@@ -254,3 +254,12 @@ t.test('error bodies: every Mistral shape gets an error object with a readable m
   const wrapped = JSON.stringify({ error: { message: 'already', type: 'x' } })
   t.equal(withOpenAiError(wrapped, 400), wrapped, 'an error object already there is left alone')
 })
+
+t.test('reshaping a CRLF-framed stream: each event goes on once whole, with its blank line as it came', async (t) => {
+  const crlf = sse(HEAD).replace(/\n/g, '\r\n')
+  const tap = createSseTap(openAiStreamShaping({ includeUsage: true }))
+  tap.write(Buffer.from(crlf + crlf.slice(0, 10)))
+  t.equal((tap.read() as Buffer | null)?.toString(), crlf, 'the whole event at once, not at the end of the stream')
+  tap.write(Buffer.from(crlf.slice(10)))
+  t.equal((tap.read() as Buffer | null)?.toString(), crlf, 'the next once whole, its blank line as it came')
+})
