@@ -70,11 +70,13 @@ async function readSpend (db: Database): Promise<WorkspaceSpend[]> {
       CASE WHEN w.caps ? 'lifetime'
         THEN (SELECT coalesce(sum(l.billed_cost_micros), 0) FROM usage_daily l WHERE l.workspace_id = w.id) END AS lifetime
     FROM workspaces w
+    -- the workspace's today in the zone its days were rolled up in (UTC where PostgreSQL does not know its own)
+    CROSS JOIN LATERAL (SELECT (now() AT TIME ZONE usage_daily_zone(w.timezone))::date AS today) z
     LEFT JOIN LATERAL (
-      SELECT coalesce(sum(d.billed_cost_micros) FILTER (WHERE d.day = (now() AT TIME ZONE w.timezone)::date), 0) AS day,
+      SELECT coalesce(sum(d.billed_cost_micros) FILTER (WHERE d.day = z.today), 0) AS day,
         sum(d.billed_cost_micros) AS month
       FROM usage_daily d
-      WHERE d.workspace_id = w.id AND d.day >= date_trunc('month', now() AT TIME ZONE w.timezone)::date
+      WHERE d.workspace_id = w.id AND d.day >= date_trunc('month', z.today::timestamp)::date
     ) s ON true
     WHERE w.deleted_at IS NULL AND (s.month IS NOT NULL OR w.caps ?| array['daily', 'monthly', 'lifetime'])
     ORDER BY w.caps ?| array['daily', 'monthly', 'lifetime'] DESC, s.month DESC NULLS LAST, w.slug`)

@@ -64,7 +64,7 @@ export async function usageGroups (db: Database, { workspaceId, timezone, from, 
   to: Date
   dimensions: readonly Dimension[]
 }): Promise<UsageGroup[]> {
-  const tz = timezone
+  const tz = await rollupZone(db, timezone)
   const local = (column: SQL) => sql`(${column} AT TIME ZONE ${tz})`
   const f = sql`${from.toISOString()}::timestamptz`
   const t = sql`${to.toISOString()}::timestamptz`
@@ -136,6 +136,15 @@ function keyColumns (dimensions: readonly Dimension[], expressions: Record<Dimen
 
 function instant (bound: Bound, timezone: string): SQL {
   return 'day' in bound
-    ? sql`(${bound.day}::date::timestamp AT TIME ZONE ${timezone})`
+    ? sql`(${bound.day}::date::timestamp AT TIME ZONE usage_daily_zone(${timezone}))`
     : sql`${bound.at.toISOString()}::timestamptz`
+}
+
+/**
+ * The zone the rollup counts the workspace's days in (migration 0008): its own, or UTC where PostgreSQL does not know
+ * it, so that its usage reads as it was rolled up instead of failing.
+ */
+async function rollupZone (db: Database, timezone: string): Promise<string> {
+  const [row] = await selectRows<{ zone: string }>(db, sql`SELECT usage_daily_zone(${timezone}) AS zone`)
+  return row.zone
 }

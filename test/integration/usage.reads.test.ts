@@ -300,3 +300,19 @@ t.test('a deleted workspace\'s usage and statements are read by its id; its slug
   t.equal((await s.admin('GET', `/admin/v1/workspaces/${ws.slug}/statements/2019-04`)).statusCode, 404,
     'by slug: no live workspace has it')
 })
+
+t.test('a workspace whose zone PostgreSQL does not know reads its usage in UTC days, as its rollup counts them', async (t) => {
+  const s = await buildTestApp(t)
+  const ws = await s.createWorkspace()
+  // stored before the admin API asked PostgreSQL: a name later tzdata dropped, which ICU keeps
+  await s.app.database.db.execute(sql`update workspaces set timezone = 'US/Pacific-New' where id = ${ws.id}`)
+  await seed(s, ws, [{ at: '2019-06-10T23:30:00Z', billed: 500 }, { at: '2019-06-11T00:30:00Z', billed: 700 }])
+  const byDay = await s.admin('GET', `/admin/v1/workspaces/${ws.id}/usage?from=2019-06-01&to=2019-07-01&groupBy=day`)
+  t.equal(byDay.statusCode, 200, byDay.body.slice(0, 200))
+  t.same(byDay.json.groups.map((group: { day: string }) => group.day), ['2019-06-10', '2019-06-11'], 'UTC days')
+  const statement = await s.admin('GET', `/admin/v1/workspaces/${ws.id}/statements/2019-06`)
+  t.equal(statement.statusCode, 200)
+  t.equal(Number(statement.json.lines[0].billedCostMicros), 1200)
+  const metrics = await s.app.inject({ method: 'GET', url: '/metrics' })
+  t.equal(metrics.statusCode, 200, 'the scrape reads its spend too')
+})
