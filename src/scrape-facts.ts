@@ -71,7 +71,8 @@ async function readSpend (db: Database): Promise<WorkspaceSpend[]> {
         THEN (SELECT coalesce(sum(l.billed_cost_micros), 0) FROM usage_daily l WHERE l.workspace_id = w.id) END AS lifetime
     FROM workspaces w
     -- the workspace's today in the zone its days were rolled up in (UTC where PostgreSQL does not know its own)
-    CROSS JOIN LATERAL (SELECT (now() AT TIME ZONE usage_daily_zone(w.timezone))::date AS today) z
+    -- OFFSET 0: computed once a workspace, not inlined into the filter below and called once a rollup row
+    CROSS JOIN LATERAL (SELECT (now() AT TIME ZONE usage_daily_zone(w.timezone))::date AS today OFFSET 0) z
     LEFT JOIN LATERAL (
       SELECT coalesce(sum(d.billed_cost_micros) FILTER (WHERE d.day = z.today), 0) AS day,
         sum(d.billed_cost_micros) AS month

@@ -171,7 +171,10 @@ export async function sendWithRetries (attempt: Attempt, deps: AttemptDeps): Pro
       const candidate = await keys.resolve(workspaceId, name).catch(() => undefined)
       if (candidate === undefined || candidate.status !== 'active') continue
       const block = health.blocked(candidate.id)
-      if (block === undefined || (plan.order.includes('hold') && block.until - Date.now() <= plan.holdMs)) return true
+      if (block === undefined) return true
+      // a block whose time is over (a breaker that may be probed now) takes a call, as pickKey lets it
+      const left = block.until - Date.now()
+      if (left <= 0 || (plan.order.includes('hold') && left <= plan.holdMs)) return true
     }
     return false
   }

@@ -297,6 +297,29 @@ t.test('so does one that opens a breaker when the workspace\'s other key is cool
   t.equal(mistral.requestsTo('/v1/chat/completions').length - mark, 1, 'sent once')
 })
 
+t.test('a key whose breaker time is over still takes the retry, even with no hold in the cooldown order', async (t) => {
+  // open long enough to outlast a retry's backoff (500 ms at most for the first)
+  const { app, mistral, createWorkspace, admin } = await buildTestApp(t, { BREAKER_THRESHOLD: '1', BREAKER_OPEN_MS: '1500' })
+  const ws = await createWorkspace({ keys: ['default', 'backup'] })
+  t.equal((await admin('PATCH', `/admin/v1/workspaces/${ws.slug}`, { cooldown: { order: ['failover'] } })).statusCode, 200)
+  const overloaded = () => mistral.enqueue((_req, res) => {
+    res.writeHead(503, { 'content-type': 'application/json' })
+    res.end('{"object":"error","message":"Mistral is overloaded","type":"service_unavailable","code":"3505"}')
+  }, '/v1/chat/completions')
+  const send = () => app.inject({ method: 'POST', url: '/v1/chat/completions', headers: jsonHeaders(ws), payload: chat() })
+  // both keys fail once: both breakers open
+  overloaded()
+  overloaded()
+  t.equal((await send()).statusCode, 503)
+  await sleep(1_600)
+  // the first key probed fails again; the other's open time is over too, and its probe serves the call
+  overloaded()
+  const mark = mistral.requestsTo('/v1/chat/completions').length
+  const res = await send()
+  t.equal(res.statusCode, 200, 'served by the other key\'s probe')
+  t.equal(mistral.requestsTo('/v1/chat/completions').length - mark, 2, 'a failure, then the retry')
+})
+
 t.test('a JSON body over BODY_LIMIT_BYTES is a 413 and nothing goes upstream', async (t) => {
   const { app, mistral, createWorkspace } = await buildTestApp(t, { BODY_LIMIT_BYTES: '2048' })
   const ws = await createWorkspace()
