@@ -8,7 +8,6 @@ import { describeLimits } from '../limits/describe-limits.js'
 import type { RateLimits, SpendCaps, WorkspaceLimits } from '../limits/policy.js'
 import { capsView, mergeRateLimits, mergeSpendCaps, mergeWorkspaceLimits } from '../limits/policy-input.js'
 import { PRICE_FAMILIES } from '../pricing/default-prices.js'
-import type { TokenView } from '../tenancy/tokens.js'
 import type { CooldownPolicy } from '../tenancy/workspaces.js'
 import { requireAdminToken } from './admin-auth.js'
 import {
@@ -43,11 +42,25 @@ const workspaceView = (row: WorkspaceRow) => ({ ...row, caps: capsView(row.caps 
 const tokenView = <T extends { caps: Record<string, unknown> }>(token: T) =>
   ({ ...token, caps: capsView(token.caps as SpendCaps) })
 
-/** `/admin/v1`: the operator's API. Only the admin token opens it; a workspace token never does. */
 // how many times a PATCH merges again after another change came between its read and its write: at each round one
 // of the PATCHes racing it wins, so as many as the PATCHes made at once
 const MERGE_ATTEMPTS = 10
 
+/**
+ * A PATCH's limits and caps merged into what is stored: `write` holds only if they are still as `read` found them
+ * (undefined otherwise: a change written between the two would be lost), and the merge is made again from a new read.
+ */
+async function writeMerged<R, W> (what: string, read: () => Promise<R>, write: (current: R) => Promise<W | undefined>):
+Promise<{ current: R, written: W }> {
+  for (let attempt = 0; attempt < MERGE_ATTEMPTS; attempt++) {
+    const current = await read()
+    const written = await write(current)
+    if (written !== undefined) return { current, written }
+  }
+  throw conflict(`The ${what} kept changing while this change was merged; retry`)
+}
+
+/** `/admin/v1`: the operator's API. Only the admin token opens it; a workspace token never does. */
 export async function adminRoutes (app: FastifyInstance, { adminToken }: { adminToken: string }) {
   acceptJsonBodies(app, 1024 * 1024)
   requireAdminToken(app, adminToken)
@@ -118,23 +131,15 @@ export async function adminRoutes (app: FastifyInstance, { adminToken }: { admin
       patch.limits.models = Object.fromEntries(Object.entries(patch.limits.models)
         .map(([model, limits]) => [canonicalModel(app, model, currency, limits === null), limits]))
     }
-    // limits and caps are merged into what is stored: a change written between the read and the write would be lost,
-    // so the write holds only if they are still as read, and the merge is made again from a new read if not
-    let workspace: WorkspaceRow | undefined
-    let updated: WorkspaceRow | undefined
-    for (let attempt = 0; updated === undefined; attempt++) {
-      if (attempt === MERGE_ATTEMPTS) throw conflict('The workspace kept changing while this change was merged; retry')
-      workspace = await workspaceOf(request)
-      updated = await workspaces.update(workspace.id, {
+    const { current: workspace, written: updated } = await writeMerged('workspace', () => workspaceOf(request),
+      (current) => workspaces.update(current.id, {
         ...patch,
         cooldown: patch.cooldown as CooldownPolicy | undefined, // strategies are checked by the store, by name
         limits: patch.limits === undefined
           ? undefined
-          : mergeWorkspaceLimits(workspace.limits as WorkspaceLimits, patch.limits),
-        caps: patch.caps === undefined ? undefined : mergeSpendCaps(workspace.caps as SpendCaps, patch.caps)
-      }, workspace)
-    }
-    workspace = workspace as WorkspaceRow
+          : mergeWorkspaceLimits(current.limits as WorkspaceLimits, patch.limits),
+        caps: patch.caps === undefined ? undefined : mergeSpendCaps(current.caps as SpendCaps, patch.caps)
+      }, current))
     await app.tenancy.tokens.forgetWorkspace(workspace.id)
     // the cooldown setting is no secret, and which order was in force explains a client's 429s later
     const cooldown = patch.cooldown === undefined ? {} : { cooldown: updated.cooldown }
@@ -290,19 +295,14 @@ export async function adminRoutes (app: FastifyInstance, { adminToken }: { admin
     const workspace = await workspaceOf(request)
     const { id } = request.params as { id: string }
     const patch = request.body as TokenPatchBody
-    // merged into what is stored, as a workspace's PATCH is: again from a new read if another change came between
-    let current: TokenView | undefined
-    let updated: TokenView | undefined
-    for (let attempt = 0; updated === undefined; attempt++) {
-      if (attempt === MERGE_ATTEMPTS) throw conflict('The token kept changing while this change was merged; retry')
-      current = await tokens.find(workspace.id, id)
-      if (!current) throw notFound('No such token')
-      updated = await tokens.update(workspace.id, id, {
-        limits: patch.limits === undefined ? undefined : mergeRateLimits(current.limits as RateLimits, patch.limits),
-        caps: patch.caps === undefined ? undefined : mergeSpendCaps(current.caps as SpendCaps, patch.caps)
-      }, current)
-    }
-    current = current as TokenView
+    const { current, written: updated } = await writeMerged('token', async () => {
+      const found = await tokens.find(workspace.id, id)
+      if (!found) throw notFound('No such token')
+      return found
+    }, (found) => tokens.update(workspace.id, id, {
+      limits: patch.limits === undefined ? undefined : mergeRateLimits(found.limits as RateLimits, patch.limits),
+      caps: patch.caps === undefined ? undefined : mergeSpendCaps(found.caps as SpendCaps, patch.caps)
+    }, found))
     await audit(request, 'token.update', 'token', id, workspace.id,
       { fields: Object.keys(patch), prefix: updated.prefix,
         changes: changesOf(tokenView(current), tokenView(updated), Object.keys(patch)) })

@@ -276,10 +276,9 @@ export async function proxyRoutes (app: FastifyInstance, { config }: { config: C
         })
         return reply.send(upstream.body)
       }
-      const shaping = sse ? streamShaping(notes) : undefined
+      const sseTap = sse ? createSseTap(streamShaping(notes)) : undefined
       // a shaped stream's length is not Mistral's
-      if (shaping !== undefined) reply.removeHeader('content-length')
-      const sseTap = sse ? createSseTap(shaping) : undefined
+      if (sseTap) reply.removeHeader('content-length')
       const tap = sseTap ?? createJsonTap()
       let cut: unknown
       let settled = false
@@ -398,7 +397,7 @@ function translateDialect (operation: Operation, body: unknown): Dialect | undef
 }
 
 /**
- * What a stream needs, done in the usage tap's own pass: an OpenAI client's reshaping (the dialect's `stream`), or
+ * What a stream needs, done in the usage tap's own pass: an OpenAI client's reshaping (`reshapeStream`), or
  * else the error events' `error` object and whole events only, for every client (conversations and audio streams too).
  */
 function streamShaping (notes: Dialect | undefined): SseShaping {

@@ -1,6 +1,7 @@
 import { and, asc, eq, isNull, sql } from 'drizzle-orm'
 import type { Database } from '../db/client.js'
 import { workspaces, type Workspace } from '../db/schema.js'
+import { sqlState } from '../db/sql-state.js'
 import { badRequest, conflict } from '../errors.js'
 import type { SpendCaps, WorkspaceLimits } from '../limits/policy.js'
 
@@ -170,9 +171,8 @@ async function checkTimezone (db: Database, timezone: string): Promise<string> {
   try {
     await db.execute(sql`select now() at time zone ${timezone}`)
   } catch (err) {
-    // 22023, invalid_parameter_value: "time zone … not recognized" (drizzle wraps the driver's error)
-    const code = (err as { code?: unknown }).code ?? (err as { cause?: { code?: unknown } }).cause?.code
-    if (code === '22023') throw refused()
+    // 22023, invalid_parameter_value: "time zone … not recognized"
+    if (sqlState(err) === '22023') throw refused()
     throw err
   }
   return timezone

@@ -1,6 +1,7 @@
 import type { FastifyBaseLogger } from 'fastify'
 import type { Database } from '../db/client.js'
 import type { UsageRecord } from '../db/schema.js'
+import { sqlState } from '../db/sql-state.js'
 import { insertUsageRecords } from './ledger-insert.js'
 import type { Spool } from './spool.js'
 
@@ -141,9 +142,8 @@ const REFUSED_VALUE = new Set(['22001', '22003', '22008', '22009', '22021', '22P
 
 /** PostgreSQL refused the statement for a value in it, not because it could not be reached. */
 function refusedRecord (err: unknown): boolean {
-  // drizzle wraps the driver's error
-  const code = (err as { code?: unknown }).code ?? (err as { cause?: { code?: unknown } }).cause?.code
-  return typeof code === 'string' && REFUSED_VALUE.has(code)
+  const code = sqlState(err)
+  return code !== undefined && REFUSED_VALUE.has(code)
 }
 
 // a spooled line is a call's start (what to bill should the gateway die before its end) or its record
