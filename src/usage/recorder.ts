@@ -34,7 +34,7 @@ interface RecorderOptions {
  * records wait in memory and on disk and are written when it answers again.
  */
 export function createUsageRecorder ({
-  db, log, spool, intervalMs = 200, batchSize = 500, orphanScanMs = 30_000
+  db, log, spool, intervalMs = 200, batchSize = 500, orphanScanMs = 10_000
 }: RecorderOptions): UsageRecorder {
   let queue: UsageRecord[] = []
   let writing: Promise<void> | undefined

@@ -7,6 +7,7 @@ import {
 } from 'node:fs'
 import { hostname } from 'node:os'
 import { join } from 'node:path'
+import { performance } from 'node:perf_hooks'
 
 /**
  * The usage spool: every record is appended to a file before anything else happens to it, so that a record survives
@@ -15,9 +16,12 @@ import { join } from 'node:path'
  * seconds. Its records go to numbered segment files; a segment is sealed when a flush takes its records, and deleted
  * once every one of them is in the ledger.
  *
- * A folder whose owner is gone (same host and its process is dead, or its `owner` file went stale) is claimed by the
- * first gateway that sees it, with an atomic rename, and its records are replayed: the ledger insert is idempotent by
- * request id, so a record that had already reached PostgreSQL is not counted twice.
+ * A folder whose owner is gone (same host and its process is dead, or its `owner` file stopped changing) is claimed by
+ * the first gateway that sees it, with an atomic rename, and its records are replayed: the ledger insert is idempotent
+ * by request id, so a record that had already reached PostgreSQL is not counted twice. A heartbeat is judged only by
+ * whether it changed while the claimer watched, on the claimer's own clock: on a volume shared by several hosts the
+ * owner file's time is the owner's clock, and comparing it with another host's would take a live gateway's folder
+ * from it (its clock behind) or never take a dead one's (its clock ahead).
  */
 export interface Spool {
   /** Appends one line; synchronous, so it is on disk (in the page cache) when this returns. The segment's number. */
@@ -48,7 +52,10 @@ export interface SpoolOptions {
   dir: string
   /** how often the owner file is touched */
   heartbeatMs?: number
-  /** an owner file older than this belongs to a gateway that is gone (another host, or a frozen process) */
+  /**
+   * an owner file seen unchanged for this long, by this gateway's clock, belongs to a gateway that is gone (another
+   * host, or a frozen process)
+   */
   staleMs?: number
 }
 
@@ -76,6 +83,8 @@ export function createSpool ({ dir, heartbeatMs = 5_000, staleMs = 30_000 }: Spo
   let sealed: string[] = []
   let dirty = false
   const pins = new Map<number, number>()
+  // other folders' heartbeats as last seen, and since when (this process' monotonic clock)
+  const watched = new Map<string, { heartbeat: string, since: number }>()
 
   const segmentPath = (n: number) => join(own, `${String(n).padStart(9, '0')}.jsonl`)
 
@@ -92,6 +101,19 @@ export function createSpool ({ dir, heartbeatMs = 5_000, staleMs = 30_000 }: Spo
   function seal () {
     const detached = detach()
     if (detached !== undefined) closeSync(detached)
+  }
+
+  /** Its process is dead on this host, or its heartbeat has not changed for staleMs while this spool watched. */
+  function isOrphan (folder: string, name: string): boolean {
+    const { heartbeat, deadHere } = ownerOf(folder)
+    if (deadHere) return true
+    const now = performance.now()
+    const last = watched.get(name)
+    if (last === undefined || last.heartbeat !== heartbeat) {
+      watched.set(name, { heartbeat, since: now })
+      return false
+    }
+    return now - last.since >= staleMs
   }
 
   const pinned = (path: string) => [...pins.keys()].some((segment) => segmentPath(segment) === path)
@@ -125,8 +147,11 @@ export function createSpool ({ dir, heartbeatMs = 5_000, staleMs = 30_000 }: Spo
     },
     claimOrphans () {
       const lines: string[] = []
-      for (const name of readdirSafe(dir)) {
-        if (name === instance || !isOrphan(join(dir, name), staleMs)) continue
+      const names = readdirSafe(dir)
+      for (const name of watched.keys()) if (!names.includes(name)) watched.delete(name)
+      for (const name of names) {
+        if (name === instance || !isOrphan(join(dir, name), name)) continue
+        watched.delete(name)
         // whoever renames first owns it: a second claimer finds nothing at the old name
         const claimed = join(own, `claimed-${name}`)
         try { renameSync(join(dir, name), claimed) } catch { continue }
@@ -171,19 +196,20 @@ function readdirSafe (path: string): string[] {
   try { return readdirSync(path) } catch { return [] }
 }
 
-/** A folder whose gateway is gone: its process is dead on this host, or its heartbeat stopped. */
-function isOrphan (folder: string, staleMs: number): boolean {
-  let owner: Owner
-  let touchedAt: number
+/**
+ * What tells whether a folder's gateway lives: its owner file's time (touched by the heartbeat), or the folder's own
+ * while it has none (being created, or it never got one); and whether its process is dead on this host.
+ */
+function ownerOf (folder: string): { heartbeat: string, deadHere: boolean } {
   try {
-    owner = JSON.parse(readFileSync(join(folder, OWNER), 'utf8')) as Owner
-    touchedAt = statSync(join(folder, OWNER)).mtimeMs
+    const owner = JSON.parse(readFileSync(join(folder, OWNER), 'utf8')) as Owner
+    const heartbeat = `owner ${statSync(join(folder, OWNER)).mtimeMs}`
+    return { heartbeat, deadHere: owner.host === hostname() && !isAlive(owner.pid) }
   } catch {
-    // a folder being created has no owner file for an instant; one that never gets it is picked up once stale
-    try { return Date.now() - statSync(folder).mtimeMs > staleMs } catch { return false }
+    try { return { heartbeat: `folder ${statSync(folder).mtimeMs}`, deadHere: false } } catch {
+      return { heartbeat: 'gone', deadHere: false }
+    }
   }
-  if (owner.host === hostname() && !isAlive(owner.pid)) return true
-  return Date.now() - touchedAt > staleMs
 }
 
 function isAlive (pid: number): boolean {

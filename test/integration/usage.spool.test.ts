@@ -78,26 +78,38 @@ t.test('the spool: segments leave the disk only when released; orphans are claim
   t.same(readdirSync(join(dir, own)), ['owner'], 'unpinned, the next release deletes it')
 
   // a live gateway's folder (this process, fresh heartbeat) is never taken
-  const other = createSpool({ dir })
+  const STALE_MS = 300
+  const other = createSpool({ dir, staleMs: STALE_MS })
   t.teardown(() => other.close())
   t.same(other.claimOrphans(), [], 'nothing to claim while the owner lives')
 
   // a dead gateway of this host, which had itself claimed a folder before it died; a cut last line
   orphanFolder(dir, 'dead', { host: hostname(), pid: deadPid() }, [['{"r":1}', '{"r":2}'], ['{"r":3}', '{"r":']])
   orphanFolder(join(dir, 'dead'), 'claimed-older', { host: hostname(), pid: deadPid() }, [['{"r":0}']])
-  // another host's gateway: alive while its heartbeat is fresh, gone once it is stale
-  orphanFolder(dir, 'fresh', { host: 'elsewhere', pid: 1 }, [['{"r":9}']])
-  const stale = orphanFolder(dir, 'stale', { host: 'elsewhere', pid: 1 }, [['{"r":4}']])
-  const old = new Date(Date.now() - 60_000)
-  utimesSync(join(stale, 'owner'), old, old)
+  // other hosts' gateways on a shared volume, each stamping its heartbeat with its own clock: one alive whose clock is
+  // an hour behind this host's, one dead whose clock was an hour ahead, one dead on time
+  const hour = 3_600_000
+  const behind = orphanFolder(dir, 'alive-behind', { host: 'elsewhere', pid: 1 }, [['{"r":9}']])
+  const touch = (folder: string, offsetMs: number) => {
+    const at = new Date(Date.now() + offsetMs)
+    utimesSync(join(folder, 'owner'), at, at)
+  }
+  touch(behind, -hour)
+  touch(orphanFolder(dir, 'dead-ahead', { host: 'elsewhere', pid: 1 }, [['{"r":5}']]), hour)
+  touch(orphanFolder(dir, 'dead-on-time', { host: 'elsewhere', pid: 1 }, [['{"r":4}']]), -60_000)
 
-  const claimed = other.claimOrphans()
-  t.same([...claimed].sort(), ['{"r":', '{"r":0}', '{"r":1}', '{"r":2}', '{"r":3}', '{"r":4}'].sort(),
-    'the dead and the stale folders, also what the dead one had claimed')
+  t.same([...other.claimOrphans()].sort(), ['{"r":', '{"r":0}', '{"r":1}', '{"r":2}', '{"r":3}'].sort(),
+    'at once: the dead folder of this host, also what it had claimed; another host\'s only once watched')
+  // the live one's heartbeat goes on meanwhile, an hour behind
+  await sleep(STALE_MS / 2)
+  touch(behind, -hour + 1_000)
+  await sleep(STALE_MS / 2 + 50)
+  t.same([...other.claimOrphans()].sort(), ['{"r":4}', '{"r":5}'],
+    'the other hosts\' folders whose heartbeat did not change while watched, whatever their clocks said')
   t.same(spool.claimOrphans(), [], 'a second claimer finds nothing: the rename moved them')
-  t.ok(readdirSync(dir).includes('fresh'), 'the fresh folder of another host stays')
+  t.ok(readdirSync(dir).includes('alive-behind'), 'the live folder of a host whose clock is behind stays')
   await other.release()
-  const [otherOwn] = readdirSync(dir).filter((name) => name !== own && name !== 'fresh')
+  const [otherOwn] = readdirSync(dir).filter((name) => name !== own && name !== 'alive-behind')
   t.same(readdirSync(join(dir, otherOwn)), ['owner'], 'released: the claimed folders are gone')
   other.close()
   t.notOk(readdirSync(dir).includes(otherOwn), 'a closed spool holding nothing removes its folder')
