@@ -35,6 +35,11 @@ export interface Ticket {
   thresholds: number[]
   /** x-ratelimit-* and x-tramontane-budget-remaining for the response */
   headers: Record<string, string>
+  /**
+   * when the store admitted it, by the store's clock (Redis' for every replica): the instant its calendar periods
+   * were chosen by, so the ledger dates the call in the day and month its spend counters hold it in
+   */
+  admittedAt: number
 }
 
 /** A cost known only after the fact: a batch job, billed when it ends (src/usage/batch-watcher.ts). */
@@ -276,7 +281,8 @@ export function createAdmission (options: AdmissionOptions): Admission {
           spend: caps,
           conc: scopes.filter((entry) => entry.conc !== undefined).map((entry) => `${entry.p}:conc`),
           thresholds: workspaceThresholds,
-          headers: rateHeaders(result.rpm, result.tpm, result.budgetLeft, formatMoney)
+          headers: rateHeaders(result.rpm, result.tpm, result.budgetLeft, formatMoney),
+          admittedAt: result.now
         }
         live.set(ticket.id, ticket)
         return ticket

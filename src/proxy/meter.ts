@@ -181,8 +181,9 @@ export function meterCall ({
       status: facts.status,
       upstreamStatus: facts.upstreamStatus,
       latencyMs: facts.latencyMs,
-      // billed in the period the call was admitted in, as the spend counters were
-      createdAt: new Date(startedAt),
+      // billed in the day and month the spend counters hold it in: they were chosen by the store's clock, which a
+      // replica's may be off from at midnight
+      createdAt: new Date(ticket?.admittedAt ?? startedAt),
       ttftMs: facts.ttftMs
     }
   }

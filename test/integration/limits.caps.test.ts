@@ -253,13 +253,16 @@ t.test('every proxied response under limits carries the x-ratelimit-* and budget
   t.comment(`a cap alone, x-ratelimit-limit-requests: ${capped.headers.get('x-ratelimit-limit-requests')}`)
 })
 
-/** An admission on the in-process store, on a clock the test moves; the ledger is a list of [cost, when]. */
-function admissionAt (clock: () => number, ledger: Array<{ cost: number, at: number }> = []) {
+/**
+ * An admission on the in-process store, on a clock the test moves (the store's own may differ, as Redis' may from a
+ * replica's); the ledger is a list of [cost, when].
+ */
+function admissionAt (clock: () => number, ledger: Array<{ cost: number, at: number }> = [], storeClock = clock) {
   const within = (at: number, from?: number, to?: number) =>
     (from === undefined || at >= from) && (to === undefined || at < to)
   return createAdmission({
-    store: createMemoryStore(clock),
-    fallback: createMemoryStore(clock),
+    store: createMemoryStore(storeClock),
+    fallback: createMemoryStore(storeClock),
     ledger: {
       async spent (_workspace, _token, from, to) {
         return ledger.filter(({ at }) => within(at, from, to)).reduce((sum, { cost }) => sum + cost, 0)
@@ -342,6 +345,17 @@ t.test('month rollover in the workspace time zone', async (t) => {
       (err) => `${err.statusCode} ${err.code}`)
     t.comment(`admission at 23:30 on 30 September in Asunción: ${JSON.stringify(outcome)}`)
     t.same(outcome, [':spend:m:2023-09'], 'admitted, charged to September')
+  })
+
+  t.test('a replica whose clock is behind the store\'s at midnight: the call is dated by the store\'s clock', async (t) => {
+    // the store (Redis, for every replica) has begun February; this replica's clock still says January
+    const storeNow = Date.parse('2026-02-01T00:00:20Z')
+    const admission = admissionAt(() => storeNow - 45_000, [], () => storeNow)
+    t.teardown(() => admission.close())
+    const ticket = await admission.admit(subjectIn('UTC', 'midnight'), QUOTE)
+    t.same(ticket?.spend.map(([key]) => key.slice(key.indexOf(':spend'))), [':spend:m:2026-02'],
+      'the spend counter is February\'s, as the store\'s clock says')
+    t.equal(ticket?.admittedAt, storeNow, 'admitted at the store\'s instant, which the ledger record carries (meter.ts)')
   })
 
   t.test('concurrent admissions across a local month end: the new month has its own counter', async (t) => {
