@@ -81,11 +81,12 @@ export async function selfServiceRoutes (app: FastifyInstance) {
   app.get('/usage', {
     schema: { hide: true, querystring: UsageQuerySchema, response: { 200: UsageView } }
   }, async (request, reply) => {
-    const { workspace } = request.tenant as TenantContext
+    const { workspace, token } = request.tenant as TenantContext
     const query = parseUsageQuery(request.query as UsageQueryString, request.headers.accept)
-    const tokenNames = async () =>
-      new Map((await app.tenancy.tokens.list(workspace.id)).map((token) => [token.id, token.name]))
-    const report = await usageReport(app.database.db, workspace, query, tokenNames)
+    // the token's own calls only: as on /me, the workspace's other tokens, their names and what they spent are not
+    // this client app's business. No parameter widens it: a `token` one is ignored like any unknown parameter
+    const tokenNames = async () => new Map([[token.id, token.name]])
+    const report = await usageReport(app.database.db, workspace, query, tokenNames, { tokenId: token.id })
     return sendReport(reply, query.format, report, usageCsv, `usage-${workspace.slug}`)
   })
 }

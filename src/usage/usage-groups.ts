@@ -52,13 +52,14 @@ export async function resolveWindow (db: Database, timezone: string, from: Bound
 }
 
 /**
- * A workspace's usage between two instants, grouped. Whole days of the workspace's time zone are read from the
- * `usage_daily` rollup (a few rows a day, however busy the workspace); only the partial days at either end of the
- * window are summed from the ledger itself. Both count each record once: the trigger adds a record to its day's
- * rollup in the transaction that inserts it.
+ * A workspace's usage between two instants, grouped; with `tokenId`, that token's alone. Whole days of the workspace's
+ * time zone are read from the `usage_daily` rollup (a few rows a day, however busy the workspace); only the partial
+ * days at either end of the window are summed from the ledger itself. Both count each record once: the trigger adds a
+ * record to its day's rollup in the transaction that inserts it.
  */
-export async function usageGroups (db: Database, { workspaceId, timezone, from, to, dimensions }: {
+export async function usageGroups (db: Database, { workspaceId, tokenId, timezone, from, to, dimensions }: {
   workspaceId: string
+  tokenId?: string
   timezone: string
   from: Date
   to: Date
@@ -93,7 +94,8 @@ export async function usageGroups (db: Database, { workspaceId, timezone, from, 
     return sql`sum(${sql.raw(`r.${column}`)}) AS ${sql.identifier(name)}`
   }), sql`, `)
   const ledger = (after: SQL, before: SQL) => sql`SELECT ${ledgerKeys.select} ${ledgerSums} FROM usage_records r
-    WHERE r.workspace_id = ${workspaceId} AND r.created_at >= ${after} AND r.created_at < ${before}
+    WHERE r.workspace_id = ${workspaceId} ${ofToken(sql`r.token_id`, tokenId)}
+      AND r.created_at >= ${after} AND r.created_at < ${before}
     ${ledgerKeys.groupBy}`
   const keys = dimensions.length > 0 ? sql.join(dimensions.map((name) => sql.identifier(name)), sql`, `) : undefined
   // as text: a month of a busy workspace passes 2^31 tokens; the sums fit a double exactly long before 2^53
@@ -102,7 +104,8 @@ export async function usageGroups (db: Database, { workspaceId, timezone, from, 
   const rows = await selectRows<Record<string, string | null>>(db, sql`
     WITH parts AS (
       SELECT ${rollupKeys.select} ${rollupSums} FROM usage_daily d
-        WHERE d.workspace_id = ${workspaceId} AND d.day >= ${firstDay} AND d.day < ${endDay} ${rollupKeys.groupBy}
+        WHERE d.workspace_id = ${workspaceId} ${ofToken(sql`d.token_id`, tokenId)}
+          AND d.day >= ${firstDay} AND d.day < ${endDay} ${rollupKeys.groupBy}
       UNION ALL
       ${ledger(f, sql`(CASE WHEN ${split} THEN ${start(firstDay)} ELSE ${t} END)`)}
       UNION ALL
@@ -132,6 +135,11 @@ function keyColumns (dimensions: readonly Dimension[], expressions: Record<Dimen
     sql`${expressions[dimension]} AS ${sql.identifier(dimension)}`), sql`, `)
   const positions = sql.raw(dimensions.map((_, i) => String(i + 1)).join(', '))
   return { select: sql`${select},`, groupBy: sql`GROUP BY ${positions}` }
+}
+
+// the rollup keeps one row per token (usage_daily_key), so a token's share of it is exact
+function ofToken (column: SQL, tokenId: string | undefined): SQL {
+  return tokenId === undefined ? sql`` : sql`AND ${column} = ${tokenId}`
 }
 
 function instant (bound: Bound, timezone: string): SQL {

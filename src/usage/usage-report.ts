@@ -26,13 +26,18 @@ const RECORD_FIELDS = ['createdAt', 'requestId', 'tokenId', 'keyName', 'operatio
   'audioSeconds', 'characters', 'listCostMicros', 'billedCostMicros', 'estimated', 'streamed', 'status',
   'upstreamStatus', 'latencyMs', 'ttftMs'] as const
 
+/** Whose calls a report counts: the whole workspace's, or only those made with the token `tokenId`. */
+export interface ReportScope {
+  tokenId?: string
+}
+
 /**
- * The usage view of one workspace (`GET /admin/v1/workspaces/{ws}/usage`, `GET /tramontane/v1/usage`): totals of a
- * window and its newest records, or, with `groupBy`, one row per day, model, operation or token.
- * `tokenNames` names the token ids of a `token` grouping.
+ * The usage view of one workspace (`GET /admin/v1/workspaces/{ws}/usage`) or of one of its tokens
+ * (`GET /tramontane/v1/usage`): totals of a window and its newest records, or, with `groupBy`, one row per day, model,
+ * operation or token. `tokenNames` names the token ids of a `token` grouping.
  */
 export async function usageReport (db: Database, workspace: ReportedWorkspace, query: UsageQuery,
-  tokenNames: () => Promise<Map<string, string>>) {
+  tokenNames: () => Promise<Map<string, string>>, { tokenId }: ReportScope = {}) {
   const window = await resolveWindow(db, workspace.timezone, query.from, query.to)
   if (!window) throw badRequest('from must be before to', { param: 'from' })
   const head = {
@@ -41,11 +46,11 @@ export async function usageReport (db: Database, workspace: ReportedWorkspace, q
     timezone: workspace.timezone,
     currency: workspace.currency
   }
-  const groups = await usageGroups(db, { workspaceId: workspace.id, timezone: workspace.timezone, ...window,
+  const groups = await usageGroups(db, { workspaceId: workspace.id, tokenId, timezone: workspace.timezone, ...window,
     dimensions: query.dimensions })
   const totals = withMoney(addSums(groups))
   if (query.dimensions.length === 0) {
-    const records = await recentRecords(db, { workspaceId: workspace.id, ...window, limit: query.limit })
+    const records = await recentRecords(db, { workspaceId: workspace.id, tokenId, ...window, limit: query.limit })
     return { ...head, totals, records }
   }
   const names = query.dimensions.includes('token') ? await tokenNames() : undefined

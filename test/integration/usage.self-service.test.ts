@@ -113,3 +113,63 @@ t.test('workspace tokens only, with the same 401 as /v1; the admin API stays clo
   t.equal(suspended.statusCode, 403, 'a suspended workspace is refused here as on /v1')
   t.equal(suspended.json().code, 'workspace_suspended')
 })
+
+t.test('GET /tramontane/v1/usage: only the calling token\'s calls, never another token of its workspace', async (t) => {
+  const s = await buildTestApp(t)
+  const a = await s.createWorkspace({ tokenBody: { name: 'app-a' } })
+  const minted = await s.admin('POST', `/admin/v1/workspaces/${a.slug}/tokens`, { name: 'secret-app-b' })
+  t.equal(minted.statusCode, 201, minted.body)
+  const b = { ...a, tokenId: minted.json.id as string, headers: { authorization: `Bearer ${minted.json.token}` } }
+  const mine = [await call(s, a, 'short'), await call(s, a, 'a little longer')]
+  for (const content of ['b one', 'b two, which is a much longer prompt than any of a\'s', 'b three']) {
+    await call(s, b, content)
+  }
+  await s.app.usage.flush()
+
+  // the operator sees both tokens: what each spent is the expected answer
+  const byToken = (await s.admin('GET', `/admin/v1/workspaces/${a.slug}/usage?groupBy=token`)).json.groups
+  const operatorView = (tokenId: string) => {
+    const { token, tokenName, ...sums } = byToken.find((group: { token: string }) => group.token === tokenId)
+    return sums
+  }
+  const aSpent = operatorView(a.tokenId)
+  t.equal(aSpent.calls, 2)
+  t.equal(operatorView(b.tokenId).calls, 3)
+  t.not(aSpent.promptTokens, operatorView(b.tokenId).promptTokens, 'a and b spent differently')
+  t.ok(aSpent.billedCostMicros > 0)
+
+  const get = async (query: string, format: 'json' | 'csv') => {
+    const res = await s.app.inject({ method: 'GET', url: `/tramontane/v1/usage?${query}&format=${format}`, headers: a.headers })
+    t.equal(res.statusCode, 200, `${query} ${format}`)
+    t.notMatch(res.body, b.tokenId, `${query} ${format}: b's id`)
+    t.notMatch(res.body, 'secret-app-b', `${query} ${format}: b's name`)
+    return res
+  }
+  // the default window ends now, so today is summed from the ledger; whole days (in UTC, the workspace's zone) are
+  // read from the rollup
+  const day = (offset: number) => new Date(Date.now() + offset * 86_400_000).toISOString().slice(0, 10)
+  for (const window of ['', `from=${day(-1)}&to=${day(1)}`]) {
+    for (const groupBy of ['', 'day', 'model', 'operation', 'token', 'day,model,operation,token']) {
+      const json = (await get(`${window}&groupBy=${groupBy}`, 'json')).json()
+      t.same(json.totals, aSpent, `${window} groupBy=${groupBy}: a's totals`)
+      await get(`${window}&groupBy=${groupBy}`, 'csv')
+    }
+  }
+
+  const records = (await get('', 'json')).json().records
+  t.same(records.map((r: { requestId: string }) => r.requestId).sort(), [...mine].sort())
+  t.same(records.map((r: { tokenId: string }) => r.tokenId), [a.tokenId, a.tokenId])
+  const recordsCsv = (await get('', 'csv')).body.trim().split('\r\n')
+  t.equal(recordsCsv.length, 3, 'a header and a\'s two records')
+
+  const grouped = (await get('groupBy=token', 'json')).json().groups
+  t.same(grouped, [{ token: a.tokenId, tokenName: 'app-a', ...aSpent }])
+  const groupedCsv = (await get('groupBy=token', 'csv')).body.trim().split('\r\n')
+  t.equal(groupedCsv.length, 2, 'a header and a\'s one token')
+  t.match(groupedCsv[1], `${a.tokenId},app-a,2,0,${aSpent.promptTokens},`)
+
+  // there is no token filter: a query naming another token is ignored like any unknown parameter
+  const sneaky = (await get(`token=${b.tokenId}&tokenId=${b.tokenId}&groupBy=token`, 'json')).json()
+  t.same(sneaky.groups, grouped)
+  t.equal(sneaky.totals.calls, 2)
+})
