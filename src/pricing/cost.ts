@@ -59,6 +59,8 @@ export interface WorstCaseInput {
   /** the request allows priority (`service_tier: "auto"`): reserve as if it got it */
   priority?: boolean
   regional?: boolean
+  /** audio in the prompt (Voxtral chat), priced by the minute besides the tokens */
+  audioSeconds?: number
 }
 
 /**
@@ -67,7 +69,7 @@ export interface WorstCaseInput {
  */
 export function worstCaseMicros (input: WorstCaseInput): number {
   const { numerator, denominator } = worstCase(input.promptTokens, input.maxOutputTokens, input.n ?? 1, input.price,
-    modifierBps(input), input.markupBps)
+    modifierBps(input), input.markupBps, input.audioSeconds)
   return toNumber(roundHalfUp(numerator, denominator))
 }
 
@@ -118,10 +120,11 @@ function listAmount (usage: MeteredUsage, price: UnitPrices, annotated: boolean,
 }
 
 function worstCase (promptTokens: number, maxOutputTokens: number, n: number, price: UnitPrices,
-  modifiers: number[], markupBps: number) {
+  modifiers: number[], markupBps: number, audioSeconds = 0) {
   const count = (value: number) => BigInt(Math.max(0, Math.trunc(value)))
   const amount = (count(promptTokens) * BigInt(price.inputPerMTok) +
-    count(Math.max(1, n)) * count(maxOutputTokens) * BigInt(price.outputPerMTok)) * PER_MTOK
+    count(Math.max(1, n)) * count(maxOutputTokens) * BigInt(price.outputPerMTok)) * PER_MTOK +
+    count(audioSeconds) * BigInt(price.audioPerMinute) * PER_SECOND
   return fraction(amount, [...modifiers, 10_000 + checkMarkup(markupBps)])
 }
 

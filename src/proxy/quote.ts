@@ -1,6 +1,6 @@
 import type { Quote } from '../limits/admission.js'
 import { worstCaseMicros, costOf } from '../pricing/cost.js'
-import { estimatePromptTokens } from '../pricing/estimate.js'
+import { AUDIO_BYTES_PER_SECOND, estimatePrompt, estimatePromptTokens } from '../pricing/estimate.js'
 import type { ModelPrice, PriceBook } from '../pricing/price-book.js'
 import { priceFamilyOf } from '../pricing/default-prices.js'
 import { badRequest, modelNotPriced } from '../errors.js'
@@ -19,8 +19,6 @@ export interface Priced {
 const FREE: Quote = flatQuote(0)
 // OCR is priced per page and the page count is known only from Mistral's answer; audio likewise by its duration
 const OCR_RESERVED_PAGES = 50
-/** bytes of compressed audio per second, on the low side (16 kbit/s speech codecs): more seconds reserved, not fewer */
-const AUDIO_BYTES_PER_SECOND = 2_000
 const MAX_OUTPUT_TOKENS = 10_000_000
 const MAX_CHOICES = 10_000
 
@@ -51,11 +49,11 @@ export function quoteCall ({ family, body, contentLength, prices, currency, mark
       '(the workspace\'s currency); the operator can add one (PUT /admin/v1/prices/{model})', { param: 'model' })
   }
   // one literal, not a spread of shared fields: V8 spreads an object literal into a new one slowly (4 µs a call)
-  const worst = (promptTokens: number, maxOutputTokens: number, n = 1, priority = false) =>
-    worstCaseMicros({ price, markupBps, regional, promptTokens, maxOutputTokens, n, priority })
+  const worst = (promptTokens: number, maxOutputTokens: number, n = 1, priority = false, audioSeconds = 0) =>
+    worstCaseMicros({ price, markupBps, regional, promptTokens, maxOutputTokens, n, priority, audioSeconds })
   switch (priceFamilyOf(family)) {
     case 'chat': {
-      const promptTokens = estimatePromptTokens(body)
+      const { tokens: promptTokens, audioSeconds } = estimatePrompt(body)
       // bounded so that the worst case stays an exact integer; any real output is far below either bound
       const maxTokens = Math.min(positiveInteger(outputBound(family, body)?.max_tokens) ?? price.outputCeiling,
         MAX_OUTPUT_TOKENS)
@@ -64,8 +62,8 @@ export function quoteCall ({ family, body, contentLength, prices, currency, mark
       const priority = body?.service_tier === 'auto'
       return {
         quote: {
-          cost: worst(promptTokens, maxTokens, n, priority),
-          promptCost: worst(promptTokens, 0, n, priority),
+          cost: worst(promptTokens, maxTokens, n, priority, audioSeconds),
+          promptCost: worst(promptTokens, 0, n, priority, audioSeconds),
           outputPerMillion: worst(0, 1_000_000, n, priority),
           maxTokens,
           n,

@@ -4,6 +4,7 @@ import { createAdmission, type AdmissionSubject, type Quote } from '../../src/li
 import { createMemoryStore } from '../../src/limits/memory-store.js'
 import { costOf, worstCaseMicros } from '../../src/pricing/cost.js'
 import { completePrices, DEFAULT_PRICES } from '../../src/pricing/default-prices.js'
+import { estimatePromptTokens } from '../../src/pricing/estimate.js'
 import { formatMoney, parseMoney } from '../../src/pricing/money.js'
 import { countTokens, startFakeMistral } from '../helpers/fake-mistral.js'
 import { call, startReplicas, statusCounts, type ReplicaWorkspace, type Reply } from '../helpers/replicas.js'
@@ -201,6 +202,39 @@ t.test('hostile inputs never get a call admitted that the cap would refuse', asy
   t.equal(unknown.json?.code, 'model_not_priced', 'model_not_priced')
   t.match(unknown.json?.message, /has no USD price/, 'the message names the currency it has no price in')
   t.equal(upstreamOf(free).length, 0, 'nothing upstream')
+})
+
+t.test('audio in a Voxtral chat call is reserved by the minute against the cap', async (t) => {
+  const voxtral = DEFAULT_PRICES.find((row) => row.aliases.includes('voxtral-small-latest'))
+  if (!voxtral) throw new Error('voxtral-small-latest is not in the price book')
+  const price = completePrices(voxtral.prices.USD)
+  const text = { type: 'text', text: 'What is said?' }
+  // ten minutes at the 2,000 bytes a second the reservation assumes (src/pricing/estimate.ts), as base64
+  const tenMinutes = Buffer.alloc(10 * 60 * 2_000, 7).toString('base64')
+  const withAudio = (audio: string) => ({
+    model: 'voxtral-small-latest', max_tokens: 10, messages: [{ role: 'user', content: [text, { type: 'input_audio', input_audio: audio }] }]
+  })
+  const reservation = (body: ReturnType<typeof withAudio>, audioSeconds: number) => worstCaseMicros({
+    promptTokens: estimatePromptTokens(body), maxOutputTokens: 10, price, markupBps: 0, audioSeconds
+  })
+  const cases = [
+    { name: 'base64, ten minutes', body: withAudio(tenMinutes), seconds: 600 },
+    { name: 'a URL: its length unknown, the most a call holds (40 minutes)', body: withAudio('https://example.com/a.mp3'), seconds: 2_400 }
+  ]
+  for (const { name, body, seconds } of cases) {
+    const reserved = reservation(body, seconds)
+    t.ok(reserved >= seconds * price.audioPerMinute / 60, `${name}: the reservation holds the audio's ${seconds} s`)
+    // a cap the tokens alone fit in, the audio not
+    const tight = await replicas.createWorkspace({ caps: { monthly: formatMoney(reservation(body, 0) + 1_000) } })
+    const refused = await call(replicas.urls[0], tight.token, '/v1/chat/completions', body)
+    t.ok(isQuota(refused), `${name}: refused by a cap its tokens fit in (${refused.status} ${refused.json?.code})`)
+    t.equal(upstreamOf(tight).length, 0, `${name}: Mistral never saw it`)
+    const roomy = await replicas.createWorkspace({ caps: { monthly: formatMoney(2 * reserved) } })
+    const served = await call(replicas.urls[1], roomy.token, '/v1/chat/completions', body)
+    t.equal(served.status, 200, `${name}: served under a cap that affords it`)
+    t.equal(served.headers.get('x-tramontane-budget-remaining'), formatMoney(reserved),
+      `${name}: the cap less the reservation, audio included`)
+  }
 })
 
 t.test('case variants of a model name are priced and reserved as the model', async (t) => {
