@@ -80,10 +80,11 @@ function walk (key: string, value: unknown, tally: Tally) {
 }
 
 /**
- * An `input_audio` part: base64, bare or in a `data:` URL (its decoded bytes at the low bitrate); else a URL or a
- * shape unknown here (the most a call holds).
+ * An `input_audio` part, a string or `{ data, format }` (Mistral's docs show both): base64, bare or in a `data:` URL
+ * (its decoded bytes at the low bitrate); else a URL or a shape unknown here (the most a call holds).
  */
 function audioSecondsOf (audio: unknown): number {
+  if (isRecord(audio) && typeof audio.data === 'string') return audioSecondsOf(audio.data)
   if (typeof audio !== 'string') return MAX_CHAT_AUDIO_SECONDS
   const base64 = audio.startsWith('data:') ? audio.slice(audio.indexOf(',') + 1) : audio
   if (/^[a-z][a-z0-9+.-]*:/i.test(base64)) return MAX_CHAT_AUDIO_SECONDS

@@ -32,7 +32,10 @@ t.test('prompt audio: seconds of base64 at the low bitrate, a URL at the most, t
   t.equal(estimatePrompt(prompt(audio(minute), audio(minute))).audioSeconds, 120, 'two parts add up')
   t.equal(estimatePrompt(prompt(audio('https://example.com/a.wav'))).audioSeconds, MAX_CHAT_AUDIO_SECONDS,
     'a URL: the most a call holds')
-  t.equal(estimatePrompt(prompt(audio({ data: minute }))).audioSeconds, MAX_CHAT_AUDIO_SECONDS,
+  t.equal(estimatePrompt(prompt(audio({ data: minute, format: 'mp3' }))).audioSeconds, 60, 'as { data, format }')
+  t.equal(estimatePrompt(prompt(audio({ data: 'https://example.com/a.mp3', format: 'mp3' }))).audioSeconds,
+    MAX_CHAT_AUDIO_SECONDS, 'a URL as { data, format }')
+  t.equal(estimatePrompt(prompt(audio({ url: minute }))).audioSeconds, MAX_CHAT_AUDIO_SECONDS,
     'a shape Mistral does not document: the most')
   t.equal(estimatePrompt(prompt(audio(minute.repeat(50)))).audioSeconds, MAX_CHAT_AUDIO_SECONDS, 'bounded')
   t.equal(estimatePrompt(prompt({ type: 'text', text: 'hi' })).audioSeconds, 0, 'no audio, none')
