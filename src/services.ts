@@ -66,7 +66,6 @@ async function services (app: FastifyInstance, { config, database }: ServicesOpt
     bus,
     cacheTtlMs: config.TOKEN_CACHE_TTL_MS,
     scopes: operationAreas,
-    keyExists: (workspaceId, name) => keys.exists(workspaceId, name),
     log: app.log
   })
   const usage = createUsageRecorder({

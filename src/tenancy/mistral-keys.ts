@@ -1,12 +1,14 @@
 import { randomUUID } from 'node:crypto'
-import { and, asc, eq, ne, sql } from 'drizzle-orm'
+import { and, asc, eq, gt, isNull, ne, or, sql } from 'drizzle-orm'
 import type { Database } from '../db/client.js'
-import { mistralKeys, type MistralKeyRow } from '../db/schema.js'
+import { mistralKeys, workspaceTokens, type MistralKeyRow } from '../db/schema.js'
 import { badRequest, conflict, notFound } from '../errors.js'
 import type { InvalidationBus } from './invalidation-bus.js'
 import type { KeyCipher } from './key-crypto.js'
 
 const KEY_NAME = /^[a-z0-9][a-z0-9_-]{0,62}$/
+/** The key a token bound to none calls with (and fails over from): src/proxy/routes.ts, keyCandidates. */
+export const DEFAULT_KEY = 'default'
 
 /** What the admin API shows of a Mistral key: never the key. */
 export interface MistralKeyView {
@@ -32,9 +34,11 @@ export interface MistralKeyStore {
   add (workspaceId: string, name: string, secret: string): Promise<MistralKeyView>
   list (workspaceId: string): Promise<MistralKeyView[]>
   replace (workspaceId: string, name: string, secret: string): Promise<MistralKeyView>
-  /** The id of the key deleted. */
+  /**
+   * The id of the key deleted. 409 while a live token relies on it (bound to it, or bound to none for `default`):
+   * each of its calls would fail.
+   */
   remove (workspaceId: string, name: string): Promise<string>
-  exists (workspaceId: string, name: string): Promise<boolean>
   /** The decrypted key a proxied call uses; cached until the bus says the workspace changed. */
   resolve (workspaceId: string, name: string): Promise<UsableKey | undefined>
   /** The names of a workspace's keys in failover order: `default` first, then by name. Cached like `resolve`. */
@@ -91,14 +95,20 @@ MistralKeyStore {
       return view(row)
     },
     async remove (workspaceId, name) {
-      const deleted = await db.delete(mistralKeys).where(byName(workspaceId, name)).returning({ id: mistralKeys.id })
-      if (deleted.length === 0) throw notFound(`No Mistral key named '${name}'`)
+      const id = await db.transaction(async (tx) => {
+        // held until the deletion commits, against the mints that lock the key (lockKeyForMint): one that locked it
+        // first has committed its token by the time this lock is granted, and the query below (a new snapshot) counts
+        // it; one that comes after waits, then finds no key
+        const [key] = await tx.select({ id: mistralKeys.id }).from(mistralKeys).where(byName(workspaceId, name))
+          .for('update')
+        if (!key) throw notFound(`No Mistral key named '${name}'`)
+        const relying = await liveTokensRelyingOn(tx, workspaceId, name)
+        if (relying.length > 0) throw conflict(inUseMessage(name, relying), { param: 'name' })
+        await tx.delete(mistralKeys).where(eq(mistralKeys.id, key.id))
+        return key.id
+      })
       await changed(workspaceId)
-      return deleted[0].id
-    },
-    async exists (workspaceId, name) {
-      const rows = await db.select({ id: mistralKeys.id }).from(mistralKeys).where(byName(workspaceId, name))
-      return rows.length > 0
+      return id
     },
     resolve (workspaceId, name) {
       const cacheKey = `${workspaceId}/${name}`
@@ -114,7 +124,8 @@ MistralKeyStore {
       let entry = nameCache.get(workspaceId)
       if (!entry) {
         entry = db.select({ name: mistralKeys.name }).from(mistralKeys).where(eq(mistralKeys.workspaceId, workspaceId))
-          .then((rows) => rows.map((row) => row.name).sort((a, b) => a === 'default' ? -1 : b === 'default' ? 1 : a.localeCompare(b)))
+          .then((rows) => rows.map((row) => row.name)
+            .sort((a, b) => a === DEFAULT_KEY ? -1 : b === DEFAULT_KEY ? 1 : a.localeCompare(b)))
         nameCache.set(workspaceId, entry)
         entry.catch(() => nameCache.delete(workspaceId))
       }
@@ -155,6 +166,47 @@ MistralKeyStore {
     if (!row) return undefined
     return { id: row.id, name: row.name, status: row.status, secret: cipher.open({ ...row, keyId: row.id }) }
   }
+}
+
+/**
+ * Whether the workspace has the key a token about to be minted will call with, its row locked until `db` (a
+ * transaction) writes the token and commits: a deletion of the key (`remove`) then waits and counts the token, or went
+ * first and the key is not found. Share mode: mints do not wait on each other, only on a change to the key.
+ */
+export async function lockKeyForMint (db: Database, workspaceId: string, name: string): Promise<boolean> {
+  const rows = await db.select({ id: mistralKeys.id }).from(mistralKeys)
+    .where(and(eq(mistralKeys.workspaceId, workspaceId), eq(mistralKeys.name, name))).for('share')
+  return rows.length > 0
+}
+
+interface RelyingToken {
+  prefix: string
+  mistralKeyName: string | null
+}
+
+/** The live (unexpired, unrevoked) tokens whose every call needs this key: bound to it, or to none if it is `default`. */
+function liveTokensRelyingOn (db: Database, workspaceId: string, name: string): Promise<RelyingToken[]> {
+  const boundToIt = eq(workspaceTokens.mistralKeyName, name)
+  return db.select({ prefix: workspaceTokens.prefix, mistralKeyName: workspaceTokens.mistralKeyName })
+    .from(workspaceTokens)
+    .where(and(eq(workspaceTokens.workspaceId, workspaceId),
+      name === DEFAULT_KEY ? or(boundToIt, isNull(workspaceTokens.mistralKeyName)) : boundToIt,
+      isNull(workspaceTokens.revokedAt),
+      or(isNull(workspaceTokens.expiresAt), gt(workspaceTokens.expiresAt, sql`now()`))))
+    .orderBy(asc(workspaceTokens.createdAt))
+}
+
+/** Names the tokens by their prefix (never more of a token), and what the operator can do instead. */
+function inUseMessage (name: string, relying: RelyingToken[]): string {
+  const prefixes = (tokens: RelyingToken[]) => tokens.map((token) => token.prefix).join(', ')
+  const bound = relying.filter((token) => token.mistralKeyName !== null)
+  const unbound = relying.filter((token) => token.mistralKeyName === null)
+  const uses = [
+    bound.length > 0 && `is bound to ${bound.length} live token(s) (${prefixes(bound)})`,
+    unbound.length > 0 && `is used by ${unbound.length} live token(s) bound to no key (${prefixes(unbound)})`
+  ].filter(Boolean)
+  return `Mistral key '${name}' ${uses.join(' and ')}: replace the key in place (PUT), or revoke those tokens first ` +
+    '(a token\'s key is set when it is minted: mint replacements bound to another key)'
 }
 
 function seal (cipher: KeyCipher, workspaceId: string, keyId: string, secret: string) {

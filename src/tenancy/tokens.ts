@@ -5,6 +5,7 @@ import { workspaces, workspaceTokens, type WorkspaceToken } from '../db/schema.j
 import { authenticationUnavailable, badRequest, notFound } from '../errors.js'
 import type { RateLimits, SpendCaps, WorkspaceLimits } from '../limits/policy.js'
 import type { Invalidation, InvalidationBus } from './invalidation-bus.js'
+import { DEFAULT_KEY, lockKeyForMint } from './mistral-keys.js'
 import { generateWorkspaceToken, hashWorkspaceToken } from './token-format.js'
 import type { CooldownPolicy } from './workspaces.js'
 
@@ -73,7 +74,6 @@ interface TokenStoreOptions {
   bus: InvalidationBus
   cacheTtlMs: number
   scopes: ReadonlySet<string>
-  keyExists: (workspaceId: string, name: string) => Promise<boolean>
   log: FastifyBaseLogger
 }
 
@@ -85,7 +85,7 @@ const STALE_RETRY_MS = 5_000
 // invalidations kept for the lookups in flight
 const MAX_HEARD = 1_000
 
-export function createTokenStore ({ db, bus, cacheTtlMs, scopes, keyExists, log }: TokenStoreOptions): TokenStore {
+export function createTokenStore ({ db, bus, cacheTtlMs, scopes, log }: TokenStoreOptions): TokenStore {
   const cache = new Map<string, CacheEntry>()
   // the token's checksum and SHA-256, worked out once per token and not on every call (2-3 µs each): the process
   // holds the token as long as it serves it, as it holds the decrypted Mistral keys
@@ -129,13 +129,18 @@ export function createTokenStore ({ db, bus, cacheTtlMs, scopes, keyExists, log 
       }
       const expiresAt = parseExpiry(input.expiresAt)
       const mistralKeyName = input.mistralKey ?? null
-      if (mistralKeyName !== null && !(await keyExists(workspaceId, mistralKeyName))) {
-        throw badRequest(`No Mistral key named '${mistralKeyName}' in this workspace`, { param: 'mistralKey' })
-      }
       const { token, prefix, hash } = generateWorkspaceToken()
-      const [row] = await db.insert(workspaceTokens)
-        .values({ workspaceId, name, prefix, hash, scopes: [...new Set(requested)], mistralKeyName, expiresAt })
-        .returning()
+      const row = await db.transaction(async (tx) => {
+        // an unbound token relies on `default` if there is one (deleting it is then refused); it may be minted without
+        const keyThere = await lockKeyForMint(tx, workspaceId, mistralKeyName ?? DEFAULT_KEY)
+        if (mistralKeyName !== null && !keyThere) {
+          throw badRequest(`No Mistral key named '${mistralKeyName}' in this workspace`, { param: 'mistralKey' })
+        }
+        const [inserted] = await tx.insert(workspaceTokens)
+          .values({ workspaceId, name, prefix, hash, scopes: [...new Set(requested)], mistralKeyName, expiresAt })
+          .returning()
+        return inserted
+      })
       return { token, view: view(row) }
     },
     async list (workspaceId) {

@@ -292,3 +292,70 @@ t.test('OpenAPI docs describe the admin API', async (t) => {
   }
   t.notOk(Object.keys(doc.paths).some((p) => p.startsWith('/v1')), 'the proxy is not in the admin docs')
 })
+
+t.test('default cannot be deleted while a live unbound token relies on it; once none does, it may', async (t) => {
+  const { app, admin, mistral, createWorkspace } = await buildTestApp(t)
+  const ws = await createWorkspace({ keys: ['default', 'spare'] })
+  const base = `/admin/v1/workspaces/${ws.slug}`
+  const keyNames = async () => (await admin('GET', `${base}/mistral-keys`)).json.data.map((key: { name: string }) => key.name)
+  const [unbound] = (await admin('GET', `${base}/tokens`)).json.data
+  const bound = await admin('POST', `${base}/tokens`, { name: 'on spare', mistralKey: 'spare' })
+  t.equal(bound.statusCode, 201)
+
+  const refused = await admin('DELETE', `${base}/mistral-keys/default`)
+  t.equal(refused.statusCode, 409)
+  t.match(refused.json, { object: 'error', type: 'invalid_request_error', code: 'conflict', param: 'name', request_id: String })
+  t.equal(refused.json.error.code, 'conflict')
+  t.equal(refused.json.message, `Mistral key 'default' is used by 1 live token(s) bound to no key (${unbound.prefix}): ` +
+    'replace the key in place (PUT), or revoke those tokens first (a token\'s key is set when it is minted: mint ' +
+    'replacements bound to another key)', 'names the unbound token, not the one bound elsewhere, and what to do')
+  for (const secret of [ws.token, ws.mistralKey, bound.json.token]) t.notMatch(refused.body, secret, 'no secret')
+  t.same(await keyNames(), ['default', 'spare'], 'the key is still there')
+  const call = await app.inject({
+    method: 'POST', url: '/v1/chat/completions', headers: ws.headers,
+    payload: { model: 'mistral-small-latest', messages: [{ role: 'user', content: 'still here?' }] }
+  })
+  t.equal(call.statusCode, 200, 'and the unbound token\'s calls still work')
+  t.equal(mistral.received.at(-1)?.apiKey, ws.mistralKey, 'with the default key')
+
+  // revoked and expired unbound tokens rely on nothing
+  t.equal((await admin('DELETE', `${base}/tokens/${ws.tokenId}`)).statusCode, 200)
+  const brief = await admin('POST', `${base}/tokens`, { name: 'brief', expiresAt: new Date(Date.now() + 1_000).toISOString() })
+  t.equal(brief.statusCode, 201)
+  t.equal((await admin('DELETE', `${base}/mistral-keys/default`)).statusCode, 409, 'while the brief token lives')
+  await sleep(1_100)
+  t.equal((await admin('DELETE', `${base}/mistral-keys/default`)).statusCode, 204, 'once it has expired')
+  t.same(await keyNames(), ['spare'])
+})
+
+t.test('minting tokens bound to a key while it is deleted never leaves a live token bound to a key that is gone', async (t) => {
+  const { admin, createWorkspace } = await buildTestApp(t)
+  const ws = await createWorkspace()
+  const base = `/admin/v1/workspaces/${ws.slug}`
+  const mint = (name: string) => admin('POST', `${base}/tokens`, { name: `on ${name}`, mistralKey: name })
+  const rounds = 20
+  let kept = 0
+  for (let round = 0; round < rounds; round++) {
+    const name = `racing-${round}`
+    t.equal((await admin('POST', `${base}/mistral-keys`, { name, key: `sk-racing-key-${round}` })).statusCode, 201)
+    // the deletion sent first in half the rounds, last in the others
+    const remove = () => admin('DELETE', `${base}/mistral-keys/${name}`)
+    const answers = round % 2 === 0
+      ? await Promise.all([remove(), mint(name), mint(name), mint(name)])
+      : (await Promise.all([mint(name), mint(name), mint(name), remove()])).reverse()
+    const [deleted, ...minted] = answers.map((answer) => answer.statusCode)
+    if (deleted === 204) {
+      t.same(minted, [400, 400, 400], `round ${round}: the key went, so no token was bound to it`)
+    } else {
+      kept++
+      t.equal(deleted, 409, `round ${round}: the key stays for the tokens bound to it`)
+      t.ok(minted.includes(201), `round ${round}: a token was bound before the deletion was refused`)
+    }
+  }
+  t.comment(`${kept} of ${rounds} keys kept`)
+
+  const keys = new Set((await admin('GET', `${base}/mistral-keys`)).json.data.map((key: { name: string }) => key.name))
+  const tokens = (await admin('GET', `${base}/tokens`)).json.data as Array<{ prefix: string, mistralKeyName: string | null }>
+  const stranded = tokens.filter((token) => token.mistralKeyName !== null && !keys.has(token.mistralKeyName))
+  t.same(stranded.map((token) => `${token.prefix} on ${token.mistralKeyName}`), [], 'every bound token\'s key exists')
+})
