@@ -223,12 +223,11 @@ export async function adminRoutes (app: FastifyInstance, { adminToken }: { admin
   }, async (request) => {
     const workspace = await workspaceOf(request)
     const { name } = request.params as { name: string }
-    const before = (await keys.list(workspace.id)).find((key) => key.name === name)
-    const replaced = await keys.replace(workspace.id, name, (request.body as { key: string }).key)
+    const { key, replaced } = await keys.replace(workspace.id, name, (request.body as { key: string }).key)
     // the last four characters, as the admin API shows them: which key replaced which, never the key
-    await audit(request, 'mistral_key.replace', 'mistral_key', replaced.id, workspace.id,
-      { name, previousId: before?.id ?? null, last4: { from: before?.last4 ?? null, to: replaced.last4 } })
-    return replaced
+    await audit(request, 'mistral_key.replace', 'mistral_key', key.id, workspace.id,
+      { name, previousId: replaced.id, last4: { from: replaced.last4, to: key.last4 } })
+    return key
   })
 
   app.delete('/workspaces/:ws/mistral-keys/:name', {

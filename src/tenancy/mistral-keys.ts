@@ -33,7 +33,9 @@ export interface UsableKey {
 export interface MistralKeyStore {
   add (workspaceId: string, name: string, secret: string): Promise<MistralKeyView>
   list (workspaceId: string): Promise<MistralKeyView[]>
-  replace (workspaceId: string, name: string, secret: string): Promise<MistralKeyView>
+  /** The new key, and the one it replaced (of two replacements at once, the later one names the earlier one's key). */
+  replace (workspaceId: string, name: string, secret: string):
+  Promise<{ key: MistralKeyView, replaced: Pick<MistralKeyView, 'id' | 'last4'> }>
   /**
    * The id of the key deleted. 409 while a live token relies on it (bound to it, or bound to none for `default`):
    * each of its calls would fail.
@@ -85,14 +87,19 @@ MistralKeyStore {
     async replace (workspaceId, name, secret) {
       // a new key gets a new id: what is known by the old one (a cooldown, an open breaker, Mistral's quota, a 401
       // that a call still in flight with the old secret meets and would mark invalid) is the old key's, not this one's.
-      // By name: of two replacements at once, the later one wins
+      // By name: of two replacements at once, the later one wins, and the row lock has it read the earlier one's key
       const id = randomUUID()
-      const [row] = await db.update(mistralKeys)
-        .set({ id, ...seal(cipher, workspaceId, id, secret), status: 'active', updatedAt: sql`now()` })
-        .where(byName(workspaceId, name)).returning()
-      if (!row) throw notFound(`No Mistral key named '${name}'`)
+      const result = await db.transaction(async (tx) => {
+        const [old] = await tx.select({ id: mistralKeys.id, last4: mistralKeys.last4 }).from(mistralKeys)
+          .where(byName(workspaceId, name)).for('update')
+        if (!old) throw notFound(`No Mistral key named '${name}'`)
+        const [row] = await tx.update(mistralKeys)
+          .set({ id, ...seal(cipher, workspaceId, id, secret), status: 'active', updatedAt: sql`now()` })
+          .where(eq(mistralKeys.id, old.id)).returning()
+        return { key: view(row), replaced: old }
+      })
       await changed(workspaceId)
-      return view(row)
+      return result
     },
     async remove (workspaceId, name) {
       const id = await db.transaction(async (tx) => {

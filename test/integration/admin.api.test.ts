@@ -225,6 +225,19 @@ t.test('the audit log says what each change changed: before and after, never a s
   const twice = await Promise.all(['sk-first-canary-1111', 'sk-second-canary-2222'].map((key) =>
     admin('PUT', `/admin/v1/workspaces/${ws.slug}/mistral-keys/default`, { key })))
   t.same(twice.map((answer) => answer.statusCode), [200, 200], 'two replacements at once both succeed')
+  // five more at once: each audit entry must name the key it replaced, the one the replacement before it put in
+  const [start] = await keysNow()
+  await Promise.all([1, 2, 3, 4, 5].map((i) =>
+    admin('PUT', `/admin/v1/workspaces/${ws.slug}/mistral-keys/default`, { key: `sk-race-canary-000${i}` })))
+  const [current] = await keysNow()
+  const lastLog = await admin('GET', '/admin/v1/audit-log?limit=1000')
+  const raced = (lastLog.json.data as Array<Record<string, any>>)
+    .filter((e) => e.workspaceId === ws.id && e.action === 'mistral_key.replace').slice(0, 5)
+  const next = new Map(raced.map((e) => [e.details.previousId as string, e.targetId as string]))
+  t.equal(next.size, 5, 'five replacements at once name five different keys they replaced, not one key twice')
+  let walked = start.id as string
+  for (let i = 0; i < 5 && next.has(walked); i++) walked = next.get(walked)!
+  t.equal(walked, current.id, 'they chain from the key before them to the key in use')
   for (const secret of ['sk-audit-canary-9876', 'sk-spare-canary-1234', ws.mistralKey, ws.token]) {
     t.notMatch(log.body, secret, 'no key or token in the audit log')
   }
