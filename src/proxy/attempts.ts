@@ -52,6 +52,23 @@ function failedAnswer (status: number): boolean {
   return RETRYABLE.has(status) || status < 200 || status > 599
 }
 
+/** Connection failures that happen before the request can have left: sending it again cannot repeat its effect. */
+const NOT_SENT = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH',
+  'UND_ERR_CONNECT_TIMEOUT'])
+
+/**
+ * Whether a call may be sent again after a failure that leaves unknown whether Mistral acted on it (a connection cut
+ * once the request may have left, no answer in time, a 502 or 504 from a hop in between): GET, PUT and DELETE, whose
+ * repetition changes nothing, and the metered calls, which make nothing (a repeated one costs, as with any gateway's
+ * retries; failing the client's call instead would cost it the answer). A POST or PATCH that creates or changes
+ * something — a batch job, a fine-tuning job, an agent, a library — is not: a second batch job would run at Mistral,
+ * billed to the agency and to no client.
+ */
+function resendableAfterDoubt (request: FastifyRequest): boolean {
+  if (request.method !== 'POST' && request.method !== 'PATCH') return true
+  return request.operation !== null && request.operation.metered !== null
+}
+
 /** The gateway's order when the workspace sets none: another key first, then a short hold (issue 4). */
 const DEFAULT_ORDER: readonly CooldownStrategy[] = ['failover', 'hold']
 
@@ -71,6 +88,7 @@ export async function sendWithRetries (attempt: Attempt, deps: AttemptDeps): Pro
   const { pool, prefix, keys, health, budget, config, log } = deps
   const started = Date.now()
   const resendable = rawBody === undefined
+  const resendableAfterFailure = resendableAfterDoubt(request)
   const setting = request.tenant?.workspace.cooldown ?? {}
   const plan = { order: setting.order ?? DEFAULT_ORDER, holdMs: setting.holdMs ?? config.UPSTREAM_COOLDOWN_HOLD_MS }
   let tries = 0
@@ -108,7 +126,8 @@ export async function sendWithRetries (attempt: Attempt, deps: AttemptDeps): Pro
       if (signal.aborted) throw err
       const failure = connectionFailure(err)
       await health.failed(workspaceId, key.id).catch(() => {})
-      if (!(await mayRetry())) throw failure
+      const sent = !NOT_SENT.has((err as NodeJS.ErrnoException).code ?? '')
+      if ((sent && !resendableAfterFailure) || !(await mayRetry())) throw failure
       lastFailure = failure
       await backoff()
       continue
@@ -152,7 +171,9 @@ export async function sendWithRetries (attempt: Attempt, deps: AttemptDeps): Pro
       // the last try's answer reaches the client as Mistral sent it (one outside 200-599 as a 502, in routes.ts); so
       // does one after which no key could take a retry (this one's breaker just opened, the others are cooling or
       // rejected): a retry could only end in a 503 or 429 of the gateway's own
-      if (await anyKeyLeft() && await mayRetry()) {
+      // a 503 is Mistral refusing the call; a 502 or 504 may come from a hop after Mistral took it
+      const mayHaveActed = status !== 503
+      if ((!mayHaveActed || resendableAfterFailure) && await anyKeyLeft() && await mayRetry()) {
         await upstream.body.dump().catch(() => {})
         await backoff()
         continue

@@ -61,3 +61,64 @@ t.test('connections cut every time: UPSTREAM_RETRIES more tries, then 502 upstre
   t.equal(testApp.mistral.received.length - before, 3, 'the first try and 2 retries, no more')
   testApp.mistral.reset()
 })
+
+t.test('a call that creates something is not sent again once Mistral may have acted on it', async (t) => {
+  const testApp = await buildTestApp(t, { BREAKER_THRESHOLD: '100', BATCH_POLL_INTERVAL_MS: '600000' })
+  const ws = await testApp.createWorkspace()
+  const JOBS = '/v1/batch/jobs'
+  const createJob = async () => {
+    const res = await testApp.app.inject({
+      method: 'POST',
+      url: JOBS,
+      headers: { ...ws.headers, 'content-type': 'application/json' },
+      payload: {
+        endpoint: '/v1/chat/completions',
+        model: 'mistral-small-latest',
+        requests: [{ custom_id: '1', body: { messages: [{ role: 'user', content: 'Hello' }] } }]
+      }
+    })
+    return { status: res.statusCode, json: res.json() }
+  }
+  const sent = (path: string, method: string) =>
+    testApp.mistral.requestsTo(path).filter((request) => request.method === method).length
+  const cases: Array<{ name: string, script: () => void, status: number, tries: number }> = [
+    {
+      name: 'a connection cut with the request read',
+      script: () => testApp.mistral.enqueue((_req, res) => { res.socket?.destroy() }, JOBS),
+      status: 502,
+      tries: 1
+    },
+    {
+      name: 'a 502 (a hop after Mistral may have taken it)',
+      script: () => testApp.mistral.enqueueError(502, { message: 'bad gateway' }, {}, JOBS),
+      status: 502,
+      tries: 1
+    },
+    {
+      name: 'a 504',
+      script: () => testApp.mistral.enqueueError(504, { message: 'gateway timeout' }, {}, JOBS),
+      status: 504,
+      tries: 1
+    },
+    {
+      name: 'a 503 (Mistral refused it): sent again',
+      script: () => testApp.mistral.enqueueError(503, { message: 'unavailable' }, {}, JOBS),
+      status: 200,
+      tries: 2
+    }
+  ]
+  for (const { name, script, status, tries } of cases) {
+    const before = sent(JOBS, 'POST')
+    script()
+    const reply = await createJob()
+    t.equal(reply.status, status, `${name}: ${status} to the client`)
+    t.equal(sent(JOBS, 'POST') - before, tries, `${name}: ${tries} batch job creation(s) sent to Mistral`)
+  }
+
+  // a read is sent again after the same cut
+  const before = sent('/v1/models', 'GET')
+  testApp.mistral.enqueue((_req, res) => { res.socket?.destroy() }, '/v1/models')
+  const models = await testApp.app.inject({ method: 'GET', url: '/v1/models', headers: ws.headers })
+  t.equal(models.statusCode, 200, 'a GET cut once: served by the second try')
+  t.equal(sent('/v1/models', 'GET') - before, 2, 'two GETs sent')
+})
