@@ -99,8 +99,13 @@ export const Statement = Type.Object({
   currency: Type.String(),
   periodStart: Timestamp,
   periodEnd: Timestamp,
-  status: Type.Union([Type.Literal('open'), Type.Literal('closed')]),
-  pendingBatchJobs: Type.Integer({ description: 'batch jobs started this month, billed when they end' }),
+  status: Type.Union([Type.Literal('open'), Type.Literal('closed')], {
+    description: 'closed once the month is over and no batch job that may end in it is running: it no longer changes'
+  }),
+  pendingBatchJobs: Type.Integer({
+    description: 'batch jobs still running that were created before the month ended: each is billed in the month it ' +
+      'ends, so the month stays open until none is left'
+  }),
   currentMarkupBps: Type.Integer({ description: "the workspace's markup now; each line's markup is what was applied" }),
   lines: Type.Array(Type.Object({ model: Type.String(), operation: Type.String(), ...Sums, ...MoneyLine })),
   totals: Type.Object({ calls: Type.Integer(), estimatedCalls: Type.Integer(), ...MoneyLine }),

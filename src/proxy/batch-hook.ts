@@ -6,13 +6,19 @@ export type BatchJobCall = 'created' | 'read'
 
 /**
  * The calls whose answer is a batch job the gateway reads: a create, to watch the job until it ends, and a read, to
- * bill it at once if it has ended. A read with `inline=true` carries every result of the job and streams through
- * untouched: the poll bills that job.
+ * bill it at once if it has ended. A read that names `inline` at all streams through untouched, whatever its value:
+ * Mistral reads the parameter leniently (`1`, `True`, the last of several), and an answer carrying every result of
+ * the job must not be held in memory on a guess about its spelling. The poll bills that job.
  */
 export function batchJobCall (operationId: string, url: string): BatchJobCall | undefined {
   if (operationId === 'jobs_api_routes_batch_create_batch_job') return 'created'
   if (operationId !== 'jobs_api_routes_batch_get_batch_job') return undefined
-  return new URLSearchParams(url.slice(url.indexOf('?') + 1)).get('inline') === 'true' ? undefined : 'read'
+  return namesInline(url) ? undefined : 'read'
+}
+
+function namesInline (url: string): boolean {
+  const query = url.indexOf('?')
+  return query >= 0 && new URLSearchParams(url.slice(query + 1)).has('inline')
 }
 
 /**

@@ -5,6 +5,7 @@ import type { ModelPrice, PriceBook } from '../pricing/price-book.js'
 import { priceFamilyOf } from '../pricing/default-prices.js'
 import { badRequest, modelNotPriced } from '../errors.js'
 import type { MeteredFamily } from './operations.js'
+import { familyOfEndpoint } from '../usage/batch-output.js'
 
 export interface Priced {
   quote: Quote
@@ -27,7 +28,21 @@ const MAX_CHOICES = 10_000
  * least there is, one micro-unit. A job is thus started only while every spend cap has something left; what it costs
  * is charged when it ends, past the cap if need be (docs/usage-and-billing.md "Batch jobs").
  */
-export const BATCH_CREATION: Priced = { quote: flatQuote(1), price: undefined, tokenBound: false, regional: false }
+const BATCH_CREATION: Priced = { quote: flatQuote(1), price: undefined, tokenBound: false, regional: false }
+
+/**
+ * A batch job is refused, as a live call is, when the book has no price for its model in the family of its endpoint:
+ * the watcher would record it at zero cost once it ends. An agent job names no model (its model is known only from
+ * its answers), and an endpoint outside the metered families has no price to look for: both are created as before.
+ */
+export function quoteBatchCreation (body: unknown, prices: PriceBook, currency: string): Priced {
+  const { model, endpoint } = body !== null && typeof body === 'object' ? body as Record<string, unknown> : {}
+  const family = familyOfEndpoint(typeof endpoint === 'string' ? endpoint : undefined)
+  if (typeof model === 'string' && model.length > 0 && family && !prices.resolve(model, family, currency)) {
+    throw unpriced(model, currency)
+  }
+  return BATCH_CREATION
+}
 
 /**
  * The worst case of a metered call before it is made (DESIGN.md "Spend caps are hard"): prompt estimate + max_tokens
@@ -44,10 +59,7 @@ export function quoteCall ({ family, body, contentLength, prices, currency, mark
 }): Priced {
   if (family === null) return { quote: FREE, price: undefined, tokenBound: false, regional }
   const price = priceOf(prices, family, body?.model, currency)
-  if (!price) {
-    throw modelNotPriced(`Model '${String(body?.model)}' has no ${currency} price in this gateway's price book ` +
-      '(the workspace\'s currency); the operator can add one (PUT /admin/v1/prices/{model})', { param: 'model' })
-  }
+  if (!price) throw unpriced(body?.model, currency)
   // one literal, not a spread of shared fields: V8 spreads an object literal into a new one slowly (4 µs a call)
   const worst = (promptTokens: number, maxOutputTokens: number, n = 1, priority = false, audioSeconds = 0) =>
     worstCaseMicros({ price, markupBps, regional, promptTokens, maxOutputTokens, n, priority, audioSeconds })
@@ -113,6 +125,11 @@ function priceOf (prices: PriceBook, family: MeteredFamily, model: unknown, curr
     if (!dearest || weight(candidate) > weight(dearest)) dearest = candidate
   }
   return dearest
+}
+
+function unpriced (model: unknown, currency: string) {
+  return modelNotPriced(`Model '${String(model)}' has no ${currency} price in this gateway's price book ` +
+    '(the workspace\'s currency); the operator can add one (PUT /admin/v1/prices/{model})', { param: 'model' })
 }
 
 const weight = (price: ModelPrice) => price.inputPerMTok + price.outputPerMTok + price.audioPerMinute * 1000 +

@@ -22,7 +22,7 @@ import { openAiModerations, translateModerationRequest } from '../dialects/opena
 import { streamErrorShaping } from '../dialects/openai-stream-errors.js'
 import { batchJobCall, observeBatchJob } from './batch-hook.js'
 import { meterCall } from './meter.js'
-import { BATCH_CREATION, boundOutput, quoteCall } from './quote.js'
+import { boundOutput, quoteBatchCreation, quoteCall } from './quote.js'
 import { isRegionalHost } from '../pricing/region.js'
 import { holdLine, settled as lineSettled } from '../request-line.js'
 
@@ -100,7 +100,7 @@ export async function proxyRoutes (app: FastifyInstance, { config }: { config: C
     const batchCall = batchJobCall(operation.id, request.url)
     // a batch job is billed when it ends: its creation is held to the spend caps too
     const capped = operation.metered !== null || batchCall === 'created'
-    const priced = batchCall === 'created' ? BATCH_CREATION : quoteCall({
+    const priced = batchCall === 'created' ? quoteBatchCreation(body, app.prices, workspace.currency) : quoteCall({
       family: operation.metered,
       body: body as Record<string, unknown> | undefined,
       contentLength: Number(request.headers['content-length'] ?? 0),

@@ -1,4 +1,4 @@
-import { and, count, eq, gte, lt } from 'drizzle-orm'
+import { and, count, eq, lt } from 'drizzle-orm'
 import type { Database } from '../db/client.js'
 import { watchedJobs } from '../db/schema.js'
 import { formatMoney } from '../pricing/money.js'
@@ -31,9 +31,7 @@ export async function monthlyStatement (db: Database, workspace: StatementWorksp
   const groups = await usageGroups(db, {
     workspaceId: workspace.id, timezone: workspace.timezone, ...window, dimensions: ['model', 'operation']
   })
-  const [pending] = await db.select({ jobs: count() }).from(watchedJobs).where(and(
-    eq(watchedJobs.workspaceId, workspace.id), eq(watchedJobs.status, 'pending'),
-    gte(watchedJobs.createdAt, window.from), lt(watchedJobs.createdAt, window.to)))
+  const pendingBatchJobs = await pendingJobsBefore(db, workspace.id, window.to)
   const lines = groups.map(({ key, sums }) => ({ model: key.model ?? '', operation: key.operation ?? '', ...money(sums) }))
   const total = money(addSums(groups))
   return {
@@ -43,10 +41,9 @@ export async function monthlyStatement (db: Database, workspace: StatementWorksp
     currency: workspace.currency,
     periodStart: window.from.toISOString(),
     periodEnd: window.to.toISOString(),
-    // an open month still grows; a closed one is final unless a batch job started in it is still running
-    status: now < window.to ? 'open' as const : 'closed' as const,
-    // batch jobs are billed when they end (MISTRAL-NOTES §2.6): these may still add to the month they started in
-    pendingBatchJobs: pending?.jobs ?? 0,
+    // closed only once nothing can add to it: the month is over and no job that may end in it is still running
+    status: now < window.to || pendingBatchJobs > 0 ? 'open' as const : 'closed' as const,
+    pendingBatchJobs,
     currentMarkupBps: workspace.markupBps,
     lines,
     totals: {
@@ -61,6 +58,20 @@ export async function monthlyStatement (db: Database, workspace: StatementWorksp
     },
     generatedAt: now.toISOString()
   }
+}
+
+/**
+ * The workspace's batch jobs still running that were created before `end`. A job is billed in the month it ends
+ * (MISTRAL-NOTES §2.6), whenever it started, so any of these may yet add to a month that ends at `end`; a job created
+ * later cannot end before it. A watch leaves `pending` only once the job's record is in the ledger, so with none left
+ * the month's total is final. There is no lower bound: a job's record is dated when Mistral says it completed, which
+ * the spec does not bound (`timeout_hours` ≤ 168, but not said to count from creation), and a watch whose Mistral
+ * key was removed stays pending until it is back.
+ */
+async function pendingJobsBefore (db: Database, workspaceId: string, end: Date): Promise<number> {
+  const [pending] = await db.select({ jobs: count() }).from(watchedJobs).where(and(
+    eq(watchedJobs.workspaceId, workspaceId), eq(watchedJobs.status, 'pending'), lt(watchedJobs.createdAt, end)))
+  return pending?.jobs ?? 0
 }
 
 export type Statement = Awaited<ReturnType<typeof monthlyStatement>>

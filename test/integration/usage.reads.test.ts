@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto'
-import { sql } from 'drizzle-orm'
+import { eq, sql } from 'drizzle-orm'
 import t from 'tap'
-import { usageRecords, type UsageRecord } from '../../src/db/schema.js'
+import { usageRecords, watchedJobs, type UsageRecord } from '../../src/db/schema.js'
 import { selectRows } from '../../src/usage/sql-rows.js'
 import { buildTestApp, type TestApp, type TestWorkspace } from '../helpers/app.js'
 
@@ -225,6 +225,39 @@ t.test('a monthly statement: lines per model and operation in the workspace zone
   const current = new Date().toISOString().slice(0, 7)
   const open = await s.admin('GET', `/admin/v1/workspaces/${ws.id}/statements/${current}`)
   t.match(open.json, { status: 'open', lines: [], totals: { calls: 0, billedCost: '0.000000' } })
+})
+
+t.test('a batch job still running keeps open every month it may end in, whenever it was created', async (t) => {
+  const s = await buildTestApp(t)
+  const ws = await workspaceIn(s, 'Europe/Paris')
+  const other = await workspaceIn(s, 'Europe/Paris')
+  const watch = (workspaceId: string, createdAt: string, status: 'pending' | 'recorded' | 'failed' = 'pending') => ({
+    jobId: randomUUID(), workspaceId, keyName: 'default', requestId: randomUUID(), status,
+    createdAt: new Date(createdAt)
+  })
+  const running = watch(ws.id, '2018-04-30T21:00:00Z') // 23:00 Paris, 30 April: billed in the month it ends
+  await s.app.database.db.insert(watchedJobs).values([
+    running,
+    watch(ws.id, '2018-04-29T12:00:00Z', 'recorded'),
+    watch(ws.id, '2018-04-29T12:00:00Z', 'failed'),
+    watch(other.id, '2018-04-29T12:00:00Z')
+  ])
+  const statusOf = async (month: string) => {
+    const res = await s.admin('GET', `/admin/v1/workspaces/${ws.slug}/statements/${month}`)
+    if (res.statusCode !== 200) throw new Error(res.body)
+    return { status: res.json.status, pendingBatchJobs: res.json.pendingBatchJobs, calls: res.json.totals.calls }
+  }
+  const open = { status: 'open', pendingBatchJobs: 1, calls: 0 }
+  const closed = { status: 'closed', pendingBatchJobs: 0, calls: 0 }
+  t.same(await statusOf('2018-03'), closed, 'it cannot end before it began')
+  t.same(await statusOf('2018-04'), open, 'it may end in April')
+  t.same(await statusOf('2018-05'), open, 'or in May, though it began in April')
+
+  // the job ends on 2 May: its record is in the ledger, then its watch leaves pending, as the watcher does it
+  await seed(s, ws, [{ at: '2018-05-02T08:00:00Z', operation: 'batch' }])
+  await s.app.database.db.update(watchedJobs).set({ status: 'recorded' }).where(eq(watchedJobs.jobId, running.jobId))
+  t.same(await statusOf('2018-04'), closed)
+  t.same(await statusOf('2018-05'), { ...closed, calls: 1 }, 'closed, with the job in it')
 })
 
 t.test('the operator sees every workspace\'s month, totals per currency', async (t) => {
