@@ -1,6 +1,10 @@
 import { Type, type Static } from '@sinclair/typebox'
 import { envSchema } from 'env-schema'
 
+// Node's timers hold at most 2^31 - 1 ms; a longer delay fires after 1 ms (TimeoutOverflowWarning), so a timeout meant
+// as "no limit" would abort every call at once
+const MAX_TIMER_MS = 2_147_483_647
+
 const ConfigSchema = Type.Object({
   PORT: Type.Integer({ default: 8080, minimum: 0, maximum: 65535 }),
   HOST: Type.String({ default: '0.0.0.0' }),
@@ -17,37 +21,37 @@ const ConfigSchema = Type.Object({
   USAGE_SPOOL_DIR: Type.Optional(Type.String({ minLength: 1 })),
   // unset: in-process store, one replica only
   REDIS_URL: Type.Optional(Type.String({ minLength: 1 })),
-  REDIS_COMMAND_TIMEOUT_MS: Type.Integer({ default: 1_000, minimum: 10 }),
+  REDIS_COMMAND_TIMEOUT_MS: Type.Integer({ default: 1_000, minimum: 10, maximum: MAX_TIMER_MS }),
   MISTRAL_BASE_URL: Type.String({ default: 'https://api.mistral.ai' }),
   // 'id:<base64 of 32 bytes>,...': the first wraps new data keys, all of them unwrap
   TRAMONTANE_MASTER_KEYS: Type.Optional(Type.String({ minLength: 1 })),
   TRAMONTANE_ADMIN_TOKEN: Type.Optional(Type.String({ minLength: 32 })),
   // base64 images and documents travel inside JSON bodies (Mistral accepts images up to 20 MB)
   BODY_LIMIT_BYTES: Type.Integer({ default: 64 * 1024 * 1024, minimum: 1024 }),
-  UPSTREAM_CONNECT_TIMEOUT_MS: Type.Integer({ default: 10_000, minimum: 1 }),
+  UPSTREAM_CONNECT_TIMEOUT_MS: Type.Integer({ default: 10_000, minimum: 1, maximum: MAX_TIMER_MS }),
   // a long non-streamed generation sends no header until it is done
-  UPSTREAM_HEADERS_TIMEOUT_MS: Type.Integer({ default: 600_000, minimum: 1 }),
+  UPSTREAM_HEADERS_TIMEOUT_MS: Type.Integer({ default: 600_000, minimum: 1, maximum: MAX_TIMER_MS }),
   // Mistral itself drops a stream after 10 minutes of silence (known-limitations)
-  UPSTREAM_IDLE_TIMEOUT_MS: Type.Integer({ default: 600_000, minimum: 1 }),
-  UPSTREAM_TOTAL_TIMEOUT_MS: Type.Integer({ default: 3_600_000, minimum: 1 }),
+  UPSTREAM_IDLE_TIMEOUT_MS: Type.Integer({ default: 600_000, minimum: 1, maximum: MAX_TIMER_MS }),
+  UPSTREAM_TOTAL_TIMEOUT_MS: Type.Integer({ default: 3_600_000, minimum: 1, maximum: MAX_TIMER_MS }),
   UPSTREAM_CONNECTIONS: Type.Integer({ default: 256, minimum: 1 }),
   // retries happen only before the first byte reaches the client (DESIGN.md): 429 after failover, 502-504, a status
   // outside 200-599, connection errors and timeouts before Mistral answers
   UPSTREAM_RETRIES: Type.Integer({ default: 2, minimum: 0, maximum: 10 }),
-  UPSTREAM_RETRY_MAX_WAIT_MS: Type.Integer({ default: 10_000, minimum: 0 }),
+  UPSTREAM_RETRY_MAX_WAIT_MS: Type.Integer({ default: 10_000, minimum: 0, maximum: MAX_TIMER_MS }),
   // retries are at most this share of upstream calls (plus a small burst), so an outage is not multiplied
   UPSTREAM_RETRY_BUDGET_PERCENT: Type.Integer({ default: 10, minimum: 0, maximum: 100 }),
   // a call for a cooling key waits for the cooldown if it ends within this, instead of answering 429
-  UPSTREAM_COOLDOWN_HOLD_MS: Type.Integer({ default: 3_000, minimum: 0 }),
-  UPSTREAM_BACKOFF_MAX_MS: Type.Integer({ default: 60_000, minimum: 100 }),
+  UPSTREAM_COOLDOWN_HOLD_MS: Type.Integer({ default: 3_000, minimum: 0, maximum: MAX_TIMER_MS }),
+  UPSTREAM_BACKOFF_MAX_MS: Type.Integer({ default: 60_000, minimum: 100, maximum: MAX_TIMER_MS }),
   BREAKER_THRESHOLD: Type.Integer({ default: 5, minimum: 1 }),
-  BREAKER_OPEN_MS: Type.Integer({ default: 15_000, minimum: 100 }),
+  BREAKER_OPEN_MS: Type.Integer({ default: 15_000, minimum: 100, maximum: MAX_TIMER_MS }),
   // a call a spend cap would afford once the calls in flight settle waits this long for them, then is refused
-  ADMISSION_HOLD_MS: Type.Integer({ default: 10_000, minimum: 0 }),
-  TOKEN_CACHE_TTL_MS: Type.Integer({ default: 10_000, minimum: 0 }),
+  ADMISSION_HOLD_MS: Type.Integer({ default: 10_000, minimum: 0, maximum: MAX_TIMER_MS }),
+  TOKEN_CACHE_TTL_MS: Type.Integer({ default: 10_000, minimum: 0, maximum: MAX_TIMER_MS }),
   // how often pending batch jobs are checked upstream, to bill each once it has ended
-  BATCH_POLL_INTERVAL_MS: Type.Integer({ default: 60_000, minimum: 50 }),
-  SHUTDOWN_GRACE_MS: Type.Integer({ default: 30_000, minimum: 0 })
+  BATCH_POLL_INTERVAL_MS: Type.Integer({ default: 60_000, minimum: 50, maximum: MAX_TIMER_MS }),
+  SHUTDOWN_GRACE_MS: Type.Integer({ default: 30_000, minimum: 0, maximum: MAX_TIMER_MS })
 })
 
 export type Config = Readonly<Static<typeof ConfigSchema>>

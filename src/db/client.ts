@@ -1,5 +1,6 @@
 import { mkdir } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
+import { fileURLToPath } from 'node:url'
 import { sql } from 'drizzle-orm'
 import type { PgDatabase, PgQueryResultHKT } from 'drizzle-orm/pg-core'
 import { drizzle as drizzlePg } from 'drizzle-orm/node-postgres'
@@ -72,9 +73,12 @@ async function openEmbedded (dataDir: string): Promise<DatabaseHandle> {
   }
 }
 
-/** The committed drizzle-kit output, found from src/ (tsx) and from dist/src/ (built) alike. */
-export function migrationsFolder (): string {
-  const here = new URL('.', import.meta.url).pathname
+/**
+ * The committed drizzle-kit output, found from src/ (tsx) and from dist/src/ (built) alike. A file path, not the URL's
+ * percent-encoded one: a checkout under `My Projects/` must find it too.
+ */
+export function migrationsFolder (moduleUrl = import.meta.url): string {
+  const here = fileURLToPath(new URL('.', moduleUrl))
   const root = here.includes('/dist/') ? resolve(here, '../../..') : resolve(here, '../..')
   return join(root, 'migrations')
 }

@@ -23,4 +23,9 @@ t.test('values come from the environment, typed; empty means unset', async (t) =
 t.test('bad values fail at boot', async (t) => {
   t.throws(() => loadConfig({ PORT: 'eighty' }), /PORT/)
   t.throws(() => loadConfig({ TRAMONTANE_ADMIN_TOKEN: 'short' }), /TRAMONTANE_ADMIN_TOKEN/)
+  // a Node timer longer than 2^31 - 1 ms fires after 1 ms: "no limit" written as a huge timeout would abort every call
+  for (const name of ['UPSTREAM_TOTAL_TIMEOUT_MS', 'SHUTDOWN_GRACE_MS', 'BATCH_POLL_INTERVAL_MS']) {
+    t.throws(() => loadConfig({ [name]: '3000000000' }), new RegExp(name), `${name} past a timer's reach`)
+    t.equal(loadConfig({ [name]: '2147483647' })[name as 'SHUTDOWN_GRACE_MS'], 2_147_483_647, `${name} at the most`)
+  }
 })
