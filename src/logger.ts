@@ -1,3 +1,4 @@
+import { createRequire } from 'node:module'
 import type { FastifyServerOptions } from 'fastify'
 import type { Config } from './config.js'
 
@@ -22,6 +23,19 @@ export function loggerOptions (config: Pick<Config, 'LOG_LEVEL'>): FastifyServer
       req: (req) => ({ method: req.method, url: req.url.split('?')[0] }),
       res: (res) => ({ statusCode: res.statusCode })
     },
-    ...(process.stdout.isTTY ? { transport: { target: 'pino-pretty' } } : {})
+    ...(process.stdout.isTTY && prettyPrinterInstalled() ? { transport: { target: 'pino-pretty' } } : {})
+  }
+}
+
+/**
+ * pino-pretty is a development dependency: an install without it (the Docker image, `npm ci --omit=dev`) run on a
+ * terminal (`docker run -it`) logs JSON rather than failing to start.
+ */
+function prettyPrinterInstalled (): boolean {
+  try {
+    createRequire(import.meta.url).resolve('pino-pretty')
+    return true
+  } catch {
+    return false
   }
 }
