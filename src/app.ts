@@ -69,6 +69,7 @@ export async function buildApp ({ config, logger }: BuildOptions): Promise<Fasti
       { type: error.type, code: error.code, message: error.message, param: null }, request.id))
   })
   app.decorateRequest('line', null)
+  app.decorateRequest('admitted', false)
   // callback hooks, not async ones: every call runs them, and an async hook costs each call a promise and a turn of
   // the microtask queue (the onSend one before the answer's write). With callbacks only, reply.send writes the answer
   // before it returns, and the proxy meters a whole answer after that (proxy/routes.ts): an async onSend hook would
@@ -102,6 +103,7 @@ export async function buildApp ({ config, logger }: BuildOptions): Promise<Fasti
     coolingKeys: () => app.keyHealth.cooling(),
     breakers: () => app.keyHealth.breakers(),
     quotas: () => app.keyHealth.observedQuotas(),
+    spoolOldestAge: () => app.usage.oldestPendingMs() / 1000,
     facts: createScrapeFacts(database.db, app.log),
     workspaceLabel: config.METRICS_WORKSPACE_LABEL
   })
@@ -140,11 +142,28 @@ export async function buildApp ({ config, logger }: BuildOptions): Promise<Fasti
   await app.register(pricesRoutes, { prefix: '/admin/v1', adminToken: config.TRAMONTANE_ADMIN_TOKEN })
   await app.register(usageRoutes, { prefix: '/admin/v1', adminToken: config.TRAMONTANE_ADMIN_TOKEN })
   await app.register(selfServiceRoutes, { prefix: '/tramontane/v1' })
-  await app.register(proxyRoutes, { config })
+  await app.register(async (proxy) => {
+    // every answer of /v1 and /v2 counts once in the requests counter: the meter counts the calls admitted, this hook
+    // the ones answered before (token, route, body, admission), the gateway's own 503s among them. A callback hook,
+    // as above: a metered call pays a check, no counter
+    proxy.addHook('onResponse', (request, reply, done) => {
+      if (!request.admitted) {
+        const operation = request.operation ?? undefined
+        app.metrics.unmetered(request.tenant?.workspace.slug, operation && (operation.metered ?? operation.area),
+          reply.statusCode)
+      }
+      done()
+    })
+    await proxy.register(proxyRoutes, { config })
+  })
   return app
 }
 
 declare module 'fastify' {
+  interface FastifyRequest {
+    /** a proxied call admission let through: from there the meter counts it, however it ends (src/proxy/meter.ts) */
+    admitted: boolean
+  }
   interface FastifyInstance {
     /** Readiness goes 503 so that load balancers stop sending before the server closes. */
     drain (): void

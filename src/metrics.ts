@@ -5,6 +5,7 @@ import type { FastifyInstance } from 'fastify'
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client'
 import pkg from '../package.json' with { type: 'json' }
 import { CounterCells, HistogramCells } from './metric-cells.js'
+import { FALLBACK_MODEL } from './pricing/price-book.js'
 import type { ObservedQuota } from './resilience/key-health.js'
 import type { ScrapeFacts, ScrapeFactsReader } from './scrape-facts.js'
 
@@ -23,6 +24,13 @@ const MAX_QUOTA_KEYS = 1_000
 const KNOWN_CODES = new Set([200, 201, 204, 400, 401, 403, 404, 408, 409, 410, 413, 415, 422, 429, 500, 502, 503, 504])
 // Mistral's rate-limit headers, every generation (MISTRAL-NOTES §3.3): the older `bysize` ones count tokens
 const QUOTA_HEADER = /^(?:x-)?ratelimit(bysize)?-(limit|remaining)(?:-(tokens|req))?(?:-(minute|month))?$/
+// a minute's quota says nothing a minute after it was read: the window it counted has reset since. The first
+// generation's headers name no window; the one they count resets within a minute too (its `-reset` is in seconds)
+const MINUTE_MS = 60_000
+// the workspace label of a call answered before its token was read (no token, an unknown one, an outage)
+const NO_WORKSPACE = '__none__'
+// the operation label of a call answered before it was classified
+const NO_OPERATION = 'unknown'
 
 export interface CallFacts {
   workspace: string
@@ -59,6 +67,12 @@ export interface Metrics {
    * histogram: a job lasts hours, and its tokens are many calls'; either would skew the per-call distributions.
    */
   billed (facts: BilledFacts): void
+  /**
+   * A call of /v1 or /v2 answered before the meter took it (token, route, body or admission refused, or could not be
+   * checked): counted in the requests counter only, so that it holds every answer, the gateway's own 5xx included.
+   * `workspace` and `operation` as far as they are known.
+   */
+  unmetered (workspace: string | undefined, operation: string | undefined, status: number): void
   denied (workspace: string, limit: string): void
   upstream (status: number): void
   retried (): void
@@ -72,6 +86,8 @@ export interface Metrics {
 export interface MetricsOptions {
   /** the number of records waiting for PostgreSQL, read at scrape time */
   spoolDepth: () => number
+  /** seconds the oldest of them has waited (0 when none waits), read at scrape time */
+  spoolOldestAge: () => number
   /** cooling Mistral keys, read at scrape time */
   coolingKeys: () => number
   /** open and half-open breakers, read at scrape time */
@@ -104,8 +120,11 @@ export function createMetrics (options: MetricsOptions): Metrics {
     ['gen_ai_operation_name', 'gen_ai_request_model', 'gen_ai_token_type', 'workspace'], TOKEN_BUCKETS, registry)
   const duration = new HistogramCells('gen_ai_client_operation_duration_seconds', 'Duration of a call as the client saw it',
     ['gen_ai_operation_name', 'gen_ai_request_model', 'status_class', 'workspace'], DURATION_BUCKETS, registry)
+  // `stream` tells apart the answers whose duration is the whole generation as it streamed (their delay shows in
+  // the time to first token) from those that come in one piece
   const serverDuration = new HistogramCells('gen_ai_server_request_duration_seconds',
-    'Duration of the upstream call to Mistral', ['gen_ai_operation_name', 'gen_ai_request_model'], DURATION_BUCKETS, registry)
+    'Duration of the upstream call to Mistral', ['gen_ai_operation_name', 'gen_ai_request_model', 'stream'],
+    DURATION_BUCKETS, registry)
   const ttft = new HistogramCells('gen_ai_server_time_to_first_token_seconds',
     'Time to the first byte of a streamed answer', ['gen_ai_operation_name', 'gen_ai_request_model'], TTFT_BUCKETS, registry)
   const requests = new CounterCells('tramontane_requests_total', 'Proxied calls by outcome',
@@ -132,6 +151,13 @@ export function createMetrics (options: MetricsOptions): Metrics {
   new Gauge({
     name: 'tramontane_usage_spool_depth', help: 'Usage records waiting to be written to PostgreSQL', registers,
     collect () { this.set(options.spoolDepth()) }
+  })
+  // what the spool alert reads: the depth of a healthy busy replica is never 0 when scraped, this age stays under a
+  // flush interval (200 ms) until PostgreSQL stops taking records
+  new Gauge({
+    name: 'tramontane_usage_spool_oldest_age_seconds',
+    help: 'How long the oldest usage record waiting for PostgreSQL has waited (0 when none waits)', registers,
+    collect () { this.set(options.spoolOldestAge()) }
   })
   new Gauge({
     name: 'tramontane_upstream_cooldowns_active', help: 'Mistral keys cooling down after a 429 or an open breaker', registers,
@@ -212,25 +238,29 @@ export function createMetrics (options: MetricsOptions): Metrics {
   // keep the label whatever `workspaceLabel` says: one series per capped workspace at most (1,000, then one), and the
   // cap alerts join spend to cap by it
   const scrapeLabel = (slug: string, index: number) => index < MAX_WORKSPACES ? slug : '__other__'
-  const modelOf = (model: string | undefined) => model ?? 'other'
+  // the operator's catch-all price row (`*`) prices models the book does not know: they are `other` too
+  const modelOf = (model: string | undefined) => model === undefined || model === FALLBACK_MODEL ? 'other' : model
   const statusClass = (status: number) => `${Math.floor(status / 100)}xx`
 
   function setQuotas (observed: ObservedQuota[], names: ScrapeFacts['keyNames']) {
     quotaRemaining.reset()
     quotaLimit.reset()
+    const now = Date.now()
     let keys = 0
-    for (const { keyId, headers } of observed) {
+    for (const { keyId, observedAt, headers } of observed) {
       const name = names.get(keyId)
       if (!name || keys++ >= MAX_QUOTA_KEYS) continue
       for (const [header, value] of Object.entries(headers)) {
         const match = QUOTA_HEADER.exec(header)
         if (!match || !Number.isFinite(Number(value))) continue
-        const [, bySize, kind, resource, window] = match
+        const [, bySize, kind, resource, window = 'unspecified'] = match
+        // a value of a window that has reset since would stand for ever (and win the panel's min across replicas)
+        if (!current(window, observedAt, now)) continue
         const labels = {
           workspace: name.workspace,
           key: name.key,
           resource: bySize || resource === 'tokens' ? 'tokens' : 'requests',
-          window: window ?? 'unspecified'
+          window
         }
         if (kind === 'remaining') quotaRemaining.set(labels, Number(value))
         else quotaLimit.set(labels, Number(value))
@@ -247,8 +277,12 @@ export function createMetrics (options: MetricsOptions): Metrics {
       const status = statusClass(facts.status)
       requests.inc(1, workspace, operation, model, status)
       duration.observe(facts.durationMs / 1000, operation, model, status, workspace)
-      if (facts.upstreamMs !== undefined) serverDuration.observe(facts.upstreamMs / 1000, operation, model)
-      if (facts.ttftMs !== undefined && facts.ttftMs !== null) ttft.observe(facts.ttftMs / 1000, operation, model)
+      // the meter gives a time to first token for streamed answers only
+      const ttftMs = facts.ttftMs ?? undefined
+      if (facts.upstreamMs !== undefined) {
+        serverDuration.observe(facts.upstreamMs / 1000, operation, model, ttftMs === undefined ? 'false' : 'true')
+      }
+      if (ttftMs !== undefined) ttft.observe(ttftMs / 1000, operation, model)
       if (facts.inputTokens) {
         tokens.observe(facts.inputTokens, operation, model, 'input', workspace)
         tokenTotal.inc(facts.inputTokens, workspace, operation, model, 'input')
@@ -267,6 +301,12 @@ export function createMetrics (options: MetricsOptions): Metrics {
       if (facts.outputTokens) tokenTotal.inc(facts.outputTokens, workspace, facts.operation, model, 'output')
       if (facts.billedMicros) spend.inc(facts.billedMicros, workspace, facts.operation, model)
     },
+    unmetered (workspace, operation, status) {
+      // an unknown workspace takes none of the 1,000 labels the cap allows
+      const label = workspace !== undefined ? workspaceOf(workspace)
+        : options.workspaceLabel === false ? '' : NO_WORKSPACE
+      requests.inc(1, label, operation ?? NO_OPERATION, 'other', statusClass(status))
+    },
     denied (workspace, limit) { denials.inc({ workspace: workspaceOf(workspace), limit }) },
     upstream (status) {
       const code = KNOWN_CODES.has(status) ? String(status) : 'other'
@@ -283,6 +323,15 @@ export function createMetrics (options: MetricsOptions): Metrics {
       return registry.metrics()
     }
   }
+}
+
+/** Whether a quota read at `observedAt` still holds: a minute's for a minute, a month's within its month. */
+function current (window: string, observedAt: number, now: number): boolean {
+  if (window !== 'month') return now - observedAt <= MINUTE_MS
+  // Mistral's month taken as the calendar month in UTC: at worst a value is hidden until the key's next call
+  const seen = new Date(observedAt)
+  const today = new Date(now)
+  return seen.getUTCFullYear() === today.getUTCFullYear() && seen.getUTCMonth() === today.getUTCMonth()
 }
 
 declare module 'fastify' {

@@ -118,6 +118,8 @@ export async function proxyRoutes (app: FastifyInstance, { config }: { config: C
       if (err instanceof GatewayError) app.metrics.denied(workspace.slug, err.param ?? err.code)
       throw err
     })
+    // from here the meter counts the call; one answered before is counted by app.ts' onResponse hook
+    request.admitted = true
     if (ticket) {
       reply.headers(ticket.headers)
       // a capped call's cost is bounded only by the max_tokens Mistral is sent

@@ -55,6 +55,8 @@ export interface KeyHealth {
 export interface ObservedQuota {
   workspaceId: string
   keyId: string
+  /** when this replica saw the headers (epoch ms): a window that has reset since makes them stale */
+  observedAt: number
   headers: Record<string, string>
 }
 
@@ -346,7 +348,8 @@ export function createKeyHealth (options: KeyHealthOptions): KeyHealth {
     },
 
     observedQuotas () {
-      return [...quotas].map(([keyId, { workspaceId, headers }]) => ({ workspaceId, keyId, headers }))
+      return [...quotas].map(([keyId, { workspaceId, observedAt, headers }]) =>
+        ({ workspaceId, keyId, observedAt: Date.parse(observedAt), headers }))
     },
 
     async claimProbe (workspaceId, keyId) {

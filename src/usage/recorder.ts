@@ -1,3 +1,4 @@
+import { performance } from 'node:perf_hooks'
 import type { FastifyBaseLogger } from 'fastify'
 import type { Database } from '../db/client.js'
 import type { UsageRecord } from '../db/schema.js'
@@ -14,6 +15,8 @@ export interface UsageRecorder {
   flush (): Promise<void>
   /** records not yet in the ledger */
   pending (): number
+  /** how long the oldest of them has waited, in ms (0 when none waits) */
+  oldestPendingMs (): number
   close (): Promise<void>
 }
 
@@ -37,6 +40,9 @@ export function createUsageRecorder ({
   db, log, spool, intervalMs = 200, batchSize = 500, orphanScanMs = 10_000
 }: RecorderOptions): UsageRecorder {
   let queue: UsageRecord[] = []
+  // when each record of the queue was queued (performance.now(), in the queue's order): the age of the oldest tells a
+  // write that is stuck from a queue that is merely busy
+  let queuedAt: number[] = []
   let writing: Promise<void> | undefined
   let failing = false
   // the segment each call in flight began in
@@ -45,6 +51,8 @@ export function createUsageRecorder ({
   function adoptOrphans () {
     const { records, unfinished, broken } = readSpooled(spool.claimOrphans())
     queue.push(...records, ...unfinished)
+    const now = performance.now()
+    for (let i = queuedAt.length; i < queue.length; i++) queuedAt.push(now)
     if (records.length + unfinished.length + broken > 0) {
       log.warn({ records: records.length, unfinished: unfinished.length, broken },
         'replaying the usage spool of a gateway that stopped')
@@ -75,6 +83,7 @@ export function createUsageRecorder ({
         }
       }
       queue = queue.slice(batch.length)
+      queuedAt = queuedAt.slice(batch.length)
     }
     if (failing) log.info('usage writes resumed: the spool is drained')
     failing = false
@@ -118,6 +127,7 @@ export function createUsageRecorder ({
         spool.unpin(segment)
       }
       queue.push(row)
+      queuedAt.push(performance.now())
       if (queue.length >= batchSize) void flush()
     },
     async flush () {
@@ -126,6 +136,7 @@ export function createUsageRecorder ({
       if (queue.length > 0) await flush()
     },
     pending: () => queue.length,
+    oldestPendingMs: () => queuedAt.length === 0 ? 0 : performance.now() - queuedAt[0],
     async close () {
       clearInterval(timer)
       clearInterval(scan)

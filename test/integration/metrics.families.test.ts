@@ -118,7 +118,7 @@ t.test('spend and cap per workspace and period come from the ledger and survive 
   t.equal(uncappedCaps.length, 0, 'no cap')
 })
 
-t.test('while PostgreSQL is away /metrics answers, with the last spend and the spool depth', async (t) => {
+t.test('while PostgreSQL is away /metrics answers, with the last spend, the spool depth and its oldest record\'s age', async (t) => {
   const database = new URL(TEST_DATABASE_URL)
   const proxy = await startTcpProxy(Number(database.port || 5432), database.hostname)
   t.teardown(() => proxy.close())
@@ -142,12 +142,15 @@ t.test('while PostgreSQL is away /metrics answers, with the last spend and the s
   t.ok(Date.now() - started < 3_000, `answered in ${Date.now() - started} ms`)
   t.equal(spend(away), billed, 'the last spend read stands')
   t.equal(valueOf(away, 'tramontane_usage_spool_depth'), 1, 'the record waiting for PostgreSQL shows')
+  const waited = valueOf(away, 'tramontane_usage_spool_oldest_age_seconds') ?? 0
+  t.ok(waited >= 1 && waited < 10, `and how long it has waited: ${waited} s, since the call a second ago`)
 
   proxy.restore()
   await app.usage.flush()
   await sleep(FACTS_AGE_MS)
   const back = await scrape(app)
   t.equal(valueOf(back, 'tramontane_usage_spool_depth'), 0, 'the spool drained')
+  t.equal(valueOf(back, 'tramontane_usage_spool_oldest_age_seconds'), 0, 'none waits')
   t.ok((spend(back) ?? 0) > (billed ?? 0), 'the spend counts the call made while PostgreSQL was away')
 })
 

@@ -10,6 +10,7 @@ import { DEPLOY, analyse, expressions, recordedNames, rulesFiles } from '../help
 // the families this app defines, from its own registry (nothing is scraped here: no I/O)
 const defined = createMetrics({
   spoolDepth: () => 0,
+  spoolOldestAge: () => 0,
   coolingKeys: () => 0,
   breakers: () => ({ open: 0, halfOpen: 0 }),
   quotas: () => [],
@@ -79,11 +80,12 @@ t.test('the alerts cover caps at 80 % and 100 %, Mistral 429s, errors, p99 laten
     .flatMap((group: { rules: Array<{ alert?: string, expr: string }> }) => group.rules).filter((rule) => rule.alert)
   const expr = (name: string) => alerts.find((rule) => rule.alert === name)?.expr ?? ''
   t.match(expr('TramontaneWorkspaceCapNear'), />= 0\.8/)
-  t.match(expr('TramontaneWorkspaceCapReached'), />= 1/)
+  t.match(expr('TramontaneWorkspaceCapReached'), /_spend_cap_reached/)
   t.match(expr('TramontaneUpstreamRateLimited'), /upstream_429/)
   t.match(expr('TramontaneErrorRatio'), /error_ratio/)
-  t.match(expr('TramontaneSlowCalls'), /p99/)
-  t.match(expr('TramontaneUsageSpoolNotDraining'), /tramontane_usage_spool_depth/)
+  t.match(expr('TramontaneSlowCalls'), /unstreamed_call_duration_seconds:p99/)
+  t.match(expr('TramontaneSlowFirstToken'), /time_to_first_token_seconds:p99/)
+  t.match(expr('TramontaneUsageSpoolNotDraining'), /tramontane_usage_spool_oldest_age_seconds/)
 })
 
 t.test('docker-compose scrapes the port the gateway serves its metrics on', async (t) => {
