@@ -22,20 +22,30 @@ const ENDPOINT_FAMILIES: Record<string, MeteredFamily> = {
 export const familyOfEndpoint = (endpoint: string | null | undefined): MeteredFamily | undefined =>
   endpoint ? ENDPOINT_FAMILIES[endpoint] : undefined
 
-/** What the answered requests of a job consumed, summed over its output lines. */
-export interface BatchTotals {
-  /** lines whose response succeeded */
-  succeeded: number
+/** What the answers of one model consumed. */
+export interface ModelUsage {
   /** every numeric unit of `readUsage` (prompt, cached and completion tokens, pages, audio seconds...), summed */
   units: Record<string, number>
   /** OCR pages of requests that asked for annotations, priced apart (they are among `units.pages`) */
   annotatedPages: number
-  /** the model the first answer names: the price of a job that named an agent rather than a model */
-  model: string | undefined
 }
 
-export function emptyTotals (): BatchTotals {
-  return { succeeded: 0, units: {}, annotatedPages: 0, model: undefined }
+/** What the answered requests of a job consumed, summed over its output lines. */
+export interface BatchTotals {
+  /** lines whose response succeeded */
+  succeeded: number
+  /**
+   * By the model each answer names: a job without a model of its own runs each line on the model its body names,
+   * and each is billed at its own price. An answer that names none counts under the job's model (undefined when the
+   * job has none either).
+   */
+  byModel: Map<string | undefined, ModelUsage>
+  /** the job's model, as the client asked for it */
+  jobModel: string | undefined
+}
+
+export function emptyTotals (jobModel?: string): BatchTotals {
+  return { succeeded: 0, byModel: new Map(), jobModel }
 }
 
 /**
@@ -49,11 +59,31 @@ export function addLine (totals: BatchTotals, line: unknown): void {
   const usage = readUsage(response?.body)
   if (!usage) return
   totals.succeeded += 1
-  for (const [unit, value] of Object.entries(usage)) {
-    if (typeof value === 'number') totals.units[unit] = (totals.units[unit] ?? 0) + value
+  const used = usageOf(totals, readModel(response?.body) ?? totals.jobModel)
+  addUnits(used.units, usage)
+  if (annotated(asObject(response?.body))) used.annotatedPages += usage.pages
+}
+
+/** Every model's usage summed: what the job's one usage record counts. */
+export function allModels (totals: BatchTotals): ModelUsage {
+  const all: ModelUsage = { units: {}, annotatedPages: 0 }
+  for (const used of totals.byModel.values()) {
+    addUnits(all.units, used.units)
+    all.annotatedPages += used.annotatedPages
   }
-  if (annotated(asObject(response?.body))) totals.annotatedPages += usage.pages
-  totals.model ??= readModel(response?.body)
+  return all
+}
+
+function usageOf (totals: BatchTotals, model: string | undefined): ModelUsage {
+  let used = totals.byModel.get(model)
+  if (!used) totals.byModel.set(model, used = { units: {}, annotatedPages: 0 })
+  return used
+}
+
+function addUnits (units: Record<string, number>, added: object): void {
+  for (const [unit, value] of Object.entries(added)) {
+    if (typeof value === 'number') units[unit] = (units[unit] ?? 0) + value
+  }
 }
 
 /** Reads a JSONL output file as it downloads: a file can hold a million lines, none is kept. */

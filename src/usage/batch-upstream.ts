@@ -6,8 +6,11 @@ import { basePath } from '../proxy/upstream.js'
 export interface BatchUpstream {
   /** `GET /v1/batch/jobs/{id}`; `inline` asks for the results in the job. Undefined when Mistral has no such job. */
   job (secret: string, jobId: string, inline: boolean): Promise<Record<string, unknown> | undefined>
-  /** `GET /v1/files/{id}/content` (MISTRAL-NOTES §2.3): the body as it downloads, never held whole */
-  fileContent (secret: string, fileId: string): Promise<AsyncIterable<Buffer>>
+  /**
+   * `GET /v1/files/{id}/content` (MISTRAL-NOTES §2.3): the body as it downloads, never held whole. Undefined when
+   * Mistral has no such file: a client may delete its job's output file.
+   */
+  fileContent (secret: string, fileId: string): Promise<AsyncIterable<Buffer> | undefined>
   close (): Promise<void>
 }
 
@@ -55,6 +58,10 @@ export function createBatchUpstream (config: Pick<Config, 'MISTRAL_BASE_URL' | '
     async fileContent (secret, fileId) {
       const path = `/v1/files/${encodeURIComponent(fileId)}/content`
       const res = await get(secret, path)
+      if (res.statusCode === 404) {
+        await res.body.dump()
+        return undefined
+      }
       if (res.statusCode !== 200) {
         await res.body.dump()
         throw new BatchUpstreamError(res.statusCode, path)

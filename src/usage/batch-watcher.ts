@@ -5,16 +5,19 @@ import { usageRecords, watchedJobs, type UsageRecord, type WatchedJob } from '..
 import type { Admission } from '../limits/admission.js'
 import type { BilledFacts } from '../metrics.js'
 import type { SpendCaps } from '../limits/policy.js'
-import { costOf, type MeteredUsage } from '../pricing/cost.js'
+import { costOf, type Cost, type CostOptions, type MeteredUsage } from '../pricing/cost.js'
+import type { UnitPrices } from '../pricing/default-prices.js'
 import type { PriceBook } from '../pricing/price-book.js'
+import type { MeteredFamily } from '../proxy/operations.js'
 import type { MistralKeyStore } from '../tenancy/mistral-keys.js'
 import type { TokenStore } from '../tenancy/tokens.js'
 import type { WorkspaceStore } from '../tenancy/workspaces.js'
 import {
-  addJsonl, addLine, emptyTotals, familyOfEndpoint, TERMINAL_STATUSES, type BatchTotals
+  addJsonl, addLine, allModels, emptyTotals, familyOfEndpoint, TERMINAL_STATUSES, type BatchTotals, type ModelUsage
 } from './batch-output.js'
 import type { BatchUpstream } from './batch-upstream.js'
 import type { UsageRecorder } from './recorder.js'
+import { selectRows } from './sql-rows.js'
 
 /** A batch job the gateway saw created (`POST /v1/batch/jobs`, 2xx). */
 export interface NewWatchedJob {
@@ -54,9 +57,9 @@ interface WatcherOptions {
   admission: Admission
   upstream: BatchUpstream
   log: FastifyBaseLogger
-  /** how often pending jobs are checked, and how long a check holds a job from the other replicas */
+  /** how often pending jobs are checked */
   intervalMs: number
-  /** jobs claimed by one poll */
+  /** jobs claimed at a time: a poll claims again until it has checked every job that was due when it started */
   claimSize?: number
 }
 
@@ -64,12 +67,14 @@ interface WatcherOptions {
  * Bills each batch job once, when it ends (MISTRAL-NOTES §2.6): its output lines' usage, summed, at the batch
  * discount, as ONE usage record `batch:<job id>`. State is in `watched_jobs`, so a restart loses nothing. Any number
  * of replicas may check the same job; it still ends in one record: the recorder is idempotent by request id, and
- * only the check that turns the job from pending to recorded — which it does only once the record is in the ledger —
- * adds the cost to the spend counters.
+ * the spend counters count a charge once per request id, so each check that finds the record in the ledger while the
+ * job is still pending may charge it before it turns the job from pending to recorded.
  */
 export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
   const { db, usage, prices, keys, workspaces, tokens, admission, upstream, log, intervalMs } = options
   const claimSize = options.claimSize ?? 20
+  // a tenth short of the interval: the timer's jitter must not make a job checked at one poll wait for the one after
+  const dueAfterMs = Math.round(intervalMs * 0.9)
   let polling: Promise<void> | undefined
   // checks started by clients' reads, so that close() waits for them too
   const reading = new Set<Promise<void>>()
@@ -80,8 +85,9 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
 
   /**
    * Takes the pending jobs that match, for one check: `checked_at` moves CHECK_LEASE_MS ahead while the check runs,
-   * then back to when it ended. A job is thus never checked by two replicas at once (unless a check outlives its
-   * lease), nor polled again before `intervalMs` has passed; SKIP LOCKED: two polls at once take different jobs.
+   * then back to when its poll started (or the client's read claimed it). A job is thus never checked by two replicas
+   * at once (unless a check outlives its lease), nor polled again before about `intervalMs` has passed; SKIP LOCKED:
+   * two polls at once take different jobs.
    */
   async function claim (where: SQL | undefined, limit: number): Promise<WatchedJob[]> {
     const due = db.select({ jobId: watchedJobs.jobId }).from(watchedJobs)
@@ -95,26 +101,44 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
 
   async function poll (): Promise<void> {
     if (closed) return
-    polling ??= (async () => {
-      const stale = sql`now() - ${intervalMs} * interval '1 millisecond'`
-      const jobs = await claim(or(isNull(watchedJobs.checkedAt), lt(watchedJobs.checkedAt, stale)), claimSize)
-      for (const job of jobs) {
-        if (closed) break
-        await check(job, undefined)
-      }
-    })().catch((err: unknown) => log.warn({ err }, 'batch jobs poll failed; trying again at the next interval'))
+    polling ??= checkDueJobs()
+      .catch((err: unknown) => log.warn({ err }, 'batch jobs poll failed; trying again at the next interval'))
       .finally(() => { polling = undefined })
     return polling
   }
 
-  /** One check of a claimed job: reads it (unless a client's read just showed it) and, if it has ended, bills it. */
-  async function check (job: WatchedJob, shown: Record<string, unknown> | undefined): Promise<void> {
+  /**
+   * Checks every job that was due when the poll started, `claimSize` at a time, however many there are. A job is due
+   * when the poll that last checked it started `dueAfterMs` before this one: a job checked at the previous poll is
+   * due again at this one, however late in that poll it was checked. A job this poll checks is not due again before
+   * a later poll, so a poll ends.
+   */
+  async function checkDueJobs (): Promise<void> {
+    const [{ now }] = await selectRows<{ now: string }>(db, sql`select now()::text as now`)
+    const started = sql`${now}::timestamptz`
+    const due = sql`${started} - ${dueAfterMs} * interval '1 millisecond'`
+    for (;;) {
+      const jobs = await claim(or(isNull(watchedJobs.checkedAt), lt(watchedJobs.checkedAt, due)), claimSize)
+      for (const job of jobs) {
+        if (closed) return
+        await check(job, undefined, started)
+      }
+      if (jobs.length < claimSize) return
+    }
+  }
+
+  /**
+   * One check of a claimed job: reads it (unless a client's read just showed it) and, if it has ended, bills it.
+   * `startedAt` is when the job counts as checked: the next poll, an interval later, finds it due from then.
+   */
+  async function check (job: WatchedJob, shown: Record<string, unknown> | undefined,
+    startedAt: Date | SQL): Promise<void> {
     try {
       await checkClaimed(job, shown)
     } catch (err) {
       log.warn({ err, job: job.jobId }, 'batch job check failed; trying again at the next interval')
     } finally {
-      await db.update(watchedJobs).set({ checkedAt: sql`now()` })
+      await db.update(watchedJobs).set({ checkedAt: startedAt })
         .where(and(eq(watchedJobs.jobId, job.jobId), eq(watchedJobs.status, 'pending')))
         .catch((err: unknown) => log.warn({ err, job: job.jobId }, 'batch job lease not released; it expires'))
     }
@@ -128,8 +152,8 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
     }
     const upstreamJob = shown ?? await upstream.job(key.secret, job.jobId, false)
     if (!upstreamJob) {
-      // deleted upstream before it was read: there is nothing left to bill from
-      log.warn({ job: job.jobId }, 'batch job not found upstream; it will not be billed')
+      // deleted upstream before it was read: there is nothing left to bill from, and what it cost is lost
+      log.error({ job: job.jobId, workspaceId: job.workspaceId }, 'batch job not found upstream; it will not be billed')
       await finish(job, 'failed', 'NOT_FOUND', new Date())
       return
     }
@@ -138,10 +162,16 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
       await db.update(watchedJobs).set({ upstreamStatus: status }).where(eq(watchedJobs.jobId, job.jobId))
       return
     }
-    const totals = await readTotals(key.secret, job.jobId, upstreamJob)
+    const totals = await readTotals(key.secret, job, upstreamJob)
     const completedAt = typeof upstreamJob.completed_at === 'number'
       ? new Date(upstreamJob.completed_at * 1000)
       : new Date()
+    if (!totals) {
+      log.error({ job: job.jobId, workspaceId: job.workspaceId },
+        'batch job output file deleted and its results not given inline; it will not be billed')
+      await finish(job, 'failed', 'OUTPUT_GONE', completedAt)
+      return
+    }
     if (totals.succeeded === 0) {
       // Mistral bills answered requests only: a job that answered none costs nothing and leaves no record
       await finish(job, 'failed', status, completedAt)
@@ -150,107 +180,111 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
     await bill(job, upstreamJob, status, totals, completedAt)
   }
 
-  /** The output file when there is one, else the results inline (`outputs`, asked for with `inline=true`). */
-  async function readTotals (secret: string, jobId: string, job: Record<string, unknown>): Promise<BatchTotals> {
-    const totals = emptyTotals()
-    if (typeof job.output_file === 'string') {
-      await addJsonl(totals, await upstream.fileContent(secret, job.output_file))
+  /**
+   * The output file when there is one, else the results inline (`outputs`, asked for with `inline=true`). Undefined
+   * when the output file is gone (its client deleted it) and the results inline answer nothing either: a job with an
+   * output file had answers, so they are lost rather than none.
+   */
+  async function readTotals (secret: string, job: WatchedJob, upstreamJob: Record<string, unknown>) {
+    const totals = emptyTotals(jobModelOf(job, upstreamJob))
+    const outputFile = upstreamJob.output_file
+    if (typeof outputFile !== 'string') {
+      addLines(totals, await inlineOutputs(secret, job.jobId, upstreamJob))
       return totals
     }
-    const outputs = Array.isArray(job.outputs) ? job.outputs : (await upstream.job(secret, jobId, true))?.outputs
-    for (const line of Array.isArray(outputs) ? outputs : []) addLine(totals, line)
-    return totals
+    const content = await upstream.fileContent(secret, outputFile)
+    if (content) {
+      await addJsonl(totals, content)
+      return totals
+    }
+    log.warn({ job: job.jobId, file: outputFile }, 'batch job output file not found; reading its results inline')
+    addLines(totals, await inlineOutputs(secret, job.jobId, upstreamJob))
+    return totals.succeeded > 0 ? totals : undefined
+  }
+
+  async function inlineOutputs (secret: string, jobId: string, upstreamJob: Record<string, unknown>) {
+    const outputs = Array.isArray(upstreamJob.outputs)
+      ? upstreamJob.outputs
+      : (await upstream.job(secret, jobId, true))?.outputs
+    return Array.isArray(outputs) ? outputs : []
   }
 
   async function bill (job: WatchedJob, upstreamJob: Record<string, unknown>, status: string, totals: BatchTotals,
     completedAt: Date) {
-    const workspace = await workspaces.find(job.workspaceId)
+    // a deleted workspace keeps its ledger: what its jobs answered is billed there all the same
+    const workspace = await workspaces.find(job.workspaceId, { deleted: true })
     if (!workspace) {
+      log.error({ job: job.jobId, workspaceId: job.workspaceId }, 'batch job of no workspace; it will not be billed')
       await finish(job, 'failed', status, completedAt)
       return
     }
+    // before anything is written: should the lookup fail, the job stays pending and the next check bills it whole
+    const token = job.tokenId ? await tokens.find(job.workspaceId, job.tokenId) : undefined
     const family = familyOfEndpoint(job.endpoint ?? String(upstreamJob.endpoint))
-    const model = job.model ?? (typeof upstreamJob.model === 'string' ? upstreamJob.model : undefined) ?? totals.model
-    const price = family && model ? prices.resolve(model, family, workspace.currency) : undefined
-    if (!price) log.warn({ job: job.jobId, model }, 'batch job has no price in the book: recorded at zero cost')
-    const units = totals.units
-    const n = (unit: string) => units[unit] ?? 0
-    const metered: MeteredUsage = {
-      promptTokens: n('promptTokens'),
-      cachedTokens: n('cachedTokens'),
-      completionTokens: n('completionTokens'),
-      audioSeconds: n('audioSeconds'),
-      pages: n('pages') - totals.annotatedPages,
-      characters: n('characters')
-    }
-    let listMicros = 0
-    let billedMicros = 0
-    if (price && family) {
-      const options = { family, markupBps: workspace.markupBps, batch: true }
-      const plain = costOf(metered, price, options)
-      listMicros = plain.listMicros
-      billedMicros = plain.billedMicros
-      if (totals.annotatedPages > 0) {
-        // annotated OCR pages have a price of their own
-        const annotated = costOf({ ...zeroUnits, pages: totals.annotatedPages }, price, { ...options, annotated: true })
-        listMicros += annotated.listMicros
-        billedMicros += annotated.billedMicros
-      }
-    }
-    const createdAt = typeof upstreamJob.created_at === 'number'
-      ? upstreamJob.created_at * 1000
-      : job.createdAt.getTime()
-    const record: UsageRecord = {
-      requestId: `batch:${job.jobId}`,
-      workspaceId: job.workspaceId,
-      tokenId: job.tokenId,
-      keyName: job.keyName,
-      operation: 'batch',
-      model: model ?? null,
-      pricedModel: price?.model ?? null,
-      promptTokens: metered.promptTokens,
-      cachedTokens: metered.cachedTokens,
-      completionTokens: metered.completionTokens,
-      totalTokens: n('totalTokens'),
-      connectorTokens: n('connectorTokens'),
-      pages: n('pages'),
-      audioSeconds: metered.audioSeconds,
-      characters: metered.characters,
-      listCostMicros: listMicros,
-      billedCostMicros: billedMicros,
-      estimated: false,
-      streamed: false,
-      status: 200,
-      upstreamStatus: 200,
-      // from creation to completion: how long the client waited for its results
-      latencyMs: Math.max(0, Math.min(2_147_483_647, completedAt.getTime() - createdAt)),
-      ttftMs: null,
-      // billed in the period the job ended in
-      createdAt: completedAt
-    }
+    const cost = costOfJob(job, family, totals, workspace)
+    const units = allModels(totals).units
+    const record = recordOf(job, upstreamJob, totals, units, cost, completedAt)
     usage.record(record)
     await usage.flush()
+    if (!await awaitsCharge(job)) return
+    // a deleted workspace's state in Redis was forgotten: a charge would bring its counters back
+    if (workspace.deletedAt === null) {
+      await admission.charge({
+        id: record.requestId,
+        workspace: { id: workspace.id, timezone: workspace.timezone, caps: workspace.caps as SpendCaps },
+        token: token ? { id: token.id, caps: token.caps as SpendCaps } : undefined,
+        cost: cost.billedMicros,
+        at: completedAt.getTime()
+      })
+    }
     if (!await finish(job, 'recorded', status, completedAt)) return
     const facts: BilledFacts = {
       workspace: workspace.slug,
       operation: 'batch',
-      model: price?.model,
+      model: cost.pricedModel,
       status: record.status,
-      inputTokens: metered.promptTokens,
-      outputTokens: metered.completionTokens,
-      billedMicros
+      inputTokens: units.promptTokens ?? 0,
+      outputTokens: units.completionTokens ?? 0,
+      billedMicros: cost.billedMicros
     }
     for (const listener of billedListeners) listener(facts)
-    const token = job.tokenId ? await tokens.find(job.workspaceId, job.tokenId) : undefined
-    await admission.charge({
-      id: record.requestId,
-      workspace: { id: workspace.id, timezone: workspace.timezone, caps: workspace.caps as SpendCaps },
-      token: token ? { id: token.id, caps: token.caps as SpendCaps } : undefined,
-      cost: billedMicros,
-      at: completedAt.getTime()
-    })
-    log.info({ job: job.jobId, workspace: workspace.slug, model, requests: totals.succeeded, billedMicros },
-      'batch job billed')
+    log.info({
+      job: job.jobId, workspace: workspace.slug, model: record.model, models: [...totals.byModel.keys()],
+      requests: totals.succeeded, billedMicros: cost.billedMicros
+    }, 'batch job billed')
+  }
+
+  /**
+   * Each model's units at its own price, summed: a client cannot have a dear model's answers billed at a cheap one's
+   * price. The priced model is named only when one price applied to every answer.
+   */
+  function costOfJob (job: WatchedJob, family: MeteredFamily | undefined, totals: BatchTotals,
+    workspace: { currency: string, markupBps: number }): JobCost {
+    const cost: JobCost = { listMicros: 0, billedMicros: 0, pricedModel: undefined }
+    const pricedModels = new Set<string | undefined>()
+    for (const [model, used] of totals.byModel) {
+      const price = family && model ? prices.resolve(model, family, workspace.currency) : undefined
+      pricedModels.add(price?.model)
+      if (!family || !price) {
+        log.warn({ job: job.jobId, model }, 'batch job has no price in the book: its answers are recorded at zero cost')
+        continue
+      }
+      const priced = costOfModel(used, price, { family, markupBps: workspace.markupBps, batch: true })
+      cost.listMicros += priced.listMicros
+      cost.billedMicros += priced.billedMicros
+    }
+    cost.pricedModel = pricedModels.size === 1 ? [...pricedModels][0] : undefined
+    return cost
+  }
+
+  /**
+   * The record is in the ledger and the job still pending: its cost may go to the spend counters. A check that finds
+   * the job recorded meanwhile leaves that to the one that recorded it (a charge's id is forgotten after an hour).
+   */
+  async function awaitsCharge (job: WatchedJob): Promise<boolean> {
+    const [row] = await db.select({ jobId: watchedJobs.jobId }).from(watchedJobs)
+      .where(and(eq(watchedJobs.jobId, job.jobId), eq(watchedJobs.status, 'pending'), inLedger(job)))
+    return row !== undefined
   }
 
   /**
@@ -258,9 +292,7 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
    * it is still in the spool, the job stays pending and the next check records it again, which changes nothing.
    */
   async function finish (job: WatchedJob, outcome: 'recorded' | 'failed', status: string, completedAt: Date) {
-    const recorded = outcome === 'recorded'
-      ? sql`exists (select 1 from ${usageRecords} where ${usageRecords.requestId} = ${`batch:${job.jobId}`})`
-      : undefined
+    const recorded = outcome === 'recorded' ? inLedger(job) : undefined
     const done = await db.update(watchedJobs)
       .set({ status: outcome, upstreamStatus: status, completedAt, checkedAt: sql`now()` })
       .where(and(eq(watchedJobs.jobId, job.jobId), eq(watchedJobs.status, 'pending'), recorded))
@@ -282,7 +314,7 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
       const mine = and(eq(watchedJobs.jobId, job.id), eq(watchedJobs.workspaceId, workspaceId))
       const [claimed] = await claim(and(mine, free), 1)
       if (!claimed) return
-      const checking = check(claimed, job)
+      const checking = check(claimed, job, claimedAt(claimed))
       reading.add(checking)
       await checking.finally(() => reading.delete(checking))
     },
@@ -303,6 +335,97 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
 
 // how long one check may hold a job before another replica may take it: reading a large output file takes a while
 const CHECK_LEASE_MS = 5 * 60_000
+
+/** What a job costs, summed over its models. */
+interface JobCost {
+  listMicros: number
+  billedMicros: number
+  /** the price book's id of the one price every answer was billed at; undefined when there were several, or none */
+  pricedModel: string | undefined
+}
+
+const inLedger = (job: WatchedJob) =>
+  sql`exists (select 1 from ${usageRecords} where ${usageRecords.requestId} = ${`batch:${job.jobId}`})`
+
+/** When a job was claimed: the claim set `checked_at` a lease ahead of PostgreSQL's clock. */
+function claimedAt (job: WatchedJob): Date | SQL {
+  return job.checkedAt ? new Date(job.checkedAt.getTime() - CHECK_LEASE_MS) : sql`now()`
+}
+
+/** The job's model as the client asked for it: in the create call, else as Mistral shows the job. */
+function jobModelOf (job: WatchedJob, upstreamJob: Record<string, unknown>): string | undefined {
+  return job.model ?? (typeof upstreamJob.model === 'string' ? upstreamJob.model : undefined)
+}
+
+function addLines (totals: BatchTotals, lines: unknown[]): void {
+  for (const line of lines) addLine(totals, line)
+}
+
+/** One model's units at its price; OCR pages whose answers carry annotations have a price of their own. */
+function costOfModel (used: ModelUsage, price: UnitPrices, options: CostOptions): Cost {
+  const plain = costOf(meteredOf(used), price, options)
+  if (used.annotatedPages === 0) return plain
+  const annotated = costOf({ ...zeroUnits, pages: used.annotatedPages }, price, { ...options, annotated: true })
+  return {
+    listMicros: plain.listMicros + annotated.listMicros,
+    billedMicros: plain.billedMicros + annotated.billedMicros
+  }
+}
+
+/** The units priced at the plain rates: annotated OCR pages are left to their own price. */
+function meteredOf (used: ModelUsage): MeteredUsage {
+  const n = (unit: string) => used.units[unit] ?? 0
+  return {
+    promptTokens: n('promptTokens'),
+    cachedTokens: n('cachedTokens'),
+    completionTokens: n('completionTokens'),
+    audioSeconds: n('audioSeconds'),
+    pages: n('pages') - used.annotatedPages,
+    characters: n('characters')
+  }
+}
+
+/**
+ * The job's one usage record: every model's units summed (`units`), its cost the sum of theirs. The model is the
+ * job's as the client asked for it, else the one model its answers named (an agent job names none); null when they
+ * named several.
+ */
+function recordOf (job: WatchedJob, upstreamJob: Record<string, unknown>, totals: BatchTotals,
+  units: Record<string, number>, cost: JobCost, completedAt: Date): UsageRecord {
+  const n = (unit: string) => units[unit] ?? 0
+  const answeredModels = [...totals.byModel.keys()]
+  const createdAt = typeof upstreamJob.created_at === 'number'
+    ? upstreamJob.created_at * 1000
+    : job.createdAt.getTime()
+  return {
+    requestId: `batch:${job.jobId}`,
+    workspaceId: job.workspaceId,
+    tokenId: job.tokenId,
+    keyName: job.keyName,
+    operation: 'batch',
+    model: jobModelOf(job, upstreamJob) ?? (answeredModels.length === 1 ? answeredModels[0] : undefined) ?? null,
+    pricedModel: cost.pricedModel ?? null,
+    promptTokens: n('promptTokens'),
+    cachedTokens: n('cachedTokens'),
+    completionTokens: n('completionTokens'),
+    totalTokens: n('totalTokens'),
+    connectorTokens: n('connectorTokens'),
+    pages: n('pages'),
+    audioSeconds: n('audioSeconds'),
+    characters: n('characters'),
+    listCostMicros: cost.listMicros,
+    billedCostMicros: cost.billedMicros,
+    estimated: false,
+    streamed: false,
+    status: 200,
+    upstreamStatus: 200,
+    // from creation to completion: how long the client waited for its results
+    latencyMs: Math.max(0, Math.min(2_147_483_647, completedAt.getTime() - createdAt)),
+    ttftMs: null,
+    // billed in the period the job ended in
+    createdAt: completedAt
+  }
+}
 
 const zeroUnits: MeteredUsage = {
   promptTokens: 0, cachedTokens: 0, completionTokens: 0, audioSeconds: 0, pages: 0, characters: 0

@@ -1,10 +1,12 @@
 import { setTimeout as sleep } from 'node:timers/promises'
 import { Mistral } from '@mistralai/mistralai'
 import { eq } from 'drizzle-orm'
+import pg from 'pg'
 import t, { type Test } from 'tap'
 import { usageRecords, watchedJobs } from '../../src/db/schema.js'
 import { formatMoney, parseMoney } from '../../src/pricing/money.js'
 import { buildTestApp, listen, type TestApp, type TestWorkspace } from '../helpers/app.js'
+import { createScratchDatabase } from '../helpers/database.js'
 import { countTokens } from '../helpers/fake-mistral.js'
 import { completeBatchJob } from '../helpers/fake-mistral/batch.js'
 
@@ -12,9 +14,10 @@ import { completeBatchJob } from '../helpers/fake-mistral/batch.js'
 // discount (MISTRAL-NOTES §2.6, §4), however many gateways watch it.
 
 const MODEL = 'mistral-small-latest'
-// mistral-small-2603 in USD (src/pricing/default-prices.ts), per million tokens
-const INPUT_PER_MTOK = 150_000n
-const OUTPUT_PER_MTOK = 600_000n
+// USD per million tokens, input and output (src/pricing/default-prices.ts)
+const SMALL_PRICE = { input: 150_000n, output: 600_000n } // mistral-small-2603
+const CHEAP_PRICE = { input: 100_000n, output: 100_000n } // ministral-3b-2512
+const DEAR_PRICE = { input: 500_000n, output: 1_500_000n } // mistral-large-2512
 const PROMPTS = ['a'.repeat(4_000), 'b'.repeat(2_000), 'c'.repeat(1_000)]
 const WORDS = 300
 
@@ -23,8 +26,8 @@ const requests = (prompts = PROMPTS) => prompts.map((content, i) => ({
 }))
 
 /** Half the list price, then the markup, rounded once, half up: what the ledger must say, worked out by hand. */
-function batchCost (promptTokens: number, completionTokens: number, markupBps: number) {
-  const amount = BigInt(promptTokens) * INPUT_PER_MTOK + BigInt(completionTokens) * OUTPUT_PER_MTOK
+function batchCost (promptTokens: number, completionTokens: number, markupBps: number, price = SMALL_PRICE) {
+  const amount = BigInt(promptTokens) * price.input + BigInt(completionTokens) * price.output
   const round = (numerator: bigint, denominator: bigint) => Number((numerator + denominator / 2n) / denominator)
   return {
     list: round(amount * 5_000n, 1_000_000n * 10_000n),
@@ -361,4 +364,198 @@ t.test('a job created before a restart is billed by the next gateway', async (t)
   const [record] = await recordsOf(next, ws.id)
   t.match(record, { requestId: `batch:${job.id}`, operation: 'batch', model: 'mistral-embed', promptTokens: 100 })
   t.ok(record.billedCostMicros > 0, 'priced at the embeddings price')
+})
+
+/** The message of each log line the app wrote at level error (pino: 50), with the fields it logged. */
+const errorLogs = (s: TestApp) => s.logs.flatMap((line) => line.split('\n')).filter((line) => line !== '')
+  .map((line) => JSON.parse(line) as { level: number, msg: string, [field: string]: unknown })
+  .filter((entry) => entry.level === 50)
+
+/** The spend the workspace's monthly cap counts in Redis, and the sum of its ledger, in micro-units. */
+async function spendAndLedger (s: TestApp, ws: TestWorkspace) {
+  await s.app.usage.flush()
+  const limits = await s.admin('GET', `/admin/v1/workspaces/${ws.slug}/limits`)
+  const ledger = (await recordsOf(s, ws.id)).reduce((sum, record) => sum + record.billedCostMicros, 0)
+  return { settled: parseMoney(limits.json.workspace.caps.monthly.settled), ledger }
+}
+
+/** A capped workspace that has made one call: its spend counter is in Redis before any job is charged. */
+async function cappedWorkspace (t: Test, s: TestApp & { url: string }) {
+  const ws = await s.createWorkspace()
+  t.equal((await s.admin('PATCH', `/admin/v1/workspaces/${ws.slug}`, { caps: { monthly: '100.00' } })).statusCode, 200)
+  await sdkFor(s.url, ws).chat.complete({ model: MODEL, messages: [{ role: 'user', content: 'hello' }] })
+  await until('the call settled', () => spendAndLedger(s, ws),
+    ({ settled, ledger }) => settled > 0 && settled === ledger)
+  return ws
+}
+
+t.test('a job whose lines name their own models bills each model\'s answers at its own price', async (t) => {
+  const s = await setup(t, { BATCH_POLL_INTERVAL_MS: '600000' })
+  const ws = await s.createWorkspace()
+  t.equal((await s.admin('PATCH', `/admin/v1/workspaces/${ws.slug}`, { markupBps: 2_000 })).statusCode, 200)
+  const sdk = sdkFor(s.url, ws)
+  // no model for the job: each line runs on the one its body names, a cheap one first, a dear one on the others
+  const lines = PROMPTS.map((content, i) => ({
+    customId: String(i),
+    body: { model: i === 0 ? 'ministral-3b-latest' : 'mistral-large-latest', messages: [{ role: 'user', content }] }
+  }))
+  const job = await sdk.batch.jobs.create({ endpoint: '/v1/chat/completions', requests: lines })
+  t.equal(job.model, null, 'the job names no model')
+  completeBatchJob(s.mistral.stores, job.id, { completionTokens: WORDS })
+  await sdk.batch.jobs.get({ jobId: job.id })
+  await until('the job recorded', () => watchOf(s, job.id), (row) => row.status === 'recorded', 5_000)
+
+  const [record] = await recordsOf(s, ws.id)
+  const [first, ...rest] = PROMPTS.map(countTokens)
+  const cheap = batchCost(first, WORDS, 2_000, CHEAP_PRICE)
+  const dear = batchCost(rest[0] + rest[1], 2 * WORDS, 2_000, DEAR_PRICE)
+  t.match(record, {
+    requestId: `batch:${job.id}`, model: null, pricedModel: null, promptTokens: first + rest[0] + rest[1],
+    completionTokens: WORDS * PROMPTS.length
+  }, 'one record for the job, which names no single priced model')
+  t.equal(record.listCostMicros, cheap.list + dear.list, 'each model\'s answers at its own list price')
+  t.equal(record.billedCostMicros, cheap.billed + dear.billed, 'and with the markup')
+  const allCheap = batchCost(first + rest[0] + rest[1], WORDS * PROMPTS.length, 2_000, CHEAP_PRICE).billed
+  t.ok(record.billedCostMicros > 2 * allCheap, 'far more than the whole job at the first line\'s price')
+})
+
+t.test('a job of a workspace deleted while it runs is billed to its ledger, which its id still reads', async (t) => {
+  const s = await setup(t, { BATCH_POLL_INTERVAL_MS: '100' })
+  const ws = await cappedWorkspace(t, s)
+  const job = await sdkFor(s.url, ws).batch.jobs.create({
+    endpoint: '/v1/chat/completions', model: MODEL, requests: requests()
+  })
+  t.equal((await s.admin('DELETE', `/admin/v1/workspaces/${ws.slug}`)).statusCode, 204)
+  const redisKeys = () => s.app.redis!.client.keys(`tmt:{ws:${ws.id}}*`)
+  t.same(await redisKeys(), [], 'its state in Redis went with it')
+
+  const ended = completeBatchJob(s.mistral.stores, job.id, { completionTokens: WORDS })
+  const watched = await until('the job ended', () => watchOf(s, job.id), (row) => row.status !== 'pending')
+  t.equal(watched.status, 'recorded', 'billed')
+  const promptTokens = PROMPTS.reduce((sum, text) => sum + countTokens(text), 0)
+  const billed = batchCost(promptTokens, WORDS * PROMPTS.length, 0).billed
+  const month = new Date((ended.completed_at as number) * 1000).toISOString().slice(0, 7)
+  const statement = await s.admin('GET', `/admin/v1/workspaces/${ws.id}/statements/${month}`)
+  t.equal(statement.statusCode, 200)
+  t.match(statement.json.lines.find((line: { operation: string }) => line.operation === 'batch'),
+    { model: 'mistral-small-2603', calls: 1, billedCostMicros: billed }, 'the statement read by id shows the job')
+  t.same(await redisKeys(), [], 'and billing it brought none of its spend counters back')
+})
+
+t.test('a job whose output file the client deleted is billed from its results inline', async (t) => {
+  const s = await setup(t, { BATCH_POLL_INTERVAL_MS: '600000' })
+  const ws = await s.createWorkspace()
+  const sdk = sdkFor(s.url, ws)
+  const job = await sdk.batch.jobs.create({ endpoint: '/v1/chat/completions', model: MODEL, requests: requests() })
+  const ended = completeBatchJob(s.mistral.stores, job.id, { completionTokens: WORDS })
+  s.mistral.stores.files.delete(String(ended.output_file))
+  await sdk.batch.jobs.get({ jobId: job.id })
+  const watched = await until('the job ended', () => watchOf(s, job.id), (row) => row.status !== 'pending', 5_000)
+  t.equal(watched.status, 'recorded')
+  const [record] = await recordsOf(s, ws.id)
+  const promptTokens = PROMPTS.reduce((sum, text) => sum + countTokens(text), 0)
+  t.match(record, { requestId: `batch:${job.id}`, promptTokens, completionTokens: WORDS * PROMPTS.length })
+  t.equal(record.billedCostMicros, batchCost(promptTokens, WORDS * PROMPTS.length, 0).billed)
+  t.same(s.mistral.requestsTo(`/v1/files/${String(ended.output_file)}/content`).length, 1, 'the file was tried')
+  t.ok(s.mistral.requestsTo(`/v1/batch/jobs/${job.id}`).some((request) => request.path.endsWith('?inline=true')),
+    'then the results inline')
+})
+
+t.test('a job whose output is gone, file and results inline, ends OUTPUT_GONE with an error logged', async (t) => {
+  const s = await setup(t, { BATCH_POLL_INTERVAL_MS: '600000' })
+  const ws = await s.createWorkspace()
+  const sdk = sdkFor(s.url, ws)
+  const create = () => sdk.batch.jobs.create({ endpoint: '/v1/chat/completions', model: MODEL, requests: requests() })
+  const answers: Array<[string, (ended: Record<string, unknown>) => void]> = [
+    ['the job read inline is not found', (ended) => {
+      s.mistral.enqueueError(404, { detail: 'Batch job not found' }, {}, `/v1/batch/jobs/${String(ended.id)}`)
+    }],
+    ['the job read inline has no results', (ended) => {
+      s.mistral.enqueue((_req, res) => {
+        res.writeHead(200, { 'content-type': 'application/json' })
+        res.end(JSON.stringify({ ...ended, outputs: [] }))
+      }, `/v1/batch/jobs/${String(ended.id)}`)
+    }]
+  ]
+  for (const [how, answer] of answers) {
+    const job = await create()
+    const ended = completeBatchJob(s.mistral.stores, job.id, { completionTokens: WORDS })
+    s.mistral.stores.files.delete(String(ended.output_file))
+    answer(ended)
+    // the job as a client's read showed it: the next read of it upstream is the watcher's, inline
+    await s.app.batchJobs.seen(ws.id, ended)
+    t.match(await watchOf(s, job.id), { status: 'failed', upstreamStatus: 'OUTPUT_GONE' }, how)
+    t.ok(s.mistral.requestsTo(`/v1/batch/jobs/${job.id}`).some((request) => request.path.endsWith('?inline=true')),
+      `${how}: it was asked for`)
+    t.match(errorLogs(s).filter((entry) => entry.job === job.id), [{ workspaceId: ws.id, msg: /will not be billed/ }],
+      `${how}: logged as an error, with the job and its workspace`)
+  }
+  t.equal((await recordsOf(s, ws.id)).length, 0, 'nothing billed')
+  t.notOk(s.logs.some((line) => line.includes(ws.mistralKey)), 'no secret in the logs')
+})
+
+t.test('a job deleted upstream before it was read is logged as an error, its watch failed', async (t) => {
+  const s = await setup(t, { BATCH_POLL_INTERVAL_MS: '600000' })
+  const ws = await s.createWorkspace()
+  const job = await sdkFor(s.url, ws).batch.jobs.create({
+    endpoint: '/v1/chat/completions', model: MODEL, requests: requests()
+  })
+  s.mistral.stores.batchJobs.delete(job.id)
+  await s.app.batchJobs.poll()
+  t.match(await watchOf(s, job.id), { status: 'failed', upstreamStatus: 'NOT_FOUND' })
+  t.match(errorLogs(s).filter((entry) => entry.job === job.id), [{ workspaceId: ws.id, msg: /not found upstream/ }])
+})
+
+t.test('the spend cap learns a job\'s cost even when the token lookup failed at a check', async (t) => {
+  // a database of its own: its token table goes away for a while
+  const databaseUrl = await createScratchDatabase(t)
+  const s = await setup(t, { DATABASE_URL: databaseUrl, BATCH_POLL_INTERVAL_MS: '100' })
+  const ws = await cappedWorkspace(t, s)
+  const job = await sdkFor(s.url, ws).batch.jobs.create({
+    endpoint: '/v1/chat/completions', model: MODEL, requests: requests()
+  })
+  const client = new pg.Client({ connectionString: databaseUrl })
+  await client.connect()
+  t.teardown(() => client.end())
+  await client.query('alter table workspace_tokens rename to workspace_tokens_away')
+  completeBatchJob(s.mistral.stores, job.id, { completionTokens: WORDS })
+  const reads = jobReads(s, job.id)
+  // two checks of the ended job, the first of which has surely looked the token up and failed (or one check that
+  // ended the watch all the same)
+  const checks = async () => ({ reads: jobReads(s, job.id), watch: await watchOf(s, job.id) })
+  await until('two checks of the ended job', checks, ({ reads: now, watch }) => now >= reads + 2 ||
+    watch.status !== 'pending')
+  await client.query('alter table workspace_tokens_away rename to workspace_tokens')
+  await until('the job recorded', () => watchOf(s, job.id), (row) => row.status === 'recorded')
+  t.ok(s.logs.some((line) => line.includes('batch job check failed') && line.includes(job.id)), 'the lookup failed')
+  const { settled, ledger } = await spendAndLedger(s, ws)
+  t.ok((await recordsOf(s, ws.id)).some((record) => record.requestId === `batch:${job.id}`), 'the job is billed')
+  t.equal(settled, ledger, 'the spend counter learnt the job\'s cost, once')
+})
+
+t.test('a pending job is read about once an interval', async (t) => {
+  const s = await setup(t, { BATCH_POLL_INTERVAL_MS: '200' })
+  const ws = await s.createWorkspace()
+  const job = await sdkFor(s.url, ws).batch.jobs.create({
+    endpoint: '/v1/chat/completions', model: MODEL, requests: requests()
+  })
+  await until('a first read', async () => jobReads(s, job.id), (n) => n >= 1)
+  const before = jobReads(s, job.id)
+  await sleep(3_000)
+  const reads = jobReads(s, job.id) - before
+  t.comment(`${reads} reads in 3 s at a 200 ms interval`)
+  t.ok(reads >= 12 && reads <= 16, `about 15 reads in 3 s, not 7 (${reads})`)
+})
+
+t.test('one poll checks every job that is due, however many', async (t) => {
+  const s = await setup(t, { BATCH_POLL_INTERVAL_MS: '600000' })
+  const ws = await s.createWorkspace()
+  const sdk = sdkFor(s.url, ws)
+  // more than one claim's worth (20)
+  const jobs = await Promise.all(Array.from({ length: 45 }, () =>
+    sdk.batch.jobs.create({ endpoint: '/v1/chat/completions', model: MODEL, requests: requests(PROMPTS.slice(0, 1)) })))
+  await s.app.batchJobs.poll()
+  t.same(jobs.map((job) => jobReads(s, job.id)), jobs.map(() => 1), 'each job read once')
+  await s.app.batchJobs.poll()
+  t.same(jobs.map((job) => jobReads(s, job.id)), jobs.map(() => 1), 'and none again before the interval has passed')
 })

@@ -1,5 +1,7 @@
 import t from 'tap'
-import { addJsonl, addLine, emptyTotals, familyOfEndpoint, TERMINAL_STATUSES } from '../../src/usage/batch-output.js'
+import {
+  addJsonl, addLine, allModels, emptyTotals, familyOfEndpoint, TERMINAL_STATUSES
+} from '../../src/usage/batch-output.js'
 
 const chatLine = (prompt: number, completion: number, model = 'mistral-small-latest') => ({
   id: 'batch-1',
@@ -30,12 +32,26 @@ t.test('an output file read in chunks that split lines and characters', async (t
     const totals = emptyTotals()
     await addJsonl(totals, chunks(lines.join('\n'), size))
     t.equal(totals.succeeded, 2, `size ${size}: the answered lines with usage`)
-    t.same(totals.units, {
-      promptTokens: 17, completionTokens: 8, totalTokens: 25, cachedTokens: 0, audioSeconds: 0, pages: 0,
-      characters: 0, connectorTokens: 0
+    const units = (prompt: number, completion: number) => ({
+      promptTokens: prompt, completionTokens: completion, totalTokens: prompt + completion, cachedTokens: 0,
+      audioSeconds: 0, pages: 0, characters: 0, connectorTokens: 0
     })
-    t.equal(totals.model, 'mistral-small-latest', 'the first answer names the model')
+    t.same([...totals.byModel], [
+      ['mistral-small-latest', { units: units(10, 5), annotatedPages: 0 }],
+      ['other-model', { units: units(7, 3), annotatedPages: 0 }]
+    ], 'each answer counts under the model it names')
+    t.same(allModels(totals), { units: units(17, 8), annotatedPages: 0 }, 'and the job\'s sum is theirs')
   }
+})
+
+t.test('an answer that names no model counts under the job\'s', async (t) => {
+  const unnamed = { response: { status_code: 200, body: { usage: { prompt_tokens: 4, completion_tokens: 1 } } } }
+  const withModel = emptyTotals('mistral-large-latest')
+  addLine(withModel, unnamed)
+  t.same([...withModel.byModel.keys()], ['mistral-large-latest'])
+  const withoutModel = emptyTotals()
+  addLine(withoutModel, unnamed)
+  t.same([...withoutModel.byModel.keys()], [undefined], 'unknown when the job has none either')
 })
 
 t.test('OCR answers with annotations count their pages apart', async (t) => {
@@ -46,8 +62,8 @@ t.test('OCR answers with annotations count their pages apart', async (t) => {
   addLine(totals, ocr(3, { document_annotation: null, pages: [{ images: [{ image_annotation: null }] }] }))
   addLine(totals, ocr(2, { document_annotation: '{"title":"x"}' }))
   addLine(totals, ocr(4, { pages: [{ images: [] }, { images: [{ image_annotation: '{}' }] }] }))
-  t.equal(totals.units.pages, 9)
-  t.equal(totals.annotatedPages, 6)
+  t.equal(allModels(totals).units.pages, 9)
+  t.equal(allModels(totals).annotatedPages, 6)
 })
 
 t.test('ends and endpoints as the spec names them', async (t) => {
