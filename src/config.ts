@@ -51,6 +51,11 @@ const ConfigSchema = Type.Object({
   TOKEN_CACHE_TTL_MS: Type.Integer({ default: 10_000, minimum: 0, maximum: MAX_TIMER_MS }),
   // how often pending batch jobs are checked upstream, to bill each once it has ended
   BATCH_POLL_INTERVAL_MS: Type.Integer({ default: 60_000, minimum: 50, maximum: MAX_TIMER_MS }),
+  // on SIGTERM, how long readiness answers 503 while calls are still served, before the listener closes: the time a
+  // load balancer takes to stop routing here (0: close at once, for a plain process with none in front). No load
+  // balancer takes minutes; a longer value is a typo that would hold every shutdown
+  SHUTDOWN_DELAY_MS: Type.Integer({ default: 0, minimum: 0, maximum: 600_000 }),
+  // after SHUTDOWN_DELAY_MS, how long calls in flight may take to finish before their connections are cut
   SHUTDOWN_GRACE_MS: Type.Integer({ default: 30_000, minimum: 0, maximum: MAX_TIMER_MS })
 })
 

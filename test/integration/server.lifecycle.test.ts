@@ -2,21 +2,24 @@ import { randomBytes } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import { setTimeout as sleep } from 'node:timers/promises'
 import pg from 'pg'
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { Client, request } from 'undici'
-import { TEST_ADMIN_TOKEN, TEST_DATABASE_URL, gatewayEnv } from '../helpers/app.js'
+import { TEST_ADMIN_TOKEN, TEST_DATABASE_URL, TEST_REDIS_URL, buildTestApp, gatewayEnv } from '../helpers/app.js'
 import { startFakeMistral } from '../helpers/fake-mistral.js'
 import { startGatewayProcess } from '../helpers/gateway-process.js'
+import { proxiedDatabase, startTcpProxy } from '../helpers/tcp-proxy.js'
 
 const CHAT_OPERATION = 'chat_completion_v1_chat_completions_post'
 const chat = (extra: Record<string, unknown> = {}) =>
   JSON.stringify({ model: 'mistral-small-latest', messages: [{ role: 'user', content: 'Tell me a story' }], ...extra })
 
+interface ProbeOptions { method?: 'GET' | 'POST', headers?: Record<string, string>, body?: string }
+
 /** One request on a connection of its own: a status, or the error code when no connection was made. */
-async function probe (url: string): Promise<number | string> {
+async function probe (url: string, options: ProbeOptions = {}): Promise<number | string> {
   const client = new Client(new URL(url).origin)
   try {
-    const res = await request(url, { dispatcher: client, headersTimeout: 2_000 })
+    const res = await request(url, { ...options, dispatcher: client, headersTimeout: 2_000 })
     await res.body.dump()
     return res.statusCode
   } catch (err) {
@@ -45,6 +48,36 @@ async function until<T> (check: () => Promise<T> | T, done: (value: T) => boolea
   return value
 }
 
+/** A workspace with a Mistral key and a token, made through the gateway's admin API: the token's request headers. */
+async function tokenHeaders (gatewayUrl: string): Promise<Record<string, string>> {
+  const admin = async (path: string, body: unknown) => {
+    const res = await request(gatewayUrl + path, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${TEST_ADMIN_TOKEN}`, 'content-type': 'application/json' },
+      body: JSON.stringify(body)
+    })
+    if (res.statusCode !== 201) throw new Error(`POST ${path}: ${res.statusCode} ${await res.body.text()}`)
+    return res.body.json() as Promise<any>
+  }
+  const slug = `lc-${randomBytes(5).toString('hex')}`
+  await admin('/admin/v1/workspaces', { slug, name: 'Lifecycle' })
+  const key = `sk-lifecycle-${randomBytes(12).toString('hex')}`
+  await admin(`/admin/v1/workspaces/${slug}/mistral-keys`, { name: 'default', key })
+  const { token } = await admin(`/admin/v1/workspaces/${slug}/tokens`, { name: 'app' })
+  return { authorization: `Bearer ${token}`, 'content-type': 'application/json' }
+}
+
+/** The SSE events in what a client has read so far. */
+const eventsIn = (text: string) => text.match(/^data: /gm)?.length ?? 0
+
+async function ledgerRows (t: Test, requestId: string) {
+  const db = new pg.Client({ connectionString: TEST_DATABASE_URL })
+  await db.connect()
+  t.teardown(() => db.end())
+  const { rows } = await db.query('select * from usage_records where request_id = $1', [requestId])
+  return rows
+}
+
 t.test('a gateway process serves health, drains a stream on SIGTERM, writes its usage and exits 0', async (t) => {
   const mistral = await startFakeMistral()
   t.teardown(() => mistral.close())
@@ -60,7 +93,7 @@ t.test('a gateway process serves health, drains a stream on SIGTERM, writes its 
   t.same(await healthz.body.json(), { status: 'ok' })
   const readyz = await request(`${gateway.url}/readyz`)
   t.equal(readyz.statusCode, 200)
-  t.same(await readyz.body.json(), { status: 'ready', database: 'postgres', redis: 'redis' })
+  t.same(await readyz.body.json(), { status: 'ready', database: 'ok', redis: 'ok' })
   requestIds.push(String(healthz.headers['x-request-id']), String(readyz.headers['x-request-id']))
 
   // set up through the gateway itself, so that its log has seen the Mistral key and the token go by
@@ -129,10 +162,7 @@ t.test('a gateway process serves health, drains a stream on SIGTERM, writes its 
 
   const reported = mistral.reportedUsage.find((usage) => usage.streamed)
   t.ok(reported, 'the fake reported usage on the stream')
-  const db = new pg.Client({ connectionString: TEST_DATABASE_URL })
-  await db.connect()
-  t.teardown(() => db.end())
-  const { rows } = await db.query('select * from usage_records where request_id = $1', [streamId])
+  const rows = await ledgerRows(t, streamId)
   t.equal(rows.length, 1, "the drained stream's usage record was written before exit")
   t.match(rows[0], {
     operation: 'chat',
@@ -175,4 +205,102 @@ t.test('a gateway process serves health, drains a stream on SIGTERM, writes its 
   t.notOk(output.includes(token), 'no line carries the workspace token')
   t.notOk(output.includes(mistralKey), 'no line carries the Mistral key')
   t.notOk(output.includes(TEST_ADMIN_TOKEN), 'no line carries the admin token')
+})
+
+t.test('SHUTDOWN_DELAY_MS keeps the listener open after SIGTERM: readiness 503, calls still served', async (t) => {
+  const mistral = await startFakeMistral()
+  t.teardown(() => mistral.close())
+  const gateway = await startGatewayProcess(t, { ...gatewayEnv(mistral.url), SHUTDOWN_DELAY_MS: '1000' })
+  const headers = await tokenHeaders(gateway.url)
+
+  const terminatedAt = Date.now()
+  process.kill(gateway.pid, 'SIGTERM')
+  await sleep(200)
+  // fresh connections, as a load balancer still routing here opens them
+  t.equal(await probe(`${gateway.url}/readyz`), 503, '/readyz answers 503')
+  t.equal(await probe(`${gateway.url}/v1/chat/completions`, { method: 'POST', headers, body: chat() }), 200,
+    'a proxied call is still served')
+
+  const refused = await until(() => probe(`${gateway.url}/readyz`), (outcome) => outcome === 'ECONNREFUSED', 5_000)
+  const refusedAfterMs = Date.now() - terminatedAt
+  t.equal(refused, 'ECONNREFUSED', 'then the listener closes')
+  t.ok(refusedAfterMs >= 1_000, `not before the delay (${refusedAfterMs} ms after SIGTERM)`)
+  t.notOk(await until(() => alive(gateway.pid), (running) => !running, 5_000), 'and the process exits')
+  t.equal(await gateway.stop(1_000), 0, 'with 0')
+})
+
+t.test('past SHUTDOWN_GRACE_MS, a stream still open is cut and billed for what it relayed before the process exits',
+  async (t) => {
+    const mistral = await startFakeMistral()
+    t.teardown(() => mistral.close())
+    const gateway = await startGatewayProcess(t, { ...gatewayEnv(mistral.url), SHUTDOWN_GRACE_MS: '500' })
+    const headers = await tokenHeaders(gateway.url)
+
+    // Mistral sends a few events, then nothing: the stream outlives the grace
+    mistral.faultNextStream({ after: 4, mode: 'stall' })
+    const streamClient = new Client(gateway.url)
+    t.teardown(() => streamClient.destroy())
+    const stream = await request(`${gateway.url}/v1/chat/completions`, {
+      method: 'POST', headers, body: chat({ stream: true }), dispatcher: streamClient
+    })
+    t.equal(stream.statusCode, 200)
+    const streamId = String(stream.headers['x-request-id'])
+    let text = ''
+    const read = (async () => {
+      try {
+        for await (const chunk of stream.body) text += chunk
+      } catch {} // cut: the read ends with an error
+    })()
+    const relayed = await until(() => eventsIn(text), (events) => events >= 4, 5_000)
+    t.equal(relayed, 4, 'the client has the events Mistral sent before it stalled')
+
+    process.kill(gateway.pid, 'SIGTERM')
+    t.notOk(await until(() => alive(gateway.pid), (running) => !running, 10_000), 'the process exits')
+    await read
+    t.notMatch(text, /\[DONE\]/, 'the stream was cut, not completed')
+    t.equal(await gateway.stop(1_000), 0, 'with 0: the shutdown finished, usage written')
+    t.match(gateway.output(), /shutdown grace period over/, 'the cut is logged')
+
+    const rows = await ledgerRows(t, streamId)
+    t.equal(rows.length, 1, "the cut stream's record reached the ledger before exit")
+    t.not(rows[0]?.status ?? 0, 0, 'its final record, not the provisional one (status 0)')
+    t.ok((rows[0]?.completion_tokens ?? -1) >= relayed - 1,
+      `a token at least for each event relayed after the first (${rows[0]?.completion_tokens} for ${relayed})`)
+    t.match(rows[0], { streamed: true, estimated: true })
+  })
+
+t.test('/readyz stays 200 while PostgreSQL and Redis are unreachable, and says so; ?deep=true is 503', async (t) => {
+  const { proxy: database, url } = await proxiedDatabase(t, TEST_DATABASE_URL)
+  const redisUrl = new URL(TEST_REDIS_URL)
+  const redis = await startTcpProxy(Number(redisUrl.port || 6379), redisUrl.hostname)
+  t.teardown(() => redis.close())
+  redisUrl.hostname = '127.0.0.1'
+  redisUrl.port = String(redis.port)
+  const { app } = await buildTestApp(t, { DATABASE_URL: url, REDIS_URL: redisUrl.toString() })
+  const readyz = async (query = '') => {
+    const res = await app.inject({ method: 'GET', url: `/readyz${query}` })
+    return { status: res.statusCode, body: res.json() }
+  }
+
+  t.same(await readyz(), { status: 200, body: { status: 'ready', database: 'ok', redis: 'ok' } })
+  t.equal((await readyz('?deep=true')).status, 200, 'deep: 200 too')
+  database.cut()
+  t.same(await readyz(), { status: 200, body: { status: 'ready', database: 'unreachable', redis: 'ok' } },
+    'PostgreSQL unreachable: still ready, and says so')
+  t.match(await readyz('?deep=true'), { status: 503, body: { code: 'not_ready', message: /database/ } }, 'deep: 503')
+  redis.cut()
+  t.same(await readyz(), { status: 200, body: { status: 'ready', database: 'unreachable', redis: 'unreachable' } },
+    'Redis unreachable too')
+
+  database.restore()
+  redis.restore()
+  const back = await until(readyz, ({ body }) => body.database === 'ok' && body.redis === 'ok', 10_000)
+  t.same(back, { status: 200, body: { status: 'ready', database: 'ok', redis: 'ok' } }, 'both back')
+})
+
+t.test('a SHUTDOWN_DELAY_MS out of range stops the start, with its name', async (t) => {
+  await t.rejects(startGatewayProcess(t, { ...gatewayEnv('http://127.0.0.1:9'), SHUTDOWN_DELAY_MS: '600001' }),
+    /SHUTDOWN_DELAY_MS/)
+  await t.rejects(startGatewayProcess(t, { ...gatewayEnv('http://127.0.0.1:9'), SHUTDOWN_DELAY_MS: '-1' }),
+    /SHUTDOWN_DELAY_MS/)
 })
