@@ -2,8 +2,10 @@ import { badRequest } from '../errors.js'
 
 // OpenAI's and Mistral's moderations share a path, not a contract (MISTRAL-NOTES §5.6): Mistral requires a model of
 // its own and answers with its own category names and no `flagged`. A request that names no model, or one of
-// OpenAI's, can only come from an OpenAI client: it is sent to Mistral's moderation model and its answer gains what
-// OpenAI clients read. A request naming a Mistral model is Mistral's dialect and passes untouched both ways.
+// OpenAI's, can only come from an OpenAI client: it is sent to Mistral's moderation model and its answer gains
+// OpenAI's category names. A request naming a Mistral model passes as it is. Every answer gains `flagged`: an OpenAI
+// client naming a Mistral model reads it too (openai-node types it as always there, so a missing one reads as "not
+// flagged"), and the Mistral SDK drops the key (its ModerationObject schema strips unknown keys).
 
 /** Mistral Moderation 2: the current moderation model (MISTRAL-NOTES §4), and one the shipped price book prices. */
 export const MISTRAL_MODERATION_MODEL = 'mistral-moderation-2603'
@@ -38,23 +40,18 @@ export function translateModerationRequest (body: Record<string, unknown>): bool
   return true
 }
 
+/** Mistral's moderation answer with `flagged` added to each result, for a request naming a Mistral model. */
+export function flaggedModerations (body: string): string {
+  return mapResults(body, (result) => ({ flagged: isFlagged(result.categories), ...result }))
+}
+
 /**
- * Mistral's moderation answer with what an OpenAI client reads added to each result: `flagged` (any category Mistral
- * flagged, its own health, financial, law and PII ones included) and OpenAI's category names beside Mistral's, in
- * both `categories` and `category_scores`.
+ * Mistral's moderation answer with what an OpenAI client reads added to each result: `flagged` and OpenAI's category
+ * names beside Mistral's, in both `categories` and `category_scores`.
  */
 export function openAiModerations (body: string): string {
-  let parsed: { results?: unknown }
-  try {
-    parsed = JSON.parse(body)
-  } catch {
-    return body
-  }
-  if (parsed === null || typeof parsed !== 'object' || !Array.isArray(parsed.results)) return body
-  parsed.results = parsed.results.map((result: unknown) => {
-    if (result === null || typeof result !== 'object') return result
+  return mapResults(body, (result) => {
     const { categories = {}, category_scores: scores = {}, ...rest } = result as Record<string, Record<string, unknown>>
-    const flagged = Object.values(categories).some((hit) => hit === true)
     const openAiCategories: Record<string, boolean> = {}
     const openAiScores: Record<string, number> = {}
     for (const [name, mistralNames] of OPENAI_CATEGORIES) {
@@ -65,12 +62,29 @@ export function openAiModerations (body: string): string {
       if (values.length > 0) openAiScores[name] = Math.max(...values)
     }
     return {
-      flagged,
+      flagged: isFlagged(categories),
       categories: { ...categories, ...openAiCategories },
       category_scores: { ...scores, ...openAiScores },
       ...rest
     }
   })
+}
+
+/** Any category Mistral flagged, its own health, financial, law and PII ones included: they are its policy. */
+function isFlagged (categories: unknown): boolean {
+  return isPart(categories) && Object.values(categories).some((hit) => hit === true)
+}
+
+/** Each result of an answer rewritten; an answer that is not JSON, or has no results, passes as it came. */
+function mapResults (body: string, rewrite: (result: Record<string, unknown>) => unknown): string {
+  let parsed: { results?: unknown }
+  try {
+    parsed = JSON.parse(body)
+  } catch {
+    return body
+  }
+  if (parsed === null || typeof parsed !== 'object' || !Array.isArray(parsed.results)) return body
+  parsed.results = parsed.results.map((result: unknown) => isPart(result) ? rewrite(result) : result)
   return JSON.stringify(parsed)
 }
 

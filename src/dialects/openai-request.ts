@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto'
+import type { IncomingHttpHeaders } from 'node:http'
 
 // OpenAI clients send parameters Mistral rejects with a 422 (additionalProperties: false). Each is translated to
 // Mistral's own, or dropped after being noted (MISTRAL-NOTES §5.1-5.2, §5.5). A Mistral client sends none of them,
@@ -10,6 +11,8 @@ export interface DialectNotes {
   includeUsage: boolean
   /** `encoding_format: "base64"` asked of embeddings: Mistral sends floats, the gateway encodes them */
   base64Embeddings: boolean
+  /** chat: the body held a parameter only OpenAI clients send, so its answer goes to one (see `sentByOpenAiClient`) */
+  openAiFields?: boolean
 }
 
 const DROPPED_CHAT = ['stream_options', 'user', 'store', 'logit_bias', 'logprobs', 'top_logprobs', 'safety_identifier',
@@ -17,9 +20,23 @@ const DROPPED_CHAT = ['stream_options', 'user', 'store', 'logit_bias', 'logprobs
 const TOOL_CALL_ID = /^[a-zA-Z0-9]{9}$/
 const BASE62 = '0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz'
 
+// Mistral rejects each of them with a 422, so a Mistral client never sends one
+const OPENAI_ONLY_CHAT = ['max_completion_tokens', 'seed', ...DROPPED_CHAT]
+
+/**
+ * Whether the request comes from an OpenAI SDK, by the `x-stainless-*` headers openai-node and openai-python send on
+ * every call (MISTRAL-NOTES §5, §6.2; LangChain's ChatOpenAI wraps openai-node). The Mistral SDK sends none. Only what
+ * the answer must become depends on it; requests are translated whoever sends them.
+ */
+export function sentByOpenAiClient (headers: IncomingHttpHeaders): boolean {
+  return headers['x-stainless-lang'] !== undefined
+}
+
 /** Translates a chat (or FIM, agents) body in place; returns the notes the response side needs. */
 export function translateChatRequest (body: Record<string, unknown>): DialectNotes {
   const notes: DialectNotes = { includeUsage: false, base64Embeddings: false }
+  // looked for before the translation below removes them
+  notes.openAiFields = OPENAI_ONLY_CHAT.some((field) => body[field] !== undefined)
   const streamOptions = body.stream_options as { include_usage?: unknown } | undefined
   notes.includeUsage = body.stream === true && streamOptions?.include_usage === true
   // OpenAI's newer name wins when both are sent
@@ -28,7 +45,7 @@ export function translateChatRequest (body: Record<string, unknown>): DialectNot
     delete body.max_completion_tokens
   }
   if (body.seed !== undefined) {
-    if (body.random_seed === undefined && body.seed !== null) body.random_seed = body.seed
+    if (body.random_seed === undefined && body.seed !== null) body.random_seed = mistralSeed(body.seed)
     delete body.seed
   }
   legacyFunctions(body)
@@ -68,6 +85,16 @@ export function translateEmbeddingsRequest (body: Record<string, unknown>): Dial
   }
   delete body.user
   return { includeUsage: false, base64Embeddings }
+}
+
+/**
+ * OpenAI's `seed` is any signed 64-bit integer; Mistral's `random_seed` has `minimum: 0` (and no maximum), so a
+ * negative one is a 422. A negative seed becomes itself modulo 2^32 (`>>> 0`, -1 → 4294967295): the same seed
+ * always gives the same `random_seed`, and it fits even a 32-bit seed. Not modulo 2^64: past 2^53 a JS number is
+ * not exact.
+ */
+function mistralSeed (seed: unknown): unknown {
+  return typeof seed === 'number' && Number.isInteger(seed) && seed < 0 ? seed >>> 0 : seed
 }
 
 /**

@@ -3,16 +3,23 @@ import type { SseShaping } from '../proxy/usage-tap.js'
 
 // What an OpenAI client needs of a response and a Mistral client does not mind (DESIGN.md "Two dialects"):
 // a final usage chunk when it asked for one, `index` and `type` on streamed tool calls, base64 embeddings, and an
-// `error` object on error bodies. Everything else passes as Mistral sent it.
+// `error` object on error bodies. And, for OpenAI clients only (a Mistral client needs them as they are): a
+// reasoning model's content chunks as text, and Mistral's own finish reason as OpenAI's. Everything else passes as
+// Mistral sent it.
 
 /**
  * Reshapes a chat event stream for OpenAI clients (MISTRAL-NOTES §5.4): streamed tool calls get `index` and `type`
  * (openai-node's stream helper throws without them); when `include_usage` was asked, the usage Mistral puts on its
  * last chunk moves to an extra chunk with empty `choices`, before [DONE], as OpenAI sends it (a client that adds up
  * the usage of every chunk would otherwise count it twice); and an error Mistral sends as an event gains the `error`
- * object openai-node throws on. Runs in the usage tap's pass, which reads Mistral's bytes before this changes them.
+ * object openai-node throws on. For a client known to speak OpenAI's dialect (`openAiClient`), a reasoning model's
+ * content chunks become text and `model_length` becomes `length` too (openAiChoices). Only events that may need one
+ * of these are parsed. Runs in the usage tap's pass, which reads Mistral's bytes before this changes them.
  */
-export function openAiStreamShaping ({ includeUsage }: { includeUsage: boolean }): SseShaping {
+export function openAiStreamShaping ({ includeUsage, openAiClient = false }: {
+  includeUsage: boolean
+  openAiClient?: boolean
+}): SseShaping {
   const decoder = new StringDecoder('utf8')
   const toolCalls = createToolCallIndexer()
   let pending = ''
@@ -20,7 +27,8 @@ export function openAiStreamShaping ({ includeUsage }: { includeUsage: boolean }
     const needsTools = event.includes('"tool_calls"')
     const needsUsage = includeUsage && event.includes('"usage"')
     const needsError = event.includes('"object":"error"') || event.includes('"object": "error"')
-    if (!needsTools && !needsUsage && !needsError) return event
+    const needsChoices = openAiClient && mayNeedOpenAiChoices(event)
+    if (!needsTools && !needsUsage && !needsError && !needsChoices) return event
     const dataAt = event.indexOf('data: ')
     if (dataAt === -1) return event
     let chunk: Record<string, unknown>
@@ -33,8 +41,9 @@ export function openAiStreamShaping ({ includeUsage }: { includeUsage: boolean }
     if (chunk.object === 'error') return `data: ${withOpenAiError(JSON.stringify(chunk), 500)}`
     const { usage } = chunk
     const movesUsage = needsUsage && usage !== undefined && usage !== null
-    if (!needsTools && !movesUsage) return event
+    if (!needsTools && !movesUsage && !needsChoices) return event
     if (needsTools) toolCalls.index(chunk)
+    if (needsChoices) openAiChoices(chunk, 'delta')
     if (movesUsage) delete chunk.usage
     let out = `data: ${JSON.stringify(chunk)}`
     if (movesUsage) {
@@ -69,6 +78,74 @@ export function openAiStreamShaping ({ includeUsage }: { includeUsage: boolean }
 }
 
 const EVENT_BOUNDARY = /\r?\n\r?\n/
+
+/**
+ * A chat answer for an OpenAI client (MISTRAL-NOTES §5.3): a reasoning model's content chunks become text, and
+ * `model_length` becomes `length` (openAiChoices). An answer that has neither is not parsed; one that is not JSON
+ * passes as it came, as the client would have read it without the gateway.
+ */
+export function openAiChatCompletion (body: string): string {
+  if (!mayNeedOpenAiChoices(body)) return body
+  let parsed: unknown
+  try {
+    parsed = JSON.parse(body)
+  } catch {
+    return body
+  }
+  if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) return body
+  openAiChoices(parsed as Record<string, unknown>, 'message')
+  return JSON.stringify(parsed)
+}
+
+// a content that is an array, however spaced; a false hit (the words inside a string) only costs a parse
+const ARRAY_CONTENT = /"content"\s*:\s*\[/
+
+/** The cheap check before a parse: only an array content or Mistral's own finish reason needs openAiChoices. */
+function mayNeedOpenAiChoices (json: string): boolean {
+  return json.includes('"model_length"') || ARRAY_CONTENT.test(json)
+}
+
+/**
+ * Each choice as OpenAI clients read it. A reasoning model (Magistral, or `reasoning_effort` / `prompt_mode`) answers
+ * with content chunks (MISTRAL-NOTES §2.4), which openai-node would concatenate as "[object Object]" or hand to
+ * JSON.parse: the text chunks' text becomes `content`, the thinking chunks' text `reasoning_content` (LiteLLM's name,
+ * which OpenAI-compatible clients read). `model_length` is OpenAI's `length`: the answer was cut at a length limit.
+ */
+function openAiChoices (payload: Record<string, unknown>, part: 'message' | 'delta') {
+  if (!Array.isArray(payload.choices)) return
+  for (const choice of payload.choices as unknown[]) {
+    if (!isRecord(choice)) continue
+    if (choice.finish_reason === 'model_length') choice.finish_reason = 'length'
+    const message = choice[part]
+    if (isRecord(message) && Array.isArray(message.content)) Object.assign(message, openAiContent(message.content))
+  }
+}
+
+/** Text and thinking joined apart; other chunks (references, tool references) have no text to show. */
+function openAiContent (chunks: unknown[]): { content: string, reasoning_content?: string } {
+  const content = textOf(chunks)
+  const thinking = chunks.filter(isThinkingChunk)
+  if (thinking.length === 0) return { content }
+  return { content, reasoning_content: thinking.map((chunk) => textOf(chunk.thinking)).join('') }
+}
+
+/** The text of a list's text chunks, joined. */
+function textOf (chunks: unknown): string {
+  if (!Array.isArray(chunks)) return ''
+  return chunks.map((chunk) => isTextChunk(chunk) ? chunk.text : '').join('')
+}
+
+function isThinkingChunk (chunk: unknown): chunk is { type: 'thinking', thinking?: unknown } {
+  return isRecord(chunk) && chunk.type === 'thinking'
+}
+
+function isTextChunk (chunk: unknown): chunk is { type: 'text', text: string } {
+  return isRecord(chunk) && chunk.type === 'text' && typeof chunk.text === 'string'
+}
+
+function isRecord (value: unknown): value is Record<string, unknown> {
+  return value !== null && typeof value === 'object' && !Array.isArray(value)
+}
 
 /**
  * OpenAI clients assemble streamed tool calls by `index`: every delta of one call carries the call's index, and each

@@ -1,3 +1,4 @@
+import type { IncomingHttpHeaders } from 'node:http'
 import { Readable } from 'node:stream'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { Config } from '../config.js'
@@ -16,9 +17,11 @@ import { operationTable, type MeteredFamily, type Operation } from './operations
 import { basePath, createUpstreamPool } from './upstream.js'
 import { readJsonFacts } from './json-usage.js'
 import { createJsonTap, createSseTap, type SseShaping } from './usage-tap.js'
-import { translateChatRequest, translateEmbeddingsRequest } from '../dialects/openai-request.js'
-import { base64Embeddings, openAiStreamShaping, withOpenAiError } from '../dialects/openai-response.js'
-import { openAiModerations, translateModerationRequest } from '../dialects/openai-moderations.js'
+import { sentByOpenAiClient, translateChatRequest, translateEmbeddingsRequest } from '../dialects/openai-request.js'
+import {
+  base64Embeddings, openAiChatCompletion, openAiStreamShaping, withOpenAiError
+} from '../dialects/openai-response.js'
+import { flaggedModerations, openAiModerations, translateModerationRequest } from '../dialects/openai-moderations.js'
 import { streamErrorShaping } from '../dialects/openai-stream-errors.js'
 import { batchJobCall, observeBatchJob } from './batch-hook.js'
 import { meterCall } from './meter.js'
@@ -93,7 +96,7 @@ export async function proxyRoutes (app: FastifyInstance, { config }: { config: C
     const candidates = await keyCandidates(tenant, request.headers['x-tramontane-key'], app.tenancy.keys)
     const { body, model, rawBody } = requestBody(request.body)
     request.outcome = { model, keyName: candidates[0] }
-    const notes = translateDialect(operation, body)
+    const notes = translateDialect(operation, body, request.headers)
 
     // admission: the worst case of the call against every limit and cap, in one round trip
     const { workspace, token } = tenant
@@ -371,29 +374,40 @@ interface Dialect {
   /** a final chunk with empty `choices` and the usage, as `stream_options.include_usage` asks */
   includeUsage: boolean
   /**
-   * parsed event by event (asked-for usage, tools that may be called); any other stream passes as it comes but for
-   * Mistral's error events, which gain the `error` object openai-node throws on (streamShaping)
+   * chat from a client known to speak OpenAI's dialect (its SDK's headers, or a parameter only OpenAI clients send):
+   * a reasoning model's content chunks become text, `model_length` becomes `length`. A Mistral client needs them as
+   * Mistral sent them
+   */
+  openAiClient?: boolean
+  /**
+   * parsed event by event (asked-for usage, tools that may be called, an OpenAI client's content); any other stream
+   * passes as it comes but for Mistral's error events, which gain the `error` object openai-node throws on
+   * (streamShaping)
    */
   reshapeStream?: boolean
-  /** a 2xx JSON answer rewritten: base64 embeddings, OpenAI's moderation fields */
+  /** a 2xx JSON answer rewritten: base64 embeddings, moderation's `flagged`, an OpenAI client's chat answer */
   rewrite?: (body: string) => string
 }
 
 /** OpenAI-only parameters become Mistral's (chat family, embeddings, moderations); what the response must then do. */
-function translateDialect (operation: Operation, body: unknown): Dialect | undefined {
+function translateDialect (operation: Operation, body: unknown, headers: IncomingHttpHeaders): Dialect | undefined {
   if (body === null || typeof body !== 'object' || Array.isArray(body)) return undefined
   const json = body as Record<string, unknown>
   if (operation.metered === 'chat' || operation.metered === 'fim' || operation.metered === 'agents_completion') {
-    const { includeUsage } = translateChatRequest(json)
-    return { includeUsage, reshapeStream: includeUsage || Array.isArray(json.tools) }
+    const { includeUsage, openAiFields } = translateChatRequest(json)
+    if (openAiFields === true || sentByOpenAiClient(headers)) {
+      return { includeUsage, openAiClient: true, reshapeStream: true, rewrite: openAiChatCompletion }
+    }
+    // Mistral's dialect, or plain HTTP: the answer is not parsed (`include_usage` is OpenAI's, so never asked here)
+    return { includeUsage: false, reshapeStream: Array.isArray(json.tools) }
   }
   if (operation.metered === 'embeddings') {
     const { base64Embeddings: base64 } = translateEmbeddingsRequest(json)
     return { includeUsage: false, rewrite: base64 ? base64Embeddings : undefined }
   }
   // `/v1/chat/moderations` has no OpenAI counterpart
-  if (operation.path === '/v1/moderations' && translateModerationRequest(json)) {
-    return { includeUsage: false, rewrite: openAiModerations }
+  if (operation.path === '/v1/moderations') {
+    return { includeUsage: false, rewrite: translateModerationRequest(json) ? openAiModerations : flaggedModerations }
   }
   return undefined
 }

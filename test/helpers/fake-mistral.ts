@@ -33,6 +33,7 @@ export { filePatternByte } from './fake-mistral/files.js'
 // the rules behind every number the fake reports, for tests that compute what to expect
 export { countTokens } from './fake-mistral/usage.js'
 export { MODERATION_CATEGORIES } from './fake-mistral/classifiers.js'
+export { FAKE_THINKING } from './fake-mistral/completions.js'
 export { MID_STREAM_ERROR } from './fake-mistral/sse.js'
 export { CONNECTOR_TOKENS_PER_CALL } from './fake-mistral/conversations.js'
 export { OCR_DOCUMENT_PAGES, OCR_URL_DOCUMENT_BYTES } from './fake-mistral/ocr.js'

@@ -107,6 +107,16 @@ t.test('chat: OpenAI-only parameters are renamed or dropped, never a 422', async
   }
 })
 
+t.test('chat: a negative seed reaches Mistral as a non-negative random_seed, the same one every time', async (t) => {
+  const c = await client()
+  for (let i = 0; i < 2; i++) {
+    await c.openai.chat.completions.create({ model: MODEL, messages: [{ role: 'user', content: 'Hi' }], seed: -1 })
+  }
+  const sent = c.upstream()
+  t.same(sent.map((r) => r.status), [200, 200])
+  t.same(sent.map((r) => json(r).random_seed), [4294967295, 4294967295], '-1 modulo 2^32, both times')
+})
+
 t.test('chat: response_format json_schema passes as it is', async (t) => {
   const c = await client()
   const responseFormat = {
@@ -359,6 +369,20 @@ t.test('moderations: no model or OpenAI\'s goes to Mistral\'s model; flagged and
         'Mistral\'s 11 categories, and OpenAI\'s hate, violence, self-harm and illicit (sexual is in both)')
     }
   })
+
+t.test('moderations naming a Mistral model: flagged on each result, Mistral\'s categories as they are', async (t) => {
+  const c = await client()
+  const input = ['A calm sentence', 'talk of violence_and_threats']
+  const res = await c.openai.moderations.create({ model: 'mistral-moderation-2603', input })
+  const [sent] = c.upstream()
+  t.equal(sent.status, 200)
+  t.same(json(sent), { model: 'mistral-moderation-2603', input }, 'the body as sent: nothing to translate')
+  const [calm, violent] = res.results
+  t.equal(calm.flagged, false)
+  t.equal(violent.flagged, true, 'flagged, so that `if (result.flagged)` does not fail open')
+  t.equal((violent.categories as unknown as Record<string, boolean>).violence_and_threats, true)
+  t.notOk('violence' in violent.categories, 'OpenAI\'s names only for the requests the gateway translated')
+})
 
 t.test('moderations: OpenAI\'s multi-modal text parts are one input; an image is refused before Mistral', async (t) => {
   const c = await client()

@@ -2,7 +2,7 @@ import { Readable } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import t from 'tap'
 import {
-  MISTRAL_MODERATION_MODEL, openAiModerations, translateModerationRequest
+  flaggedModerations, MISTRAL_MODERATION_MODEL, openAiModerations, translateModerationRequest
 } from '../../src/dialects/openai-moderations.js'
 import { streamErrorShaping } from '../../src/dialects/openai-stream-errors.js'
 import { createSseTap } from '../../src/proxy/usage-tap.js'
@@ -127,4 +127,27 @@ t.test('moderation answers: flagged, and OpenAI\'s names beside Mistral\'s', asy
   }, 'the first model\'s names map too; a flag of Mistral\'s own (law) sets flagged')
   t.same({ ...out, results: undefined }, { ...answer, results: undefined }, 'every other field as Mistral sent it')
   t.equal(openAiModerations('not json'), 'not json')
+})
+
+t.test('moderation answers to a request naming a Mistral model: flagged, and Mistral\'s names only', async (t) => {
+  const answer = {
+    id: 'mod-2',
+    model: 'mistral-moderation-latest',
+    results: [
+      { categories: { violence_and_threats: true }, category_scores: { violence_and_threats: 0.9 } },
+      { categories: { sexual: false, law: false }, category_scores: { sexual: 0.01, law: 0.1 } },
+      { category_scores: { sexual: 0.01 } }
+    ],
+    usage: { prompt_tokens: 3, total_tokens: 3, completion_tokens: 0 }
+  }
+  const out = JSON.parse(flaggedModerations(JSON.stringify(answer)))
+  t.same(out.results, [
+    { flagged: true, ...answer.results[0] },
+    { flagged: false, ...answer.results[1] },
+    { flagged: false, ...answer.results[2] }
+  ], 'flagged beside Mistral\'s own fields, no OpenAI category added')
+  t.same({ ...out, results: undefined }, { ...answer, results: undefined }, 'every other field as Mistral sent it')
+  const own = JSON.stringify({ results: [{ flagged: true, categories: { sexual: false } }] })
+  t.equal(JSON.parse(flaggedModerations(own)).results[0].flagged, true, 'a flagged Mistral sent itself wins')
+  t.equal(flaggedModerations('not json'), 'not json')
 })

@@ -2,18 +2,21 @@ import { Readable } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import t from 'tap'
 import {
-  mistralToolCallId, translateChatRequest, translateEmbeddingsRequest
+  mistralToolCallId, sentByOpenAiClient, translateChatRequest, translateEmbeddingsRequest
 } from '../../src/dialects/openai-request.js'
-import { base64Embeddings, openAiStreamShaping, withOpenAiError } from '../../src/dialects/openai-response.js'
+import {
+  base64Embeddings, openAiChatCompletion, openAiStreamShaping, withOpenAiError
+} from '../../src/dialects/openai-response.js'
 import { createSseTap } from '../../src/proxy/usage-tap.js'
 
 // The two halves of the OpenAI dialect (MISTRAL-NOTES §5), on their own: what a request becomes before Mistral sees
 // it, and what a response becomes before an OpenAI client does. The real clients drive them in test/integration.
 
-async function shape (includeUsage: boolean, chunks: Array<string | Buffer>): Promise<string> {
+async function shape (includeUsage: boolean, chunks: Array<string | Buffer>, openAiClient = false): Promise<string> {
   let out = ''
   const input = Readable.from(chunks.map((chunk) => Buffer.from(chunk)))
-  await pipeline(input, createSseTap(openAiStreamShaping({ includeUsage })), async function (source: AsyncIterable<Buffer>) {
+  const tap = createSseTap(openAiStreamShaping({ includeUsage, openAiClient }))
+  await pipeline(input, tap, async function (source: AsyncIterable<Buffer>) {
     for await (const chunk of source) out += chunk
   })
   return out
@@ -47,7 +50,7 @@ t.test('chat request: renamed, mapped, dropped', async (t) => {
     tools: [{ type: 'function', function: { name: 'f' } }]
   }
   const notes = translateChatRequest(body)
-  t.same(notes, { includeUsage: true, base64Embeddings: false })
+  t.same(notes, { includeUsage: true, base64Embeddings: false, openAiFields: true })
   t.same(body, {
     model: 'm',
     messages: [{ role: 'system', content: 'Be brief' }, { role: 'user', content: 'hi' }],
@@ -78,8 +81,40 @@ t.test('chat request: a Mistral body is left exactly as it is', async (t) => {
     tool_choice: 'any'
   }
   const copy = structuredClone(body)
-  t.same(translateChatRequest(copy), { includeUsage: false, base64Embeddings: false })
+  t.same(translateChatRequest(copy), { includeUsage: false, base64Embeddings: false, openAiFields: false })
   t.same(copy, body)
+})
+
+t.test('seed: a negative one becomes a non-negative random_seed, the same one every time', async (t) => {
+  const seeded = (seed: number) => {
+    const body: Record<string, unknown> = { model: 'm', messages: [], seed }
+    translateChatRequest(body)
+    return body.random_seed
+  }
+  t.equal(seeded(-1), 4294967295, '-1 modulo 2^32')
+  t.equal(seeded(-1), seeded(-1), 'the same seed, the same random_seed')
+  t.equal(seeded(-2), 4294967294)
+  t.equal(seeded(-9223372036854775808), 0, 'OpenAI\'s lowest seed (as JSON.parse reads it)')
+  t.equal(seeded(-12345678901), 539222987, 'past 32 bits too')
+  t.equal(seeded(0), 0)
+  t.equal(seeded(42), 42, 'a seed Mistral takes passes unchanged')
+  t.equal(seeded(9007199254740991), 9007199254740991)
+  const mistral: Record<string, unknown> = { model: 'm', messages: [], random_seed: -1 }
+  translateChatRequest(mistral)
+  t.equal(mistral.random_seed, -1, 'Mistral\'s own parameter is the client\'s business')
+})
+
+t.test('an OpenAI client is told by its SDK\'s headers, or by a field only OpenAI clients send', async (t) => {
+  t.equal(sentByOpenAiClient({ 'x-stainless-lang': 'js', 'user-agent': 'OpenAI/JS 6.49.0' }), true, 'openai-node')
+  t.equal(sentByOpenAiClient({ 'x-stainless-lang': 'python' }), true, 'openai-python')
+  const mistralSdk = 'speakeasy-sdk/typescript 2.7.0 2.884.13 1.0.0 @mistralai/mistralai'
+  t.equal(sentByOpenAiClient({ 'user-agent': mistralSdk }), false, 'the Mistral SDK')
+  t.equal(sentByOpenAiClient({ 'user-agent': 'ai-sdk/openai-compatible/2.0.87' }), false,
+    'the AI SDK\'s OpenAI-compatible provider: it reads Mistral\'s chunks itself')
+  t.equal(sentByOpenAiClient({}), false, 'curl and plain HTTP')
+  for (const field of ['max_completion_tokens', 'seed', 'stream_options', 'user', 'store', 'logprobs']) {
+    t.equal(translateChatRequest({ model: 'm', messages: [], [field]: 1 }).openAiFields, true, field)
+  }
 })
 
 t.test('top_p 0, which Mistral refuses, becomes greedy decoding', async (t) => {
@@ -233,6 +268,70 @@ t.test('an error Mistral sends as an event gains the error object OpenAI clients
   const [event] = events(await shape(true, [sse(error)]))
   t.same(event.error, { message: 'Service overloaded', type: 'server_error', code: '3000', param: null })
   t.equal(event.message, 'Service overloaded', 'Mistral\'s own fields stay')
+})
+
+const THINK = {
+  type: 'thinking', thinking: [{ type: 'text', text: 'The capital ' }, { type: 'text', text: 'is Paris.' }]
+}
+const text = (value: string) => ({ type: 'text', text: value })
+
+t.test('a reasoning answer for OpenAI clients: text as content, thinking as reasoning_content', async (t) => {
+  const answer = {
+    id: 'abc',
+    object: 'chat.completion',
+    model: 'magistral-medium-latest',
+    choices: [
+      {
+        index: 0,
+        message: {
+          role: 'assistant',
+          content: [THINK, text('Par'), { type: 'reference', reference_ids: [1] }, text('is')],
+          tool_calls: null
+        },
+        finish_reason: 'stop'
+      },
+      { index: 1, message: { role: 'assistant', content: [text('Lyon')] }, finish_reason: 'model_length' }
+    ],
+    usage: USAGE
+  }
+  const out = JSON.parse(openAiChatCompletion(JSON.stringify(answer)))
+  t.same(out.choices[0].message,
+    { role: 'assistant', content: 'Paris', reasoning_content: 'The capital is Paris.', tool_calls: null })
+  t.same(out.choices[1].message, { role: 'assistant', content: 'Lyon' }, 'no thinking, no reasoning_content')
+  t.equal(out.choices[1].finish_reason, 'length', 'model_length is OpenAI\'s length')
+  t.same({ ...out, choices: undefined }, { ...answer, choices: undefined }, 'every other field as Mistral sent it')
+
+  const lengthOnly = JSON.stringify({ choices: [{ message: { content: 'Paris' }, finish_reason: 'model_length' }] })
+  t.equal(JSON.parse(openAiChatCompletion(lengthOnly)).choices[0].finish_reason, 'length', 'a string content too')
+  const plain = '{ "choices": [ { "index": 0, "message": { "content": "Paris" }, "finish_reason": "stop" } ] }'
+  t.equal(openAiChatCompletion(plain), plain, 'nothing to change: the bytes as they came, not re-serialised')
+  t.equal(openAiChatCompletion('not json, "content": ['), 'not json, "content": [', 'not JSON: as it came')
+})
+
+t.test('a reasoning stream for OpenAI clients: string deltas, thinking as reasoning_content', async (t) => {
+  const input = sse(
+    { ...HEAD, choices: [{ index: 0, delta: { role: 'assistant', content: '' }, finish_reason: null }] },
+    { ...HEAD, choices: [{ index: 0, delta: { content: [THINK] }, finish_reason: null }] },
+    { ...HEAD, choices: [{ index: 0, delta: { content: [text('Par')] }, finish_reason: null }] },
+    { ...HEAD, choices: [{ index: 0, delta: { content: [text('is')] }, finish_reason: null }] },
+    { ...HEAD, choices: [{ index: 0, delta: { content: '' }, finish_reason: 'model_length' }], usage: USAGE },
+    '[DONE]'
+  )
+  const out = events(await shape(false, [input], true))
+  t.same(out.slice(1, -1).map((chunk: { choices: Array<{ delta: unknown }> }) => chunk.choices[0].delta), [
+    { content: '', reasoning_content: 'The capital is Paris.' },
+    { content: 'Par' },
+    { content: 'is' },
+    { content: '' }
+  ])
+  t.equal(out[4].choices[0].finish_reason, 'length', 'model_length is OpenAI\'s length')
+  t.same(out[4].usage, USAGE, 'the usage stays, as include_usage was not asked')
+  t.equal(out.at(-1), '[DONE]')
+  const bytes = [...Buffer.from(input)].map((byte) => Buffer.from([byte]))
+  t.equal(await shape(false, bytes, true), await shape(false, [input], true), 'split anywhere: the same')
+  t.equal(await shape(false, [input]), input, 'a Mistral client\'s stream: the chunks as Mistral sent them')
+  const spaced = 'data: {"choices": [{"delta": {"content": "Paris"}, "finish_reason": null}]}\n\n'
+  t.equal(await shape(false, [spaced], true), spaced, 'an event without chunks or model_length: not re-serialised')
 })
 
 t.test('error bodies: every Mistral shape gets an error object with a readable message', async (t) => {

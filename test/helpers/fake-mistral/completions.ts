@@ -15,6 +15,8 @@ interface CompletionBody extends UsageHints {
   max_tokens?: number | null
   tools?: Array<{ function?: { name?: string } }>
   tool_choice?: unknown
+  reasoning_effort?: string | null
+  prompt_mode?: string | null
 }
 
 interface Completion {
@@ -23,9 +25,14 @@ interface Completion {
   model: string
   words: string[]
   toolCall?: { id: string, function: { name: string, arguments: string } }
+  /** a reasoning model's thinking: its answer's content is then chunks, not a string */
+  thinking?: string
   finishReason: 'stop' | 'length' | 'tool_calls'
   usage: Usage
 }
+
+/** What the fake's reasoning models think before they answer. */
+export const FAKE_THINKING = 'The user wants a greeting; a short one will do.'
 
 /** The model used when an agent id is unknown to the fake: agents completions still answer, as in a smoke test. */
 const DEFAULT_AGENT_MODEL = 'mistral-medium-latest'
@@ -64,6 +71,7 @@ function plan (ctx: FakeContext, body: CompletionBody, model: string, promptText
     model,
     words,
     toolCall,
+    thinking: reasons(body, model) ? FAKE_THINKING : undefined,
     finishReason: toolCall ? 'tool_calls' : limit < ctx.completionTokens ? 'length' : 'stop',
     usage: completionUsage(countTokens(promptText), completionTokens, body)
   }
@@ -75,14 +83,26 @@ function wantsToolCall (body: CompletionBody): boolean {
   return body.tool_choice === 'any' || body.tool_choice === 'required' || typeof body.tool_choice === 'object'
 }
 
+/** Magistral always reasons; a model with the `reasoning` capability when asked to (MISTRAL-NOTES §2.4). */
+function reasons (body: CompletionBody, model: string): boolean {
+  const asked = body.prompt_mode === 'reasoning' || (typeof body.reasoning_effort === 'string' &&
+    body.reasoning_effort !== 'none')
+  return model.startsWith('magistral-') || asked
+}
+
+/** A ThinkChunk of mistral-openapi.yaml: the thinking as text chunks. */
+const thinkChunk = (text: string) => ({ type: 'thinking', thinking: [{ type: 'text', text }] })
+
 async function answer (ctx: FakeContext, request: FastifyRequest, reply: FastifyReply, completion: Completion) {
   const headers = rateLimitHeaders(3, { cost: completion.usage.total_tokens as number })
   if (ctx.body<CompletionBody>(request).stream === true) return stream(ctx, request, reply, completion, headers)
-  const { id, created, model, words, toolCall, finishReason, usage } = completion
+  const { id, created, model, words, toolCall, thinking, finishReason, usage } = completion
+  const text = words.join('')
   const message = {
     role: 'assistant',
     tool_calls: toolCall ? [{ ...toolCall, type: 'function', index: 0 }] : null,
-    content: words.join('')
+    // a reasoning model answers in chunks: its thinking, then its text (MISTRAL-NOTES §5.3)
+    content: thinking === undefined ? text : [thinkChunk(thinking), { type: 'text', text }]
   }
   ctx.reportUsage(request, model, usage, false)
   return reply.headers(headers).send({
@@ -97,7 +117,7 @@ async function answer (ctx: FakeContext, request: FastifyRequest, reply: Fastify
 
 async function stream (ctx: FakeContext, request: FastifyRequest, reply: FastifyReply, completion: Completion,
   headers: Record<string, string>) {
-  const { id, created, model, words, toolCall, finishReason, usage } = completion
+  const { id, created, model, words, toolCall, thinking, finishReason, usage } = completion
   const chunk = (delta: Record<string, unknown>, finish: string | null = null) => ({
     id,
     object: 'chat.completion.chunk',
@@ -107,7 +127,12 @@ async function stream (ctx: FakeContext, request: FastifyRequest, reply: Fastify
   })
   const sse = ctx.openStream(request, reply, headers)
   if (!await sse.data(chunk({ role: 'assistant', content: '' }))) return
-  for (const word of words) if (!await sse.data(chunk({ content: word }))) return
+  // a reasoning model streams chunks too: its thinking first, then its text (MISTRAL-NOTES §2.4)
+  if (thinking !== undefined && !await sse.data(chunk({ content: [thinkChunk(thinking)] }))) return
+  for (const word of words) {
+    const content = thinking === undefined ? word : [{ type: 'text', text: word }]
+    if (!await sse.data(chunk({ content }))) return
+  }
   // usage rides on the finish_reason chunk, and a tool call arrives whole, without type or index (MISTRAL-NOTES §2.4)
   const delta = toolCall ? { tool_calls: [toolCall] } : { content: '' }
   if (!await sse.data({ ...chunk(delta, finishReason), usage })) return
