@@ -20,6 +20,8 @@ import { proxyRoutes } from './proxy/routes.js'
 import { answered, trackRequestLine, writeRequestLine } from './request-line.js'
 import { selfServiceRoutes } from './self-service/routes.js'
 import { servicesPlugin } from './services.js'
+import { parseMasterKeys } from './tenancy/master-keys.js'
+import { checkRingOpensStoredKeys } from './tenancy/mistral-keys.js'
 
 export interface BuildOptions {
   config: Config
@@ -91,6 +93,7 @@ export async function buildApp ({ config, logger }: BuildOptions): Promise<Fasti
   const database = await openDatabase({ url: config.DATABASE_URL, dataDir: config.DATA_DIR })
   try {
     await database.migrate()
+    await checkRingOpensStoredKeys(database.db, parseMasterKeys(config.TRAMONTANE_MASTER_KEYS))
   } catch (err) {
     await database.close()
     throw err
@@ -100,10 +103,10 @@ export async function buildApp ({ config, logger }: BuildOptions): Promise<Fasti
     port: config.METRICS_PORT,
     host: config.HOST,
     spoolDepth: () => app.usage.pending(),
+    spoolOldestAge: () => app.usage.oldestPendingMs() / 1000,
     coolingKeys: () => app.keyHealth.cooling(),
     breakers: () => app.keyHealth.breakers(),
     quotas: () => app.keyHealth.observedQuotas(),
-    spoolOldestAge: () => app.usage.oldestPendingMs() / 1000,
     facts: createScrapeFacts(database.db, app.log),
     workspaceLabel: config.METRICS_WORKSPACE_LABEL
   })

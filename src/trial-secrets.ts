@@ -37,7 +37,10 @@ export async function resolveTrialSecrets (config: Config): Promise<ResolvedSecr
     generated.adminToken = stored.adminToken
   }
   if (!config.TRAMONTANE_MASTER_KEYS && !stored.masterKeys) {
-    stored.masterKeys = generateMasterKey('trial')
+    // an id of its own: keys wrapped by another start's trial key (another replica's, or this one's before its data
+    // folder was lost) are then named as such instead of failing authentication under a key of the same name.
+    // Installs from before keep the plain `trial` they stored
+    stored.masterKeys = generateMasterKey(`trial-${randomBytes(4).toString('hex')}`)
     generated.masterKeys = true
   }
   if (generated.adminToken || generated.masterKeys) {

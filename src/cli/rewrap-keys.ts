@@ -8,7 +8,8 @@ import { resolveTrialSecrets } from '../trial-secrets.js'
 
 // `npm run keys:rewrap`: step two of a master key rotation (docs/operations.md). Every data key is re-wrapped
 // under the first key of TRAMONTANE_MASTER_KEYS; ciphertexts are untouched and running replicas keep serving,
-// since each of them still holds the old master key until the next deploy drops it.
+// since each of them still holds the old master key until the next deploy drops it. Embedded PostgreSQL (no
+// DATABASE_URL) takes one process at a time: there it runs while the gateway is stopped, or is refused.
 const { config } = await resolveTrialSecrets(loadConfig())
 const cipher = createKeyCipher(parseMasterKeys(config.TRAMONTANE_MASTER_KEYS ?? ''))
 const database = await openDatabase({ url: config.DATABASE_URL, dataDir: config.DATA_DIR, poolSize: 2 })

@@ -1,10 +1,11 @@
 import { randomUUID } from 'node:crypto'
-import { and, asc, eq, gt, isNull, ne, or, sql } from 'drizzle-orm'
+import { and, asc, count, eq, gt, isNull, ne, or, sql } from 'drizzle-orm'
 import type { Database } from '../db/client.js'
 import { mistralKeys, workspaceTokens, type MistralKeyRow } from '../db/schema.js'
 import { badRequest, conflict, notFound } from '../errors.js'
 import type { InvalidationBus } from './invalidation-bus.js'
 import type { KeyCipher } from './key-crypto.js'
+import type { MasterKeyRing } from './master-keys.js'
 
 const KEY_NAME = /^[a-z0-9][a-z0-9_-]{0,62}$/
 /** The key a token bound to none calls with (and fails over from): src/proxy/routes.ts, keyCandidates. */
@@ -173,6 +174,23 @@ MistralKeyStore {
     if (!row) return undefined
     return { id: row.id, name: row.name, status: row.status, secret: cipher.open({ ...row, keyId: row.id }) }
   }
+}
+
+/**
+ * Refuses a start whose ring lacks a master key that wraps stored Mistral keys: every call with them would fail, and
+ * the key that wrapped them may be another replica's trial key, lost with its data folder if it is not set now. A
+ * rotation in progress passes: its ring holds the old key and the new one. The message names ids only.
+ */
+export async function checkRingOpensStoredKeys (db: Database, ring: MasterKeyRing): Promise<void> {
+  const rows = await db.select({ masterKeyId: mistralKeys.masterKeyId, keys: count() }).from(mistralKeys)
+    .groupBy(mistralKeys.masterKeyId).orderBy(asc(mistralKeys.masterKeyId))
+  const missing = rows.filter((row) => !ring.byId.has(row.masterKeyId))
+  if (missing.length === 0) return
+  throw new Error(`TRAMONTANE_MASTER_KEYS lacks the master key(s) that wrapped stored Mistral keys: ${
+    missing.map((row) => `${row.keys} Mistral key(s) under master key '${row.masterKeyId}'`).join(', ')}. ` +
+    'This gateway could not open them, so it does not start. Add the id:<base64> entry of each to ' +
+    'TRAMONTANE_MASTER_KEYS (the first entry keeps wrapping new keys; npm run keys:rewrap then moves these under ' +
+    'it). A trial start keeps the key it generated in DATA_DIR/secrets.json on the machine that made it')
 }
 
 /**

@@ -15,7 +15,7 @@ t.test('npm start with no DATABASE_URL answers /readyz and proxies a chat call',
     { command: ['npm', 'start', '--silent'], readyTimeoutMs: 120_000 })
 
   const ready = await (await fetch(`${gateway.url}/readyz`)).json() as any
-  t.same(ready, { status: 'ready', database: 'embedded', redis: 'in-process' })
+  t.same(ready, { status: 'ready', database: 'ok', redis: 'in-process' })
 
   const secretsFile = join(dataDir, 'secrets.json')
   t.equal((await stat(secretsFile)).mode & 0o777, 0o600, 'trial secrets are private to the user')
@@ -44,6 +44,12 @@ t.test('npm start with no DATABASE_URL answers /readyz and proxies a chat call',
   const completion = await res.json() as any
   t.equal(completion.object, 'chat.completion')
   t.equal(mistral.received.at(-1)?.apiKey, 'sk-embedded-key')
+
+  // a second gateway on the same folder stops before it opens (and migrates) the database: two processes on one PGlite
+  // folder lose committed rows
+  const second = await startGatewayProcess(t, { DATA_DIR: dataDir, MISTRAL_BASE_URL: mistral.url })
+    .then(() => null, (err: Error) => err.message)
+  t.match(second, /is in use by process \d+ on this host/, 'a second start is refused, naming the holder')
   // draining on SIGTERM is proven on a bare node process (server.lifecycle.test.ts): npm in between relays signals
   // its own way
   await gateway.stop()
