@@ -77,7 +77,7 @@ t.test('the upstream duration of each call is observed', async (t) => {
   const text = (await app.inject({ method: 'GET', url: '/metrics' })).body
   const count = (operation: string, model: string) => Number(new RegExp(
     `^gen_ai_server_request_duration_seconds_count\\{gen_ai_operation_name="${operation}",` +
-    `gen_ai_request_model="${model}"\\} (\\d+)`, 'm').exec(text)?.[1] ?? 0)
+    `gen_ai_request_model="${model}",stream="false"\\} (\\d+)`, 'm').exec(text)?.[1] ?? 0)
   t.equal(count('chat', 'mistral-small-2603'), 1, 'a metered call')
   t.equal(count('models', 'other'), 1, 'a call that is not metered')
 })
