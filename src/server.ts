@@ -1,7 +1,7 @@
 import { setTimeout as sleep } from 'node:timers/promises'
 import closeWithGrace from 'close-with-grace'
 import { buildApp } from './app.js'
-import { loadConfig } from './config.js'
+import { loadConfig, MAX_TIMER_MS } from './config.js'
 import { resolveTrialSecrets } from './trial-secrets.js'
 
 const given = loadConfig()
@@ -24,8 +24,6 @@ if (!config.DATABASE_URL) app.log.warn({ dataDir: config.DATA_DIR }, 'DATABASE_U
 // past the grace, the usage records of the calls cut then are written (or left in the spool) within this: the
 // database driver's connection timeout (5 s) and a batch insert
 const FLUSH_MS = 10_000
-// Node's timers hold at most 2^31 - 1 ms: a longer deadline would fire at once
-const MAX_TIMER_MS = 2 ** 31 - 1
 
 // close-with-grace's own deadline is the last resort (exit 1): the shutdown below bounds itself well within it
 const delay = Math.min(config.SHUTDOWN_DELAY_MS + config.SHUTDOWN_GRACE_MS + FLUSH_MS, MAX_TIMER_MS)

@@ -59,14 +59,15 @@ const NOT_SENT = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREAC
 /**
  * Whether a call may be sent again after a failure that leaves unknown whether Mistral acted on it (a connection cut
  * once the request may have left, no answer in time, a 502 or 504 from a hop in between): GET, PUT and DELETE, whose
- * repetition changes nothing, and the metered calls, which make nothing (a repeated one costs, as with any gateway's
+ * repetition changes nothing, and the metered calls that store nothing (a repeated one costs, as with any gateway's
  * retries; failing the client's call instead would cost it the answer). A POST or PATCH that creates or changes
- * something — a batch job, a fine-tuning job, an agent, a library — is not: a second batch job would run at Mistral,
- * billed to the agency and to no client.
+ * something is not: a second batch job would run at Mistral, billed to the agency and to no client, and a
+ * conversation's turn sent twice would be in its stored history twice.
  */
 function resendableAfterDoubt (request: FastifyRequest): boolean {
   if (request.method !== 'POST' && request.method !== 'PATCH') return true
-  return request.operation !== null && request.operation.metered !== null
+  const metered = request.operation?.metered ?? null
+  return metered !== null && metered !== 'conversation'
 }
 
 /** The gateway's order when the workspace sets none: another key first, then a short hold (issue 4). */

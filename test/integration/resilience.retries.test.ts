@@ -115,6 +115,19 @@ t.test('a call that creates something is not sent again once Mistral may have ac
     t.equal(sent(JOBS, 'POST') - before, tries, `${name}: ${tries} batch job creation(s) sent to Mistral`)
   }
 
+  // a conversation's turn is stored by Mistral: a 502 from a hop after it may have taken it is not sent again
+  const CONVERSATIONS = '/v1/conversations'
+  const beforeTurn = sent(CONVERSATIONS, 'POST')
+  testApp.mistral.enqueueError(502, { message: 'bad gateway' }, {}, CONVERSATIONS)
+  const turn = await testApp.app.inject({
+    method: 'POST',
+    url: CONVERSATIONS,
+    headers: { ...ws.headers, 'content-type': 'application/json' },
+    payload: { model: 'mistral-small-latest', inputs: 'Hello' }
+  })
+  t.equal(turn.statusCode, 502, 'a conversation started with a 502: the 502 to the client')
+  t.equal(sent(CONVERSATIONS, 'POST') - beforeTurn, 1, 'one conversation start sent to Mistral')
+
   // a read is sent again after the same cut
   const before = sent('/v1/models', 'GET')
   testApp.mistral.enqueue((_req, res) => { res.socket?.destroy() }, '/v1/models')
