@@ -1,11 +1,11 @@
-import { link, mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises'
-import { hostname, uptime } from 'node:os'
+import { mkdir } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { sql } from 'drizzle-orm'
 import type { PgDatabase, PgQueryResultHKT } from 'drizzle-orm/pg-core'
 import { drizzle as drizzlePg } from 'drizzle-orm/node-postgres'
 import pg from 'pg'
+import { lockFolder } from './embedded-lock.js'
 import * as schema from './schema.js'
 
 export type Database = PgDatabase<PgQueryResultHKT, typeof schema>
@@ -79,113 +79,6 @@ async function openEmbedded (dataDir: string): Promise<DatabaseHandle> {
       }
     }
   }
-}
-
-interface LockHolder {
-  pid: number
-  hostname: string
-}
-
-/** The lock files this process holds: a second open of one of them here is refused like another process's. */
-const heldLocks = new Set<string>()
-
-/**
- * PGlite is PostgreSQL inside this process, and nothing in it stops a second process from opening the same folder:
- * the two overwrite each other's pages and committed rows vanish. A lock file beside the folder, created only if
- * absent, names the process that has it; one left by a process that is gone is taken over. Returns its release.
- */
-async function lockFolder (folder: string): Promise<() => Promise<void>> {
-  const file = `${folder}.lock`
-  const me: LockHolder = { pid: process.pid, hostname: hostname() }
-  // a few tries: each finds the lock free, held (refused) or stale (moved aside), unless others race for it too
-  for (let attempt = 0; attempt < 3; attempt++) {
-    try {
-      await writeFile(file, JSON.stringify(me), { flag: 'wx' })
-      heldLocks.add(file)
-      return async () => {
-        heldLocks.delete(file)
-        await rm(file, { force: true })
-      }
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err
-    }
-    const found = await readLock(file)
-    if (found === null) continue // released meanwhile
-    const refusal = refusalFor(folder, file, found)
-    if (refusal !== null) throw new Error(refusal)
-    await moveStaleAside(file, found.content)
-  }
-  throw new Error(`${folder}: could not take ${file}, other processes keep taking it`)
-}
-
-interface FoundLock {
-  content: string
-  writtenAt: number
-}
-
-async function readLock (file: string): Promise<FoundLock | null> {
-  try {
-    const { mtimeMs } = await stat(file)
-    return { content: await readFile(file, 'utf8'), writtenAt: mtimeMs }
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null
-    throw err
-  }
-}
-
-/** Why the lock is not ours to take, or null when it is stale: its process is gone, or so is the boot it ran in. */
-function refusalFor (folder: string, file: string, { content, writtenAt }: FoundLock): string | null {
-  const holder = parseHolder(content)
-  // unreadable: a write cut short by a crash, since a process that lives on created its lock whole
-  if (holder === null) return null
-  if (holder.hostname !== hostname()) {
-    return `${folder} is locked by process ${holder.pid} on host ${holder.hostname}: embedded PostgreSQL (PGlite) ` +
-      `allows one process at a time. If no gateway runs there any more, remove ${file}`
-  }
-  if (holder.pid === process.pid) {
-    // the same pid without the lock in hand: this process restarted (a container's process is pid 1 again)
-    return heldLocks.has(file) ? `${folder} is already open in this process` : null
-  }
-  // written before this host last booted: whoever has that pid now is not the process that wrote it
-  if (!alive(holder.pid) || writtenAt < Date.now() - uptime() * 1000) return null
-  return `${folder} is in use by process ${holder.pid} on this host: embedded PostgreSQL (PGlite) allows one ` +
-    'process at a time, and a second one loses committed writes. Stop the gateway before running npm run ' +
-    'db:migrate or keys:rewrap, and run several replicas on PostgreSQL (DATABASE_URL). If that process is no ' +
-    `gateway, remove ${file}`
-}
-
-function parseHolder (content: string): LockHolder | null {
-  try {
-    const { pid, hostname } = JSON.parse(content) as Partial<LockHolder>
-    return Number.isInteger(pid) && typeof hostname === 'string' ? { pid: pid as number, hostname } : null
-  } catch {
-    return null
-  }
-}
-
-function alive (pid: number): boolean {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM' // alive, another user's
-  }
-}
-
-/**
- * Renamed aside, not removed: another process may have taken the stale lock over since it was read, and its new lock
- * (found aside with other content) is put back, where the next try finds it held.
- */
-async function moveStaleAside (file: string, stale: string): Promise<void> {
-  const aside = `${file}.${process.pid}`
-  try {
-    await rename(file, aside)
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return
-    throw err
-  }
-  if (await readFile(aside, 'utf8') !== stale) await link(aside, file)
-  await rm(aside, { force: true })
 }
 
 /**

@@ -4,7 +4,7 @@ import type { Database } from '../db/client.js'
 import { mistralKeys, workspaceTokens, type MistralKeyRow } from '../db/schema.js'
 import { badRequest, conflict, notFound } from '../errors.js'
 import type { InvalidationBus } from './invalidation-bus.js'
-import type { KeyCipher } from './key-crypto.js'
+import { createKeyCipher, KeyCryptoError, type KeyCipher } from './key-crypto.js'
 import type { MasterKeyRing } from './master-keys.js'
 
 const KEY_NAME = /^[a-z0-9][a-z0-9_-]{0,62}$/
@@ -177,20 +177,52 @@ MistralKeyStore {
 }
 
 /**
- * Refuses a start whose ring lacks a master key that wraps stored Mistral keys: every call with them would fail, and
- * the key that wrapped them may be another replica's trial key, lost with its data folder if it is not set now. A
- * rotation in progress passes: its ring holds the old key and the new one. The message names ids only.
+ * Refuses a start whose ring cannot open stored Mistral keys: every call with them would fail. A master key the ring
+ * lacks may be another replica's trial key, lost with its data folder if it is not set now; one the ring has under the
+ * same id with other bytes (replicas of an install from before trial keys got a random suffix each kept `trial`) is
+ * found by opening one of its keys. A rotation in progress passes: its ring holds the old key and the new one. The
+ * message names ids and counts only.
  */
 export async function checkRingOpensStoredKeys (db: Database, ring: MasterKeyRing): Promise<void> {
   const rows = await db.select({ masterKeyId: mistralKeys.masterKeyId, keys: count() }).from(mistralKeys)
     .groupBy(mistralKeys.masterKeyId).orderBy(asc(mistralKeys.masterKeyId))
-  const missing = rows.filter((row) => !ring.byId.has(row.masterKeyId))
-  if (missing.length === 0) return
-  throw new Error(`TRAMONTANE_MASTER_KEYS lacks the master key(s) that wrapped stored Mistral keys: ${
-    missing.map((row) => `${row.keys} Mistral key(s) under master key '${row.masterKeyId}'`).join(', ')}. ` +
-    'This gateway could not open them, so it does not start. Add the id:<base64> entry of each to ' +
-    'TRAMONTANE_MASTER_KEYS (the first entry keeps wrapping new keys; npm run keys:rewrap then moves these under ' +
-    'it). A trial start keeps the key it generated in DATA_DIR/secrets.json on the machine that made it')
+  const cipher = createKeyCipher(ring)
+  const missing = rows.filter((row) => !cipher.knows(row.masterKeyId))
+  const mismatched: typeof rows = []
+  for (const row of rows) {
+    if (cipher.knows(row.masterKeyId) && !await opensOneUnder(db, cipher, row.masterKeyId)) mismatched.push(row)
+  }
+  if (missing.length === 0 && mismatched.length === 0) return
+  const under = (row: { masterKeyId: string, keys: number }) =>
+    `${row.keys} Mistral key(s) under master key '${row.masterKeyId}'`
+  throw new Error([
+    missing.length > 0 && `TRAMONTANE_MASTER_KEYS lacks the master key(s) that wrapped stored Mistral keys: ${
+      missing.map(under).join(', ')}.`,
+    mismatched.length > 0 && `TRAMONTANE_MASTER_KEYS has other bytes under the id of the master key(s) that wrapped ` +
+      `stored Mistral keys: ${mismatched.map(under).join(', ')} do not open with it (the same id was generated ` +
+      'or set anew elsewhere).',
+    'This gateway could not open them, so it does not start. Add the id:<base64> entry that wrapped them to ' +
+    'TRAMONTANE_MASTER_KEYS, as it is set on the replicas that stored them (the first entry keeps wrapping new keys; ' +
+    'npm run keys:rewrap then moves these under it). A trial start keeps the key it generated in ' +
+    'DATA_DIR/secrets.json on the machine that made it'
+  ].filter(Boolean).join(' '))
+}
+
+/**
+ * Whether one key under this master key opens: GCM authenticates the wrapped data key against the master key's bytes,
+ * so one row tells a right key from a wrong one under the same id. The secret is dropped at once.
+ */
+async function opensOneUnder (db: Database, cipher: KeyCipher, masterKeyId: string): Promise<boolean> {
+  const [row] = await db.select().from(mistralKeys).where(eq(mistralKeys.masterKeyId, masterKeyId))
+    .orderBy(asc(mistralKeys.id)).limit(1)
+  if (!row) return true // deleted since they were counted: nothing left that it fails to open
+  try {
+    cipher.open({ ...row, keyId: row.id })
+    return true
+  } catch (err) {
+    if (err instanceof KeyCryptoError && err.code === 'authentication_failed') return false
+    throw err
+  }
 }
 
 /**

@@ -35,3 +35,26 @@ t.test('a start whose ring lacks the master key of stored Mistral keys is refuse
     t.equal(res.statusCode, 200)
     t.equal(mistral.received.at(-1)?.apiKey, ws.mistralKey)
   })
+
+// replicas of an install from before trial keys got a random suffix each kept a master key named `trial`: the same
+// id, other bytes. A check of ids alone let such a replica start, and each of its calls failed
+t.test('a start whose ring has the id of stored keys\' master key but other bytes is refused', async (t) => {
+  const databaseUrl = await createScratchDatabase(t)
+  const mistral = await startFakeMistral()
+  t.teardown(() => mistral.close())
+  const shared = { mistral }
+  const mine = generateMasterKey('trial')
+  const theirs = generateMasterKey('trial')
+
+  const first = await buildTestApp(t, { DATABASE_URL: databaseUrl, TRAMONTANE_MASTER_KEYS: mine }, shared)
+  await first.createWorkspace({ keys: ['default', 'backup'] })
+
+  const refused = await buildTestApp(t, { DATABASE_URL: databaseUrl, TRAMONTANE_MASTER_KEYS: theirs }, shared)
+    .then(() => null, (err: Error) => err.message)
+  t.match(refused, /2 Mistral key\(s\) under master key 'trial'/)
+  t.match(refused, /TRAMONTANE_MASTER_KEYS/, 'says what to set')
+  for (const ring of [mine, theirs]) t.notOk(refused?.includes(ring.split(':')[1]), 'no master key in the message')
+
+  const again = await buildTestApp(t, { DATABASE_URL: databaseUrl, TRAMONTANE_MASTER_KEYS: mine }, shared)
+  t.ok(again.app, 'the ring that wrapped them still starts')
+})
