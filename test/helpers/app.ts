@@ -1,18 +1,21 @@
-import { randomBytes } from 'node:crypto'
+import { createHash, randomBytes } from 'node:crypto'
 import { Writable } from 'node:stream'
 import pino from 'pino'
 import type { FastifyInstance } from 'fastify'
 import { buildApp } from '../../src/app.js'
 import { loadConfig, type Config } from '../../src/config.js'
-import { generateMasterKey } from '../../src/tenancy/master-keys.js'
 import { startFakeMistral, type FakeMistral } from './fake-mistral.js'
 import { runDatabaseUrl } from './run-database.js'
 
 export const TEST_DATABASE_URL = runDatabaseUrl()
 export const TEST_REDIS_URL = process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379'
 
-// one master key ring and admin token for the whole run, so that several apps (replicas) share them
-export const TEST_MASTER_KEYS = process.env.TEST_MASTER_KEYS ?? generateMasterKey('test')
+// one master key ring for the whole run, so that several apps (replicas) share it, and so do the test files that tap
+// runs at once on this run's database: a start refuses stored keys its ring cannot open. Derived from the run's
+// database, which every test process of the run names alike
+export const TEST_MASTER_KEYS = process.env.TEST_MASTER_KEYS ??
+  `test:${createHash('sha256').update(`tramontane test master key ${TEST_DATABASE_URL}`).digest('base64')}`
+// one admin token per test process: the apps it builds share it
 export const TEST_ADMIN_TOKEN = `adm_${randomBytes(24).toString('hex')}`
 
 /** What a gateway process needs to join this run's PostgreSQL, Redis and secrets, in front of a fake Mistral. */
