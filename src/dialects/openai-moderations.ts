@@ -40,9 +40,17 @@ export function translateModerationRequest (body: Record<string, unknown>): bool
   return true
 }
 
-/** Mistral's moderation answer with `flagged` added to each result, for a request naming a Mistral model. */
+/**
+ * Mistral's moderation answer with `flagged` added to each result, for a request naming a Mistral model: the Mistral
+ * SDK's calls too, so it costs one parse and one serialisation, and none when every result has its `flagged` already.
+ */
 export function flaggedModerations (body: string): string {
-  return mapResults(body, (result) => ({ flagged: isFlagged(result.categories), ...result }))
+  const answer = parseAnswer(body)
+  const unflagged = (answer?.results ?? []).filter(isPart).filter((result) => !('flagged' in result))
+  if (unflagged.length === 0) return body
+  // set in place, not spread into copies; a `flagged` Mistral sent itself is kept
+  for (const result of unflagged) result.flagged = isFlagged(result.categories)
+  return JSON.stringify(answer)
 }
 
 /**
@@ -77,15 +85,21 @@ function isFlagged (categories: unknown): boolean {
 
 /** Each result of an answer rewritten; an answer that is not JSON, or has no results, passes as it came. */
 function mapResults (body: string, rewrite: (result: Record<string, unknown>) => unknown): string {
-  let parsed: { results?: unknown }
+  const answer = parseAnswer(body)
+  if (answer === undefined) return body
+  answer.results = answer.results.map((result) => isPart(result) ? rewrite(result) : result)
+  return JSON.stringify(answer)
+}
+
+/** A moderation answer; undefined for one that is not JSON, or has no results. */
+function parseAnswer (body: string): { results: unknown[] } | undefined {
+  let parsed: unknown
   try {
     parsed = JSON.parse(body)
   } catch {
-    return body
+    return undefined
   }
-  if (parsed === null || typeof parsed !== 'object' || !Array.isArray(parsed.results)) return body
-  parsed.results = parsed.results.map((result: unknown) => isPart(result) ? rewrite(result) : result)
-  return JSON.stringify(parsed)
+  return isPart(parsed) && Array.isArray(parsed.results) ? parsed as { results: unknown[] } : undefined
 }
 
 function isPart (item: unknown): item is Record<string, unknown> {

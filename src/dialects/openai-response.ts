@@ -1,4 +1,3 @@
-import { StringDecoder } from 'node:string_decoder'
 import type { SseShaping } from '../proxy/usage-tap.js'
 
 // What an OpenAI client needs of a response and a Mistral client does not mind (DESIGN.md "Two dialects"):
@@ -14,15 +13,16 @@ import type { SseShaping } from '../proxy/usage-tap.js'
  * the usage of every chunk would otherwise count it twice); and an error Mistral sends as an event gains the `error`
  * object openai-node throws on. For a client known to speak OpenAI's dialect (`openAiClient`), a reasoning model's
  * content chunks become text and `model_length` becomes `length` too (openAiChoices). Only events that may need one
- * of these are parsed. Runs in the usage tap's pass, which reads Mistral's bytes before this changes them.
+ * of these are parsed, and reads of whole events that need none (most) go on undecoded, as the Buffers they came in.
+ * Runs in the usage tap's pass, which reads Mistral's bytes before this changes them.
  */
 export function openAiStreamShaping ({ includeUsage, openAiClient = false }: {
   includeUsage: boolean
   openAiClient?: boolean
 }): SseShaping {
-  const decoder = new StringDecoder('utf8')
   const toolCalls = createToolCallIndexer()
-  let pending = ''
+  // bytes after the last blank line so far: the start of an event still coming
+  let pending: Buffer | undefined
   const shape = (event: string): string => {
     const needsTools = event.includes('"tool_calls"')
     const needsUsage = includeUsage && event.includes('"usage"')
@@ -52,32 +52,52 @@ export function openAiStreamShaping ({ includeUsage, openAiClient = false }: {
     }
     return out
   }
+  // an event ends at a blank line, LF- or CRLF-framed; the blank line goes on as it came
+  const shapeEvents = (events: Buffer) => events.toString('utf8').split(/(\r?\n\r?\n)/)
+    .map((part, i) => i % 2 === 0 ? shape(part) : part).join('')
+  // what `shape` acts on, searched in the bytes; `plain` reads have been searched for usage and errors by the tap
+  const mayNeedShaping = (events: Buffer, plain: boolean) => events.includes(TOOL_CALLS) ||
+    (!plain && (events.includes(OBJECT_ERROR) || events.includes(SPACED_OBJECT_ERROR) ||
+      (includeUsage && events.includes(USAGE)))) ||
+    (openAiClient && mayNeedOpenAiChoicesIn(events))
   return {
-    write (chunk) {
-      pending += decoder.write(chunk)
-      let out = ''
-      // an event ends at a blank line, LF- or CRLF-framed; the blank line goes on as it came
-      let boundary = EVENT_BOUNDARY.exec(pending)
-      while (boundary !== null) {
-        out += shape(pending.slice(0, boundary.index)) + boundary[0]
-        pending = pending.slice(boundary.index + boundary[0].length)
-        boundary = EVENT_BOUNDARY.exec(pending)
+    write (chunk, plain) {
+      // the usual read (content deltas): whole events, nothing held back before them, none that `shape` would
+      // change. They go on as they came, undecoded, as they would without the reshaping
+      const whole = plain || endOfEvents(chunk) === chunk.length
+      if (pending === undefined && whole && !mayNeedShaping(chunk, plain)) return chunk
+      const data = pending === undefined ? chunk : Buffer.concat([pending, chunk])
+      const cut = endOfEvents(data)
+      if (cut === -1) {
+        pending = data
+        return undefined
       }
-      return out.length > 0 ? out : undefined
+      pending = cut < data.length ? data.subarray(cut) : undefined
+      return shapeEvents(data.subarray(0, cut))
     },
     end () {
-      const rest = pending + decoder.end()
-      pending = ''
-      return rest.length > 0 ? shape(rest) : undefined
+      const rest = pending
+      pending = undefined
+      return rest === undefined ? undefined : shapeEvents(rest)
     },
-    drop () {
-      pending = ''
-      decoder.end()
-    }
+    drop () { pending = undefined }
   }
 }
 
-const EVENT_BOUNDARY = /\r?\n\r?\n/
+const TOOL_CALLS = Buffer.from('"tool_calls"')
+const OBJECT_ERROR = Buffer.from('"object":"error"')
+const SPACED_OBJECT_ERROR = Buffer.from('"object": "error"')
+const USAGE = Buffer.from('"usage"')
+const LF_EVENT_END = Buffer.from('\n\n')
+// the end of `\r\n\r\n`, and of the rarer `\n\r\n`, both blank lines to an SSE reader
+const CRLF_EVENT_END = Buffer.from('\n\r\n')
+
+/** Just past the last blank line of `data`; -1 when there is none. */
+function endOfEvents (data: Buffer): number {
+  const lf = data.lastIndexOf(LF_EVENT_END)
+  const crlf = data.lastIndexOf(CRLF_EVENT_END)
+  return Math.max(lf === -1 ? -1 : lf + LF_EVENT_END.length, crlf === -1 ? -1 : crlf + CRLF_EVENT_END.length)
+}
 
 /**
  * A chat answer for an OpenAI client (MISTRAL-NOTES §5.3): a reasoning model's content chunks become text, and
@@ -103,6 +123,44 @@ const ARRAY_CONTENT = /"content"\s*:\s*\[/
 /** The cheap check before a parse: only an array content or Mistral's own finish reason needs openAiChoices. */
 function mayNeedOpenAiChoices (json: string): boolean {
   return json.includes('"model_length"') || ARRAY_CONTENT.test(json)
+}
+
+const MODEL_LENGTH = Buffer.from('"model_length"')
+const CONTENT_KEY = Buffer.from('"content"')
+
+/**
+ * mayNeedOpenAiChoices on bytes, before they are decoded: `"content"`, JSON's blanks, a colon, blanks, `[`. Spacing
+ * allowed as `shape` allows it: a read passed on unshaped must be one it would not change. Every delta holds
+ * `"content"`: each hit costs a look at the few bytes after it.
+ */
+function mayNeedOpenAiChoicesIn (json: Buffer): boolean {
+  if (json.includes(MODEL_LENGTH)) return true
+  for (let at = json.indexOf(CONTENT_KEY); at !== -1; at = json.indexOf(CONTENT_KEY, at + CONTENT_KEY.length)) {
+    const colon = skipBlanks(json, at + CONTENT_KEY.length)
+    if (json[colon] === COLON && json[skipBlanks(json, colon + 1)] === OPEN_BRACKET) return true
+  }
+  return false
+}
+
+const COLON = 0x3a
+const OPEN_BRACKET = 0x5b
+
+/** Past the JSON whitespace (space, tab, LF, CR) from `at`. */
+function skipBlanks (json: Buffer, at: number): number {
+  while (json[at] === 0x20 || json[at] === 0x09 || json[at] === 0x0a || json[at] === 0x0d) at++
+  return at
+}
+
+/**
+ * A whole 2xx answer through its dialect's rewrite (embeddings, moderations, an OpenAI client's chat answer). The bytes
+ * Mistral sent when the rewrite changes nothing, so that they go on with Mistral's content-length, uncopied; a chat
+ * answer with neither content chunks nor Mistral's own finish reason (most of them) is not even decoded.
+ */
+export function rewriteAnswer (rewrite: (body: string) => string, answer: Buffer): Buffer | string {
+  if (rewrite === openAiChatCompletion && !mayNeedOpenAiChoicesIn(answer)) return answer
+  const body = answer.toString('utf8')
+  const rewritten = rewrite(body)
+  return rewritten === body ? answer : rewritten
 }
 
 /**

@@ -19,7 +19,7 @@ import { readJsonFacts } from './json-usage.js'
 import { createJsonTap, createSseTap, type SseShaping } from './usage-tap.js'
 import { sentByOpenAiClient, translateChatRequest, translateEmbeddingsRequest } from '../dialects/openai-request.js'
 import {
-  base64Embeddings, openAiChatCompletion, openAiStreamShaping, withOpenAiError
+  base64Embeddings, openAiChatCompletion, openAiStreamShaping, rewriteAnswer, withOpenAiError
 } from '../dialects/openai-response.js'
 import { flaggedModerations, openAiModerations, translateModerationRequest } from '../dialects/openai-moderations.js'
 import { streamErrorShaping } from '../dialects/openai-stream-errors.js'
@@ -231,7 +231,7 @@ export async function proxyRoutes (app: FastifyInstance, { config }: { config: C
         let payload: Buffer | string = whole
         if (notes?.rewrite) {
           try {
-            payload = notes.rewrite(whole.toString('utf8'))
+            payload = rewriteAnswer(notes.rewrite, whole)
           } catch (err) {
             // a 200 whose body the dialect cannot read: an error the client can read, metered as the error it got.
             // Not the parser's message: it quotes a slice of the body

@@ -129,3 +129,50 @@ t.test('plain HTTP, without an OpenAI SDK\'s headers or fields: the chunks as Mi
   t.same(answer.choices[0].message.content,
     [{ type: 'thinking', thinking: [{ type: 'text', text: FAKE_THINKING }] }, { type: 'text', text: TEXT }])
 })
+
+// most answers need nothing of the reshaping: they cost an OpenAI client no copy, and reach it byte for byte. A byte no
+// UTF-8 has (in a name, where it harms no client) shows it: decoded and encoded again, it would become U+FFFD
+t.test('openai-node\'s answers that need no reshaping: Mistral\'s bytes, and its content-length', async (t) => {
+  const c = await client()
+  const usage = { prompt_tokens: 4, completion_tokens: 2, total_tokens: 6 }
+  const headers = {
+    authorization: `Bearer ${c.ws.token}`, 'content-type': 'application/json', 'x-stainless-lang': 'js'
+  }
+  /** the JSON's bytes, its `@` made a byte no UTF-8 has */
+  const bytes = (json: string) => {
+    const out = Buffer.from(json)
+    out[json.indexOf('@')] = 0xff
+    return out
+  }
+  const answer = bytes(JSON.stringify({
+    id: 'abc', object: 'chat.completion', created: 1, model: MODEL,
+    choices: [{ index: 0, message: { role: 'assistant', content: 'Paris', name: '@' }, finish_reason: 'stop' }],
+    usage
+  }))
+  mistral.enqueue(function plainAnswer (_req, res) {
+    res.writeHead(200, { 'content-type': 'application/json', 'content-length': answer.length })
+    res.end(answer)
+  }, { path: '/v1/chat/completions' })
+  const res = await request(`${url}/v1/chat/completions`, {
+    method: 'POST', headers, body: JSON.stringify({ model: MODEL, messages: MESSAGES })
+  })
+  t.equal(res.statusCode, 200)
+  t.equal(res.headers['content-length'], String(answer.length), 'Mistral\'s content-length')
+  t.same(Buffer.from(await res.body.arrayBuffer()), answer, 'byte for byte')
+
+  const head = { id: 'abc', object: 'chat.completion.chunk', created: 1, model: MODEL }
+  const stream = bytes([
+    { ...head, choices: [{ index: 0, delta: { role: 'assistant', content: 'Par', name: '@' }, finish_reason: null }] },
+    { ...head, choices: [{ index: 0, delta: { content: 'is' }, finish_reason: 'stop' }], usage }
+  ].map((event) => `data: ${JSON.stringify(event)}\n\n`).join('') + 'data: [DONE]\n\n')
+  mistral.enqueue(function plainStream (_req, res) {
+    res.writeHead(200, { 'content-type': 'text/event-stream' })
+    res.end(stream)
+  }, { path: '/v1/chat/completions' })
+  const streamed = await request(`${url}/v1/chat/completions`, {
+    method: 'POST', headers, body: JSON.stringify({ model: MODEL, messages: MESSAGES, stream: true })
+  })
+  t.equal(streamed.statusCode, 200)
+  t.same(Buffer.from(await streamed.body.arrayBuffer()), stream, 'a stream too: its events as they came')
+  t.equal(c.upstream().length, 2)
+})

@@ -1,3 +1,4 @@
+import { once } from 'node:events'
 import { Readable } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import t from 'tap'
@@ -5,8 +6,9 @@ import {
   mistralToolCallId, sentByOpenAiClient, translateChatRequest, translateEmbeddingsRequest
 } from '../../src/dialects/openai-request.js'
 import {
-  base64Embeddings, openAiChatCompletion, openAiStreamShaping, withOpenAiError
+  base64Embeddings, openAiChatCompletion, openAiStreamShaping, rewriteAnswer, withOpenAiError
 } from '../../src/dialects/openai-response.js'
+import { flaggedModerations } from '../../src/dialects/openai-moderations.js'
 import { createSseTap } from '../../src/proxy/usage-tap.js'
 
 // The two halves of the OpenAI dialect (MISTRAL-NOTES §5), on their own: what a request becomes before Mistral sees
@@ -332,6 +334,65 @@ t.test('a reasoning stream for OpenAI clients: string deltas, thinking as reason
   t.equal(await shape(false, [input]), input, 'a Mistral client\'s stream: the chunks as Mistral sent them')
   const spaced = 'data: {"choices": [{"delta": {"content": "Paris"}, "finish_reason": null}]}\n\n'
   t.equal(await shape(false, [spaced], true), spaced, 'an event without chunks or model_length: not re-serialised')
+})
+
+t.test('an OpenAI client\'s plain deltas: the tap\'s Buffers go on as they came, not decoded again', async (t) => {
+  const deltas = ['Hel', 'lo ', 'wörld'].map((word) =>
+    Buffer.from(sse({ ...HEAD, choices: [{ index: 0, delta: { content: word }, finish_reason: null }] })))
+  const input = [...deltas, Buffer.from(sse('[DONE]'))]
+  const out: Buffer[] = []
+  const tap = createSseTap(openAiStreamShaping({ includeUsage: true, openAiClient: true }))
+  // 'data' hands on each Buffer the tap pushed; an async iterator would join the ones buffered
+  tap.on('data', (chunk: Buffer) => out.push(chunk))
+  for (const chunk of input) tap.write(chunk)
+  tap.end()
+  await once(tap, 'end')
+  t.equal(out.length, input.length)
+  t.ok(out.every((chunk, i) => chunk === input[i]), 'each read is the very Buffer the tap was given')
+
+  const shaping = openAiStreamShaping({ includeUsage: false, openAiClient: true })
+  t.equal(shaping.write(deltas[0], false), deltas[0], 'one the tap did not call plain (it names the model): the same')
+  const last = Buffer.from(sse({ ...HEAD, choices: [{ index: 0, delta: { content: '' }, finish_reason: 'stop' }],
+    usage: USAGE }))
+  t.equal(shaping.write(last, false), last, 'usage not asked for: the last chunk as it came too')
+})
+
+t.test('an OpenAI client\'s stream: what needs reshaping is found in the bytes, however it is read', async (t) => {
+  const reshaped = (includeUsage: boolean, chunk: string) => {
+    const out = openAiStreamShaping({ includeUsage, openAiClient: true }).write(Buffer.from(chunk), true)
+    return typeof out === 'string'
+  }
+  const spacedArray = 'data: {"choices": [{"delta": {"content" :\t[{"type": "text", "text": "Par"}]}}]}\n\n'
+  t.ok(reshaped(false, spacedArray), 'an array content, however spaced')
+  t.same(events(await shape(false, [spacedArray], true))[0].choices[0].delta, { content: 'Par' })
+  t.ok(reshaped(false, sse({ choices: [{ delta: { content: '' }, finish_reason: 'model_length' }] })), 'model_length')
+  t.ok(reshaped(false, sse({ choices: [{ delta: { tool_calls: [{ id: 'a', function: fn('f') }] } }] })), 'tool calls')
+  t.notOk(reshaped(false, sse({ choices: [{ delta: { content: 'said "content": [ in a string' } }] })),
+    'the words in a string: their quotes are escaped')
+
+  // an event split before its marker: the second read alone holds no `"content"`; the start is held back
+  const event = sse({ ...HEAD, choices: [{ index: 0, delta: { content: [text('Par')] }, finish_reason: null }] })
+  const at = event.indexOf('tent"')
+  const split = await shape(false, [sse({ ...HEAD, choices: [] }) + event.slice(0, at), event.slice(at)], true)
+  t.same(events(split)[1].choices[0].delta, { content: 'Par' }, 'reshaped once whole')
+})
+
+t.test('whole answers: Mistral\'s bytes when the rewrite changes nothing, most chat answers undecoded', async (t) => {
+  const plain = Buffer.from('{ "choices": [ { "message": { "content": "Paris" }, "finish_reason": "stop" } ] }')
+  t.equal(rewriteAnswer(openAiChatCompletion, plain), plain, 'the very Buffer')
+  const notUtf8 = Buffer.from(plain).fill(0xff, plain.indexOf('Paris'), plain.indexOf('Paris') + 1)
+  t.equal(rewriteAnswer(openAiChatCompletion, notUtf8), notUtf8, 'not decoded: a byte no UTF-8 has is not replaced')
+  const reasoning = Buffer.from(JSON.stringify({ choices: [{ message: { content: [text('Par')] } }] }))
+  t.same(JSON.parse(rewriteAnswer(openAiChatCompletion, reasoning) as string).choices[0].message, { content: 'Par' })
+  const lengthCut = Buffer.from('{"choices":[{"message":{"content":"Par"},"finish_reason":"model_length"}]}')
+  t.equal(rewriteAnswer(openAiChatCompletion, Buffer.from(lengthCut)), lengthCut.toString().replace('model_', ''))
+  const notJson = Buffer.from('not json, "content": [')
+  t.equal(rewriteAnswer(openAiChatCompletion, notJson), notJson, 'decoded, and returned unchanged: the bytes')
+
+  const flagged = Buffer.from(JSON.stringify({ results: [{ flagged: false, categories: { law: false } }] }))
+  t.equal(rewriteAnswer(flaggedModerations, flagged), flagged, 'every result flagged already: the bytes')
+  const unflagged = Buffer.from(JSON.stringify({ results: [{ categories: { law: true } }] }))
+  t.same(JSON.parse(rewriteAnswer(flaggedModerations, unflagged) as string).results[0].flagged, true)
 })
 
 t.test('error bodies: every Mistral shape gets an error object with a readable message', async (t) => {
