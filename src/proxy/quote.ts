@@ -31,18 +31,40 @@ const MAX_CHOICES = 10_000
 const BATCH_CREATION: Priced = { quote: flatQuote(1), price: undefined, tokenBound: false, regional: false }
 
 /**
- * A batch job is refused, as a live call is, when the book has no price for its model in the family of its endpoint:
- * the watcher would record it at zero cost once it ends. An agent job names no model (its model is known only from
- * its answers), and an endpoint outside the metered families has no price to look for: both are created as before.
+ * A batch job is refused, as a live call is, when the book has no price for a model it runs on in the family of its
+ * endpoint: the watcher would record that model's answers at zero cost once it ends. An endpoint outside the metered
+ * families has no price to look for: such a job is created as before.
  */
 export function quoteBatchCreation (body: unknown, prices: PriceBook, currency: string): Priced {
-  const { model, endpoint } = body !== null && typeof body === 'object' ? body as Record<string, unknown> : {}
-  const family = familyOfEndpoint(typeof endpoint === 'string' ? endpoint : undefined)
-  if (typeof model === 'string' && model.length > 0 && family && !prices.resolve(model, family, currency)) {
-    throw unpriced(model, currency)
+  const job = body !== null && typeof body === 'object' ? body as Record<string, unknown> : {}
+  const family = familyOfEndpoint(typeof job.endpoint === 'string' ? job.endpoint : undefined)
+  if (!family) return BATCH_CREATION
+  for (const model of batchModels(job)) {
+    if (!prices.resolve(model, family, currency)) throw unpriced(model, currency)
   }
   return BATCH_CREATION
 }
+
+/**
+ * The models a job will run on, as far as its creation tells, each once (an inline batch may hold 10,000 requests,
+ * mostly of one model): its `model`; else, unless it names an agent, each inline request's `body.model`, which is
+ * what Mistral runs that line on. An agent job's model, and the lines of its `input_files`, are known only from its
+ * answers: they are priced when it ends (docs/usage-and-billing.md "Batch jobs").
+ */
+function batchModels (job: Record<string, unknown>): Set<string> {
+  if (isName(job.model)) return new Set([job.model])
+  const models = new Set<string>()
+  if (isName(job.agent_id) || !Array.isArray(job.requests)) return models
+  for (const request of job.requests as unknown[]) {
+    const model = request !== null && typeof request === 'object'
+      ? (request as { body?: { model?: unknown } | null }).body?.model
+      : undefined
+    if (isName(model)) models.add(model)
+  }
+  return models
+}
+
+const isName = (value: unknown): value is string => typeof value === 'string' && value.length > 0
 
 /**
  * The worst case of a metered call before it is made (DESIGN.md "Spend caps are hard"): prompt estimate + max_tokens

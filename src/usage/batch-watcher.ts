@@ -163,15 +163,12 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
       return
     }
     const totals = await readTotals(key.secret, job, upstreamJob)
-    const completedAt = typeof upstreamJob.completed_at === 'number'
-      ? new Date(upstreamJob.completed_at * 1000)
-      : new Date()
+    const reportedAt = completedAtOf(upstreamJob)
     if (!totals) {
-      log.error({ job: job.jobId, workspaceId: job.workspaceId },
-        'batch job output file deleted and its results not given inline; it will not be billed')
-      await finish(job, 'failed', 'OUTPUT_GONE', completedAt)
+      await outputMissing(job, reportedAt)
       return
     }
+    const completedAt = reportedAt ?? new Date()
     if (totals.succeeded === 0) {
       // Mistral bills answered requests only: a job that answered none costs nothing and leaves no record
       await finish(job, 'failed', status, completedAt)
@@ -182,8 +179,8 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
 
   /**
    * The output file when there is one, else the results inline (`outputs`, asked for with `inline=true`). Undefined
-   * when the output file is gone (its client deleted it) and the results inline answer nothing either: a job with an
-   * output file had answers, so they are lost rather than none.
+   * when the output file is missing and the results inline answer nothing either: a job with an output file had
+   * answers, so they are missing rather than none.
    */
   async function readTotals (secret: string, job: WatchedJob, upstreamJob: Record<string, unknown>) {
     const totals = emptyTotals(jobModelOf(job, upstreamJob))
@@ -200,6 +197,32 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
     log.warn({ job: job.jobId, file: outputFile }, 'batch job output file not found; reading its results inline')
     addLines(totals, await inlineOutputs(secret, job.jobId, upstreamJob))
     return totals.succeeded > 0 ? totals : undefined
+  }
+
+  /**
+   * The job's output file answered 404 and its results inline hold nothing. Right after a job ends its file may not be
+   * served yet, so the job stays pending, read again at each check, until its output has been missing for
+   * OUTPUT_GRACE_MS since the job completed; only then is it taken as deleted (by its client), and the job as lost.
+   */
+  async function outputMissing (job: WatchedJob, reportedAt: Date | undefined): Promise<void> {
+    const since = reportedAt ?? job.completedAt ?? await firstMissing(job)
+    if (Date.now() - since.getTime() < OUTPUT_GRACE_MS) {
+      log.warn({ job: job.jobId }, 'batch job output not found; it is read again at the next check')
+      return
+    }
+    log.error({ job: job.jobId, workspaceId: job.workspaceId },
+      'batch job output file deleted and its results not given inline; it will not be billed')
+    await finish(job, 'failed', 'OUTPUT_GONE', since)
+  }
+
+  /**
+   * For a job Mistral shows without `completed_at`: when a check first found its output missing, kept on its watch
+   * (whose `completed_at` is otherwise set only when the watch ends), so that the grace has an end.
+   */
+  async function firstMissing (job: WatchedJob): Promise<Date> {
+    const [row] = await db.update(watchedJobs).set({ completedAt: sql`coalesce(${watchedJobs.completedAt}, now())` })
+      .where(eq(watchedJobs.jobId, job.jobId)).returning({ completedAt: watchedJobs.completedAt })
+    return row?.completedAt ?? new Date()
   }
 
   async function inlineOutputs (secret: string, jobId: string, upstreamJob: Record<string, unknown>) {
@@ -335,6 +358,9 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
 
 // how long one check may hold a job before another replica may take it: reading a large output file takes a while
 const CHECK_LEASE_MS = 5 * 60_000
+// how long after a job completed its output may be missing before it is taken as deleted: a file not yet served
+// right after the job ended must not lose the job, and a client deletes its output hours later, if at all
+const OUTPUT_GRACE_MS = 60 * 60_000
 
 /** What a job costs, summed over its models. */
 interface JobCost {
@@ -350,6 +376,11 @@ const inLedger = (job: WatchedJob) =>
 /** When a job was claimed: the claim set `checked_at` a lease ahead of PostgreSQL's clock. */
 function claimedAt (job: WatchedJob): Date | SQL {
   return job.checkedAt ? new Date(job.checkedAt.getTime() - CHECK_LEASE_MS) : sql`now()`
+}
+
+/** When Mistral says the job completed (`completed_at`, Unix seconds), if it does. */
+function completedAtOf (upstreamJob: Record<string, unknown>): Date | undefined {
+  return typeof upstreamJob.completed_at === 'number' ? new Date(upstreamJob.completed_at * 1000) : undefined
 }
 
 /** The job's model as the client asked for it: in the create call, else as Mistral shows the job. */

@@ -72,3 +72,43 @@ t.test('a priced model, an agent job and a model priced by the operator are crea
   t.same(watched.map((row) => row.jobId).sort(), [priced.json.id, agent.json.id, added.json.id].sort(),
     'each is watched, to be billed when it ends')
 })
+
+t.test('a job that names no model is priced by the model each inline request names', async (t) => {
+  const s = await buildTestApp(t)
+  const ws = await s.createWorkspace()
+  const line = (model: string, i: number) => ({
+    custom_id: String(i), body: { model, messages: [{ role: 'user', content: 'hello' }] }
+  })
+  // many lines of a few models: each model is looked up once, the unpriced one refused wherever it comes
+  const models = Array.from({ length: 1_000 }, (_, i) => i % 2 === 0 ? 'mistral-small-latest' : 'mistral-large-latest')
+  const lookups: string[] = []
+  const { prices } = s.app
+  const resolve = prices.resolve
+  prices.resolve = (model, ...rest) => {
+    lookups.push(model)
+    return resolve.call(prices, model, ...rest)
+  }
+  t.teardown(() => { prices.resolve = resolve })
+
+  const refused = await createJob(s, ws, {
+    endpoint: '/v1/chat/completions', requests: [...models, 'brand-new-model', 'ministral-3b-latest'].map(line)
+  })
+  t.equal(refused.statusCode, 400)
+  t.match(refused.json, {
+    code: 'model_not_priced', param: 'model', message: /^Model 'brand-new-model' has no USD price/
+  })
+  t.equal(creationsUpstream(s), 0, 'Mistral saw no job')
+  t.same(await watchesOf(s, ws), [], 'nothing watched')
+  t.ok(lookups.filter((model) => model === 'mistral-small-latest').length <= 1, 'a model of 500 lines looked up once')
+
+  const priced = await createJob(s, ws, { endpoint: '/v1/chat/completions', requests: models.map(line) })
+  t.equal(priced.statusCode, 200, JSON.stringify(priced.json))
+  t.equal(creationsUpstream(s), 1, 'the job of priced models reached Mistral')
+  t.same((await watchesOf(s, ws)).map((row) => row.jobId), [priced.json.id], 'and is watched')
+
+  // an agent job runs on the agent's model, whatever its lines name: it is priced when it ends
+  const agent = await createJob(s, ws, {
+    endpoint: '/v1/chat/completions', agent_id: 'ag_0123', requests: [line('brand-new-model', 0)]
+  })
+  t.equal(agent.statusCode, 200, JSON.stringify(agent.json))
+})
