@@ -1,4 +1,4 @@
-import { randomBytes } from 'node:crypto'
+import { createHash, randomBytes } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
@@ -14,10 +14,17 @@ const BASE_ENV = { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '' }
 export const GATEWAY_CPU = 0
 const LOAD_CPU = 1
 
-/** Secrets of this run only: the gateway is told them, nothing is written anywhere. */
+/** The admin token of this run only: the gateway is told it, nothing is written anywhere. */
 export const secrets = {
-  adminToken: `adm_${randomBytes(24).toString('hex')}`,
-  masterKeys: `bench:${randomBytes(32).toString('base64')}`
+  adminToken: `adm_${randomBytes(24).toString('hex')}`
+}
+
+/**
+ * The bench database's master key, the same on every run: the Mistral keys of earlier runs' (deleted) workspaces stay
+ * in it, and a gateway whose ring cannot open stored keys does not start.
+ */
+function benchMasterKeys (databaseUrl: string): string {
+  return `bench:${createHash('sha256').update(`tramontane bench master key ${databaseUrl}`).digest('base64')}`
 }
 
 export interface Upstream {
@@ -71,7 +78,7 @@ export async function startGateway (name: string, options: GatewayOptions): Prom
       REDIS_URL: options.redisUrl,
       MISTRAL_BASE_URL: options.upstreamUrl,
       TRAMONTANE_ADMIN_TOKEN: secrets.adminToken,
-      TRAMONTANE_MASTER_KEYS: secrets.masterKeys,
+      TRAMONTANE_MASTER_KEYS: benchMasterKeys(options.databaseUrl),
       SHUTDOWN_GRACE_MS: '5000',
       // a spool of its own: the default (./data/spool) may hold what a killed test gateway left, which it would replay
       USAGE_SPOOL_DIR: join(tmpdir(), `tramontane-bench-spool-${process.pid}`),
