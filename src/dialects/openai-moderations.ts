@@ -1,4 +1,5 @@
 import { badRequest } from '../errors.js'
+import { parseJsonObject } from './openai-response.js'
 
 // OpenAI's and Mistral's moderations share a path, not a contract (MISTRAL-NOTES §5.6): Mistral requires a model of
 // its own and answers with its own category names and no `flagged`. A request that names no model, or one of
@@ -93,13 +94,8 @@ function mapResults (body: string, rewrite: (result: Record<string, unknown>) =>
 
 /** A moderation answer; undefined for one that is not JSON, or has no results. */
 function parseAnswer (body: string): { results: unknown[] } | undefined {
-  let parsed: unknown
-  try {
-    parsed = JSON.parse(body)
-  } catch {
-    return undefined
-  }
-  return isPart(parsed) && Array.isArray(parsed.results) ? parsed as { results: unknown[] } : undefined
+  const parsed = parseJsonObject(body)
+  return parsed !== undefined && Array.isArray(parsed.results) ? parsed as { results: unknown[] } : undefined
 }
 
 function isPart (item: unknown): item is Record<string, unknown> {

@@ -1,4 +1,5 @@
 import type { SseShaping } from '../proxy/usage-tap.js'
+import { endOfEvents, WholeEvents } from './sse-events.js'
 
 // What an OpenAI client needs of a response and a Mistral client does not mind (DESIGN.md "Two dialects"):
 // a final usage chunk when it asked for one, `index` and `type` on streamed tool calls, base64 embeddings, and an
@@ -22,7 +23,7 @@ export function openAiStreamShaping ({ includeUsage, openAiClient = false }: {
 }): SseShaping {
   const toolCalls = createToolCallIndexer()
   // bytes after the last blank line so far: the start of an event still coming
-  let pending: Buffer | undefined
+  const events = new WholeEvents()
   const shape = (event: string): string => {
     const needsTools = event.includes('"tool_calls"')
     const needsUsage = includeUsage && event.includes('"usage"')
@@ -65,22 +66,15 @@ export function openAiStreamShaping ({ includeUsage, openAiClient = false }: {
       // the usual read (content deltas): whole events, nothing held back before them, none that `shape` would
       // change. They go on as they came, undecoded, as they would without the reshaping
       const whole = plain || endOfEvents(chunk) === chunk.length
-      if (pending === undefined && whole && !mayNeedShaping(chunk, plain)) return chunk
-      const data = pending === undefined ? chunk : Buffer.concat([pending, chunk])
-      const cut = endOfEvents(data)
-      if (cut === -1) {
-        pending = data
-        return undefined
-      }
-      pending = cut < data.length ? data.subarray(cut) : undefined
-      return shapeEvents(data.subarray(0, cut))
+      if (events.empty && whole && !mayNeedShaping(chunk, plain)) return chunk
+      const complete = events.take(chunk)
+      return complete === undefined ? undefined : shapeEvents(complete)
     },
     end () {
-      const rest = pending
-      pending = undefined
+      const rest = events.rest()
       return rest === undefined ? undefined : shapeEvents(rest)
     },
-    drop () { pending = undefined }
+    drop () { events.rest() }
   }
 }
 
@@ -88,17 +82,6 @@ const TOOL_CALLS = Buffer.from('"tool_calls"')
 const OBJECT_ERROR = Buffer.from('"object":"error"')
 const SPACED_OBJECT_ERROR = Buffer.from('"object": "error"')
 const USAGE = Buffer.from('"usage"')
-const LF_EVENT_END = Buffer.from('\n\n')
-// the end of `\r\n\r\n`, and of the rarer `\n\r\n`, both blank lines to an SSE reader
-const CRLF_EVENT_END = Buffer.from('\n\r\n')
-
-/** Just past the last blank line of `data`; -1 when there is none. */
-function endOfEvents (data: Buffer): number {
-  const lf = data.lastIndexOf(LF_EVENT_END)
-  const crlf = data.lastIndexOf(CRLF_EVENT_END)
-  return Math.max(lf === -1 ? -1 : lf + LF_EVENT_END.length, crlf === -1 ? -1 : crlf + CRLF_EVENT_END.length)
-}
-
 /**
  * A chat answer for an OpenAI client (MISTRAL-NOTES §5.3): a reasoning model's content chunks become text, and
  * `model_length` becomes `length` (openAiChoices). An answer that has neither is not parsed; one that is not JSON
@@ -106,15 +89,23 @@ function endOfEvents (data: Buffer): number {
  */
 export function openAiChatCompletion (body: string): string {
   if (!mayNeedOpenAiChoices(body)) return body
+  const parsed = parseJsonObject(body)
+  if (parsed === undefined) return body
+  openAiChoices(parsed, 'message')
+  return JSON.stringify(parsed)
+}
+
+/** A JSON object's fields; undefined for text that is not JSON, or JSON that is not an object. */
+export function parseJsonObject (text: string): Record<string, unknown> | undefined {
   let parsed: unknown
   try {
-    parsed = JSON.parse(body)
+    parsed = JSON.parse(text)
   } catch {
-    return body
+    return undefined
   }
-  if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) return body
-  openAiChoices(parsed as Record<string, unknown>, 'message')
-  return JSON.stringify(parsed)
+  return parsed !== null && typeof parsed === 'object' && !Array.isArray(parsed)
+    ? parsed as Record<string, unknown>
+    : undefined
 }
 
 // a content that is an array, however spaced; a false hit (the words inside a string) only costs a parse
@@ -257,14 +248,8 @@ export function base64Embeddings (body: string): string {
  * object with the flattened message is added.
  */
 export function withOpenAiError (body: string, status: number): string {
-  let parsed: unknown
-  try {
-    parsed = JSON.parse(body)
-  } catch {
-    return body
-  }
-  if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) return body
-  const error = parsed as Record<string, unknown>
+  const error = parseJsonObject(body)
+  if (error === undefined) return body
   // an `error` object is already what OpenAI clients read; `"error": null` is not one
   if (error.error !== null && typeof error.error === 'object') return body
   const message = flatten(error.message) || flatten(error.detail) || `Mistral answered ${status}`

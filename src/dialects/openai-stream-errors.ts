@@ -1,16 +1,8 @@
 import type { SseShaping } from '../proxy/usage-tap.js'
 import { withOpenAiError } from './openai-response.js'
+import { WholeEvents } from './sse-events.js'
 
-const EVENT_END = Buffer.from('\n\n')
-const CRLF_EVENT_END = Buffer.from('\r\n\r\n')
 const ERROR_KEY = Buffer.from('"error"')
-
-/** Just past the last blank line of `data`, LF- or CRLF-framed (SSE allows both); -1 when there is none. */
-function lastEventEnd (data: Buffer): number {
-  const lf = data.lastIndexOf(EVENT_END)
-  const crlf = data.lastIndexOf(CRLF_EVENT_END)
-  return Math.max(lf === -1 ? -1 : lf + EVENT_END.length, crlf === -1 ? -1 : crlf + CRLF_EVENT_END.length)
-}
 
 /**
  * Every stream that needs no other change gets this one: an error Mistral sends as an event (`data:
@@ -24,27 +16,20 @@ function lastEventEnd (data: Buffer): number {
  * that hold `"error"` are decoded and looked at. Runs in the usage tap's pass: one stream hop a chunk, not two.
  */
 export function streamErrorShaping (): SseShaping {
-  let pending: Buffer | undefined
+  const events = new WholeEvents()
   const shaped = (events: Buffer) => events.includes(ERROR_KEY) ? shapeEvents(events.toString('utf8')) : events
   return {
     write (chunk, plain) {
       // whole events without an error, and nothing held back before them: as they came
-      if (plain && pending === undefined) return chunk
-      const data = pending === undefined ? chunk : Buffer.concat([pending, chunk])
-      const cut = lastEventEnd(data)
-      if (cut === -1) {
-        pending = data
-        return undefined
-      }
-      pending = cut < data.length ? data.subarray(cut) : undefined
-      return shaped(cut < data.length ? data.subarray(0, cut) : data)
+      if (plain && events.empty) return chunk
+      const complete = events.take(chunk)
+      return complete === undefined ? undefined : shaped(complete)
     },
     end () {
-      const rest = pending
-      pending = undefined
+      const rest = events.rest()
       return rest === undefined ? undefined : shaped(rest)
     },
-    drop () { pending = undefined }
+    drop () { events.rest() }
   }
 }
 
