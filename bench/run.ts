@@ -5,7 +5,7 @@
  * and a Markdown table (also in bench/results/latest.md).
  * docs/benchmarks.md says what each figure means and how it is measured.
  */
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs'
 import { loadavg } from 'node:os'
 import { join } from 'node:path'
 import { SOAK_MIN_RATE, measureHold, measureSoak } from './endurance.js'
@@ -18,7 +18,7 @@ import { profileRun } from './profile-run.js'
 import { busyWarning, machineLine, markdown } from './report.js'
 import { COMPLETION_TOKENS, SCENARIOS } from './scenarios.js'
 import {
-  ROOT, defaultUpstreamConnections, onThisMachine, startFake, startFloor, startGateway, startLoader, type Upstream
+  BENCH_SPOOL_DIR, ROOT, defaultUpstreamConnections, onThisMachine, startFake, startFloor, startGateway, startLoader, type Upstream
 } from './stack.js'
 import { judge, type HoldRow, type ScenarioRow } from './targets.js'
 import { removeWorkspace, setupWorkspace, type BenchWorkspace } from './workspace.js'
@@ -196,6 +196,8 @@ try {
   process.stderr.write(`${(err as Error).message}\n`)
   process.exit(2)
 }
+// whatever the run's gateways left in their spool is the bench's own ledger: not kept
+process.once('exit', () => rmSync(BENCH_SPOOL_DIR, { recursive: true, force: true }))
 process.once('SIGINT', () => { void abort('interrupted', 130) })
 process.once('SIGTERM', () => { void abort('terminated', 143) })
 setTimeout(() => { void abort(`still running after ${budgetMs(options) / 1000} s`, 1) }, budgetMs(options)).unref()

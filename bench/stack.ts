@@ -14,6 +14,9 @@ const BASE_ENV = { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '' }
 export const GATEWAY_CPU = 0
 const LOAD_CPU = 1
 
+/** The gateways' usage spool, this run's own; removed when the run ends (stopAll). */
+export const BENCH_SPOOL_DIR = join(tmpdir(), `tramontane-bench-spool-${process.pid}`)
+
 /** The admin token of this run only: the gateway is told it, nothing is written anywhere. */
 export const secrets = {
   adminToken: `adm_${randomBytes(24).toString('hex')}`
@@ -81,7 +84,7 @@ export async function startGateway (name: string, options: GatewayOptions): Prom
       TRAMONTANE_MASTER_KEYS: benchMasterKeys(options.databaseUrl),
       SHUTDOWN_GRACE_MS: '5000',
       // a spool of its own: the default (./data/spool) may hold what a killed test gateway left, which it would replay
-      USAGE_SPOOL_DIR: join(tmpdir(), `tramontane-bench-spool-${process.pid}`),
+      USAGE_SPOOL_DIR: BENCH_SPOOL_DIR,
       ...options.env
     }
   })
