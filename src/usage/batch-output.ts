@@ -19,8 +19,9 @@ const ENDPOINT_FAMILIES: Record<string, MeteredFamily> = {
   '/v1/audio/transcriptions': 'transcription'
 }
 
+// own keys only: a client's `"endpoint": "__proto__"` must not find Object.prototype
 export const familyOfEndpoint = (endpoint: string | null | undefined): MeteredFamily | undefined =>
-  endpoint ? ENDPOINT_FAMILIES[endpoint] : undefined
+  endpoint && Object.hasOwn(ENDPOINT_FAMILIES, endpoint) ? ENDPOINT_FAMILIES[endpoint] : undefined
 
 /** What the answers of one model consumed. */
 export interface ModelUsage {

@@ -70,6 +70,8 @@ t.test('ends and endpoints as the spec names them', async (t) => {
   t.same([...TERMINAL_STATUSES].sort(), ['CANCELLED', 'FAILED', 'SUCCESS', 'TIMEOUT_EXCEEDED'])
   t.equal(familyOfEndpoint('/v1/chat/moderations'), 'moderation')
   t.equal(familyOfEndpoint('/v1/chat/classifications'), 'classification')
+  t.equal(familyOfEndpoint('__proto__'), undefined, 'no inherited key is an endpoint')
+  t.equal(familyOfEndpoint('constructor'), undefined)
   t.equal(familyOfEndpoint('/v1/audio/transcriptions'), 'transcription')
   t.equal(familyOfEndpoint('/v1/unknown'), undefined)
   t.equal(familyOfEndpoint(null), undefined)
