@@ -90,10 +90,31 @@ end
 return {current - now, current}
 `
 
+// a 429 without a hint: the next step of the shared backoff, in the same script that sets the cooldown, unless one is
+// already in force. A call refused while one is in force was sent before it began (none is sent during it): counting
+// it too would make one burst of refusals look like many in a row and push the backoff to its ceiling, so it gets what
+// is left of the cooldown in force. ARGV: the first step, the ceiling (ms), a random number in [0, 1) for the jitter,
+// how long the streak is remembered. Returns {remaining ms, end, streak (0: one was in force), reason}, by Redis' clock
+const BACKOFF = `
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local current = tonumber(redis.call('HGET', KEYS[1], 'until') or '0')
+if current > now then return {current - now, current, 0, redis.call('HGET', KEYS[1], 'reason')} end
+local streak = redis.call('INCR', KEYS[2])
+redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[4]))
+local step = math.min(tonumber(ARGV[2]), tonumber(ARGV[1]) * 2 ^ math.min(streak - 1, 30))
+local ms = math.ceil(step / 2 + tonumber(ARGV[3]) * step / 2)
+redis.call('HSET', KEYS[1], 'until', now + ms, 'reason', 'rate_limited')
+redis.call('PEXPIRE', KEYS[1], ms + 1000)
+return {ms, now + ms, streak, 'rate_limited'}
+`
+
 /**
  * The shared health of Mistral keys: 429 cooldowns and circuit breakers. State lives in Redis (one hash slot per
  * workspace) and every change is pushed to all replicas over the invalidation bus, so the check on the hot path is a
- * Map lookup. With no Redis, the same in one process.
+ * Map lookup. With no Redis, the same in one process; and while Redis cannot answer, each replica decides alone from
+ * what it knows, rather than failing the call it was deciding for (a 429 must still reach the client as a 429, and
+ * still cool the key).
  */
 export function createKeyHealth (options: KeyHealthOptions): KeyHealth {
   const { redis, bus } = options
@@ -199,20 +220,39 @@ export function createKeyHealth (options: KeyHealthOptions): KeyHealth {
     if (!current || block.until > current.until || current.until <= clock()) blocks.set(keyId, block)
   }
 
-  async function share (workspaceId: string, keyId: string, reason: BlockReason, ms: number): Promise<Block> {
-    let remaining = ms
-    let until = clock() + ms // by Redis' clock once Redis has answered
-    let localUntil = until
-    if (redis) {
-      const sent = clock()
-      const [left, end] = await redis.eval(EXTEND, 1, blockKey(workspaceId, keyId), ms, reason) as [number, number]
+  /**
+   * Sets a cooldown, or extends one (never shortens it), in Redis and on every replica: for `wait` ms, or for the next
+   * step of the backoff of a 429 without a hint.
+   */
+  async function share (workspaceId: string, keyId: string, reason: BlockReason, wait: number | 'backoff'):
+  Promise<Block> {
+    const key = blockKey(workspaceId, keyId)
+    const sent = clock()
+    const extended = await shared((client) => (wait === 'backoff'
+      ? client.eval(BACKOFF, 2, key, streakKey(workspaceId, keyId), backoffBase, backoffMax, Math.random(), backoffMax * 4)
+      : client.eval(EXTEND, 1, key, wait, reason)) as Promise<[number, number, number?, string?]>)
+    let remaining: number
+    let until: number // by Redis' clock once Redis has answered
+    let localUntil: number
+    if (redis && extended) {
       const received = clock()
-      remaining = Number(left)
-      until = Number(end)
+      remaining = Number(extended[0])
+      until = Number(extended[1])
+      if (wait === 'backoff') {
+        if (Number(extended[2]) > 0) streaks.set(keyId, Number(extended[2]))
+        reason = (extended[3] ?? reason) as BlockReason
+      }
       // Redis counted `remaining` at an instant between sent and received: the end lies in that window shifted by it.
       // The offset, measured on a loaded machine, may be off by half a slow round trip; this call's own is the bound
       localUntil = Math.min(Math.max(localEnd(until, remaining), sent + remaining), received + remaining)
       void redis.zadd(REGISTRY, 'GT', until, `${workspaceId}:${keyId}`).catch(() => {})
+    } else {
+      // decided and held in one synchronous step: the calls of a burst, each refused, see each other's cooldown
+      const local = wait === 'backoff' ? localBackoff(keyId) : { ms: wait, reason }
+      remaining = local.ms
+      reason = local.reason
+      until = clock() + remaining
+      localUntil = until
     }
     const block = { reason, until: localUntil, announcedUntil: until }
     extendLocal(keyId, block, true)
@@ -222,19 +262,26 @@ export function createKeyHealth (options: KeyHealthOptions): KeyHealth {
     return { reason: held.reason, until: held.until }
   }
 
-  async function nextBackoff (workspaceId: string, keyId: string): Promise<number> {
-    let streak: number
-    if (redis) {
-      const key = `tmt:{ws:${workspaceId}}:key:${keyId}:streak`
-      streak = Number(await redis.incr(key))
-      await redis.pexpire(key, backoffMax * 4)
-    } else {
-      streak = (streaks.get(keyId) ?? 0) + 1
-    }
+  /** The backoff on this replica alone (no Redis, or none answering), as BACKOFF does it in Redis. */
+  function localBackoff (keyId: string): { ms: number, reason: BlockReason } {
+    const now = clock()
+    const inForce = blocks.get(keyId)
+    if (inForce && inForce.until > now) return { ms: inForce.until - now, reason: inForce.reason }
+    const streak = (streaks.get(keyId) ?? 0) + 1
     streaks.set(keyId, streak)
-    const ceiling = Math.min(backoffMax, backoffBase * 2 ** Math.min(streak - 1, 30))
+    const step = Math.min(backoffMax, backoffBase * 2 ** Math.min(streak - 1, 30))
     // "equal jitter": at least half the step, so replicas that saw the same 429 do not come back together
-    return Math.ceil(ceiling / 2 + Math.random() * ceiling / 2)
+    return { ms: Math.ceil(step / 2 + Math.random() * step / 2), reason: 'rate_limited' }
+  }
+
+  /** A command on the shared state; undefined without Redis, or when it cannot answer (the caller decides alone). */
+  async function shared<T> (command: (client: Redis | Cluster) => Promise<T>): Promise<T | undefined> {
+    if (!redis) return undefined
+    try {
+      return await command(redis)
+    } catch {
+      return undefined
+    }
   }
 
   return {
@@ -251,8 +298,8 @@ export function createKeyHealth (options: KeyHealthOptions): KeyHealth {
     },
 
     async rateLimited (workspaceId, keyId, waitMs, spendLimit) {
-      const ms = spendLimit ? Math.max(waitMs ?? 0, spendLimitMs) : waitMs ?? await nextBackoff(workspaceId, keyId)
-      return share(workspaceId, keyId, spendLimit ? 'spend_limit' : 'rate_limited', ms)
+      if (spendLimit) return share(workspaceId, keyId, 'spend_limit', Math.max(waitMs ?? 0, spendLimitMs))
+      return share(workspaceId, keyId, 'rate_limited', waitMs ?? 'backoff')
     },
 
     async failed (workspaceId, keyId) {
@@ -263,19 +310,20 @@ export function createKeyHealth (options: KeyHealthOptions): KeyHealth {
         await share(workspaceId, keyId, 'breaker_open', openMs)
         return
       }
-      let count: number
-      if (redis) {
-        const key = `tmt:{ws:${workspaceId}}:key:${keyId}:failures`
-        count = Number(await redis.incr(key))
-        if (count === 1) await redis.pexpire(key, windowMs)
-      } else {
+      const key = `tmt:{ws:${workspaceId}}:key:${keyId}:failures`
+      let count = await shared(async (client) => {
+        const counted = Number(await client.incr(key))
+        if (counted === 1) await client.pexpire(key, windowMs)
+        return counted
+      })
+      if (count === undefined) {
         const recent = (failures.get(keyId) ?? []).filter((at) => at > now - windowMs)
         recent.push(now)
         failures.set(keyId, recent)
         count = recent.length
       }
       if (count >= threshold) {
-        if (redis) await redis.del(`tmt:{ws:${workspaceId}}:key:${keyId}:failures`)
+        await shared((client) => client.del(key))
         failures.delete(keyId)
         await share(workspaceId, keyId, 'breaker_open', openMs)
       }
@@ -296,7 +344,7 @@ export function createKeyHealth (options: KeyHealthOptions): KeyHealth {
           void redis.zrem(REGISTRY, `${workspaceId}:${keyId}`).catch(() => {})
         }
       }
-      if (redis && hadStreak) void redis.del(`tmt:{ws:${workspaceId}}:key:${keyId}:streak`).catch(() => {})
+      if (redis && hadStreak) void redis.del(streakKey(workspaceId, keyId)).catch(() => {})
     },
 
     load,
@@ -354,10 +402,9 @@ export function createKeyHealth (options: KeyHealthOptions): KeyHealth {
 
     async claimProbe (workspaceId, keyId) {
       const now = clock()
-      if (redis) {
-        const ok = await redis.set(`tmt:{ws:${workspaceId}}:key:${keyId}:probe`, '1', 'PX', openMs, 'NX')
-        return ok === 'OK'
-      }
+      const claimed = await shared((client) =>
+        client.set(`tmt:{ws:${workspaceId}}:key:${keyId}:probe`, '1', 'PX', openMs, 'NX'))
+      if (claimed !== undefined) return claimed === 'OK'
       if ((probes.get(keyId) ?? 0) > now) return false
       probes.set(keyId, now + openMs)
       return true
@@ -369,3 +416,4 @@ export function createKeyHealth (options: KeyHealthOptions): KeyHealth {
 const redisNow = ([seconds, micros]: Array<number | string>) => Number(seconds) * 1000 + Number(micros) / 1000
 
 const blockKey = (workspaceId: string, keyId: string) => `tmt:{ws:${workspaceId}}:key:${keyId}:block`
+const streakKey = (workspaceId: string, keyId: string) => `tmt:{ws:${workspaceId}}:key:${keyId}:streak`

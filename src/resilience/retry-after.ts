@@ -2,11 +2,24 @@ type Headers = Record<string, string | string[] | undefined>
 
 const first = (value: string | string[] | undefined) => Array.isArray(value) ? value[0] : value
 
-// Mistral's reset headers (MISTRAL-NOTES §3.3): relative seconds, in three generations of names
-const RESET_HEADERS = [
-  'ratelimitbysize-reset',
-  'x-ratelimit-reset-tokens-minute', 'x-ratelimit-reset-req-minute', 'x-ratelimit-reset-tokens-month',
-  'x-ratelimit-reset-minute', 'x-ratelimit-reset-month', 'x-ratelimit-reset'
+// Mistral's reset headers (MISTRAL-NOTES §3.3): relative seconds, in three generations of names, each beside the
+// names of the same window's remaining count. Every answer carries them, the windows that still have room included
+const RESET_HEADERS: ReadonlyArray<{ reset: string, remaining: readonly string[], month: boolean }> = [
+  { reset: 'ratelimitbysize-reset', remaining: ['ratelimitbysize-remaining'], month: false },
+  { reset: 'x-ratelimit-reset-tokens-minute', remaining: ['x-ratelimit-remaining-tokens-minute'], month: false },
+  { reset: 'x-ratelimit-reset-req-minute', remaining: ['x-ratelimit-remaining-req-minute'], month: false },
+  { reset: 'x-ratelimit-reset-tokens-month', remaining: ['x-ratelimit-remaining-tokens-month'], month: true },
+  {
+    reset: 'x-ratelimit-reset-minute',
+    remaining: ['x-ratelimit-remaining-minute', 'x-ratelimitbysize-remaining-minute'],
+    month: false
+  },
+  {
+    reset: 'x-ratelimit-reset-month',
+    remaining: ['x-ratelimit-remaining-month', 'x-ratelimitbysize-remaining-month'],
+    month: true
+  },
+  { reset: 'x-ratelimit-reset', remaining: ['x-ratelimit-remaining'], month: false }
 ]
 
 /**
@@ -23,12 +36,27 @@ export function retryAfterMs (headers: Headers, now: number): number | undefined
     const date = Date.parse(retryAfter)
     if (Number.isFinite(date)) return Math.max(0, date - now)
   }
-  let longest: number | undefined
-  for (const name of RESET_HEADERS) {
-    const seconds = Number(first(headers[name]))
-    if (Number.isFinite(seconds) && seconds > 0 && (longest === undefined || seconds * 1000 > longest)) longest = seconds * 1000
+  return resetWait(headers)
+}
+
+/**
+ * The wait the reset headers give: the longest reset of the windows shown spent (a remaining count of 0), else of the
+ * windows that may be, less the month's. A window with room left says nothing of this 429, and a month's reset, weeks
+ * away on every answer, cools a key only when its remaining count shows the month spent: a minute's 429 beside it
+ * would otherwise keep the key away until the month ends.
+ */
+function resetWait (headers: Headers): number | undefined {
+  let spent: number | undefined
+  let unknown: number | undefined
+  for (const window of RESET_HEADERS) {
+    const seconds = Number(first(headers[window.reset]))
+    if (!Number.isFinite(seconds) || seconds <= 0) continue
+    const counts = window.remaining.map((name) => Number(first(headers[name]))).filter(Number.isFinite)
+    const remaining = counts.length === 0 ? undefined : Math.min(...counts)
+    if (remaining !== undefined && remaining <= 0) spent = Math.max(spent ?? 0, seconds * 1000)
+    else if (remaining === undefined && !window.month) unknown = Math.max(unknown ?? 0, seconds * 1000)
   }
-  return longest
+  return spent ?? unknown
 }
 
 /**

@@ -146,10 +146,12 @@ t.test('Redis gone: capped calls fail closed fast, uncapped calls flow under the
     await replicas.createWorkspace({ limits: { rpm: 5 } })
   ]
   const free = await replicas.createWorkspace()
+  // one workspace for each outage whose Mistral key meets a 429: a cooldown lasts beyond the outage
+  const cooled = [await replicas.createWorkspace(), await replicas.createWorkspace()]
   // every token is in both replicas' caches, and the capped workspace has a counter
-  for (const [i, ws] of [capped, free, capped, free].entries()) t.equal((await chat(ws, i)).status, 200, 'warm')
+  for (const [i, ws] of [capped, free, capped, free, ...cooled].entries()) t.equal((await chat(ws, i)).status, 200, 'warm')
 
-  const checkDown = async (t: Test, how: string, limitedWs: ReplicaWorkspace) => {
+  const checkDown = async (t: Test, how: string, limitedWs: ReplicaWorkspace, cooledWs: ReplicaWorkspace) => {
     const refusals: Reply[] = []
     for (let i = 0; i < 4; i++) refusals.push(await chat(capped, i))
     const slowest = Math.max(...refusals.map((reply) => reply.doneAt - reply.sentAt))
@@ -174,12 +176,23 @@ t.test('Redis gone: capped calls fail closed fast, uncapped calls flow under the
     t.ok(one.every((reply) => reply.doneAt - reply.sentAt < 2_000), `${how}: no call waited on Redis`)
     const unlimited = await Promise.all(Array.from({ length: 10 }, (_, i) => chat(free, i)))
     t.same(statusCounts(unlimited), { 200: 10 }, `${how}: a workspace with no limit is served`)
+
+    // Mistral's 429 reaches the client as a 429 with Mistral's wait, not as a 502, and cools the key on this replica
+    // (the shared cooldown lives in Redis): the next call through it is not sent to Mistral
+    mistral.enqueueRateLimit({ retryAfterSeconds: 30 })
+    const sentBefore = mistral.received.length
+    const refused = await call(replicas.urls[0], cooledWs.token, '/v1/chat/completions', body)
+    t.same([refused.status, refused.json?.code, refused.headers.get('retry-after')], [429, 'upstream_rate_limited', '30'],
+      `${how}: Mistral's 429 is answered as one, with its Retry-After`)
+    const again = await call(replicas.urls[0], cooledWs.token, '/v1/chat/completions', body)
+    t.same([again.status, again.json?.code], [429, 'upstream_rate_limited'], `${how}: the next call is refused too`)
+    t.equal(mistral.received.length, sentBefore + 1, `${how}: and the cooling key was not sent to Mistral again`)
   }
 
   // SIGSTOP: the connection stays open and nothing answers, so every command waits for REDIS_COMMAND_TIMEOUT_MS
   redis.pause()
   await t.test('Redis not answering', async (t) => {
-    await checkDown(t, 'paused', limited[0])
+    await checkDown(t, 'paused', limited[0], cooled[0])
     redis.resume()
   })
   redis.resume()
@@ -187,7 +200,7 @@ t.test('Redis gone: capped calls fail closed fast, uncapped calls flow under the
 
   // killed: the connection is refused
   await redis.stop('SIGKILL')
-  await t.test('Redis stopped', async (t) => checkDown(t, 'stopped', limited[1]))
+  await t.test('Redis stopped', async (t) => checkDown(t, 'stopped', limited[1], cooled[1]))
 
   // back, empty: the counters are seeded from the ledger again and the cap still counts what was spent
   await redis.start()

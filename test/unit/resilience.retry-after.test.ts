@@ -27,18 +27,42 @@ t.test('Retry-After in seconds, or as an HTTP date', async (t) => {
     'neither a number nor a date: the reset headers decide')
 })
 
-t.test('Mistral\'s reset headers alone, every generation: the longest wins', async (t) => {
+t.test('Mistral\'s reset headers alone, every generation: the longest of the spent windows wins', async (t) => {
   t.equal(retryAfterMs({ 'x-ratelimit-reset-tokens-minute': '12' }, NOW), 12_000, 'third generation')
   t.equal(retryAfterMs({ 'x-ratelimit-reset-req-minute': '3', 'x-ratelimit-reset-tokens-minute': '41' }, NOW), 41_000,
     'requests and tokens: wait for both')
-  t.equal(retryAfterMs({ 'x-ratelimit-reset-minute': '20', 'x-ratelimit-reset-month': '86400' }, NOW), 86_400_000,
-    'second generation: a month\'s quota spent outlasts the minute')
+  t.equal(retryAfterMs({
+    'x-ratelimit-reset-minute': '20', 'x-ratelimit-reset-month': '86400', 'x-ratelimit-remaining-month': '0'
+  }, NOW), 86_400_000, 'second generation: a month\'s quota shown spent outlasts the minute')
   t.equal(retryAfterMs({ 'ratelimitbysize-reset': '30' }, NOW), 30_000, 'first generation')
   t.equal(retryAfterMs({ 'x-ratelimit-reset': '5' }, NOW), 5000)
   t.equal(retryAfterMs({ 'x-ratelimit-reset-tokens-minute': '0', 'x-ratelimit-remaining-tokens-minute': '0' }, NOW),
     undefined, 'a reset of 0 and remaining counts say nothing about when')
   t.equal(retryAfterMs({ 'x-ratelimit-limit-tokens-minute': '500000' }, NOW), undefined, 'a limit is not a wait')
   t.equal(retryAfterMs({}, NOW), undefined, 'no hint at all: the caller backs off')
+})
+
+t.test('a window with room left, or a month not shown spent, does not set the wait', async (t) => {
+  const minuteSpent = {
+    'x-ratelimit-reset-minute': '20',
+    'x-ratelimitbysize-remaining-minute': '0',
+    'x-ratelimit-reset-month': '1900000',
+    'x-ratelimitbysize-remaining-month': '999000000'
+  }
+  t.equal(retryAfterMs(minuteSpent, NOW), 20_000, 'the minute is spent, the month has room: 20 s, not 22 days')
+  t.equal(retryAfterMs({ 'x-ratelimit-reset-minute': '20', 'x-ratelimit-reset-month': '1900000' }, NOW), 20_000,
+    'nothing says which is spent: the month\'s reset alone never cools a key for weeks')
+  t.equal(retryAfterMs({ 'x-ratelimit-reset-month': '1900000' }, NOW), undefined,
+    'a month\'s reset alone, not shown spent: no hint, the caller backs off')
+  t.equal(retryAfterMs({
+    'x-ratelimit-reset-req-minute': '3', 'x-ratelimit-remaining-req-minute': '0',
+    'x-ratelimit-reset-tokens-minute': '41', 'x-ratelimit-remaining-tokens-minute': '120000'
+  }, NOW), 3000, 'requests spent, tokens left: the requests\' reset')
+  t.equal(retryAfterMs({
+    'ratelimitbysize-reset': '40', 'ratelimitbysize-remaining': '467993', 'x-ratelimit-reset-req-minute': '3'
+  }, NOW), 3000, 'a window with room is left out; one without a count may be the spent one')
+  t.equal(retryAfterMs({ 'ratelimitbysize-reset': '40', 'ratelimitbysize-remaining': 'n/a' }, NOW), 40_000,
+    'a count that is no number says nothing')
 })
 
 t.test('a spend-limit 429 is told apart from a rate limit by its words', async (t) => {
