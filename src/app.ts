@@ -10,7 +10,7 @@ import { usageRoutes } from './admin/usage-routes.js'
 import { ErrorBody } from './admin/schemas.js'
 import type { Config } from './config.js'
 import { openDatabase } from './db/client.js'
-import { errorHandler, errorEnvelope, unknownRoute } from './errors.js'
+import { badRequest, errorHandler, errorEnvelope, notReady, retryAfterHeaders, unknownRoute } from './errors.js'
 import { createGatewayEvents, type GatewayEvents } from './events.js'
 import { healthRoutes } from './health.js'
 import { metricsPlugin } from './metrics.js'
@@ -45,6 +45,8 @@ const lazySerializers: SerializerFactory = (externalSchemas, options) => {
   }
 }
 
+const MAX_PATH_PARAMETER = 1024
+
 /** Builds the gateway: database migrated, services wired, routes registered. Never listens. */
 export async function buildApp ({ config, logger }: BuildOptions): Promise<FastifyInstance> {
   if (!config.TRAMONTANE_ADMIN_TOKEN || !config.TRAMONTANE_MASTER_KEYS) {
@@ -57,9 +59,25 @@ export async function buildApp ({ config, logger }: BuildOptions): Promise<Fasti
     // one line per request, written by writeRequestLine with the facts of the call
     logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: config.BODY_LIMIT_BYTES,
+    // a model id may be 200 characters (the price book's bound), and Mistral's own ids are far shorter: Fastify's 100
+    // refused some of those. Past this bound, frameworkErrors answers
+    routerOptions: { maxParamLength: MAX_PATH_PARAMETER },
+    // a URL the router cannot read (a broken percent-escape, a path parameter past the bound) is answered by Fastify
+    // before any hook, in a shape of its own: the gateway's envelope, request id and request line instead
+    frameworkErrors: (err, request, reply) => {
+      trackRequestLine(request, reply)
+      reply.raw.once('finish', () => writeRequestLine(request, reply))
+      reply.header('x-request-id', request.id)
+      const message = err.code === 'FST_ERR_MAX_PARAM_LENGTH'
+        ? `A part of the request path is longer than ${MAX_PATH_PARAMETER} characters`
+        : 'The request path has an invalid percent-encoding'
+      return errorHandler(badRequest(message), request, reply)
+    },
     // a slow generation can hold a request for many minutes: the upstream timeouts bound it, not Node's
     requestTimeout: 0,
-    return503OnClosing: true,
+    // once closing, a call on a kept-alive connection gets the gateway's own 503 (app.addHook below), in the envelope,
+    // with its request id and line, not Fastify's bare one
+    return503OnClosing: false,
     schemaController: { compilersFactory: { buildSerializer: lazySerializers } },
     // an operator's typo ("timeZone") must be an error, not silently dropped
     ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', useDefaults: true } }
@@ -76,12 +94,18 @@ export async function buildApp ({ config, logger }: BuildOptions): Promise<Fasti
   // the microtask queue (the onSend one before the answer's write). With callbacks only, reply.send writes the answer
   // before it returns, and the proxy meters a whole answer after that (proxy/routes.ts): an async onSend hook would
   // put the metering back in front of the write
+  let closing = false
   app.addHook('onRequest', (request, reply, done) => {
     trackRequestLine(request, reply)
-    done()
+    if (!closing) return done()
+    reply.header('connection', 'close')
+    done(notReady('The gateway is shutting down; retry the call (it goes to another replica)',
+      { headers: retryAfterHeaders(1000) }))
   })
   app.addHook('onSend', (request, reply, payload, done) => {
     reply.header('x-request-id', request.id)
+    // a client would send its next call on this connection, which only gets a 503 now
+    if (closing) reply.header('connection', 'close')
     answered(request, reply)
     done(null, payload)
   })
@@ -129,6 +153,7 @@ export async function buildApp ({ config, logger }: BuildOptions): Promise<Fasti
   // Node's server.close() ends only the keep-alive connections idle at that moment: one whose stream finishes later
   // would hold close() for the keep-alive timeout, past SHUTDOWN_GRACE_MS. End each one as it goes idle.
   app.addHook('preClose', async () => {
+    closing = true
     const sweep = setInterval(() => app.server.closeIdleConnections(), 100).unref()
     app.server.once('close', () => clearInterval(sweep))
   })

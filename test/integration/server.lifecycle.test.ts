@@ -4,7 +4,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import pg from 'pg'
 import t, { type Test } from 'tap'
 import { Client, request } from 'undici'
-import { TEST_ADMIN_TOKEN, TEST_DATABASE_URL, TEST_REDIS_URL, buildTestApp, gatewayEnv } from '../helpers/app.js'
+import { TEST_ADMIN_TOKEN, TEST_DATABASE_URL, TEST_REDIS_URL, buildTestApp, gatewayEnv, listen } from '../helpers/app.js'
 import { startFakeMistral } from '../helpers/fake-mistral.js'
 import { startGatewayProcess } from '../helpers/gateway-process.js'
 import { proxiedDatabase, startTcpProxy } from '../helpers/tcp-proxy.js'
@@ -305,3 +305,32 @@ t.test('a SHUTDOWN_DELAY_MS out of range stops the start, with its name', async 
   await t.rejects(startGatewayProcess(t, { ...gatewayEnv('http://127.0.0.1:9'), SHUTDOWN_DELAY_MS: '-1' }),
     /SHUTDOWN_DELAY_MS/)
 })
+
+t.test('once closing, a call on a kept-alive connection gets the envelope 503 with its request id, and the connection closes',
+  async (t) => {
+    const { app, mistral, createWorkspace } = await buildTestApp(t)
+    const ws = await createWorkspace()
+    const url = await listen(app)
+    // a stream whose headers went out before the close, on a keep-alive connection the client will use again
+    const client = new Client(url)
+    t.teardown(() => client.destroy())
+    const gate = mistral.holdStreams()
+    const stream = await request(`${url}/v1/chat/completions`, {
+      method: 'POST', headers: { ...ws.headers, 'content-type': 'application/json' }, body: chat({ stream: true }),
+      dispatcher: client
+    })
+    t.equal(stream.statusCode, 200)
+    const closed = app.close()
+    gate.release()
+    t.match(await stream.body.text(), /data: \[DONE\]\n\n$/, 'the stream in flight completes')
+
+    // the next call on the same connection, before the server ends it
+    const next = await request(`${url}/v1/models`, { headers: ws.headers, dispatcher: client })
+    const body = await next.body.json() as any
+    t.equal(next.statusCode, 503)
+    t.match(body, { object: 'error', code: 'not_ready', type: 'server_error', request_id: String }, 'the envelope')
+    t.equal(next.headers['x-request-id'], body.request_id, 'with its request id')
+    t.same([next.headers['retry-after'], next.headers['retry-after-ms']], ['1', '1000'], 'and when to retry')
+    t.equal(next.headers.connection, 'close', 'the connection is not kept for another call')
+    await closed
+  })
