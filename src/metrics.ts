@@ -40,6 +40,8 @@ export interface CallFacts {
   status: number
   durationMs: number
   upstreamMs?: number
+  /** the answer was an event stream, metered or not (the `stream` label); absent: a time to first token says so */
+  streamed?: boolean
   ttftMs?: number | null
   inputTokens?: number
   outputTokens?: number
@@ -99,7 +101,7 @@ export interface MetricsOptions {
   /**
    * false: the workspace label is empty on the families every call adds to; the scrape-time ones keep it (Mistral's
    * quota per key, a key's name meaning nothing without its workspace; spend and caps, which the cap alerts join by
-   * it), each capped at 1,000 series
+   * it), each capped at 1,000 series, and so do the refusals of limits and caps, which the cap alert reads
    */
   workspaceLabel?: boolean
 }
@@ -224,8 +226,9 @@ export function createMetrics (options: MetricsOptions): Metrics {
     labelNames: quotaLabels, registers
   })
 
-  const workspaceOf = (slug: string) => {
-    if (options.workspaceLabel === false) return ''
+  const workspaceOf = (slug: string) => options.workspaceLabel === false ? '' : boundedWorkspace(slug)
+  // the first 1,000 slugs this process sees, then `__other__`
+  const boundedWorkspace = (slug: string) => {
     if (seenWorkspaces.has(slug)) return slug
     if (seenWorkspaces.size < MAX_WORKSPACES) {
       seenWorkspaces.add(slug)
@@ -280,7 +283,8 @@ export function createMetrics (options: MetricsOptions): Metrics {
       // the meter gives a time to first token for streamed answers only
       const ttftMs = facts.ttftMs ?? undefined
       if (facts.upstreamMs !== undefined) {
-        serverDuration.observe(facts.upstreamMs / 1000, operation, model, ttftMs === undefined ? 'false' : 'true')
+        const streamed = facts.streamed ?? ttftMs !== undefined
+        serverDuration.observe(facts.upstreamMs / 1000, operation, model, streamed ? 'true' : 'false')
       }
       if (ttftMs !== undefined) ttft.observe(ttftMs / 1000, operation, model)
       if (facts.inputTokens) {
@@ -307,7 +311,9 @@ export function createMetrics (options: MetricsOptions): Metrics {
         : options.workspaceLabel === false ? '' : NO_WORKSPACE
       requests.inc(1, label, operation ?? NO_OPERATION, 'other', statusClass(status))
     },
-    denied (workspace, limit) { denials.inc({ workspace: workspaceOf(workspace), limit }) },
+    // a refusal names its workspace whatever `workspaceLabel` says: the cap alert tells the operator which client is
+    // blocked by it (a refusal is rare, and its series are as bounded as the scrape-time ones)
+    denied (workspace, limit) { denials.inc({ workspace: boundedWorkspace(workspace), limit }) },
     upstream (status) {
       const code = KNOWN_CODES.has(status) ? String(status) : 'other'
       upstreamResponses.inc(1, statusClass(status), code)

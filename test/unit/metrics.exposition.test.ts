@@ -74,6 +74,10 @@ t.test('a call answered before the meter counts once, with what is known of it',
   unlabelled.unmetered('acme', 'chat', 503)
   t.equal(valueOf(parseExposition(await unlabelled.scrape()), 'tramontane_requests_total',
     { workspace: '', operation: 'unknown', status_class: '5xx' }), 1, 'METRICS_WORKSPACE_LABEL=false: no workspace, known or not')
+  unlabelled.denied('acme', 'daily_spend_cap_reached')
+  t.equal(valueOf(parseExposition(await unlabelled.scrape()), 'tramontane_rate_limit_denials_total',
+    { workspace: 'acme', limit: 'daily_spend_cap_reached' }), 1,
+    'a refusal still names its workspace: the cap alert says which client is blocked')
 })
 
 t.test('the spool\'s oldest record\'s age is read at scrape time', async (t) => {
