@@ -8,6 +8,7 @@ import { describeLimits } from '../limits/describe-limits.js'
 import type { RateLimits, SpendCaps, WorkspaceLimits } from '../limits/policy.js'
 import { capsView, mergeRateLimits, mergeSpendCaps, mergeWorkspaceLimits } from '../limits/policy-input.js'
 import { PRICE_FAMILIES } from '../pricing/default-prices.js'
+import { DEFAULT_KEY } from '../tenancy/mistral-keys.js'
 import type { CooldownPolicy } from '../tenancy/workspaces.js'
 import { requireAdminToken } from './admin-auth.js'
 import {
@@ -181,7 +182,7 @@ export async function adminRoutes (app: FastifyInstance, { adminToken }: { admin
     }
   }, async (request, reply) => {
     const workspace = await workspaceOf(request)
-    const { name = 'default', key } = request.body as { name?: string, key: string }
+    const { name = DEFAULT_KEY, key } = request.body as { name?: string, key: string }
     const created = await keys.add(workspace.id, name, key)
     await audit(request, 'mistral_key.create', 'mistral_key', created.id, workspace.id, { name })
     return reply.code(201).send(created)
@@ -351,7 +352,10 @@ export async function adminRoutes (app: FastifyInstance, { adminToken }: { admin
       security,
       querystring: Type.Object({
         limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000, default: 100 })),
-        before: Type.Optional(Type.Integer({ description: 'entries older than this id (paging)' }))
+        // ids are bigserial, read as JS numbers: beyond the largest safe integer they would not be exact
+        before: Type.Optional(Type.Integer({
+          maximum: Number.MAX_SAFE_INTEGER, description: 'entries older than this id (paging)'
+        }))
       }),
       response: { 200: Type.Object({ data: Type.Array(AuditEntry) }), ...errors }
     }

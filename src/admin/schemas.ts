@@ -1,4 +1,6 @@
 import { Type, type Static } from '@sinclair/typebox'
+import { DEFAULT_KEY } from '../tenancy/mistral-keys.js'
+import { MAX_MARKUP_BPS, MIN_MARKUP_BPS } from '../tenancy/workspaces.js'
 
 // The admin API's contract, also served as OpenAPI at /docs; responses are serialised through these schemas,
 // so a field that is not listed here (a hash, a ciphertext) can never leave the gateway.
@@ -107,7 +109,11 @@ export const WorkspacePatch = Type.Object({
   })),
   limits: Type.Optional(WorkspaceLimitsBody),
   caps: Type.Optional(SpendCapsBody),
-  markupBps: Type.Optional(Type.Integer({ minimum: -10000 })),
+  markupBps: Type.Optional(Type.Integer({
+    minimum: MIN_MARKUP_BPS,
+    maximum: MAX_MARKUP_BPS,
+    description: `basis points added to list prices, from ${MIN_MARKUP_BPS} (free) to ${MAX_MARKUP_BPS} (+10,000 %)`
+  })),
   cooldown: Type.Optional(Type.Object(Cooldown.properties, {
     additionalProperties: false,
     description: 'replaces the whole setting; {} goes back to the default (docs/resilience.md)'
@@ -138,7 +144,12 @@ export const MistralKey = Type.Object({
 }, { $id: 'MistralKey' })
 
 export const MistralKeyCreate = Type.Object({
-  name: Type.String({ default: 'default', examples: ['default', 'production'] }),
+  name: Type.Optional(Type.String({
+    default: DEFAULT_KEY,
+    description: `lower-case a-z, 0-9, _ and -, 1-63 characters; left out, '${DEFAULT_KEY}' (the key of tokens bound ` +
+      'to none)',
+    examples: [DEFAULT_KEY, 'production']
+  })),
   key: Type.String({ description: 'the Mistral API key; stored AES-256-GCM encrypted' })
 }, { additionalProperties: false })
 

@@ -20,9 +20,9 @@ export type Invalidation =
 
 export interface InvalidationBus {
   /**
-   * Never rejects: a message Redis cannot take is lost as one sent while a replica is disconnected is, and the same
-   * holds (replicas that reconnect forget everything; a token lookup is trusted TOKEN_CACHE_TTL_MS at most). The
-   * change it announces is committed by then, and must be answered and audited as such.
+   * Never rejects: the change it announces is committed by then, and must be answered and audited as such. A message
+   * Redis cannot take is not lost for good: once Redis takes messages again, every replica is told to forget
+   * everything (as a replica that reconnects does), and caches have a time limit besides.
    */
   publish (message: Invalidation): Promise<void>
   /** `null` means "messages may have been missed": forget everything. */
@@ -31,6 +31,10 @@ export interface InvalidationBus {
 }
 
 const CHANNEL = 'tmt:invalidations'
+// what every replica reads as "messages may have been missed": `null`, which older replicas understand too
+const FORGET_EVERYTHING = 'null'
+// a publish that timed out on a connection still up: no 'ready' follows, so it is tried again after this
+const REPUBLISH_AFTER_MS = 1_000
 
 export function createLocalBus (): InvalidationBus {
   const emitter = new EventEmitter()
@@ -66,13 +70,35 @@ export function createRedisBus (client: Redis | Cluster, subscriber: Redis | Clu
     connectedBefore = true
   })
   subscriber.subscribe(CHANNEL).catch(() => {})
+
+  // A message Redis did not take (the command client queues nothing while disconnected) would leave the other replicas
+  // with what it announced the end of (a replaced Mistral key, a revoked token) until their caches expire: once
+  // Redis takes messages again they are all told to forget everything, this one included
+  let missed = false
+  let retry: NodeJS.Timeout | undefined
+  const send = (payload: string) => client.publish(CHANNEL, payload).then(() => {}, () => {
+    missed = true
+    if (client.status === 'ready') retry ??= setTimeout(announceMissed, REPUBLISH_AFTER_MS).unref()
+  })
+  function announceMissed () {
+    retry = undefined
+    if (!missed) return
+    missed = false
+    void send(FORGET_EVERYTHING)
+  }
+  client.on('ready', announceMissed)
+
   return {
     async publish (message) {
       // the local replica must forget even when Redis is unreachable
       emitter.emit('message', message)
-      await client.publish(CHANNEL, JSON.stringify({ ...message, origin })).catch(() => {})
+      await send(JSON.stringify({ ...message, origin }))
     },
     subscribe (listener) { emitter.on('message', listener) },
-    async close () { emitter.removeAllListeners() }
+    async close () {
+      clearTimeout(retry)
+      client.off('ready', announceMissed)
+      emitter.removeAllListeners()
+    }
   }
 }

@@ -8,6 +8,16 @@ import { createKeyCipher, KeyCryptoError, type KeyCipher } from './key-crypto.js
 import type { MasterKeyRing } from './master-keys.js'
 
 const KEY_NAME = /^[a-z0-9][a-z0-9_-]{0,62}$/
+// printable ASCII, no space: a key pasted with a zero-width space or a control character in it would be stored, and
+// every call with it fail before reaching Mistral (not a valid header value) as a 502 that opens the breaker
+const KEY_CHARACTERS = /^[\x21-\x7e]{8,512}$/
+/**
+ * How long a replica uses a decrypted key, and a workspace's key names, before it reads them again: changes are pushed
+ * over the bus at once, so this only bounds how long one that missed the news calls with a replaced or deleted key.
+ */
+export const KEY_CACHE_TTL_MS = 60_000
+// a read again that fails (PostgreSQL unreachable) keeps what was read before, and is tried again after this
+const STALE_RETRY_MS = 5_000
 /** The key a token bound to none calls with (and fails over from): src/proxy/routes.ts, keyCandidates. */
 export const DEFAULT_KEY = 'default'
 
@@ -42,7 +52,7 @@ export interface MistralKeyStore {
    * each of its calls would fail.
    */
   remove (workspaceId: string, name: string): Promise<string>
-  /** The decrypted key a proxied call uses; cached until the bus says the workspace changed. */
+  /** The decrypted key a proxied call uses; cached until the bus says its workspace changed, or KEY_CACHE_TTL_MS. */
   resolve (workspaceId: string, name: string): Promise<UsableKey | undefined>
   /** The names of a workspace's keys in failover order: `default` first, then by name. Cached like `resolve`. */
   names (workspaceId: string): Promise<string[]>
@@ -52,10 +62,22 @@ export interface MistralKeyStore {
   rewrapAll (): Promise<{ moved: number, unknownMasterKeys: Record<string, number> }>
 }
 
-export function createMistralKeyStore ({ db, cipher, bus }: { db: Database, cipher: KeyCipher, bus: InvalidationBus }):
+interface Cached<T> {
+  value: Promise<T>
+  until: number
+}
+
+interface MistralKeyStoreOptions {
+  db: Database
+  cipher: KeyCipher
+  bus: InvalidationBus
+  cacheTtlMs?: number
+}
+
+export function createMistralKeyStore ({ db, cipher, bus, cacheTtlMs = KEY_CACHE_TTL_MS }: MistralKeyStoreOptions):
 MistralKeyStore {
-  const cache = new Map<string, Promise<UsableKey | undefined>>()
-  const nameCache = new Map<string, Promise<string[]>>()
+  const cache = new Map<string, Cached<UsableKey | undefined>>()
+  const nameCache = new Map<string, Cached<string[]>>()
   bus.subscribe((message) => {
     if (message === null) {
       nameCache.clear()
@@ -86,6 +108,7 @@ MistralKeyStore {
       return rows.map(view)
     },
     async replace (workspaceId, name, secret) {
+      if (!isKeyName(name)) throw notFound(`No Mistral key named '${name}'`)
       // a new key gets a new id: what is known by the old one (a cooldown, an open breaker, Mistral's quota, a 401
       // that a call still in flight with the old secret meets and would mark invalid) is the old key's, not this one's.
       // By name: of two replacements at once, the later one wins, and the row lock has it read the earlier one's key
@@ -103,6 +126,7 @@ MistralKeyStore {
       return result
     },
     async remove (workspaceId, name) {
+      if (!isKeyName(name)) throw notFound(`No Mistral key named '${name}'`)
       const id = await db.transaction(async (tx) => {
         // held until the deletion commits, against the mints that lock the key (lockKeyForMint): one that locked it
         // first has committed its token by the time this lock is granted, and the query below (a new snapshot) counts
@@ -119,25 +143,15 @@ MistralKeyStore {
       return id
     },
     resolve (workspaceId, name) {
-      const cacheKey = `${workspaceId}/${name}`
-      let entry = cache.get(cacheKey)
-      if (!entry) {
-        entry = load(workspaceId, name)
-        cache.set(cacheKey, entry)
-        entry.catch(() => cache.delete(cacheKey))
-      }
-      return entry
+      return cached(cache, `${workspaceId}/${name}`, () => load(workspaceId, name))
     },
     names (workspaceId) {
-      let entry = nameCache.get(workspaceId)
-      if (!entry) {
-        entry = db.select({ name: mistralKeys.name }).from(mistralKeys).where(eq(mistralKeys.workspaceId, workspaceId))
-          .then((rows) => rows.map((row) => row.name)
-            .sort((a, b) => a === DEFAULT_KEY ? -1 : b === DEFAULT_KEY ? 1 : a.localeCompare(b)))
-        nameCache.set(workspaceId, entry)
-        entry.catch(() => nameCache.delete(workspaceId))
-      }
-      return entry
+      return cached(nameCache, workspaceId, async () => {
+        const rows = await db.select({ name: mistralKeys.name }).from(mistralKeys)
+          .where(eq(mistralKeys.workspaceId, workspaceId))
+        return rows.map((row) => row.name)
+          .sort((a, b) => a === DEFAULT_KEY ? -1 : b === DEFAULT_KEY ? 1 : a.localeCompare(b))
+      })
     },
     async markInvalid (workspaceId, keyId) {
       const updated = await db.update(mistralKeys).set({ status: 'invalid', updatedAt: sql`now()` })
@@ -167,6 +181,29 @@ MistralKeyStore {
       }
       return { moved, unknownMasterKeys }
     }
+  }
+
+  /**
+   * What `read` gives, read once per `cacheTtlMs` (callers meanwhile share one read). A read that fails keeps serving
+   * what the last one gave, as token lookups do through a PostgreSQL outage, unless the bus dropped it meanwhile.
+   */
+  function cached<T> (entries: Map<string, Cached<T>>, cacheKey: string, read: () => Promise<T>): Promise<T> {
+    const now = Date.now()
+    const stale = entries.get(cacheKey)
+    if (stale && stale.until > now) return stale.value
+    const entry: Cached<T> = {
+      value: read().catch((err: unknown) => {
+        if (!stale || entries.get(cacheKey) !== entry) {
+          if (entries.get(cacheKey) === entry) entries.delete(cacheKey)
+          throw err
+        }
+        entry.until = Date.now() + STALE_RETRY_MS
+        return stale.value
+      }),
+      until: now + cacheTtlMs
+    }
+    entries.set(cacheKey, entry)
+    return entry.value
   }
 
   async function load (workspaceId: string, name: string): Promise<UsableKey | undefined> {
@@ -268,14 +305,19 @@ function inUseMessage (name: string, relying: RelyingToken[]): string {
 
 function seal (cipher: KeyCipher, workspaceId: string, keyId: string, secret: string) {
   const trimmed = secret.trim()
-  if (trimmed.length < 8 || trimmed.length > 512 || /\s/.test(trimmed)) {
-    throw badRequest('key must be a Mistral API key: 8-512 characters without spaces', { param: 'key' })
+  if (!KEY_CHARACTERS.test(trimmed)) {
+    throw badRequest('key must be a Mistral API key: 8-512 printable ASCII characters without spaces', { param: 'key' })
   }
   return { ...cipher.seal({ workspaceId, keyId, plaintext: trimmed }), last4: trimmed.slice(-4) }
 }
 
+/** Whether a key could be named so: a name that could not (one with a NUL, which PostgreSQL refuses) names no key. */
+export function isKeyName (name: string): boolean {
+  return KEY_NAME.test(name)
+}
+
 function checkName (name: string) {
-  if (!KEY_NAME.test(name)) {
+  if (!isKeyName(name)) {
     throw badRequest('name must be 1-63 characters of a-z, 0-9, _ and -', { param: 'name' })
   }
 }

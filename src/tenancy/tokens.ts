@@ -5,9 +5,9 @@ import { workspaces, workspaceTokens, type WorkspaceToken } from '../db/schema.j
 import { authenticationUnavailable, badRequest, notFound } from '../errors.js'
 import type { RateLimits, SpendCaps, WorkspaceLimits } from '../limits/policy.js'
 import type { Invalidation, InvalidationBus } from './invalidation-bus.js'
-import { DEFAULT_KEY, lockKeyForMint } from './mistral-keys.js'
+import { DEFAULT_KEY, isKeyName, lockKeyForMint } from './mistral-keys.js'
 import { generateWorkspaceToken, hashWorkspaceToken } from './token-format.js'
-import type { CooldownPolicy } from './workspaces.js'
+import { checkName, type CooldownPolicy } from './workspaces.js'
 
 /** Who is calling: the only source of the workspace for a proxied request (DESIGN.md, Isolation). */
 export interface TenantContext {
@@ -66,6 +66,8 @@ export interface TokenStore {
 interface CacheEntry {
   context: TenantContext | undefined
   workspaceId: string | undefined
+  /** the token's expiry (epoch ms; Infinity: none), which a failed read cannot postpone */
+  expiresAt: number
   until: number
 }
 
@@ -119,8 +121,7 @@ export function createTokenStore ({ db, bus, cacheTtlMs, scopes, log }: TokenSto
 
   return {
     async mint (workspaceId, input) {
-      const name = input.name?.trim() ?? ''
-      if (name.length === 0 || name.length > 200) throw badRequest('name must be 1-200 characters', { param: 'name' })
+      const name = checkName(input.name ?? '')
       const requested = input.scopes ?? []
       const unknown = requested.filter((scope) => !scopes.has(scope))
       if (unknown.length > 0) {
@@ -129,12 +130,13 @@ export function createTokenStore ({ db, bus, cacheTtlMs, scopes, log }: TokenSto
       }
       const expiresAt = parseExpiry(input.expiresAt)
       const mistralKeyName = input.mistralKey ?? null
+      if (mistralKeyName !== null && !isKeyName(mistralKeyName)) throw noKeyNamed(mistralKeyName)
       const { token, prefix, hash } = generateWorkspaceToken()
       const row = await db.transaction(async (tx) => {
         // an unbound token relies on `default` if there is one (deleting it is then refused); it may be minted without
         const keyThere = await lockKeyForMint(tx, workspaceId, mistralKeyName ?? DEFAULT_KEY)
         if (mistralKeyName !== null && !keyThere) {
-          throw badRequest(`No Mistral key named '${mistralKeyName}' in this workspace`, { param: 'mistralKey' })
+          throw noKeyNamed(mistralKeyName)
         }
         const [inserted] = await tx.insert(workspaceTokens)
           .values({ workspaceId, name, prefix, hash, scopes: [...new Set(requested)], mistralKeyName, expiresAt })
@@ -162,6 +164,11 @@ export function createTokenStore ({ db, bus, cacheTtlMs, scopes, log }: TokenSto
       const mine = and(eq(workspaceTokens.id, tokenId), eq(workspaceTokens.workspaceId, workspaceId))
       const unchanged = and(eq(workspaceTokens.limits, read.limits as Record<string, unknown>),
         eq(workspaceTokens.caps, read.caps as Record<string, unknown>))
+      if (Object.keys(values).length === 0) {
+        // nothing to set (a PATCH of {}): the token as it stands, and no SET clause, which SQL cannot have empty
+        const [row] = await db.select().from(workspaceTokens).where(and(mine, unchanged))
+        return row ? view(row) : undefined
+      }
       const [row] = await db.update(workspaceTokens).set(values).where(and(mine, unchanged)).returning()
       if (!row) return undefined
       await bus.publish({ type: 'token', hash: row.hash.toString('hex') })
@@ -201,10 +208,16 @@ export function createTokenStore ({ db, bus, cacheTtlMs, scopes, log }: TokenSto
             if (!overlapped(readAt, key, loaded.workspaceId)) cache.set(key, loaded)
             return loaded
           }, (err: unknown) => {
+            // a token's expiry is set when it is minted and never moves: one known to have passed needs no database
+            if (stale && stale.expiresAt <= now) {
+              const expired = { ...stale, context: undefined, until: now + cacheTtlMs }
+              cache.set(key, expired)
+              return expired
+            }
             // PostgreSQL unreachable: a token this replica knew keeps what it last read (a revocation still arrives
-            // over the bus and drops it), so a database outage does not stop the proxy; asked again in a few seconds.
-            // Kept unless this token's own entry was dropped meanwhile: a change to any other token or workspace
-            // must not turn the outage into errors for this one
+            // over the bus and drops it), so a database outage does not stop the proxy; asked again in a few seconds,
+            // or at its expiry. Kept unless this token's own entry was dropped meanwhile: a change to any other token
+            // or workspace must not turn the outage into errors for this one
             if (!stale || cache.get(key) !== stale) {
               const failure = driverError(err)
               const at = Date.now()
@@ -214,7 +227,7 @@ export function createTokenStore ({ db, bus, cacheTtlMs, scopes, log }: TokenSto
               }
               throw authenticationUnavailable(failure, STALE_RETRY_MS)
             }
-            const kept = { ...stale, until: now + STALE_RETRY_MS }
+            const kept = { ...stale, until: Math.min(now + STALE_RETRY_MS, stale.expiresAt) }
             cache.set(key, kept)
             return kept
           }).finally(() => {
@@ -245,7 +258,9 @@ export function createTokenStore ({ db, bus, cacheTtlMs, scopes, log }: TokenSto
       .where(and(eq(workspaceTokens.hash, hash), isNull(workspaceTokens.revokedAt), isNull(workspaces.deletedAt)))
       .limit(1)
     const expiresAt = row?.token.expiresAt?.getTime() ?? Infinity
-    if (!row || expiresAt <= now) return { context: undefined, workspaceId: row?.workspace.id, until: now + cacheTtlMs }
+    if (!row || expiresAt <= now) {
+      return { context: undefined, workspaceId: row?.workspace.id, expiresAt, until: now + cacheTtlMs }
+    }
     const { token, workspace } = row
     return {
       context: {
@@ -272,6 +287,7 @@ export function createTokenStore ({ db, bus, cacheTtlMs, scopes, log }: TokenSto
         }
       },
       workspaceId: workspace.id,
+      expiresAt,
       // an expiring token leaves the cache the moment it expires
       until: Math.min(now + cacheTtlMs, expiresAt)
     }
@@ -300,6 +316,10 @@ function driverError (err: unknown): { code?: string, message: string } {
     for (const each of driver.errors) if (each instanceof Error) messages.push(each.message)
   }
   return { code: (driver as NodeJS.ErrnoException).code, message: messages.filter(Boolean).join('; ') }
+}
+
+function noKeyNamed (name: string) {
+  return badRequest(`No Mistral key named '${name}' in this workspace`, { param: 'mistralKey' })
 }
 
 function parseExpiry (value: string | null | undefined): Date | null {

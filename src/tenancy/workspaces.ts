@@ -9,6 +9,10 @@ const SLUG = /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
 const CURRENCY = /^[A-Z]{3}$/
 
+/** The bounds of a workspace's markup in basis points: -10000 makes its calls free, 1000000 is +10,000 %. */
+export const MIN_MARKUP_BPS = -10_000
+export const MAX_MARKUP_BPS = 1_000_000
+
 /** What a call may do while its Mistral key cools down, tried in this order; after them the client gets the 429. */
 export type CooldownStrategy = 'failover' | 'hold'
 export const COOLDOWN_STRATEGIES: readonly CooldownStrategy[] = ['failover', 'hold']
@@ -78,6 +82,8 @@ export function createWorkspaceStore ({ db, maxHoldMs }: { db: Database, maxHold
     },
     async find (ref, { deleted = false } = {}) {
       const byId = UUID.test(ref)
+      // a reference that can be neither is no workspace's (and one with a NUL would fail the query)
+      if (!byId && !SLUG.test(ref)) return undefined
       const match = byId ? eq(workspaces.id, ref) : eq(workspaces.slug, ref)
       const [row] = await db.select().from(workspaces).where(byId && deleted ? match : and(match, live)).limit(1)
       return row
@@ -116,8 +122,9 @@ function checkSlug (slug: string) {
 
 function checkMarkup (markupBps: number) {
   // a discount can make a call free, never negative
-  if (!Number.isInteger(markupBps) || markupBps < -10_000 || markupBps > 1_000_000) {
-    throw badRequest('markupBps must be whole basis points from -10000 (free) upwards', { param: 'markupBps' })
+  if (!Number.isInteger(markupBps) || markupBps < MIN_MARKUP_BPS || markupBps > MAX_MARKUP_BPS) {
+    throw badRequest(`markupBps must be whole basis points from ${MIN_MARKUP_BPS} (free) to ${MAX_MARKUP_BPS} ` +
+      '(+10,000 %)', { param: 'markupBps' })
   }
   return markupBps
 }
@@ -146,9 +153,15 @@ function checkCooldown (cooldown: CooldownPolicy, maxHoldMs: number): CooldownPo
   return checked
 }
 
-function checkName (name: string) {
+// C0 and C1 controls and DEL: a name is for humans, and PostgreSQL cannot store a NUL in text at all
+const CONTROL = /\p{Cc}/u
+
+/** A workspace's or a token's name, trimmed: 1-200 characters, none of them a control character. */
+export function checkName (name: string): string {
   const trimmed = name.trim()
-  if (trimmed.length === 0 || trimmed.length > 200) throw badRequest('name must be 1-200 characters', { param: 'name' })
+  if (trimmed.length === 0 || trimmed.length > 200 || CONTROL.test(trimmed)) {
+    throw badRequest('name must be 1-200 characters, none of them a control character', { param: 'name' })
+  }
   return trimmed
 }
 

@@ -31,7 +31,7 @@ t.test('workspaces: create, read by id and slug, update, delete', async (t) => {
 })
 
 t.test('bad input gets a clear 400 in the envelope', async (t) => {
-  const { admin } = await buildTestApp(t)
+  const { admin, createWorkspace } = await buildTestApp(t)
   const cases: Array<[unknown, string]> = [
     [{ slug: 'Bad Slug', name: 'x' }, 'slug'],
     [{ slug: '-x', name: 'x' }, 'slug'],
@@ -43,16 +43,71 @@ t.test('bad input gets a clear 400 in the envelope', async (t) => {
     [{ slug: slug(), name: 'x', timezone: 'AET' }, 'timezone'],
     [{ slug: slug(), name: 'x', currency: 'euro' }, 'currency'],
     [{ slug: slug() }, 'name'],
-    [{ slug: slug(), name: 'x', extra: 1 }, 'extra']
+    [{ slug: slug(), name: 'x', extra: 1 }, 'extra'],
+    // PostgreSQL cannot store a NUL in text: refused before it is asked to
+    [{ slug: slug(), name: 'AC\u0000ME' }, 'name']
   ]
-  for (const [body, word] of cases) {
-    const res = await admin('POST', '/admin/v1/workspaces', body)
-    t.equal(res.statusCode, 400, JSON.stringify(body))
+  const refused = (res: { statusCode: number, json: any }, what: string, word: string) => {
+    t.equal(res.statusCode, 400, what)
     t.equal(res.json.object, 'error')
     t.equal(res.json.type, 'invalid_request_error')
     t.ok(res.json.request_id)
-    t.match(res.json.error.message, word, `message names ${word}`)
+    t.match(res.json.error?.message, word, `message names ${word}`)
   }
+  for (const [body, word] of cases) {
+    refused(await admin('POST', '/admin/v1/workspaces', body), JSON.stringify(body), word)
+  }
+
+  const ws = await createWorkspace()
+  refused(await admin('PATCH', `/admin/v1/workspaces/${ws.slug}`, { name: 'a\u0000b' }), 'a NUL in a new name', 'name')
+  refused(await admin('POST', `/admin/v1/workspaces/${ws.slug}/tokens`, { name: 'app\u0000' }), 'a NUL in a token name',
+    'name')
+  // a key Mistral would refuse on every call (each then a 502 that opens the breaker) is refused when it is stored
+  const unprintable = ['sk-abc\u200bdefgh', 'sk-abcdefgh\u0000', 'sk-abc\u0007defgh', 'sk-abc\u00e9defgh', 'sk-abc\u007fdefgh']
+  for (const key of unprintable) {
+    const what = JSON.stringify(key)
+    const added = await admin('POST', `/admin/v1/workspaces/${ws.slug}/mistral-keys`, { name: 'other', key })
+    refused(added, `POST ${what}`, 'key')
+    t.equal(added.json.param, 'key', `POST ${what}: param`)
+    const replaced = await admin('PUT', `/admin/v1/workspaces/${ws.slug}/mistral-keys/default`, { key })
+    refused(replaced, `PUT ${what}`, 'key')
+    t.equal(replaced.json.param, 'key', `PUT ${what}: param`)
+  }
+  const padded = await admin('PUT', `/admin/v1/workspaces/${ws.slug}/mistral-keys/default`, { key: ' sk-new-4321\n' })
+  t.equal(padded.statusCode, 200, 'spaces around a key are trimmed, not refused')
+  t.equal(padded.json.last4, '4321')
+  refused(await admin('PATCH', `/admin/v1/workspaces/${ws.slug}`, { markupBps: 1_000_001 }), 'a markup above +10,000 %',
+    'markupBps')
+  t.equal((await admin('PATCH', `/admin/v1/workspaces/${ws.slug}`, { markupBps: 1_000_000 })).statusCode, 200,
+    'and +10,000 % itself is taken')
+})
+
+t.test('odd requests that PostgreSQL would choke on get a 4xx, not a 500', async (t) => {
+  const { admin, createWorkspace } = await buildTestApp(t)
+  const ws = await createWorkspace()
+  const tokenUrl = `/admin/v1/workspaces/${ws.slug}/tokens/${ws.tokenId}`
+  const before = (await admin('GET', `/admin/v1/workspaces/${ws.slug}/tokens`)).json.data[0]
+  const empty = await admin('PATCH', tokenUrl, {})
+  t.equal(empty.statusCode, 200, 'a PATCH that sets nothing')
+  t.same(empty.json, before, 'answers the token as it stands')
+
+  for (const ref of ['%00', `${ws.slug}%00`, 'a%00b', 'Not%20A%20Slug']) {
+    const res = await admin('GET', `/admin/v1/workspaces/${ref}`)
+    t.equal(res.statusCode, 404, `workspace ${ref}`)
+    t.equal(res.json.code, 'not_found')
+    t.equal((await admin('GET', `/admin/v1/workspaces/${ref}/tokens`)).statusCode, 404, `workspace ${ref}: its tokens`)
+  }
+  for (const method of ['PUT', 'DELETE']) {
+    const res = await admin(method, `/admin/v1/workspaces/${ws.slug}/mistral-keys/a%00b`, { key: 'sk-12345678' })
+    t.equal(res.statusCode, 404, `${method} a key named with a NUL`)
+  }
+
+  const tooFar = await admin('GET', '/admin/v1/audit-log?before=99999999999999999999')
+  t.equal(tooFar.statusCode, 400, 'before beyond any id')
+  t.match(tooFar.json, { type: 'invalid_request_error', message: /before/ })
+  const last = await admin('GET', `/admin/v1/audit-log?before=${Number.MAX_SAFE_INTEGER}&limit=1`)
+  t.equal(last.statusCode, 200, 'before at its maximum')
+  t.equal(last.json.data.length, 1)
 })
 
 t.test('mistral keys: add, list without the secret, replace, delete', async (t) => {
@@ -304,6 +359,14 @@ t.test('OpenAPI docs describe the admin API', async (t) => {
     t.ok(doc.paths[path], path)
   }
   t.notOk(Object.keys(doc.paths).some((p) => p.startsWith('/v1')), 'the proxy is not in the admin docs')
+
+  const body = (path: string, method: string) => doc.paths[path][method].requestBody.content['application/json'].schema
+  const keyCreate = body('/admin/v1/workspaces/{ws}/mistral-keys', 'post')
+  t.notOk(keyCreate.required?.includes('name'), 'a key\'s name may be left out')
+  t.equal(keyCreate.properties.name.default, 'default', 'and is then default')
+  t.same(keyCreate.required, ['key'])
+  const { markupBps } = body('/admin/v1/workspaces/{ws}', 'patch').properties
+  t.same([markupBps.minimum, markupBps.maximum], [-10_000, 1_000_000], 'markupBps has the bounds the store checks')
 })
 
 t.test('default cannot be deleted while a live unbound token relies on it; once none does, it may', async (t) => {

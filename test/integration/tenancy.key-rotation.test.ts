@@ -1,13 +1,20 @@
 import { execFile } from 'node:child_process'
+import { randomBytes } from 'node:crypto'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { promisify } from 'node:util'
 import pg from 'pg'
 import t from 'tap'
-import { generateMasterKey } from '../../src/tenancy/master-keys.js'
-import { buildTestApp } from '../helpers/app.js'
+import { createLocalBus } from '../../src/tenancy/invalidation-bus.js'
+import { createKeyCipher } from '../../src/tenancy/key-crypto.js'
+import { generateMasterKey, parseMasterKeys } from '../../src/tenancy/master-keys.js'
+import { createMistralKeyStore } from '../../src/tenancy/mistral-keys.js'
+import { buildTestApp, TEST_MASTER_KEYS, TEST_REDIS_URL } from '../helpers/app.js'
 import { createScratchDatabase } from '../helpers/database.js'
 import { startFakeMistral } from '../helpers/fake-mistral.js'
+import { startTcpProxy } from '../helpers/tcp-proxy.js'
 
 const run = promisify(execFile)
+const chat = { model: 'mistral-small-latest', messages: [{ role: 'user', content: 'hi' }] }
 
 // docs/operations.md: put the new master key first, re-wrap, drop the old one; traffic never stops.
 t.test('master key rotation works online', async (t) => {
@@ -31,7 +38,6 @@ t.test('master key rotation works online', async (t) => {
 
   // step 1: the new key first, the old one still there (rolled out to every replica), and calls keep flowing
   const during = await buildTestApp(t, { DATABASE_URL: databaseUrl, TRAMONTANE_MASTER_KEYS: `${newKey},${oldKey}` }, shared)
-  const chat = { model: 'mistral-small-latest', messages: [{ role: 'user', content: 'hi' }] }
   let stop = false
   const statuses: number[] = []
   const traffic = (async () => {
@@ -67,4 +73,60 @@ t.test('master key rotation works online', async (t) => {
     env: { ...process.env, DATABASE_URL: databaseUrl, TRAMONTANE_MASTER_KEYS: newKey, TRAMONTANE_ADMIN_TOKEN: 'x'.repeat(32) }
   })
   t.match(again.stdout, /re-wrapped 0 Mistral key/)
+})
+
+t.test('a key replaced while its replica is cut from Redis reaches the other replicas once that link is back',
+  async (t) => {
+    const redisUrl = new URL(TEST_REDIS_URL)
+    const proxy = await startTcpProxy(Number(redisUrl.port || 6379), redisUrl.hostname)
+    t.teardown(() => proxy.close())
+    const mistral = await startFakeMistral()
+    t.teardown(() => mistral.close())
+    const a = await buildTestApp(t, { REDIS_URL: `redis://127.0.0.1:${proxy.port}` }, { mistral })
+    const b = await buildTestApp(t, {}, { mistral })
+    const ws = await a.createWorkspace()
+    const keySentByB = async () => {
+      const res = await b.app.inject({
+        method: 'POST', url: '/v1/chat/completions', headers: ws.headers, payload: chat
+      })
+      t.equal(res.statusCode, 200)
+      return mistral.received.at(-1)?.apiKey
+    }
+    t.equal(await keySentByB(), ws.mistralKey, 'B has the key in its cache')
+
+    proxy.cut()
+    const rotated = `sk-rotated-${randomBytes(8).toString('hex')}`
+    const replaced = await a.admin('PUT', `/admin/v1/workspaces/${ws.slug}/mistral-keys/default`, { key: rotated })
+    t.equal(replaced.statusCode, 200, 'A replaces the key without Redis')
+    t.equal(await keySentByB(), ws.mistralKey, 'B has not heard of it: A could not tell')
+    proxy.restore()
+
+    const restoredAt = Date.now()
+    let sent: string | undefined = ws.mistralKey
+    while (sent !== rotated && Date.now() - restoredAt < 5_000) {
+      await sleep(100)
+      sent = await keySentByB()
+    }
+    t.equal(sent, rotated, `B calls with the new key ${Date.now() - restoredAt} ms after A's link is back`)
+  })
+
+t.test('a replica that missed every message about a key reads it again past its cache\'s time limit', async (t) => {
+  const { app, mistral, createWorkspace } = await buildTestApp(t)
+  const ws = await createWorkspace()
+  const { db } = app.database
+  const cipher = createKeyCipher(parseMasterKeys(TEST_MASTER_KEYS))
+  // two replicas whose buses never meet: every message one sends is lost to the other
+  const [one, other] = [createLocalBus(), createLocalBus()]
+    .map((bus) => createMistralKeyStore({ db, cipher, bus, cacheTtlMs: 200 }))
+  t.equal((await other.resolve(ws.id, 'default'))?.secret, ws.mistralKey)
+  t.same(await other.names(ws.id), ['default'])
+
+  const rotated = `sk-rotated-${randomBytes(8).toString('hex')}`
+  await one.replace(ws.id, 'default', rotated)
+  await one.add(ws.id, 'backup', `${rotated}-backup`)
+  t.equal((await other.resolve(ws.id, 'default'))?.secret, ws.mistralKey, 'within the limit, the cached key')
+  await sleep(250)
+  t.equal((await other.resolve(ws.id, 'default'))?.secret, rotated, 'past it, the key as it is now')
+  t.same(await other.names(ws.id), ['default', 'backup'], 'and the names as they are now')
+  t.equal(mistral.received.length, 0)
 })

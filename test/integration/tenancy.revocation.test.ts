@@ -116,6 +116,24 @@ t.test('a token known before a PostgreSQL outage keeps working through it, whate
     proxy.restore()
   })
 
+t.test('a token that expires during a PostgreSQL outage is refused at its expiry all the same', async (t) => {
+  const { proxy, url } = await proxiedDatabase(t, TEST_DATABASE_URL)
+  const testApp = await buildTestApp(t, { DATABASE_URL: url })
+  const expiresAt = Date.now() + 1_500
+  const ws = await testApp.createWorkspace({ tokenBody: { expiresAt: new Date(expiresAt).toISOString() } })
+  const models = async () => await testApp.app.inject({ method: 'GET', url: '/v1/models', headers: ws.headers })
+  t.equal((await models()).statusCode, 200, 'served before the outage, so the replica has it cached')
+
+  proxy.cut()
+  t.equal((await models()).statusCode, 200, 'and through the outage while it lives')
+  await sleep(expiresAt - Date.now() + 100)
+  const res = await models()
+  t.equal(res.statusCode, 401, 'past its expiry, refused though PostgreSQL cannot be read')
+  t.match(res.json(), { code: 'invalid_token', request_id: res.headers['x-request-id'] })
+  t.equal((await models()).statusCode, 401, 'and again on the next call')
+  proxy.restore()
+})
+
 t.test('a lookup is cached though another workspace changed while it read; not when its own workspace did', async (t) => {
   // every byte to and from PostgreSQL held 150 ms: a lookup takes long enough for a change to arrive in the middle
   const database = new URL(TEST_DATABASE_URL)
