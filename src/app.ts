@@ -168,7 +168,9 @@ export async function buildApp ({ config, logger }: BuildOptions): Promise<Fasti
   await app.register(healthRoutes, { isDraining: () => draining })
   await app.register(adminRoutes, { prefix: '/admin/v1', adminToken: config.TRAMONTANE_ADMIN_TOKEN })
   await app.register(pricesRoutes, { prefix: '/admin/v1', adminToken: config.TRAMONTANE_ADMIN_TOKEN })
-  await app.register(usageRoutes, { prefix: '/admin/v1', adminToken: config.TRAMONTANE_ADMIN_TOKEN })
+  await app.register(usageRoutes, {
+    prefix: '/admin/v1', adminToken: config.TRAMONTANE_ADMIN_TOKEN, longestCallMs: config.UPSTREAM_TOTAL_TIMEOUT_MS
+  })
   await app.register(selfServiceRoutes, { prefix: '/tramontane/v1' })
   await app.register(async (proxy) => {
     // every answer of /v1 and /v2 counts once in the requests counter: the meter counts the calls admitted, this hook

@@ -26,7 +26,8 @@ export function sendReport<T> (reply: FastifyReply, format: 'json' | 'csv', body
 }
 
 /** `/admin/v1`: what the ledger says, for billing. Read from the daily rollups wherever whole days allow. */
-export async function usageRoutes (app: FastifyInstance, { adminToken }: { adminToken: string }) {
+export async function usageRoutes (app: FastifyInstance,
+  { adminToken, longestCallMs }: { adminToken: string, longestCallMs: number }) {
   requireAdminToken(app, adminToken)
   const { db } = app.database
 
@@ -71,7 +72,7 @@ export async function usageRoutes (app: FastifyInstance, { adminToken }: { admin
     const month = parseMonth((request.params as { month: string }).month)
     const format = parseFormat((request.query as { format?: string }).format, request.headers.accept)
     const workspace = await workspaceOf(request)
-    const statement = await monthlyStatement(db, workspace, month)
+    const statement = await monthlyStatement(db, workspace, month, { longestCallMs })
     return sendReport(reply, format, statement, statementCsv, `statement-${workspace.slug}-${month.id}`)
   })
 

@@ -40,7 +40,9 @@ export const UsageRecord = Type.Object({
   serviceTier: Type.Union([Type.String(), Type.Null()], { description: 'standard or priority, as Mistral reported' }),
   ...Units,
   listCostMicros: Type.Integer(),
+  listCost: Money,
   billedCostMicros: Type.Integer(),
+  billedCost: Money,
   estimated: Type.Boolean(),
   streamed: Type.Boolean(),
   status: Type.Integer(),
@@ -100,7 +102,14 @@ export const Statement = Type.Object({
   periodStart: Timestamp,
   periodEnd: Timestamp,
   status: Type.Union([Type.Literal('open'), Type.Literal('closed')], {
-    description: 'closed once the month is over and no batch job that may end in it is running: it no longer changes'
+    description: 'closed from closesAt on, once no batch job that may end in the month is running: it no longer ' +
+      'changes (unless PostgreSQL was unreachable past closesAt: records that waited in the spool land when it answers)'
+  }),
+  closesAt: Type.String({
+    format: 'date-time',
+    description: 'periodEnd + UPSTREAM_TOTAL_TIMEOUT_MS + 1 minute: a call admitted in the month\'s last second is ' +
+      'dated then and recorded when it ends, up to UPSTREAM_TOTAL_TIMEOUT_MS later; the minute lets a dead ' +
+      'replica\'s spool be claimed and written. A batch job still running keeps the month open past it'
   }),
   pendingBatchJobs: Type.Integer({
     description: 'batch jobs still running that were created before the month ended: each is billed in the month it ' +

@@ -41,6 +41,9 @@ function openPostgres (url: string, poolSize: number): DatabaseHandle {
       const { migrate } = await import('drizzle-orm/node-postgres/migrator')
       const client = await pool.connect()
       try {
+        const { rows: [server] } = await client.query<{ num: string, version: string }>(
+          "select current_setting('server_version_num') as num, current_setting('server_version') as version")
+        checkServerVersion(server.num, server.version)
         // replicas starting together would race on the same DDL; a session lock serialises them
         await client.query('select pg_advisory_lock(7275871)')
         await migrate(drizzlePg(client, { schema }), { migrationsFolder: migrationsFolder() })
@@ -52,6 +55,21 @@ function openPostgres (url: string, poolSize: number): DatabaseHandle {
     async ping () { await pool.query('select 1') },
     async close () { await pool.end() }
   }
+}
+
+// migration 0003 declares UNIQUE NULLS NOT DISTINCT, which PostgreSQL parses from 15 on
+const MIN_SERVER_VERSION_NUM = 150000
+
+/**
+ * Refuses a server older than PostgreSQL 15 before anything is migrated: it would stop at a syntax error in the middle
+ * of the migrations. `num` is its `server_version_num` (140012 for 14.12), `version` its `server_version`, shown. The
+ * embedded PGlite is not asked: its version comes with the dependency (0.5 reports 18.6).
+ */
+export function checkServerVersion (num: string, version: string): void {
+  if (Number.parseInt(num, 10) >= MIN_SERVER_VERSION_NUM) return
+  throw new Error(`PostgreSQL ${version} is too old: tramontane needs PostgreSQL 15 or later (its migrations use ` +
+    'UNIQUE NULLS NOT DISTINCT). Upgrade the server DATABASE_URL points to, or leave DATABASE_URL unset to run on ' +
+    'the embedded PostgreSQL')
 }
 
 async function openEmbedded (dataDir: string): Promise<DatabaseHandle> {

@@ -9,7 +9,10 @@ import type { Spool } from './spool.js'
 export interface UsageRecorder {
   /** Spools what to bill for a call that has started, should the gateway die before `record` (never queued). */
   begin (provisional: UsageRecord): void
-  /** Spools one record and queues it for the ledger; never waits on PostgreSQL. */
+  /**
+   * Queues one record for the ledger and spools it; never waits on PostgreSQL. Neither this nor `begin` throws: a
+   * spool that cannot be written loses the copy on disk, not the record.
+   */
   record (row: UsageRecord): void
   /** Writes everything queued so far (tests, shutdown, a re-seed of the spend counters). */
   flush (): Promise<void>
@@ -30,14 +33,17 @@ interface RecorderOptions {
   orphanScanMs?: number
 }
 
+/** How often a recorder looks for the spools of gateways that died, by default. */
+export const ORPHAN_SCAN_MS = 10_000
+
 /**
  * Batches ledger writes off the request path, through a durable spool (src/usage/spool.ts): a record is on disk
- * before it is queued, and leaves the disk only once its batch is committed. A write is idempotent by request id, so
+ * as it is queued, and leaves the disk only once its batch is committed. A write is idempotent by request id, so
  * a batch retried after a failure, or replayed after a crash, never counts a call twice. While PostgreSQL is down,
  * records wait in memory and on disk and are written when it answers again.
  */
 export function createUsageRecorder ({
-  db, log, spool, intervalMs = 200, batchSize = 500, orphanScanMs = 10_000
+  db, log, spool, intervalMs = 200, batchSize = 500, orphanScanMs = ORPHAN_SCAN_MS
 }: RecorderOptions): UsageRecorder {
   let queue: UsageRecord[] = []
   // when each record of the queue was queued (performance.now(), in the queue's order): the age of the oldest tells a
@@ -45,6 +51,7 @@ export function createUsageRecorder ({
   let queuedAt: number[] = []
   let writing: Promise<void> | undefined
   let failing = false
+  let spoolFailing = false
   // the segment each call in flight began in
   const begun = new Map<string, number>()
 
@@ -108,6 +115,27 @@ export function createUsageRecorder ({
     return true
   }
 
+  /**
+   * Appends a line to the spool; the segment's number, or undefined when the disk refused it. A record is queued
+   * whatever the spool does: it only loses its copy on disk (a crash before its batch is written would lose it), and
+   * a throw here would end a call's metering, or the process from a stream's event listener.
+   */
+  function spooled (kind: string, row: UsageRecord): number | undefined {
+    try {
+      const segment = spool.append(kind + JSON.stringify(row))
+      if (spoolFailing) log.info('usage spool writable again')
+      spoolFailing = false
+      return segment
+    } catch (err) {
+      if (!spoolFailing) {
+        log.error({ err }, 'usage spool write failed: records go to PostgreSQL with no copy on disk until it is ' +
+          'writable again')
+      }
+      spoolFailing = true
+      return undefined
+    }
+  }
+
   function flush (): Promise<void> {
     writing ??= writeQueued().finally(() => { writing = undefined })
     return writing
@@ -115,19 +143,20 @@ export function createUsageRecorder ({
 
   return {
     begin (provisional) {
-      const segment = spool.append(BEGIN + JSON.stringify(provisional))
+      const segment = spooled(BEGIN, provisional)
+      if (segment === undefined) return
       spool.pin(segment)
       begun.set(provisional.requestId, segment)
     },
     record (row) {
-      spool.append(RECORD + JSON.stringify(row))
+      queue.push(row)
+      queuedAt.push(performance.now())
+      spooled(RECORD, row)
       const segment = begun.get(row.requestId)
       if (segment !== undefined) {
         begun.delete(row.requestId)
         spool.unpin(segment)
       }
-      queue.push(row)
-      queuedAt.push(performance.now())
       if (queue.length >= batchSize) void flush()
     },
     async flush () {

@@ -24,7 +24,11 @@ import { performance } from 'node:perf_hooks'
  * from it (its clock behind) or never take a dead one's (its clock ahead).
  */
 export interface Spool {
-  /** Appends one line; synchronous, so it is on disk (in the page cache) when this returns. The segment's number. */
+  /**
+   * Appends one line; synchronous, so it is on disk (in the page cache) when this returns. The segment's number. Throws
+   * when the line cannot be written (a full or failing disk, the folder gone); the next append opens a new segment,
+   * in the folder made again if it is gone.
+   */
   append (line: string): number
   /** The segment holds the start of a call still in flight: it outlives its release until `unpin`. */
   pin (segment: number): void
@@ -65,13 +69,18 @@ interface Owner {
 }
 
 const OWNER = 'owner'
+/** An owner file seen unchanged for this long is a dead gateway's, by default. */
+export const STALE_OWNER_MS = 30_000
 const fdatasync = promisify(fdatasyncCallback)
 
-export function createSpool ({ dir, heartbeatMs = 5_000, staleMs = 30_000 }: SpoolOptions): Spool {
+export function createSpool ({ dir, heartbeatMs = 5_000, staleMs = STALE_OWNER_MS }: SpoolOptions): Spool {
   const instance = `${Date.now().toString(36)}-${randomUUID().slice(0, 8)}`
   const own = join(dir, instance)
-  mkdirSync(own, { recursive: true, mode: 0o700 })
-  writeFileSync(join(own, OWNER), JSON.stringify({ host: hostname(), pid: process.pid } satisfies Owner))
+  const makeFolder = () => {
+    mkdirSync(own, { recursive: true, mode: 0o700 })
+    writeFileSync(join(own, OWNER), JSON.stringify({ host: hostname(), pid: process.pid } satisfies Owner))
+  }
+  makeFolder()
   const heartbeat = setInterval(() => {
     const now = new Date()
     try { utimesSync(join(own, OWNER), now, now) } catch {}
@@ -116,15 +125,33 @@ export function createSpool ({ dir, heartbeatMs = 5_000, staleMs = 30_000 }: Spo
     return now - last.since >= staleMs
   }
 
+  function openSegment (): number {
+    sequence += 1
+    try {
+      return openSync(segmentPath(sequence), 'a', 0o600)
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err
+      // the folder is gone: removed by hand, or claimed by a gateway that took this one for dead (a long pause)
+      makeFolder()
+      return openSync(segmentPath(sequence), 'a', 0o600)
+    }
+  }
+
   const pinned = (path: string) => [...pins.keys()].some((segment) => segmentPath(segment) === path)
 
   return {
     append (line) {
-      if (fd === undefined) {
-        sequence += 1
-        fd = openSync(segmentPath(sequence), 'a', 0o600)
+      const bytes = Buffer.from(line + '\n')
+      try {
+        fd ??= openSegment()
+        // a short write (the disk filled mid-line) fails too: the next line would run on from the cut one
+        const written = writeSync(fd, bytes)
+        if (written < bytes.length) throw new Error(`usage spool: ${written} of ${bytes.length} bytes written`)
+      } catch (err) {
+        // a line the failure cut can only be the last of its segment, as a crash leaves it: a new one takes the next
+        try { seal() } catch {}
+        throw err
       }
-      writeSync(fd, line + '\n')
       dirty = true
       return sequence
     },

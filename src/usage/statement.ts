@@ -3,6 +3,8 @@ import type { Database } from '../db/client.js'
 import { watchedJobs } from '../db/schema.js'
 import { formatMoney } from '../pricing/money.js'
 import { toCsv } from './csv.js'
+import { ORPHAN_SCAN_MS } from './recorder.js'
+import { STALE_OWNER_MS } from './spool.js'
 import { addSums, resolveWindow, usageGroups, type UsageSums } from './usage-groups.js'
 import type { Month } from './usage-query.js'
 
@@ -15,6 +17,23 @@ export interface StatementWorkspace {
   markupBps: number
 }
 
+export interface StatementOptions {
+  /**
+   * UPSTREAM_TOTAL_TIMEOUT_MS, the longest a call can run: a call's record is dated at its admission but reaches the
+   * ledger when it ends, so a stream admitted in the month's last second adds to it up to this long after its end
+   */
+  longestCallMs: number
+  now?: Date
+}
+
+/**
+ * How long after its call ends a record may still reach the ledger: a replica that dies leaves it in its spool, which
+ * a survivor claims once the owner file has stood still for STALE_OWNER_MS, seen by a scan every ORPHAN_SCAN_MS (40 s
+ * in all), and writes on its next flush (200 ms); 20 s more for the write itself, timers late on a busy replica and
+ * replicas' clocks a few seconds apart. One minute with the defaults.
+ */
+export const LANDING_MARGIN_MS = STALE_OWNER_MS + ORPHAN_SCAN_MS + 20_000
+
 const LINE_FIELDS = ['model', 'operation', 'calls', 'estimatedCalls', 'promptTokens', 'cachedTokens',
   'completionTokens', 'connectorTokens', 'pages', 'audioSeconds', 'characters', 'listCostMicros', 'listCost',
   'markupMicros', 'markup', 'billedCostMicros', 'billedCost'] as const
@@ -25,13 +44,15 @@ const LINE_FIELDS = ['model', 'operation', 'calls', 'estimatedCalls', 'promptTok
  * to midnight in its time zone. The markup of a line is billed − list, so it is what was applied to each call when
  * it was made, whatever the workspace's markup is now. Whole days only: it is read from the daily rollup.
  */
-export async function monthlyStatement (db: Database, workspace: StatementWorkspace, month: Month, now = new Date()) {
+export async function monthlyStatement (db: Database, workspace: StatementWorkspace, month: Month,
+  { longestCallMs, now = new Date() }: StatementOptions) {
   const window = await resolveWindow(db, workspace.timezone, { day: month.firstDay }, { day: month.nextDay })
   if (!window) throw new RangeError(`empty month ${month.id}`)
   const groups = await usageGroups(db, {
     workspaceId: workspace.id, timezone: workspace.timezone, ...window, dimensions: ['model', 'operation']
   })
   const pendingBatchJobs = await pendingJobsBefore(db, workspace.id, window.to)
+  const closesAt = new Date(window.to.getTime() + longestCallMs + LANDING_MARGIN_MS)
   const lines = groups.map(({ key, sums }) => ({ model: key.model ?? '', operation: key.operation ?? '', ...money(sums) }))
   const total = money(addSums(groups))
   return {
@@ -41,8 +62,10 @@ export async function monthlyStatement (db: Database, workspace: StatementWorksp
     currency: workspace.currency,
     periodStart: window.from.toISOString(),
     periodEnd: window.to.toISOString(),
-    // closed only once nothing can add to it: the month is over and no job that may end in it is still running
-    status: now < window.to || pendingBatchJobs > 0 ? 'open' as const : 'closed' as const,
+    // closed only once nothing can add to it: every call admitted in the month has ended and its record landed, and
+    // no job that may end in it is still running
+    status: now < closesAt || pendingBatchJobs > 0 ? 'open' as const : 'closed' as const,
+    closesAt: closesAt.toISOString(),
     pendingBatchJobs,
     currentMarkupBps: workspace.markupBps,
     lines,

@@ -30,7 +30,7 @@ export interface Month {
 const DAY_MS = 86_400_000
 const DATE = /^(\d{4})-(\d{2})-(\d{2})$/
 // an instant must say its offset: a bare local time would be read in whatever zone the server runs in
-const DATE_TIME = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:\d{2})$/i
+const DATE_TIME = /^(\d{4}-\d{2}-\d{2})T(\d{2}):(\d{2})(?::(\d{2})(\.\d{1,9})?)?(?:Z|[+-](\d{2}):(\d{2}))$/i
 const MONTH = /^(\d{4})-(\d{2})$/
 
 /** Reads and checks a usage query; a bad value is a 400 that names it. `accept` is the request's Accept header. */
@@ -69,17 +69,29 @@ export function parseFormat (format: string | undefined, accept: string | undefi
 }
 
 function parseBound (text: string, param: 'from' | 'to'): Bound {
-  const date = DATE.exec(text)
-  if (date) {
-    const [year, month, day] = [Number(date[1]), Number(date[2]), Number(date[3])]
-    const check = new Date(Date.UTC(year, month - 1, day))
-    if (check.getUTCMonth() === month - 1 && check.getUTCDate() === day && year >= 2000) return { day: text }
-  } else if (DATE_TIME.test(text) && !Number.isNaN(Date.parse(text))) {
+  if (isDay(text)) return { day: text }
+  // checked field by field: Date.parse rolls an impossible instant forward (30 February is 2 March, 24:00 the next day)
+  const instant = DATE_TIME.exec(text)
+  if (instant && isDay(instant[1]) && isClock(instant[2], instant[3], instant[4] ?? '00') &&
+    isClock(instant[6] ?? '00', instant[7] ?? '00', '00')) {
     return { at: new Date(text) }
   }
   throw badRequest(`${param} must be a day (2026-03-01, from midnight in the workspace's time zone) or an instant ` +
     `with its offset (2026-03-01T00:00:00Z), not '${clip(text)}'`, { param })
 }
+
+/** `yyyy-mm-dd`, a day of the calendar, from 2000 on. */
+function isDay (text: string): boolean {
+  const date = DATE.exec(text)
+  if (!date) return false
+  const [year, month, day] = [Number(date[1]), Number(date[2]), Number(date[3])]
+  const check = new Date(Date.UTC(year, month - 1, day))
+  return check.getUTCMonth() === month - 1 && check.getUTCDate() === day && year >= 2000
+}
+
+/** hours 0-23, minutes and seconds 0-59 (no leap second: PostgreSQL and Date have none) */
+const isClock = (hours: string, minutes: string, seconds: string) =>
+  Number(hours) <= 23 && Number(minutes) <= 59 && Number(seconds) <= 59
 
 function parseDimensions (groupBy: string | undefined): Dimension[] {
   if (groupBy === undefined || groupBy === '') return []

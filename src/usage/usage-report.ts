@@ -3,7 +3,7 @@ import { badRequest } from '../errors.js'
 import { formatMoney } from '../pricing/money.js'
 import { toCsv } from './csv.js'
 import { recentRecords } from './queries.js'
-import { addSums, resolveWindow, usageGroups, type Dimension, type UsageSums } from './usage-groups.js'
+import { addSums, resolveWindow, usageGroups, type Dimension } from './usage-groups.js'
 import type { UsageQuery } from './usage-query.js'
 
 export interface ReportedWorkspace {
@@ -12,19 +12,17 @@ export interface ReportedWorkspace {
   currency: string
 }
 
-/** Sums with their money also as decimal strings of the workspace currency (micro-units stay for machines). */
-export type PricedSums = UsageSums & { listCost: string, billedCost: string }
-
-export const withMoney = (sums: UsageSums): PricedSums =>
-  ({ ...sums, listCost: formatMoney(sums.listCostMicros), billedCost: formatMoney(sums.billedCostMicros) })
+/** Sums or a record, with its money also as decimal strings of the workspace currency (micro-units for machines). */
+const withMoney = <T extends { listCostMicros: number, billedCostMicros: number }>(amounts: T) =>
+  ({ ...amounts, listCost: formatMoney(amounts.listCostMicros), billedCost: formatMoney(amounts.billedCostMicros) })
 
 const SUM_FIELDS = ['calls', 'estimatedCalls', 'promptTokens', 'cachedTokens', 'completionTokens', 'totalTokens',
   'connectorTokens', 'pages', 'audioSeconds', 'characters', 'listCostMicros', 'listCost', 'billedCostMicros',
   'billedCost'] as const
 const RECORD_FIELDS = ['createdAt', 'requestId', 'tokenId', 'keyName', 'operation', 'model', 'pricedModel',
   'serviceTier', 'promptTokens', 'cachedTokens', 'completionTokens', 'totalTokens', 'connectorTokens', 'pages',
-  'audioSeconds', 'characters', 'listCostMicros', 'billedCostMicros', 'estimated', 'streamed', 'status',
-  'upstreamStatus', 'latencyMs', 'ttftMs'] as const
+  'audioSeconds', 'characters', 'listCostMicros', 'listCost', 'billedCostMicros', 'billedCost', 'estimated', 'streamed',
+  'status', 'upstreamStatus', 'latencyMs', 'ttftMs'] as const
 
 /** Whose calls a report counts: the whole workspace's, or only those made with the token `tokenId`. */
 export interface ReportScope {
@@ -51,7 +49,7 @@ export async function usageReport (db: Database, workspace: ReportedWorkspace, q
   const totals = withMoney(addSums(groups))
   if (query.dimensions.length === 0) {
     const records = await recentRecords(db, { workspaceId: workspace.id, tokenId, ...window, limit: query.limit })
-    return { ...head, totals, records }
+    return { ...head, totals, records: records.map(withMoney) }
   }
   const names = query.dimensions.includes('token') ? await tokenNames() : undefined
   const rows = groups.map(({ key, sums }) => ({

@@ -3,7 +3,9 @@ import { eq, sql } from 'drizzle-orm'
 import t from 'tap'
 import { usageRecords, watchedJobs, type UsageRecord } from '../../src/db/schema.js'
 import { selectRows } from '../../src/usage/sql-rows.js'
-import { buildTestApp, type TestApp, type TestWorkspace } from '../helpers/app.js'
+import { monthlyStatement } from '../../src/usage/statement.js'
+import { parseMonth } from '../../src/usage/usage-query.js'
+import { buildTestApp, testConfig, type TestApp, type TestWorkspace } from '../helpers/app.js'
 
 // Records are written straight into the ledger at chosen instants (the trigger keeps the rollup, as it does for the
 // gateway's own writes), so that days, months and time zones can be pinned. Each test uses a month of its own.
@@ -145,6 +147,12 @@ t.test('CSV by format=csv or Accept: text/csv', async (t) => {
   t.match(header, /^createdAt,requestId,tokenId,keyName,operation,model,pricedModel,serviceTier,/)
   t.equal(rows.length, 2)
   t.match(rows[0], /^2014-07-02T10:00:00.000Z,/)
+  const column = (name: string) => rows[0].split(',')[header.split(',').indexOf(name)]
+  t.same(['listCostMicros', 'listCost', 'billedCostMicros', 'billedCost'].map(column),
+    ['100', '0.000100', '120', '0.000120'], 'each amount of a record also as a decimal string')
+  const json = await s.admin('GET', base)
+  t.match(json.json.records[0],
+    { listCostMicros: 100, listCost: '0.000100', billedCostMicros: 120, billedCost: '0.000120' }, 'in JSON too')
 })
 
 t.test('bad input is a 400 that says what is wrong', async (t) => {
@@ -258,6 +266,32 @@ t.test('a batch job still running keeps open every month it may end in, whenever
   await s.app.database.db.update(watchedJobs).set({ status: 'recorded' }).where(eq(watchedJobs.jobId, running.jobId))
   t.same(await statusOf('2018-04'), closed)
   t.same(await statusOf('2018-05'), { ...closed, calls: 1 }, 'closed, with the job in it')
+})
+
+t.test('a month stays open until a call admitted at its end has ended and its record has landed', async (t) => {
+  const s = await buildTestApp(t)
+  const ws = await workspaceIn(s, 'Europe/Paris')
+  const workspace = await s.app.tenancy.workspaces.find(ws.slug)
+  if (!workspace) throw new Error('no workspace')
+  const month = parseMonth('2020-01')
+  const periodEnd = Date.parse('2020-01-31T23:00:00Z') // midnight in Paris
+  // a stream admitted at 23:59:50 is dated then, and its record reaches the ledger when it ends: up to
+  // UPSTREAM_TOTAL_TIMEOUT_MS later, then a minute for a dead replica's spool to be claimed and written
+  const longestCallMs = testConfig().UPSTREAM_TOTAL_TIMEOUT_MS
+  const closesAt = periodEnd + longestCallMs + 60_000
+  const read = async (now: number) => {
+    const statement = await monthlyStatement(s.app.database.db, workspace, month, { longestCallMs, now: new Date(now) })
+    return { status: statement.status, closesAt: statement.closesAt }
+  }
+  const expected = (status: string) => ({ status, closesAt: new Date(closesAt).toISOString() })
+  t.same(await read(periodEnd - 1_000), expected('open'), 'before the month ends')
+  t.same(await read(periodEnd + 5_000), expected('open'), '5 s after: a call of its last seconds still runs')
+  t.same(await read(closesAt - 1), expected('open'))
+  t.same(await read(closesAt), expected('closed'), 'once the longest call and the margin are past')
+  t.same(await read(periodEnd + 2 * longestCallMs), expected('closed'))
+
+  const res = await s.admin('GET', `/admin/v1/workspaces/${ws.slug}/statements/2020-01`)
+  t.match(res.json, { status: 'closed', closesAt: new Date(closesAt).toISOString() }, 'the admin API says when')
 })
 
 t.test('the operator sees every workspace\'s month, totals per currency', async (t) => {

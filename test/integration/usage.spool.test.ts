@@ -264,3 +264,55 @@ t.test('a record PostgreSQL refuses is set aside in the log; the records beside 
   const [large] = await ledger('select prompt_tokens from usage_records where request_id = $1', [good[1]])
   t.equal(Number(large?.prompt_tokens), 3_000_000_000, 'a count past 2^31 is the ledger\'s')
 })
+
+t.test('a spool that cannot be written loses durability, not usage: calls go on, their records reach the ledger',
+  async (t) => {
+    const spoolDir = scratchDir(t)
+    const testApp = await buildTestApp(t, { USAGE_SPOOL_DIR: spoolDir })
+    const { app } = testApp
+    const ws = await testApp.createWorkspace()
+    const send = async (content: string, stream = false) => {
+      const res = await app.inject({ method: 'POST', url: CHAT, headers: ws.headers, payload: chat(content, stream) })
+      return { status: res.statusCode, requestId: res.headers['x-request-id'] as string }
+    }
+    const before = await send('the spool is writable')
+    await app.usage.flush()
+    const [own] = readdirSync(spoolDir)
+    const folder = join(spoolDir, own)
+    // the folder is gone (a cleanup, or another gateway took it for a dead one's) and a file stands in its place: no
+    // segment can be opened there, nor the folder made again; a full or failing disk refuses writes the same way
+    rmSync(folder, { recursive: true, force: true })
+    writeFileSync(folder, '')
+
+    const during = [await send('unwritable'), await send('unwritable, streamed', true), await send('unwritable again')]
+    t.same(during.map((reply) => reply.status), [200, 200, 200], 'every call is served')
+    const [record] = await ledger('select * from usage_records where request_id = $1', [before.requestId])
+    const direct = {
+      requestId: randomUUID(), workspaceId: ws.id, tokenId: record.token_id, keyName: 'default', operation: 'chat',
+      model: 'mistral-small-latest', pricedModel: 'mistral-small-latest', promptTokens: 3, completionTokens: 4,
+      totalTokens: 7, listCostMicros: 1, billedCostMicros: 1, status: 200, upstreamStatus: 200, latencyMs: 1,
+      createdAt: new Date()
+    }
+    const pending = app.usage.pending()
+    t.doesNotThrow(() => app.usage.begin(direct), 'begin does not throw')
+    t.doesNotThrow(() => app.usage.record(direct), 'nor does record')
+    t.equal(app.usage.pending(), pending + 1, 'the record is queued')
+    await app.usage.flush()
+    t.equal(app.usage.pending(), 0)
+    t.same((await recordsOf(ws.id)).map((row) => row.request_id).sort(),
+      [before, ...during].map((reply) => reply.requestId).concat(direct.requestId).sort(),
+      'every record is in the ledger')
+    const failures = testApp.logs.map((line) => JSON.parse(line)).filter((line) => line.msg?.startsWith('usage spool'))
+    t.equal(failures.length, 1, 'one error for the whole streak of failures')
+    t.match(failures[0], { level: 50, msg: /^usage spool write failed/, err: { code: 'ENOTDIR' } })
+
+    rmSync(folder)
+    const after = { ...direct, requestId: randomUUID() }
+    app.usage.record(after)
+    t.match(readdirSync(folder).sort(), ['000000', 'owner'].map((name) => new RegExp(`^${name}`)),
+      'the next record makes the folder again, its owner file and a segment')
+    t.match(testApp.logs.map((line) => JSON.parse(line)).filter((line) => line.msg?.startsWith('usage spool')).at(-1),
+      { level: 30, msg: /^usage spool writable again/ })
+    await app.usage.flush()
+    t.equal((await recordsOf(ws.id)).length, 6)
+  })

@@ -31,6 +31,17 @@ t.test('days and instants with an offset', async (t) => {
   }
 })
 
+t.test('an instant on a day or at a time that does not exist is refused, not rolled forward', async (t) => {
+  t.same(parseUsageQuery({ to: '2024-02-29T23:59:59.999+23:59' }, undefined, NOW).to,
+    { at: new Date('2024-02-29T00:00:59.999Z') }, 'a leap day, the last second and the widest offset')
+  for (const bad of ['2026-02-30T00:00:00Z', '2026-02-29T12:00Z', '2026-04-31T00:00:00Z', '2026-13-01T00:00:00Z',
+    '2026-00-10T00:00:00Z', '2026-03-00T00:00:00Z', '1999-12-31T00:00:00Z', '2026-03-01T24:00:00Z',
+    '2026-03-01T23:60:00Z', '2026-03-01T23:59:60Z', '2026-03-01T10:00:00+24:00', '2026-03-01T10:00:00+05:60']) {
+    refuses(t, () => parseUsageQuery({ from: bad }, undefined, NOW), 'from', bad)
+    refuses(t, () => parseUsageQuery({ to: bad }, undefined, NOW), 'to', bad)
+  }
+})
+
 t.test('groupBy: one or more dimensions, comma-separated, repeats dropped', async (t) => {
   t.same(parseUsageQuery({ groupBy: 'day' }, undefined, NOW).dimensions, ['day'])
   t.same(parseUsageQuery({ groupBy: 'model,day,model' }, undefined, NOW).dimensions, ['model', 'day'])
