@@ -2,7 +2,7 @@ import { readFile } from 'node:fs/promises'
 import { resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parse } from 'yaml'
-import type { HttpMethod, MeteredFamily, Operation } from '../src/proxy/operations.js'
+import type { HttpMethod, MeteredFamily, Operation, SecurityScheme } from '../src/proxy/operations.js'
 
 interface Reference {
   $ref: string
@@ -12,8 +12,12 @@ interface Content {
   content?: Record<string, unknown>
 }
 
+/** OpenAPI's security requirement: one object per alternative, each naming the schemes it needs at once. */
+type SecurityRequirements = Array<Record<string, unknown>>
+
 interface SpecOperation {
   operationId?: string
+  security?: SecurityRequirements
   requestBody?: Content | Reference
   responses?: Record<string, Content | Reference>
 }
@@ -21,6 +25,8 @@ interface SpecOperation {
 /** The parts of an OpenAPI 3.1 document the operation table is built from. */
 export interface OpenApiDocument {
   paths: Record<string, Record<string, unknown>>
+  /** the default of the operations that name none */
+  security?: SecurityRequirements
 }
 
 const repoRoot = fileURLToPath(new URL('..', import.meta.url))
@@ -31,6 +37,9 @@ const METHODS: Record<string, HttpMethod> = { get: 'GET', post: 'POST', put: 'PU
 // an operation under one of these would need a wider HttpMethod and a look at how the proxy forwards it
 const UNSUPPORTED_METHODS = new Set(['head', 'options', 'trace'])
 const METHOD_ORDER = Object.values(METHODS)
+// the schemes the proxy knows how to send a workspace key for (src/proxy/headers.ts); another needs a look first
+const SECURITY_SCHEMES: ReadonlySet<string> =
+  new Set<SecurityScheme>(['ApiKey', 'AdminApiKey', 'DashboardUserContextAuth'])
 
 // MISTRAL-NOTES §2.2: the calls that consume tokens, pages, audio seconds or characters
 const METERED: Record<string, MeteredFamily> = {
@@ -119,6 +128,7 @@ function describe (spec: OpenApiDocument, method: HttpMethod, path: string, oper
     .some((response) => 'text/event-stream' in (deref<Content>(spec, response).content ?? {}))
   return {
     ...entry(operation.operationId, method, path),
+    security: securityOf(route, operation.security ?? spec.security),
     metered: METERED[route] ?? null,
     streamable: answersSse || UNDECLARED_STREAMS.has(route),
     requestContentTypes: Object.keys(body.content ?? {}).sort()
@@ -134,6 +144,7 @@ function entry (id: string, method: HttpMethod, path: string): Operation {
     method,
     path,
     area,
+    security: 'ApiKey',
     metered: null,
     streamable: false,
     organization: ORGANIZATION_PREFIXES.some((prefix) => path === prefix || path.startsWith(prefix + '/')) ||
@@ -143,8 +154,18 @@ function entry (id: string, method: HttpMethod, path: string): Operation {
   }
 }
 
+/** The one scheme an operation is authenticated by: the proxy sends one credential, so alternatives are refused. */
+function securityOf (route: string, requirements: SecurityRequirements | undefined): SecurityScheme {
+  const schemes = (requirements ?? []).flatMap((requirement) => Object.keys(requirement))
+  if (schemes.length !== 1 || !SECURITY_SCHEMES.has(schemes[0])) {
+    throw new Error(`${route}: security ${JSON.stringify(requirements)} is not one scheme the proxy knows`)
+  }
+  return schemes[0] as SecurityScheme
+}
+
 // `POST /v1/conversations` and `POST /v1/conversations#stream` are one route on the wire
 function merge (first: Operation, second: Operation, secondIsFragment: boolean): Operation {
+  if (first.security !== second.security) throw new Error(`${first.method} ${first.path}: two security schemes`)
   return {
     ...(secondIsFragment ? first : second), // the id without fragment is the one Mistral's docs and SDKs name
     metered: first.metered ?? second.metered,

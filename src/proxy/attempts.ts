@@ -70,6 +70,8 @@ function resendableAfterDoubt (request: FastifyRequest): boolean {
   return metered !== null && metered !== 'conversation'
 }
 
+const MAX_HOLD_SPREAD_MS = 250
+
 /** The gateway's order when the workspace sets none: another key first, then a short hold (issue 4). */
 const DEFAULT_ORDER: readonly CooldownStrategy[] = ['failover', 'hold']
 
@@ -104,7 +106,7 @@ export async function sendWithRetries (attempt: Attempt, deps: AttemptDeps): Pro
     if ('error' in choice) throw lastFailure ?? choice.error
     if ('hold' in choice) {
       after429 = undefined // mayHold counted it
-      await sleep(choice.hold + 5, undefined, { signal })
+      await sleep(choice.hold + 5 + holdSpread(choice.hold), undefined, { signal })
       continue
     }
     const key = choice.key
@@ -119,7 +121,7 @@ export async function sendWithRetries (attempt: Attempt, deps: AttemptDeps): Pro
       upstream = await pool.request({
         path: prefix + request.url,
         method: request.method as Dispatcher.HttpMethod,
-        headers: upstreamHeaders(request.headers, key.secret, rawBody !== undefined),
+        headers: upstreamHeaders(request.headers, key.secret, rawBody !== undefined, request.operation?.security),
         body: rawBody ?? body,
         signal
       })
@@ -146,9 +148,19 @@ export async function sendWithRetries (attempt: Attempt, deps: AttemptDeps): Pro
       after429 = key.id // the workspace's cooldown order decides, in pickKey
       continue
     }
-    if (status === 401) {
+    // a route Mistral authenticates otherwise (an admin key, the user context) rejects a workspace key that serves
+    // inference well: its 401 is the client's answer, and says nothing of the key
+    if (status === 401 && request.operation?.security === 'ApiKey') {
       await upstream.body.dump().catch(() => {})
-      if (await keys.markInvalid(workspaceId, key.id)) {
+      lastFailure = invalidKeyError(key.name)
+      const marked = await keys.markInvalid(workspaceId, key.id).catch((err: unknown) => {
+        // PostgreSQL away: the key stays active, so the cooldown order would only pick it again; the call ends here
+        // with the 401's own answer (the error names queries and ids, never a key)
+        log.error({ key: key.name, err }, 'Mistral rejected a workspace key, which could not be marked invalid')
+        return undefined
+      })
+      if (marked === undefined) throw lastFailure
+      if (marked) {
         log.error({ key: key.name }, 'Mistral rejected a workspace key: marked invalid')
         await deps.audit.record({ actor: 'gateway', action: 'mistral_key.invalid', targetType: 'mistral_key', targetId: key.id, workspaceId, details: { name: key.name } }).catch(() => {})
         request.server.events.emit('mistral_key.invalid', {
@@ -160,7 +172,6 @@ export async function sendWithRetries (attempt: Attempt, deps: AttemptDeps): Pro
           at: new Date().toISOString()
         })
       }
-      lastFailure = invalidKeyError(key.name)
       // only another key can serve the call now: failover, which the workspace's cooldown order allows or not (in
       // pickKey), and which costs no retry; never more of them than the workspace has other keys
       if (!resendable || signal.aborted || failovers >= candidates.length - 1) throw lastFailure
@@ -214,6 +225,16 @@ export async function sendWithRetries (attempt: Attempt, deps: AttemptDeps): Pro
     tries++
     deps.metrics.retried()
     return true
+  }
+
+  /**
+   * Every call held for a key, on every replica, waits for the same end of its cooldown: woken at once they would
+   * meet Mistral's per-second limit together. Each wakes up to a quarter of its hold (at most 250 ms) later, at
+   * random, within what UPSTREAM_RETRY_MAX_WAIT_MS leaves.
+   */
+  function holdSpread (hold: number): number {
+    const left = config.UPSTREAM_RETRY_MAX_WAIT_MS - (Date.now() - started) - hold
+    return Math.random() * Math.max(0, Math.min(MAX_HOLD_SPREAD_MS, hold / 4, left))
   }
 
   async function backoff () {

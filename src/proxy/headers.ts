@@ -1,4 +1,5 @@
 import type { IncomingHttpHeaders } from 'node:http'
+import type { SecurityScheme } from './operations.js'
 
 // RFC 9110 §7.6.1: connection-specific fields never cross a proxy
 const HOP_BY_HOP = ['connection', 'keep-alive', 'proxy-authenticate', 'proxy-authorization', 'proxy-connection',
@@ -25,9 +26,11 @@ const NEVER_DOWNSTREAM = new Set([...HOP_BY_HOP, 'set-cookie', 'x-request-id'])
 
 /**
  * Headers for the upstream call: the client's, less credentials, hop-by-hop and forwarding headers,
- * plus the workspace's Mistral key. `keepLength` is false when the body was re-serialised.
+ * plus the workspace's Mistral key where the route's security scheme reads it. `keepLength` is false when the body
+ * was re-serialised.
  */
-export function upstreamHeaders (client: IncomingHttpHeaders, mistralKey: string, keepLength: boolean) {
+export function upstreamHeaders (client: IncomingHttpHeaders, mistralKey: string, keepLength: boolean,
+  security: SecurityScheme = 'ApiKey') {
   const headers: Record<string, string | string[]> = {}
   const nominated = connectionOptions(client.connection)
   for (const name in client) {
@@ -39,7 +42,9 @@ export function upstreamHeaders (client: IncomingHttpHeaders, mistralKey: string
     }
     headers[name] = value
   }
-  headers.authorization = `Bearer ${mistralKey}`
+  // /v1/users/me* (DashboardUserContextAuth) read the key from x-api-key, every other route from a bearer
+  if (security === 'DashboardUserContextAuth') headers['x-api-key'] = mistralKey
+  else headers.authorization = `Bearer ${mistralKey}`
   return headers
 }
 

@@ -6,6 +6,13 @@ export type HttpMethod = 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE'
 export type MeteredFamily = 'chat' | 'fim' | 'agents_completion' | 'embeddings' | 'moderation' | 'classification' |
   'ocr' | 'transcription' | 'speech' | 'conversation'
 
+/**
+ * How Mistral authenticates a route (mistral-openapi.yaml `securitySchemes`): `ApiKey`, the workspace's key as a
+ * bearer; `AdminApiKey`, an admin key as a bearer, which a workspace key is not; `DashboardUserContextAuth`, the key
+ * in `x-api-key`.
+ */
+export type SecurityScheme = 'ApiKey' | 'AdminApiKey' | 'DashboardUserContextAuth'
+
 /** A Mistral route as the gateway sees it, generated from the spec by `npm run generate:operations`. */
 export interface Operation {
   /** the spec's operationId; a `#stream` twin folds into the id of the route without the fragment */
@@ -15,6 +22,8 @@ export interface Operation {
   path: string
   /** first segment after `/v1` or `/v2` (`chat`, `agents`, `admin`...): token scopes are named after it */
   area: string
+  /** the scheme Mistral authenticates it by: where the key goes, and what Mistral's 401 says of it */
+  security: SecurityScheme
   metered: MeteredFamily | null
   /** can answer `text/event-stream` */
   streamable: boolean

@@ -1,7 +1,7 @@
 import type { Quote } from '../limits/admission.js'
 import { worstCaseMicros, costOf } from '../pricing/cost.js'
 import { AUDIO_BYTES_PER_SECOND, estimatePrompt, estimatePromptTokens } from '../pricing/estimate.js'
-import type { ModelPrice, PriceBook } from '../pricing/price-book.js'
+import { FALLBACK_MODEL, type ModelPrice, type PriceBook } from '../pricing/price-book.js'
 import { priceFamilyOf } from '../pricing/default-prices.js'
 import { badRequest, modelNotPriced } from '../errors.js'
 import type { MeteredFamily } from './operations.js'
@@ -20,6 +20,11 @@ export interface Priced {
 const FREE: Quote = flatQuote(0)
 // OCR is priced per page and the page count is known only from Mistral's answer; audio likewise by its duration
 const OCR_RESERVED_PAGES = 50
+// the most pages one OCR call processes: Mistral's document limit, ~1000 pages (docs.mistral.ai, OCR cookbook
+// "PDF Chunking"); a `pages` selection reaching past it is bounded here, not expanded
+const OCR_MAX_PAGES = 1_000
+// an upload of unknown length (chunked) may be as large as Mistral takes audio: 500 MB (MISTRAL-NOTES §2.1)
+const MAX_AUDIO_SECONDS = Math.ceil(500 * 1024 * 1024 / AUDIO_BYTES_PER_SECOND)
 const MAX_OUTPUT_TOKENS = 10_000_000
 const MAX_CHOICES = 10_000
 
@@ -115,13 +120,13 @@ export function quoteCall ({ family, body, contentLength, prices, currency, mark
       return { quote: flatQuote(cost, promptTokens), price, tokenBound: false, regional }
     }
     case 'ocr': {
-      const pages = Array.isArray(body?.pages) ? body.pages.length : OCR_RESERVED_PAGES
+      const pages = selectedPages(body?.pages) ?? OCR_RESERVED_PAGES
       const annotated = body?.bbox_annotation_format != null || body?.document_annotation_format != null
       const cost = costOf(units({ pages }), price, { family, markupBps, annotated, regional }).billedMicros
       return { quote: flatQuote(cost), price, tokenBound: false, regional }
     }
     case 'transcription': {
-      const audioSeconds = Math.ceil(contentLength / AUDIO_BYTES_PER_SECOND) || 60
+      const audioSeconds = Math.ceil(contentLength / AUDIO_BYTES_PER_SECOND) || MAX_AUDIO_SECONDS
       const cost = costOf(units({ audioSeconds }), price, { family, markupBps, regional }).billedMicros
       return { quote: flatQuote(cost), price, tokenBound: false, regional }
     }
@@ -134,28 +139,62 @@ export function quoteCall ({ family, body, contentLength, prices, currency, mark
 }
 
 /**
+ * The pages an OCR call selects, each once, at most OCR_MAX_PAGES; undefined when it selects none in particular (the
+ * whole document). `pages` is a list of page numbers or a string of numbers and ranges: '0,1,2', '0-5', '0,2-4'
+ * (OCRRequest in mistral-openapi.yaml). An empty list or string, or one Mistral would refuse, selects none.
+ */
+function selectedPages (pages: unknown): number | undefined {
+  if (Array.isArray(pages)) return pages.length === 0 ? undefined : Math.min(new Set(pages).size, OCR_MAX_PAGES)
+  if (typeof pages !== 'string') return undefined
+  const ranges: Array<[number, number]> = []
+  for (const part of pages.split(',')) {
+    const range = /^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$/.exec(part)
+    if (range === null) return undefined
+    const first = Number(range[1])
+    const last = range[2] === undefined ? first : Number(range[2])
+    if (last < first) return undefined
+    ranges.push([first, last])
+  }
+  // overlapping ranges name a page once: count the union, range by range, never page by page
+  ranges.sort((a, b) => a[0] - b[0])
+  let count = 0
+  let next = 0 // the first page not yet counted
+  for (const [first, last] of ranges) {
+    if (last >= next) count += last - Math.max(first, next) + 1
+    next = Math.max(next, last + 1)
+    if (count >= OCR_MAX_PAGES) return OCR_MAX_PAGES
+  }
+  return count
+}
+
+/**
  * The request's model, or — where the request names none (agents, conversations with an agent, transcriptions whose
- * model is a form field streamed past) — the dearest price of the family, so the reservation covers any of them.
+ * model is a form field streamed past) — each unit at its dearest price in the family, the operator's `*` row
+ * included: the call is settled at the price of the model Mistral answers with, whichever it is, so the reservation
+ * must cover every one of them.
  */
 function priceOf (prices: PriceBook, family: MeteredFamily, model: unknown, currency: string): ModelPrice | undefined {
   if (typeof model === 'string' && model.length > 0) return prices.resolve(model, family, currency)
-  const fallback = prices.resolve('*', family, currency)
-  if (fallback) return fallback
-  let dearest: ModelPrice | undefined
-  for (const candidate of prices.list(currency, priceFamilyOf(family))) {
-    if (candidate.status === 'retired') continue
-    if (!dearest || weight(candidate) > weight(dearest)) dearest = candidate
+  let ceiling: ModelPrice | undefined
+  for (const row of prices.list(currency, priceFamilyOf(family))) {
+    if (row.status === 'retired') continue
+    if (ceiling === undefined) {
+      // no one model's price: named as the fallback row is, which metrics and the ledger read as "not a known model"
+      ceiling = { ...row, model: FALLBACK_MODEL, aliases: [], status: 'custom', override: false, updatedAt: null }
+      continue
+    }
+    for (const field of CEILING_FIELDS) ceiling[field] = Math.max(ceiling[field], row[field])
   }
-  return dearest
+  return ceiling
 }
+
+const CEILING_FIELDS = ['inputPerMTok', 'outputPerMTok', 'cachedInputPerMTok', 'audioPerMinute', 'pagesPer1000',
+  'annotatedPagesPer1000', 'charactersPerM', 'outputCeiling'] as const
 
 function unpriced (model: unknown, currency: string) {
   return modelNotPriced(`Model '${String(model)}' has no ${currency} price in this gateway's price book ` +
     '(the workspace\'s currency); the operator can add one (PUT /admin/v1/prices/{model})', { param: 'model' })
 }
-
-const weight = (price: ModelPrice) => price.inputPerMTok + price.outputPerMTok + price.audioPerMinute * 1000 +
-  price.pagesPer1000 + price.annotatedPagesPer1000 + price.charactersPerM
 
 /**
  * The object of the request that names its output bound (`max_tokens`): a conversation's `completion_args` (the top

@@ -174,9 +174,13 @@ t.test('organisation routes are denied until the operator allows them', async (t
   t.equal(allowed.statusCode, 200)
   t.equal(allowed.json.allowOrganizationRoutes, true)
   for (const [method, url, payload] of organisation) {
+    // /v1/users/me* is authenticated by x-api-key (DashboardUserContextAuth); enqueued: the fake reads only a bearer
+    if (url.startsWith('/v1/users/me')) s.mistral.enqueueError(404, { detail: 'Not Found' }, {}, url)
     const got = await call(s, method, url, ws.headers, payload)
     t.equal(got.upstream.length, 1, `allowed: ${method} ${url} forwarded`)
-    t.match(got.upstream[0], { method, path: url, apiKey: ws.mistralKey }, `allowed: ${method} ${url} as sent`)
+    t.match(got.upstream[0], { method, path: url }, `allowed: ${method} ${url} as sent`)
+    const credential = got.upstream[0]?.headers[url.startsWith('/v1/users/me') ? 'x-api-key' : 'authorization']
+    t.match(credential, ws.mistralKey, `allowed: ${method} ${url} with the workspace key`)
     t.equal(got.status, 404, 'the fake\'s answer passes through')
     t.same(got.json, { detail: 'Not Found', error: { message: 'Not Found', type: 'not_found_error', code: null, param: null } },
       'Mistral\'s body, with the error object OpenAI clients read')
@@ -187,6 +191,39 @@ t.test('organisation routes are denied until the operator allows them', async (t
   const again = await call(s, 'GET', '/v1/users/me', ws.headers)
   gatewayError(t, again, 403, 'permission_error', 'organization_route_denied', 'denied again once disallowed')
 })
+
+t.test('organisation routes carry the key where their security scheme says, and their 401 disables no key',
+  async (t) => {
+    const s = await buildTestApp(t)
+    const ws = await s.createWorkspace()
+    t.equal((await s.admin('PATCH', `/admin/v1/workspaces/${ws.slug}`, { allowOrganizationRoutes: true })).statusCode,
+      200)
+    // DashboardUserContextAuth (mistral-openapi.yaml): the API key in x-api-key
+    s.mistral.enqueue((_req, res) => {
+      res.writeHead(200, { 'content-type': 'application/json' })
+      res.end('{"id":"user_1"}')
+    }, '/v1/users/me')
+    const me = await call(s, 'GET', '/v1/users/me', { ...ws.headers, 'x-api-key': 'client-x-api-key' })
+    t.equal(me.status, 200)
+    t.equal(me.upstream[0]?.headers['x-api-key'], ws.mistralKey, 'x-api-key carries the workspace key')
+    t.equal(me.upstream[0]?.headers.authorization, undefined, 'and no bearer beside it')
+
+    // AdminApiKey: a workspace key is no admin key, and Mistral says 401; that says nothing of the key's inference use
+    const rejected = { detail: 'Unauthorized' }
+    s.mistral.enqueueError(401, rejected, {}, '/v1/admin/users')
+    const admin = await call(s, 'GET', '/v1/admin/users', ws.headers)
+    t.equal(admin.status, 401, 'Mistral\'s 401 reaches the client')
+    t.match(admin.json, rejected, 'as Mistral sent it')
+    t.same(admin.keys, [ws.mistralKey], 'sent once')
+    s.mistral.enqueueError(401, rejected, {}, '/v1/users/me')
+    t.equal((await call(s, 'GET', '/v1/users/me', ws.headers)).status, 401, 'a user-context route\'s 401 too')
+
+    const keys = await s.admin('GET', `/admin/v1/workspaces/${ws.slug}/mistral-keys`)
+    t.match(keys.json, { data: [{ name: 'default', status: 'active' }] }, 'the key stays active')
+    const after = await call(s, 'POST', '/v1/chat/completions', ws.headers, chat)
+    t.equal(after.status, 200, 'and serves the next chat call')
+    t.same(after.keys, [ws.mistralKey])
+  })
 
 // Mistral's API is FastAPI behind uvicorn, which percent-decodes the path before routing and validating path
 // parameters: what the gateway classifies must be what Mistral will route, or the organisation check is bypassed.

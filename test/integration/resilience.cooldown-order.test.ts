@@ -97,6 +97,43 @@ t.test('["hold"] with a hold shorter than the cooldown: 429, never the backup', 
   t.same(upstream(), ['default'])
 })
 
+t.test('calls held for one cooldown do not all wake at its end: they reach Mistral spread out', async (t) => {
+  const ws = await createWorkspace()
+  t.equal((await admin('PATCH', `/admin/v1/workspaces/${ws.slug}`, { cooldown: { order: ['hold'], holdMs: 3000 } }))
+    .statusCode, 200)
+  const HELD = 10
+  const arrivals: number[] = []
+  // nothing is answered until every call has arrived: no answer's handling comes between two arrivals
+  let allArrived = () => {}
+  const arrived = new Promise<void>((resolve) => { allArrived = resolve })
+  mistral.enqueueRateLimit({ retryAfterSeconds: 1, filter: CHAT })
+  for (let i = 0; i <= HELD; i++) {
+    mistral.enqueue(async (_req, res) => {
+      if (arrivals.push(Date.now()) === HELD + 1) allArrived()
+      await arrived
+      res.writeHead(200, { 'content-type': 'application/json' })
+      res.end(JSON.stringify({
+        id: `held-${i}`,
+        object: 'chat.completion',
+        created: 0,
+        model: 'mistral-small-latest',
+        choices: [{ index: 0, message: { role: 'assistant', content: 'ok' }, finish_reason: 'stop' }],
+        usage: { prompt_tokens: 1, completion_tokens: 1, total_tokens: 2 }
+      }))
+    }, CHAT)
+  }
+  const first = chat(ws) // meets the 429: the key cools down for 1 s, and this call holds too
+  const cooling = async () => (await admin('GET', `/admin/v1/workspaces/${ws.slug}/mistral-keys`)).json.data[0].cooldown
+  while (await cooling() === null) await new Promise((resolve) => setTimeout(resolve, 5))
+  const replies = await Promise.all([first, ...Array.from({ length: HELD }, () => chat(ws))])
+  t.same(replies.map((reply) => reply.status), Array(HELD + 1).fill(200), 'every held call served')
+  t.equal(arrivals.length, HELD + 1)
+  const spread = Math.max(...arrivals) - Math.min(...arrivals)
+  // a random wait of up to 250 ms each (a quarter of the 1 s hold): 11 of them within 50 ms is a 1-in-10^6 chance
+  t.ok(spread >= 50, `the held calls reached Mistral over ${spread} ms, not at one instant`)
+  t.ok(spread < 500, `up to 250 ms later, plus this process's own delays (${spread} ms)`)
+})
+
 t.test('["failover"] never holds: both keys cooling answers 429 at once', async (t) => {
   const { ws, upstream } = await twoKeys(t, { order: ['failover'], holdMs: 3000 })
   mistral.enqueueRateLimit({ retryAfterSeconds: 1, filter: CHAT })

@@ -1,5 +1,6 @@
 import t from 'tap'
-import { buildTestApp, type TestApp, type TestWorkspace } from '../helpers/app.js'
+import { TEST_DATABASE_URL, buildTestApp, type TestApp, type TestWorkspace } from '../helpers/app.js'
+import { proxiedDatabase } from '../helpers/tcp-proxy.js'
 
 // Issue 4: what is retried and what is not. 4xx other than 429 are the client's mistake and go back as Mistral sent
 // them, once; a connection that fails before any byte came back is tried again (within UPSTREAM_RETRIES).
@@ -134,4 +135,23 @@ t.test('a call that creates something is not sent again once Mistral may have ac
   const models = await testApp.app.inject({ method: 'GET', url: '/v1/models', headers: ws.headers })
   t.equal(models.statusCode, 200, 'a GET cut once: served by the second try')
   t.equal(sent('/v1/models', 'GET') - before, 2, 'two GETs sent')
+})
+
+t.test('a 401 while PostgreSQL is away: the rejected key\'s own 502, not an unreachable Mistral', async (t) => {
+  const database = await proxiedDatabase(t, TEST_DATABASE_URL)
+  const testApp = await buildTestApp(t, { DATABASE_URL: database.url })
+  const ws = await testApp.createWorkspace()
+  t.equal((await chat(testApp, ws)).status, 200, 'served once: the token and the key are cached')
+
+  database.proxy.cut()
+  testApp.mistral.enqueueError(401, { detail: 'Unauthorized' }, {}, CHAT)
+  const reply = await chat(testApp, ws)
+  database.proxy.restore()
+  t.equal(reply.status, 502)
+  t.match(reply.json, { object: 'error', type: 'upstream_error', code: 'mistral_key_rejected' },
+    'the answer says Mistral rejected the key, though it could not be marked invalid')
+  const logged = testApp.logs.map((line) => JSON.parse(line)).find((line) => line.level === 50 &&
+    /could not be marked invalid/.test(line.msg))
+  t.match(logged, { key: 'default' }, 'an error is logged, naming the key')
+  t.notMatch(JSON.stringify(testApp.logs), ws.mistralKey, 'never the key itself')
 })

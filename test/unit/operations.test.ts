@@ -60,6 +60,12 @@ t.test('counts', async (t) => {
   t.equal(operations.filter((operation) => operation.streamable).length, 12, 'streamable (MISTRAL-NOTES §0)')
   t.equal(operations.filter((operation) => operation.organization).length, 78, 'organization-wide')
   t.equal(operations.filter((operation) => operation.area === 'admin').length, 47, 'admin')
+  const bySecurity = (scheme: string) => operations.filter((operation) => operation.security === scheme)
+  t.strictSame(bySecurity('AdminApiKey').map((operation) => operation.area), Array(47).fill('admin'),
+    'an admin key for every /v1/admin route')
+  t.strictSame(bySecurity('DashboardUserContextAuth').map((operation) => operation.path),
+    ['/v1/users/me', '/v1/users/me/organizations', '/v1/users/me/workspaces'], 'x-api-key for the user context')
+  t.equal(bySecurity('ApiKey').length, operations.length - 50, 'the workspace key as a bearer for the rest')
   t.strictSame([...operationTable.areas].sort(), ['admin', 'agents', 'audio', 'batch', 'chat', 'classifications',
     'connectors', 'conversations', 'embeddings', 'files', 'fim', 'fine_tuning', 'libraries', 'models', 'moderations',
     'observability', 'ocr', 'prompts', 'rag', 'skills', 'users', 'workflows'])
@@ -96,6 +102,7 @@ t.test('flags', async (t) => {
   t.equal(chat?.streamable, true)
   t.equal(chat?.area, 'chat')
   t.equal(chat?.organization, false)
+  t.equal(chat?.security, 'ApiKey')
   t.strictSame(chat?.requestContentTypes, ['application/json'])
 
   const restart = classify('POST', '/v1/conversations/conv_1/restart')
@@ -170,12 +177,24 @@ t.test('entries are frozen: one handler cannot change them for every tenant', as
   t.ok(Object.isFrozen(chat.requestContentTypes))
 })
 
+t.test('a route the proxy cannot authenticate is refused', async (t) => {
+  const withSecurity = (security: unknown) => ({
+    paths: { '/v1/x': { get: { operationId: 'x', security } } },
+    security: [{ ApiKey: [] }]
+  }) as unknown as Parameters<typeof buildOperationTable>[0]
+  for (const security of [[{ OAuth: [] }], [{ ApiKey: [] }, { AdminApiKey: [] }], []]) {
+    t.throws(() => buildOperationTable(withSecurity(security)), /security .* is not one scheme the proxy knows/,
+      JSON.stringify(security))
+  }
+})
+
 t.test('an ambiguous table is refused', async (t) => {
   const base: Operation = {
     id: 'a',
     method: 'GET',
     path: '/v1/things/{thing_id}',
     area: 'things',
+    security: 'ApiKey',
     metered: null,
     streamable: false,
     organization: false,

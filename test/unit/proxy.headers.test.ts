@@ -77,6 +77,12 @@ t.test('upstream: the Mistral key replaces any authorization, with or without on
   t.equal(upstreamHeaders({ authorization: `Bearer ${CLIENT_TOKEN}` }, MISTRAL_KEY, true).authorization,
     `Bearer ${MISTRAL_KEY}`)
   t.same(upstreamHeaders({}, MISTRAL_KEY, true), { authorization: `Bearer ${MISTRAL_KEY}` })
+  t.same(upstreamHeaders({}, MISTRAL_KEY, true, 'AdminApiKey'), { authorization: `Bearer ${MISTRAL_KEY}` })
+})
+
+t.test('upstream: a DashboardUserContextAuth route gets the key in x-api-key, never the client\'s', async (t) => {
+  t.same(upstreamHeaders({ authorization: `Bearer ${CLIENT_TOKEN}`, 'x-api-key': 'client-key' }, MISTRAL_KEY, true,
+    'DashboardUserContextAuth'), { 'x-api-key': MISTRAL_KEY })
 })
 
 t.test('upstream: content-length is kept only when the body is relayed as received', async (t) => {
