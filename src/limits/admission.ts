@@ -5,7 +5,7 @@ import type { InvalidationBus } from '../tenancy/invalidation-bus.js'
 import { calendarPeriods, type CalendarPeriods } from './periods.js'
 import { DEFAULT_THRESHOLDS, hasCaps, hasRates, type RateLimits, type SpendCaps, type WorkspaceLimits } from './policy.js'
 import type {
-  AdmissionStore, AdmitInput, AdmitResult, DenyReason, HeldCall, Quote, RateInfo, ScopeInput, SeedEntry
+  AdmissionStore, AdmitInput, AdmitResult, DenyReason, HeldCall, Quote, RateInfo, ScopeInput, SeedEntry, SettleInput
 } from './store.js'
 
 export type { Quote }
@@ -89,10 +89,12 @@ export interface Admission {
   readonly ledger: LedgerSums
   /** Admits or throws the denial; undefined when no limit or cap applies to the call. */
   admit (subject: AdmissionSubject, quote: Quote): Promise<Ticket | undefined>
+  /** Resolves after the first try; one the store did not take is sent again in the background (settleUntilTaken). */
   settle (ticket: Ticket, actual: { cost: number, tokens: number }): Promise<void>
   /**
-   * Adds a charge to the spend of every cap of its workspace and token, in the periods it is billed in, once per id.
-   * A counter not in the store is left to its next seed, which reads the ledger (where the charge already is).
+   * Adds a charge to the spend of every cap of its workspace and token, in the periods it is billed in, once per id,
+   * each cap crossing its own scope's thresholds; retried as a settlement is. A counter not in the store is left to
+   * its next seed, which reads the ledger (where the charge already is).
    */
   charge (charge: Charge): Promise<void>
   /**
@@ -126,6 +128,12 @@ export interface ThresholdCrossing {
 }
 
 const CAP_KIND = { d: 'daily', m: 'monthly', l: 'lifetime' } as const
+// A settlement the store did not take is sent again, backing off up to a few seconds, for at most ten minutes: the
+// settle script ignores an id settled in the hour before (its `done` set), so one whose answer was lost but that did
+// reach Redis counts once, and a renewal does not put its reservation back meanwhile
+const RETRY_FIRST_MS = 100
+const RETRY_MAX_MS = 5_000
+const RETRY_FOR_MS = 10 * 60_000
 const LIMIT_WORDS: Record<string, string> = {
   rpm: 'requests per minute', rpd: 'requests per day', tpm: 'tokens per minute', concurrency: 'concurrent calls'
 }
@@ -142,6 +150,9 @@ export function createAdmission (options: AdmissionOptions): Admission {
   // re-seeds under way, by workspace prefix and the counters they seed
   const seeding = new Map<string, Promise<void>>()
   const thresholdListeners: Array<(crossing: ThresholdCrossing) => void> = []
+  // settlements and charges waiting to be sent again, by request id
+  const retries = new Map<string, { prefix: string, timer: NodeJS.Timeout, send: () => Promise<void> }>()
+  let closed = false
   // a call that outlives its lease keeps it: every replica renews its own calls, a dead one stops
   const renewal = setInterval(() => renewAll(), Math.floor(leaseMs / 3))
   renewal.unref()
@@ -268,9 +279,8 @@ export function createAdmission (options: AdmissionOptions): Admission {
         // each cap reports its own scope's thresholds: a token's, else the workspace's, else 50/80/100 %
         const workspaceThresholds = workspace.caps.thresholds ?? DEFAULT_THRESHOLDS
         const tokenThresholds = token.caps.thresholds ?? workspaceThresholds
-        const caps = scopes.flatMap((entry) => Object.entries(entry.caps ?? {}).map(([kind, cap]) =>
-          [spendKey(entry.p, kind, periods), cap, entry.p === `${prefix}:w` ? workspaceThresholds : tokenThresholds] as
-          [string, number, number[]]))
+        const caps = scopes.flatMap((entry) =>
+          spendEntries(entry, periods, entry.p === `${prefix}:w` ? workspaceThresholds : tokenThresholds))
         const ticket: Ticket = {
           prefix,
           id: subject.requestId,
@@ -291,40 +301,30 @@ export function createAdmission (options: AdmissionOptions): Admission {
     },
 
     async settle (ticket, actual) {
-      live.delete(ticket.id)
-      try {
-        const crossed = await ticket.store.settle(ticket.prefix, {
-          id: ticket.id,
-          cost: actual.cost,
-          tokens: actual.tokens,
-          reservedTokens: ticket.reservedTokens,
-          spend: ticket.spend,
-          thresholds: ticket.thresholds
-        }, ticket.conc.length > 0)
-        announce(ticket.prefix, crossed)
-      } catch (err) {
-        // the reservation expires by itself and the ledger still has the call: nothing is lost, a little is held
-        log.warn({ err }, 'settlement failed; the reservation will expire')
-      }
+      // the ticket stays live until the store takes its settlement: renewal keeps its reservation meanwhile
+      await settleUntilTaken(ticket.store, ticket.prefix, {
+        id: ticket.id,
+        cost: actual.cost,
+        tokens: actual.tokens,
+        reservedTokens: ticket.reservedTokens,
+        spend: ticket.spend,
+        thresholds: ticket.thresholds
+      }, ticket.conc.length > 0, ticket)
     },
 
     async charge ({ id, workspace, token, cost, at }) {
       const prefix = `tmt:{ws:${workspace.id}}`
       const periods = calendarPeriods(at, workspace.timezone)
-      const scopes = [scope(`${prefix}:w`, undefined, workspace.caps)]
-      if (token && hasCaps(token.caps)) scopes.push(scope(`${prefix}:t:${token.id}`, undefined, token.caps))
-      const spend = scopes.flatMap((entry) => Object.entries(entry.caps ?? {})
-        .map(([kind, cap]) => [spendKey(entry.p, kind, periods), cap] as [string, number]))
-      if (spend.length === 0) return
-      try {
-        // settling an id that holds no reservation only adds its cost, once
-        const crossed = await store.settle(prefix, {
-          id, cost, tokens: 0, reservedTokens: 0, spend, thresholds: workspace.caps.thresholds ?? DEFAULT_THRESHOLDS
-        })
-        announce(prefix, crossed)
-      } catch (err) {
-        log.warn({ err }, 'charge failed; the spend counters learn it when next seeded from the ledger')
+      const workspaceThresholds = workspace.caps.thresholds ?? DEFAULT_THRESHOLDS
+      const spend = spendEntries(scope(`${prefix}:w`, undefined, workspace.caps), periods, workspaceThresholds)
+      if (token && hasCaps(token.caps)) {
+        spend.push(...spendEntries(scope(`${prefix}:t:${token.id}`, undefined, token.caps), periods,
+          token.caps.thresholds ?? workspaceThresholds))
       }
+      if (spend.length === 0) return
+      // settling an id that holds no reservation only adds its cost, once
+      await settleUntilTaken(store, prefix,
+        { id, cost, tokens: 0, reservedTokens: 0, spend, thresholds: workspaceThresholds }, false, undefined)
     },
 
     async welcome (workspaceId) {
@@ -334,8 +334,14 @@ export function createAdmission (options: AdmissionOptions): Admission {
 
     async forget (workspaceId) {
       const prefix = `tmt:{ws:${workspaceId}}`
-      // a renewal finds neither the reservation nor the settled id, and would put the call back for good
+      // a renewal finds neither the reservation nor the settled id, and would put the call back for good; a retried
+      // settlement would bring the counters back
       for (const [id, ticket] of live) if (ticket.prefix === prefix) live.delete(id)
+      for (const [id, retry] of retries) {
+        if (retry.prefix !== prefix) continue
+        clearTimeout(retry.timer)
+        retries.delete(id)
+      }
       recovered.delete(prefix)
       await fallback.forget(prefix)
       await store.forget(prefix)
@@ -347,7 +353,46 @@ export function createAdmission (options: AdmissionOptions): Admission {
 
     async close () {
       clearInterval(renewal)
+      closed = true
+      // the settlements waiting for a retry get one last try
+      const last = [...retries.values()]
+      for (const retry of last) clearTimeout(retry.timer)
+      retries.clear()
+      await Promise.all(last.map((retry) => retry.send()))
       await store.flush()
+    }
+  }
+
+  /**
+   * Sends a settlement until the store takes it. One lost (a reconnect, a command timeout) would leave the call's cost
+   * out of its spend counters until their period ends: a counter that still exists is never seeded from the ledger
+   * again. A call's ticket stays live meanwhile, so renewal keeps its reservation; once the retries run out (past
+   * RETRY_FOR_MS, or at close) it is dropped, its reservation expires, and the counters miss its cost.
+   */
+  async function settleUntilTaken (target: AdmissionStore, prefix: string, input: SettleInput, freesSlot: boolean,
+    ticket: Ticket | undefined, attempt = 0, since = Date.now()) {
+    try {
+      const crossed = await target.settle(prefix, input, freesSlot)
+      if (ticket) live.delete(ticket.id)
+      announce(prefix, crossed)
+    } catch (err) {
+      // a workspace forgotten meanwhile: its counters are gone, and must stay so
+      if (ticket && live.get(ticket.id) !== ticket) return
+      if (closed || Date.now() - since >= RETRY_FOR_MS) {
+        if (ticket) live.delete(ticket.id)
+        log.error({ err, requestId: input.id }, 'settlement failed for good; the spend counters miss its cost')
+        return
+      }
+      log.warn({ err, requestId: input.id }, 'settlement failed; retrying')
+      const send = () => settleUntilTaken(target, prefix, input, freesSlot, ticket, attempt + 1, since)
+      // jittered, so that the settlements a blip failed do not all come back at once
+      const delay = Math.min(RETRY_MAX_MS, RETRY_FIRST_MS * 2 ** attempt) * (0.5 + Math.random() / 2)
+      const timer = setTimeout(() => {
+        retries.delete(input.id)
+        void send()
+      }, delay)
+      timer.unref()
+      retries.set(input.id, { prefix, timer, send })
     }
   }
 
@@ -430,6 +475,12 @@ function scope (p: string, limits: RateLimits | undefined, caps: SpendCaps | und
 }
 
 const period = ({ id, start, end }: { id: string, start: number, end: number }) => ({ id, s: start, e: end })
+
+/** a scope's spend caps as a settlement names them: key, cap, thresholds */
+function spendEntries (entry: ScopeInput, periods: CalendarPeriods, thresholds: number[]) {
+  return Object.entries(entry.caps ?? {})
+    .map(([kind, cap]): [string, number, number[]] => [spendKey(entry.p, kind, periods), cap, thresholds])
+}
 
 function spendKey (p: string, kind: string, periods: CalendarPeriods) {
   if (kind === 'd') return `${p}:spend:d:${periods.day.id}`

@@ -172,13 +172,14 @@ export function createMemoryStore (clock: () => number = Date.now): AdmissionSto
 
       let room: number | undefined
       let settledRoom: number | undefined
-      let binding: [number, 'd' | 'm' | 'l'] | undefined
+      const caps: Array<{ scope: number, kind: 'd' | 'm' | 'l', left: number }> = []
       a.scopes.forEach((scope, i) => {
         for (const [kind, cap] of Object.entries(scope.caps ?? {}) as Array<['d' | 'm' | 'l', number]>) {
           const spend = spends.get(spendKey(scope, kind)) as Spend
           const unsettled = cap - (spend.settled ?? 0)
           const left = unsettled - spend.reserved
-          if (room === undefined || left < room) { room = left; binding = [i, kind] }
+          caps.push({ scope: i, kind, left })
+          if (room === undefined || left < room) room = left
           if (settledRoom === undefined || unsettled < settledRoom) settledRoom = unsettled
         }
       })
@@ -188,8 +189,22 @@ export function createMemoryStore (clock: () => number = Date.now): AdmissionSto
           affordable = Math.min(maxTokens, Math.floor((room - a.promptCost) * 1_000_000 / a.outputPerMillion))
         }
         if (affordable < 1) {
-          const [scope, kind] = binding as [number, 'd' | 'm' | 'l']
-          const denied = deny(`cap_${kind}`, scope, kind === 'd' ? a.day.e : kind === 'm' ? a.month.e : null)
+          // of the caps the call does not fit under even clamped to one token, the one whose period ends last (a
+          // lifetime's never): the call cannot succeed before then. On a tie the longer period, then the first scope,
+          // as the Redis script does
+          const least = a.clamp && a.outputPerMillion > 0
+            ? Math.min(cost, a.promptCost + Math.ceil(a.outputPerMillion / 1_000_000))
+            : cost
+          const reset = { d: a.day.e, m: a.month.e, l: Infinity }
+          const rank = { d: 1, m: 2, l: 3 }
+          let binding: { scope: number, kind: 'd' | 'm' | 'l' } | undefined
+          for (const c of caps) {
+            if (c.left >= least) continue
+            if (binding === undefined || reset[c.kind] > reset[binding.kind] ||
+              (reset[c.kind] === reset[binding.kind] && rank[c.kind] > rank[binding.kind])) binding = c
+          }
+          const { scope, kind } = binding as { scope: number, kind: 'd' | 'm' | 'l' }
+          const denied = deny(`cap_${kind}`, scope, kind === 'l' ? null : reset[kind])
           const need = a.clamp ? a.promptCost + Math.ceil(a.outputPerMillion / 1_000_000) : cost
           const busy = (settledRoom as number) > (room as number) && (settledRoom as number) >= need
           return { ...denied, busy } as AdmitResult

@@ -157,12 +157,11 @@ local info = {}
 
 -- spend: the worst case must fit under every cap; where only the prompt fits, max_tokens may be clamped
 local room = nil
-local binding = nil
 local settledRoom = nil
 for _, c in ipairs(caps) do
   local unsettled = c[3] - c[5]
   local left = unsettled - c[6]
-  if room == nil or left < room then room, binding = left, {c[1], c[2]} end
+  if room == nil or left < room then room = left end
   if settledRoom == nil or unsettled < settledRoom then settledRoom = unsettled end
 end
 if room ~= nil and cost > room then
@@ -172,12 +171,27 @@ if room ~= nil and cost > room then
     if affordable > maxTokens then affordable = maxTokens end
   end
   if affordable < 1 then
-    local retryAt = -1
-    if binding[2] == 'd' then retryAt = a.day.e elseif binding[2] == 'm' then retryAt = a.month.e end
+    -- the denial names, of the caps the call does not fit under even clamped to one token, the one whose period ends
+    -- last (a lifetime's never): the call cannot succeed before then. On a tie the longer period, then the first
+    -- scope, as memory-store.ts does
+    local least = cost
+    if a.clamp and a.outputPerMillion > 0 then
+      least = math.min(cost, a.promptCost + math.ceil(a.outputPerMillion / 1000000))
+    end
+    local RESET = {d = a.day.e, m = a.month.e, l = math.huge}
+    local RANK = {d = 1, m = 2, l = 3}
+    local binding = nil
+    for _, c in ipairs(caps) do
+      if c[3] - c[5] - c[6] < least and (binding == nil or RESET[c[2]] > RESET[binding[2]] or
+          (RESET[c[2]] == RESET[binding[2]] and RANK[c[2]] > RANK[binding[2]])) then
+        binding = c
+      end
+    end
+    local retryAfter = binding[2] == 'l' and -1 or (RESET[binding[2]] - now)
     -- busy: only calls in flight hold the room this one needs; they settle soon, usually for far less
     local need = a.clamp and (a.promptCost + math.ceil(a.outputPerMillion / 1000000)) or cost
     local busy = (settledRoom > room and settledRoom >= need) and 1 or 0
-    return {0, 'cap_' .. binding[2], binding[1], retryAt < 0 and -1 or (retryAt - now), now, busy}
+    return {0, 'cap_' .. binding[2], binding[1], retryAfter, now, busy}
   end
   maxTokens = affordable
   cost = a.promptCost + math.ceil(affordable * a.outputPerMillion / 1000000)
@@ -197,7 +211,8 @@ for i, scope in ipairs(a.scopes) do
       local oldest = redis.call('ZRANGE', key, count - scope.rpm, count - scope.rpm, 'WITHSCORES')
       return deny('rpm', i, tonumber(oldest[2]) + MINUTE + 1)
     end
-    if i == 1 or info.rpm == nil or scope.rpm - count < info.rpm[2] then
+    -- the scope with the fewest requests left after this one names its limit
+    if info.rpm == nil or scope.rpm - count - 1 < info.rpm[2] then
       local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
       info.rpm = {scope.rpm, scope.rpm - count - 1, first[2] and (tonumber(first[2]) + MINUTE - now) or MINUTE}
     end

@@ -204,6 +204,15 @@ function contract (t: Test, fixture: Fixture) {
     t.same(both.scopes.map((scope) => scope.rpm), [2, 2])
   })
 
+  test('rpm headers: the scope with the fewest requests left names its limit and what it has left', async (t) => {
+    const prefix = await fixture.prefix()
+    const scopes: ScopeInput[] = [{ p: `${prefix}:w`, rpm: 10 }, { p: `${prefix}:t:app`, rpm: 4 }]
+    // five calls of other tokens: the workspace has 10 - 5 - 1 = 4 left after this call, the token 4 - 0 - 1 = 3
+    for (let i = 0; i < 5; i++) admitted(t, await store.admit(prefix, call([scopes[0]])))
+    const result = admitted(t, await store.admit(prefix, call(scopes)))
+    t.same(result.rpm?.slice(0, 2), [4, 3], 'the token\'s limit of 4, 3 left')
+  })
+
   test('tpm: reserves prompt + maxTokens × n, denies an overflow, refuses a call larger than the limit, settles to actual', async (t) => {
     const prefix = await fixture.prefix()
     const p = `${prefix}:w`
@@ -418,6 +427,45 @@ function contract (t: Test, fixture: Fixture) {
     t.equal(refused.retryAfterMs, DAY.e - refused.now, 'retry when the day ends')
     const seen = await store.inspect(prefix, [{ p: w, spend: [spendKey(w, 'm')] }, { p: token, spend: [spendKey(token, 'd')] }])
     t.same(seen.scopes.map((scope) => scope.spend), [[[spendKey(w, 'm'), 0, 0]], [[spendKey(token, 'd'), 2000, 0]]], 'nothing reserved')
+  })
+
+  test('caps: a denial names the cap the call cannot fit under whose period ends last; a lifetime\'s first', async (t) => {
+    // a call of 2000 µ: the day has 500 left, the month (or the lifetime) 1000. It fits under neither, so it is the
+    // month that it must wait for, not midnight
+    const cost = { promptCost: 2000, outputPerMillion: 0, cost: 2000 }
+    const monthly = await seeded({ d: 10_000, m: 20_000 }, { d: 9_500, m: 19_000 })
+    const month = denied(t, await store.admit(monthly.prefix, call(monthly.scopes, cost)), 'cap_m')
+    t.equal(month.retryAfterMs, MONTH.e - month.now, 'retry when the month ends')
+    const lifetime = await seeded({ d: 10_000, l: 20_000 }, { d: 9_500, l: 19_000 })
+    t.equal(denied(t, await store.admit(lifetime.prefix, call(lifetime.scopes, cost)), 'cap_l').retryAfterMs, null,
+      'a lifetime cap: no retry')
+    // the daily cap alone is too small: it binds, with its reset
+    const daily = await seeded({ d: 10_000, m: 20_000 }, { d: 9_500, m: 17_000 })
+    const day = denied(t, await store.admit(daily.prefix, call(daily.scopes, cost)), 'cap_d')
+    t.equal(day.retryAfterMs, DAY.e - day.now, 'retry at midnight')
+    // with clamping, a cap the smallest clamped call fits under does not bind: the prompt (1000 µ) + one token fits the
+    // month's 1500, not the day's 500
+    const clamped = await seeded({ d: 10_000, m: 20_000 }, { d: 9_500, m: 18_500 })
+    denied(t, await store.admit(clamped.prefix, call(clamped.scopes, { clamp: true })), 'cap_d', 'clamped: the day')
+  })
+
+  test('caps: denials that tie on their reset name the same cap in every store', async (t) => {
+    const cost = { promptCost: 2000, outputPerMillion: 0, cost: 2000 }
+    // the last day of the month: the day and the month end together, both with 500 left. The month is named
+    const prefix = await fixture.prefix()
+    const p = `${prefix}:w`
+    const lastDay: PeriodInput = { ...DAY, e: MONTH.e - 1 }
+    const last: PeriodInput = { ...MONTH, e: lastDay.e }
+    await store.seed(prefix, [[spendKey(p, 'd'), 9_500, [], []], [spendKey(p, 'm', last), 19_500, [], []]], [])
+    const refused = denied(t, await store.admit(prefix, call([{ p, caps: { d: 10_000, m: 20_000 } }],
+      { ...cost, day: lastDay, month: last })), 'cap_m', 'the day and the month end together: the month')
+    t.equal(refused.retryAfterMs, last.e - refused.now)
+    // the workspace's month and a token's month, both with 500 left: the workspace's is named
+    const other = await fixture.prefix()
+    const [w, token] = [`${other}:w`, `${other}:t:app`]
+    const scopes: ScopeInput[] = [{ p: w, caps: { m: 20_000 } }, { p: token, caps: { m: 20_000 } }]
+    await store.seed(other, [[spendKey(w, 'm'), 19_500, [], []], [spendKey(token, 'm'), 19_500, [], []]], [])
+    t.equal(denied(t, await store.admit(other, call(scopes, cost)), 'cap_m').scope, 0, 'the workspace\'s')
   })
 
   test('settle: actual cost replaces the reservation, once per request id; thresholds are reported once per period', async (t) => {

@@ -60,3 +60,47 @@ t.test('thresholds of a workspace cap and of a token cap: one event each, with s
   ], 'the crossings, in order: 40 % of the month at call 2, 60 % of the token\'s day at call 3, 80 % at call 4')
   t.equal(events.length, 3, 'each once')
 })
+
+t.test('a batch charge reports a token cap\'s crossing by the token\'s own thresholds', async (t) => {
+  const mistral = await startFakeMistral({ completionTokens: COMPLETION })
+  t.teardown(() => mistral.close())
+  const { app, admin, createWorkspace } = await buildTestApp(t, {}, { mistral })
+  const ws = await createWorkspace()
+  // the workspace has no caps: its thresholds are the default 50/80/100 %, which the token's [60] replaces
+  const token = await admin('PATCH', `/admin/v1/workspaces/${ws.slug}/tokens/${ws.tokenId}`,
+    { caps: { daily: formatMoney(5 * ONE_CALL), thresholds: [60] } })
+  t.equal(token.statusCode, 200, 'token caps set')
+  // one call (20 %) puts the token's day counter in the store, which a charge adds to
+  const res = await app.inject({
+    method: 'POST',
+    url: '/v1/chat/completions',
+    headers: { ...ws.headers, 'content-type': 'application/json' },
+    payload: { model: 'mistral-small-latest', messages: [{ role: 'user', content: PROMPT }], max_tokens: COMPLETION }
+  })
+  t.equal(res.statusCode, 200, 'the call served')
+  // settlement follows the answer: wait for it
+  const daily = async () =>
+    (await admin('GET', `/admin/v1/workspaces/${ws.slug}/limits`)).json.tokens[ws.tokenId].caps.daily
+  for (const deadline = Date.now() + 5_000; Date.now() < deadline; await sleep(20)) {
+    if ((await daily()).reserved === formatMoney(0)) break
+  }
+  t.equal((await daily()).settled, formatMoney(ONE_CALL), 'the call settled')
+
+  const events: SpendThresholdEvent[] = []
+  app.events.on('spend.threshold', (event) => { events.push(event) })
+  // a batch job billed at two calls' cost brings the token's day to 60 %
+  await app.admission.charge({
+    id: `batch-${ws.id}`,
+    workspace: { id: ws.id, timezone: 'UTC', caps: {} },
+    token: { id: ws.tokenId, caps: { daily: 5 * ONE_CALL, thresholds: [60] } },
+    cost: 2 * ONE_CALL,
+    at: Date.now()
+  })
+  for (const deadline = Date.now() + 2_000; events.length < 1 && Date.now() < deadline;) await sleep(20)
+  await sleep(100) // any second event would be emitted by now
+
+  const { day } = calendarPeriods(Date.now(), 'UTC')
+  t.match(events, [{ type: 'spend.threshold', workspaceId: ws.id, scope: 'token', tokenId: ws.tokenId, cap: 'daily',
+    periodId: day.id, percent: 60 }], 'the token\'s 60 %, not the default 50 %')
+  t.equal(events.length, 1, 'one event')
+})
