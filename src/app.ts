@@ -128,6 +128,7 @@ export async function buildApp ({ config, logger }: BuildOptions): Promise<Fasti
     host: config.HOST,
     spoolDepth: () => app.usage.pending(),
     spoolOldestAge: () => app.usage.oldestPendingMs() / 1000,
+    spoolWritable: () => app.usage.spoolWritable(),
     coolingKeys: () => app.keyHealth.cooling(),
     breakers: () => app.keyHealth.breakers(),
     quotas: () => app.keyHealth.observedQuotas(),

@@ -90,6 +90,8 @@ export interface MetricsOptions {
   spoolDepth: () => number
   /** seconds the oldest of them has waited (0 when none waits), read at scrape time */
   spoolOldestAge: () => number
+  /** whether the usage spool took the last record written to it, read at scrape time */
+  spoolWritable: () => boolean
   /** cooling Mistral keys, read at scrape time */
   coolingKeys: () => number
   /** open and half-open breakers, read at scrape time */
@@ -160,6 +162,13 @@ export function createMetrics (options: MetricsOptions): Metrics {
     name: 'tramontane_usage_spool_oldest_age_seconds',
     help: 'How long the oldest usage record waiting for PostgreSQL has waited (0 when none waits)', registers,
     collect () { this.set(options.spoolOldestAge()) }
+  })
+  new Gauge({
+    name: 'tramontane_usage_spool_writable',
+    help: '1 while the usage spool takes records, 0 since a write to it failed (records still reach PostgreSQL, ' +
+      'with no copy on disk)',
+    registers,
+    collect () { this.set(options.spoolWritable() ? 1 : 0) }
   })
   new Gauge({
     name: 'tramontane_upstream_cooldowns_active', help: 'Mistral keys cooling down after a 429 or an open breaker', registers,

@@ -20,6 +20,8 @@ export interface UsageRecorder {
   pending (): number
   /** how long the oldest of them has waited, in ms (0 when none waits) */
   oldestPendingMs (): number
+  /** false since the spool's last write failed: records still reach PostgreSQL, without a copy on disk */
+  spoolWritable (): boolean
   close (): Promise<void>
 }
 
@@ -166,6 +168,7 @@ export function createUsageRecorder ({
     },
     pending: () => queue.length,
     oldestPendingMs: () => queuedAt.length === 0 ? 0 : performance.now() - queuedAt[0],
+    spoolWritable: () => !spoolFailing,
     async close () {
       clearInterval(timer)
       clearInterval(scan)

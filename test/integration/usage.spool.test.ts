@@ -305,6 +305,9 @@ t.test('a spool that cannot be written loses durability, not usage: calls go on,
     const failures = testApp.logs.map((line) => JSON.parse(line)).filter((line) => line.msg?.startsWith('usage spool'))
     t.equal(failures.length, 1, 'one error for the whole streak of failures')
     t.match(failures[0], { level: 50, msg: /^usage spool write failed/, err: { code: 'ENOTDIR' } })
+    const writable = async () => /^tramontane_usage_spool_writable 1$/m.test(
+      (await app.inject({ method: 'GET', url: '/metrics' })).body) ? 1 : 0
+    t.equal(await writable(), 0, 'the spool\'s gauge says so, for the alert')
 
     rmSync(folder)
     const after = { ...direct, requestId: randomUUID() }
@@ -313,6 +316,7 @@ t.test('a spool that cannot be written loses durability, not usage: calls go on,
       'the next record makes the folder again, its owner file and a segment')
     t.match(testApp.logs.map((line) => JSON.parse(line)).filter((line) => line.msg?.startsWith('usage spool')).at(-1),
       { level: 30, msg: /^usage spool writable again/ })
+    t.equal(await writable(), 1, 'and that it is writable again')
     await app.usage.flush()
     t.equal((await recordsOf(ws.id)).length, 6)
   })

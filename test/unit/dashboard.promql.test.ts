@@ -11,6 +11,7 @@ import { DEPLOY, analyse, expressions, recordedNames, rulesFiles } from '../help
 const defined = createMetrics({
   spoolDepth: () => 0,
   spoolOldestAge: () => 0,
+  spoolWritable: () => true,
   coolingKeys: () => 0,
   breakers: () => ({ open: 0, halfOpen: 0 }),
   quotas: () => [],

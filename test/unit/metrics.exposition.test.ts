@@ -11,6 +11,7 @@ function metrics (overrides: Partial<MetricsOptions> = {}) {
   return createMetrics({
     spoolDepth: () => 0,
     spoolOldestAge: () => 0,
+  spoolWritable: () => true,
     coolingKeys: () => 0,
     breakers: () => ({ open: 0, halfOpen: 0 }),
     quotas: () => [],
