@@ -1,3 +1,4 @@
+import type { IncomingHttpHeaders } from 'node:http'
 import type { FastifyInstance } from 'fastify'
 import { invalidJson } from './errors.js'
 
@@ -15,4 +16,17 @@ export function acceptJsonBodies (app: FastifyInstance, bodyLimit: number) {
       done(invalidJson('The request body is not valid JSON'), undefined)
     }
   })
+}
+
+// an `application/…+json` media type, parameters or not
+const JSON_SUFFIX = /^\s*application\/[^\s;/]+\+json\s*(;|$)/i
+
+/**
+ * Mistral (FastAPI) reads a body sent with no content type, or with an `application/…+json` one, as JSON
+ * (fastapi/routing.py). For an operation that takes JSON the gateway reads it as JSON too, or it would meter a call
+ * whose model and max_tokens it cannot see: its content type becomes `application/json`, before the body is parsed.
+ */
+export function readAsFastApiDoes (headers: IncomingHttpHeaders): void {
+  const type = headers['content-type']
+  if (type === undefined || JSON_SUFFIX.test(type)) headers['content-type'] = 'application/json'
 }

@@ -18,6 +18,8 @@ interface RequestLine {
   closed: boolean
   /** a proxied call in flight: its line waits for the status and tokens it settles on */
   held: boolean
+  /** a path the proxy's wildcard took that is no operation of Mistral's: logged as `unknown`, as one of no route */
+  unrouted: boolean
 }
 
 const WRITES_INFO = new Set(['trace', 'debug', 'info'])
@@ -31,7 +33,7 @@ const WRITES_INFO = new Set(['trace', 'debug', 'info'])
 export function trackRequestLine (request: FastifyRequest, reply: FastifyReply) {
   // at LOG_LEVEL=warn or above no line is written: nothing is tracked either
   if (!WRITES_INFO.has(request.log.level)) return
-  const line: RequestLine = { written: false, answered: false, closed: false, held: false }
+  const line: RequestLine = { written: false, answered: false, closed: false, held: false, unrouted: false }
   request.line = line
   reply.raw.once('close', () => {
     if (line.written) return
@@ -46,6 +48,11 @@ export function answered (request: FastifyRequest, reply: FastifyReply) {
   if (!line) return
   line.answered = true
   if (line.closed && !line.held) writeRequestLine(request, reply)
+}
+
+/** The path is no operation of Mistral's API: the line says `unknown`, as for a path that is no route. */
+export function unrouted (request: FastifyRequest) {
+  if (request.line) request.line.unrouted = true
 }
 
 /** A proxied call holds its line until it settles. */
@@ -69,7 +76,9 @@ export function writeRequestLine (request: FastifyRequest, reply: FastifyReply, 
   const outcome = request.outcome
   request.log.info({
     method: request.method,
-    path: request.routeOptions.url === undefined ? 'unknown' : withoutTokens(request.url.split('?')[0]),
+    path: request.routeOptions.url === undefined || line.unrouted
+      ? 'unknown'
+      : withoutTokens(request.url.split('?')[0]),
     status,
     durationMs: Math.round(reply.elapsedTime),
     workspace: request.tenant?.workspace.slug,

@@ -25,12 +25,19 @@ interface MeterOptions {
   settled: (status: number, tokens: number) => void
 }
 
-interface Settlement {
+export interface Settlement {
   status: number
   upstreamStatus: number | undefined
   tap: TapResult | undefined
   /** The upstream body ended early: cut, stalled, or the client hung up. */
   cut: boolean
+  /** the answer was an event stream (`text/event-stream`) relayed with no tap; a tap says so itself */
+  streamed?: boolean
+}
+
+export interface Meter {
+  /** Never throws: it may run in an event listener, where a throw would end the process. */
+  settle (settlement: Settlement): void
 }
 
 /**
@@ -40,34 +47,49 @@ interface Settlement {
  */
 export function meterCall ({
   app, request, operation, keyName, receivedAt, startedAt, requestJson, priced, ticket, settled
-}: MeterOptions) {
+}: MeterOptions): Meter {
   let open = true
+  // the admission, until it is given back: once, whatever the metering does
+  let held = ticket
   if (operation.metered) app.usage.begin(provisionalRecord())
+  app.metrics.inFlight(1)
   return {
-    settle (settlement: Settlement) {
+    settle (settlement) {
       if (!open) return
       open = false
+      app.metrics.inFlight(-1)
       let tokens = 0
       try {
         tokens = account(settlement)
+      } catch (err) {
+        // a metering fault (a usage too large to price, say) is logged, never thrown: the client gets its answer or
+        // its error whatever the meter does
+        request.log.error({ err }, 'metering a call failed')
       } finally {
+        // a call the meter could not price keeps what it reserved, so that the caps stay hard
+        if (held) release(held.reservedCost, held.reservedTokens)
         settled(settlement.status, tokens)
       }
     }
   }
 
+  function release (cost: number, tokens: number) {
+    if (held) void app.admission.settle(held, { cost, tokens })
+    held = undefined
+  }
+
   /** The metering of the call's end; the total tokens. */
-  function account ({ status, upstreamStatus, tap, cut }: Settlement): number {
+  function account ({ status, upstreamStatus, tap, cut, streamed = false }: Settlement): number {
     const tenant = request.tenant as TenantContext
     const now = Date.now()
     const durationMs = now - receivedAt
-    app.metrics.inFlight(-1)
     // Mistral's part of the call: from the hand-over to the end of its body, retries before the first byte included
     const upstreamMs = upstreamStatus === undefined ? undefined : now - startedAt
     if (!operation.metered) {
-      if (ticket) void app.admission.settle(ticket, { cost: 0, tokens: 0 })
+      release(0, 0)
       app.metrics.call({
-        workspace: tenant.workspace.slug, operation: operation.area, model: undefined, status, durationMs, upstreamMs
+        workspace: tenant.workspace.slug, operation: operation.area, model: undefined, status, durationMs, upstreamMs,
+        streamed
       })
       return 0
     }
@@ -97,7 +119,7 @@ export function meterCall ({
     const model = requestedModel ?? tap?.model ?? null
     const { listMicros, billedMicros, priceModel } = price(app, operation, tenant, priced, requestedModel, model, usage,
       body)
-    if (ticket) void app.admission.settle(ticket, { cost: billedMicros, tokens: usage.totalTokens })
+    release(billedMicros, usage.totalTokens)
     app.usage.record(ledgerRow({
       model,
       priceModel,
@@ -118,6 +140,7 @@ export function meterCall ({
       status,
       durationMs,
       upstreamMs,
+      streamed: tap?.streamed === true,
       ttftMs: tap?.streamed && tap.firstByteAt !== undefined ? tap.firstByteAt - startedAt : undefined,
       inputTokens: usage.promptTokens,
       outputTokens: usage.completionTokens,
@@ -220,9 +243,10 @@ interface RowFacts {
 
 /**
  * A model name as the client or Mistral wrote it, as text the ledger can hold: PostgreSQL refuses a NUL and half a
- * surrogate pair (and with them the whole batch the record is in), and no model's name is longer than this.
+ * surrogate pair (and with them the whole batch the record is in), and no model's name is longer than this. The
+ * request's log line holds it so too.
  */
-function ledgerText (text: string): string {
+export function ledgerText (text: string): string {
   return text.slice(0, 200).replace(CONTROL, '').replace(LONE_SURROGATE, '\ufffd')
 }
 

@@ -10,7 +10,7 @@ import {
 import { createRetryBudget } from '../resilience/retry-budget.js'
 import type { MistralKeyStore } from '../tenancy/mistral-keys.js'
 import type { TenantContext } from '../tenancy/tokens.js'
-import { acceptJsonBodies } from '../json-body.js'
+import { acceptJsonBodies, readAsFastApiDoes } from '../json-body.js'
 import { sendWithRetries, type Answer, type AttemptDeps } from './attempts.js'
 import { downstreamHeaders } from './headers.js'
 import { operationTable, type MeteredFamily, type Operation } from './operations.js'
@@ -24,10 +24,10 @@ import {
 import { flaggedModerations, openAiModerations, translateModerationRequest } from '../dialects/openai-moderations.js'
 import { streamErrorShaping } from '../dialects/openai-stream-errors.js'
 import { batchJobCall, observeBatchJob } from './batch-hook.js'
-import { meterCall } from './meter.js'
+import { ledgerText, meterCall, type Meter } from './meter.js'
 import { boundOutput, quoteBatchCreation, quoteCall } from './quote.js'
 import { isRegionalHost } from '../pricing/region.js'
-import { holdLine, settled as lineSettled } from '../request-line.js'
+import { holdLine, settled as lineSettled, unrouted } from '../request-line.js'
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -67,7 +67,11 @@ export async function proxyRoutes (app: FastifyInstance, { config }: { config: C
     // a proxy on Mistral's side may resolve dot segments: no route of the API has one
     if (DOT_SEGMENT.test(pathname)) throw badRequest('The request path has a dot segment or a backslash')
     const match = operationTable.match(request.method, pathname)
-    if (!match) throw unknownRoute(`${request.method} ${pathname} is not an operation of the Mistral API`)
+    if (!match) {
+      // the line says `unknown`, not a path of the client's making of any length
+      unrouted(request)
+      throw unknownRoute(`${request.method} ${pathname} is not an operation of the Mistral API`)
+    }
     const { operation } = match
     // connectors activated for the whole organisation are told apart only by a path parameter
     // an allow-list: a consumer scope Mistral adds later is organisation-wide until we know better
@@ -81,6 +85,7 @@ export async function proxyRoutes (app: FastifyInstance, { config }: { config: C
     if (scopes.length > 0 && !scopes.includes(operation.area)) {
       throw scopeDenied(`This token's scopes do not include '${operation.area}'`)
     }
+    if (operation.requestContentTypes.includes('application/json')) readAsFastApiDoes(request.raw.headers)
     request.tenant = tenant
     request.operation = operation
   })
@@ -95,7 +100,13 @@ export async function proxyRoutes (app: FastifyInstance, { config }: { config: C
     const operation = request.operation as Operation
     const candidates = await keyCandidates(tenant, request.headers['x-tramontane-key'], app.tenancy.keys)
     const { body, model, rawBody } = requestBody(request.body)
-    request.outcome = { model, keyName: candidates[0] }
+    // the model as the ledger would hold it: a client's string of any length does not make the request's log line
+    request.outcome = { model: model === undefined ? undefined : ledgerText(model), keyName: candidates[0] }
+    if (operation.metered !== null && operation.requestContentTypes.includes('application/json') && !isObject(body)) {
+      // Mistral answers anything else with a 422; refused before the quote, which reads the object and bounds its
+      // output, and before admission, so that nothing is held for it
+      throw badRequest('The request body must be a JSON object')
+    }
     const notes = translateDialect(operation, body, request.headers)
 
     // admission: the worst case of the call against every limit and cap, in one round trip
@@ -116,25 +127,46 @@ export async function proxyRoutes (app: FastifyInstance, { config }: { config: C
       requestId: request.id,
       workspace: { id: workspace.id, timezone: workspace.timezone, limits: workspace.limits, caps: capped ? workspace.caps : {} },
       token: { id: token.id, limits: token.limits, caps: capped ? token.caps : {} },
-      model: priced.price?.model
+      // a call that names no model (an agent's, a conversation with an agent) counts under no per-model limit: it is
+      // quoted at the dearest prices, not run on the model they are named after
+      model: model ? priced.price?.model : undefined
     }, priced.quote).catch((err: unknown) => {
       if (err instanceof GatewayError) app.metrics.denied(workspace.slug, err.param ?? err.code)
       throw err
     })
-    // from here the meter counts the call; one answered before is counted by app.ts' onResponse hook
-    request.admitted = true
-    if (ticket) {
-      reply.headers(ticket.headers)
-      // a capped call's cost is bounded only by the max_tokens Mistral is sent
-      if (priced.tokenBound && ticket.spend.length > 0) {
-        boundOutput(operation.metered as MeteredFamily, body as Record<string, unknown>,
-          ticket.clampedMaxTokens ?? priced.quote.maxTokens)
-      }
-    }
 
     const startedAt = Date.now()
     // authentication, classification and admission are the gateway's part of the call
     const receivedAt = startedAt - Math.round(reply.elapsedTime)
+    let keyName = candidates[0]
+    let meter: Meter
+    try {
+      if (ticket) {
+        reply.headers(ticket.headers)
+        // a capped call's cost is bounded only by the max_tokens Mistral is sent
+        if (priced.tokenBound && ticket.spend.length > 0) {
+          boundOutput(operation.metered as MeteredFamily, body as Record<string, unknown>,
+            ticket.clampedMaxTokens ?? priced.quote.maxTokens)
+        }
+      }
+      meter = meterCall({
+        request, operation, keyName: () => keyName, receivedAt, startedAt, app, requestJson: body, priced, ticket,
+        // however the call ends: its tokens go on the request's line, which a client already gone gets now (its reply
+        // never finishes, so no onResponse hook writes it)
+        settled: (status, tokens) => {
+          if (operation.metered) request.outcome!.totalTokens = tokens
+          lineSettled(request, reply, status)
+        }
+      })
+    } catch (err) {
+      // no meter owns the admission yet: given back here, or the replica would renew its slot and reservation for as
+      // long as it lives
+      if (ticket) void app.admission.settle(ticket, { cost: 0, tokens: 0 })
+      throw err
+    }
+    // from here the meter counts the call; one answered before is counted by app.ts' onResponse hook
+    request.admitted = true
+    holdLine(request)
     const controller = new AbortController()
     // the client hanging up cancels Mistral's work too (and stops the meter at what Mistral reported)
     const onClientClose = () => { if (!reply.raw.writableFinished) controller.abort() }
@@ -144,18 +176,6 @@ export async function proxyRoutes (app: FastifyInstance, { config }: { config: C
     else reply.raw.once('close', onClientClose)
     const deadline = setTimeout(() => controller.abort(new TotalTimeoutError()), config.UPSTREAM_TOTAL_TIMEOUT_MS)
 
-    let keyName = candidates[0]
-    app.metrics.inFlight(1)
-    const meter = meterCall({
-      request, operation, keyName: () => keyName, receivedAt, startedAt, app, requestJson: body, priced, ticket,
-      // however the call ends: its tokens go on the request's line, which a client already gone gets now (its reply
-      // never finishes, so no onResponse hook writes it)
-      settled: (status, tokens) => {
-        if (operation.metered) request.outcome!.totalTokens = tokens
-        lineSettled(request, reply, status)
-      }
-    })
-    holdLine(request)
     let answer: Answer | undefined
     try {
       try {
@@ -211,16 +231,12 @@ export async function proxyRoutes (app: FastifyInstance, { config }: { config: C
           reply.raw.off('close', onClientClose)
         }
         const settleWhole = (body: Buffer, finalStatus: number) => {
-          try {
-            const facts = readJsonFacts(body)
-            const tap = {
-              usage: facts?.usage, model: facts?.model, events: facts ? 1 : 0, firstByteAt: answeredAt, streamError: false, streamed: false
-            }
-            meter.settle({ status: finalStatus, upstreamStatus: status, tap, cut: false })
-          } catch (err) {
-            // a metering fault is logged, not answered: the client gets its answer or its error whatever the meter does
-            request.log.error({ err }, 'metering a call failed')
+          const facts = readJsonFacts(body)
+          const tap = {
+            usage: facts?.usage, model: facts?.model, events: facts ? 1 : 0, firstByteAt: answeredAt, streamError: false,
+            streamed: false
           }
+          meter.settle({ status: finalStatus, upstreamStatus: status, tap, cut: false })
         }
         // a client that left as the answer came in is told nothing: the call is its, billed in full, recorded as a 499
         if (reply.raw.destroyed) {
@@ -275,9 +291,13 @@ export async function proxyRoutes (app: FastifyInstance, { config }: { config: C
         return reply.send(whole)
       }
       if (!operation.metered) {
+        let fault: unknown
+        upstream.body.once('error', (err) => { fault = err })
         upstream.body.once('close', () => {
           clearTimeout(deadline)
-          meter.settle({ status, upstreamStatus: status, tap: undefined, cut: false })
+          // a stream of events of the workflows is a stream too, for the metrics
+          if (sse) app.metrics.streamEnded(relayEnd(upstream.body.readableEnded, fault, controller.signal))
+          meter.settle({ status, upstreamStatus: status, tap: undefined, cut: false, streamed: sse })
         })
         return reply.send(upstream.body)
       }
@@ -439,11 +459,23 @@ function streamFaultOf (err: unknown): 'upstream_stalled' | 'upstream_cut' {
   return (err as NodeJS.ErrnoException).code === 'UND_ERR_BODY_TIMEOUT' ? 'upstream_stalled' : 'upstream_cut'
 }
 
+/**
+ * How a stream relayed with no tap ended. Destroyed with no error, it was by fastify as the client left; a client
+ * that left first aborts the upstream body, which then errors.
+ */
+function relayEnd (ended: boolean, fault: unknown, signal: AbortSignal) {
+  if (ended) return 'complete'
+  if (fault === undefined || (signal.aborted && !(signal.reason instanceof TotalTimeoutError))) return 'client_abort'
+  return streamFaultOf(fault)
+}
+
 /** An SSE event in the error envelope's shape: openai-node throws on an `error` key, the Mistral SDK on its shape. */
 function streamErrorEvent (requestId: string, err: unknown): string {
   const body = { type: 'upstream_error', code: streamFaultOf(err), message: 'The upstream stream ended before it was complete', param: null }
   return `data: ${JSON.stringify(errorEnvelope(body, requestId))}\n\n`
 }
+
+const isObject = (value: unknown) => value !== null && typeof value === 'object' && !Array.isArray(value)
 
 function requestBody (parsed: unknown) {
   if (parsed instanceof Readable) return { body: undefined, model: undefined, rawBody: parsed }

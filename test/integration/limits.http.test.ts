@@ -1,6 +1,7 @@
 import { Redis } from 'ioredis'
 import t from 'tap'
-import { buildTestApp, TEST_REDIS_URL, type TestApp, type TestWorkspace } from '../helpers/app.js'
+import { request } from 'undici'
+import { buildTestApp, listen, TEST_REDIS_URL, type TestApp, type TestWorkspace } from '../helpers/app.js'
 import { scanKeys } from '../../src/redis.js'
 import { startFakeMistral } from '../helpers/fake-mistral.js'
 
@@ -129,3 +130,98 @@ t.test('deleting a workspace takes its state out of Redis; another workspace kee
   t.same(await keysOf(gone.id), [], 'none left once it is deleted')
   t.same(await keysOf(kept.id), keptBefore, 'the other workspace\'s keys are untouched')
 })
+
+t.test('a capped call whose body is no JSON object is refused before admission, and holds nothing', async (t) => {
+  const testApp = await buildTestApp(t)
+  const ws = await testApp.createWorkspace()
+  const limited = await testApp.admin('PATCH', `/admin/v1/workspaces/${ws.slug}`,
+    { limits: { concurrency: 1 }, caps: { monthly: '10.00' } })
+  t.equal(limited.statusCode, 200)
+  const before = testApp.mistral.received.length
+
+  const send = (payload: string, contentType?: string) => testApp.app.inject({
+    method: 'POST',
+    url: CHAT,
+    headers: contentType === undefined ? ws.headers : { ...ws.headers, 'content-type': contentType },
+    payload
+  })
+  for (const [what, payload] of [['a string', '"hello"'], ['null', 'null'], ['a number', '42'], ['an array', '[]']]) {
+    const res = await send(payload, 'application/json')
+    t.equal(res.statusCode, 400, `${what}: 400`)
+    t.match(res.json(),
+      { object: 'error', code: 'invalid_request', message: /JSON object/, request_id: res.headers['x-request-id'] })
+  }
+  const text = await send('{"model":"mistral-small-latest"}', 'text/plain')
+  t.equal(text.statusCode, 400, 'text/plain, which Mistral does not read as JSON: 400')
+  t.equal(testApp.mistral.received.length, before, 'none of them reached Mistral')
+
+  // FastAPI reads a body with no content type, or a +json one, as JSON: so does the gateway, and meters it
+  const body = JSON.stringify({ model: 'mistral-small-latest', messages: [{ role: 'user', content: 'Hi' }], max_tokens: 5 })
+  const untyped = await send(body)
+  t.equal(untyped.statusCode, 200, 'no content type: read as JSON and served')
+  t.equal((testApp.mistral.received.at(-1)?.json as { max_tokens: number }).max_tokens, 5, 'with its own max_tokens')
+  t.equal((await send(body, 'application/vnd.api+json; charset=utf-8')).statusCode, 200, 'a +json type too')
+
+  t.equal((await chat(testApp, ws.headers)).status, 200, 'the one slot is free: a valid call is admitted')
+  await testApp.app.admission.store.flush()
+  const limits = (await testApp.admin('GET', `/admin/v1/workspaces/${ws.slug}/limits`)).json
+  t.equal(limits.workspace.limits.concurrency.used, 0, 'no slot held')
+  t.equal(limits.workspace.caps.monthly.reserved, '0.000000', 'nothing reserved')
+})
+
+/** One slot and a cap: a call that keeps its admission makes the next one wait for its slot. */
+async function oneSlot (testApp: TestApp) {
+  const ws = await testApp.createWorkspace()
+  const limited = await testApp.admin('PATCH', `/admin/v1/workspaces/${ws.slug}`,
+    { limits: { concurrency: 1 }, caps: { monthly: '10.00' } })
+  if (limited.statusCode !== 200) throw new Error(limited.body)
+  return ws
+}
+
+/** The workspace's slot and monthly reservation, once the settlements sent have reached the store. */
+async function held ({ app, admin }: TestApp, ws: TestWorkspace) {
+  await app.admission.store.flush()
+  const limits = (await admin('GET', `/admin/v1/workspaces/${ws.slug}/limits`)).json
+  return { slots: limits.workspace.limits.concurrency.used, reserved: limits.workspace.caps.monthly.reserved }
+}
+
+t.test('a usage too large to price: the client gets its answer, the fault is logged, the admission is ' +
+  'given back', async (t) => {
+  const testApp = await buildTestApp(t)
+  const url = await listen(testApp.app)
+  // Mistral's count past what a cost can hold (2^53 micro-units): pricing it throws
+  const usage = { prompt_tokens: 1e18, completion_tokens: 1e18, total_tokens: 2e18 }
+  const head = { id: 'abc', created: 1, model: 'mistral-small-latest' }
+  const answer = JSON.stringify({
+    ...head,
+    object: 'chat.completion',
+    choices: [{ index: 0, message: { role: 'assistant', content: 'Hi' }, finish_reason: 'stop' }],
+    usage
+  })
+  const events = [
+    { ...head, object: 'chat.completion.chunk', choices: [{ index: 0, delta: { role: 'assistant', content: 'Hi' } }] },
+    { ...head, object: 'chat.completion.chunk', choices: [{ index: 0, delta: {}, finish_reason: 'stop' }], usage }
+  ].map((event) => `data: ${JSON.stringify(event)}\n\n`).join('') + 'data: [DONE]\n\n'
+  for (const [what, stream] of [['an answer read whole', false], ['a stream', true]] as const) {
+    const ws = await oneSlot(testApp)
+    testApp.mistral.enqueue(function absurdUsage (_req, res) {
+      const body = stream ? events : answer
+      const type = stream ? 'text/event-stream' : 'application/json'
+      res.writeHead(200, { 'content-type': type, 'content-length': Buffer.byteLength(body) })
+      res.end(body)
+    }, { path: CHAT })
+    const res = await request(`${url}${CHAT}`, {
+      method: 'POST',
+      headers: { ...ws.headers, 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'mistral-small-latest', messages: [{ role: 'user', content: 'Hi' }], stream })
+    })
+    t.equal(res.statusCode, 200, `${what}: served`)
+    t.match(await res.body.text(), stream ? /data: \[DONE\]/ : /"content":"Hi"/, `${what}: as Mistral sent it`)
+    t.same(await held(testApp, ws), { slots: 0, reserved: '0.000000' }, `${what}: no slot held, nothing reserved`)
+    t.equal((await chat(testApp, ws.headers)).status, 200, `${what}: the next call has the slot`)
+  }
+  const faults = testApp.logs.map((line) => JSON.parse(line)).filter((line) => line.msg === 'metering a call failed')
+  t.equal(faults.length, 2, 'each fault logged')
+  t.equal(faults[0]?.level, 50, 'as an error')
+})
+

@@ -240,6 +240,26 @@ t.test('per-model limits apply to the model by any of its names', async (t) => {
   }
 })
 
+t.test('a call that names no model counts under no per-model limit, not even the fallback row\'s', async (t) => {
+  // an agent's call is quoted at the dearest prices of the book, under the name of its `*` row: a limit on that row,
+  // in a currency of this test's own, must not count it. Every call goes to the replica the prices were set on
+  const url = replicas.urls[0]
+  const fallback = { currency: 'XAU', family: 'chat', inputPerMTok: '0.1', outputPerMTok: '0.1' }
+  t.equal((await replicas.admin('PUT', '/admin/v1/prices/*', fallback)).status, 200)
+  t.teardown(() => replicas.admin('DELETE', '/admin/v1/prices/*?currency=XAU&family=chat'))
+  const ws = await replicas.createWorkspace()
+  const patched = await replicas.admin('PATCH', `/admin/v1/workspaces/${ws.slug}`,
+    { currency: 'XAU', limits: { models: { '*': { rpm: 1 } } } })
+  t.equal(patched.status, 200, 'a workspace in XAU, with a limit on the * row')
+  const agent = () => call(url, ws.token, '/v1/agents/completions',
+    { agent_id: 'ag_0123456789abcdef', messages: MESSAGES, max_tokens: 20 })
+  t.same([(await agent()).status, (await agent()).status], [200, 200], 'two agents calls naming no model: both served')
+  const unknown = () => call(url, ws.token, '/v1/chat/completions',
+    { model: 'a-model-the-book-does-not-know', messages: MESSAGES, max_tokens: 20 })
+  t.same([(await unknown()).status, (await unknown()).status], [200, 429],
+    'the limit holds the calls that name a model the row prices')
+})
+
 t.test('rpm: Retry-After is truthful, and the 61st admission comes no earlier than the window allows', async (t) => {
   const early = await rpm.early!
   t.comment(`2 s before the window reopens (at +${early.plannedAt - rpm.firstAdmittedAt!} ms): ${early.status}`)

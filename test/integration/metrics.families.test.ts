@@ -176,3 +176,23 @@ t.test('METRICS_PORT serves /metrics on a port of its own, and not on the main o
   await app.close()
   t.equal(app.metricsServer?.listening, false, 'closed with the app')
 })
+
+t.test('an event stream that is not metered (workflows) is a stream too: its label, and how it ended', async (t) => {
+  const { app, mistral, createWorkspace } = await buildTestApp(t)
+  const ws = await createWorkspace()
+  const events = 'event: workflow.started\ndata: {"id":"w1"}\n\nevent: workflow.completed\ndata: {"id":"w1"}\n\n'
+  mistral.enqueue(function workflowEvents (_req, res) {
+    res.writeHead(200, { 'content-type': 'text/event-stream' })
+    res.end(events)
+  }, { path: '/v1/workflows/events/stream' })
+  const res = await app.inject({ method: 'GET', url: '/v1/workflows/events/stream', headers: ws.headers })
+  t.equal(res.statusCode, 200)
+  t.equal(res.payload, events, 'relayed as it came')
+
+  const samples = await scrape(app)
+  const server = (stream: string) => valueOf(samples, 'gen_ai_server_request_duration_seconds_count',
+    { gen_ai_operation_name: 'workflows', stream })
+  t.equal(server('true'), 1, 'Mistral\'s part of it is a stream\'s')
+  t.equal(server('false'), undefined, 'not an answer in one piece')
+  t.equal(valueOf(samples, 'tramontane_stream_terminations_total', { reason: 'complete' }), 1, 'ended complete')
+})

@@ -504,3 +504,28 @@ t.test('a client that hangs up still gets its request line, marked unfinished, w
   await sleep(200)
   t.equal(requestLines(testApp).length, 3, 'one line a call')
 })
+
+t.test('the request line cuts a model of any length as the ledger does, and logs no path that is no ' +
+  'operation', async (t) => {
+  const testApp = await buildTestApp(t)
+  const ws = await testApp.createWorkspace()
+  const lineOf = (requestId: unknown) => testApp.logs.map((line) => JSON.parse(line))
+    .find((line) => line.msg === 'request' && line.reqId === requestId)
+
+  const model = `m-${'x'.repeat(100_000)}`
+  const unpriced = await testApp.app.inject({
+    method: 'POST', url: '/v1/chat/completions', headers: jsonHeaders(ws), payload: chat({ model })
+  })
+  t.equal(unpriced.statusCode, 400)
+  t.equal(unpriced.json().code, 'model_not_priced')
+  const line = lineOf(unpriced.headers['x-request-id'])
+  t.equal(line?.model, model.slice(0, 200), 'the model, cut at 200 characters')
+  t.ok(JSON.stringify(line).length < 1_000, 'a line of a few hundred bytes')
+
+  const path = `/v1/no-such-route/${'y'.repeat(5_000)}`
+  const unknown = await testApp.app.inject({ method: 'GET', url: path, headers: ws.headers })
+  t.equal(unknown.statusCode, 404)
+  t.equal(unknown.json().code, 'unknown_route')
+  t.match(lineOf(unknown.headers['x-request-id']), { path: 'unknown', status: 404 },
+    'a path that is no operation: unknown')
+})
