@@ -188,11 +188,17 @@ function priceOf (prices: PriceBook, family: MeteredFamily, model: unknown, curr
   return ceiling
 }
 
+// as much of an unpriced model's name as an error echoes: the longest a price book's model id may be
+const MODEL_SHOWN = 200
+
 const CEILING_FIELDS = ['inputPerMTok', 'outputPerMTok', 'cachedInputPerMTok', 'audioPerMinute', 'pagesPer1000',
   'annotatedPagesPer1000', 'charactersPerM', 'outputCeiling'] as const
 
 function unpriced (model: unknown, currency: string) {
-  return modelNotPriced(`Model '${String(model)}' has no ${currency} price in this gateway's price book ` +
+  // a client's model of any length is not echoed whole
+  const named = String(model)
+  const shown = named.length > MODEL_SHOWN ? `${named.slice(0, MODEL_SHOWN)}…` : named
+  return modelNotPriced(`Model '${shown}' has no ${currency} price in this gateway's price book ` +
     '(the workspace\'s currency); the operator can add one (PUT /admin/v1/prices/{model})', { param: 'model' })
 }
 

@@ -99,15 +99,17 @@ export async function proxyRoutes (app: FastifyInstance, { config }: { config: C
     const tenant = request.tenant as TenantContext
     const operation = request.operation as Operation
     const candidates = await keyCandidates(tenant, request.headers['x-tramontane-key'], app.tenancy.keys)
-    const { body, model, rawBody } = requestBody(request.body)
-    // the model as the ledger would hold it: a client's string of any length does not make the request's log line
-    request.outcome = { model: model === undefined ? undefined : ledgerText(model), keyName: candidates[0] }
+    const { body, rawBody } = requestBody(request.body)
     if (operation.metered !== null && operation.requestContentTypes.includes('application/json') && !isObject(body)) {
       // Mistral answers anything else with a 422; refused before the quote, which reads the object and bounds its
       // output, and before admission, so that nothing is held for it
       throw badRequest('The request body must be a JSON object')
     }
     const notes = translateDialect(operation, body, request.headers)
+    // the model Mistral is asked for, once the dialect has named it (an OpenAI moderation without one runs on Mistral's)
+    const model = modelOf(body)
+    // as the ledger would hold it: a client's string of any length does not make the request's log line
+    request.outcome = { model: model === undefined ? undefined : ledgerText(model), keyName: candidates[0] }
 
     // admission: the worst case of the call against every limit and cap, in one round trip
     const { workspace, token } = tenant
@@ -478,9 +480,13 @@ function streamErrorEvent (requestId: string, err: unknown): string {
 const isObject = (value: unknown) => value !== null && typeof value === 'object' && !Array.isArray(value)
 
 function requestBody (parsed: unknown) {
-  if (parsed instanceof Readable) return { body: undefined, model: undefined, rawBody: parsed }
-  const model = parsed !== null && typeof parsed === 'object' ? (parsed as Record<string, unknown>).model : undefined
-  return { body: parsed, model: typeof model === 'string' ? model : undefined, rawBody: undefined }
+  if (parsed instanceof Readable) return { body: undefined, rawBody: parsed }
+  return { body: parsed, rawBody: undefined }
+}
+
+function modelOf (body: unknown): string | undefined {
+  const model = body !== null && typeof body === 'object' ? (body as Record<string, unknown>).model : undefined
+  return typeof model === 'string' ? model : undefined
 }
 
 /** undici failures by `err.code` (nodejs/undici docs/api/Errors.md): timeouts are 504, the rest 502. */

@@ -260,6 +260,13 @@ t.test('a call that names no model counts under no per-model limit, not even the
     'the limit holds the calls that name a model the row prices')
 })
 
+t.test('an OpenAI moderation that names no model counts under the limit of the Mistral model it runs on', async (t) => {
+  const ws = await replicas.createWorkspace({ limits: { models: { 'mistral-moderation-2603': { rpm: 1 } } } })
+  const moderate = () => call(replicas.urls[0], ws.token, '/v1/moderations', { input: 'Is this fine?' })
+  t.same([(await moderate()).status, (await moderate()).status], [200, 429],
+    'the dialect names mistral-moderation-2603: its limit of 1 a minute refuses the second')
+})
+
 t.test('rpm: Retry-After is truthful, and the 61st admission comes no earlier than the window allows', async (t) => {
   const early = await rpm.early!
   t.comment(`2 s before the window reopens (at +${early.plannedAt - rpm.firstAdmittedAt!} ms): ${early.status}`)

@@ -125,3 +125,17 @@ t.test('a model-less call in a family with no price at all is refused', async (t
   t.throws(() => quoteCall({ family: 'agents_completion', body: { agent_id: 'ag_1' }, contentLength: 0,
     prices: shipped, currency: 'GBP', markupBps: 0 }), { code: 'model_not_priced' })
 })
+
+t.test('an unpriced model of any length is named in the error cut to 200 characters', async (t) => {
+  const model = 'x'.repeat(100_000)
+  const error = (() => {
+    try {
+      quote('chat', { model, messages: [{ role: 'user', content: 'Hi' }] })
+    } catch (err) {
+      return err as Error & { code: string }
+    }
+  })()
+  t.equal(error?.code, 'model_not_priced')
+  t.ok(error!.message.includes(`'${'x'.repeat(200)}…'`), 'the first 200 characters, and an ellipsis')
+  t.ok(error!.message.length < 400, `a short message (${error!.message.length} characters)`)
+})
