@@ -25,15 +25,19 @@ const OPENAI_ONLY_CHAT = ['max_completion_tokens', 'seed', ...DROPPED_CHAT]
 
 /**
  * Whether the request comes from an OpenAI SDK, by the `x-stainless-*` headers openai-node and openai-python send on
- * every call (MISTRAL-NOTES §5, §6.2; LangChain's ChatOpenAI wraps openai-node). The Mistral SDK sends none. Only what
- * the answer must become depends on it; requests are translated whoever sends them.
+ * every call (MISTRAL-NOTES §5, §6.2; LangChain's ChatOpenAI wraps openai-node). The Mistral SDK sends none. What the
+ * answer must become depends on it, and of a request only what `service_tier: "auto"` means; the rest of a request is
+ * translated whoever sends it.
  */
 export function sentByOpenAiClient (headers: IncomingHttpHeaders): boolean {
   return headers['x-stainless-lang'] !== undefined
 }
 
-/** Translates a chat (or FIM, agents) body in place; returns the notes the response side needs. */
-export function translateChatRequest (body: Record<string, unknown>): DialectNotes {
+/**
+ * Translates a chat (or FIM, agents) body in place; returns the notes the response side needs. The request's
+ * `headers` tell an OpenAI client's `service_tier: "auto"` from Mistral's (mistralServiceTier).
+ */
+export function translateChatRequest (body: Record<string, unknown>, headers: IncomingHttpHeaders = {}): DialectNotes {
   const notes: DialectNotes = { includeUsage: false, base64Embeddings: false }
   // looked for before the translation below removes them
   notes.openAiFields = OPENAI_ONLY_CHAT.some((field) => body[field] !== undefined)
@@ -58,7 +62,7 @@ export function translateChatRequest (body: Record<string, unknown>): DialectNot
     body.temperature = 0
   }
   if (typeof body.service_tier === 'string') {
-    body.service_tier = body.service_tier === 'auto' || body.service_tier === 'priority' ? 'auto' : 'standard_only'
+    body.service_tier = mistralServiceTier(body.service_tier, notes.openAiFields || sentByOpenAiClient(headers))
   }
   const prediction = body.prediction as { content?: unknown } | undefined
   if (prediction && Array.isArray(prediction.content)) prediction.content = joinText(prediction.content)
@@ -95,6 +99,17 @@ export function translateEmbeddingsRequest (body: Record<string, unknown>): Dial
  */
 function mistralSeed (seed: unknown): unknown {
   return typeof seed === 'number' && Number.isInteger(seed) && seed < 0 ? seed >>> 0 : seed
+}
+
+/**
+ * Mistral's tier (`auto` | `standard_only`) for a requested one. The same word means two things: OpenAI's `auto` is
+ * the project's default tier, standard, while Mistral's `auto` opts in to priority capacity, billed at 1.75×
+ * (MISTRAL-NOTES §4). So only OpenAI's `priority` becomes Mistral's `auto`, and a Mistral client's `auto` stays.
+ * OpenAI's `default`, `flex` and `scale` are standard.
+ */
+function mistralServiceTier (tier: string, openAiClient: boolean): string {
+  if (tier === 'priority') return 'auto'
+  return tier === 'auto' && !openAiClient ? 'auto' : 'standard_only'
 }
 
 /**

@@ -4,8 +4,8 @@ import { endOfEvents, WholeEvents } from './sse-events.js'
 // What an OpenAI client needs of a response and a Mistral client does not mind (DESIGN.md "Two dialects"):
 // a final usage chunk when it asked for one, `index` and `type` on streamed tool calls, base64 embeddings, and an
 // `error` object on error bodies. And, for OpenAI clients only (a Mistral client needs them as they are): a
-// reasoning model's content chunks as text, and Mistral's own finish reason as OpenAI's. Everything else passes as
-// Mistral sent it.
+// reasoning model's content chunks as text, Mistral's own finish reason as OpenAI's, and tool calls typed, with their
+// arguments as JSON text. Everything else passes as Mistral sent it.
 
 /**
  * Reshapes a chat event stream for OpenAI clients (MISTRAL-NOTES §5.4): streamed tool calls get `index` and `type`
@@ -13,9 +13,10 @@ import { endOfEvents, WholeEvents } from './sse-events.js'
  * last chunk moves to an extra chunk with empty `choices`, before [DONE], as OpenAI sends it (a client that adds up
  * the usage of every chunk would otherwise count it twice); and an error Mistral sends as an event gains the `error`
  * object openai-node throws on. For a client known to speak OpenAI's dialect (`openAiClient`), a reasoning model's
- * content chunks become text and `model_length` becomes `length` too (openAiChoices). Only events that may need one
- * of these are parsed, and reads of whole events that need none (most) go on undecoded, as the Buffers they came in.
- * Runs in the usage tap's pass, which reads Mistral's bytes before this changes them.
+ * content chunks become text, `model_length` becomes `length` and a tool call's object arguments become JSON text
+ * too (openAiChoices). Only events that may need one of these are parsed, and reads of whole events that need none
+ * (most) go on undecoded, as the Buffers they came in. Runs in the usage tap's pass, which reads Mistral's bytes before
+ * this changes them.
  */
 export function openAiStreamShaping ({ includeUsage, openAiClient = false }: {
   includeUsage: boolean
@@ -83,9 +84,10 @@ const OBJECT_ERROR = Buffer.from('"object":"error"')
 const SPACED_OBJECT_ERROR = Buffer.from('"object": "error"')
 const USAGE = Buffer.from('"usage"')
 /**
- * A chat answer for an OpenAI client (MISTRAL-NOTES §5.3): a reasoning model's content chunks become text, and
- * `model_length` becomes `length` (openAiChoices). An answer that has neither is not parsed; one that is not JSON
- * passes as it came, as the client would have read it without the gateway.
+ * A chat answer for an OpenAI client (MISTRAL-NOTES §5.3): a reasoning model's content chunks become text,
+ * `model_length` becomes `length`, and tool calls get `type` and JSON-text arguments (openAiChoices). An answer that
+ * has none of these is not parsed; one that is not JSON passes as it came, as the client would have read it without
+ * the gateway.
  */
 export function openAiChatCompletion (body: string): string {
   if (!mayNeedOpenAiChoices(body)) return body
@@ -108,26 +110,37 @@ export function parseJsonObject (text: string): Record<string, unknown> | undefi
     : undefined
 }
 
-// a content that is an array, however spaced; a false hit (the words inside a string) only costs a parse
-const ARRAY_CONTENT = /"content"\s*:\s*\[/
+// a content or tool calls that are an array, however spaced; a false hit (the words inside a string) only costs a
+// parse. Mistral's plain answers say `"tool_calls": null`, which is no hit
+const ARRAY_FIELD = /"(?:content|tool_calls)"\s*:\s*\[/
 
-/** The cheap check before a parse: only an array content or Mistral's own finish reason needs openAiChoices. */
+/**
+ * The cheap check before a parse: only an array content, tool calls or Mistral's own finish reason need
+ * openAiChoices.
+ */
 function mayNeedOpenAiChoices (json: string): boolean {
-  return json.includes('"model_length"') || ARRAY_CONTENT.test(json)
+  return json.includes('"model_length"') || ARRAY_FIELD.test(json)
 }
 
 const MODEL_LENGTH = Buffer.from('"model_length"')
 const CONTENT_KEY = Buffer.from('"content"')
+const TOOL_CALLS_KEY = Buffer.from('"tool_calls"')
 
 /**
- * mayNeedOpenAiChoices on bytes, before they are decoded: `"content"`, JSON's blanks, a colon, blanks, `[`. Spacing
- * allowed as `shape` allows it: a read passed on unshaped must be one it would not change. Every delta holds
- * `"content"`: each hit costs a look at the few bytes after it.
+ * mayNeedOpenAiChoices on bytes, before they are decoded. Spacing allowed as `shape` allows it: a read passed on
+ * unshaped must be one it would not change.
  */
 function mayNeedOpenAiChoicesIn (json: Buffer): boolean {
-  if (json.includes(MODEL_LENGTH)) return true
-  for (let at = json.indexOf(CONTENT_KEY); at !== -1; at = json.indexOf(CONTENT_KEY, at + CONTENT_KEY.length)) {
-    const colon = skipBlanks(json, at + CONTENT_KEY.length)
+  return json.includes(MODEL_LENGTH) || opensArray(json, CONTENT_KEY) || opensArray(json, TOOL_CALLS_KEY)
+}
+
+/**
+ * Whether `key` is followed by JSON's blanks, a colon, blanks and `[` somewhere in `json`. Every delta holds
+ * `"content"`: each hit costs a look at the few bytes after it.
+ */
+function opensArray (json: Buffer, key: Buffer): boolean {
+  for (let at = json.indexOf(key); at !== -1; at = json.indexOf(key, at + key.length)) {
+    const colon = skipBlanks(json, at + key.length)
     if (json[colon] === COLON && json[skipBlanks(json, colon + 1)] === OPEN_BRACKET) return true
   }
   return false
@@ -145,7 +158,7 @@ function skipBlanks (json: Buffer, at: number): number {
 /**
  * A whole 2xx answer through its dialect's rewrite (embeddings, moderations, an OpenAI client's chat answer). The bytes
  * Mistral sent when the rewrite changes nothing, so that they go on with Mistral's content-length, uncopied; a chat
- * answer with neither content chunks nor Mistral's own finish reason (most of them) is not even decoded.
+ * answer with no content chunks, tool calls or Mistral's own finish reason (most of them) is not even decoded.
  */
 export function rewriteAnswer (rewrite: (body: string) => string, answer: Buffer): Buffer | string {
   if (rewrite === openAiChatCompletion && !mayNeedOpenAiChoicesIn(answer)) return answer
@@ -159,6 +172,7 @@ export function rewriteAnswer (rewrite: (body: string) => string, answer: Buffer
  * with content chunks (MISTRAL-NOTES §2.4), which openai-node would concatenate as "[object Object]" or hand to
  * JSON.parse: the text chunks' text becomes `content`, the thinking chunks' text `reasoning_content` (LiteLLM's name,
  * which OpenAI-compatible clients read). `model_length` is OpenAI's `length`: the answer was cut at a length limit.
+ * Tool calls as openAiToolCalls makes them.
  */
 function openAiChoices (payload: Record<string, unknown>, part: 'message' | 'delta') {
   if (!Array.isArray(payload.choices)) return
@@ -166,7 +180,25 @@ function openAiChoices (payload: Record<string, unknown>, part: 'message' | 'del
     if (!isRecord(choice)) continue
     if (choice.finish_reason === 'model_length') choice.finish_reason = 'length'
     const message = choice[part]
-    if (isRecord(message) && Array.isArray(message.content)) Object.assign(message, openAiContent(message.content))
+    if (!isRecord(message)) continue
+    if (Array.isArray(message.content)) Object.assign(message, openAiContent(message.content))
+    if (Array.isArray(message.tool_calls)) openAiToolCalls(message.tool_calls)
+  }
+}
+
+/**
+ * Mistral's tool calls come without `type`, and `function.arguments` may be an object (FunctionCall in its spec;
+ * MISTRAL-NOTES §5.3). openai-node's parse() and runTools() throw on a call whose type is not `function`, and its
+ * stream helper and the AI SDK read the arguments as JSON text: "[object Object]", or "Invalid JSON response".
+ */
+function openAiToolCalls (calls: unknown[]) {
+  for (const call of calls) {
+    if (!isRecord(call)) continue
+    call.type ??= 'function'
+    const fn = call.function
+    if (isRecord(fn) && fn.arguments !== null && typeof fn.arguments === 'object') {
+      fn.arguments = JSON.stringify(fn.arguments)
+    }
   }
 }
 

@@ -416,7 +416,7 @@ function translateDialect (operation: Operation, body: unknown, headers: Incomin
   if (body === null || typeof body !== 'object' || Array.isArray(body)) return undefined
   const json = body as Record<string, unknown>
   if (operation.metered === 'chat' || operation.metered === 'fim' || operation.metered === 'agents_completion') {
-    const { includeUsage, openAiFields } = translateChatRequest(json)
+    const { includeUsage, openAiFields } = translateChatRequest(json, headers)
     if (openAiFields === true || sentByOpenAiClient(headers)) {
       return { includeUsage, openAiClient: true, reshapeStream: true, rewrite: openAiChatCompletion }
     }

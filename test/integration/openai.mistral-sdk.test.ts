@@ -124,6 +124,18 @@ t.test('chat with every Mistral option: the body reaches Mistral as the SDK sent
   t.equal(gateway.upstream()[1].status, 200)
 })
 
+t.test('service_tier auto: Mistral\'s own opt-in to priority, passed as the SDK sent it', async (t) => {
+  const { gateway, direct } = await pair()
+  const request = {
+    model: MODEL, messages: [{ role: 'user' as const, content: 'Which tier?' }], serviceTier: 'auto' as const
+  }
+  const answer = await gateway.sdk.chat.complete(request)
+  await direct.sdk.chat.complete(request)
+  t.same(gateway.upstream()[0].json, direct.upstream()[0].json, 'the same body upstream')
+  t.equal((gateway.upstream()[0].json as { service_tier?: unknown }).service_tier, 'auto')
+  t.equal(answer.usage.serviceTier, 'priority', 'served at priority, as the fake serves auto')
+})
+
 t.test('a streamed tool call: the SDK parses it (tool deltas gain OpenAI\'s index and type, which it ignores)',
   async (t) => {
     const { gateway } = await pair()

@@ -1,6 +1,8 @@
 import OpenAI from 'openai'
 import t from 'tap'
 import { request } from 'undici'
+import { costOf } from '../../src/pricing/cost.js'
+import { completePrices, DEFAULT_PRICES } from '../../src/pricing/default-prices.js'
 import { buildTestApp, listen, type TestWorkspace } from '../helpers/app.js'
 import { errorBodies, MID_STREAM_ERROR, type ReceivedRequest } from '../helpers/fake-mistral.js'
 
@@ -142,6 +144,31 @@ t.test('chat: response_format json_schema passes as it is', async (t) => {
   t.same(json(sent).response_format, responseFormat)
 })
 
+t.test('chat: service_tier auto is OpenAI\'s project default, served and billed as standard; priority asks for it',
+  async (t) => {
+    const c = await client()
+    const messages: OpenAI.Chat.Completions.ChatCompletionMessageParam[] = [{ role: 'user', content: 'Which tier?' }]
+    for (const tier of ['auto', 'default', 'priority'] as const) {
+      await c.openai.chat.completions.create({ model: MODEL, messages, service_tier: tier })
+    }
+    const sent = c.upstream()
+    t.same(sent.map((r) => json(r).service_tier), ['standard_only', 'standard_only', 'auto'],
+      'only priority opts in to Mistral\'s priority capacity')
+    t.same(sent.map((r) => r.usage?.service_tier), ['standard', 'standard', 'priority'])
+    await testApp.app.usage.flush()
+    const { json: usage } = await testApp.admin('GET', `/admin/v1/workspaces/${c.ws.slug}/usage`)
+    const records = usage.records.reverse()
+    const small = completePrices(DEFAULT_PRICES.find((row) => row.model === 'mistral-small-2603' &&
+      row.family === 'chat')!.prices.USD!)
+    const cost = (usage: Record<string, unknown>, serviceTier: string) => costOf({
+      promptTokens: Number(usage.prompt_tokens), completionTokens: Number(usage.completion_tokens),
+      cachedTokens: 0, audioSeconds: 0, pages: 0, characters: 0
+    }, small, { family: 'chat', markupBps: 0, serviceTier }).listMicros
+    t.same(records.map((record: { serviceTier: string }) => record.serviceTier), ['standard', 'standard', 'priority'])
+    t.equal(records[0].listCostMicros, cost(sent[0].usage!, 'standard'), 'auto billed at the standard rate')
+    t.equal(records[2].listCostMicros, cost(sent[2].usage!, 'priority'), 'priority at 1.75×')
+  })
+
 t.test('streamed chat with include_usage: a last chunk with empty choices and Mistral\'s usage', async (t) => {
   const c = await client()
   const stream = await c.openai.chat.completions.create({
@@ -227,6 +254,62 @@ t.test('tools: a streamed call through the SDK\'s stream helper, which needs ind
   t.match(call?.id, TOOL_CALL_ID)
   t.equal(completion.choices[0].finish_reason, 'tool_calls')
   t.same(completion.usage, c.upstream()[0].usage)
+})
+
+const strictWeatherTool = { type: 'function' as const, function: { ...weatherTool.function, strict: true } }
+
+t.test('tools: parse() reads Mistral\'s tool calls, which come without type', async (t) => {
+  const c = await client()
+  const completion = await c.openai.chat.completions.parse({
+    model: MODEL, messages: [{ role: 'user', content: 'Weather in Paris?' }], tools: [strictWeatherTool],
+    tool_choice: 'required'
+  })
+  const call = completion.choices[0].message.tool_calls?.[0]
+  t.match(call, { type: 'function', function: { name: 'get_weather', arguments: '{}', parsed_arguments: {} } })
+  // what Mistral answered: the same request straight to the fake
+  const direct = await request(`${mistral.url}/v1/chat/completions`, {
+    method: 'POST',
+    headers: { authorization: 'Bearer direct', 'content-type': 'application/json' },
+    body: JSON.stringify(c.upstream()[0].json)
+  })
+  const [mistralCall] = ((await direct.body.json()) as any).choices[0].message.tool_calls
+  t.same(Object.keys(mistralCall), ['id', 'function'], 'Mistral\'s call has no type')
+})
+
+t.test('tools: runTools() calls the function with the object arguments Mistral may send, as JSON text', async (t) => {
+  const c = await client()
+  const calledWith: unknown[] = []
+  const runner = c.openai.chat.completions.runTools({
+    model: MODEL,
+    messages: [{ role: 'user', content: 'Weather in Paris?' }],
+    tools: [{
+      type: 'function',
+      function: {
+        name: 'get_weather',
+        description: 'The weather in a city',
+        parameters: weatherTool.function.parameters!,
+        parse: JSON.parse,
+        function: (args: unknown) => { calledWith.push(args); return { celsius: 21 } }
+      }
+    }],
+    tool_choice: { type: 'function', function: { name: 'get_weather' } },
+    // the fake answers with these arguments as an object, as Mistral's spec allows
+    metadata: { fake_tool_arguments: '{"city":"Paris"}' }
+  })
+  t.equal(await runner.finalFunctionToolCallResult(), '{"celsius":21}')
+  t.same(calledWith, [{ city: 'Paris' }])
+  const call = (await runner.finalChatCompletion()).choices[0].message.tool_calls?.[0]
+  t.match(call, { type: 'function', function: { name: 'get_weather', arguments: '{"city":"Paris"}' } })
+})
+
+t.test('tools: a streamed call with object arguments reaches the stream helper as JSON text', async (t) => {
+  const c = await client()
+  const runner = c.openai.chat.completions.stream({
+    model: MODEL, messages: [{ role: 'user', content: 'Weather in Paris?' }], tools: [weatherTool],
+    tool_choice: 'required', metadata: { fake_tool_arguments: '{"city":"Paris"}' }
+  })
+  const call = (await runner.finalChatCompletion()).choices[0].message.tool_calls?.[0]
+  t.match(call, { type: 'function', function: { name: 'get_weather', arguments: '{"city":"Paris"}' } })
 })
 
 t.test('embeddings: base64 (the SDK\'s default) decodes to the float vectors, bit for bit', async (t) => {

@@ -119,6 +119,24 @@ t.test('an OpenAI client is told by its SDK\'s headers, or by a field only OpenA
   }
 })
 
+t.test('service_tier: OpenAI\'s auto and default are Mistral\'s standard; only priority asks for it', async (t) => {
+  const tier = (serviceTier: string, headers = {}, fields = {}) => {
+    const body: Record<string, unknown> = { model: 'm', messages: [], service_tier: serviceTier, ...fields }
+    translateChatRequest(body, headers)
+    return body.service_tier
+  }
+  const openAiSdk = { 'x-stainless-lang': 'js' }
+  t.equal(tier('auto', openAiSdk), 'standard_only', 'OpenAI\'s auto is the project default, not priority at 1.75×')
+  t.equal(tier('default', openAiSdk), 'standard_only')
+  t.equal(tier('flex', openAiSdk), 'standard_only')
+  t.equal(tier('scale', openAiSdk), 'standard_only')
+  t.equal(tier('priority', openAiSdk), 'auto', 'priority is asked for: Mistral\'s auto')
+  t.equal(tier('auto', {}, { seed: 1 }), 'standard_only', 'an OpenAI client told by a field only it sends')
+  t.equal(tier('auto'), 'auto', 'a Mistral client\'s auto opts in to priority, as Mistral means it')
+  t.equal(tier('standard_only'), 'standard_only')
+  t.equal(tier('priority'), 'auto', 'priority, which Mistral refuses, from any client')
+})
+
 t.test('top_p 0, which Mistral refuses, becomes greedy decoding', async (t) => {
   const body: Record<string, unknown> = { model: 'm', messages: [], top_p: 0, temperature: 0.7 }
   translateChatRequest(body)
@@ -265,6 +283,23 @@ t.test('streamed tool calls get index and type; calls in separate chunks get the
   t.equal(given[0].choices[0].delta.tool_calls[0].index, 4, 'an index Mistral sent stays')
 })
 
+t.test('streamed tool calls for an OpenAI client: object arguments become JSON text; a Mistral client\'s stay',
+  async (t) => {
+    const call = { id: 'aaaaaaaa1', function: { name: 'f', arguments: { city: 'Paris' } } }
+    const input = sse(
+      { ...HEAD, choices: [{ index: 0, delta: { tool_calls: [call] }, finish_reason: 'tool_calls' }] },
+      '[DONE]'
+    )
+    const [openAi] = events(await shape(false, [input], true))
+    t.same(openAi.choices[0].delta.tool_calls,
+      [{ id: 'aaaaaaaa1', function: { name: 'f', arguments: '{"city":"Paris"}' }, index: 0, type: 'function' }])
+    const [mistral] = events(await shape(false, [input]))
+    t.same(mistral.choices[0].delta.tool_calls[0].function.arguments, { city: 'Paris' },
+      'the Mistral SDK reads an object as it is')
+    const bytes = [...Buffer.from(input)].map((byte) => Buffer.from([byte]))
+    t.equal(await shape(false, bytes, true), await shape(false, [input], true), 'split anywhere: the same')
+  })
+
 t.test('an error Mistral sends as an event gains the error object OpenAI clients throw on', async (t) => {
   const error = { object: 'error', message: 'Service overloaded', type: 'server_error', code: '3000' }
   const [event] = events(await shape(true, [sse(error)]))
@@ -308,6 +343,45 @@ t.test('a reasoning answer for OpenAI clients: text as content, thinking as reas
   const plain = '{ "choices": [ { "index": 0, "message": { "content": "Paris" }, "finish_reason": "stop" } ] }'
   t.equal(openAiChatCompletion(plain), plain, 'nothing to change: the bytes as they came, not re-serialised')
   t.equal(openAiChatCompletion('not json, "content": ['), 'not json, "content": [', 'not JSON: as it came')
+})
+
+t.test('a tool-calling answer for OpenAI clients: each call typed, object arguments as JSON text', async (t) => {
+  // as Mistral answers (recorded): no `type`, and `arguments` may be an object (FunctionCall in Mistral's spec)
+  const answer = {
+    id: 'abc',
+    object: 'chat.completion',
+    choices: [{
+      index: 0,
+      message: {
+        role: 'assistant',
+        content: '',
+        tool_calls: [
+          { id: 'gSIMJiOkT', function: { name: 'get_weather', arguments: { city: 'Paris' } } },
+          { id: 'hTJNkjPlU', type: 'function', function: { name: 'get_weather', arguments: '{"city":"Lyon"}' } }
+        ]
+      },
+      finish_reason: 'tool_calls'
+    }],
+    usage: USAGE
+  }
+  const out = JSON.parse(openAiChatCompletion(JSON.stringify(answer)))
+  t.same(out.choices[0].message.tool_calls, [
+    { id: 'gSIMJiOkT', type: 'function', function: { name: 'get_weather', arguments: '{"city":"Paris"}' } },
+    { id: 'hTJNkjPlU', type: 'function', function: { name: 'get_weather', arguments: '{"city":"Lyon"}' } }
+  ])
+  t.same({ ...out, choices: undefined }, { ...answer, choices: undefined }, 'every other field as Mistral sent it')
+  const spaced = '{"choices": [{"message": {"content": "", "tool_calls" :\n[{"id": "gSIMJiOkT", ' +
+    '"function": {"name": "f", "arguments": "{}"}}]}}]}'
+  const rewritten = JSON.parse(rewriteAnswer(openAiChatCompletion, Buffer.from(spaced)) as string)
+  t.same(rewritten.choices[0].message.tool_calls,
+    [{ id: 'gSIMJiOkT', type: 'function', function: { name: 'f', arguments: '{}' } }],
+    'found in the bytes, however spaced')
+
+  // Mistral's plain answers say `"tool_calls": null`: still not parsed, as before
+  const plain = Buffer.from('{"choices":[{"message":{"content":"Paris","tool_calls":null},"finish_reason":"stop"}]}')
+  t.equal(rewriteAnswer(openAiChatCompletion, plain), plain, 'the very Buffer, undecoded')
+  const plainText = plain.toString().replace('"tool_calls":null', '"tool_calls" : null')
+  t.equal(openAiChatCompletion(plainText), plainText, 'not re-serialised')
 })
 
 t.test('a reasoning stream for OpenAI clients: string deltas, thinking as reasoning_content', async (t) => {

@@ -17,6 +17,7 @@ interface CompletionBody extends UsageHints {
   tool_choice?: unknown
   reasoning_effort?: string | null
   prompt_mode?: string | null
+  metadata?: { fake_tool_arguments?: unknown } | null
 }
 
 interface Completion {
@@ -24,7 +25,8 @@ interface Completion {
   created: number
   model: string
   words: string[]
-  toolCall?: { id: string, function: { name: string, arguments: string } }
+  /** as Mistral sends one: no `type` nor `index`, and `arguments` a string or an object (FunctionCall) */
+  toolCall?: { id: string, function: { name: string, arguments: string | Record<string, unknown> } }
   /** a reasoning model's thinking: its answer's content is then chunks, not a string */
   thinking?: string
   finishReason: 'stop' | 'length' | 'tool_calls'
@@ -62,9 +64,11 @@ export async function completionRoutes (app: FastifyInstance, { ctx }: { ctx: Fa
 function plan (ctx: FakeContext, body: CompletionBody, model: string, promptText: string): Completion {
   const limit = body.max_tokens ?? ctx.completionTokens
   const tool = wantsToolCall(body) ? body.tools?.[0]?.function?.name ?? 'tool' : undefined
-  const toolCall = tool ? { id: toolCallId(), function: { name: tool, arguments: '{}' } } : undefined
+  const args = toolArguments(body)
+  const toolCall = tool ? { id: toolCallId(), function: { name: tool, arguments: args } } : undefined
   const words = toolCall ? [] : generatedWords(Math.min(ctx.completionTokens, limit))
-  const completionTokens = toolCall ? countTokens(tool + toolCall.function.arguments) : words.length
+  const argsText = typeof args === 'string' ? args : JSON.stringify(args)
+  const completionTokens = toolCall ? countTokens(tool + argsText) : words.length
   return {
     id: hexId(),
     created: unixSeconds(),
@@ -81,6 +85,15 @@ function plan (ctx: FakeContext, body: CompletionBody, model: string, promptText
 function wantsToolCall (body: CompletionBody): boolean {
   if (!body.tools?.length) return false
   return body.tool_choice === 'any' || body.tool_choice === 'required' || typeof body.tool_choice === 'object'
+}
+
+/**
+ * `{}` as text, or, when the request's `metadata.fake_tool_arguments` holds a JSON object as text, that object: the
+ * object arguments Mistral's spec allows (FunctionCall.arguments), scripted by a test.
+ */
+function toolArguments (body: CompletionBody): string | Record<string, unknown> {
+  const scripted = body.metadata?.fake_tool_arguments
+  return typeof scripted === 'string' ? JSON.parse(scripted) as Record<string, unknown> : '{}'
 }
 
 /** Magistral always reasons; a model with the `reasoning` capability when asked to (MISTRAL-NOTES §2.4). */
@@ -100,7 +113,8 @@ async function answer (ctx: FakeContext, request: FastifyRequest, reply: Fastify
   const text = words.join('')
   const message = {
     role: 'assistant',
-    tool_calls: toolCall ? [{ ...toolCall, type: 'function', index: 0 }] : null,
+    // without `type` or `index`, as Mistral answers (recorded: `[{"id":"gSIMJiOkT","function":{…}}]`)
+    tool_calls: toolCall ? [toolCall] : null,
     // a reasoning model answers in chunks: its thinking, then its text (MISTRAL-NOTES §5.3)
     content: thinking === undefined ? text : [thinkChunk(thinking), { type: 'text', text }]
   }
