@@ -1,5 +1,6 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import { Type } from '@sinclair/typebox'
+import type { Database } from '../db/client.js'
 import { badRequest, notFound } from '../errors.js'
 import { acceptJsonBodies } from '../json-body.js'
 import { MULTIPLIERS, type PriceFamily, type UnitPrices } from '../pricing/default-prices.js'
@@ -22,11 +23,12 @@ export async function pricesRoutes (app: FastifyInstance, { adminToken }: { admi
   requireAdminToken(app, adminToken)
   const book = app.prices
 
-  // prices are not secrets: the audit entry keeps both sides of the change, for billing disputes
-  const audit = (request: FastifyRequest, action: string, model: string, details: Record<string, unknown>) =>
-    app.audit.record({
-      actor: 'admin', action, targetType: 'model_price', targetId: model, details: { ...details, requestId: request.id }
-    })
+  // prices are not secrets: the audit entry keeps both sides of the change, for billing disputes. Written by the book
+  // in the change's transaction: no change without its entry
+  const audit = (tx: Database, request: FastifyRequest, action: string, model: string,
+    details: Record<string, unknown>) => app.audit.record({
+    actor: 'admin', action, targetType: 'model_price', targetId: model, details: { ...details, requestId: request.id }
+  }, tx)
 
   app.get('/prices', {
     schema: {
@@ -53,10 +55,10 @@ export async function pricesRoutes (app: FastifyInstance, { adminToken }: { admi
     }
     const before = book.entry(model, body.family, body.currency) // for the audit entry
     const { currency, family, aliases, outputCeiling } = body
-    const price = await book.upsert({ model, currency, family, prices, aliases, outputCeiling })
-    await audit(request, 'model_price.update', price.model, {
-      currency: price.currency, family: price.family, before: before ? view(before) : null, after: view(price)
-    })
+    const price = await book.upsert({ model, currency, family, prices, aliases, outputCeiling },
+      (tx, after) => audit(tx, request, 'model_price.update', after.model, {
+        currency: after.currency, family: after.family, before: before ? view(before) : null, after: view(after)
+      }))
     return view(price)
   })
 
@@ -69,13 +71,11 @@ export async function pricesRoutes (app: FastifyInstance, { adminToken }: { admi
     const { model } = request.params as { model: string }
     const { currency, family } = request.query as { currency: string, family: PriceFamily }
     const before = book.entry(model, family, currency)
-    if (!await book.remove(model, currency, family)) {
-      throw notFound(`No ${currency} ${family} override for '${model}'`, { param: 'model' })
-    }
-    const after = book.entry(model, family, currency)
-    await audit(request, 'model_price.delete', book.canonical(model, family), {
-      currency, family, before: before ? view(before) : null, after: after ? view(after) : null
-    })
+    const removed = await book.remove(model, currency, family, (tx, { model: id, after }) =>
+      audit(tx, request, 'model_price.delete', id, {
+        currency, family, before: before ? view(before) : null, after: after ? view(after) : null
+      }))
+    if (!removed) throw notFound(`No ${currency} ${family} override for '${model}'`, { param: 'model' })
     return reply.code(204).send()
   })
 }

@@ -1,6 +1,7 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import { Type } from '@sinclair/typebox'
 import { changesOf } from '../audit/changes.js'
+import type { Database } from '../db/client.js'
 import type { Workspace as WorkspaceRow } from '../db/schema.js'
 import { badRequest, conflict, notFound } from '../errors.js'
 import { acceptJsonBodies } from '../json-body.js'
@@ -67,11 +68,13 @@ export async function adminRoutes (app: FastifyInstance, { adminToken }: { admin
   requireAdminToken(app, adminToken)
 
   const { workspaces, keys, tokens } = app.tenancy
-  const audit = (request: FastifyRequest, action: string, targetType: string, targetId: string | null,
+  // a change's audit row, which the store writes in the change's own transaction: if PostgreSQL cannot take the row
+  // (a failover, a dropped connection), the change does not happen either, and the operator's retry makes it once
+  const audit = (tx: Database, request: FastifyRequest, action: string, targetType: string, targetId: string | null,
     workspaceId: string | null, details: Record<string, unknown> = {}) =>
     app.audit.record({
       actor: 'admin', action, targetType, targetId, workspaceId, details: { ...details, requestId: request.id }
-    })
+    }, tx)
 
   async function workspaceOf (request: FastifyRequest): Promise<WorkspaceRow> {
     const { ws } = request.params as { ws: string }
@@ -89,10 +92,10 @@ export async function adminRoutes (app: FastifyInstance, { adminToken }: { admin
       response: { 201: Workspace, ...errors }
     }
   }, async (request, reply) => {
-    const workspace = await workspaces.create(request.body as WorkspaceCreateBody)
+    const workspace = await workspaces.create(request.body as WorkspaceCreateBody, (tx, created) =>
+      audit(tx, request, 'workspace.create', 'workspace', created.id, created.id,
+        { slug: created.slug, name: created.name, timezone: created.timezone, currency: created.currency }))
     await app.admission.welcome(workspace.id)
-    await audit(request, 'workspace.create', 'workspace', workspace.id, workspace.id,
-      { slug: workspace.slug, name: workspace.name, timezone: workspace.timezone, currency: workspace.currency })
     return reply.code(201).send(workspaceView(workspace))
   })
 
@@ -132,6 +135,7 @@ export async function adminRoutes (app: FastifyInstance, { adminToken }: { admin
       patch.limits.models = Object.fromEntries(Object.entries(patch.limits.models)
         .map(([model, limits]) => [canonicalModel(app, model, currency, limits === null), limits]))
     }
+    const fields = Object.keys(patch)
     const { current: workspace, written: updated } = await writeMerged('workspace', () => workspaceOf(request),
       (current) => workspaces.update(current.id, {
         ...patch,
@@ -140,15 +144,14 @@ export async function adminRoutes (app: FastifyInstance, { adminToken }: { admin
           ? undefined
           : mergeWorkspaceLimits(current.limits as WorkspaceLimits, patch.limits),
         caps: patch.caps === undefined ? undefined : mergeSpendCaps(current.caps as SpendCaps, patch.caps)
-      }, current))
+      }, current, (tx, written) => {
+        // the cooldown setting is no secret, and which order was in force explains a client's 429s later
+        const cooldown = patch.cooldown === undefined ? {} : { cooldown: written.cooldown }
+        return audit(tx, request, 'workspace.update', 'workspace', current.id, current.id,
+          { fields, changes: changesOf(workspaceView(current), workspaceView(written), fields), ...cooldown })
+      }))
     await app.tenancy.tokens.forgetWorkspace(workspace.id)
-    // the cooldown setting is no secret, and which order was in force explains a client's 429s later
-    const cooldown = patch.cooldown === undefined ? {} : { cooldown: updated.cooldown }
-    const view = workspaceView(updated)
-    const fields = Object.keys(patch)
-    await audit(request, 'workspace.update', 'workspace', workspace.id, workspace.id,
-      { fields, changes: changesOf(workspaceView(workspace), view, fields), ...cooldown })
-    return view
+    return workspaceView(updated)
   })
 
   app.delete('/workspaces/:ws', {
@@ -161,9 +164,9 @@ export async function adminRoutes (app: FastifyInstance, { adminToken }: { admin
     }
   }, async (request, reply) => {
     const workspace = await workspaceOf(request)
-    await workspaces.remove(workspace.id)
+    await workspaces.remove(workspace.id, (tx) =>
+      audit(tx, request, 'workspace.delete', 'workspace', workspace.id, workspace.id, { slug: workspace.slug }))
     await app.tenancy.tokens.forgetWorkspace(workspace.id)
-    await audit(request, 'workspace.delete', 'workspace', workspace.id, workspace.id, { slug: workspace.slug })
     // its lifetime counters and epoch would stay in Redis for good, its settled ids expire an hour later as one large
     // key: they go now. The deletion stands whether or not Redis answers
     await app.admission.forget(workspace.id)
@@ -183,8 +186,8 @@ export async function adminRoutes (app: FastifyInstance, { adminToken }: { admin
   }, async (request, reply) => {
     const workspace = await workspaceOf(request)
     const { name = DEFAULT_KEY, key } = request.body as { name?: string, key: string }
-    const created = await keys.add(workspace.id, name, key)
-    await audit(request, 'mistral_key.create', 'mistral_key', created.id, workspace.id, { name })
+    const created = await keys.add(workspace.id, name, key, (tx, added) =>
+      audit(tx, request, 'mistral_key.create', 'mistral_key', added.id, workspace.id, { name }))
     return reply.code(201).send(created)
   })
 
@@ -224,10 +227,10 @@ export async function adminRoutes (app: FastifyInstance, { adminToken }: { admin
   }, async (request) => {
     const workspace = await workspaceOf(request)
     const { name } = request.params as { name: string }
-    const { key, replaced } = await keys.replace(workspace.id, name, (request.body as { key: string }).key)
-    // the last four characters, as the admin API shows them: which key replaced which, never the key
-    await audit(request, 'mistral_key.replace', 'mistral_key', key.id, workspace.id,
-      { name, previousId: replaced.id, last4: { from: replaced.last4, to: key.last4 } })
+    const { key } = await keys.replace(workspace.id, name, (request.body as { key: string }).key,
+      // the last four characters, as the admin API shows them: which key replaced which, never the key
+      (tx, { key: next, replaced }) => audit(tx, request, 'mistral_key.replace', 'mistral_key', next.id, workspace.id,
+        { name, previousId: replaced.id, last4: { from: replaced.last4, to: next.last4 } }))
     return key
   })
 
@@ -248,8 +251,8 @@ export async function adminRoutes (app: FastifyInstance, { adminToken }: { admin
   }, async (request, reply) => {
     const workspace = await workspaceOf(request)
     const { name } = request.params as { name: string }
-    const id = await keys.remove(workspace.id, name)
-    await audit(request, 'mistral_key.delete', 'mistral_key', id, workspace.id, { name })
+    await keys.remove(workspace.id, name, (tx, id) =>
+      audit(tx, request, 'mistral_key.delete', 'mistral_key', id, workspace.id, { name }))
     return reply.code(204).send()
   })
 
@@ -264,8 +267,10 @@ export async function adminRoutes (app: FastifyInstance, { adminToken }: { admin
     }
   }, async (request, reply) => {
     const workspace = await workspaceOf(request)
-    const { token, view } = await tokens.mint(workspace.id, request.body as TokenCreateBody)
-    await audit(request, 'token.create', 'token', view.id, workspace.id, { name: view.name, prefix: view.prefix })
+    // the secret is shown once, in this answer: a mint whose audit row fails leaves no token behind it
+    const { token, view } = await tokens.mint(workspace.id, request.body as TokenCreateBody, (tx, minted) =>
+      audit(tx, request, 'token.create', 'token', minted.id, workspace.id,
+        { name: minted.name, prefix: minted.prefix }))
     return reply.code(201).send({ ...tokenView(view), token })
   })
 
@@ -293,17 +298,16 @@ export async function adminRoutes (app: FastifyInstance, { adminToken }: { admin
     const workspace = await workspaceOf(request)
     const { id } = request.params as { id: string }
     const patch = request.body as TokenPatchBody
-    const { current, written: updated } = await writeMerged('token', async () => {
+    const fields = Object.keys(patch)
+    const { written: updated } = await writeMerged('token', async () => {
       const found = await tokens.find(workspace.id, id)
       if (!found) throw notFound('No such token')
       return found
     }, (found) => tokens.update(workspace.id, id, {
       limits: patch.limits === undefined ? undefined : mergeRateLimits(found.limits as RateLimits, patch.limits),
       caps: patch.caps === undefined ? undefined : mergeSpendCaps(found.caps as SpendCaps, patch.caps)
-    }, found))
-    await audit(request, 'token.update', 'token', id, workspace.id,
-      { fields: Object.keys(patch), prefix: updated.prefix,
-        changes: changesOf(tokenView(current), tokenView(updated), Object.keys(patch)) })
+    }, found, (tx, written) => audit(tx, request, 'token.update', 'token', id, workspace.id,
+      { fields, prefix: written.prefix, changes: changesOf(tokenView(found), tokenView(written), fields) })))
     return tokenView(updated)
   })
 
@@ -339,9 +343,8 @@ export async function adminRoutes (app: FastifyInstance, { adminToken }: { admin
     }
   }, async (request) => {
     const workspace = await workspaceOf(request)
-    const revoked = await tokens.revoke(workspace.id, (request.params as { id: string }).id)
-    await audit(request, 'token.revoke', 'token', revoked.id, workspace.id,
-      { name: revoked.name, prefix: revoked.prefix })
+    const revoked = await tokens.revoke(workspace.id, (request.params as { id: string }).id, (tx, token) =>
+      audit(tx, request, 'token.revoke', 'token', token.id, workspace.id, { name: token.name, prefix: token.prefix }))
     return tokenView(revoked)
   })
 

@@ -12,15 +12,23 @@ export interface AuditEvent {
   details?: Record<string, unknown>
 }
 
+/**
+ * Writes a change's audit row in `tx`, the transaction that makes the change, before it commits: the change and its
+ * row commit together or not at all (README: every admin change is in the audit log). Stores run it; callers say
+ * what the row holds, from what the change returned.
+ */
+export type AuditHook<T> = (tx: Database, result: T) => Promise<void>
+
 export interface AuditLog {
-  record (event: AuditEvent): Promise<void>
+  /** In `tx` when one is given (see AuditHook), else on its own. */
+  record (event: AuditEvent, tx?: Database): Promise<void>
   list (options: { limit: number, before?: number }): Promise<AuditEntry[]>
 }
 
 export function createAuditLog ({ db }: { db: Database }): AuditLog {
   return {
-    async record (event) {
-      await db.insert(auditLog).values({
+    async record (event, tx = db) {
+      await tx.insert(auditLog).values({
         actor: event.actor,
         action: event.action,
         targetType: event.targetType,

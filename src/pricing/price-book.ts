@@ -1,4 +1,5 @@
 import { and, eq, sql } from 'drizzle-orm'
+import type { AuditHook } from '../audit/audit-log.js'
 import type { Database } from '../db/client.js'
 import { modelPrices, type ModelPriceRow } from '../db/schema.js'
 import { badRequest, conflict } from '../errors.js'
@@ -54,10 +55,19 @@ export interface PriceBook {
   list (currency: string, family?: PriceFamily): ModelPrice[]
   /** The id an override of `model` is stored under: aliases and case variants name their canonical model. */
   canonical (model: string, family: PriceFamily): string
-  upsert (override: PriceOverride): Promise<ModelPrice>
-  /** Deletes an override (the shipped price, if any, applies again); false when there was none. */
-  remove (model: string, currency: string, family: PriceFamily): Promise<boolean>
+  /** `audit` writes the change's row in its transaction, given the price as the book serves it once committed. */
+  upsert (override: PriceOverride, audit: AuditHook<ModelPrice>): Promise<ModelPrice>
+  /**
+   * Deletes an override (the shipped price, if any, applies again); false when there was none. `audit` writes the
+   * change's row in its transaction, given the id `model` names and its price once committed (none: unpriced).
+   */
+  remove (model: string, currency: string, family: PriceFamily, audit: AuditHook<PriceRemoval>): Promise<boolean>
   close (): void
+}
+
+export interface PriceRemoval {
+  model: string
+  after: ModelPrice | undefined
 }
 
 interface PriceBookOptions {
@@ -123,14 +133,15 @@ export function createPriceBook ({ db, bus, log, retryMs = 5_000 }: PriceBookOpt
     await bus?.publish({ type: 'prices' }).catch(() => {}) // Redis down: its reconnect makes every replica reload
   }
 
-  function canonical (model: string, family: PriceFamily) {
+  // `of`: the book as a change's transaction sees it, for its audit row
+  function canonical (model: string, family: PriceFamily, of = state) {
     const lower = model.toLowerCase()
     if (lower === FALLBACK_MODEL) return lower
-    return state.names.get(family)?.get(lower) ?? lower
+    return of.names.get(family)?.get(lower) ?? lower
   }
 
-  function entry (model: string, family: PriceFamily, currency: string) {
-    return state.prices.get(currency)?.get(family)?.get(canonical(model, family))
+  function entry (model: string, family: PriceFamily, currency: string, of = state) {
+    return of.prices.get(currency)?.get(family)?.get(canonical(model, family, of))
   }
 
   return {
@@ -156,7 +167,7 @@ export function createPriceBook ({ db, bus, log, retryMs = 5_000 }: PriceBookOpt
       return families.flatMap((name) => [...(byFamily.get(name)?.values() ?? [])]
         .sort((a, b) => a.model < b.model ? -1 : a.model > b.model ? 1 : 0))
     },
-    async upsert (override) {
+    async upsert (override, audit) {
       const values = checkOverride(override, canonical(override.model, override.family))
       for (const alias of values.aliases) {
         const owner = state.names.get(values.family)?.get(alias)
@@ -164,19 +175,28 @@ export function createPriceBook ({ db, bus, log, retryMs = 5_000 }: PriceBookOpt
           throw conflict(`'${alias}' already names ${values.family} model '${owner}'`, { param: 'aliases' })
         }
       }
-      await db.insert(modelPrices).values(values).onConflictDoUpdate({
-        target: [modelPrices.model, modelPrices.currency, modelPrices.family],
-        set: { ...values, updatedAt: sql`now()` }
+      await db.transaction(async (tx) => {
+        await tx.insert(modelPrices).values(values).onConflictDoUpdate({
+          target: [modelPrices.model, modelPrices.currency, modelPrices.family],
+          set: { ...values, updatedAt: sql`now()` }
+        })
+        const after = build(await tx.select().from(modelPrices))
+        await audit(tx, entry(values.model, values.family, values.currency, after) as ModelPrice)
       })
       await changed()
       return entry(values.model, values.family, values.currency) as ModelPrice
     },
-    async remove (model, currency, family) {
-      const deleted = await db.delete(modelPrices).where(and(eq(modelPrices.model, canonical(model, family)),
-        eq(modelPrices.currency, currency), eq(modelPrices.family, family))).returning({ id: modelPrices.id })
-      if (deleted.length === 0) return false
-      await changed()
-      return true
+    async remove (model, currency, family, audit) {
+      const removed = await db.transaction(async (tx) => {
+        const deleted = await tx.delete(modelPrices).where(and(eq(modelPrices.model, canonical(model, family)),
+          eq(modelPrices.currency, currency), eq(modelPrices.family, family))).returning({ id: modelPrices.id })
+        if (deleted.length === 0) return false
+        const after = build(await tx.select().from(modelPrices))
+        await audit(tx, { model: canonical(model, family, after), after: entry(model, family, currency, after) })
+        return true
+      })
+      if (removed) await changed()
+      return removed
     },
     close () {
       closed = true

@@ -20,7 +20,7 @@ export type Invalidation =
 
 export interface InvalidationBus {
   /**
-   * Never rejects: the change it announces is committed by then, and must be answered and audited as such. A message
+   * Never rejects: the change it announces is committed (and audited) by then, and must be answered as such. A message
    * Redis cannot take is not lost for good: once Redis takes messages again, every replica is told to forget
    * everything (as a replica that reconnects does), and caches have a time limit besides.
    */

@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto'
 import { and, asc, count, eq, gt, isNull, ne, or, sql } from 'drizzle-orm'
+import type { AuditHook } from '../audit/audit-log.js'
 import type { Database } from '../db/client.js'
 import { mistralKeys, workspaceTokens, type MistralKeyRow } from '../db/schema.js'
 import { badRequest, conflict, notFound } from '../errors.js'
@@ -41,17 +42,27 @@ export interface UsableKey {
   status: 'active' | 'invalid'
 }
 
+/** What a replacement did: the new key, and the one it replaced. */
+export interface KeyReplacement {
+  key: MistralKeyView
+  replaced: Pick<MistralKeyView, 'id' | 'last4'>
+}
+
+/**
+ * Each operator's change writes its audit row with `audit`, in its own transaction, and tells the other replicas once
+ * it has committed.
+ */
 export interface MistralKeyStore {
-  add (workspaceId: string, name: string, secret: string): Promise<MistralKeyView>
+  add (workspaceId: string, name: string, secret: string, audit: AuditHook<MistralKeyView>): Promise<MistralKeyView>
   list (workspaceId: string): Promise<MistralKeyView[]>
-  /** The new key, and the one it replaced (of two replacements at once, the later one names the earlier one's key). */
-  replace (workspaceId: string, name: string, secret: string):
-  Promise<{ key: MistralKeyView, replaced: Pick<MistralKeyView, 'id' | 'last4'> }>
+  /** Of two replacements at once, the later one names the earlier one's key as the one it replaced. */
+  replace (workspaceId: string, name: string, secret: string, audit: AuditHook<KeyReplacement>):
+  Promise<KeyReplacement>
   /**
-   * The id of the key deleted. 409 while a live token relies on it (bound to it, or bound to none for `default`):
-   * each of its calls would fail.
+   * The id of the key deleted (`audit` gets it too). 409 while a live token relies on it (bound to it, or bound to
+   * none for `default`): each of its calls would fail.
    */
-  remove (workspaceId: string, name: string): Promise<string>
+  remove (workspaceId: string, name: string, audit: AuditHook<string>): Promise<string>
   /** The decrypted key a proxied call uses; cached until the bus says its workspace changed, or KEY_CACHE_TTL_MS. */
   resolve (workspaceId: string, name: string): Promise<UsableKey | undefined>
   /** The names of a workspace's keys in failover order: `default` first, then by name. Cached like `resolve`. */
@@ -92,22 +103,26 @@ MistralKeyStore {
     and(eq(mistralKeys.workspaceId, workspaceId), eq(mistralKeys.name, name))
 
   return {
-    async add (workspaceId, name, secret) {
+    async add (workspaceId, name, secret, audit) {
       checkName(name)
       const id = randomUUID()
-      const [row] = await db.insert(mistralKeys)
-        .values({ id, workspaceId, name, ...seal(cipher, workspaceId, id, secret) })
-        .onConflictDoNothing().returning()
-      if (!row) throw conflict(`Mistral key '${name}' exists; PUT replaces it`, { param: 'name' })
+      const sealed = seal(cipher, workspaceId, id, secret)
+      const added = await db.transaction(async (tx) => {
+        const [row] = await tx.insert(mistralKeys).values({ id, workspaceId, name, ...sealed })
+          .onConflictDoNothing().returning()
+        if (!row) throw conflict(`Mistral key '${name}' exists; PUT replaces it`, { param: 'name' })
+        await audit(tx, view(row))
+        return view(row)
+      })
       await changed(workspaceId)
-      return view(row)
+      return added
     },
     async list (workspaceId) {
       const rows = await db.select().from(mistralKeys).where(eq(mistralKeys.workspaceId, workspaceId))
         .orderBy(asc(mistralKeys.name))
       return rows.map(view)
     },
-    async replace (workspaceId, name, secret) {
+    async replace (workspaceId, name, secret, audit) {
       if (!isKeyName(name)) throw notFound(`No Mistral key named '${name}'`)
       // a new key gets a new id: what is known by the old one (a cooldown, an open breaker, Mistral's quota, a 401
       // that a call still in flight with the old secret meets and would mark invalid) is the old key's, not this one's.
@@ -120,12 +135,14 @@ MistralKeyStore {
         const [row] = await tx.update(mistralKeys)
           .set({ id, ...seal(cipher, workspaceId, id, secret), status: 'active', updatedAt: sql`now()` })
           .where(eq(mistralKeys.id, old.id)).returning()
-        return { key: view(row), replaced: old }
+        const replacement = { key: view(row), replaced: old }
+        await audit(tx, replacement)
+        return replacement
       })
       await changed(workspaceId)
       return result
     },
-    async remove (workspaceId, name) {
+    async remove (workspaceId, name, audit) {
       if (!isKeyName(name)) throw notFound(`No Mistral key named '${name}'`)
       const id = await db.transaction(async (tx) => {
         // held until the deletion commits, against the mints that lock the key (lockKeyForMint): one that locked it
@@ -137,6 +154,7 @@ MistralKeyStore {
         const relying = await liveTokensRelyingOn(tx, workspaceId, name)
         if (relying.length > 0) throw conflict(inUseMessage(name, relying), { param: 'name' })
         await tx.delete(mistralKeys).where(eq(mistralKeys.id, key.id))
+        await audit(tx, key.id)
         return key.id
       })
       await changed(workspaceId)

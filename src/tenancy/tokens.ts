@@ -1,5 +1,6 @@
 import { and, desc, DrizzleQueryError, eq, isNull, sql } from 'drizzle-orm'
 import type { FastifyBaseLogger } from 'fastify'
+import type { AuditHook } from '../audit/audit-log.js'
 import type { Database } from '../db/client.js'
 import { workspaces, workspaceTokens, type WorkspaceToken } from '../db/schema.js'
 import { authenticationUnavailable, badRequest, notFound } from '../errors.js'
@@ -45,14 +46,20 @@ export interface TokenInput {
 
 export type TokenView = Omit<WorkspaceToken, 'hash' | 'workspaceId'>
 
+/**
+ * Each change writes its audit row with `audit`, in its own transaction, and tells the other replicas once it has
+ * committed.
+ */
 export interface TokenStore {
-  mint (workspaceId: string, input: TokenInput): Promise<{ token: string, view: TokenView }>
+  /** The secret is in the answer only: a mint whose audit row fails leaves no token. */
+  mint (workspaceId: string, input: TokenInput, audit: AuditHook<TokenView>):
+  Promise<{ token: string, view: TokenView }>
   list (workspaceId: string): Promise<TokenView[]>
-  revoke (workspaceId: string, tokenId: string): Promise<TokenView>
+  revoke (workspaceId: string, tokenId: string, audit: AuditHook<TokenView>): Promise<TokenView>
   find (workspaceId: string, tokenId: string): Promise<TokenView | undefined>
   /** Undefined when the token's limits or caps are no longer those `read` holds (see workspaces' update). */
   update (workspaceId: string, tokenId: string, patch: { limits?: RateLimits, caps?: SpendCaps },
-    read: { limits: unknown, caps: unknown }): Promise<TokenView | undefined>
+    read: { limits: unknown, caps: unknown }, audit: AuditHook<TokenView>): Promise<TokenView | undefined>
   /**
    * The caller's context, or undefined for any bad, unknown, expired or revoked token. Throws 503
    * `authentication_unavailable` for a well-formed token it cannot read (PostgreSQL does not answer) and has nothing
@@ -120,7 +127,7 @@ export function createTokenStore ({ db, bus, cacheTtlMs, scopes, log }: TokenSto
   })
 
   return {
-    async mint (workspaceId, input) {
+    async mint (workspaceId, input, audit) {
       const name = checkName(input.name ?? '')
       const requested = input.scopes ?? []
       const unknown = requested.filter((scope) => !scopes.has(scope))
@@ -141,6 +148,7 @@ export function createTokenStore ({ db, bus, cacheTtlMs, scopes, log }: TokenSto
         const [inserted] = await tx.insert(workspaceTokens)
           .values({ workspaceId, name, prefix, hash, scopes: [...new Set(requested)], mistralKeyName, expiresAt })
           .returning()
+        await audit(tx, view(inserted))
         return inserted
       })
       return { token, view: view(row) }
@@ -156,7 +164,7 @@ export function createTokenStore ({ db, bus, cacheTtlMs, scopes, log }: TokenSto
         .where(and(eq(workspaceTokens.id, tokenId), eq(workspaceTokens.workspaceId, workspaceId)))
       return row ? view(row) : undefined
     },
-    async update (workspaceId, tokenId, patch, read) {
+    async update (workspaceId, tokenId, patch, read, audit) {
       if (!UUID.test(tokenId)) throw notFound('No such token')
       const values: Partial<WorkspaceToken> = {}
       if (patch.limits !== undefined) values.limits = patch.limits as Record<string, unknown>
@@ -164,22 +172,29 @@ export function createTokenStore ({ db, bus, cacheTtlMs, scopes, log }: TokenSto
       const mine = and(eq(workspaceTokens.id, tokenId), eq(workspaceTokens.workspaceId, workspaceId))
       const unchanged = and(eq(workspaceTokens.limits, read.limits as Record<string, unknown>),
         eq(workspaceTokens.caps, read.caps as Record<string, unknown>))
-      if (Object.keys(values).length === 0) {
+      const setting = Object.keys(values).length > 0
+      const row = await db.transaction(async (tx) => {
         // nothing to set (a PATCH of {}): the token as it stands, and no SET clause, which SQL cannot have empty
-        const [row] = await db.select().from(workspaceTokens).where(and(mine, unchanged))
-        return row ? view(row) : undefined
-      }
-      const [row] = await db.update(workspaceTokens).set(values).where(and(mine, unchanged)).returning()
+        const [found] = setting
+          ? await tx.update(workspaceTokens).set(values).where(and(mine, unchanged)).returning()
+          : await tx.select().from(workspaceTokens).where(and(mine, unchanged))
+        if (found) await audit(tx, view(found))
+        return found
+      })
       if (!row) return undefined
-      await bus.publish({ type: 'token', hash: row.hash.toString('hex') })
+      if (setting) await bus.publish({ type: 'token', hash: row.hash.toString('hex') })
       return view(row)
     },
-    async revoke (workspaceId, tokenId) {
+    async revoke (workspaceId, tokenId, audit) {
       if (!UUID.test(tokenId)) throw notFound('No such token')
       const mine = and(eq(workspaceTokens.id, tokenId), eq(workspaceTokens.workspaceId, workspaceId))
-      const [row] = await db.update(workspaceTokens).set({ revokedAt: sql`coalesce(revoked_at, now())` })
-        .where(mine).returning()
-      if (!row) throw notFound('No such token')
+      const row = await db.transaction(async (tx) => {
+        const [revoked] = await tx.update(workspaceTokens).set({ revokedAt: sql`coalesce(revoked_at, now())` })
+          .where(mine).returning()
+        if (!revoked) throw notFound('No such token')
+        await audit(tx, view(revoked))
+        return revoked
+      })
       await bus.publish({ type: 'token', hash: row.hash.toString('hex') })
       return view(row)
     },

@@ -1,4 +1,5 @@
 import { and, asc, eq, isNull, sql } from 'drizzle-orm'
+import type { AuditHook } from '../audit/audit-log.js'
 import type { Database } from '../db/client.js'
 import { workspaces, type Workspace } from '../db/schema.js'
 import { sqlState } from '../db/sql-state.js'
@@ -44,8 +45,9 @@ export interface WorkspacePatch {
   cooldown?: CooldownPolicy
 }
 
+/** Each change writes its audit row with `audit`, in its own transaction. */
 export interface WorkspaceStore {
-  create (input: WorkspaceInput): Promise<Workspace>
+  create (input: WorkspaceInput, audit: AuditHook<Workspace>): Promise<Workspace>
   list (): Promise<Workspace[]>
   /** A live workspace by id or slug. */
   /**
@@ -57,15 +59,16 @@ export interface WorkspaceStore {
    * Undefined when the workspace is gone, or when its limits or caps are no longer those `read` holds: another change
    * came between the read a merge was made from and this write, which would undo it.
    */
-  update (id: string, patch: WorkspacePatch, read: Pick<Workspace, 'limits' | 'caps'>): Promise<Workspace | undefined>
-  remove (id: string): Promise<void>
+  update (id: string, patch: WorkspacePatch, read: Pick<Workspace, 'limits' | 'caps'>, audit: AuditHook<Workspace>):
+  Promise<Workspace | undefined>
+  remove (id: string, audit: AuditHook<void>): Promise<void>
 }
 
 /** `maxHoldMs`: a hold is one of the waits UPSTREAM_RETRY_MAX_WAIT_MS bounds, so no longer than it. */
 export function createWorkspaceStore ({ db, maxHoldMs }: { db: Database, maxHoldMs: number }): WorkspaceStore {
   const live = isNull(workspaces.deletedAt)
   return {
-    async create (input) {
+    async create (input, audit) {
       checkSlug(input.slug)
       const row = {
         slug: input.slug,
@@ -73,9 +76,12 @@ export function createWorkspaceStore ({ db, maxHoldMs }: { db: Database, maxHold
         timezone: await checkTimezone(db, input.timezone ?? 'UTC'),
         currency: checkCurrency(input.currency ?? 'USD')
       }
-      const [created] = await db.insert(workspaces).values(row).onConflictDoNothing().returning()
-      if (!created) throw conflict(`Workspace slug '${input.slug}' is taken`, { param: 'slug' })
-      return created
+      return db.transaction(async (tx) => {
+        const [created] = await tx.insert(workspaces).values(row).onConflictDoNothing().returning()
+        if (!created) throw conflict(`Workspace slug '${input.slug}' is taken`, { param: 'slug' })
+        await audit(tx, created)
+        return created
+      })
     },
     list () {
       return db.select().from(workspaces).where(live).orderBy(asc(workspaces.createdAt))
@@ -88,7 +94,7 @@ export function createWorkspaceStore ({ db, maxHoldMs }: { db: Database, maxHold
       const [row] = await db.select().from(workspaces).where(byId && deleted ? match : and(match, live)).limit(1)
       return row
     },
-    async update (id, patch, read) {
+    async update (id, patch, read, audit) {
       const values: Partial<Workspace> = {}
       if (patch.name !== undefined) values.name = checkName(patch.name)
       if (patch.timezone !== undefined) values.timezone = await checkTimezone(db, patch.timezone)
@@ -102,13 +108,19 @@ export function createWorkspaceStore ({ db, maxHoldMs }: { db: Database, maxHold
         values.cooldown = checkCooldown(patch.cooldown, maxHoldMs) as Record<string, unknown>
       }
       const unchanged = and(eq(workspaces.limits, read.limits), eq(workspaces.caps, read.caps))
-      const [row] = await db.update(workspaces).set({ ...values, updatedAt: sql`now()` })
-        .where(and(eq(workspaces.id, id), live, unchanged)).returning()
-      return row
+      return db.transaction(async (tx) => {
+        const [row] = await tx.update(workspaces).set({ ...values, updatedAt: sql`now()` })
+          .where(and(eq(workspaces.id, id), live, unchanged)).returning()
+        if (row) await audit(tx, row)
+        return row
+      })
     },
-    async remove (id) {
-      await db.update(workspaces).set({ deletedAt: sql`now()`, updatedAt: sql`now()` })
-        .where(and(eq(workspaces.id, id), live))
+    async remove (id, audit) {
+      await db.transaction(async (tx) => {
+        await tx.update(workspaces).set({ deletedAt: sql`now()`, updatedAt: sql`now()` })
+          .where(and(eq(workspaces.id, id), live))
+        await audit(tx)
+      })
     }
   }
 }

@@ -1,7 +1,9 @@
 import { randomBytes } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
+import pg from 'pg'
 import t from 'tap'
 import { buildTestApp } from '../helpers/app.js'
+import { createScratchDatabase } from '../helpers/database.js'
 
 const slug = () => `a-${randomBytes(5).toString('hex')}`
 
@@ -436,3 +438,56 @@ t.test('minting tokens bound to a key while it is deleted never leaves a live to
   const stranded = tokens.filter((token) => token.mistralKeyName !== null && !keys.has(token.mistralKeyName))
   t.same(stranded.map((token) => `${token.prefix} on ${token.mistralKeyName}`), [], 'every bound token\'s key exists')
 })
+
+t.test('a change whose audit row cannot be written does not happen: the answer is a 500 and nothing changed',
+  async (t) => {
+    // a database of its own: the trigger below refuses audit rows, which other tests write on the shared one
+    const databaseUrl = await createScratchDatabase(t)
+    const { admin, createWorkspace } = await buildTestApp(t, { DATABASE_URL: databaseUrl })
+    const ws = await createWorkspace()
+    const base = `/admin/v1/workspaces/${ws.slug}`
+    const client = new pg.Client({ connectionString: databaseUrl })
+    await client.connect()
+    t.teardown(() => client.end())
+    await client.query(`create function refuse_audit () returns trigger language plpgsql as $$
+      begin raise exception 'the test refuses this audit row'; end $$`)
+    // PostgreSQL refuses the audit row of one action, as a failover between the change and its row would lose it
+    const refusing = async (action: string, change: () => Promise<{ statusCode: number, json: any }>) => {
+      await client.query(`create trigger refuse_audit before insert on audit_log for each row
+        when (new.action = '${action}') execute function refuse_audit()`)
+      try {
+        return await change()
+      } finally {
+        await client.query('drop trigger refuse_audit on audit_log')
+      }
+    }
+    const tokens = async () => (await admin('GET', `${base}/tokens`)).json.data as Array<Record<string, any>>
+    const actions = async () => ((await admin('GET', '/admin/v1/audit-log?limit=1000')).json.data as any[])
+      .filter((entry) => entry.workspaceId === ws.id).map((entry) => entry.action).reverse()
+
+    const minted = await refusing('token.create', () => admin('POST', `${base}/tokens`, { name: 'unaudited' }))
+    t.equal(minted.statusCode, 500)
+    t.match(minted.json, { code: 'internal_error', request_id: String })
+    t.notOk('token' in minted.json, 'no secret in the answer')
+    t.same((await tokens()).map((token) => token.name), ['test'], 'no token was minted')
+
+    const revoked = await refusing('token.revoke', () => admin('DELETE', `${base}/tokens/${ws.tokenId}`))
+    t.equal(revoked.statusCode, 500)
+    t.same((await tokens()).find((token) => token.id === ws.tokenId)?.revokedAt, null, 'the token was not revoked')
+
+    const patched = await refusing('workspace.update', () => admin('PATCH', base, { name: 'Unaudited' }))
+    t.equal(patched.statusCode, 500)
+    t.equal((await admin('GET', base)).json.name, `Test ${ws.slug}`, 'the workspace was not renamed')
+
+    const replaced = await refusing('mistral_key.replace',
+      () => admin('PUT', `${base}/mistral-keys/default`, { key: 'sk-unaudited-canary-4321' }))
+    t.equal(replaced.statusCode, 500)
+    t.equal((await admin('GET', `${base}/mistral-keys`)).json.data[0].last4, ws.mistralKey.slice(-4),
+      'the key was not replaced')
+
+    t.same(await actions(), ['workspace.create', 'mistral_key.create', 'token.create'],
+      'the audit log holds the changes made, and only those')
+    const again = await admin('POST', `${base}/tokens`, { name: 'audited' })
+    t.equal(again.statusCode, 201, 'once the audit log takes rows again, a mint works')
+    t.same((await tokens()).map((token) => token.name).sort(), ['audited', 'test'])
+  })

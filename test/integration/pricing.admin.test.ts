@@ -1,6 +1,8 @@
 import { randomBytes } from 'node:crypto'
+import pg from 'pg'
 import t from 'tap'
 import { buildTestApp } from '../helpers/app.js'
+import { createScratchDatabase } from '../helpers/database.js'
 
 // model_prices is global, not per workspace, and tap runs files in parallel: these tests override a retired model
 // nobody calls, or use random model names and XTS (the ISO 4217 code reserved for tests), and clean up after themselves
@@ -179,4 +181,40 @@ t.test('the routes are in the OpenAPI document', async (t) => {
   t.ok(paths['/admin/v1/prices'].get)
   t.ok(paths['/admin/v1/prices/{model}'].put)
   t.ok(paths['/admin/v1/prices/{model}'].delete)
+})
+
+t.test('a price change whose audit entry cannot be written does not happen', async (t) => {
+  // a database of its own: the trigger below refuses audit rows, which other tests write on the shared one
+  const databaseUrl = await createScratchDatabase(t)
+  const { app, admin } = await buildTestApp(t, { DATABASE_URL: databaseUrl })
+  const client = new pg.Client({ connectionString: databaseUrl })
+  await client.connect()
+  t.teardown(() => client.end())
+  await client.query(`create function refuse_audit () returns trigger language plpgsql as $$
+    begin raise exception 'the test refuses this audit row'; end $$`)
+  const refusing = async (action: string, change: () => Promise<{ statusCode: number }>) => {
+    await client.query(`create trigger refuse_audit before insert on audit_log for each row
+      when (new.action = '${action}') execute function refuse_audit()`)
+    try {
+      return (await change()).statusCode
+    } finally {
+      await client.query('drop trigger refuse_audit on audit_log')
+    }
+  }
+  const put = () => admin('PUT', `/admin/v1/prices/${RETIRED}`,
+    { currency: 'USD', family: 'chat', inputPerMTok: '0.45', outputPerMTok: '1.25' })
+  const remove = () => admin('DELETE', `/admin/v1/prices/${RETIRED}?currency=USD&family=chat`)
+  const overrides = async () => (await client.query('select model from model_prices')).rows
+
+  t.equal(await refusing('model_price.update', put), 500)
+  t.same(await overrides(), [], 'no override was stored')
+  t.match(app.prices.resolve(RETIRED, 'chat', 'USD'), { inputPerMTok: 500_000, override: false }, 'nor served')
+
+  t.equal((await put()).statusCode, 200)
+  t.equal(await refusing('model_price.delete', remove), 500)
+  t.same(await overrides(), [{ model: RETIRED }], 'the override was not removed')
+  t.match(app.prices.resolve(RETIRED, 'chat', 'USD'), { inputPerMTok: 450_000, override: true }, 'and still serves')
+  const actions = ((await admin('GET', '/admin/v1/audit-log')).json.data as Array<{ action: string }>)
+    .map((entry) => entry.action)
+  t.same(actions, ['model_price.update'], 'the audit log holds the change made, and only it')
 })
