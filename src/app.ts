@@ -133,7 +133,8 @@ export async function buildApp ({ config, logger }: BuildOptions): Promise<Fasti
     breakers: () => app.keyHealth.breakers(),
     quotas: () => app.keyHealth.observedQuotas(),
     facts: createScrapeFacts(database.db, app.log),
-    workspaceLabel: config.METRICS_WORKSPACE_LABEL
+    workspaceLabel: config.METRICS_WORKSPACE_LABEL,
+    adminToken: config.TRAMONTANE_ADMIN_TOKEN
   })
   app.decorate('events', createGatewayEvents(app.log))
   // crossings are announced in the order they happened: the slug's lookup for one may take longer than the next's

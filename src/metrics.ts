@@ -1,6 +1,7 @@
 import { createServer, type Server } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import fp from 'fastify-plugin'
+import { requireAdminToken } from './admin/admin-auth.js'
 import type { FastifyInstance } from 'fastify'
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client'
 import pkg from '../package.json' with { type: 'json' }
@@ -361,6 +362,8 @@ interface MetricsPluginOptions extends MetricsOptions {
   /** serve /metrics on a port of its own (and not on the app's), opened when the app listens */
   port?: number
   host: string
+  /** what a scraper of the app's own port presents: the exposition names every workspace, its spend and its caps */
+  adminToken: string
 }
 
 /** `GET /metrics` in Prometheus text format, from this app's own registry: on the app, or on a port of its own. */
@@ -369,9 +372,13 @@ export const metricsPlugin = fp(async function metricsRoutes (app: FastifyInstan
   app.decorate('metrics', metrics)
   app.decorate('metricsServer', null)
   if (options.port === undefined) {
-    app.get('/metrics', { schema: { hide: true } }, async (_request, reply) => {
-      reply.header('content-type', metrics.registry.contentType)
-      return metrics.scrape()
+    // on the port clients reach: one client must not read every other's spend, caps and key names
+    await app.register(async (guarded) => {
+      requireAdminToken(guarded, options.adminToken)
+      guarded.get('/metrics', { schema: { hide: true } }, async (_request, reply) => {
+        reply.header('content-type', metrics.registry.contentType)
+        return metrics.scrape()
+      })
     })
     return
   }

@@ -17,6 +17,8 @@ export const TEST_MASTER_KEYS = process.env.TEST_MASTER_KEYS ??
   `test:${createHash('sha256').update(`tramontane test master key ${TEST_DATABASE_URL}`).digest('base64')}`
 // one admin token per test process: the apps it builds share it
 export const TEST_ADMIN_TOKEN = `adm_${randomBytes(24).toString('hex')}`
+/** What a scraper of the app's own port presents (src/metrics.ts) */
+export const SCRAPE_HEADERS = { authorization: `Bearer ${TEST_ADMIN_TOKEN}` }
 
 /** What a gateway process needs to join this run's PostgreSQL, Redis and secrets, in front of a fake Mistral. */
 export function gatewayEnv (mistralUrl: string): Record<string, string> {

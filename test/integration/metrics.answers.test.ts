@@ -1,5 +1,5 @@
 import t from 'tap'
-import { TEST_DATABASE_URL, TEST_REDIS_URL, buildTestApp } from '../helpers/app.js'
+import { SCRAPE_HEADERS, TEST_DATABASE_URL, TEST_REDIS_URL, buildTestApp } from '../helpers/app.js'
 import { parseExposition, valueOf, type Sample } from '../helpers/exposition.js'
 import { proxiedDatabase, startTcpProxy } from '../helpers/tcp-proxy.js'
 
@@ -55,7 +55,7 @@ t.test('every answer of /v1 counts once in the requests counter, the gateway\'s 
   t.equal(unchecked.json().code, 'authentication_unavailable', 'PostgreSQL away: the unread token cannot be checked')
   database.proxy.restore()
 
-  const samples = parseExposition((await app.inject({ method: 'GET', url: '/metrics' })).body)
+  const samples = parseExposition((await app.inject({ method: 'GET', url: '/metrics', headers: SCRAPE_HEADERS })).body)
   const requests = samples.filter((s) => s.name === 'tramontane_requests_total')
   const count = (labels: Record<string, string>) => valueOf(requests, 'tramontane_requests_total', labels)
   t.equal(count({ workspace: ws.slug, operation: 'chat', model: 'mistral-small-2603', status_class: '2xx' }), 1,

@@ -7,7 +7,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import t, { type Test } from 'tap'
 import { request } from 'undici'
 import { stringify } from 'yaml'
-import { buildTestApp, listen, type TestApp } from '../helpers/app.js'
+import { SCRAPE_HEADERS, TEST_ADMIN_TOKEN, buildTestApp, listen, type TestApp } from '../helpers/app.js'
 import { analyse, expressions, recordedNames, rulesFiles } from '../helpers/dashboards.js'
 import { parseExposition } from '../helpers/exposition.js'
 
@@ -42,7 +42,7 @@ t.test('the dashboard and the rules read only series a gateway emits once it has
   const gateway = await buildTestApp(t, { UPSTREAM_RETRIES: '0' })
   await mixedTraffic(t, gateway)
   await sleep(1_100) // the scrape-time facts are read at most once a second
-  const emitted = new Set(parseExposition((await gateway.app.inject({ method: 'GET', url: '/metrics' })).body)
+  const emitted = new Set(parseExposition((await gateway.app.inject({ method: 'GET', url: '/metrics', headers: SCRAPE_HEADERS })).body)
     .map((sample) => sample.name))
   const recorded = recordedNames()
   for (const { where, expr } of expressions()) {
@@ -65,7 +65,12 @@ t.test('a real Prometheus scraping a gateway has data for every dashboard query 
   writeFileSync(join(folder, 'prometheus.yml'), stringify({
     global: { scrape_interval: '1s', evaluation_interval: '1s' },
     rule_files: rulesFiles(),
-    scrape_configs: [{ job_name: 'tramontane', static_configs: [{ targets: [target] }] }]
+    // on the app's own port /metrics takes the admin token, as docs/observability.md tells an operator to configure
+    scrape_configs: [{
+      job_name: 'tramontane',
+      authorization: { type: 'Bearer', credentials: TEST_ADMIN_TOKEN },
+      static_configs: [{ targets: [target] }]
+    }]
   }))
   const port = await freePort()
   const server = spawn('prometheus', [`--config.file=${join(folder, 'prometheus.yml')}`,

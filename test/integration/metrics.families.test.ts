@@ -1,7 +1,7 @@
 import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
 import { request } from 'undici'
-import { TEST_DATABASE_URL, buildTestApp, listen } from '../helpers/app.js'
+import { SCRAPE_HEADERS, TEST_DATABASE_URL, buildTestApp, listen } from '../helpers/app.js'
 import { parseExposition, valueOf } from '../helpers/exposition.js'
 import { startTcpProxy } from '../helpers/tcp-proxy.js'
 import type { FastifyInstance } from 'fastify'
@@ -15,7 +15,7 @@ async function chatStatus (app: FastifyInstance, headers: Record<string, string>
 }
 
 async function scrape (app: FastifyInstance) {
-  const res = await app.inject({ method: 'GET', url: '/metrics' })
+  const res = await app.inject({ method: 'GET', url: '/metrics', headers: SCRAPE_HEADERS })
   if (res.statusCode !== 200) throw new Error(`/metrics answered ${res.statusCode}`)
   return parseExposition(res.body)
 }
@@ -68,7 +68,7 @@ t.test('upstream status codes, breakers, invalid keys and Mistral quota, from re
   t.equal(quota('tramontane_mistral_quota_limit', 'tokens'), sent('x-ratelimit-limit-tokens-minute'))
   t.equal(quota('tramontane_mistral_quota_remaining', 'requests'), sent('x-ratelimit-remaining-req-minute'))
   t.ok(Number(ok.headers['x-ratelimit-limit-tokens-minute']) > 0, 'the fake sent its quota headers')
-  const text = (await app.inject({ method: 'GET', url: '/metrics' })).body
+  const text = (await app.inject({ method: 'GET', url: '/metrics', headers: SCRAPE_HEADERS })).body
   for (const ws of [served, rejected, failing]) {
     t.notMatch(text, ws.mistralKey, 'no Mistral key in the metrics')
     t.notMatch(text, ws.id, 'no workspace id in the metrics')

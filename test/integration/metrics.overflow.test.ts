@@ -1,5 +1,5 @@
 import t from 'tap'
-import { buildTestApp, type TestWorkspace } from '../helpers/app.js'
+import { SCRAPE_HEADERS, buildTestApp, type TestWorkspace } from '../helpers/app.js'
 import { parseExposition, valueOf } from '../helpers/exposition.js'
 
 // src/metrics.ts: the workspace label takes the first 1,000 slugs a replica sees, then says `__other__`
@@ -19,7 +19,7 @@ t.test('past 1,000 workspaces the label says __other__ and the overflow is count
     const res = await app.inject({ method: 'POST', url: '/v1/chat/completions', headers: ws.headers, payload: chat })
     if (res.statusCode !== 200) throw new Error(`chat for ${ws.slug}: ${res.statusCode} ${res.body}`)
   }
-  const scrape = async () => parseExposition((await app.inject({ method: 'GET', url: '/metrics' })).body)
+  const scrape = async () => parseExposition((await app.inject({ method: 'GET', url: '/metrics', headers: SCRAPE_HEADERS })).body)
 
   // one call each (listing models: the cheapest call that is counted): the first LABEL_CAP slugs take the labels
   for (let i = 0; i < LABEL_CAP; i += 50) {
@@ -63,7 +63,7 @@ t.test('METRICS_WORKSPACE_LABEL=false: the per-call families name no workspace; 
     t.equal(res.statusCode, 200)
   }
   await app.usage.flush()
-  const text = (await app.inject({ method: 'GET', url: '/metrics' })).body
+  const text = (await app.inject({ method: 'GET', url: '/metrics', headers: SCRAPE_HEADERS })).body
   const samples = parseExposition(text)
   t.equal(valueOf(samples, 'tramontane_requests_total', { workspace: '', operation: 'chat', status_class: '2xx' }), 3,
     'the calls of both workspaces, in one series')

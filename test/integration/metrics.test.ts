@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto'
 import t from 'tap'
-import { buildTestApp } from '../helpers/app.js'
+import { SCRAPE_HEADERS, buildTestApp } from '../helpers/app.js'
 
 const SHARED = /^tramontane_workspace_(spend|cap)_micros\b/
 const chat = (model: string) => ({ model, messages: [{ role: 'user', content: 'Count the series' }] })
@@ -19,7 +19,7 @@ t.test('GET /metrics counts calls, tokens and spend as the ledger does', async (
   }
   await app.usage.flush()
   const usage = (await admin('GET', `/admin/v1/workspaces/${ws.slug}/usage`)).json
-  const res = await app.inject({ method: 'GET', url: '/metrics' })
+  const res = await app.inject({ method: 'GET', url: '/metrics', headers: SCRAPE_HEADERS })
   t.equal(res.statusCode, 200)
   t.match(res.headers['content-type'], /^text\/plain/)
   const text = res.body
@@ -44,7 +44,7 @@ t.test('10,000 random model names and paths do not grow the series', async (t) =
   t.teardown(() => admin('DELETE', '/admin/v1/prices/*?currency=XXX&family=chat'))
   const ws = await createWorkspace()
   t.equal((await admin('PATCH', `/admin/v1/workspaces/${ws.slug}`, { currency: 'XXX' })).statusCode, 200)
-  const seriesCount = async () => (await app.inject({ method: 'GET', url: '/metrics' })).body
+  const seriesCount = async () => (await app.inject({ method: 'GET', url: '/metrics', headers: SCRAPE_HEADERS })).body
     // the gateway's own families: Node's default metrics add series of their own as the GC runs, and what the scrape
     // reads from the shared database (spend and caps of every workspace) moves with the other test files
     .split('\n').filter((line) => (line.startsWith('gen_ai_') || line.startsWith('tramontane_')) && !SHARED.test(line)).length
@@ -62,7 +62,23 @@ t.test('10,000 random model names and paths do not grow the series', async (t) =
   await burst(2_000, 8_000)
   const after = await seriesCount()
   t.equal(after, before, `series after 2,000 random calls ${before}, after 10,000 ${after}`)
-  const text = (await app.inject({ method: 'GET', url: '/metrics' })).body
+  const text = (await app.inject({ method: 'GET', url: '/metrics', headers: SCRAPE_HEADERS })).body
   t.notMatch(text, /model="m-[0-9a-f]{12}"/, 'no request model name became a label')
   t.notMatch(text, /path=/, 'no path label at all')
 })
+
+t.test('on the port clients reach, /metrics answers only the admin token: it names every workspace and its spend',
+  async (t) => {
+    const { app, createWorkspace } = await buildTestApp(t)
+    const ws = await createWorkspace()
+    for (const [who, headers] of [['no token', {}], ['a workspace token', ws.headers],
+      ['a wrong admin token', { authorization: 'Bearer adm_wrong' }]] as const) {
+      const res = await app.inject({ method: 'GET', url: '/metrics', headers })
+      t.equal(res.statusCode, 401, `${who}: 401`)
+      t.match(res.json(), { code: 'invalid_admin_token', request_id: String }, `${who}: in the envelope`)
+      t.notMatch(res.body, /tramontane_/, `${who}: no series`)
+    }
+    const scraped = await app.inject({ method: 'GET', url: '/metrics', headers: SCRAPE_HEADERS })
+    t.equal(scraped.statusCode, 200, 'the admin token scrapes')
+    t.match(scraped.body, /^tramontane_usage_spool_depth /m)
+  })

@@ -3,7 +3,7 @@ import { Readable } from 'node:stream'
 import { setTimeout as sleep } from 'node:timers/promises'
 import t, { type Test } from 'tap'
 import { Client, request } from 'undici'
-import { buildTestApp, listen, type TestApp, type TestWorkspace } from '../helpers/app.js'
+import { SCRAPE_HEADERS, buildTestApp, listen, type TestApp, type TestWorkspace } from '../helpers/app.js'
 import { startFakeMistral } from '../helpers/fake-mistral.js'
 import { freePort } from '../helpers/gateway-process.js'
 
@@ -232,7 +232,7 @@ t.test('an answer whose status is outside HTTP\'s (600) is a 502 upstream_malfor
     // the workspace may have one call at a time: a slot still held would refuse the next one
     const next = await app.inject({ method: 'POST', url: '/v1/chat/completions', headers: jsonHeaders(ws), payload: chat() })
     t.equal(next.statusCode, 200, 'the next call is admitted: the odd calls gave their slot back')
-    const metrics = await app.inject({ method: 'GET', url: '/metrics' })
+    const metrics = await app.inject({ method: 'GET', url: '/metrics', headers: SCRAPE_HEADERS })
     t.match(metrics.body, /^tramontane_in_flight_calls 0$/m, 'and nothing is left in flight')
   })
 
@@ -248,7 +248,7 @@ t.test('a status outside HTTP\'s is sent again, as a 502 is, and counts against 
   const res = await retried.app.inject({ method: 'POST', url: '/v1/chat/completions', headers: jsonHeaders(ws), payload: chat() })
   t.equal(res.statusCode, 200, 'the second try\'s answer reaches the client')
   t.equal(retried.mistral.requestsTo('/v1/chat/completions').length, 2, 'Mistral was asked twice')
-  const metrics = await retried.app.inject({ method: 'GET', url: '/metrics' })
+  const metrics = await retried.app.inject({ method: 'GET', url: '/metrics', headers: SCRAPE_HEADERS })
   t.match(metrics.body, /^tramontane_upstream_retries_total 1$/m, 'one retry')
 
   // one failure opens a breaker here: the odd answer must be one
@@ -273,7 +273,7 @@ t.test('a failure that opens the only key\'s breaker reaches the client as Mistr
   t.equal(res.statusCode, 503)
   t.match(res.json(), { message: 'Mistral is overloaded', code: '3505' }, 'Mistral\'s own answer, not the breaker\'s')
   t.equal(mistral.requestsTo('/v1/chat/completions').length, 1, 'sent once')
-  const metrics = await app.inject({ method: 'GET', url: '/metrics' })
+  const metrics = await app.inject({ method: 'GET', url: '/metrics', headers: SCRAPE_HEADERS })
   t.match(metrics.body, /^tramontane_upstream_retries_total 0$/m, 'no retry spent on it')
   const next = await app.inject({ method: 'POST', url: '/v1/chat/completions', headers: jsonHeaders(ws), payload: chat() })
   assertEnvelope(t, next, 503, 'server_error', 'upstream_unavailable')

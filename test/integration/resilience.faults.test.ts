@@ -2,7 +2,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
 import { request } from 'undici'
 import type { MistralKeyInvalidEvent } from '../../src/events.js'
-import { buildTestApp, listen, type TestApp, type TestWorkspace } from '../helpers/app.js'
+import { SCRAPE_HEADERS, buildTestApp, listen, type TestApp, type TestWorkspace } from '../helpers/app.js'
 
 // Issue 4: 5xx bursts are retried within bounds and a budget, a shared breaker opens and a probe closes it, faults
 // in the middle of a stream end it with an SSE error event and still meter it, a Mistral key rejected with 401 is
@@ -338,7 +338,7 @@ t.test('a key Mistral rejects is failed over to the next one, which is no retry'
   t.same(mistral.received.map((r) => r.apiKey), [ws.mistralKey, `${ws.mistralKey}-backup`], 'default (401), then backup')
   t.same((await keysOf(testApp, ws)).map((key: any) => [key.name, key.status]).sort(),
     [['backup', 'active'], ['default', 'invalid']])
-  const metrics = await app.inject({ method: 'GET', url: '/metrics' })
+  const metrics = await app.inject({ method: 'GET', url: '/metrics', headers: SCRAPE_HEADERS })
   t.match(metrics.body, /^tramontane_upstream_retries_total 0$/m, 'not counted as a retry')
 })
 

@@ -3,7 +3,7 @@ import t from 'tap'
 import { costOf } from '../../src/pricing/cost.js'
 import { selectRows } from '../../src/usage/sql-rows.js'
 import { completePrices, DEFAULT_PRICES } from '../../src/pricing/default-prices.js'
-import { buildTestApp } from '../helpers/app.js'
+import { SCRAPE_HEADERS, buildTestApp } from '../helpers/app.js'
 import { CONNECTOR_TOKENS_PER_CALL } from '../helpers/fake-mistral.js'
 
 const SMALL = completePrices(DEFAULT_PRICES.find((row) => row.model === 'mistral-small-2603' && row.family === 'chat')!
@@ -74,7 +74,7 @@ t.test('the upstream duration of each call is observed', async (t) => {
   t.equal(res.statusCode, 200)
   const models = await app.inject({ method: 'GET', url: '/v1/models', headers: ws.headers })
   t.equal(models.statusCode, 200)
-  const text = (await app.inject({ method: 'GET', url: '/metrics' })).body
+  const text = (await app.inject({ method: 'GET', url: '/metrics', headers: SCRAPE_HEADERS })).body
   const count = (operation: string, model: string) => Number(new RegExp(
     `^gen_ai_server_request_duration_seconds_count\\{gen_ai_operation_name="${operation}",` +
     `gen_ai_request_model="${model}",stream="false"\\} (\\d+)`, 'm').exec(text)?.[1] ?? 0)

@@ -5,7 +5,7 @@ import { usageRecords, watchedJobs, type UsageRecord } from '../../src/db/schema
 import { selectRows } from '../../src/usage/sql-rows.js'
 import { monthlyStatement } from '../../src/usage/statement.js'
 import { parseMonth } from '../../src/usage/usage-query.js'
-import { buildTestApp, testConfig, type TestApp, type TestWorkspace } from '../helpers/app.js'
+import { SCRAPE_HEADERS, buildTestApp, type TestApp, testConfig, type TestWorkspace } from '../helpers/app.js'
 
 // Records are written straight into the ledger at chosen instants (the trigger keeps the rollup, as it does for the
 // gateway's own writes), so that days, months and time zones can be pinned. Each test uses a month of its own.
@@ -380,6 +380,6 @@ t.test('a workspace whose zone PostgreSQL does not know reads its usage in UTC d
   const statement = await s.admin('GET', `/admin/v1/workspaces/${ws.id}/statements/2019-06`)
   t.equal(statement.statusCode, 200)
   t.equal(Number(statement.json.lines[0].billedCostMicros), 1200)
-  const metrics = await s.app.inject({ method: 'GET', url: '/metrics' })
+  const metrics = await s.app.inject({ method: 'GET', url: '/metrics', headers: SCRAPE_HEADERS })
   t.equal(metrics.statusCode, 200, 'the scrape reads its spend too')
 })

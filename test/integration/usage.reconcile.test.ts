@@ -4,7 +4,7 @@ import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import pg from 'pg'
 import t, { type Test } from 'tap'
-import { TEST_DATABASE_URL, gatewayEnv } from '../helpers/app.js'
+import { SCRAPE_HEADERS, TEST_DATABASE_URL, gatewayEnv } from '../helpers/app.js'
 import { startFakeMistral, type FakeMistral } from '../helpers/fake-mistral.js'
 import { startGatewayProcess } from '../helpers/gateway-process.js'
 import { call, startReplicas, type ReplicaWorkspace, type Replicas } from '../helpers/replicas.js'
@@ -122,7 +122,7 @@ const sumOf = (rows: Awaited<ReturnType<typeof ledger>>): Sums => ({
 async function metricTotal (urls: string[], name: string, slug: string, extra = '') {
   let total = 0
   for (const url of urls) {
-    const text = await (await fetch(url + '/metrics')).text()
+    const text = await (await fetch(url + '/metrics', { headers: SCRAPE_HEADERS })).text()
     for (const line of text.split('\n')) {
       if (!line.startsWith(name + '{') || !line.includes(`workspace="${slug}"`) || !line.includes(extra)) continue
       total += Number(line.slice(line.lastIndexOf(' ') + 1))

@@ -6,7 +6,7 @@ import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import pg from 'pg'
 import t, { type Test } from 'tap'
-import { TEST_ADMIN_TOKEN, TEST_DATABASE_URL, buildTestApp, gatewayEnv } from '../helpers/app.js'
+import { SCRAPE_HEADERS, TEST_ADMIN_TOKEN, TEST_DATABASE_URL, buildTestApp, gatewayEnv } from '../helpers/app.js'
 import { startFakeMistral } from '../helpers/fake-mistral.js'
 import { startGatewayProcess } from '../helpers/gateway-process.js'
 import { call } from '../helpers/replicas.js'
@@ -306,7 +306,7 @@ t.test('a spool that cannot be written loses durability, not usage: calls go on,
     t.equal(failures.length, 1, 'one error for the whole streak of failures')
     t.match(failures[0], { level: 50, msg: /^usage spool write failed/, err: { code: 'ENOTDIR' } })
     const writable = async () => /^tramontane_usage_spool_writable 1$/m.test(
-      (await app.inject({ method: 'GET', url: '/metrics' })).body) ? 1 : 0
+      (await app.inject({ method: 'GET', url: '/metrics', headers: SCRAPE_HEADERS })).body) ? 1 : 0
     t.equal(await writable(), 0, 'the spool\'s gauge says so, for the alert')
 
     rmSync(folder)
