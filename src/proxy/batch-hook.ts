@@ -1,4 +1,5 @@
 import type { FastifyRequest } from 'fastify'
+import { conflict, retryAfterHeaders } from '../errors.js'
 import type { TenantContext } from '../tenancy/tokens.js'
 import type { BatchWatcher } from '../usage/batch-watcher.js'
 
@@ -19,6 +20,43 @@ export function batchJobCall (operationId: string, url: string): BatchJobCall | 
 function namesInline (url: string): boolean {
   const query = url.indexOf('?')
   return query >= 0 && new URLSearchParams(url.slice(query + 1)).has('inline')
+}
+
+/**
+ * Before `DELETE /v1/batch/jobs/{id}` is forwarded: Mistral forgets a deleted job, and with it what the job answered,
+ * so a job the workspace's calls created is checked first, and billed if it has ended. A job still running is not
+ * let go (409): it would answer requests no one could bill; the client cancels it, then deletes it once it has ended.
+ * Nor is one that could not be billed yet (its output not found yet, Mistral not answering, a check elsewhere): 409.
+ */
+export async function billBeforeDeletion (watcher: BatchWatcher, operationId: string, url: string,
+  workspaceId: string): Promise<void> {
+  if (operationId !== BATCH_JOB_DELETION) return
+  const jobId = jobIdOf(url)
+  const settled = await watcher.settle(workspaceId, jobId)
+  if (!settled.pending) return
+  // the id is that of a job the workspace created: the message quotes none of a client's making
+  if (settled.running) {
+    throw conflict(
+      `Batch job ${jobId} is still running (${settled.running}): cancel it, and delete it once it has ended`)
+  }
+  throw conflict(`Batch job ${jobId} could not be billed yet; retry shortly`,
+    { headers: retryAfterHeaders(DELETION_RETRY_MS) })
+}
+
+/** The operation that deletes a batch job at Mistral: the route awaits billBeforeDeletion for it only. */
+export const BATCH_JOB_DELETION = 'jobs_api_routes_batch_delete_batch_job'
+
+// about a poll's worth: the output not found yet is read again by then
+const DELETION_RETRY_MS = 60_000
+
+/**
+ * The id as Mistral reads it: the last segment of the path, percent-decoded (the route has refused a path that does
+ * not decode, and matched the operation on the decoded one).
+ */
+function jobIdOf (url: string): string {
+  const query = url.indexOf('?')
+  const path = query === -1 ? url : url.slice(0, query)
+  return decodeURIComponent(path.slice(path.lastIndexOf('/') + 1))
 }
 
 /**

@@ -23,7 +23,7 @@ import {
 } from '../dialects/openai-response.js'
 import { flaggedModerations, openAiModerations, translateModerationRequest } from '../dialects/openai-moderations.js'
 import { streamErrorShaping } from '../dialects/openai-stream-errors.js'
-import { batchJobCall, observeBatchJob } from './batch-hook.js'
+import { BATCH_JOB_DELETION, batchJobCall, billBeforeDeletion, observeBatchJob } from './batch-hook.js'
 import { ledgerText, meterCall, type Meter } from './meter.js'
 import { boundOutput, quoteBatchCreation, quoteCall } from './quote.js'
 import { isRegionalHost } from '../pricing/region.js'
@@ -143,6 +143,11 @@ export async function proxyRoutes (app: FastifyInstance, { config }: { config: C
     let keyName = candidates[0]
     let meter: Meter
     try {
+      // a watched batch job is billed before Mistral forgets it; one still running is refused (409). After admission,
+      // so that rate limits cover the check; awaited for that operation only, the hot path pays no turn for it
+      if (operation.id === BATCH_JOB_DELETION) {
+        await billBeforeDeletion(app.batchJobs, operation.id, request.url, workspace.id)
+      }
       if (ticket) {
         reply.headers(ticket.headers)
         // a capped call's cost is bounded only by the max_tokens Mistral is sent

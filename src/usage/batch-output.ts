@@ -35,6 +35,8 @@ export interface ModelUsage {
 export interface BatchTotals {
   /** lines whose response succeeded */
   succeeded: number
+  /** lines answered 2xx whose usage could not be read, and lines that are not JSON: answers nothing bills */
+  unreadable: number
   /**
    * By the model each answer names: a job without a model of its own runs each line on the model its body names,
    * and each is billed at its own price. An answer that names none counts under the job's model (undefined when the
@@ -46,7 +48,7 @@ export interface BatchTotals {
 }
 
 export function emptyTotals (jobModel?: string): BatchTotals {
-  return { succeeded: 0, byModel: new Map(), jobModel }
+  return { succeeded: 0, unreadable: 0, byModel: new Map(), jobModel }
 }
 
 /**
@@ -58,7 +60,10 @@ export function addLine (totals: BatchTotals, line: unknown): void {
   const status = response?.status_code
   if (typeof status === 'number' && (status < 200 || status >= 300)) return
   const usage = readUsage(response?.body)
-  if (!usage) return
+  if (!usage) {
+    if (typeof status === 'number') totals.unreadable += 1
+    return
+  }
   totals.succeeded += 1
   const used = usageOf(totals, readModel(response?.body) ?? totals.jobModel)
   addUnits(used.units, usage)
@@ -92,12 +97,7 @@ export async function addJsonl (totals: BatchTotals, body: AsyncIterable<Buffer 
   const decoder = new StringDecoder('utf8')
   let pending = ''
   const take = (text: string) => {
-    if (text.trim() === '') return
-    try {
-      addLine(totals, JSON.parse(text))
-    } catch {
-      // a line that is not JSON carries no usage Mistral could bill
-    }
+    if (text.trim() !== '') addText(totals, text)
   }
   for await (const chunk of body) {
     pending += typeof chunk === 'string' ? chunk : decoder.write(chunk)
@@ -107,6 +107,114 @@ export async function addJsonl (totals: BatchTotals, body: AsyncIterable<Buffer 
     }
   }
   take(pending + decoder.end())
+}
+
+/**
+ * Reads the `outputs` of a job read with `inline=true` as the answer downloads: they are as many as the lines of its
+ * output file, and the answer whole may be longer than V8's longest string (2^29 - 24 characters). Only the `outputs`
+ * list of the answer's top-level object is read, one output at a time; the rest is skipped.
+ */
+export async function addInlineOutputs (totals: BatchTotals, body: AsyncIterable<Buffer | string>): Promise<void> {
+  const decoder = new StringDecoder('utf8')
+  const read = createOutputsReader((text) => addText(totals, text))
+  for await (const chunk of body) read(typeof chunk === 'string' ? chunk : decoder.write(chunk))
+  read(decoder.end())
+}
+
+function addText (totals: BatchTotals, text: string): void {
+  let line: unknown
+  try {
+    line = JSON.parse(text)
+  } catch {
+    // a line that is not JSON carries no usage Mistral could bill
+    totals.unreadable += 1
+    return
+  }
+  addLine(totals, line)
+}
+
+// inside a string, the characters that matter: its end, and an escape (which may escape a quote)
+const STRING_STOP = /["\\]/g
+// a key is short: a longer string at the top level is a value, never `outputs`
+const KEY_MAX = 16
+
+/**
+ * A scanner over the JSON text of one object, given piece by piece, that hands over the text of each object in its
+ * `outputs` list. It follows only strings (whose brackets do not count) and nesting; the JSON within an output is
+ * left to JSON.parse, and an answer that is not JSON yields what it yields, as a line that is not JSON would.
+ */
+function createOutputsReader (onOutput: (text: string) => void): (text: string) => void {
+  let depth = 0
+  let inString = false
+  let escaped = false
+  // the top-level string being read (while short enough to be a key), the last one read, and the key it became
+  let stringText: string | undefined
+  let lastString: string | undefined
+  let key: string | undefined
+  let inOutputs = false
+  // the text of the output being read, up to the current piece
+  let output: string | undefined
+
+  return function read (text: string) {
+    let stringFrom = 0
+    let outputFrom = 0
+    let i = 0
+    while (i < text.length) {
+      if (inString) {
+        if (escaped) {
+          escaped = false
+          i++
+          continue
+        }
+        STRING_STOP.lastIndex = i
+        const stop = STRING_STOP.exec(text)
+        if (!stop) break
+        i = stop.index + 1
+        if (stop[0] === '\\') {
+          escaped = true
+          continue
+        }
+        inString = false
+        if (stringText !== undefined) {
+          lastString = stringText + text.slice(stringFrom, i - 1)
+          stringText = undefined
+        }
+        continue
+      }
+      const char = text[i]
+      if (char === '"') {
+        inString = true
+        if (depth === 1) {
+          stringText = ''
+          stringFrom = i + 1
+        }
+      } else if (char === ':' && depth === 1) {
+        key = lastString
+      } else if (char === ',' && depth === 1) {
+        key = undefined
+      } else if (char === '{' || char === '[') {
+        if (depth === 1 && char === '[' && key === 'outputs') inOutputs = true
+        if (inOutputs && depth === 2 && char === '{') {
+          output = ''
+          outputFrom = i
+        }
+        depth++
+      } else if (char === '}' || char === ']') {
+        depth--
+        if (output !== undefined && depth === 2) {
+          onOutput(output + text.slice(outputFrom, i + 1))
+          output = undefined
+        }
+        if (depth === 1) inOutputs = false
+      }
+      i++
+    }
+    if (output !== undefined) output += text.slice(outputFrom)
+    if (stringText !== undefined) {
+      stringText += text.slice(stringFrom)
+      if (stringText.length > KEY_MAX) stringText = stringText.slice(0, KEY_MAX + 1)
+    }
+  }
 }
 
 /** OCR bills annotated pages at their own price: the answer carries the annotations that were asked for. */

@@ -4,8 +4,13 @@ import { basePath } from '../proxy/upstream.js'
 
 /** What the batch watcher reads from Mistral, with a workspace's own key. */
 export interface BatchUpstream {
-  /** `GET /v1/batch/jobs/{id}`; `inline` asks for the results in the job. Undefined when Mistral has no such job. */
-  job (secret: string, jobId: string, inline: boolean): Promise<Record<string, unknown> | undefined>
+  /** `GET /v1/batch/jobs/{id}`, without its results. Undefined when Mistral has no such job. */
+  job (secret: string, jobId: string): Promise<Record<string, unknown> | undefined>
+  /**
+   * `GET /v1/batch/jobs/{id}?inline=true`: the job with its results in `outputs`, as it downloads, never held whole
+   * (they are as large as its output file). Undefined when Mistral has no such job.
+   */
+  jobWithResults (secret: string, jobId: string): Promise<AsyncIterable<Buffer> | undefined>
   /**
    * `GET /v1/files/{id}/content` (MISTRAL-NOTES §2.3): the body as it downloads, never held whole. Undefined when
    * Mistral has no such file: a client may delete its job's output file.
@@ -33,41 +38,31 @@ export function createBatchUpstream (config: Pick<Config, 'MISTRAL_BASE_URL' | '
   })
   const prefix = basePath(config.MISTRAL_BASE_URL)
 
-  async function get (secret: string, path: string): Promise<Dispatcher.ResponseData> {
-    return pool.request({
+  /** The body of a 200, unread; undefined for a 404; anything else throws. */
+  async function get (secret: string, path: string): Promise<Dispatcher.ResponseData['body'] | undefined> {
+    const res = await pool.request({
       path: prefix + path,
       method: 'GET',
       headers: { authorization: `Bearer ${secret}`, accept: 'application/json, application/octet-stream' }
     })
+    if (res.statusCode === 404) {
+      await res.body.dump()
+      return undefined
+    }
+    if (res.statusCode !== 200) {
+      await res.body.dump()
+      throw new BatchUpstreamError(res.statusCode, path)
+    }
+    return res.body
   }
 
   return {
-    async job (secret, jobId, inline) {
-      const path = `/v1/batch/jobs/${encodeURIComponent(jobId)}${inline ? '?inline=true' : ''}`
-      const res = await get(secret, path)
-      if (res.statusCode === 404) {
-        await res.body.dump()
-        return undefined
-      }
-      if (res.statusCode !== 200) {
-        await res.body.dump()
-        throw new BatchUpstreamError(res.statusCode, path)
-      }
-      return await res.body.json() as Record<string, unknown>
+    async job (secret, jobId) {
+      const body = await get(secret, `/v1/batch/jobs/${encodeURIComponent(jobId)}`)
+      return body && await body.json() as Record<string, unknown>
     },
-    async fileContent (secret, fileId) {
-      const path = `/v1/files/${encodeURIComponent(fileId)}/content`
-      const res = await get(secret, path)
-      if (res.statusCode === 404) {
-        await res.body.dump()
-        return undefined
-      }
-      if (res.statusCode !== 200) {
-        await res.body.dump()
-        throw new BatchUpstreamError(res.statusCode, path)
-      }
-      return res.body
-    },
+    jobWithResults: (secret, jobId) => get(secret, `/v1/batch/jobs/${encodeURIComponent(jobId)}?inline=true`),
+    fileContent: (secret, fileId) => get(secret, `/v1/files/${encodeURIComponent(fileId)}/content`),
     async close () {
       await pool.close()
     }

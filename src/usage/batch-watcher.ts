@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from 'node:timers/promises'
 import { and, asc, eq, inArray, isNull, lt, lte, or, sql, type SQL } from 'drizzle-orm'
 import type { FastifyBaseLogger } from 'fastify'
 import type { Database } from '../db/client.js'
@@ -13,7 +14,8 @@ import type { MistralKeyStore } from '../tenancy/mistral-keys.js'
 import type { TokenStore } from '../tenancy/tokens.js'
 import type { WorkspaceStore } from '../tenancy/workspaces.js'
 import {
-  addJsonl, addLine, allModels, emptyTotals, familyOfEndpoint, TERMINAL_STATUSES, type BatchTotals, type ModelUsage
+  addInlineOutputs, addJsonl, addLine, allModels, emptyTotals, familyOfEndpoint, TERMINAL_STATUSES, type BatchTotals,
+  type ModelUsage
 } from './batch-output.js'
 import type { BatchUpstream } from './batch-upstream.js'
 import type { UsageRecorder } from './recorder.js'
@@ -40,11 +42,24 @@ export interface BatchWatcher {
    * poll. A job of another workspace is not touched.
    */
   seen (workspaceId: string, job: unknown): Promise<void>
+  /**
+   * A client of the workspace is about to delete the job, after which Mistral shows nothing of it: checks it now
+   * (after a check under way elsewhere, waited for up to SETTLE_WAIT_MS), billing it if it has ended. Says whether
+   * its watch is still pending, and why; a job of another workspace, or not watched, is not pending.
+   */
+  settle (workspaceId: string, jobId: string): Promise<Settled>
   /** Checks the pending jobs that are due; every replica polls, a job is checked by one of them at a time. */
   poll (): Promise<void>
   /** Called once per job billed, by the one replica that records it (the metrics count it there). */
   onBilled (listener: (facts: BilledFacts) => void): void
   close (): Promise<void>
+}
+
+/** A watch after `settle`: pending while the job runs (as Mistral shows it), or ended but could not be billed yet. */
+export interface Settled {
+  pending: boolean
+  /** the status Mistral showed the job in, when it is still running */
+  running?: string
 }
 
 interface WatcherOptions {
@@ -77,7 +92,7 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
   const dueAfterMs = Math.round(intervalMs * 0.9)
   let polling: Promise<void> | undefined
   // checks started by clients' reads, so that close() waits for them too
-  const reading = new Set<Promise<void>>()
+  const reading = new Set<Promise<unknown>>()
   const billedListeners: Array<(facts: BilledFacts) => void> = []
   let closed = false
   const timer = setInterval(() => { void poll() }, intervalMs)
@@ -129,14 +144,16 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
 
   /**
    * One check of a claimed job: reads it (unless a client's read just showed it) and, if it has ended, bills it.
-   * `startedAt` is when the job counts as checked: the next poll, an interval later, finds it due from then.
+   * `startedAt` is when the job counts as checked: the next poll, an interval later, finds it due from then. Gives the
+   * status Mistral showed the job in; undefined when the check failed.
    */
   async function check (job: WatchedJob, shown: Record<string, unknown> | undefined,
-    startedAt: Date | SQL): Promise<void> {
+    startedAt: Date | SQL): Promise<string | undefined> {
     try {
-      await checkClaimed(job, shown)
+      return await checkClaimed(job, shown)
     } catch (err) {
       log.warn({ err, job: job.jobId }, 'batch job check failed; trying again at the next interval')
+      return undefined
     } finally {
       await db.update(watchedJobs).set({ checkedAt: startedAt })
         .where(and(eq(watchedJobs.jobId, job.jobId), eq(watchedJobs.status, 'pending')))
@@ -144,74 +161,96 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
     }
   }
 
-  async function checkClaimed (job: WatchedJob, shown: Record<string, unknown> | undefined): Promise<void> {
+  async function checkClaimed (job: WatchedJob, shown: Record<string, unknown> | undefined) {
     const key = await keys.resolve(job.workspaceId, job.keyName)
     if (!key) {
       log.warn({ job: job.jobId, key: job.keyName }, 'batch job pending: its Mistral key is gone')
-      return
+      return undefined
     }
-    const upstreamJob = shown ?? await upstream.job(key.secret, job.jobId, false)
+    const upstreamJob = shown ?? await upstream.job(key.secret, job.jobId)
     if (!upstreamJob) {
       // deleted upstream before it was read: there is nothing left to bill from, and what it cost is lost
       log.error({ job: job.jobId, workspaceId: job.workspaceId }, 'batch job not found upstream; it will not be billed')
       await finish(job, 'failed', 'NOT_FOUND', new Date())
-      return
+      return 'NOT_FOUND'
     }
     const status = String(upstreamJob.status)
     if (!TERMINAL_STATUSES.has(status)) {
       await db.update(watchedJobs).set({ upstreamStatus: status }).where(eq(watchedJobs.jobId, job.jobId))
-      return
+      return status
     }
     const totals = await readTotals(key.secret, job, upstreamJob)
     const reportedAt = completedAtOf(upstreamJob)
     if (!totals) {
-      await outputMissing(job, reportedAt)
-      return
+      await outputMissing(job, upstreamJob, reportedAt)
+      return status
     }
     const completedAt = reportedAt ?? new Date()
     if (totals.succeeded === 0) {
       // Mistral bills answered requests only: a job that answered none costs nothing and leaves no record
       await finish(job, 'failed', status, completedAt)
-      return
+      return status
     }
     await bill(job, upstreamJob, status, totals, completedAt)
+    return status
   }
 
   /**
    * The output file when there is one, else the results inline (`outputs`, asked for with `inline=true`). Undefined
-   * when the output file is missing and the results inline answer nothing either: a job with an output file had
-   * answers, so they are missing rather than none.
+   * when they hold no answer though the job had some: it has an output file (which Mistral writes for answers), or
+   * Mistral counts `succeeded_requests`. Its answers are then missing rather than none.
    */
   async function readTotals (secret: string, job: WatchedJob, upstreamJob: Record<string, unknown>) {
     const totals = emptyTotals(jobModelOf(job, upstreamJob))
     const outputFile = upstreamJob.output_file
-    if (typeof outputFile !== 'string') {
-      addLines(totals, await inlineOutputs(secret, job.jobId, upstreamJob))
-      return totals
-    }
-    const content = await upstream.fileContent(secret, outputFile)
+    const content = typeof outputFile === 'string' ? await upstream.fileContent(secret, outputFile) : undefined
     if (content) {
       await addJsonl(totals, content)
-      return totals
+    } else {
+      if (typeof outputFile === 'string') {
+        log.warn({ job: job.jobId, file: outputFile }, 'batch job output file not found; reading its results inline')
+      }
+      await addInline(secret, job.jobId, upstreamJob, totals)
     }
-    log.warn({ job: job.jobId, file: outputFile }, 'batch job output file not found; reading its results inline')
-    addLines(totals, await inlineOutputs(secret, job.jobId, upstreamJob))
-    return totals.succeeded > 0 ? totals : undefined
+    if (totals.unreadable > 0) {
+      log.warn({ job: job.jobId, lines: totals.unreadable },
+        'batch job output lines answered 2xx but their usage could not be read (or not JSON); they are not billed')
+    }
+    const answered = typeof outputFile === 'string' || succeededRequestsOf(upstreamJob) > 0
+    return totals.succeeded === 0 && answered ? undefined : totals
   }
 
   /**
-   * The job's output file answered 404 and its results inline hold nothing. Right after a job ends its file may not be
-   * served yet, so the job stays pending, read again at each check, until its output has been missing for
-   * OUTPUT_GRACE_MS since the job completed; only then is it taken as deleted (by its client), and the job as lost.
+   * A read without `inline` may carry `outputs: []`, which is not the job's results: only a list that holds some is
+   * taken as them, else they are asked for.
    */
-  async function outputMissing (job: WatchedJob, reportedAt: Date | undefined): Promise<void> {
-    const since = reportedAt ?? job.completedAt ?? await firstMissing(job)
-    if (Date.now() - since.getTime() < OUTPUT_GRACE_MS) {
-      log.warn({ job: job.jobId }, 'batch job output not found; it is read again at the next check')
+  async function addInline (secret: string, jobId: string, upstreamJob: Record<string, unknown>,
+    totals: BatchTotals): Promise<void> {
+    const shown = upstreamJob.outputs
+    if (Array.isArray(shown) && shown.length > 0) {
+      for (const line of shown) addLine(totals, line)
       return
     }
-    log.error({ job: job.jobId, workspaceId: job.workspaceId },
-      'batch job output file deleted and its results not given inline; it will not be billed')
+    const answer = await upstream.jobWithResults(secret, jobId)
+    if (answer) await addInlineOutputs(totals, answer)
+  }
+
+  /**
+   * The job had answers, but neither its output file (answering 404, or holding no usage) nor its results inline hold
+   * one. Right after a job ends its file may not be served yet, so the job stays pending, read again at each check,
+   * until its output has been missing for OUTPUT_GRACE_MS since the job completed; only then is it taken as deleted
+   * (by its client), and the job as lost.
+   */
+  async function outputMissing (job: WatchedJob, upstreamJob: Record<string, unknown>,
+    reportedAt: Date | undefined): Promise<void> {
+    const since = reportedAt ?? job.completedAt ?? await firstMissing(job)
+    const facts = { job: job.jobId, succeededRequests: succeededRequestsOf(upstreamJob) }
+    if (Date.now() - since.getTime() < OUTPUT_GRACE_MS) {
+      log.warn(facts, 'batch job output not found or holding no answer; it is read again at the next check')
+      return
+    }
+    log.error({ ...facts, workspaceId: job.workspaceId },
+      'batch job output still not found or holding no answer an hour after the job ended; it will not be billed')
     await finish(job, 'failed', 'OUTPUT_GONE', since)
   }
 
@@ -219,17 +258,27 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
    * For a job Mistral shows without `completed_at`: when a check first found its output missing, kept on its watch
    * (whose `completed_at` is otherwise set only when the watch ends), so that the grace has an end.
    */
+  /** A check started by a client's call: close() waits for it too. */
+  async function checkRead (job: WatchedJob, shown: Record<string, unknown> | undefined) {
+    const checking = check(job, shown, claimedAt(job))
+    reading.add(checking)
+    try {
+      return await checking
+    } finally {
+      reading.delete(checking)
+    }
+  }
+
+  async function isPending (mine: SQL | undefined): Promise<boolean> {
+    const [row] = await db.select({ jobId: watchedJobs.jobId }).from(watchedJobs)
+      .where(and(mine, eq(watchedJobs.status, 'pending')))
+    return row !== undefined
+  }
+
   async function firstMissing (job: WatchedJob): Promise<Date> {
     const [row] = await db.update(watchedJobs).set({ completedAt: sql`coalesce(${watchedJobs.completedAt}, now())` })
       .where(eq(watchedJobs.jobId, job.jobId)).returning({ completedAt: watchedJobs.completedAt })
     return row?.completedAt ?? new Date()
-  }
-
-  async function inlineOutputs (secret: string, jobId: string, upstreamJob: Record<string, unknown>) {
-    const outputs = Array.isArray(upstreamJob.outputs)
-      ? upstreamJob.outputs
-      : (await upstream.job(secret, jobId, true))?.outputs
-    return Array.isArray(outputs) ? outputs : []
   }
 
   async function bill (job: WatchedJob, upstreamJob: Record<string, unknown>, status: string, totals: BatchTotals,
@@ -333,13 +382,27 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
       if (job === null || typeof job !== 'object' || typeof job.id !== 'string') return
       if (closed || !TERMINAL_STATUSES.has(String(job.status))) return
       // a job being checked elsewhere is left to that check
-      const free = or(isNull(watchedJobs.checkedAt), lte(watchedJobs.checkedAt, sql`now()`))
-      const mine = and(eq(watchedJobs.jobId, job.id), eq(watchedJobs.workspaceId, workspaceId))
-      const [claimed] = await claim(and(mine, free), 1)
-      if (!claimed) return
-      const checking = check(claimed, job, claimedAt(claimed))
-      reading.add(checking)
-      await checking.finally(() => reading.delete(checking))
+      const [claimed] = await claim(and(ownWatch(workspaceId, job.id), unclaimed), 1)
+      if (claimed) await checkRead(claimed, job)
+    },
+
+    async settle (workspaceId, jobId) {
+      const mine = ownWatch(workspaceId, jobId)
+      const waitUntil = Date.now() + SETTLE_WAIT_MS
+      while (!closed) {
+        const [claimed] = await claim(and(mine, unclaimed), 1)
+        if (claimed) {
+          const status = await checkRead(claimed, undefined)
+          if (!await isPending(mine)) return { pending: false }
+          const running = status !== undefined && !TERMINAL_STATUSES.has(status)
+          return running ? { pending: true, running: status } : { pending: true }
+        }
+        // not pending, or held by a check under way
+        if (!await isPending(mine)) return { pending: false }
+        if (Date.now() >= waitUntil) break
+        await sleep(SETTLE_STEP_MS)
+      }
+      return { pending: await isPending(mine) }
     },
 
     poll,
@@ -358,6 +421,9 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
 
 // how long one check may hold a job before another replica may take it: reading a large output file takes a while
 const CHECK_LEASE_MS = 5 * 60_000
+// how long a client's deletion waits for a check of the job under way elsewhere, and how often it looks
+const SETTLE_WAIT_MS = 10_000
+const SETTLE_STEP_MS = 100
 // how long after a job completed its output may be missing before it is taken as deleted: a file not yet served
 // right after the job ended must not lose the job, and a client deletes its output hours later, if at all
 const OUTPUT_GRACE_MS = 60 * 60_000
@@ -369,6 +435,12 @@ interface JobCost {
   /** the price book's id of the one price every answer was billed at; undefined when there were several, or none */
   pricedModel: string | undefined
 }
+
+// no check holds the job: a check moves `checked_at` a lease ahead while it runs
+const unclaimed = or(isNull(watchedJobs.checkedAt), lte(watchedJobs.checkedAt, sql`now()`))
+
+const ownWatch = (workspaceId: string, jobId: string) =>
+  and(eq(watchedJobs.jobId, jobId), eq(watchedJobs.workspaceId, workspaceId))
 
 const inLedger = (job: WatchedJob) =>
   sql`exists (select 1 from ${usageRecords} where ${usageRecords.requestId} = ${`batch:${job.jobId}`})`
@@ -388,8 +460,9 @@ function jobModelOf (job: WatchedJob, upstreamJob: Record<string, unknown>): str
   return job.model ?? (typeof upstreamJob.model === 'string' ? upstreamJob.model : undefined)
 }
 
-function addLines (totals: BatchTotals, lines: unknown[]): void {
-  for (const line of lines) addLine(totals, line)
+/** How many requests Mistral says the job answered (`succeeded_requests`), 0 when it does not say. */
+function succeededRequestsOf (upstreamJob: Record<string, unknown>): number {
+  return typeof upstreamJob.succeeded_requests === 'number' ? upstreamJob.succeeded_requests : 0
 }
 
 /** One model's units at its price; OCR pages whose answers carry annotations have a price of their own. */

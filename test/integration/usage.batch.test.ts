@@ -5,6 +5,7 @@ import pg from 'pg'
 import t, { type Test } from 'tap'
 import { usageRecords, watchedJobs } from '../../src/db/schema.js'
 import { formatMoney, parseMoney } from '../../src/pricing/money.js'
+import { billBeforeDeletion } from '../../src/proxy/batch-hook.js'
 import { buildTestApp, listen, type TestApp, type TestWorkspace } from '../helpers/app.js'
 import { createScratchDatabase } from '../helpers/database.js'
 import { countTokens } from '../helpers/fake-mistral.js'
@@ -616,3 +617,141 @@ t.test('one poll checks every job that is due, however many', async (t) => {
   await s.app.batchJobs.poll()
   t.same(jobs.map((job) => jobReads(s, job.id)), jobs.map(() => 1), 'and none again before the interval has passed')
 })
+
+const DELETE_JOB = 'jobs_api_routes_batch_delete_batch_job'
+
+t.test('a job about to be deleted through the gateway is billed first; a running one is refused', async (t) => {
+  const s = await setup(t, { BATCH_POLL_INTERVAL_MS: '600000' })
+  const ws = await s.createWorkspace()
+  const sdk = sdkFor(s.url, ws)
+  const create = () => sdk.batch.jobs.create({ endpoint: '/v1/chat/completions', model: MODEL, requests: requests() })
+  // what the route calls before it forwards `DELETE /v1/batch/jobs/{id}`
+  const deleting = (path: string, workspaceId = ws.id) =>
+    billBeforeDeletion(s.app.batchJobs, DELETE_JOB, path, workspaceId).then(() => undefined, (err: unknown) => err)
+
+  const job = await create()
+  t.match(await deleting(`/v1/batch/jobs/${job.id}`), {
+    statusCode: 409,
+    code: 'conflict',
+    message: `Batch job ${job.id} is still running (QUEUED): cancel it, and delete it once it has ended`
+  }, 'a running job: its deletion would lose what it answers')
+  t.match(await watchOf(s, job.id), { status: 'pending', upstreamStatus: 'QUEUED' }, 'it was read, and is watched')
+
+  completeBatchJob(s.mistral.stores, job.id, { completionTokens: WORDS })
+  // another workspace's deletion of the job leaves it alone
+  const other = await s.createWorkspace()
+  t.equal(await deleting(`/v1/batch/jobs/${job.id}`, other.id), undefined)
+  t.equal((await watchOf(s, job.id)).status, 'pending')
+  // the owner's: billed before the deletion goes on, the id as Mistral will decode it
+  t.equal(await deleting(`/v1/batch/jobs/%${job.id.charCodeAt(0).toString(16)}${job.id.slice(1)}?x=1`), undefined)
+  t.equal((await watchOf(s, job.id)).status, 'recorded', 'billed before the deletion was let through')
+  const promptTokens = PROMPTS.reduce((sum, text) => sum + countTokens(text), 0)
+  t.match(await recordsOf(s, ws.id), [{
+    requestId: `batch:${job.id}`, promptTokens, completionTokens: WORDS * PROMPTS.length,
+    billedCostMicros: batchCost(promptTokens, WORDS * PROMPTS.length, 0).billed
+  }])
+  const reads = jobReads(s, job.id)
+  t.equal(await deleting(`/v1/batch/jobs/${job.id}`), undefined, 'a billed job is deleted as it comes')
+  t.equal(jobReads(s, job.id), reads, 'without reading it again')
+
+  // a job another check holds: the deletion waits for that check to end, then bills the job
+  const held = await create()
+  completeBatchJob(s.mistral.stores, held.id, { completionTokens: WORDS })
+  const lease = new Date(Date.now() + 60_000)
+  await s.app.database.db.update(watchedJobs).set({ checkedAt: lease }).where(eq(watchedJobs.jobId, held.id))
+  const waiting = deleting(`/v1/batch/jobs/${held.id}`)
+  await sleep(300)
+  t.equal((await watchOf(s, held.id)).status, 'pending', 'not taken from the check that holds it')
+  await s.app.database.db.update(watchedJobs).set({ checkedAt: null }).where(eq(watchedJobs.jobId, held.id))
+  t.equal(await waiting, undefined)
+  t.equal((await watchOf(s, held.id)).status, 'recorded', 'billed once that check let go of it')
+})
+
+t.test('DELETE /v1/batch/jobs/{id} through the gateway: refused while the job runs, billed before it goes on', async (t) => {
+  const s = await setup(t, { BATCH_POLL_INTERVAL_MS: '600000' })
+  const ws = await s.createWorkspace()
+  const job = await sdkFor(s.url, ws).batch.jobs.create({ endpoint: '/v1/chat/completions', model: MODEL, requests: requests() })
+  const remove = () => s.app.inject({ method: 'DELETE', url: `/v1/batch/jobs/${job.id}`, headers: ws.headers })
+  const deletions = () => s.mistral.received.filter((request) => request.method === 'DELETE').length
+
+  const running = await remove()
+  t.equal(running.statusCode, 409, 'a running job')
+  t.match(running.json(), { code: 'conflict', request_id: String, message: /still running \(QUEUED\)/ }, 'in the envelope')
+  t.equal(deletions(), 0, 'Mistral was not asked to delete it')
+
+  completeBatchJob(s.mistral.stores, job.id, { completionTokens: WORDS })
+  const ended = await remove()
+  t.equal(ended.statusCode, 200, 'an ended job is deleted')
+  t.equal(deletions(), 1)
+  t.equal((await watchOf(s, job.id)).status, 'recorded', 'and was billed before')
+  t.equal((await recordsOf(s, ws.id)).length, 1)
+})
+
+t.test('a job shown with an empty `outputs` list and no output file is billed from its results inline', async (t) => {
+  const s = await setup(t, { BATCH_POLL_INTERVAL_MS: '600000' })
+  const ws = await s.createWorkspace()
+  const job = await sdkFor(s.url, ws).batch.jobs.create({
+    endpoint: '/v1/chat/completions', model: MODEL, requests: requests()
+  })
+  const ended = completeBatchJob(s.mistral.stores, job.id, { outputFile: false, completionTokens: WORDS })
+  // a read without `inline` may carry `outputs: []`: that is not the job's results
+  await s.app.batchJobs.seen(ws.id, { ...ended, outputs: [] })
+  t.equal((await watchOf(s, job.id)).status, 'recorded')
+  const promptTokens = PROMPTS.reduce((sum, text) => sum + countTokens(text), 0)
+  t.match(await recordsOf(s, ws.id), [{ promptTokens, completionTokens: WORDS * PROMPTS.length }])
+  t.ok(s.mistral.requestsTo(`/v1/batch/jobs/${job.id}`).some((request) => request.path.endsWith('?inline=true')),
+    'the results were asked for inline')
+})
+
+/** The log lines the app wrote at one level (pino: 40 warn, 50 error) about one job. */
+const jobLogs = (s: TestApp, jobId: string, level: number) => s.logs.flatMap((line) => line.split('\n'))
+  .filter((line) => line !== '')
+  .map((line) => JSON.parse(line) as { level: number, msg: string, [field: string]: unknown })
+  .filter((entry) => entry.level === level && entry.job === jobId)
+
+t.test('a job Mistral says answered requests is not closed as answering nothing when its output holds none',
+  async (t) => {
+    const s = await setup(t, { BATCH_POLL_INTERVAL_MS: '600000' })
+    const ws = await s.createWorkspace()
+    const sdk = sdkFor(s.url, ws)
+    const create = () => sdk.batch.jobs.create({ endpoint: '/v1/chat/completions', model: MODEL, requests: requests() })
+    const inlineAnswers = (ended: Record<string, unknown>, outputs: unknown[]) => {
+      s.mistral.enqueue((_req, res) => {
+        res.writeHead(200, { 'content-type': 'application/json' })
+        res.end(JSON.stringify({ ...ended, outputs }))
+      }, `/v1/batch/jobs/${String(ended.id)}`)
+    }
+    const noUsage = { custom_id: '0', response: { status_code: 200, body: { model: MODEL, choices: [] } }, error: null }
+    const cases: Array<[string, (ended: Record<string, unknown>) => void, number]> = [
+      ['no output file, and no results inline', (ended) => inlineAnswers(ended, []), 0],
+      ['no output file, and results inline without usage', (ended) => inlineAnswers(ended, [noUsage, noUsage]), 2],
+      ['an output file whose answered lines carry no usage', (ended) => {
+        s.mistral.enqueue((_req, res) => {
+          res.writeHead(200, { 'content-type': 'application/octet-stream' })
+          res.end(`${JSON.stringify(noUsage)}\nnot json\n`)
+        }, `/v1/files/${String(ended.output_file)}/content`)
+      }, 2]
+    ]
+    for (const [how, answer, unreadable] of cases) {
+      const job = await create()
+      const ended = completeBatchJob(s.mistral.stores, job.id, {
+        outputFile: how.startsWith('an output file'), completionTokens: WORDS
+      })
+      t.equal(ended.succeeded_requests, PROMPTS.length)
+      answer(ended)
+      await s.app.batchJobs.seen(ws.id, ended)
+      t.equal((await watchOf(s, job.id)).status, 'pending', `${how}: not closed within the hour`)
+      t.equal(jobLogs(s, job.id, 50).length, 0, `${how}: no error yet`)
+      t.match(jobLogs(s, job.id, 40), [
+        ...(unreadable > 0 ? [{ lines: unreadable, msg: /usage could not be read/ }] : []),
+        { succeededRequests: PROMPTS.length, msg: /read again at the next check/ }
+      ], `${how}: warned`)
+
+      // an hour past its end, the output is taken as gone, loudly
+      answer(ended)
+      await s.app.batchJobs.seen(ws.id, { ...ended, completed_at: (ended.completed_at as number) - 2 * 3600 })
+      t.match(await watchOf(s, job.id), { status: 'failed', upstreamStatus: 'OUTPUT_GONE' }, `${how}: given up`)
+      t.match(jobLogs(s, job.id, 50), [{ workspaceId: ws.id, msg: /will not be billed/ }], `${how}: logged as an error`)
+    }
+    t.equal((await recordsOf(s, ws.id)).length, 0, 'nothing billed')
+  })

@@ -1,6 +1,6 @@
 import t from 'tap'
 import {
-  addJsonl, addLine, allModels, emptyTotals, familyOfEndpoint, TERMINAL_STATUSES
+  addInlineOutputs, addJsonl, addLine, allModels, emptyTotals, familyOfEndpoint, TERMINAL_STATUSES
 } from '../../src/usage/batch-output.js'
 
 const chatLine = (prompt: number, completion: number, model = 'mistral-small-latest') => ({
@@ -41,6 +41,43 @@ t.test('an output file read in chunks that split lines and characters', async (t
       ['other-model', { units: units(7, 3), annotatedPages: 0 }]
     ], 'each answer counts under the model it names')
     t.same(allModels(totals), { units: units(17, 8), annotatedPages: 0 }, 'and the job\'s sum is theirs')
+  }
+})
+
+t.test('lines answered 2xx without a usage, and lines that are not JSON, are counted as unreadable', async (t) => {
+  const totals = emptyTotals()
+  const lines = [
+    JSON.stringify(chatLine(1, 1)),
+    JSON.stringify({ response: { status_code: 200, body: { model: 'x' } } }),
+    JSON.stringify({ response: { status_code: 500, body: {} } }),
+    JSON.stringify({ error: { message: 'no response at all' } }),
+    '{"cut'
+  ]
+  await addJsonl(totals, chunks(lines.join('\n'), 5))
+  t.same([totals.succeeded, totals.unreadable], [1, 2], 'an errored line is neither')
+})
+
+t.test('the results inline of a job, read in chunks that split anything', async (t) => {
+  const answer = JSON.stringify({
+    id: 'job',
+    // strings whose brackets, quotes, escapes and keys must not count
+    metadata: { note: 'a "}]" \\', outputs: [chatLine(1000, 1000)] },
+    errors: [{ message: '"outputs": [{', count: 0 }],
+    outputs: [chatLine(10, 5), { response: { status_code: 200, body: {} } }, chatLine(7, 3, 'other-model'), null],
+    'outputs\\': [chatLine(1000, 1000)],
+    tail: { outputs: [chatLine(1000, 1000)] }
+  })
+  for (const size of [1, 3, 1 << 16]) {
+    const totals = emptyTotals()
+    await addInlineOutputs(totals, chunks(answer, size))
+    t.same([totals.succeeded, totals.unreadable], [2, 1], `size ${size}: the top-level outputs only`)
+    t.same([...totals.byModel.keys()], ['mistral-small-latest', 'other-model'])
+    t.same(allModels(totals).units.promptTokens, 17)
+  }
+  for (const empty of ['{"outputs":null}', '{"outputs":[]}', '{"id":"job"}', '[{"outputs":[1]}]']) {
+    const totals = emptyTotals()
+    await addInlineOutputs(totals, chunks(empty, 2))
+    t.same([totals.succeeded, totals.unreadable], [0, 0], empty)
   }
 })
 
