@@ -175,8 +175,10 @@ export async function proxyRoutes (app: FastifyInstance, { config }: { config: C
     request.admitted = true
     holdLine(request)
     const controller = new AbortController()
-    // the client hanging up cancels Mistral's work too (and stops the meter at what Mistral reported)
-    const onClientClose = () => { if (!reply.raw.writableFinished) controller.abort() }
+    // the client hanging up cancels Mistral's work too (and stops the meter at what Mistral reported); but not a batch
+    // job's creation: Mistral, which has the whole request, creates the job all the same, and its answer is what puts
+    // the job in the watcher's hands to be billed
+    const onClientClose = () => { if (!reply.raw.writableFinished && batchCall !== 'created') controller.abort() }
     // a client that left during authentication or admission is gone before anyone listened: fastify would then drop
     // the reply without reading the upstream body, and the call would never end
     if (reply.raw.destroyed) controller.abort()

@@ -667,6 +667,29 @@ t.test('a job about to be deleted through the gateway is billed first; a running
   t.equal((await watchOf(s, held.id)).status, 'recorded', 'billed once that check let go of it')
 })
 
+t.test('a job whose creation the client stopped waiting for is watched and billed all the same', async (t) => {
+  const s = await setup(t, { BATCH_POLL_INTERVAL_MS: '600000' })
+  const ws = await s.createWorkspace()
+  // Mistral has the whole request, and creates the job, however long its answer takes
+  s.mistral.enqueueDelay(600, { path: '/v1/batch/jobs', method: 'POST' })
+  const gone = new AbortController()
+  setTimeout(() => gone.abort(), 200).unref()
+  const sent = await fetch(`${s.url}/v1/batch/jobs`, {
+    method: 'POST',
+    headers: { ...ws.headers, 'content-type': 'application/json' },
+    body: JSON.stringify({ endpoint: '/v1/chat/completions', model: MODEL, requests: requests() }),
+    signal: gone.signal
+  }).then(() => 'answered', (err: Error) => err.name)
+  t.equal(sent, 'AbortError', 'the client left before the answer')
+  const watched = await until('the job is watched',
+    () => s.app.database.db.select().from(watchedJobs).where(eq(watchedJobs.workspaceId, ws.id)),
+    (rows) => rows.length === 1)
+  completeBatchJob(s.mistral.stores, watched[0].jobId, { completionTokens: WORDS })
+  await s.app.batchJobs.poll()
+  t.match(await recordsOf(s, ws.id), [{ requestId: `batch:${watched[0].jobId}`, completionTokens: WORDS * PROMPTS.length }],
+    'billed when it ended')
+})
+
 t.test('DELETE /v1/batch/jobs/{id} through the gateway: refused while the job runs, billed before it goes on', async (t) => {
   const s = await setup(t, { BATCH_POLL_INTERVAL_MS: '600000' })
   const ws = await s.createWorkspace()
