@@ -17,6 +17,7 @@ import { metricsPlugin } from './metrics.js'
 import { createScrapeFacts } from './scrape-facts.js'
 import { loggerOptions } from './logger.js'
 import { proxyRoutes } from './proxy/routes.js'
+import { createUpstreamPool } from './proxy/upstream.js'
 import { answered, trackRequestLine, writeRequestLine } from './request-line.js'
 import { selfServiceRoutes } from './self-service/routes.js'
 import { servicesPlugin } from './services.js'
@@ -123,6 +124,9 @@ export async function buildApp ({ config, logger }: BuildOptions): Promise<Fasti
     throw err
   }
   await app.register(servicesPlugin, { config, database })
+  // the proxy's connections to Mistral: the metrics read how many calls wait for one
+  const upstream = createUpstreamPool(config)
+  app.addHook('onClose', async () => { await upstream.close() })
   await app.register(metricsPlugin, {
     port: config.METRICS_PORT,
     host: config.HOST,
@@ -132,6 +136,7 @@ export async function buildApp ({ config, logger }: BuildOptions): Promise<Fasti
     coolingKeys: () => app.keyHealth.cooling(),
     breakers: () => app.keyHealth.breakers(),
     quotas: () => app.keyHealth.observedQuotas(),
+    upstreamQueued: () => upstream.stats.queued,
     facts: createScrapeFacts(database.db, app.log),
     workspaceLabel: config.METRICS_WORKSPACE_LABEL,
     adminToken: config.TRAMONTANE_ADMIN_TOKEN
@@ -186,7 +191,7 @@ export async function buildApp ({ config, logger }: BuildOptions): Promise<Fasti
       }
       done()
     })
-    await proxy.register(proxyRoutes, { config })
+    await proxy.register(proxyRoutes, { config, pool: upstream })
   })
   return app
 }

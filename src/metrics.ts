@@ -99,6 +99,8 @@ export interface MetricsOptions {
   breakers: () => { open: number, halfOpen: number }
   /** Mistral's last rate-limit headers per key, read at scrape time */
   quotas: () => ObservedQuota[]
+  /** proxied calls waiting for a free connection to Mistral, read at scrape time */
+  upstreamQueued: () => number
   /** spend, caps and key statuses from PostgreSQL, read at scrape time */
   facts: ScrapeFactsReader
   /**
@@ -170,6 +172,11 @@ export function createMetrics (options: MetricsOptions): Metrics {
       'with no copy on disk)',
     registers,
     collect () { this.set(options.spoolWritable() ? 1 : 0) }
+  })
+  new Gauge({
+    name: 'tramontane_upstream_queued_calls',
+    help: 'Calls waiting for a connection to Mistral: all UPSTREAM_CONNECTIONS of this replica are busy', registers,
+    collect () { this.set(options.upstreamQueued()) }
   })
   new Gauge({
     name: 'tramontane_upstream_cooldowns_active', help: 'Mistral keys cooling down after a 429 or an open breaker', registers,

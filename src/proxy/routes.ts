@@ -14,7 +14,7 @@ import { acceptJsonBodies, readAsFastApiDoes } from '../json-body.js'
 import { sendWithRetries, type Answer, type AttemptDeps } from './attempts.js'
 import { downstreamHeaders } from './headers.js'
 import { operationTable, type MeteredFamily, type Operation } from './operations.js'
-import { basePath, createUpstreamPool } from './upstream.js'
+import { basePath, type UpstreamPool } from './upstream.js'
 import { readJsonFacts } from './json-usage.js'
 import { createJsonTap, createSseTap, type SseShaping } from './usage-tap.js'
 import { sentByOpenAiClient, translateChatRequest, translateEmbeddingsRequest } from '../dialects/openai-request.js'
@@ -40,11 +40,9 @@ const METHODS = ['GET', 'POST', 'PUT', 'PATCH', 'DELETE']
 const DOT_SEGMENT = /\/\.\.?(\/|$)|\\/
 
 /** `/v1/*` and `/v2/*`: every operation of Mistral's spec, forwarded with the workspace's own Mistral key. */
-export async function proxyRoutes (app: FastifyInstance, { config }: { config: Config }) {
-  const pool = createUpstreamPool(config)
+export async function proxyRoutes (app: FastifyInstance, { config, pool }: { config: Config, pool: UpstreamPool }) {
   const prefix = basePath(config.MISTRAL_BASE_URL)
   const regional = isRegionalHost(config.MISTRAL_BASE_URL)
-  app.addHook('onClose', async () => { await pool.close() })
 
   app.decorateRequest('tenant', null)
   app.decorateRequest('operation', null)

@@ -196,3 +196,21 @@ t.test('an event stream that is not metered (workflows) is a stream too: its lab
   t.equal(server('false'), undefined, 'not an answer in one piece')
   t.equal(valueOf(samples, 'tramontane_stream_terminations_total', { reason: 'complete' }), 1, 'ended complete')
 })
+
+t.test('a call waiting for a connection to Mistral is counted while it waits', async (t) => {
+  const { app, mistral, createWorkspace } = await buildTestApp(t, { UPSTREAM_CONNECTIONS: '1' })
+  const ws = await createWorkspace()
+  const headers = { ...ws.headers, 'content-type': 'application/json' }
+  const queued = async () => valueOf(await scrape(app), 'tramontane_upstream_queued_calls')
+  t.equal(await queued(), 0, 'none at first')
+  // a stream holds the only connection; the next call waits for it
+  const gate = mistral.holdStreams()
+  const stream = app.inject({ method: 'POST', url: '/v1/chat/completions', headers, payload: { ...chat, stream: true } })
+  await sleep(200)
+  const waiting = app.inject({ method: 'POST', url: '/v1/chat/completions', headers, payload: chat })
+  await sleep(200)
+  t.equal(await queued(), 1, 'the second call waits for the connection the stream holds')
+  gate.release()
+  t.same([(await stream).statusCode, (await waiting).statusCode], [200, 200])
+  t.equal(await queued(), 0, 'and none once the stream ended')
+})

@@ -12,6 +12,7 @@ function metrics (overrides: Partial<MetricsOptions> = {}) {
     spoolDepth: () => 0,
     spoolOldestAge: () => 0,
   spoolWritable: () => true,
+  upstreamQueued: () => 0,
     coolingKeys: () => 0,
     breakers: () => ({ open: 0, halfOpen: 0 }),
     quotas: () => [],
