@@ -94,11 +94,9 @@ export interface Admission {
   /**
    * Adds a charge to the spend of every cap of its workspace and token, in the periods it is billed in, once per id,
    * each cap crossing its own scope's thresholds; retried as a settlement is. A counter not in the store is left to
-   * its next seed, which reads the ledger (where the charge already is). False when the store did not take it at the
-   * first try (it is retried in the background): the caller keeps what it must charge again (a retry that would not
-   * come, should this process stop, counts once by its id).
+   * its next seed, which reads the ledger (where the charge already is).
    */
-  charge (charge: Charge): Promise<boolean>
+  charge (charge: Charge): Promise<void>
   /**
    * A workspace just created: its first capped call need not wait for replicas to put back what a loss of the
    * store took, as none of its calls can be in flight. Best effort: without it that call waits `recoveryMs`.
@@ -153,7 +151,7 @@ export function createAdmission (options: AdmissionOptions): Admission {
   const seeding = new Map<string, Promise<void>>()
   const thresholdListeners: Array<(crossing: ThresholdCrossing) => void> = []
   // settlements and charges waiting to be sent again, by request id
-  const retries = new Map<string, { prefix: string, timer: NodeJS.Timeout, send: () => Promise<boolean> }>()
+  const retries = new Map<string, { prefix: string, timer: NodeJS.Timeout, send: () => Promise<void> }>()
   let closed = false
   // a call that outlives its lease keeps it: every replica renews its own calls, a dead one stops
   const renewal = setInterval(() => renewAll(), Math.floor(leaseMs / 3))
@@ -323,9 +321,9 @@ export function createAdmission (options: AdmissionOptions): Admission {
         spend.push(...spendEntries(scope(`${prefix}:t:${token.id}`, undefined, token.caps), periods,
           token.caps.thresholds ?? workspaceThresholds))
       }
-      if (spend.length === 0) return true
+      if (spend.length === 0) return
       // settling an id that holds no reservation only adds its cost, once
-      return settleUntilTaken(store, prefix,
+      await settleUntilTaken(store, prefix,
         { id, cost, tokens: 0, reservedTokens: 0, spend, thresholds: workspaceThresholds }, false, undefined)
     },
 
@@ -369,23 +367,21 @@ export function createAdmission (options: AdmissionOptions): Admission {
    * Sends a settlement until the store takes it. One lost (a reconnect, a command timeout) would leave the call's cost
    * out of its spend counters until their period ends: a counter that still exists is never seeded from the ledger
    * again. A call's ticket stays live meanwhile, so renewal keeps its reservation; once the retries run out (past
-   * RETRY_FOR_MS, or at close) it is dropped, its reservation expires, and the counters miss its cost. True when
-   * this try was taken.
+   * RETRY_FOR_MS, or at close) it is dropped, its reservation expires, and the counters miss its cost.
    */
   async function settleUntilTaken (target: AdmissionStore, prefix: string, input: SettleInput, freesSlot: boolean,
-    ticket: Ticket | undefined, attempt = 0, since = Date.now()): Promise<boolean> {
+    ticket: Ticket | undefined, attempt = 0, since = Date.now()) {
     try {
       const crossed = await target.settle(prefix, input, freesSlot)
       if (ticket) live.delete(ticket.id)
       announce(prefix, crossed)
-      return true
     } catch (err) {
       // a workspace forgotten meanwhile: its counters are gone, and must stay so
-      if (ticket && live.get(ticket.id) !== ticket) return false
+      if (ticket && live.get(ticket.id) !== ticket) return
       if (closed || Date.now() - since >= RETRY_FOR_MS) {
         if (ticket) live.delete(ticket.id)
         log.error({ err, requestId: input.id }, 'settlement failed for good; the spend counters miss its cost')
-        return false
+        return
       }
       log.warn({ err, requestId: input.id }, 'settlement failed; retrying')
       const send = () => settleUntilTaken(target, prefix, input, freesSlot, ticket, attempt + 1, since)
@@ -396,10 +392,7 @@ export function createAdmission (options: AdmissionOptions): Admission {
         void send()
       }, delay)
       timer.unref()
-      // a charge sent again by its caller meanwhile: one retry of it is enough
-      clearTimeout(retries.get(input.id)?.timer)
       retries.set(input.id, { prefix, timer, send })
-      return false
     }
   }
 

@@ -301,16 +301,13 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
     if (!await awaitsCharge(job)) return
     // a deleted workspace's state in Redis was forgotten: a charge would bring its counters back
     if (workspace.deletedAt === null) {
-      const charged = await admission.charge({
+      await admission.charge({
         id: record.requestId,
         workspace: { id: workspace.id, timezone: workspace.timezone, caps: workspace.caps as SpendCaps },
         token: token ? { id: token.id, caps: token.caps as SpendCaps } : undefined,
         cost: cost.billedMicros,
         at: completedAt.getTime()
       })
-      // not taken yet (retried in the background): the job stays pending, so that the next check charges it again
-      // should this process stop before a retry lands; by its id, the caps count it once (the ledger too)
-      if (!charged) return
     }
     if (!await finish(job, 'recorded', status, completedAt)) return
     const facts: BilledFacts = {

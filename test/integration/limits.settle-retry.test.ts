@@ -1,8 +1,8 @@
 import { setTimeout as sleep } from 'node:timers/promises'
-import t, { type Test } from 'tap'
+import t from 'tap'
 import { costOf, worstCaseMicros } from '../../src/pricing/cost.js'
 import { completePrices, DEFAULT_PRICES } from '../../src/pricing/default-prices.js'
-import { formatMoney, parseMoney } from '../../src/pricing/money.js'
+import { formatMoney } from '../../src/pricing/money.js'
 import { buildTestApp, TEST_REDIS_URL } from '../helpers/app.js'
 import { countTokens, startFakeMistral } from '../helpers/fake-mistral.js'
 import { startTcpProxy } from '../helpers/tcp-proxy.js'
@@ -21,8 +21,7 @@ const ONE_CALL = costOf({ promptTokens: countTokens(PROMPT), completionTokens: C
 const WORST_CASE = worstCaseMicros({ promptTokens: Math.ceil(Buffer.byteLength(PROMPT) / 2) + 8,
   maxOutputTokens: COMPLETION, n: 1, price: PRICE, markupBps: 0 })
 
-/** A gateway whose Redis is reached through a link the test can cut. */
-async function behindProxy (t: Test) {
+t.test('a settlement that fails while Redis is cut off is retried: the counter holds every call\'s cost', async (t) => {
   const redisUrl = new URL(TEST_REDIS_URL)
   const proxy = await startTcpProxy(Number(redisUrl.port || 6379), redisUrl.hostname)
   t.teardown(() => proxy.close())
@@ -31,12 +30,8 @@ async function behindProxy (t: Test) {
   proxied.port = String(proxy.port)
   const mistral = await startFakeMistral({ completionTokens: COMPLETION })
   t.teardown(() => mistral.close())
-  const app = await buildTestApp(t, { REDIS_URL: proxied.toString(), REDIS_COMMAND_TIMEOUT_MS: '300' }, { mistral })
-  return { ...app, proxy }
-}
-
-t.test('a settlement that fails while Redis is cut off is retried: the counter holds every call\'s cost', async (t) => {
-  const { app, admin, createWorkspace, logs, mistral, proxy } = await behindProxy(t)
+  const { app, admin, createWorkspace, logs } = await buildTestApp(t,
+    { REDIS_URL: proxied.toString(), REDIS_COMMAND_TIMEOUT_MS: '300' }, { mistral })
   const ws = await createWorkspace()
   // two calls fit, and then not a third one's worst case (never clamped)
   const cap = 2 * ONE_CALL + WORST_CASE - 1
@@ -79,33 +74,4 @@ t.test('a settlement that fails while Redis is cut off is retried: the counter h
     'once Redis answers, the counter holds both calls\' costs and nothing reserved')
   const third = await chat()
   t.same([third.statusCode, third.json().code], [429, 'monthly_spend_cap_reached'], 'a call over the cap is refused')
-})
-
-t.test('a batch charge Redis does not take at once says so, and one sent again counts once', async (t) => {
-  const { app, admin, createWorkspace, proxy } = await behindProxy(t)
-  const ws = await createWorkspace()
-  const patched = await admin('PATCH', `/admin/v1/workspaces/${ws.slug}`, { caps: { monthly: '100.00' } })
-  t.equal(patched.statusCode, 200, 'cap set')
-  // a first call seeds the workspace's counters
-  const first = await app.inject({
-    method: 'POST', url: '/v1/chat/completions', headers: { ...ws.headers, 'content-type': 'application/json' },
-    payload: { model: 'mistral-small-latest', messages: [{ role: 'user', content: PROMPT }], max_tokens: COMPLETION }
-  })
-  t.equal(first.statusCode, 200)
-  const settled = async () => (await admin('GET', `/admin/v1/workspaces/${ws.slug}/limits`)).json.workspace.caps.monthly
-  const before = (await settled()).settled
-  const charge = {
-    id: `batch:job-${Date.now()}`,
-    workspace: { id: ws.id, timezone: 'UTC', caps: { monthly: 100_000_000 } },
-    token: undefined,
-    cost: 5_000,
-    at: Date.now()
-  }
-  proxy.cut()
-  t.equal(await app.admission.charge(charge), false, 'not taken while Redis is cut off: the batch job stays pending')
-  proxy.restore()
-  await sleep(500)
-  t.equal(await app.admission.charge(charge), true, 'the next check charges it again, and Redis takes it')
-  await sleep(6_000) // the background retry lands too
-  t.equal((await settled()).settled, formatMoney(parseMoney(before) + 5_000), 'counted once')
 })
