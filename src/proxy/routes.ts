@@ -181,7 +181,12 @@ export async function proxyRoutes (app: FastifyInstance, { config, pool }: { con
     // the reply without reading the upstream body, and the call would never end
     if (reply.raw.destroyed) controller.abort()
     else reply.raw.once('close', onClientClose)
-    const deadline = setTimeout(() => controller.abort(new TotalTimeoutError()), config.UPSTREAM_TOTAL_TIMEOUT_MS)
+    const deadline = setTimeout(() => {
+      controller.abort(new TotalTimeoutError())
+      // a client that stopped reading would hold the call (its slot, its reservation, its record) for as long as its
+      // socket lives: it is given a few seconds to read how the call ended, then its connection is cut
+      setTimeout(() => { if (!reply.raw.writableFinished) reply.raw.destroy() }, READ_AFTER_DEADLINE_MS).unref()
+    }, config.UPSTREAM_TOTAL_TIMEOUT_MS)
 
     let answer: Answer | undefined
     try {
@@ -357,6 +362,9 @@ export async function proxyRoutes (app: FastifyInstance, { config, pool }: { con
     app.route({ method: METHODS, url, handler: forward, schema: { hide: true } })
   }
 }
+
+// what a client is given, past UPSTREAM_TOTAL_TIMEOUT_MS, to read the end of its answer (the error event of a cut stream)
+const READ_AFTER_DEADLINE_MS = 5_000
 
 class TotalTimeoutError extends Error {
   constructor () { super('upstream call exceeded UPSTREAM_TOTAL_TIMEOUT_MS'); this.name = 'TotalTimeoutError' }

@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto'
+import { connect } from 'node:net'
 import { Readable } from 'node:stream'
 import { setTimeout as sleep } from 'node:timers/promises'
 import t, { type Test } from 'tap'
@@ -108,6 +109,30 @@ t.test('UPSTREAM_TOTAL_TIMEOUT_MS cuts a slow stream', async (t) => {
   t.ok(elapsedMs < 4_000, `cut after ${elapsedMs} ms`)
   t.ok(await until(() => mistral.received[0]?.aborted === true), 'the upstream call was cancelled')
 })
+
+t.test('a client that stops reading a stream is cut once the total timeout has passed, and its call recorded',
+  async (t) => {
+    // an answer larger than the sockets' buffers: a client that reads nothing holds it back
+    const mistral = await startFakeMistral({ completionTokens: 60_000 })
+    t.teardown(() => mistral.close())
+    const testApp = await buildTestApp(t, { UPSTREAM_TOTAL_TIMEOUT_MS: '1500' }, { mistral })
+    const ws = await testApp.createWorkspace()
+    const url = new URL(await listen(testApp.app))
+    const socket = connect(Number(url.port), url.hostname)
+    t.teardown(() => socket.destroy())
+    const body = chat({ stream: true })
+    socket.write(`POST /v1/chat/completions HTTP/1.1\r\nhost: ${url.host}\r\nauthorization: ${ws.headers.authorization}` +
+      `\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`)
+    socket.pause() // reads nothing more
+    // the total timeout (1.5 s) and the 5 s given to read the end of the answer
+    await sleep(8_000)
+    t.equal((await usageRecords(testApp, ws)).length, 1,
+      'its record is in the ledger, not held for as long as the client lives')
+    // what the client had not read, then the end of a connection the gateway cut (a kept-alive one would stay open)
+    const closed = new Promise<boolean>((resolve) => socket.once('close', () => resolve(true)))
+    socket.resume()
+    t.ok(await Promise.race([closed, sleep(5_000).then(() => false)]), 'the gateway cut the connection')
+  })
 
 for (const mode of ['stall', 'cut'] as const) {
   t.test(`a stream that upstream ${mode === 'stall' ? 'stalls' : 'cuts'} mid-way ends and is still metered`,
