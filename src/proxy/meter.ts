@@ -51,7 +51,10 @@ export function meterCall ({
   let open = true
   // the admission, until it is given back: once, whatever the metering does
   let held = ticket
-  if (operation.metered) app.usage.begin(provisionalRecord())
+  const provisional = operation.metered ? provisionalRecord() : undefined
+  if (provisional) app.usage.begin(provisional)
+  // the call's record is in the ledger's queue
+  let recorded = false
   app.metrics.inFlight(1)
   return {
     settle (settlement) {
@@ -65,6 +68,17 @@ export function meterCall ({
         // a metering fault (a usage too large to price, say) is logged, never thrown: the client gets its answer or
         // its error whatever the meter does
         request.log.error({ err }, 'metering a call failed')
+        // the call is in the ledger all the same, as its start estimated it and at what it holds of the caps (which
+        // keep that below): the ledger and the counters agree, and its spooled start is let go
+        if (provisional && !recorded) {
+          app.usage.record({
+            ...provisional,
+            status: settlement.status,
+            upstreamStatus: settlement.upstreamStatus ?? null,
+            latencyMs: Date.now() - receivedAt,
+            billedCostMicros: held ? held.reservedCost : provisional.billedCostMicros
+          })
+        }
       } finally {
         // a call the meter could not price keeps what it reserved, so that the caps stay hard
         if (held) release(held.reservedCost, held.reservedTokens)
@@ -120,6 +134,7 @@ export function meterCall ({
     const { listMicros, billedMicros, priceModel } = price(app, operation, tenant, priced, requestedModel, model, usage,
       body)
     release(billedMicros, usage.totalTokens)
+    recorded = true
     app.usage.record(ledgerRow({
       model,
       priceModel,

@@ -1,7 +1,9 @@
+import { eq } from 'drizzle-orm'
 import { Redis } from 'ioredis'
 import t from 'tap'
 import { request } from 'undici'
 import { buildTestApp, listen, TEST_REDIS_URL, type TestApp, type TestWorkspace } from '../helpers/app.js'
+import { usageRecords } from '../../src/db/schema.js'
 import { scanKeys } from '../../src/redis.js'
 import { startFakeMistral } from '../helpers/fake-mistral.js'
 
@@ -219,6 +221,12 @@ t.test('a usage too large to price: the client gets its answer, the fault is log
     t.match(await res.body.text(), stream ? /data: \[DONE\]/ : /"content":"Hi"/, `${what}: as Mistral sent it`)
     t.same(await held(testApp, ws), { slots: 0, reserved: '0.000000' }, `${what}: no slot held, nothing reserved`)
     t.equal((await chat(testApp, ws.headers)).status, 200, `${what}: the next call has the slot`)
+    await testApp.app.usage.flush()
+    const rows = await testApp.app.database.db.select().from(usageRecords).where(eq(usageRecords.workspaceId, ws.id))
+    const faulty = rows.find((row) => row.requestId === res.headers['x-request-id'])
+    t.match(faulty, { estimated: true, status: 200 }, `${what}: in the ledger all the same, as estimated`)
+    t.ok(Number(faulty?.billedCostMicros) > 0, `${what}: at what it held of the caps`)
+    t.equal(testApp.app.usage.pending(), 0, `${what}: nothing left waiting`)
   }
   const faults = testApp.logs.map((line) => JSON.parse(line)).filter((line) => line.msg === 'metering a call failed')
   t.equal(faults.length, 2, 'each fault logged')
