@@ -129,7 +129,7 @@ export async function buildApp ({ config, logger }: BuildOptions): Promise<Fasti
   app.addHook('onClose', async () => { await upstream.close() })
   await app.register(metricsPlugin, {
     port: config.METRICS_PORT,
-    host: config.HOST,
+    host: config.METRICS_HOST ?? config.HOST,
     spoolDepth: () => app.usage.pending(),
     spoolOldestAge: () => app.usage.oldestPendingMs() / 1000,
     spoolWritable: () => app.usage.spoolWritable(),

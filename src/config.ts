@@ -8,8 +8,10 @@ export const MAX_TIMER_MS = 2_147_483_647
 const ConfigSchema = Type.Object({
   PORT: Type.Integer({ default: 8080, minimum: 0, maximum: 65535 }),
   HOST: Type.String({ default: '0.0.0.0' }),
-  // set: GET /metrics is served on this port (on HOST) and not on PORT, so that only the scraper reaches it
+  // set: GET /metrics is served on this port, without a credential, and not on PORT, so that only the scraper reaches it
   METRICS_PORT: Type.Optional(Type.Integer({ minimum: 0, maximum: 65535 })),
+  // the address METRICS_PORT listens on (unset: HOST): loopback, for a scraper on the same host
+  METRICS_HOST: Type.Optional(Type.String({ minLength: 1 })),
   LOG_LEVEL: Type.String({ default: 'info' }),
   // false: the per-call metrics carry no workspace label (an agency with very many workspaces); the scrape-time
   // gauges (spend, caps, Mistral's quota) keep it

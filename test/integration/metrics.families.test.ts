@@ -177,6 +177,15 @@ t.test('METRICS_PORT serves /metrics on a port of its own, and not on the main o
   t.equal(app.metricsServer?.listening, false, 'closed with the app')
 })
 
+t.test('METRICS_HOST puts the metrics port on its own address, apart from HOST', async (t) => {
+  const { app } = await buildTestApp(t, { METRICS_PORT: '0', HOST: '0.0.0.0', METRICS_HOST: '127.0.0.1' })
+  await listen(app)
+  // opened by the app's onListen hook
+  for (let waited = 0; !app.metricsServer?.listening && waited < 2_000; waited += 20) await sleep(20)
+  t.match(app.metricsServer?.address(), { address: '127.0.0.1' }, 'loopback only, though the app listens on every interface')
+  await app.close()
+})
+
 t.test('an event stream that is not metered (workflows) is a stream too: its label, and how it ended', async (t) => {
   const { app, mistral, createWorkspace } = await buildTestApp(t)
   const ws = await createWorkspace()
