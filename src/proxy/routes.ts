@@ -399,8 +399,15 @@ Promise<string[]> {
     }
     return [bound]
   }
-  if (asked !== undefined) return [asked]
   const names = await keys.names(tenant.workspace.id)
+  if (asked !== undefined) {
+    // one of the workspace's names (cached), or no lookup at all: a name of the client's making would otherwise be a
+    // database read, and a cache entry, of its own
+    if (!names.includes(asked)) {
+      throw unknownMistralKey(`No Mistral key named '${asked.slice(0, 64)}' in this workspace`, { param: 'x-tramontane-key' })
+    }
+    return [asked]
+  }
   return names[0] === 'default' ? names : ['default']
 }
 

@@ -92,6 +92,10 @@ t.test('an unbound token picks a key by header, `default` otherwise', async (t) 
   // key names are exact: no case folding
   const upper = await call(s, 'GET', '/v1/models', { ...ws.headers, 'x-tramontane-key': 'Production' })
   gatewayError(t, upper, 400, 'invalid_request_error', 'unknown_mistral_key', 'key name in another case')
+  // a name of any length, of the client's making: refused from the workspace's cached names, its echo cut
+  const long = await call(s, 'GET', '/v1/models', { ...ws.headers, 'x-tramontane-key': 'k'.repeat(10_000) })
+  gatewayError(t, long, 400, 'invalid_request_error', 'unknown_mistral_key', 'a name of 10,000 characters')
+  t.ok(long.json.message.length < 200, `its message is short (${long.json.message.length} characters)`)
 })
 
 t.test('a workspace without a `default` key needs the header', async (t) => {
