@@ -1,7 +1,7 @@
 import type { FastifyRequest } from 'fastify'
-import { conflict, retryAfterHeaders } from '../errors.js'
+import { conflict, notReady, retryAfterHeaders } from '../errors.js'
 import type { TenantContext } from '../tenancy/tokens.js'
-import type { BatchWatcher } from '../usage/batch-watcher.js'
+import type { BatchWatcher, Settled } from '../usage/batch-watcher.js'
 
 export type BatchJobCall = 'created' | 'read'
 
@@ -26,14 +26,23 @@ function namesInline (url: string): boolean {
  * Before `DELETE /v1/batch/jobs/{id}` is forwarded: Mistral forgets a deleted job, and with it what the job answered,
  * so a job the workspace's calls created is checked first, and billed if it has ended. A job still running is not
  * let go (409): it would answer requests no one could bill; the client cancels it, then deletes it once it has ended.
- * Nor is one that could not be billed yet (its output not found yet, Mistral not answering, a check elsewhere): 409.
+ * Nor is one that could not be billed yet (its output not found yet, Mistral not answering, a check elsewhere): 409;
+ * nor any while PostgreSQL, which holds the watch, does not answer: 503. A job whose Mistral key was removed goes:
+ * the gateway cannot read it until the operator adds the key back, and a removed key already leaves it unbilled.
  */
 export async function billBeforeDeletion (watcher: BatchWatcher, operationId: string, url: string,
   workspaceId: string): Promise<void> {
   if (operationId !== BATCH_JOB_DELETION) return
   const jobId = jobIdOf(url)
-  const settled = await watcher.settle(workspaceId, jobId)
-  if (!settled.pending) return
+  let settled: Settled
+  try {
+    settled = await watcher.settle(workspaceId, jobId)
+  } catch (err) {
+    // the watcher logged the cause; the message quotes no id, as whose job it is could not be read
+    throw notReady('The batch job cannot be billed before its deletion right now (the database does not answer); ' +
+      'retry shortly', { headers: retryAfterHeaders(DATABASE_RETRY_MS), cause: err })
+  }
+  if (!settled.pending || settled.keyGone) return
   // the id is that of a job the workspace created: the message quotes none of a client's making
   if (settled.running) {
     throw conflict(
@@ -48,6 +57,8 @@ export const BATCH_JOB_DELETION = 'jobs_api_routes_batch_delete_batch_job'
 
 // about a poll's worth: the output not found yet is read again by then
 const DELETION_RETRY_MS = 60_000
+// what a reconnect to PostgreSQL usually takes
+const DATABASE_RETRY_MS = 5_000
 
 /**
  * The id as Mistral reads it: the last segment of the path, percent-decoded (the route has refused a path that does

@@ -45,7 +45,8 @@ export interface BatchWatcher {
   /**
    * A client of the workspace is about to delete the job, after which Mistral shows nothing of it: checks it now
    * (after a check under way elsewhere, waited for up to SETTLE_WAIT_MS), billing it if it has ended. Says whether
-   * its watch is still pending, and why; a job of another workspace, or not watched, is not pending.
+   * its watch is still pending, and why; a job of another workspace, or not watched, is not pending. Throws when
+   * PostgreSQL does not answer.
    */
   settle (workspaceId: string, jobId: string): Promise<Settled>
   /** Checks the pending jobs that are due; every replica polls, a job is checked by one of them at a time. */
@@ -55,11 +56,16 @@ export interface BatchWatcher {
   close (): Promise<void>
 }
 
-/** A watch after `settle`: pending while the job runs (as Mistral shows it), or ended but could not be billed yet. */
+/**
+ * A watch after `settle`: pending while the job runs (as Mistral shows it), or ended but could not be billed yet, or
+ * unreadable: its Mistral key was removed.
+ */
 export interface Settled {
   pending: boolean
   /** the status Mistral showed the job in, when it is still running */
   running?: string
+  /** its Mistral key is gone: the gateway cannot read the job, let alone bill it, until the operator adds it back */
+  keyGone?: boolean
 }
 
 interface WatcherOptions {
@@ -145,7 +151,8 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
   /**
    * One check of a claimed job: reads it (unless a client's read just showed it) and, if it has ended, bills it.
    * `startedAt` is when the job counts as checked: the next poll, an interval later, finds it due from then. Gives the
-   * status Mistral showed the job in; undefined when the check failed.
+   * status Mistral showed the job in (KEY_GONE when it could not be read: its key was removed); undefined when the
+   * check failed.
    */
   async function check (job: WatchedJob, shown: Record<string, unknown> | undefined,
     startedAt: Date | SQL): Promise<string | undefined> {
@@ -165,7 +172,7 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
     const key = await keys.resolve(job.workspaceId, job.keyName)
     if (!key) {
       log.warn({ job: job.jobId, key: job.keyName }, 'batch job pending: its Mistral key is gone')
-      return undefined
+      return KEY_GONE
     }
     const upstreamJob = shown ?? await upstream.job(key.secret, job.jobId)
     if (!upstreamJob) {
@@ -197,8 +204,9 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
 
   /**
    * The output file when there is one, else the results inline (`outputs`, asked for with `inline=true`). Undefined
-   * when they hold no answer though the job had some: it has an output file (which Mistral writes for answers), or
-   * Mistral counts `succeeded_requests`. Its answers are then missing rather than none.
+   * when they hold no answer though the job had some, as Mistral counts them in `succeeded_requests` (its spec
+   * requires the field; the output file, which holds the errored lines too, says so only when the count is absent).
+   * Its answers are then missing rather than none.
    */
   async function readTotals (secret: string, job: WatchedJob, upstreamJob: Record<string, unknown>) {
     const totals = emptyTotals(jobModelOf(job, upstreamJob))
@@ -216,7 +224,8 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
       log.warn({ job: job.jobId, lines: totals.unreadable },
         'batch job output lines answered 2xx but their usage could not be read (or not JSON); they are not billed')
     }
-    const answered = typeof outputFile === 'string' || succeededRequestsOf(upstreamJob) > 0
+    const counted = upstreamJob.succeeded_requests
+    const answered = typeof counted === 'number' ? counted > 0 : typeof outputFile === 'string'
     return totals.succeeded === 0 && answered ? undefined : totals
   }
 
@@ -254,10 +263,6 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
     await finish(job, 'failed', 'OUTPUT_GONE', since)
   }
 
-  /**
-   * For a job Mistral shows without `completed_at`: when a check first found its output missing, kept on its watch
-   * (whose `completed_at` is otherwise set only when the watch ends), so that the grace has an end.
-   */
   /** A check started by a client's call: close() waits for it too. */
   async function checkRead (job: WatchedJob, shown: Record<string, unknown> | undefined) {
     const checking = check(job, shown, claimedAt(job))
@@ -269,12 +274,40 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
     }
   }
 
+  async function settleWatch (mine: SQL | undefined): Promise<Settled> {
+    const waitUntil = Date.now() + SETTLE_WAIT_MS
+    while (!closed) {
+      const [claimed] = await claim(and(mine, unclaimed), 1)
+      if (claimed) {
+        const status = await checkRead(claimed, undefined)
+        if (status === KEY_GONE) {
+          // the operator's removal of the key already stopped its billing: the watch stays as it was (pending)
+          log.warn({ job: claimed.jobId, key: claimed.keyName },
+            'batch job let go to its deletion with its Mistral key gone; it will not be billed')
+          return { pending: true, keyGone: true }
+        }
+        if (!await isPending(mine)) return { pending: false }
+        const running = status !== undefined && !TERMINAL_STATUSES.has(status)
+        return running ? { pending: true, running: status } : { pending: true }
+      }
+      // not pending, or held by a check under way
+      if (!await isPending(mine)) return { pending: false }
+      if (Date.now() >= waitUntil) break
+      await sleep(SETTLE_STEP_MS)
+    }
+    return { pending: await isPending(mine) }
+  }
+
   async function isPending (mine: SQL | undefined): Promise<boolean> {
     const [row] = await db.select({ jobId: watchedJobs.jobId }).from(watchedJobs)
       .where(and(mine, eq(watchedJobs.status, 'pending')))
     return row !== undefined
   }
 
+  /**
+   * For a job Mistral shows without `completed_at`: when a check first found its output missing, kept on its watch
+   * (whose `completed_at` is otherwise set only when the watch ends), so that the grace has an end.
+   */
   async function firstMissing (job: WatchedJob): Promise<Date> {
     const [row] = await db.update(watchedJobs).set({ completedAt: sql`coalesce(${watchedJobs.completedAt}, now())` })
       .where(eq(watchedJobs.jobId, job.jobId)).returning({ completedAt: watchedJobs.completedAt })
@@ -387,22 +420,12 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
     },
 
     async settle (workspaceId, jobId) {
-      const mine = ownWatch(workspaceId, jobId)
-      const waitUntil = Date.now() + SETTLE_WAIT_MS
-      while (!closed) {
-        const [claimed] = await claim(and(mine, unclaimed), 1)
-        if (claimed) {
-          const status = await checkRead(claimed, undefined)
-          if (!await isPending(mine)) return { pending: false }
-          const running = status !== undefined && !TERMINAL_STATUSES.has(status)
-          return running ? { pending: true, running: status } : { pending: true }
-        }
-        // not pending, or held by a check under way
-        if (!await isPending(mine)) return { pending: false }
-        if (Date.now() >= waitUntil) break
-        await sleep(SETTLE_STEP_MS)
+      try {
+        return await settleWatch(ownWatch(workspaceId, jobId))
+      } catch (err) {
+        log.warn({ err, job: jobId }, 'batch job not checked before its deletion: the database does not answer')
+        throw err
       }
-      return { pending: await isPending(mine) }
     },
 
     poll,
@@ -424,6 +447,8 @@ const CHECK_LEASE_MS = 5 * 60_000
 // how long a client's deletion waits for a check of the job under way elsewhere, and how often it looks
 const SETTLE_WAIT_MS = 10_000
 const SETTLE_STEP_MS = 100
+// what a check gives for a job whose Mistral key is gone: no status of Mistral's, which it could not read
+const KEY_GONE = 'KEY_GONE'
 // how long after a job completed its output may be missing before it is taken as deleted: a file not yet served
 // right after the job ended must not lose the job, and a client deletes its output hours later, if at all
 const OUTPUT_GRACE_MS = 60 * 60_000

@@ -6,10 +6,11 @@ import t, { type Test } from 'tap'
 import { usageRecords, watchedJobs } from '../../src/db/schema.js'
 import { formatMoney, parseMoney } from '../../src/pricing/money.js'
 import { billBeforeDeletion } from '../../src/proxy/batch-hook.js'
-import { buildTestApp, listen, type TestApp, type TestWorkspace } from '../helpers/app.js'
+import { buildTestApp, listen, TEST_DATABASE_URL, type TestApp, type TestWorkspace } from '../helpers/app.js'
 import { createScratchDatabase } from '../helpers/database.js'
 import { countTokens } from '../helpers/fake-mistral.js'
 import { completeBatchJob } from '../helpers/fake-mistral/batch.js'
+import { proxiedDatabase } from '../helpers/tcp-proxy.js'
 
 // Issue #5: a batch job created through the gateway is billed once, when it ends, from its output, at the batch
 // discount (MISTRAL-NOTES §2.6, §4), however many gateways watch it.
@@ -778,3 +779,76 @@ t.test('a job Mistral says answered requests is not closed as answering nothing 
     }
     t.equal((await recordsOf(s, ws.id)).length, 0, 'nothing billed')
   })
+
+t.test('a job whose output file holds only errored lines ends failed at once, with Mistral\'s status', async (t) => {
+  const s = await setup(t, { BATCH_POLL_INTERVAL_MS: '600000' })
+  const ws = await s.createWorkspace()
+  const job = await sdkFor(s.url, ws).batch.jobs.create({
+    endpoint: '/v1/chat/completions', model: MODEL, requests: requests()
+  })
+  const ended = completeBatchJob(s.mistral.stores, job.id, { status: 'FAILED' })
+  // Mistral writes a line for every request to the output file, those that answered 400 too
+  ended.output_file = ended.error_file
+  t.equal(ended.succeeded_requests, 0)
+  await s.app.batchJobs.seen(ws.id, ended)
+  t.match(await watchOf(s, job.id), { status: 'failed', upstreamStatus: 'FAILED' }, 'ended, not held for the hour')
+  t.same(s.mistral.requestsTo(`/v1/files/${String(ended.output_file)}/content`).length, 1, 'its output was read')
+  t.equal(jobLogs(s, job.id, 50).length, 0, 'no error logged: nothing was lost')
+  t.equal((await recordsOf(s, ws.id)).length, 0, 'nothing billed')
+})
+
+t.test('a job whose Mistral key was removed is let go to its deletion, with a warning naming it', async (t) => {
+  const s = await setup(t, { BATCH_POLL_INTERVAL_MS: '600000' })
+  const ws = await s.createWorkspace({ keys: ['default', 'batch'] })
+  const created = await s.app.inject({
+    method: 'POST',
+    url: '/v1/batch/jobs',
+    headers: { ...ws.headers, 'x-tramontane-key': 'batch' },
+    payload: { endpoint: '/v1/chat/completions', model: MODEL, requests: requests() }
+  })
+  t.equal(created.statusCode, 200)
+  const jobId = String(created.json().id)
+  t.match(await watchOf(s, jobId), { status: 'pending', keyName: 'batch' })
+  completeBatchJob(s.mistral.stores, jobId, { completionTokens: WORDS })
+  t.equal((await s.admin('DELETE', `/admin/v1/workspaces/${ws.slug}/mistral-keys/batch`)).statusCode, 204)
+
+  const removed = await s.app.inject({ method: 'DELETE', url: `/v1/batch/jobs/${jobId}`, headers: ws.headers })
+  t.equal(removed.statusCode, 200, 'the gateway could never bill it: the deletion goes on')
+  t.equal(s.mistral.received.filter((request) => request.method === 'DELETE').length, 1)
+  t.equal((await watchOf(s, jobId)).status, 'pending', 'its watch is left as a removed key leaves it')
+  t.match(jobLogs(s, jobId, 40).at(-1), { key: 'batch', msg: /deletion.*will not be billed/ }, 'warned, naming the job')
+  t.equal((await recordsOf(s, ws.id)).length, 0)
+})
+
+t.test('a deletion while PostgreSQL does not answer is refused 503 with Retry-After, then goes on', async (t) => {
+  const { proxy, url: databaseUrl } = await proxiedDatabase(t, TEST_DATABASE_URL)
+  const s = await setup(t, { BATCH_POLL_INTERVAL_MS: '600000', DATABASE_URL: databaseUrl })
+  const ws = await s.createWorkspace()
+  const job = await sdkFor(s.url, ws).batch.jobs.create({
+    endpoint: '/v1/chat/completions', model: MODEL, requests: requests()
+  })
+  completeBatchJob(s.mistral.stores, job.id, { completionTokens: WORDS })
+  const remove = () => s.app.inject({ method: 'DELETE', url: `/v1/batch/jobs/${job.id}`, headers: ws.headers })
+  const deletions = () => s.mistral.received.filter((request) => request.method === 'DELETE').length
+
+  proxy.cut()
+  const refused = await remove()
+  t.equal(refused.statusCode, 503)
+  t.match(refused.json(), {
+    object: 'error',
+    type: 'server_error',
+    code: 'not_ready',
+    message: /^The batch job cannot be billed before its deletion right now \(the database does not answer\)/,
+    request_id: String(refused.headers['x-request-id'])
+  }, 'in the envelope')
+  t.equal(refused.headers['retry-after'], '5')
+  t.equal(deletions(), 0, 'Mistral was not asked to delete it')
+  t.match(jobLogs(s, job.id, 40), [{ err: Object, msg: /database/ }], 'the cause is logged, naming the job')
+
+  proxy.restore()
+  // the pool may first meet a connection the cut broke: the client retries, as told
+  const ended = await until('a deletion PostgreSQL answers', remove, (res) => res.statusCode !== 503)
+  t.equal(ended.statusCode, 200, 'deleted once PostgreSQL answers')
+  t.equal(deletions(), 1)
+  t.equal((await watchOf(s, job.id)).status, 'recorded', 'and billed before')
+})
