@@ -1,5 +1,6 @@
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import { WORKSPACE_TOKEN_PATTERN } from './tenancy/token-format.js'
+import { ledgerText } from './proxy/meter.js'
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -84,7 +85,8 @@ export function writeRequestLine (request: FastifyRequest, reply: FastifyReply, 
     workspace: request.tenant?.workspace.slug,
     token: request.tenant?.token.prefix,
     operation: request.operation?.id,
-    model: outcome?.model,
+    // as the ledger holds it: a client's string of any length does not make the line; cut only when a line is written
+    model: outcome?.model === undefined ? undefined : ledgerText(outcome.model),
     key: outcome?.keyName,
     upstreamStatus: outcome?.upstreamStatus,
     tokens: outcome?.totalTokens,

@@ -150,6 +150,8 @@ export function createAdmission (options: AdmissionOptions): Admission {
   // re-seeds under way, by workspace prefix and the counters they seed
   const seeding = new Map<string, Promise<void>>()
   const thresholdListeners: Array<(crossing: ThresholdCrossing) => void> = []
+  // the workspaces deleted while this replica ran: a settlement or charge failing then is not sent again
+  const forgotten = new Set<string>()
   // settlements and charges waiting to be sent again, by request id
   const retries = new Map<string, { prefix: string, timer: NodeJS.Timeout, send: () => Promise<void> }>()
   let closed = false
@@ -300,9 +302,9 @@ export function createAdmission (options: AdmissionOptions): Admission {
       throw budgetUnavailable(new Error('admission did not settle after retries'))
     },
 
-    async settle (ticket, actual) {
+    settle (ticket, actual) {
       // the ticket stays live until the store takes its settlement: renewal keeps its reservation meanwhile
-      await settleUntilTaken(ticket.store, ticket.prefix, {
+      return settleUntilTaken(ticket.store, ticket.prefix, {
         id: ticket.id,
         cost: actual.cost,
         tokens: actual.tokens,
@@ -336,6 +338,7 @@ export function createAdmission (options: AdmissionOptions): Admission {
       const prefix = `tmt:{ws:${workspaceId}}`
       // a renewal finds neither the reservation nor the settled id, and would put the call back for good; a retried
       // settlement would bring the counters back
+      forgotten.add(prefix)
       for (const [id, ticket] of live) if (ticket.prefix === prefix) live.delete(id)
       for (const [id, retry] of retries) {
         if (retry.prefix !== prefix) continue
@@ -370,14 +373,15 @@ export function createAdmission (options: AdmissionOptions): Admission {
    * RETRY_FOR_MS, or at close) it is dropped, its reservation expires, and the counters miss its cost.
    */
   async function settleUntilTaken (target: AdmissionStore, prefix: string, input: SettleInput, freesSlot: boolean,
-    ticket: Ticket | undefined, attempt = 0, since = Date.now()) {
+    ticket: Ticket | undefined, attempt = 0, firstFailedAt?: number): Promise<void> {
     try {
       const crossed = await target.settle(prefix, input, freesSlot)
       if (ticket) live.delete(ticket.id)
       announce(prefix, crossed)
     } catch (err) {
       // a workspace forgotten meanwhile: its counters are gone, and must stay so
-      if (ticket && live.get(ticket.id) !== ticket) return
+      if ((ticket && live.get(ticket.id) !== ticket) || forgotten.has(prefix)) return
+      const since = firstFailedAt ?? Date.now()
       if (closed || Date.now() - since >= RETRY_FOR_MS) {
         if (ticket) live.delete(ticket.id)
         log.error({ err, requestId: input.id }, 'settlement failed for good; the spend counters miss its cost')

@@ -30,9 +30,7 @@ function namesInline (url: string): boolean {
  * nor any while PostgreSQL, which holds the watch, does not answer: 503. A job whose Mistral key was removed goes:
  * the gateway cannot read it until the operator adds the key back, and a removed key already leaves it unbilled.
  */
-export async function billBeforeDeletion (watcher: BatchWatcher, operationId: string, url: string,
-  workspaceId: string): Promise<void> {
-  if (operationId !== BATCH_JOB_DELETION) return
+export async function billBeforeDeletion (watcher: BatchWatcher, url: string, workspaceId: string): Promise<void> {
   const jobId = jobIdOf(url)
   let settled: Settled
   try {

@@ -24,7 +24,7 @@ import {
 import { flaggedModerations, openAiModerations, translateModerationRequest } from '../dialects/openai-moderations.js'
 import { streamErrorShaping } from '../dialects/openai-stream-errors.js'
 import { BATCH_JOB_DELETION, batchJobCall, billBeforeDeletion, observeBatchJob } from './batch-hook.js'
-import { ledgerText, meterCall, type Meter } from './meter.js'
+import { meterCall, type Meter } from './meter.js'
 import { boundOutput, quoteBatchCreation, quoteCall } from './quote.js'
 import { isRegionalHost } from '../pricing/region.js'
 import { holdLine, settled as lineSettled, unrouted } from '../request-line.js'
@@ -106,8 +106,7 @@ export async function proxyRoutes (app: FastifyInstance, { config, pool }: { con
     const notes = translateDialect(operation, body, request.headers)
     // the model Mistral is asked for, once the dialect has named it (an OpenAI moderation without one runs on Mistral's)
     const model = modelOf(body)
-    // as the ledger would hold it: a client's string of any length does not make the request's log line
-    request.outcome = { model: model === undefined ? undefined : ledgerText(model), keyName: candidates[0] }
+    request.outcome = { model, keyName: candidates[0] }
 
     // admission: the worst case of the call against every limit and cap, in one round trip
     const { workspace, token } = tenant
@@ -144,7 +143,7 @@ export async function proxyRoutes (app: FastifyInstance, { config, pool }: { con
       // a watched batch job is billed before Mistral forgets it; one still running is refused (409). After admission,
       // so that rate limits cover the check; awaited for that operation only, the hot path pays no turn for it
       if (operation.id === BATCH_JOB_DELETION) {
-        await billBeforeDeletion(app.batchJobs, operation.id, request.url, workspace.id)
+        await billBeforeDeletion(app.batchJobs, request.url, workspace.id)
       }
       if (ticket) {
         reply.headers(ticket.headers)

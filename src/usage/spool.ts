@@ -141,12 +141,14 @@ export function createSpool ({ dir, heartbeatMs = 5_000, staleMs = STALE_OWNER_M
 
   return {
     append (line) {
-      const bytes = Buffer.from(line + '\n')
+      const text = line + '\n'
       try {
         fd ??= openSegment()
-        // a short write (the disk filled mid-line) fails too: the next line would run on from the cut one
-        const written = writeSync(fd, bytes)
-        if (written < bytes.length) throw new Error(`usage spool: ${written} of ${bytes.length} bytes written`)
+        // a short write (the disk filled mid-line) fails too: the next line would run on from the cut one. The string
+        // is written as it is (a Buffer of it would copy every line); its length in bytes is counted, not encoded
+        const written = writeSync(fd, text)
+        const length = Buffer.byteLength(text)
+        if (written < length) throw new Error(`usage spool: ${written} of ${length} bytes written`)
       } catch (err) {
         // a line the failure cut can only be the last of its segment, as a crash leaves it: a new one takes the next
         try { seal() } catch {}

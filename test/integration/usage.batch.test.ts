@@ -619,8 +619,6 @@ t.test('one poll checks every job that is due, however many', async (t) => {
   t.same(jobs.map((job) => jobReads(s, job.id)), jobs.map(() => 1), 'and none again before the interval has passed')
 })
 
-const DELETE_JOB = 'jobs_api_routes_batch_delete_batch_job'
-
 t.test('a job about to be deleted through the gateway is billed first; a running one is refused', async (t) => {
   const s = await setup(t, { BATCH_POLL_INTERVAL_MS: '600000' })
   const ws = await s.createWorkspace()
@@ -628,7 +626,7 @@ t.test('a job about to be deleted through the gateway is billed first; a running
   const create = () => sdk.batch.jobs.create({ endpoint: '/v1/chat/completions', model: MODEL, requests: requests() })
   // what the route calls before it forwards `DELETE /v1/batch/jobs/{id}`
   const deleting = (path: string, workspaceId = ws.id) =>
-    billBeforeDeletion(s.app.batchJobs, DELETE_JOB, path, workspaceId).then(() => undefined, (err: unknown) => err)
+    billBeforeDeletion(s.app.batchJobs, path, workspaceId).then(() => undefined, (err: unknown) => err)
 
   const job = await create()
   t.match(await deleting(`/v1/batch/jobs/${job.id}`), {
