@@ -55,7 +55,11 @@ export interface PriceBook {
   list (currency: string, family?: PriceFamily): ModelPrice[]
   /** The id an override of `model` is stored under: aliases and case variants name their canonical model. */
   canonical (model: string, family: PriceFamily): string
-  /** `audit` writes the change's row in its transaction, given the price as the book serves it once committed. */
+  /**
+   * `audit` writes the change's row in its transaction, given the price as the book serves it once committed; that
+   * price is also what it returns, though a reload that fails after the commit leaves the book serving the old one
+   * until its retry
+   */
   upsert (override: PriceOverride, audit: AuditHook<ModelPrice>): Promise<ModelPrice>
   /**
    * Deletes an override (the shipped price, if any, applies again); false when there was none. `audit` writes the
@@ -118,19 +122,23 @@ export function createPriceBook ({ db, bus, log, retryMs = 5_000 }: PriceBookOpt
 
   function reloadSoon () {
     if (closed) return
-    load().catch((err: unknown) => {
-      if (closed || retry) return
-      // until it succeeds this replica prices with what it had: say so, and try again
-      log?.warn({ err }, 'price book reload failed; retrying')
-      retry = setTimeout(() => { retry = undefined; reloadSoon() }, retryMs)
-      retry.unref()
-    })
+    load().catch(reloadLater)
+  }
+
+  function reloadLater (err: unknown) {
+    if (closed || retry) return
+    // until it succeeds this replica prices with what it had: say so, and try again
+    log?.warn({ err }, 'price book reload failed; retrying')
+    retry = setTimeout(() => { retry = undefined; reloadSoon() }, retryMs)
+    retry.unref()
   }
   bus?.subscribe((message) => { if (message === null || message.type === 'prices') reloadSoon() })
 
+  // The change is committed and audited by now: the other replicas are told first, and a reload that fails is
+  // retried rather than thrown, or the change would be answered as failed and go unannounced
   async function changed () {
-    await load()
-    await bus?.publish({ type: 'prices' }).catch(() => {}) // Redis down: its reconnect makes every replica reload
+    await bus?.publish({ type: 'prices' }) // never rejects; Redis down: its reconnect makes every replica reload
+    await load().catch(reloadLater)
   }
 
   // `of`: the book as a change's transaction sees it, for its audit row
@@ -175,16 +183,19 @@ export function createPriceBook ({ db, bus, log, retryMs = 5_000 }: PriceBookOpt
           throw conflict(`'${alias}' already names ${values.family} model '${owner}'`, { param: 'aliases' })
         }
       }
-      await db.transaction(async (tx) => {
+      // the price as committed: the reload that follows may fail, and the book still serve the old one a while
+      const committed = await db.transaction(async (tx) => {
         await tx.insert(modelPrices).values(values).onConflictDoUpdate({
           target: [modelPrices.model, modelPrices.currency, modelPrices.family],
           set: { ...values, updatedAt: sql`now()` }
         })
         const after = build(await tx.select().from(modelPrices))
-        await audit(tx, entry(values.model, values.family, values.currency, after) as ModelPrice)
+        const price = entry(values.model, values.family, values.currency, after) as ModelPrice
+        await audit(tx, price)
+        return price
       })
       await changed()
-      return entry(values.model, values.family, values.currency) as ModelPrice
+      return committed
     },
     async remove (model, currency, family, audit) {
       const removed = await db.transaction(async (tx) => {

@@ -155,7 +155,7 @@ export async function sendWithRetries (attempt: Attempt, deps: AttemptDeps): Pro
       lastFailure = invalidKeyError(key.name)
       const marked = await keys.markInvalid(workspaceId, key.id).catch((err: unknown) => {
         // PostgreSQL away: the key stays active, so the cooldown order would only pick it again; the call ends here
-        // with the 401's own answer (the error names queries and ids, never a key)
+        // with mistral_key_rejected all the same (the error names queries and ids, never a key)
         log.error({ key: key.name, err }, 'Mistral rejected a workspace key, which could not be marked invalid')
         return undefined
       })

@@ -22,6 +22,15 @@ const RESET_HEADERS: ReadonlyArray<{ reset: string, remaining: readonly string[]
   { reset: 'x-ratelimit-reset', remaining: ['x-ratelimit-remaining'], month: false }
 ]
 
+// what the refused call would have cost, beside the token counts it is taken from (MISTRAL-NOTES §3.3): a token window
+// with less left than that refuses the call though its count is not 0. Not a month's: one large call that does not fit
+// what is left of it must not keep every smaller call away from the key until the month ends
+const QUERY_COST: Readonly<Record<string, string>> = {
+  'ratelimitbysize-remaining': 'ratelimitbysize-query-cost',
+  'x-ratelimitbysize-remaining-minute': 'ratelimitbysize-query-cost',
+  'x-ratelimit-remaining-tokens-minute': 'x-ratelimit-tokens-query-cost'
+}
+
 /**
  * How long Mistral asks us to wait, in ms, from its 429: `retry-after-ms`, `Retry-After` (seconds or an HTTP date,
  * RFC 9110 §10.2.3), or a rate-limit reset header; undefined when it says nothing usable.
@@ -40,10 +49,10 @@ export function retryAfterMs (headers: Headers, now: number): number | undefined
 }
 
 /**
- * The wait the reset headers give: the longest reset of the windows shown spent (a remaining count of 0), else of the
- * windows that may be, less the month's. A window with room left says nothing of this 429, and a month's reset, weeks
- * away on every answer, cools a key only when its remaining count shows the month spent: a minute's 429 beside it
- * would otherwise keep the key away until the month ends.
+ * The wait the reset headers give: the longest reset of the windows shown spent (a remaining count of 0, or of tokens
+ * below the call's cost), else of the windows that may be, less the month's. A window with room left says nothing of
+ * this 429, and a month's reset, weeks away on every answer, cools a key only when its remaining count shows the month
+ * spent: a minute's 429 beside it would otherwise keep the key away until the month ends.
  */
 function resetWait (headers: Headers): number | undefined {
   let spent: number | undefined
@@ -51,12 +60,20 @@ function resetWait (headers: Headers): number | undefined {
   for (const window of RESET_HEADERS) {
     const seconds = Number(first(headers[window.reset]))
     if (!Number.isFinite(seconds) || seconds <= 0) continue
-    const counts = window.remaining.map((name) => Number(first(headers[name]))).filter(Number.isFinite)
-    const remaining = counts.length === 0 ? undefined : Math.min(...counts)
-    if (remaining !== undefined && remaining <= 0) spent = Math.max(spent ?? 0, seconds * 1000)
-    else if (remaining === undefined && !window.month) unknown = Math.max(unknown ?? 0, seconds * 1000)
+    const counts = window.remaining
+      .map((name) => ({ left: Number(first(headers[name])), cost: queryCost(headers, name) }))
+      .filter(({ left }) => Number.isFinite(left))
+    if (counts.some(({ left, cost }) => left <= 0 || left < cost)) spent = Math.max(spent ?? 0, seconds * 1000)
+    else if (counts.length === 0 && !window.month) unknown = Math.max(unknown ?? 0, seconds * 1000)
   }
   return spent ?? unknown
+}
+
+/** The refused call's cost in the units of the count `remaining` names; 0 when not a token count or not given. */
+function queryCost (headers: Headers, remaining: string): number {
+  const name = QUERY_COST[remaining]
+  const cost = name === undefined ? NaN : Number(first(headers[name]))
+  return Number.isFinite(cost) ? cost : 0
 }
 
 /**

@@ -218,3 +218,50 @@ t.test('a price change whose audit entry cannot be written does not happen', asy
     .map((entry) => entry.action)
   t.same(actions, ['model_price.update'], 'the audit log holds the change made, and only it')
 })
+
+t.test('a committed change whose reload fails is still answered, announced, and reloaded once it can be', async (t) => {
+  // a database of its own: the trigger below hides model_prices from every reader once the change commits, so that
+  // the reload that follows the commit fails as if PostgreSQL had gone away in between
+  const databaseUrl = await createScratchDatabase(t)
+  const one = await buildTestApp(t, { DATABASE_URL: databaseUrl })
+  const two = await buildTestApp(t, { DATABASE_URL: databaseUrl }, { mistral: one.mistral })
+  const client = new pg.Client({ connectionString: databaseUrl })
+  await client.connect()
+  t.teardown(() => client.end())
+  await client.query(`create function hide_prices () returns trigger language plpgsql as $$
+    begin alter table model_prices rename to model_prices_hidden; return new; end $$`)
+  const reloadFailing = async (action: string, change: () => Promise<{ statusCode: number, json: any }>) => {
+    await client.query(`create trigger hide_prices after insert on audit_log for each row
+      when (new.action = '${action}') execute function hide_prices()`)
+    try {
+      return await change()
+    } finally {
+      await client.query('drop trigger hide_prices on audit_log')
+      await client.query('alter table if exists model_prices_hidden rename to model_prices')
+    }
+  }
+  const served = async (want: (app: typeof one.app) => boolean) => {
+    const deadline = Date.now() + 12_000
+    while (!(want(one.app) && want(two.app)) && Date.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, 50))
+    }
+    return [want(one.app), want(two.app)]
+  }
+  const model = custom()
+  const priced = (app: typeof one.app) => app.prices.resolve(model, 'embeddings', 'XTS')?.inputPerMTok === 20_000
+
+  const put = await reloadFailing('model_price.update', () => one.admin('PUT', `/admin/v1/prices/${model}`,
+    { currency: 'XTS', family: 'embeddings', inputPerMTok: '0.02' }))
+  t.equal(put.statusCode, 200, 'the change is committed: it is answered as such')
+  t.match(put.json, { model, currency: 'XTS', family: 'embeddings', inputPerMTok: '0.020000', override: true },
+    'with the price committed')
+  t.same(await served(priced), [true, true], 'both replicas serve it once the book can be read again')
+
+  const removed = await reloadFailing('model_price.delete',
+    () => one.admin('DELETE', `/admin/v1/prices/${model}?currency=XTS&family=embeddings`))
+  t.equal(removed.statusCode, 204)
+  t.same(await served((app) => !priced(app)), [true, true], 'and both stop serving it once it is removed')
+  const actions = ((await one.admin('GET', '/admin/v1/audit-log')).json.data as Array<{ action: string }>)
+    .map((entry) => entry.action).sort()
+  t.same(actions, ['model_price.delete', 'model_price.update'], 'each change was audited once')
+})

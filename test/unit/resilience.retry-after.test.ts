@@ -65,6 +65,38 @@ t.test('a window with room left, or a month not shown spent, does not set the wa
     'a count that is no number says nothing')
 })
 
+t.test('a token window with less left than the call costs is spent', async (t) => {
+  t.equal(retryAfterMs({
+    'ratelimitbysize-reset': '40', 'ratelimitbysize-remaining': '300', 'ratelimitbysize-query-cost': '5000'
+  }, NOW), 40_000, 'first generation: 300 tokens left, the call costs 5000')
+  t.equal(retryAfterMs({
+    'x-ratelimit-reset-req-minute': '3', 'x-ratelimit-remaining-req-minute': '700',
+    'x-ratelimit-reset-tokens-minute': '41', 'x-ratelimit-remaining-tokens-minute': '51',
+    'x-ratelimit-tokens-query-cost': '52'
+  }, NOW), 41_000, 'third generation: the tokens\' reset, the requests having room')
+  t.equal(retryAfterMs({
+    'x-ratelimit-reset-minute': '20', 'x-ratelimitbysize-remaining-minute': '900', 'ratelimitbysize-query-cost': '1000',
+    'x-ratelimit-reset-month': '1900000', 'x-ratelimitbysize-remaining-month': '999000000'
+  }, NOW), 20_000, 'second generation: the minute cannot take the call, the month can')
+  t.equal(retryAfterMs({
+    'ratelimitbysize-reset': '40', 'ratelimitbysize-remaining': '5000', 'ratelimitbysize-query-cost': '5000',
+    'x-ratelimit-reset-req-minute': '3'
+  }, NOW), 3000, 'exactly the cost left: room for the call, the window is left out')
+  t.equal(retryAfterMs({
+    'x-ratelimit-reset-req-minute': '3', 'x-ratelimit-remaining-req-minute': '2', 'x-ratelimit-tokens-query-cost': '52',
+    'x-ratelimit-reset': '9'
+  }, NOW), 9000, 'a token cost says nothing of a count of requests')
+  t.equal(retryAfterMs({
+    'ratelimitbysize-reset': '40', 'ratelimitbysize-remaining': '300', 'ratelimitbysize-query-cost': 'n/a',
+    'x-ratelimit-reset-req-minute': '3'
+  }, NOW), 3000, 'a cost that is no number says nothing')
+  t.equal(retryAfterMs({
+    'x-ratelimit-reset-tokens-minute': '20', 'x-ratelimit-remaining-tokens-minute': '0',
+    'x-ratelimit-reset-tokens-month': '1900000', 'x-ratelimit-remaining-tokens-month': '300',
+    'x-ratelimit-tokens-query-cost': '5000'
+  }, NOW), 20_000, 'a month with less left than one large call is not spent: smaller calls still fit it')
+})
+
 t.test('a spend-limit 429 is told apart from a rate limit by its words', async (t) => {
   for (const body of ['{"message":"You have reached your monthly spending limit"}', '{"detail":"Usage limit exceeded"}',
     '{"message":"insufficient_funds"}', '{"message":"Budget limit reached for this workspace"}']) {
