@@ -21,8 +21,8 @@ export type Invalidation =
 export interface InvalidationBus {
   /**
    * Never rejects: the change it announces is committed (and audited) by then, and must be answered as such. A message
-   * Redis cannot take is not lost for good: once Redis takes messages again, every replica is told to forget
-   * everything (as a replica that reconnects does), and caches have a time limit besides.
+   * about something cached that Redis cannot take is not lost for good: once Redis takes messages again, every replica
+   * is told to forget everything (as a replica that reconnects does), and caches have a time limit besides.
    */
   publish (message: Invalidation): Promise<void>
   /** `null` means "messages may have been missed": forget everything. */
@@ -33,8 +33,14 @@ export interface InvalidationBus {
 const CHANNEL = 'tmt:invalidations'
 // what every replica reads as "messages may have been missed": `null`, which older replicas understand too
 const FORGET_EVERYTHING = 'null'
-// a publish that timed out on a connection still up: no 'ready' follows, so it is tried again after this
-const REPUBLISH_AFTER_MS = 1_000
+// what another replica caches and would keep past a change it did not hear of; a lost key-health notice leaves none
+// (a replica meets the block itself), nor a lost spend recovery (calls in flight are renewed on a timer besides)
+const CACHE_INVALIDATIONS: ReadonlySet<Invalidation['type']> = new Set(['token', 'workspace', 'prices'])
+// a forget-everything that timed out on a connection still up (no 'ready' follows) is tried again after this, twice as
+// long at each failure up to a minute: Redis may have delivered it all the same, and each one it delivers empties every
+// replica's caches
+const REPUBLISH_FIRST_MS = 1_000
+const REPUBLISH_MAX_MS = 60_000
 
 export function createLocalBus (): InvalidationBus {
   const emitter = new EventEmitter()
@@ -76,15 +82,22 @@ export function createRedisBus (client: Redis | Cluster, subscriber: Redis | Clu
   // Redis takes messages again they are all told to forget everything, this one included
   let missed = false
   let retry: NodeJS.Timeout | undefined
-  const send = (payload: string) => client.publish(CHANNEL, payload).then(() => {}, () => {
+  let retryMs = REPUBLISH_FIRST_MS
+  const send = (payload: string, invalidatesCache: boolean) => client.publish(CHANNEL, payload).then(() => {
+    if (payload === FORGET_EVERYTHING) retryMs = REPUBLISH_FIRST_MS // taken: the next failure starts over
+  }, () => {
+    if (!invalidatesCache) return
     missed = true
-    if (client.status === 'ready') retry ??= setTimeout(announceMissed, REPUBLISH_AFTER_MS).unref()
+    if (client.status !== 'ready' || retry) return // 'ready' announces it
+    retry = setTimeout(announceMissed, retryMs).unref()
+    retryMs = Math.min(retryMs * 2, REPUBLISH_MAX_MS)
   })
   function announceMissed () {
+    clearTimeout(retry)
     retry = undefined
     if (!missed) return
     missed = false
-    void send(FORGET_EVERYTHING)
+    void send(FORGET_EVERYTHING, true)
   }
   client.on('ready', announceMissed)
 
@@ -92,7 +105,7 @@ export function createRedisBus (client: Redis | Cluster, subscriber: Redis | Clu
     async publish (message) {
       // the local replica must forget even when Redis is unreachable
       emitter.emit('message', message)
-      await send(JSON.stringify({ ...message, origin }))
+      await send(JSON.stringify({ ...message, origin }), CACHE_INVALIDATIONS.has(message.type))
     },
     subscribe (listener) { emitter.on('message', listener) },
     async close () {

@@ -75,7 +75,10 @@ export interface MistralKeyStore {
 
 interface Cached<T> {
   value: Promise<T>
+  /** when it is to be read again */
   until: number
+  /** a read again is under way: calls meanwhile take `value` */
+  refreshing: boolean
 }
 
 interface MistralKeyStoreOptions {
@@ -202,26 +205,33 @@ MistralKeyStore {
   }
 
   /**
-   * What `read` gives, read once per `cacheTtlMs` (callers meanwhile share one read). A read that fails keeps serving
-   * what the last one gave, as token lookups do through a PostgreSQL outage, unless the bus dropped it meanwhile.
+   * What `read` gives, read again in the background once `cacheTtlMs` has passed (one read at a time), the value read
+   * before answering meanwhile: a call never waits on PostgreSQL for a key it has, as none did before keys expired. A
+   * read that fails keeps that value, as token lookups do through a PostgreSQL outage, and is tried again after
+   * STALE_RETRY_MS. Only a value never read, or dropped on the bus' word, is waited for (callers share its read).
    */
   function cached<T> (entries: Map<string, Cached<T>>, cacheKey: string, read: () => Promise<T>): Promise<T> {
-    const now = Date.now()
-    const stale = entries.get(cacheKey)
-    if (stale && stale.until > now) return stale.value
-    const entry: Cached<T> = {
-      value: read().catch((err: unknown) => {
-        if (!stale || entries.get(cacheKey) !== entry) {
-          if (entries.get(cacheKey) === entry) entries.delete(cacheKey)
-          throw err
-        }
-        entry.until = Date.now() + STALE_RETRY_MS
-        return stale.value
-      }),
-      until: now + cacheTtlMs
+    const entry = entries.get(cacheKey)
+    if (entry) {
+      if (entry.until <= Date.now() && !entry.refreshing) refresh(entries, cacheKey, entry, read)
+      return entry.value
     }
-    entries.set(cacheKey, entry)
-    return entry.value
+    const first: Cached<T> = { value: read(), until: Date.now() + cacheTtlMs, refreshing: false }
+    entries.set(cacheKey, first)
+    first.value.catch(() => { if (entries.get(cacheKey) === first) entries.delete(cacheKey) })
+    return first.value
+  }
+
+  function refresh<T> (entries: Map<string, Cached<T>>, cacheKey: string, entry: Cached<T>, read: () => Promise<T>) {
+    entry.refreshing = true
+    read().then((value) => {
+      // dropped on the bus' word meanwhile: this read may have begun before the change it announced
+      if (entries.get(cacheKey) !== entry) return
+      entries.set(cacheKey, { value: Promise.resolve(value), until: Date.now() + cacheTtlMs, refreshing: false })
+    }, () => {
+      entry.until = Date.now() + STALE_RETRY_MS
+      entry.refreshing = false
+    })
   }
 
   async function load (workspaceId: string, name: string): Promise<UsableKey | undefined> {

@@ -127,7 +127,51 @@ t.test('a replica that missed every message about a key reads it again past its 
   await one.add(ws.id, 'backup', `${rotated}-backup`, unaudited)
   t.equal((await other.resolve(ws.id, 'default'))?.secret, ws.mistralKey, 'within the limit, the cached key')
   await sleep(250)
-  t.equal((await other.resolve(ws.id, 'default'))?.secret, rotated, 'past it, the key as it is now')
-  t.same(await other.names(ws.id), ['default', 'backup'], 'and the names as they are now')
+  t.equal((await other.resolve(ws.id, 'default'))?.secret, ws.mistralKey, 'past it, the cached key while it is read')
+  t.same(await other.names(ws.id), ['default'], 'and the cached names')
+  const readAgainBy = Date.now() + 2_000
+  let secret: string | undefined
+  let names: string[] = []
+  while ((secret !== rotated || names.length < 2) && Date.now() < readAgainBy) {
+    await sleep(20)
+    secret = (await other.resolve(ws.id, 'default'))?.secret
+    names = await other.names(ws.id)
+  }
+  t.equal(secret, rotated, 'then the key as it is now')
+  t.same(names, ['default', 'backup'], 'and the names as they are now')
   t.equal(mistral.received.length, 0)
 })
+
+t.test('past its cache\'s time limit a key is answered at once from the cache while PostgreSQL does not answer',
+  async (t) => {
+    const databaseUrl = await createScratchDatabase(t)
+    const { app, createWorkspace } = await buildTestApp(t, { DATABASE_URL: databaseUrl })
+    const ws = await createWorkspace()
+    const cipher = createKeyCipher(parseMasterKeys(TEST_MASTER_KEYS))
+    const [one, other] = [createLocalBus(), createLocalBus()]
+      .map((bus) => createMistralKeyStore({ db: app.database.db, cipher, bus, cacheTtlMs: 200 }))
+    t.equal((await other.resolve(ws.id, 'default'))?.secret, ws.mistralKey)
+    const rotated = `sk-rotated-${randomBytes(8).toString('hex')}`
+    await one.replace(ws.id, 'default', rotated, async () => {})
+
+    // every read of the keys waits behind this lock until it is released: PostgreSQL hangs
+    const locker = new pg.Client({ connectionString: databaseUrl })
+    await locker.connect()
+    t.teardown(() => locker.end())
+    await locker.query('begin')
+    await locker.query('lock table mistral_keys in access exclusive mode')
+    await sleep(250)
+    const secretWithin100Ms = () => Promise.race([other.resolve(ws.id, 'default').then((key) => key?.secret),
+      sleep(100).then(() => 'no answer within 100 ms')])
+    t.equal(await secretWithin100Ms(), ws.mistralKey, 'past the limit, the cached key at once')
+    t.equal(await secretWithin100Ms(), ws.mistralKey, 'again, while the read that replaces it waits')
+
+    await locker.query('commit')
+    const releasedAt = Date.now()
+    let secret: string | undefined = ws.mistralKey
+    while (secret !== rotated && Date.now() - releasedAt < 2_000) {
+      await sleep(20)
+      secret = (await other.resolve(ws.id, 'default'))?.secret
+    }
+    t.equal(secret, rotated, 'the key as it is now, once the read went through')
+  })
