@@ -68,15 +68,15 @@ export function meterCall ({
         // a metering fault (a usage too large to price, say) is logged, never thrown: the client gets its answer or
         // its error whatever the meter does
         request.log.error({ err }, 'metering a call failed')
-        // the call is in the ledger all the same, as its start estimated it and at what it holds of the caps (which
-        // keep that below): the ledger and the counters agree, and its spooled start is let go
+        // the call is in the ledger all the same, as its start estimated it, and where spend caps apply at what it
+        // holds of them (which keep that below): the ledger and the counters agree, and its spooled start is let go
         if (provisional && !recorded) {
           app.usage.record({
             ...provisional,
             status: settlement.status,
             upstreamStatus: settlement.upstreamStatus ?? null,
             latencyMs: Date.now() - receivedAt,
-            billedCostMicros: held ? held.reservedCost : provisional.billedCostMicros
+            billedCostMicros: held && held.spend.length > 0 ? held.reservedCost : provisional.billedCostMicros
           })
         }
       } finally {

@@ -281,9 +281,11 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
       if (claimed) {
         const status = await checkRead(claimed, undefined)
         if (status === KEY_GONE) {
-          // the operator's removal of the key already stopped its billing: the watch stays as it was (pending)
+          // the operator's removal of the key already stopped its billing, and once Mistral has deleted the job no key
+          // could bill it: the watch ends here, or its months' statements would stay open for good
           log.warn({ job: claimed.jobId, key: claimed.keyName },
             'batch job let go to its deletion with its Mistral key gone; it will not be billed')
+          await finish(claimed, 'failed', KEY_GONE, new Date())
           return { pending: true, keyGone: true }
         }
         if (!await isPending(mine)) return { pending: false }

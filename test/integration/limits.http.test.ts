@@ -228,8 +228,24 @@ t.test('a usage too large to price: the client gets its answer, the fault is log
     t.ok(Number(faulty?.billedCostMicros) > 0, `${what}: at what it held of the caps`)
     t.equal(testApp.app.usage.pending(), 0, `${what}: nothing left waiting`)
   }
+  // a workspace with a rate limit and no cap holds no spend: its fallback record is the prompt's estimate, not the
+  // worst case its ticket was quoted at
+  const limitedOnly = await testApp.createWorkspace()
+  t.equal((await testApp.admin('PATCH', `/admin/v1/workspaces/${limitedOnly.slug}`, { limits: { rpm: 100 } }))
+    .statusCode, 200)
+  testApp.mistral.enqueue(function absurdUsage (_req, res) {
+    res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(answer) })
+    res.end(answer)
+  }, { path: CHAT })
+  const uncapped = await chat(testApp, limitedOnly.headers)
+  t.equal(uncapped.status, 200)
+  await testApp.app.usage.flush()
+  const [row] = await testApp.app.database.db.select().from(usageRecords)
+    .where(eq(usageRecords.workspaceId, limitedOnly.id))
+  t.match(row, { estimated: true }, 'no cap: recorded as estimated')
+  t.equal(Number(row?.billedCostMicros), Number(row?.listCostMicros), 'at the prompt\'s estimate, not the worst case')
   const faults = testApp.logs.map((line) => JSON.parse(line)).filter((line) => line.msg === 'metering a call failed')
-  t.equal(faults.length, 2, 'each fault logged')
+  t.equal(faults.length, 3, 'each fault logged')
   t.equal(faults[0]?.level, 50, 'as an error')
 })
 

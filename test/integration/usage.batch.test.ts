@@ -813,7 +813,8 @@ t.test('a job whose Mistral key was removed is let go to its deletion, with a wa
   const removed = await s.app.inject({ method: 'DELETE', url: `/v1/batch/jobs/${jobId}`, headers: ws.headers })
   t.equal(removed.statusCode, 200, 'the gateway could never bill it: the deletion goes on')
   t.equal(s.mistral.received.filter((request) => request.method === 'DELETE').length, 1)
-  t.equal((await watchOf(s, jobId)).status, 'pending', 'its watch is left as a removed key leaves it')
+  t.match(await watchOf(s, jobId), { status: 'failed', upstreamStatus: 'KEY_GONE' },
+    'its watch ends: nothing could bill the job once Mistral has deleted it, and its month can close')
   t.match(jobLogs(s, jobId, 40).at(-1), { key: 'batch', msg: /deletion.*will not be billed/ }, 'warned, naming the job')
   t.equal((await recordsOf(s, ws.id)).length, 0)
 })
