@@ -4,7 +4,8 @@ import { join, resolve } from 'node:path'
 import type { Config } from './config.js'
 import { generateMasterKey } from './tenancy/master-keys.js'
 
-interface TrialSecrets {
+/** What a trial start stored in DATA_DIR/secrets.json. */
+export interface TrialSecrets {
   adminToken?: string
   masterKeys?: string
 }
@@ -21,16 +22,11 @@ export interface ResolvedSecrets {
  * folder (mode 0600) so that trying the gateway takes one command. Production sets both in the environment.
  */
 export async function resolveTrialSecrets (config: Config): Promise<ResolvedSecrets> {
-  const file = join(resolve(config.DATA_DIR), 'secrets.json')
+  const file = trialSecretsFile(config.DATA_DIR)
   if (config.TRAMONTANE_ADMIN_TOKEN && config.TRAMONTANE_MASTER_KEYS) {
     return { config, generated: { masterKeys: false }, file }
   }
-  let stored: TrialSecrets = {}
-  try {
-    stored = JSON.parse(await readFile(file, 'utf8')) as TrialSecrets
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw new Error(`cannot read ${file}`)
-  }
+  const stored = await readTrialSecrets(config.DATA_DIR)
   const generated: ResolvedSecrets['generated'] = { masterKeys: false }
   if (!config.TRAMONTANE_ADMIN_TOKEN && !stored.adminToken) {
     stored.adminToken = `tmtadm_${randomBytes(32).toString('base64url')}`
@@ -56,4 +52,19 @@ export async function resolveTrialSecrets (config: Config): Promise<ResolvedSecr
     generated,
     file
   }
+}
+
+/** What a trial start stored, or nothing: reads only, for the CLIs, which never generate a secret. */
+export async function readTrialSecrets (dataDir: string): Promise<TrialSecrets> {
+  const file = trialSecretsFile(dataDir)
+  try {
+    return JSON.parse(await readFile(file, 'utf8')) as TrialSecrets
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return {}
+    throw new Error(`cannot read ${file}`)
+  }
+}
+
+export function trialSecretsFile (dataDir: string): string {
+  return join(resolve(dataDir), 'secrets.json')
 }

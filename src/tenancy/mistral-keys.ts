@@ -69,8 +69,12 @@ export interface MistralKeyStore {
   names (workspaceId: string): Promise<string[]>
   /** Mistral answered 401 for this key: no call uses it until it is replaced. True the first time only. */
   markInvalid (workspaceId: string, keyId: string): Promise<boolean>
-  /** Moves every data key under the primary master key. Rows under a master key missing from the ring stay. */
-  rewrapAll (): Promise<{ moved: number, unknownMasterKeys: Record<string, number> }>
+  /**
+   * Moves every data key under the primary master key. Rows it cannot open stay, counted by master key id: those under
+   * an id missing from the ring, and those under an id the ring has with other bytes.
+   */
+  rewrapAll (): Promise<{ moved: number, unknownMasterKeys: Record<string, number>,
+    mismatchedMasterKeys: Record<string, number> }>
 }
 
 interface Cached<T> {
@@ -185,12 +189,24 @@ MistralKeyStore {
       const rows = await db.select().from(mistralKeys).where(ne(mistralKeys.masterKeyId, cipher.primaryId))
       let moved = 0
       const unknownMasterKeys: Record<string, number> = {}
+      const mismatchedMasterKeys: Record<string, number> = {}
+      const countIn = (counts: Record<string, number>, masterKeyId: string) => {
+        counts[masterKeyId] = (counts[masterKeyId] ?? 0) + 1
+      }
       for (const row of rows) {
         if (!cipher.knows(row.masterKeyId)) {
-          unknownMasterKeys[row.masterKeyId] = (unknownMasterKeys[row.masterKeyId] ?? 0) + 1
+          countIn(unknownMasterKeys, row.masterKeyId)
           continue
         }
-        const rewrapped = cipher.rewrap({ ...row, keyId: row.id })
+        let rewrapped: ReturnType<KeyCipher['rewrap']>
+        try {
+          rewrapped = cipher.rewrap({ ...row, keyId: row.id })
+        } catch (err) {
+          // the same id with other bytes (checkRingOpensStoredKeys): the rows after this one may still move
+          if (!(err instanceof KeyCryptoError && err.code === 'authentication_failed')) throw err
+          countIn(mismatchedMasterKeys, row.masterKeyId)
+          continue
+        }
         if (!rewrapped) continue
         // only if nobody replaced the key meanwhile: the old data key must still be the one we unwrapped (a replacement
         // sealed under the same master key by a replica not yet given the new one would pass a check of that alone)
@@ -200,7 +216,7 @@ MistralKeyStore {
           .returning({ id: mistralKeys.id })
         moved += updated.length
       }
-      return { moved, unknownMasterKeys }
+      return { moved, unknownMasterKeys, mismatchedMasterKeys }
     }
   }
 
