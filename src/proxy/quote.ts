@@ -138,14 +138,21 @@ export function quoteCall ({ family, body, contentLength, prices, currency, mark
   }
 }
 
+// characters of a `pages` string, or entries of a list, read to count its pages: '0-999' or 1,000 numbers fit
+const OCR_SELECTION_READ = 8_192
+
 /**
  * The pages an OCR call selects, each once, at most OCR_MAX_PAGES; undefined when it selects none in particular (the
  * whole document). `pages` is a list of page numbers or a string of numbers and ranges: '0,1,2', '0-5', '0,2-4'
  * (OCRRequest in mistral-openapi.yaml). An empty list or string, or one Mistral would refuse, selects none.
  */
 function selectedPages (pages: unknown): number | undefined {
-  if (Array.isArray(pages)) return pages.length === 0 ? undefined : Math.min(new Set(pages).size, OCR_MAX_PAGES)
-  if (typeof pages !== 'string') return undefined
+  if (!Array.isArray(pages) && typeof pages !== 'string') return undefined
+  if (pages.length === 0) return undefined
+  // a longer selection is reserved at the most pages unread: counting it is work a client could make as large as its
+  // body, before any limit is checked (the reservation is a worst case, settled at the pages Mistral counts)
+  if (pages.length > OCR_SELECTION_READ) return OCR_MAX_PAGES
+  if (Array.isArray(pages)) return Math.min(new Set(pages).size, OCR_MAX_PAGES)
   const ranges: Array<[number, number]> = []
   for (const part of pages.split(',')) {
     const range = /^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$/.exec(part)

@@ -274,6 +274,9 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
     }
   }
 
+  // the checks before deletions under way, by workspace and job
+  const settlings = new Map<string, Promise<Settled>>()
+
   async function settleWatch (mine: SQL | undefined): Promise<Settled> {
     const waitUntil = Date.now() + SETTLE_WAIT_MS
     while (!closed) {
@@ -421,13 +424,19 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
       if (claimed) await checkRead(claimed, job)
     },
 
-    async settle (workspaceId, jobId) {
-      try {
-        return await settleWatch(ownWatch(workspaceId, jobId))
-      } catch (err) {
-        log.warn({ err, job: jobId }, 'batch job not checked before its deletion: the database does not answer')
-        throw err
+    settle (workspaceId, jobId) {
+      // deletions of one job at once share one check: each would otherwise query PostgreSQL every step for as long as
+      // another replica's check holds the job, and a client can send as many as it likes
+      const key = `${workspaceId}/${jobId}`
+      let settling = settlings.get(key)
+      if (!settling) {
+        settling = settleWatch(ownWatch(workspaceId, jobId)).catch((err: unknown) => {
+          log.warn({ err, job: jobId }, 'batch job not checked before its deletion: the database does not answer')
+          throw err
+        }).finally(() => settlings.delete(key))
+        settlings.set(key, settling)
       }
+      return settling
     },
 
     poll,
@@ -448,7 +457,7 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
 const CHECK_LEASE_MS = 5 * 60_000
 // how long a client's deletion waits for a check of the job under way elsewhere, and how often it looks
 const SETTLE_WAIT_MS = 10_000
-const SETTLE_STEP_MS = 100
+const SETTLE_STEP_MS = 500
 // what a check gives for a job whose Mistral key is gone: no status of Mistral's, which it could not read
 const KEY_GONE = 'KEY_GONE'
 // how long after a job completed its output may be missing before it is taken as deleted: a file not yet served

@@ -139,3 +139,14 @@ t.test('an unpriced model of any length is named in the error cut to 200 charact
   t.ok(error!.message.includes(`'${'x'.repeat(200)}…'`), 'the first 200 characters, and an ellipsis')
   t.ok(error!.message.length < 400, `a short message (${error!.message.length} characters)`)
 })
+
+t.test('a pages selection of any length is quoted at once: past a few thousand characters, at the most pages', async (t) => {
+  const started = performance.now()
+  const huge = quote('ocr', { model: 'mistral-ocr-latest', document: { type: 'document_url', document_url: 'https://x' },
+    pages: '0,'.repeat(2_000_000) + '0' })
+  const elapsed = performance.now() - started
+  t.ok(elapsed < 50, `quoted in ${elapsed.toFixed(1)} ms`)
+  t.equal(huge.quote.cost, pagesCost(1_000), 'reserved at 1,000 pages, the most a document has')
+  t.equal(quote('ocr', { model: 'mistral-ocr-latest', pages: Array.from({ length: 100_000 }, () => 0) }).quote.cost,
+    pagesCost(1_000), 'a list as long: the same')
+})
