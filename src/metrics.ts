@@ -79,7 +79,7 @@ export interface Metrics {
   denied (workspace: string, limit: string): void
   upstream (status: number): void
   retried (): void
-  streamEnded (reason: 'complete' | 'client_abort' | 'upstream_cut' | 'upstream_stalled'): void
+  streamEnded (reason: 'complete' | 'client_abort' | 'upstream_cut' | 'upstream_stalled' | 'upstream_timeout'): void
   inFlight (delta: 1 | -1): void
   thresholdCrossed (period: string, percent: number): void
   /** The exposition text: reads the scrape-time facts once, then every family. */

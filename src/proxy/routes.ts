@@ -476,7 +476,9 @@ function answerCut (err: unknown): GatewayError {
     : upstreamCut('Mistral\'s answer ended before it was complete', { cause: err })
 }
 
-function streamFaultOf (err: unknown): 'upstream_stalled' | 'upstream_cut' {
+function streamFaultOf (err: unknown): 'upstream_stalled' | 'upstream_cut' | 'upstream_timeout' {
+  // undici ends the body with the abort's reason: the gateway's own deadline, not a cut of Mistral's
+  if (err instanceof TotalTimeoutError) return 'upstream_timeout'
   return (err as NodeJS.ErrnoException).code === 'UND_ERR_BODY_TIMEOUT' ? 'upstream_stalled' : 'upstream_cut'
 }
 
@@ -492,7 +494,11 @@ function relayEnd (ended: boolean, fault: unknown, signal: AbortSignal) {
 
 /** An SSE event in the error envelope's shape: openai-node throws on an `error` key, the Mistral SDK on its shape. */
 function streamErrorEvent (requestId: string, err: unknown): string {
-  const body = { type: 'upstream_error', code: streamFaultOf(err), message: 'The upstream stream ended before it was complete', param: null }
+  const code = streamFaultOf(err)
+  const message = code === 'upstream_timeout'
+    ? 'The stream did not finish within the gateway\'s total time for a call'
+    : 'The upstream stream ended before it was complete'
+  const body = { type: 'upstream_error', code, message, param: null }
   return `data: ${JSON.stringify(errorEnvelope(body, requestId))}\n\n`
 }
 

@@ -200,12 +200,17 @@ function newResult (streamed: boolean): TapResult {
 }
 
 function nextBoundary (text: string): number {
-  const lf = text.indexOf('\n\n')
-  const crlf = text.indexOf('\r\n\r\n')
-  if (lf === -1) return crlf
-  if (crlf === -1) return lf
-  return Math.min(lf, crlf)
+  // a blank line after a line ended by LF or CRLF: LF LF, CRLF CRLF, or LF CRLF (CRLF LF holds LF LF); as an SSE
+  // client reads them, and as the shaping does (src/dialects/sse-events.ts)
+  let first = -1
+  for (const end of EVENT_ENDS) {
+    const at = text.indexOf(end)
+    if (at !== -1 && (first === -1 || at < first)) first = at
+  }
+  return first
 }
+
+const EVENT_ENDS = ['\n\n', '\r\n\r\n', '\n\r\n']
 
 /** The JSON of an event's data lines (SSE allows several, joined by newlines). */
 function parseData (event: string): unknown {

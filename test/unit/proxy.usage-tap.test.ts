@@ -459,3 +459,12 @@ t.test('JSON tap: empty body', async (t) => {
   t.same(tap.result,
     { usage: undefined, model: undefined, events: 0, firstByteAt: undefined, streamError: false, streamed: false })
 })
+
+t.test('an event ended by LF then CRLF is an event: its usage is read', async (t) => {
+  const usage = { prompt_tokens: 3, completion_tokens: 5, total_tokens: 8 }
+  const tap = createSseTap()
+  const body = `data: ${JSON.stringify({ id: 'a', model: 'm', choices: [], usage })}\n\r\ndata: [DONE]\n\r\n`
+  tap.end(Buffer.from(body))
+  for await (const _ of tap) { /* read through */ }
+  t.match(tap.result.usage, { promptTokens: 3, completionTokens: 5 })
+})
