@@ -122,6 +122,10 @@ export function meterCall ({
         // conversation's start, none), or hanging up would make the output free
         usage.completionTokens = tap?.streamed ? Math.max(0, tap.events - 1) : 0
         usage.totalTokens = usage.promptTokens + usage.completionTokens
+        // OCR and transcription are priced only on pages and audio seconds: a client leaving before Mistral's count
+        // would otherwise take the pages or the transcript for free, so the units reserved for the call are billed
+        usage.pages = priced.reservedUnits?.pages ?? 0
+        usage.audioSeconds = priced.reservedUnits?.audioSeconds ?? 0
       }
     }
     // non-streamed speech reports no usage at all: TTS is priced per character of input (MISTRAL-NOTES §2.6)

@@ -15,6 +15,11 @@ export interface Priced {
   tokenBound: boolean
   /** sent to a regional host: reserved and settled at 1.1× */
   regional: boolean
+  /**
+   * OCR's pages or a transcription's audio seconds, as reserved: what the call is billed, flagged estimated, when
+   * Mistral answered and its count never arrived (the only meter of these families is that count)
+   */
+  reservedUnits?: { pages?: number, audioSeconds?: number }
 }
 
 const FREE: Quote = flatQuote(0)
@@ -123,12 +128,15 @@ export function quoteCall ({ family, body, contentLength, prices, currency, mark
       const pages = selectedPages(body?.pages) ?? OCR_RESERVED_PAGES
       const annotated = body?.bbox_annotation_format != null || body?.document_annotation_format != null
       const cost = costOf(units({ pages }), price, { family, markupBps, annotated, regional }).billedMicros
-      return { quote: flatQuote(cost), price, tokenBound: false, regional }
+      return { quote: flatQuote(cost), price, tokenBound: false, regional, reservedUnits: { pages } }
     }
     case 'transcription': {
       const audioSeconds = Math.ceil(contentLength / AUDIO_BYTES_PER_SECOND) || MAX_AUDIO_SECONDS
       const cost = costOf(units({ audioSeconds }), price, { family, markupBps, regional }).billedMicros
-      return { quote: flatQuote(cost), price, tokenBound: false, regional }
+      // billed as an estimate only when the upload's size gave it: the most audio Mistral takes, reserved for an upload
+      // of unknown length, is no estimate of what a client that left was given
+      const reservedUnits = contentLength > 0 ? { audioSeconds } : undefined
+      return { quote: flatQuote(cost), price, tokenBound: false, regional, reservedUnits }
     }
     case 'speech': {
       const characters = typeof body?.input === 'string' ? [...body.input].length : 0
