@@ -33,28 +33,30 @@ async function ledgerRecord ({ app, admin }: Built, slug: string) {
   return records
 }
 
+/** A call whose client reads the answer's first chunk, then hangs up: its status. */
+async function leftAfterFirstChunk (url: string, options: { headers: Record<string, string>, body: Buffer | string }) {
+  const controller = new AbortController()
+  const res = await request(url, { method: 'POST', ...options, signal: controller.signal })
+  await res.body[Symbol.asyncIterator]().next()
+  controller.abort()
+  return res.statusCode
+}
+
 t.test('a streamed transcription left after its first delta is billed the audio seconds it reserved', async (t) => {
   const built = await buildTestApp(t)
   const { app, mistral, createWorkspace } = built
   const ws = await createWorkspace()
   const url = await listen(app)
   mistral.holdStreams()
-  const controller = new AbortController()
   const form = transcriptionForm()
-  const res = await request(`${url}/v1/audio/transcriptions`, {
-    method: 'POST',
+  t.equal(await leftAfterFirstChunk(`${url}/v1/audio/transcriptions`, {
     headers: {
       ...ws.headers,
       'content-type': `multipart/form-data; boundary=${BOUNDARY}`,
       'content-length': String(form.length)
     },
-    body: form,
-    signal: controller.signal
-  })
-  t.equal(res.statusCode, 200)
-  const reader = res.body[Symbol.asyncIterator]()
-  await reader.next()
-  controller.abort()
+    body: form
+  }), 200)
 
   const records = await ledgerRecord(built, ws.slug)
   t.equal(records.length, 1)
@@ -74,21 +76,14 @@ t.test('an OCR answer left before its end is billed the pages it reserved', asyn
     res.writeHead(200, { 'content-type': 'application/json' })
     res.write(`{"pages":[{"index":0,"markdown":"${'x'.repeat(64 * 1024)}"}`)
   }, '/v1/ocr')
-  const controller = new AbortController()
-  const res = await request(`${url}/v1/ocr`, {
-    method: 'POST',
+  t.equal(await leftAfterFirstChunk(`${url}/v1/ocr`, {
     headers: { ...ws.headers, 'content-type': 'application/json' },
     body: JSON.stringify({
       model: 'mistral-ocr-latest',
       document: { type: 'document_url', document_url: 'https://example.com/a.pdf' },
       pages: '0-3'
-    }),
-    signal: controller.signal
-  })
-  t.equal(res.statusCode, 200)
-  const reader = res.body[Symbol.asyncIterator]()
-  await reader.next()
-  controller.abort()
+    })
+  }), 200)
 
   const records = await ledgerRecord(built, ws.slug)
   t.equal(records.length, 1)
