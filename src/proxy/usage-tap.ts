@@ -50,8 +50,9 @@ export type SseTap = Transform & {
 
 /**
  * Relays Mistral's SSE bytes, unchanged or through `shaping`, and reads usage on the side from the bytes as Mistral
- * sent them. An event can span reads, so text is kept until its blank line; only events that mention usage are
- * parsed, the rest are just counted.
+ * sent them, as they arrive: a client that reads slowly, then leaves, must not take with it the usage that reached
+ * the gateway and waits in the tap's buffer. An event can span reads, so text is kept until its blank line; only
+ * events that mention usage are parsed, the rest are just counted.
  */
 export function createSseTap (shaping?: SseShaping): SseTap {
   const decoder = new StringDecoder('utf8')
@@ -82,31 +83,61 @@ export function createSseTap (shaping?: SseShaping): SseTap {
     shaping.drop()
     return shaping.write(event, false)
   }
+  /** Reads a read of Mistral's as it arrives; whether it is plain (see SseShaping.write). */
+  const observe = (chunk: Buffer): boolean => {
+    result.firstByteAt ??= Date.now()
+    // the usual read, whole events that say nothing of usage, model or errors (the deltas): counted, not decoded
+    if (atBoundary && endsEvents(chunk) && !mentions(chunk, result.model === undefined)) {
+      result.events += countEvents(chunk)
+      return true
+    }
+    pending += decoder.write(chunk)
+    let end = nextBoundary(pending)
+    while (end !== -1) {
+      inspect(pending.slice(0, end))
+      pending = pending.slice(end).replace(/^(\r?\n)+/, '')
+      end = nextBoundary(pending)
+    }
+    atBoundary = pending.length === 0 && chunk[chunk.length - 1] === LF
+    return false
+  }
+  // whether each read observed and not yet shaped was plain, in their order (the shaping gets them later, when the
+  // client has room)
+  const plain: boolean[] = []
+  let shaped = 0
   const tap = new Transform({
     transform (chunk: Buffer, _encoding: BufferEncoding, done: TransformCallback) {
       if (chunk === closing) return done(null, closeCut(chunk))
-      result.firstByteAt ??= Date.now()
-      // the usual read, whole events that say nothing of usage, model or errors (the deltas): counted, not decoded
-      if (atBoundary && endsEvents(chunk) && !mentions(chunk, result.model === undefined)) {
-        result.events += countEvents(chunk)
-        return done(null, shaping === undefined ? chunk : shaping.write(chunk, true))
+      const whole = plain[shaped++]
+      if (shaped === plain.length) {
+        plain.length = 0
+        shaped = 0
       }
-      pending += decoder.write(chunk)
-      let end = nextBoundary(pending)
-      while (end !== -1) {
-        inspect(pending.slice(0, end))
-        pending = pending.slice(end).replace(/^(\r?\n)+/, '')
-        end = nextBoundary(pending)
-      }
-      atBoundary = pending.length === 0 && chunk[chunk.length - 1] === LF
-      done(null, shaping === undefined ? chunk : shaping.write(chunk, false))
+      done(null, shaping === undefined ? chunk : shaping.write(chunk, whole))
     },
     flush (done: TransformCallback) {
-      pending += decoder.end()
-      if (pending.trim().length > 0) inspect(pending)
       done(null, shaping?.end())
     }
   })
+  // Mistral's reads are observed as they are written to the tap (the pipe from the upstream body writes them), not as
+  // the client's reading lets them through it
+  const write = tap.write.bind(tap) as (chunk: Buffer, ...rest: unknown[]) => boolean
+  tap.write = ((chunk: Buffer, ...rest: unknown[]) => {
+    plain.push(observe(chunk))
+    return write(chunk, ...rest)
+  }) as typeof tap.write
+  const end = tap.end.bind(tap) as (...args: unknown[]) => SseTap
+  tap.end = ((...args: unknown[]) => {
+    // not the gateway's own event that ends a cut stream: Mistral's unfinished one is dropped then (closeCut)
+    if (closing === undefined) {
+      // a last read handed to end() itself, then the last event if Mistral sent it without its blank line
+      if (Buffer.isBuffer(args[0])) plain.push(observe(args[0]))
+      pending += decoder.end()
+      if (pending.trim().length > 0) inspect(pending)
+      pending = ''
+    }
+    return end(...args)
+  }) as typeof tap.end
   const endCut = (event: string) => {
     closing = Buffer.from(event)
     tap.end(closing)

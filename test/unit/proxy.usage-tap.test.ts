@@ -468,3 +468,18 @@ t.test('an event ended by LF then CRLF is an event: its usage is read', async (t
   for await (const _ of tap) { /* read through */ }
   t.match(tap.result.usage, { promptTokens: 3, completionTokens: 5 })
 })
+
+t.test('usage that reached the tap is read though the client never read it (a slow client that then left)', async (t) => {
+  const usage = { prompt_tokens: 3, completion_tokens: 2000, total_tokens: 2003 }
+  const tap = createSseTap()
+  // far more than the tap buffers before its reader takes any: the last event, with the usage, waits unread
+  for (let i = 0; i < 2000; i++) {
+    tap.write(bytes(`data: ${JSON.stringify({ id: 'a', model: 'm', choices: [{ index: 0, delta: { content: 'word ' } }] })}\n\n`))
+  }
+  tap.write(bytes(`data: ${JSON.stringify({ id: 'a', model: 'm', choices: [], usage })}\n\ndata: [DONE]\n\n`))
+  tap.end()
+  t.ok(tap.writableLength > 0, 'bytes wait in the tap, untransformed')
+  tap.destroy()
+  t.match(tap.result.usage, { promptTokens: 3, completionTokens: 2000 }, 'the usage was read as it arrived')
+  t.equal(tap.result.events, 2002)
+})
