@@ -3,7 +3,7 @@ import { openDatabase } from '../db/client.js'
 import { createLocalBus } from '../tenancy/invalidation-bus.js'
 import { createKeyCipher } from '../tenancy/key-crypto.js'
 import { parseMasterKeys } from '../tenancy/master-keys.js'
-import { createMistralKeyStore } from '../tenancy/mistral-keys.js'
+import { createMistralKeyStore, unopenedKeys } from '../tenancy/mistral-keys.js'
 import { readTrialSecrets, trialSecretsFile } from '../trial-secrets.js'
 
 // `npm run keys:rewrap`: step two of a master key rotation (docs/operations.md). Every data key is re-wrapped
@@ -40,27 +40,14 @@ async function rewrapUnder (masterKeys: string): Promise<number> {
     const keys = createMistralKeyStore({ db: database.db, cipher, bus: createLocalBus() })
     const { moved, unknownMasterKeys, mismatchedMasterKeys } = await keys.rewrapAll()
     process.stdout.write(`re-wrapped ${moved} Mistral key(s) under master key '${cipher.primaryId}'\n`)
-    // worded as the start-up check words them (checkRingOpensStoredKeys): ids and counts only
-    const missing = under(unknownMasterKeys)
-    const mismatched = under(mismatchedMasterKeys)
-    if (missing) {
-      process.stderr.write('left as they were: TRAMONTANE_MASTER_KEYS lacks the master key(s) that wrapped stored ' +
-        `Mistral keys: ${missing}\n`)
-    }
-    if (mismatched) {
-      process.stderr.write('left as they were: TRAMONTANE_MASTER_KEYS has other bytes under the id of the master ' +
-        `key(s) that wrapped stored Mistral keys: ${mismatched} do not open with it (the same id was generated or ` +
-        'set anew elsewhere)\n')
-    }
-    if (!missing && !mismatched) return 0
+    // worded as the start-up check words them (checkRingOpensStoredKeys)
+    const unopened = unopenedKeys(unknownMasterKeys, mismatchedMasterKeys)
+    for (const fact of unopened) process.stderr.write(`left as they were: ${fact}\n`)
+    if (unopened.length === 0) return 0
     process.stderr.write('Add the id:<base64> entry that wrapped them to TRAMONTANE_MASTER_KEYS, after the first, as ' +
       'it is set on the replicas that stored them, and run keys:rewrap again\n')
     return 1
   } finally {
     await database.close()
   }
-}
-
-function under (counts: Record<string, number>): string {
-  return Object.entries(counts).map(([id, keys]) => `${keys} Mistral key(s) under master key '${id}'`).join(', ')
 }

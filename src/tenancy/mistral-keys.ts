@@ -268,25 +268,39 @@ export async function checkRingOpensStoredKeys (db: Database, ring: MasterKeyRin
   const rows = await db.select({ masterKeyId: mistralKeys.masterKeyId, keys: count() }).from(mistralKeys)
     .groupBy(mistralKeys.masterKeyId).orderBy(asc(mistralKeys.masterKeyId))
   const cipher = createKeyCipher(ring)
-  const missing = rows.filter((row) => !cipher.knows(row.masterKeyId))
-  const mismatched: typeof rows = []
+  const missing: Record<string, number> = {}
+  const mismatched: Record<string, number> = {}
   for (const row of rows) {
-    if (cipher.knows(row.masterKeyId) && !await opensOneUnder(db, cipher, row.masterKeyId)) mismatched.push(row)
+    if (!cipher.knows(row.masterKeyId)) missing[row.masterKeyId] = row.keys
+    else if (!await opensOneUnder(db, cipher, row.masterKeyId)) mismatched[row.masterKeyId] = row.keys
   }
-  if (missing.length === 0 && mismatched.length === 0) return
-  const under = (row: { masterKeyId: string, keys: number }) =>
-    `${row.keys} Mistral key(s) under master key '${row.masterKeyId}'`
+  const unopened = unopenedKeys(missing, mismatched)
+  if (unopened.length === 0) return
   throw new Error([
-    missing.length > 0 && `TRAMONTANE_MASTER_KEYS lacks the master key(s) that wrapped stored Mistral keys: ${
-      missing.map(under).join(', ')}.`,
-    mismatched.length > 0 && `TRAMONTANE_MASTER_KEYS has other bytes under the id of the master key(s) that wrapped ` +
-      `stored Mistral keys: ${mismatched.map(under).join(', ')} do not open with it (the same id was generated ` +
-      'or set anew elsewhere).',
+    ...unopened.map((fact) => `${fact}.`),
     'This gateway could not open them, so it does not start. Add the id:<base64> entry that wrapped them to ' +
     'TRAMONTANE_MASTER_KEYS, as it is set on the replicas that stored them (the first entry keeps wrapping new keys; ' +
     'npm run keys:rewrap then moves these under it). A trial start keeps the key it generated in ' +
     'DATA_DIR/secrets.json on the machine that made it'
-  ].filter(Boolean).join(' '))
+  ].join(' '))
+}
+
+/**
+ * What a ring cannot open of the stored keys, by master key id, as the start-up check and keys:rewrap both say it: ids
+ * and counts only. Empty when it opens them all.
+ */
+export function unopenedKeys (missing: Record<string, number>, mismatched: Record<string, number>): string[] {
+  const under = (counts: Record<string, number>) => Object.entries(counts)
+    .map(([id, keys]) => `${keys} Mistral key(s) under master key '${id}'`).join(', ')
+  const facts: string[] = []
+  if (Object.keys(missing).length > 0) {
+    facts.push(`TRAMONTANE_MASTER_KEYS lacks the master key(s) that wrapped stored Mistral keys: ${under(missing)}`)
+  }
+  if (Object.keys(mismatched).length > 0) {
+    facts.push('TRAMONTANE_MASTER_KEYS has other bytes under the id of the master key(s) that wrapped stored Mistral ' +
+      `keys: ${under(mismatched)} do not open with it (the same id was generated or set anew elsewhere)`)
+  }
+  return facts
 }
 
 /**

@@ -6,16 +6,11 @@ import t from 'tap'
 import { parse as parseYaml, stringify } from 'yaml'
 import { createMetrics } from '../../src/metrics.js'
 import { DEPLOY, analyse, expressions, recordedNames, rulesFiles } from '../helpers/dashboards.js'
+import { restingMetrics } from '../helpers/metrics-options.js'
 
 // the families this app defines, from its own registry (nothing is scraped here: no I/O)
 const defined = createMetrics({
-  spoolDepth: () => 0,
-  spoolOldestAge: () => 0,
-  spoolWritable: () => true,
-  upstreamQueued: () => 0,
-  coolingKeys: () => 0,
-  breakers: () => ({ open: 0, halfOpen: 0 }),
-  quotas: () => [],
+  ...restingMetrics,
   facts: { read: async () => { throw new Error('not scraped') } }
 }).registry.getMetricsAsArray().map((metric) => ({ name: metric.name, type: String(metric.type) }))
 

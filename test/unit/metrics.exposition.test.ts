@@ -2,6 +2,7 @@ import t from 'tap'
 import { createMetrics, type MetricsOptions } from '../../src/metrics.js'
 import type { ObservedQuota } from '../../src/resilience/key-health.js'
 import { parseExposition, valueOf } from '../helpers/exposition.js'
+import { restingMetrics } from '../helpers/metrics-options.js'
 
 // What src/metrics.ts prints for given facts, without a gateway: the labels and values the dashboard and alerts read.
 
@@ -9,13 +10,7 @@ const KEY = '3f0c1d2e-0000-4000-8000-000000000001'
 
 function metrics (overrides: Partial<MetricsOptions> = {}) {
   return createMetrics({
-    spoolDepth: () => 0,
-    spoolOldestAge: () => 0,
-  spoolWritable: () => true,
-  upstreamQueued: () => 0,
-    coolingKeys: () => 0,
-    breakers: () => ({ open: 0, halfOpen: 0 }),
-    quotas: () => [],
+    ...restingMetrics,
     facts: {
       read: async () => ({
         spend: [], keysByStatus: { active: 1, invalid: 0 }, keyNames: new Map([[KEY, { workspace: 'acme', key: 'default' }]])
