@@ -115,7 +115,9 @@ export async function buildApp ({ config, logger }: BuildOptions): Promise<Fasti
     done()
   })
 
-  const database = await openDatabase({ url: config.DATABASE_URL, dataDir: config.DATA_DIR })
+  const database = await openDatabase({
+    url: config.DATABASE_URL, dataDir: config.DATA_DIR, queryTimeoutMs: config.PG_QUERY_TIMEOUT_MS
+  })
   try {
     await database.migrate()
     await checkRingOpensStoredKeys(database.db, parseMasterKeys(config.TRAMONTANE_MASTER_KEYS))
@@ -136,7 +138,7 @@ export async function buildApp ({ config, logger }: BuildOptions): Promise<Fasti
     coolingKeys: () => app.keyHealth.cooling(),
     breakers: () => app.keyHealth.breakers(),
     quotas: () => app.keyHealth.observedQuotas(),
-    upstreamQueued: () => upstream.stats.queued,
+    upstreamQueued: () => upstream.waiting,
     facts: createScrapeFacts(database.db, app.log),
     workspaceLabel: config.METRICS_WORKSPACE_LABEL,
     adminToken: config.TRAMONTANE_ADMIN_TOKEN

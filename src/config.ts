@@ -18,6 +18,9 @@ const ConfigSchema = Type.Object({
   METRICS_WORKSPACE_LABEL: Type.Boolean({ default: true }),
   // unset: embedded PostgreSQL (PGlite) in DATA_DIR
   DATABASE_URL: Type.Optional(Type.String({ minLength: 1 })),
+  // on PostgreSQL, the longest one of the gateway's statements may wait (on a lock another session holds, on a
+  // connection gone silent) before it is given up, as if PostgreSQL were down (a 503); migrations are not bounded by it
+  PG_QUERY_TIMEOUT_MS: Type.Integer({ default: 10_000, minimum: 100, maximum: MAX_TIMER_MS }),
   DATA_DIR: Type.String({ default: './data' }),
   // usage records wait here until PostgreSQL has them (default: DATA_DIR/spool); one folder per running gateway
   USAGE_SPOOL_DIR: Type.Optional(Type.String({ minLength: 1 })),
@@ -37,6 +40,9 @@ const ConfigSchema = Type.Object({
   UPSTREAM_IDLE_TIMEOUT_MS: Type.Integer({ default: 600_000, minimum: 1, maximum: MAX_TIMER_MS }),
   UPSTREAM_TOTAL_TIMEOUT_MS: Type.Integer({ default: 3_600_000, minimum: 1, maximum: MAX_TIMER_MS }),
   UPSTREAM_CONNECTIONS: Type.Integer({ default: 256, minimum: 1 }),
+  // how long a call may wait for one of them while all are busy, then 503 upstream_busy (HAProxy's `timeout queue`
+  // defaults to its connect timeout alike): waiting, it holds its concurrency slot and its reservation
+  UPSTREAM_QUEUE_TIMEOUT_MS: Type.Integer({ default: 10_000, minimum: 1, maximum: MAX_TIMER_MS }),
   // retries happen only before the first byte reaches the client (DESIGN.md): 429 after failover, 502-504, a status
   // outside 200-599, connection errors and timeouts before Mistral answers
   UPSTREAM_RETRIES: Type.Integer({ default: 2, minimum: 0, maximum: 10 }),

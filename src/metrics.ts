@@ -12,12 +12,15 @@ import type { ScrapeFacts, ScrapeFactsReader } from './scrape-facts.js'
 
 // OpenTelemetry GenAI semantic conventions, in Prometheus form, plus the gateway's own accounting. Labels are
 // bounded: a workspace slug (capped, then `__other__`), a model the price book knows (else `other`), an operation
-// family, a status class. Never token ids, user strings, prompts or raw paths (DESIGN.md).
+// family, a status class, and on money the workspace's currency (an ISO 4217 code the operator set: a handful).
+// Never token ids, user strings, prompts or raw paths (DESIGN.md).
 
 // semconv buckets for gen_ai.client.token.usage and the duration histograms
 const TOKEN_BUCKETS = [1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864]
 const DURATION_BUCKETS = [0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92]
 const TTFT_BUCKETS = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10]
+// a millisecond or two on a healthy replica; seconds while admission waits (a cap's calls in flight, a store's loss)
+const OVERHEAD_BUCKETS = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
 const MAX_WORKSPACES = 1_000
 // Mistral keys whose quota is charted: one workspace's handful of keys each, up to the workspace cap
 const MAX_QUOTA_KEYS = 1_000
@@ -47,6 +50,11 @@ export interface CallFacts {
   inputTokens?: number
   outputTokens?: number
   billedMicros?: number
+  /**
+   * the workspace's currency, which `billedMicros` is in: money of different currencies never shares a series
+   * (absent: the `currency` label is empty)
+   */
+  currency?: string
 }
 
 /** A cost known only after the fact: a batch job, billed when it ends (src/usage/batch-watcher.ts). */
@@ -59,6 +67,8 @@ export interface BilledFacts {
   inputTokens: number
   outputTokens: number
   billedMicros: number
+  /** the workspace's currency, which `billedMicros` is in */
+  currency: string
 }
 
 export interface Metrics {
@@ -106,7 +116,8 @@ export interface MetricsOptions {
   /**
    * false: the workspace label is empty on the families every call adds to; the scrape-time ones keep it (Mistral's
    * quota per key, a key's name meaning nothing without its workspace; spend and caps, which the cap alerts join by
-   * it), each capped at 1,000 series, and so do the refusals of limits and caps, which the cap alert reads
+   * it), each capped at 1,000 series, and so do the refusals of limits and caps, which the cap alert reads. Money keeps
+   * its `currency` label either way
    */
   workspaceLabel?: boolean
 }
@@ -134,12 +145,20 @@ export function createMetrics (options: MetricsOptions): Metrics {
     DURATION_BUCKETS, registry)
   const ttft = new HistogramCells('gen_ai_server_time_to_first_token_seconds',
     'Time to the first byte of a streamed answer', ['gen_ai_operation_name', 'gen_ai_request_model'], TTFT_BUCKETS, registry)
+  // the client's duration minus Mistral's part, call by call: the two histograms above hold different calls (the
+  // client's also those Mistral never answered), so the difference of their means is no call's overhead. By
+  // operation alone: a model changes nothing before the hand-over, and one label value is a cell lookup with no key
+  // to build (tens of ns a call, where two labels' cost some hundreds)
+  const overhead = new HistogramCells('tramontane_gateway_overhead_seconds',
+    'Time a call Mistral answered spent in the gateway before it was handed to Mistral (token, body, admission)',
+    ['operation'], OVERHEAD_BUCKETS, registry)
   const requests = new CounterCells('tramontane_requests_total', 'Proxied calls by outcome',
     ['workspace', 'operation', 'model', 'status_class'], registry)
   const tokenTotal = new CounterCells('tramontane_tokens_total', 'Tokens Mistral reported',
     ['workspace', 'operation', 'model', 'type'], registry)
+  // by currency whatever `workspaceLabel` says: a sum of euros and dollars means nothing
   const spend = new CounterCells('tramontane_spend_micros_total', 'Billed spend in micro-units of each workspace currency',
-    ['workspace', 'operation', 'model'], registry)
+    ['workspace', 'operation', 'model', 'currency'], registry)
   const denials = new Counter({
     name: 'tramontane_rate_limit_denials_total', help: 'Calls the gateway refused, by the limit that refused them',
     labelNames: ['workspace', 'limit'], registers
@@ -209,19 +228,21 @@ export function createMetrics (options: MetricsOptions): Metrics {
   })
   new Gauge({
     name: 'tramontane_workspace_spend_micros', help: 'Billed spend of the current calendar period, from the ledger',
-    labelNames: ['workspace', 'period'], registers,
+    labelNames: ['workspace', 'currency', 'period'], registers,
     collect () {
       if (!scraped) return
       this.reset()
       scraped.spend.forEach((entry, index) => {
         const workspace = scrapeLabel(entry.workspace, index)
-        for (const [period, micros] of Object.entries(entry.spent)) this.inc({ workspace, period }, micros)
+        const { currency } = entry
+        // `__other__` sums the workspaces past the cap: one series per currency
+        for (const [period, micros] of Object.entries(entry.spent)) this.inc({ workspace, currency, period }, micros)
       })
     }
   })
   new Gauge({
     name: 'tramontane_workspace_cap_micros', help: 'Spend cap of each period, where the workspace has one',
-    labelNames: ['workspace', 'period'], registers,
+    labelNames: ['workspace', 'currency', 'period'], registers,
     collect () {
       if (!scraped) return
       this.reset()
@@ -229,7 +250,8 @@ export function createMetrics (options: MetricsOptions): Metrics {
         const workspace = scrapeLabel(entry.workspace, index)
         // a sum of caps means nothing: `__other__` has spend only
         if (workspace !== entry.workspace) return
-        for (const [period, micros] of Object.entries(entry.caps)) this.set({ workspace, period }, micros)
+        const { currency } = entry
+        for (const [period, micros] of Object.entries(entry.caps)) this.set({ workspace, currency, period }, micros)
       })
     }
   })
@@ -302,6 +324,7 @@ export function createMetrics (options: MetricsOptions): Metrics {
       if (facts.upstreamMs !== undefined) {
         const streamed = facts.streamed ?? ttftMs !== undefined
         serverDuration.observe(facts.upstreamMs / 1000, operation, model, streamed ? 'true' : 'false')
+        overhead.observe((facts.durationMs - facts.upstreamMs) / 1000, operation)
       }
       if (ttftMs !== undefined) ttft.observe(ttftMs / 1000, operation, model)
       if (facts.inputTokens) {
@@ -312,7 +335,7 @@ export function createMetrics (options: MetricsOptions): Metrics {
         tokens.observe(facts.outputTokens, operation, model, 'output', workspace)
         tokenTotal.inc(facts.outputTokens, workspace, operation, model, 'output')
       }
-      if (facts.billedMicros) spend.inc(facts.billedMicros, workspace, operation, model)
+      if (facts.billedMicros) spend.inc(facts.billedMicros, workspace, operation, model, facts.currency ?? '')
     },
     billed (facts) {
       const workspace = workspaceOf(facts.workspace)
@@ -320,7 +343,7 @@ export function createMetrics (options: MetricsOptions): Metrics {
       requests.inc(1, workspace, facts.operation, model, statusClass(facts.status))
       if (facts.inputTokens) tokenTotal.inc(facts.inputTokens, workspace, facts.operation, model, 'input')
       if (facts.outputTokens) tokenTotal.inc(facts.outputTokens, workspace, facts.operation, model, 'output')
-      if (facts.billedMicros) spend.inc(facts.billedMicros, workspace, facts.operation, model)
+      if (facts.billedMicros) spend.inc(facts.billedMicros, workspace, facts.operation, model, facts.currency)
     },
     unmetered (workspace, operation, status) {
       // an unknown workspace takes none of the 1,000 labels the cap allows

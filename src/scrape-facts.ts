@@ -7,6 +7,8 @@ export type CapPeriod = 'daily' | 'monthly' | 'lifetime'
 
 export interface WorkspaceSpend {
   workspace: string
+  /** the workspace's currency (ISO 4217), which its spend and caps are in */
+  currency: string
   /** billed micro-units of the workspace currency in the current calendar period (its time zone) */
   spent: Partial<Record<CapPeriod, number>>
   caps: Partial<Record<CapPeriod, number>>
@@ -66,7 +68,7 @@ async function readSpend (db: Database): Promise<WorkspaceSpend[]> {
   // day and month through the (workspace_id, day, ...) index; lifetime, a scan of the workspace's whole history,
   // only where a lifetime cap makes it matter
   const rows = await rowsOf<Record<string, unknown>>(db, sql`
-    SELECT w.slug, w.caps, s.day, s.month,
+    SELECT w.slug, w.currency, w.caps, s.day, s.month,
       CASE WHEN w.caps ? 'lifetime'
         THEN (SELECT coalesce(sum(l.billed_cost_micros), 0) FROM usage_daily l WHERE l.workspace_id = w.id) END AS lifetime
     FROM workspaces w
@@ -87,7 +89,7 @@ async function readSpend (db: Database): Promise<WorkspaceSpend[]> {
     if (row.lifetime !== null && row.lifetime !== undefined) spent.lifetime = Number(row.lifetime)
     const capped: WorkspaceSpend['caps'] = {}
     for (const period of PERIODS) if (typeof caps[period] === 'number') capped[period] = caps[period]
-    return { workspace: String(row.slug), spent, caps: capped }
+    return { workspace: String(row.slug), currency: String(row.currency), spent, caps: capped }
   })
 }
 

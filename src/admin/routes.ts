@@ -164,9 +164,11 @@ export async function adminRoutes (app: FastifyInstance, { adminToken }: { admin
     }
   }, async (request, reply) => {
     const workspace = await workspaceOf(request)
+    const keyIds = (await keys.list(workspace.id)).map((key) => key.id)
     await workspaces.remove(workspace.id, (tx) =>
       audit(tx, request, 'workspace.delete', 'workspace', workspace.id, workspace.id, { slug: workspace.slug }))
     await app.tenancy.tokens.forgetWorkspace(workspace.id)
+    for (const id of keyIds) await app.keyHealth.forget(workspace.id, id)
     // its lifetime counters and epoch would stay in Redis for good, its settled ids expire an hour later as one large
     // key: they go now. The deletion stands whether or not Redis answers
     await app.admission.forget(workspace.id)
@@ -227,10 +229,11 @@ export async function adminRoutes (app: FastifyInstance, { adminToken }: { admin
   }, async (request) => {
     const workspace = await workspaceOf(request)
     const { name } = request.params as { name: string }
-    const { key } = await keys.replace(workspace.id, name, (request.body as { key: string }).key,
+    const { key, replaced } = await keys.replace(workspace.id, name, (request.body as { key: string }).key,
       // the last four characters, as the admin API shows them: which key replaced which, never the key
       (tx, { key: next, replaced }) => audit(tx, request, 'mistral_key.replace', 'mistral_key', next.id, workspace.id,
         { name, previousId: replaced.id, last4: { from: replaced.last4, to: next.last4 } }))
+    await app.keyHealth.forget(workspace.id, replaced.id)
     return key
   })
 
@@ -251,8 +254,9 @@ export async function adminRoutes (app: FastifyInstance, { adminToken }: { admin
   }, async (request, reply) => {
     const workspace = await workspaceOf(request)
     const { name } = request.params as { name: string }
-    await keys.remove(workspace.id, name, (tx, id) =>
+    const id = await keys.remove(workspace.id, name, (tx, id) =>
       audit(tx, request, 'mistral_key.delete', 'mistral_key', id, workspace.id, { name }))
+    await app.keyHealth.forget(workspace.id, id)
     return reply.code(204).send()
   })
 

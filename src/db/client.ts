@@ -5,6 +5,7 @@ import { sql } from 'drizzle-orm'
 import type { PgDatabase, PgQueryResultHKT } from 'drizzle-orm/pg-core'
 import { drizzle as drizzlePg } from 'drizzle-orm/node-postgres'
 import pg from 'pg'
+import { MAX_TIMER_MS } from '../config.js'
 import { lockFolder } from './embedded-lock.js'
 import * as schema from './schema.js'
 
@@ -23,14 +24,36 @@ export interface DatabaseOptions {
   url?: string
   dataDir: string
   poolSize?: number
+  /**
+   * On PostgreSQL, the longest one statement may take (PG_QUERY_TIMEOUT_MS); unset, as for the CLIs: no bound.
+   * Migrations are never bounded by it. The embedded PGlite is not either: no other session or network to wait on.
+   */
+  queryTimeoutMs?: number
 }
 
-export async function openDatabase ({ url, dataDir, poolSize = 10 }: DatabaseOptions): Promise<DatabaseHandle> {
-  return url ? openPostgres(url, poolSize) : openEmbedded(dataDir)
+export async function openDatabase ({ url, dataDir, poolSize = 10, queryTimeoutMs }: DatabaseOptions):
+Promise<DatabaseHandle> {
+  return url ? openPostgres(url, poolSize, queryTimeoutMs) : openEmbedded(dataDir)
 }
 
-function openPostgres (url: string, poolSize: number): DatabaseHandle {
-  const pool = new pg.Pool({ connectionString: url, max: poolSize, connectionTimeoutMillis: 5_000 })
+// past the timeout the server cancels the statement and its connection stays usable; the driver gives up this much
+// later, on a connection that no longer answers at all (a network gone silent)
+const SERVER_CANCEL_GRACE_MS = 1_000
+const CONNECT_TIMEOUT_MS = 5_000
+
+function openPostgres (url: string, poolSize: number, queryTimeoutMs: number | undefined): DatabaseHandle {
+  const pool = new pg.Pool({
+    connectionString: url,
+    max: poolSize,
+    connectionTimeoutMillis: CONNECT_TIMEOUT_MS,
+    query_timeout: queryTimeoutMs && Math.min(queryTimeoutMs + SERVER_CANCEL_GRACE_MS, MAX_TIMER_MS),
+    // statement_timeout: the server cancels a statement that waits (on a lock another session holds, say), which frees
+    // what it held. Set on each new connection before the pool hands it out (the pool awaits this), not as a startup
+    // parameter, which a PgBouncer in front refuses
+    onConnect: queryTimeoutMs === undefined
+      ? undefined
+      : async (client) => { await client.query(`set statement_timeout = ${queryTimeoutMs}`) }
+  })
   // an idle client that loses its server must not crash the process; the next query reports it
   pool.on('error', () => {})
   const db = drizzlePg(pool, { schema })
@@ -39,7 +62,12 @@ function openPostgres (url: string, poolSize: number): DatabaseHandle {
     kind: 'postgres',
     async migrate () {
       const { migrate } = await import('drizzle-orm/node-postgres/migrator')
-      const client = await pool.connect()
+      // a connection of its own, outside the pool and its timeouts: a migration may rewrite a large table (0007), and
+      // a replica waits here while another one migrates
+      const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: CONNECT_TIMEOUT_MS })
+      // a connection lost between two statements fails the next one; unheard, its error event would end the process
+      client.on('error', () => {})
+      await client.connect()
       try {
         const { rows: [server] } = await client.query<{ num: string, version: string }>(
           "select current_setting('server_version_num') as num, current_setting('server_version') as version")
@@ -49,7 +77,7 @@ function openPostgres (url: string, poolSize: number): DatabaseHandle {
         await migrate(drizzlePg(client, { schema }), { migrationsFolder: migrationsFolder() })
       } finally {
         await client.query('select pg_advisory_unlock(7275871)').catch(() => {})
-        client.release()
+        await client.end()
       }
     },
     async ping () { await pool.query('select 1') },

@@ -137,8 +137,16 @@ export const watchedJobs = pgTable('watched_jobs', {
   upstreamStatus: text('upstream_status'),
   checkedAt: timestamp('checked_at', { withTimezone: true }),
   completedAt: timestamp('completed_at', { withTimezone: true }),
+  // a recorded job's cost reached the spend counters (or had none to reach): until then any replica's poll charges it
+  chargedAt: timestamp('charged_at', { withTimezone: true }),
+  // the job's output file once Mistral names it: its deletion through the gateway bills a pending job first
+  outputFile: text('output_file'),
   createdAt: createdAt()
-}, (t) => [index('watched_jobs_status_idx').on(t.status, t.checkedAt)])
+}, (t) => [
+  index('watched_jobs_status_idx').on(t.status, t.checkedAt),
+  index('watched_jobs_uncharged_idx').on(t.checkedAt).where(sql`${t.status} = 'recorded' and ${t.chargedAt} is null`),
+  index('watched_jobs_pending_output_idx').on(t.outputFile).where(sql`${t.status} = 'pending'`)
+])
 
 export const auditLog = pgTable('audit_log', {
   id: bigserial('id', { mode: 'number' }).primaryKey(),

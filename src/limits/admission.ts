@@ -58,7 +58,8 @@ export interface LedgerSums {
   /** billed micro-units settled in [from, to) (the whole ledger when both are undefined) */
   spent (workspaceId: string, tokenId: string | undefined, from?: number, to?: number): Promise<number>
   /**
-   * the same sum without the calls of `exclude`, and which of the request ids `among` it holds, read at one instant
+   * the same sum without the calls of `exclude` (nor the batch jobs whose charge is still to come: it counts them), and
+   * which of the request ids `among` it holds, read at one instant
    */
   spentAmong (workspaceId: string, tokenId: string | undefined, from: number | undefined, to: number | undefined,
     among: string[], exclude?: string[]): Promise<{ spent: number, recorded: string[] }>
@@ -92,9 +93,11 @@ export interface Admission {
   /** Resolves after the first try; one the store did not take is sent again in the background (settleUntilTaken). */
   settle (ticket: Ticket, actual: { cost: number, tokens: number }): Promise<void>
   /**
-   * Adds a charge to the spend of every cap of its workspace and token, in the periods it is billed in, once per id,
-   * each cap crossing its own scope's thresholds; retried as a settlement is. A counter not in the store is left to
-   * its next seed, which reads the ledger (where the charge already is).
+   * Adds a charge to the spend of every cap of its workspace and token, in the periods it is billed in, once per id
+   * (for the hour the store remembers settled ids), each cap crossing its own scope's thresholds. Throws when the
+   * store does not take it: it is not sent again here, its caller keeps it (the batch watcher, in the job's watch) and
+   * sends it again. A counter not in the store is vouched for, as a settlement is: its seed counts the charge unless
+   * the ledger sum holds it.
    */
   charge (charge: Charge): Promise<void>
   /**
@@ -150,9 +153,9 @@ export function createAdmission (options: AdmissionOptions): Admission {
   // re-seeds under way, by workspace prefix and the counters they seed
   const seeding = new Map<string, Promise<void>>()
   const thresholdListeners: Array<(crossing: ThresholdCrossing) => void> = []
-  // the workspaces deleted while this replica ran: a settlement or charge failing then is not sent again
+  // the workspaces deleted while this replica ran: a settlement failing then is not sent again
   const forgotten = new Set<string>()
-  // settlements and charges waiting to be sent again, by request id
+  // settlements waiting to be sent again, by request id
   const retries = new Map<string, { prefix: string, timer: NodeJS.Timeout, send: () => Promise<void> }>()
   let closed = false
   // a call that outlives its lease keeps it: every replica renews its own calls, a dead one stops
@@ -219,6 +222,9 @@ export function createAdmission (options: AdmissionOptions): Admission {
       let periods = calendarPeriods(clock(), workspace.timezone)
       let target = store
       let holdUntil = Date.now() + holdMs
+      // each cap reports its own scope's thresholds: a token's, else the workspace's, else 50/80/100 %
+      const workspaceThresholds = workspace.caps.thresholds ?? DEFAULT_THRESHOLDS
+      const tokenThresholds = token.caps.thresholds ?? workspaceThresholds
       for (let attempt = 0; attempt < 4; attempt++) {
         const input: AdmitInput = {
           id: subject.requestId,
@@ -276,11 +282,11 @@ export function createAdmission (options: AdmissionOptions): Admission {
             await sleep(10 + Math.random() * 40)
             continue
           }
+          // a cap's first refusal that waiting would not lift is its 100 %, where its scope's thresholds name 100
+          const reachedThresholds = scopes[result.scope]?.p === `${prefix}:w` ? workspaceThresholds : tokenThresholds
+          if (result.reached && reachedThresholds.includes(100)) announce(prefix, [[result.reached, 100]])
           throw denial(result, names, scopes, formatMoney)
         }
-        // each cap reports its own scope's thresholds: a token's, else the workspace's, else 50/80/100 %
-        const workspaceThresholds = workspace.caps.thresholds ?? DEFAULT_THRESHOLDS
-        const tokenThresholds = token.caps.thresholds ?? workspaceThresholds
         const caps = scopes.flatMap((entry) =>
           spendEntries(entry, periods, entry.p === `${prefix}:w` ? workspaceThresholds : tokenThresholds))
         const ticket: Ticket = {
@@ -325,8 +331,8 @@ export function createAdmission (options: AdmissionOptions): Admission {
       }
       if (spend.length === 0) return
       // settling an id that holds no reservation only adds its cost, once
-      await settleUntilTaken(store, prefix,
-        { id, cost, tokens: 0, reservedTokens: 0, spend, thresholds: workspaceThresholds }, false, undefined)
+      announce(prefix, await store.settle(prefix,
+        { id, cost, tokens: 0, reservedTokens: 0, spend, thresholds: workspaceThresholds }, false))
     },
 
     async welcome (workspaceId) {
@@ -373,17 +379,17 @@ export function createAdmission (options: AdmissionOptions): Admission {
    * RETRY_FOR_MS, or at close) it is dropped, its reservation expires, and the counters miss its cost.
    */
   async function settleUntilTaken (target: AdmissionStore, prefix: string, input: SettleInput, freesSlot: boolean,
-    ticket: Ticket | undefined, attempt = 0, firstFailedAt?: number): Promise<void> {
+    ticket: Ticket, attempt = 0, firstFailedAt?: number): Promise<void> {
     try {
       const crossed = await target.settle(prefix, input, freesSlot)
-      if (ticket) live.delete(ticket.id)
+      live.delete(ticket.id)
       announce(prefix, crossed)
     } catch (err) {
       // a workspace forgotten meanwhile: its counters are gone, and must stay so
-      if ((ticket && live.get(ticket.id) !== ticket) || forgotten.has(prefix)) return
+      if (live.get(ticket.id) !== ticket || forgotten.has(prefix)) return
       const since = firstFailedAt ?? Date.now()
       if (closed || Date.now() - since >= RETRY_FOR_MS) {
-        if (ticket) live.delete(ticket.id)
+        live.delete(ticket.id)
         log.error({ err, requestId: input.id }, 'settlement failed for good; the spend counters miss its cost')
         return
       }

@@ -172,13 +172,14 @@ export function createMemoryStore (clock: () => number = Date.now): AdmissionSto
 
       let room: number | undefined
       let settledRoom: number | undefined
-      const caps: Array<{ scope: number, kind: 'd' | 'm' | 'l', left: number }> = []
+      const caps: Array<{ scope: number, kind: 'd' | 'm' | 'l', key: string, left: number }> = []
       a.scopes.forEach((scope, i) => {
         for (const [kind, cap] of Object.entries(scope.caps ?? {}) as Array<['d' | 'm' | 'l', number]>) {
-          const spend = spends.get(spendKey(scope, kind)) as Spend
+          const key = spendKey(scope, kind)
+          const spend = spends.get(key) as Spend
           const unsettled = cap - (spend.settled ?? 0)
           const left = unsettled - spend.reserved
-          caps.push({ scope: i, kind, left })
+          caps.push({ scope: i, kind, key, left })
           if (room === undefined || left < room) room = left
           if (settledRoom === undefined || unsettled < settledRoom) settledRoom = unsettled
         }
@@ -197,17 +198,21 @@ export function createMemoryStore (clock: () => number = Date.now): AdmissionSto
             : cost
           const reset = { d: a.day.e, m: a.month.e, l: Infinity }
           const rank = { d: 1, m: 2, l: 3 }
-          let binding: { scope: number, kind: 'd' | 'm' | 'l' } | undefined
+          let binding: { scope: number, kind: 'd' | 'm' | 'l', key: string } | undefined
           for (const c of caps) {
             if (c.left >= least) continue
             if (binding === undefined || reset[c.kind] > reset[binding.kind] ||
               (reset[c.kind] === reset[binding.kind] && rank[c.kind] > rank[binding.kind])) binding = c
           }
-          const { scope, kind } = binding as { scope: number, kind: 'd' | 'm' | 'l' }
+          const { scope, kind, key } = binding as { scope: number, kind: 'd' | 'm' | 'l', key: string }
           const denied = deny(`cap_${kind}`, scope, kind === 'l' ? null : reset[kind])
           const need = a.clamp ? a.promptCost + Math.ceil(a.outputPerMillion / 1_000_000) : cost
           const busy = (settledRoom as number) > (room as number) && (settledRoom as number) >= need
-          return { ...denied, busy } as AdmitResult
+          // a refusal waiting would not lift: the cap's first in the period is its 100 %, as the Redis script says
+          const crossed = (spends.get(key) as Spend).crossed
+          if (busy || crossed.has(100)) return { ...denied, busy } as AdmitResult
+          crossed.add(100)
+          return { ...denied, busy, reached: key } as AdmitResult
         }
         maxTokens = affordable
         cost = a.promptCost + Math.ceil(affordable * a.outputPerMillion / 1_000_000)

@@ -55,7 +55,12 @@ export type AdmitResult =
     rpm?: RateInfo, tpm?: RateInfo }
   | { kind: 'denied', reason: DenyReason, scope: number, retryAfterMs: number | null, now: number,
     /** a cap denial where only reservations of calls in flight hold the room: worth waiting for */
-    busy?: boolean }
+    busy?: boolean
+    /**
+     * the spend key of the cap that refused, when this is its first refusal in the period that is not `busy`: the cap
+     * is reached, its 100 % crossing (recorded once, as a settlement's crossings are)
+     */
+    reached?: string }
   | { kind: 'seed', missing: Array<{ scope: number, kind: 'd' | 'm' | 'l', key: string }>,
     /** the workspace's state was lost: put back what this replica holds, wait waitMs, ask again */
     recovery?: { since: number, waitMs: number } }
@@ -169,7 +174,7 @@ export function decodeAdmit (reply: unknown[]): AdmitResult {
   }
   if (code === 0) {
     const retry = Number(reply[3])
-    return {
+    const denied: AdmitResult = {
       kind: 'denied',
       reason: reply[1] as DenyReason,
       scope: Number(reply[2]) - 1,
@@ -177,6 +182,8 @@ export function decodeAdmit (reply: unknown[]): AdmitResult {
       now: Number(reply[4]),
       busy: Number(reply[5]) === 1
     }
+    if (reply[6]) denied.reached = String(reply[6])
+    return denied
   }
   if (code === 2) {
     const missing = JSON.parse(String(reply[1])) as Array<[number, 'd' | 'm' | 'l', string]>

@@ -12,7 +12,7 @@ import type { RetryBudget } from '../resilience/retry-budget.js'
 import type { MistralKeyStore, UsableKey } from '../tenancy/mistral-keys.js'
 import type { CooldownStrategy } from '../tenancy/workspaces.js'
 import { upstreamHeaders } from './headers.js'
-import type { UpstreamPool } from './upstream.js'
+import { UpstreamQueueTimeoutError, type UpstreamPool } from './upstream.js'
 
 export interface AttemptDeps {
   pool: UpstreamPool
@@ -127,6 +127,12 @@ export async function sendWithRetries (attempt: Attempt, deps: AttemptDeps): Pro
       })
     } catch (err) {
       if (signal.aborted) throw err
+      // every connection of this replica stayed busy: the call never left, no fault of the key's, and a retry would
+      // only wait in the same queue
+      if (err instanceof UpstreamQueueTimeoutError) {
+        deps.metrics.denied(request.tenant?.workspace.slug ?? '', 'upstream_busy')
+        throw busyError(err.waitedMs)
+      }
       const failure = connectionFailure(err)
       await health.failed(workspaceId, key.id).catch(() => {})
       const sent = !NOT_SENT.has((err as NodeJS.ErrnoException).code ?? '')
@@ -153,16 +159,21 @@ export async function sendWithRetries (attempt: Attempt, deps: AttemptDeps): Pro
     if (status === 401 && request.operation?.security === 'ApiKey') {
       await upstream.body.dump().catch(() => {})
       lastFailure = invalidKeyError(key.name)
-      const marked = await keys.markInvalid(workspaceId, key.id).catch((err: unknown) => {
-        // PostgreSQL away: the key stays active, so the cooldown order would only pick it again; the call ends here
-        // with mistral_key_rejected all the same (the error names queries and ids, never a key)
+      // the mark and its audit row commit together: a mark nobody could find in the audit log, or a row for a mark
+      // that did not happen, would mislead the operator
+      const marked = await keys.markInvalid(workspaceId, key.id, (tx, row) => deps.audit.record({
+        actor: 'gateway', action: 'mistral_key.invalid', targetType: 'mistral_key', targetId: row.id, workspaceId,
+        details: { name: row.name }
+      }, tx)).catch((err: unknown) => {
+        // PostgreSQL away or slow past PG_QUERY_TIMEOUT_MS, or the audit row refused: the key stays active, so the
+        // cooldown order would only pick it again; the call ends here with mistral_key_rejected all the same (the
+        // error names queries and ids, never a key)
         log.error({ key: key.name, err }, 'Mistral rejected a workspace key, which could not be marked invalid')
         return undefined
       })
       if (marked === undefined) throw lastFailure
       if (marked) {
         log.error({ key: key.name }, 'Mistral rejected a workspace key: marked invalid')
-        await deps.audit.record({ actor: 'gateway', action: 'mistral_key.invalid', targetType: 'mistral_key', targetId: key.id, workspaceId, details: { name: key.name } }).catch(() => {})
         request.server.events.emit('mistral_key.invalid', {
           type: 'mistral_key.invalid',
           workspaceId,
@@ -197,24 +208,25 @@ export async function sendWithRetries (attempt: Attempt, deps: AttemptDeps): Pro
     return { upstream, key }
   }
 
-  /** Whether a key of the call could take a retry: active, and not blocked past what the cooldown order may wait. */
+  /**
+   * Whether a key of the call could take a retry: the choice the retry makes (pickKey), asked without claiming a
+   * breaker's probe or spending a retry on a hold, so the two never disagree (a retry that finds no key ends in the
+   * gateway's own 429 or 503, and costs the client Mistral's answer). A hold ends at the same instant either way.
+   */
   async function anyKeyLeft (): Promise<boolean> {
-    const names = plan.order.includes('failover') ? candidates : candidates.slice(0, 1)
-    for (const name of names) {
-      const candidate = await keys.resolve(workspaceId, name).catch(() => undefined)
-      if (candidate === undefined || candidate.status !== 'active') continue
-      const block = health.blocked(candidate.id)
-      if (block === undefined) return true
-      // a block whose time is over (a breaker that may be probed now) takes a call, as pickKey lets it
-      const left = block.until - Date.now()
-      if (left <= 0 || (plan.order.includes('hold') && left <= plan.holdMs)) return true
-    }
-    return false
+    const choice = await pickKey(workspaceId, candidates, plan, async (wait) => holdFits(wait), deps, 'look')
+      .catch(() => undefined)
+    return choice !== undefined && !('error' in choice)
   }
 
-  /** A hold is one of the waits UPSTREAM_RETRY_MAX_WAIT_MS bounds; waiting out this call's own 429 is a retry. */
+  /** A hold is one of the waits UPSTREAM_RETRY_MAX_WAIT_MS bounds. */
+  function holdFits (wait: number): boolean {
+    return Date.now() - started + wait <= config.UPSTREAM_RETRY_MAX_WAIT_MS
+  }
+
+  /** Waiting out this call's own 429 is a retry. */
   async function mayHold (wait: number): Promise<boolean> {
-    if (Date.now() - started + wait > config.UPSTREAM_RETRY_MAX_WAIT_MS) return false
+    if (!holdFits(wait)) return false
     return after429 === undefined || await mayRetry()
   }
 
@@ -254,15 +266,16 @@ interface Blocked {
 /**
  * The preferred key (the first candidate the workspace has) if it is usable now; else the workspace's cooldown
  * strategies in order: `failover` takes the next usable candidate, `hold` waits for the preferred key (for the
- * soonest of all once failover was allowed) if that ends within the hold. After them: the error to answer.
+ * soonest of all once failover was allowed) if that ends within the hold. After them: the error to answer. `look`:
+ * what it would answer, claiming no breaker's probe.
  */
 async function pickKey (workspaceId: string, candidates: string[], plan: CooldownPlan,
-  mayHold: (wait: number) => Promise<boolean>, deps: AttemptDeps):
+  mayHold: (wait: number) => Promise<boolean>, deps: AttemptDeps, look?: 'look'):
 Promise<{ key: UsableKey } | { hold: number } | { error: GatewayError }> {
   let next = 0
   let preferred: Blocked | undefined
   while (next < candidates.length && preferred === undefined) {
-    const state = await keyState(workspaceId, candidates[next++], deps)
+    const state = await keyState(workspaceId, candidates[next++], deps, look)
     if (state && 'key' in state) return state
     preferred = state
   }
@@ -276,7 +289,7 @@ Promise<{ key: UsableKey } | { hold: number } | { error: GatewayError }> {
       continue
     }
     while (next < candidates.length) {
-      const state = await keyState(workspaceId, candidates[next++], deps)
+      const state = await keyState(workspaceId, candidates[next++], deps, look)
       if (!state) continue
       if ('key' in state) return state
       if (state.wait < soonest.wait) soonest = state
@@ -286,7 +299,7 @@ Promise<{ key: UsableKey } | { hold: number } | { error: GatewayError }> {
 }
 
 /** A candidate usable now, or why not; undefined when the workspace has no key of that name. */
-async function keyState (workspaceId: string, name: string, deps: AttemptDeps):
+async function keyState (workspaceId: string, name: string, deps: AttemptDeps, look?: 'look'):
 Promise<{ key: UsableKey } | Blocked | undefined> {
   const key = await deps.keys.resolve(workspaceId, name)
   if (!key) return undefined
@@ -295,7 +308,8 @@ Promise<{ key: UsableKey } | Blocked | undefined> {
   if (!block) return { key }
   const wait = block.until - Date.now()
   if (block.reason === 'breaker_open' && wait <= 0) {
-    if (await deps.health.claimProbe(workspaceId, key.id)) return { key }
+    const probe = look ? deps.health.probeFree(workspaceId, key.id) : deps.health.claimProbe(workspaceId, key.id)
+    if (await probe) return { key }
     // another call holds the probe: nothing ends at a known time, so answer (or fail over) now
     return { wait: Infinity, error: breakerError(1000, name) }
   }
@@ -323,6 +337,13 @@ function breakerError (remainingMs: number, keyName: string): GatewayError {
   return new GatewayError(503, 'server_error', 'upstream_unavailable',
     `Mistral keeps failing for the workspace's key '${keyName}'; calls resume in ${retry['retry-after']} s`,
     { headers: retry })
+}
+
+function busyError (waitedMs: number): GatewayError {
+  const retry = retryAfterHeaders(waitedMs)
+  return new GatewayError(503, 'server_error', 'upstream_busy',
+    `The gateway's connections to Mistral are all busy: none came free within ${waitedMs} ms; retry in ` +
+    `${retry['retry-after']} s`, { headers: retry })
 }
 
 function invalidKeyError (keyName: string): GatewayError {

@@ -31,7 +31,7 @@ function namesInline (url: string): boolean {
  * the gateway cannot read it until the operator adds the key back, and a removed key already leaves it unbilled.
  */
 export async function billBeforeDeletion (watcher: BatchWatcher, url: string, workspaceId: string): Promise<void> {
-  const jobId = jobIdOf(url)
+  const jobId = idInPath(url)
   let settled: Settled
   try {
     settled = await watcher.settle(workspaceId, jobId)
@@ -53,6 +53,39 @@ export async function billBeforeDeletion (watcher: BatchWatcher, url: string, wo
 /** The operation that deletes a batch job at Mistral: the route awaits billBeforeDeletion for it only. */
 export const BATCH_JOB_DELETION = 'jobs_api_routes_batch_delete_batch_job'
 
+/**
+ * Before `DELETE /v1/files/{id}` is forwarded: a job's output file is what the gateway bills the job from (its results
+ * inline are not documented to outlive it), so the output of a job of the workspace not billed yet, as a check of the
+ * job learnt it, is let go as the job itself is: the job billed first, else 409 (running, or not billable yet), and
+ * 503 while PostgreSQL does not answer. One indexed lookup; any other file goes as it comes. A job whose Mistral key
+ * was removed lets its output go but stays watched: it stays at Mistral, where the key, added back, may still read it.
+ */
+export async function billBeforeFileDeletion (watcher: BatchWatcher, url: string, workspaceId: string):
+Promise<void> {
+  const fileId = idInPath(url)
+  let settled: Settled
+  let jobId: string | undefined
+  try {
+    jobId = await watcher.jobOfOutput(workspaceId, fileId)
+    if (jobId === undefined) return
+    settled = await watcher.settle(workspaceId, jobId, 'output')
+  } catch (err) {
+    throw notReady('The file cannot be checked before its deletion right now (the database does not answer); ' +
+      'retry shortly', { headers: retryAfterHeaders(DATABASE_RETRY_MS), cause: err })
+  }
+  if (!settled.pending || settled.keyGone) return
+  // both ids are Mistral's, as a check of the workspace's job read them: the message quotes none of a client's making
+  if (settled.running) {
+    throw conflict(`File ${fileId} is the output of batch job ${jobId}, which is still running (${settled.running}): ` +
+      'delete it once the job has ended')
+  }
+  throw conflict(`File ${fileId} is the output of batch job ${jobId}, which could not be billed yet; retry shortly`,
+    { headers: retryAfterHeaders(DELETION_RETRY_MS) })
+}
+
+/** The operation that deletes a file at Mistral: the route awaits billBeforeFileDeletion for it only. */
+export const FILE_DELETION = 'files_api_routes_delete_file'
+
 // about a poll's worth: the output not found yet is read again by then
 const DELETION_RETRY_MS = 60_000
 // what a reconnect to PostgreSQL usually takes
@@ -62,7 +95,7 @@ const DATABASE_RETRY_MS = 5_000
  * The id as Mistral reads it: the last segment of the path, percent-decoded (the route has refused a path that does
  * not decode, and matched the operation on the decoded one).
  */
-function jobIdOf (url: string): string {
+function idInPath (url: string): string {
   const query = url.indexOf('?')
   const path = query === -1 ? url : url.slice(0, query)
   return decodeURIComponent(path.slice(path.lastIndexOf('/') + 1))

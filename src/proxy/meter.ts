@@ -154,6 +154,7 @@ export function meterCall ({
     }))
     app.metrics.call({
       workspace: tenant.workspace.slug,
+      currency: tenant.workspace.currency,
       operation: operation.metered,
       model: priceModel,
       status,

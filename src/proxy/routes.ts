@@ -23,10 +23,13 @@ import {
 } from '../dialects/openai-response.js'
 import { flaggedModerations, openAiModerations, translateModerationRequest } from '../dialects/openai-moderations.js'
 import { streamErrorShaping } from '../dialects/openai-stream-errors.js'
-import { BATCH_JOB_DELETION, batchJobCall, billBeforeDeletion, observeBatchJob } from './batch-hook.js'
+import {
+  BATCH_JOB_DELETION, batchJobCall, billBeforeDeletion, billBeforeFileDeletion, FILE_DELETION, observeBatchJob
+} from './batch-hook.js'
 import { meterCall, type Meter } from './meter.js'
 import { boundOutput, quoteBatchCreation, quoteCall } from './quote.js'
 import { isRegionalHost } from '../pricing/region.js'
+import { databaseUnanswered } from '../db/sql-state.js'
 import { holdLine, settled as lineSettled, unrouted } from '../request-line.js'
 
 declare module 'fastify' {
@@ -140,10 +143,13 @@ export async function proxyRoutes (app: FastifyInstance, { config, pool }: { con
     let keyName = candidates[0]
     let meter: Meter
     try {
-      // a watched batch job is billed before Mistral forgets it; one still running is refused (409). After admission,
-      // so that rate limits cover the check; awaited for that operation only, the hot path pays no turn for it
+      // a watched batch job is billed before Mistral forgets it, or its output file; one still running is refused
+      // (409). After admission, so that rate limits cover the check; awaited for those operations only, the hot path
+      // pays no turn for it
       if (operation.id === BATCH_JOB_DELETION) {
         await billBeforeDeletion(app.batchJobs, request.url, workspace.id)
+      } else if (operation.id === FILE_DELETION) {
+        await billBeforeFileDeletion(app.batchJobs, request.url, workspace.id)
       }
       if (ticket) {
         reply.headers(ticket.headers)
@@ -351,7 +357,8 @@ export async function proxyRoutes (app: FastifyInstance, { config, pool }: { con
       reply.raw.off('close', onClientClose)
       // whatever is left of the body, read off (up to undici's limit, then dropped) so that the connection is reused
       answer?.upstream.body.dump().catch(() => {})
-      const status = err instanceof GatewayError ? err.statusCode : 500
+      // the status the error handler will answer with: a PostgreSQL that did not answer is its 503
+      const status = err instanceof GatewayError ? err.statusCode : databaseUnanswered(err) ? 503 : 500
       meter.settle({ status, upstreamStatus: request.outcome.upstreamStatus, tap: undefined, cut: false })
       throw err
     }

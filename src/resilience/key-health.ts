@@ -38,6 +38,8 @@ export interface KeyHealth {
   succeeded (workspaceId: string, keyId: string): void
   /** When the breaker's open time is over, exactly one call (across replicas) may probe. */
   claimProbe (workspaceId: string, keyId: string): Promise<boolean>
+  /** Whether `claimProbe` would win now, without claiming: whether a retry could take this key. */
+  probeFree (workspaceId: string, keyId: string): Promise<boolean>
   /** Keeps Mistral's remaining-quota headers of a successful call (at most one write a second per key). */
   noteQuota (workspaceId: string, keyId: string, headers: Record<string, string | string[] | undefined>): void
   /** Reads the cooldowns and breakers in force from Redis: at start, and after pub/sub may have missed some. */
@@ -50,6 +52,11 @@ export interface KeyHealth {
   breakers (): { open: number, halfOpen: number }
   /** The last quota headers this replica saw, per key (read at scrape time by the metrics). */
   observedQuotas (): ObservedQuota[]
+  /**
+   * A key replaced or deleted, whose id no call uses again: what is known of it goes, here, in Redis and on every
+   * replica, rather than lingering until it ends (an open breaker never does: it waits half-open for a probe).
+   */
+  forget (workspaceId: string, keyId: string): Promise<void>
 }
 
 export interface ObservedQuota {
@@ -145,6 +152,7 @@ export function createKeyHealth (options: KeyHealthOptions): KeyHealth {
   bus.subscribe((message) => {
     // pub/sub reconnected: messages may have been missed while it was away
     if (message === null) void load().catch(() => {})
+    if (message?.type === 'key-forgotten') return drop(message.keyId)
     if (message === null || message.type !== 'key-health') return
     // whichever replica succeeds next on this key resets the shared backoff, not only the one that saw the 429s
     if (message.reason === 'rate_limited') streaks.set(message.keyId, streaks.get(message.keyId) ?? 0)
@@ -274,6 +282,11 @@ export function createKeyHealth (options: KeyHealthOptions): KeyHealth {
     return { ms: Math.ceil(step / 2 + Math.random() * step / 2), reason: 'rate_limited' }
   }
 
+  /** Everything this replica knows of a key. */
+  function drop (keyId: string) {
+    for (const known of [blocks, streaks, failures, probes, quotas, quotaWritten]) known.delete(keyId)
+  }
+
   /** A command on the shared state; undefined without Redis, or when it cannot answer (the caller decides alone). */
   async function shared<T> (command: (client: Redis | Cluster) => Promise<T>): Promise<T | undefined> {
     if (!redis) return undefined
@@ -310,7 +323,7 @@ export function createKeyHealth (options: KeyHealthOptions): KeyHealth {
         await share(workspaceId, keyId, 'breaker_open', openMs)
         return
       }
-      const key = `tmt:{ws:${workspaceId}}:key:${keyId}:failures`
+      const key = failuresKey(workspaceId, keyId)
       let count = await shared(async (client) => {
         const counted = Number(await client.incr(key))
         if (counted === 1) await client.pexpire(key, windowMs)
@@ -369,14 +382,13 @@ export function createKeyHealth (options: KeyHealthOptions): KeyHealth {
       const entry = { observedAt: new Date(now).toISOString(), headers: seen }
       quotas.set(keyId, { workspaceId, ...entry })
       if (redis) {
-        const key = `tmt:{ws:${workspaceId}}:key:${keyId}:quota`
-        void redis.set(key, JSON.stringify(entry), 'PX', 86_400_000).catch(() => {})
+        void redis.set(quotaKey(workspaceId, keyId), JSON.stringify(entry), 'PX', 86_400_000).catch(() => {})
       }
     },
 
     async quota (workspaceId, keyId) {
       if (redis) {
-        const raw = await redis.get(`tmt:{ws:${workspaceId}}:key:${keyId}:quota`).catch(() => null)
+        const raw = await redis.get(quotaKey(workspaceId, keyId)).catch(() => null)
         if (raw) return JSON.parse(raw) as { observedAt: string, headers: Record<string, string> }
       }
       const local = quotas.get(keyId)
@@ -403,11 +415,28 @@ export function createKeyHealth (options: KeyHealthOptions): KeyHealth {
     async claimProbe (workspaceId, keyId) {
       const now = clock()
       const claimed = await shared((client) =>
-        client.set(`tmt:{ws:${workspaceId}}:key:${keyId}:probe`, '1', 'PX', openMs, 'NX'))
+        client.set(probeKey(workspaceId, keyId), '1', 'PX', openMs, 'NX'))
       if (claimed !== undefined) return claimed === 'OK'
       if ((probes.get(keyId) ?? 0) > now) return false
       probes.set(keyId, now + openMs)
       return true
+    },
+
+    async probeFree (workspaceId, keyId) {
+      const taken = await shared((client) => client.exists(probeKey(workspaceId, keyId)))
+      if (taken !== undefined) return taken === 0
+      return (probes.get(keyId) ?? 0) <= clock()
+    },
+
+    async forget (workspaceId, keyId) {
+      drop(keyId)
+      // one hash slot (the workspace's): one DEL, on a Cluster too; the registry is a slot of its own
+      await shared((client) => Promise.all([
+        client.del(blockKey(workspaceId, keyId), streakKey(workspaceId, keyId), failuresKey(workspaceId, keyId),
+          probeKey(workspaceId, keyId), quotaKey(workspaceId, keyId)),
+        client.zrem(REGISTRY, `${workspaceId}:${keyId}`)
+      ]))
+      await bus.publish({ type: 'key-forgotten', keyId })
     }
   }
 }
@@ -417,3 +446,6 @@ const redisNow = ([seconds, micros]: Array<number | string>) => Number(seconds) 
 
 const blockKey = (workspaceId: string, keyId: string) => `tmt:{ws:${workspaceId}}:key:${keyId}:block`
 const streakKey = (workspaceId: string, keyId: string) => `tmt:{ws:${workspaceId}}:key:${keyId}:streak`
+const failuresKey = (workspaceId: string, keyId: string) => `tmt:{ws:${workspaceId}}:key:${keyId}:failures`
+const probeKey = (workspaceId: string, keyId: string) => `tmt:{ws:${workspaceId}}:key:${keyId}:probe`
+const quotaKey = (workspaceId: string, keyId: string) => `tmt:{ws:${workspaceId}}:key:${keyId}:quota`

@@ -2,7 +2,7 @@ import type { FastifyInstance } from 'fastify'
 import { Type } from '@sinclair/typebox'
 import { UsageQueryString as UsageQuerySchema, UsageView } from '../admin/usage-schemas.js'
 import { sendReport } from '../admin/usage-routes.js'
-import { invalidToken, workspaceSuspended } from '../errors.js'
+import { badRequest, invalidToken, workspaceSuspended } from '../errors.js'
 import { describeLimits } from '../limits/describe-limits.js'
 import type { TenantContext } from '../tenancy/tokens.js'
 import { parseUsageQuery, type UsageQueryString } from '../usage/usage-query.js'
@@ -41,6 +41,7 @@ const Me = Type.Object({
 export async function selfServiceRoutes (app: FastifyInstance) {
   app.decorateRequest('tenant', null)
   app.addHook('onRequest', async (request) => {
+    refuseTokenInQuery(request.query as Record<string, unknown>)
     const tenant = await app.tenancy.tokens.authenticate(bearer(request.headers.authorization))
     if (!tenant) throw invalidToken()
     if (tenant.workspace.status !== 'active') {
@@ -84,11 +85,26 @@ export async function selfServiceRoutes (app: FastifyInstance) {
     const { workspace, token } = request.tenant as TenantContext
     const query = parseUsageQuery(request.query as UsageQueryString, request.headers.accept)
     // the token's own calls only: as on /me, the workspace's other tokens, their names and what they spent are not
-    // this client app's business. No parameter widens it: a `token` one is ignored like any unknown parameter
+    // this client app's business. No parameter widens it (a `token` one is refused, in the onRequest hook)
     const tokenNames = async () => new Map([[token.id, token.name]])
     const report = await usageReport(app.database.db, workspace, query, tokenNames, { tokenId: token.id })
     return sendReport(reply, query.format, report, usageCsv, `usage-${workspace.slug}`)
   })
+}
+
+// a token in a URL reaches every proxy's and server's access log, and browser history, on its way (RFC 6750 §2.3)
+const TOKEN_PARAMS = ['token', 'access_token']
+
+/**
+ * Refuses a query naming a token, whatever it holds and before any lookup: a client that put its workspace token
+ * there is told where it belongs, rather than given a 401 or an answer that hides the leak. The value is never echoed.
+ */
+function refuseTokenInQuery (query: Record<string, unknown>) {
+  const param = TOKEN_PARAMS.find((name) => Object.hasOwn(query, name))
+  if (param === undefined) return
+  throw badRequest(`'${param}' is not a query parameter here: send the workspace token in the Authorization header ` +
+    '(Bearer), never in a URL, which proxies and servers log; these routes answer for the calling token only',
+  { param })
 }
 
 function bearer (header: string | undefined): string {

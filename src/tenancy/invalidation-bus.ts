@@ -17,6 +17,7 @@ export type Invalidation =
     remainingMs: number
   }
   | { type: 'spend-recovery', workspaceId: string } // Redis lost the workspace's counters: put back calls in flight
+  | { type: 'key-forgotten', keyId: string } // a Mistral key replaced or deleted: forget its health (cooldown, breaker)
 
 export interface InvalidationBus {
   /**

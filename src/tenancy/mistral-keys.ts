@@ -67,8 +67,12 @@ export interface MistralKeyStore {
   resolve (workspaceId: string, name: string): Promise<UsableKey | undefined>
   /** The names of a workspace's keys in failover order: `default` first, then by name. Cached like `resolve`. */
   names (workspaceId: string): Promise<string[]>
-  /** Mistral answered 401 for this key: no call uses it until it is replaced. True the first time only. */
-  markInvalid (workspaceId: string, keyId: string): Promise<boolean>
+  /**
+   * Mistral answered 401 for this key: no call uses it until it is replaced. True the first time only, when `audit`
+   * writes the mark's row in its transaction, as an operator's change does.
+   */
+  markInvalid (workspaceId: string, keyId: string, audit: AuditHook<Pick<MistralKeyView, 'id' | 'name'>>):
+  Promise<boolean>
   /**
    * Moves every data key under the primary master key. Rows it cannot open stay, counted by master key id: those under
    * an id missing from the ring, and those under an id the ring has with other bytes.
@@ -178,12 +182,17 @@ MistralKeyStore {
           .sort((a, b) => a === DEFAULT_KEY ? -1 : b === DEFAULT_KEY ? 1 : a.localeCompare(b))
       })
     },
-    async markInvalid (workspaceId, keyId) {
-      const updated = await db.update(mistralKeys).set({ status: 'invalid', updatedAt: sql`now()` })
-        .where(and(eq(mistralKeys.id, keyId), eq(mistralKeys.workspaceId, workspaceId), eq(mistralKeys.status, 'active')))
-        .returning({ id: mistralKeys.id })
+    async markInvalid (workspaceId, keyId, audit) {
+      const marked = await db.transaction(async (tx) => {
+        const [row] = await tx.update(mistralKeys).set({ status: 'invalid', updatedAt: sql`now()` })
+          .where(and(eq(mistralKeys.id, keyId), eq(mistralKeys.workspaceId, workspaceId),
+            eq(mistralKeys.status, 'active')))
+          .returning({ id: mistralKeys.id, name: mistralKeys.name })
+        if (row) await audit(tx, row)
+        return row !== undefined
+      })
       await changed(workspaceId)
-      return updated.length > 0
+      return marked
     },
     async rewrapAll () {
       const rows = await db.select().from(mistralKeys).where(ne(mistralKeys.masterKeyId, cipher.primaryId))

@@ -184,23 +184,34 @@ export function checkName (name: string): string {
 const IANA_NAME = /^(?:UTC|[A-Za-z]+(?:\/[A-Za-z0-9_+-]+)+)$/
 
 async function checkTimezone (db: Database, timezone: string): Promise<string> {
-  const refused = () => badRequest(`timezone '${timezone}' is not an IANA time zone name such as Europe/Paris, or UTC`,
-    { param: 'timezone' })
-  if (!IANA_NAME.test(timezone)) throw refused()
+  const refused = (why: string) => badRequest(`timezone '${timezone}' ${why}`, { param: 'timezone' })
+  const notIana = () => refused('is not an IANA time zone name such as Europe/Paris, or UTC')
+  if (!IANA_NAME.test(timezone)) throw notIana()
+  let nodeName: string
   try {
     // the IANA zone decides where the workspace's calendar days and months begin
-    new Intl.DateTimeFormat('en', { timeZone: timezone }).format()
+    nodeName = new Intl.DateTimeFormat('en', { timeZone: timezone }).resolvedOptions().timeZone
   } catch {
-    throw refused()
+    throw notIana()
   }
-  try {
-    await db.execute(sql`select now() at time zone ${timezone}`)
-  } catch (err) {
-    // 22023, invalid_parameter_value: "time zone … not recognized"
-    if (sqlState(err) === '22023') throw refused()
-    throw err
+  if (!await postgresKnows(db, timezone)) {
+    // a link a later tzdata dropped (US/Pacific-New) that ICU still resolves: the zone it stands for may be known
+    const instead = nodeName !== timezone && await postgresKnows(db, nodeName) ? `: use ${nodeName}, the same zone` : ''
+    throw refused('is not in PostgreSQL\'s time zone data (pg_timezone_names), which the usage views and statements ' +
+      `read${instead}`)
   }
   return timezone
+}
+
+async function postgresKnows (db: Database, timezone: string): Promise<boolean> {
+  try {
+    await db.execute(sql`select now() at time zone ${timezone}`)
+    return true
+  } catch (err) {
+    // 22023, invalid_parameter_value: "time zone … not recognized"
+    if (sqlState(err) === '22023') return false
+    throw err
+  }
 }
 
 function checkCurrency (currency: string) {

@@ -17,6 +17,7 @@ import {
   addInlineOutputs, addJsonl, addLine, allModels, emptyTotals, familyOfEndpoint, TERMINAL_STATUSES, type BatchTotals,
   type ModelUsage
 } from './batch-output.js'
+import { createBatchCharger } from './batch-charge.js'
 import type { BatchUpstream } from './batch-upstream.js'
 import type { UsageRecorder } from './recorder.js'
 import { selectRows } from './sql-rows.js'
@@ -43,13 +44,21 @@ export interface BatchWatcher {
    */
   seen (workspaceId: string, job: unknown): Promise<void>
   /**
-   * A client of the workspace is about to delete the job, after which Mistral shows nothing of it: checks it now
-   * (after a check under way elsewhere, waited for up to SETTLE_WAIT_MS), billing it if it has ended. Says whether
-   * its watch is still pending, and why; a job of another workspace, or not watched, is not pending. Throws when
-   * PostgreSQL does not answer.
+   * A client of the workspace is about to delete the job, after which Mistral shows nothing of it, or its output
+   * file, after which the gateway cannot read what it answered: checks it now (after a check under way elsewhere,
+   * waited for up to SETTLE_WAIT_MS), billing it if it has ended. Says whether its watch is still pending, and why; a
+   * job of another workspace, or not watched, is not pending. Throws when PostgreSQL does not answer.
    */
-  settle (workspaceId: string, jobId: string): Promise<Settled>
-  /** Checks the pending jobs that are due; every replica polls, a job is checked by one of them at a time. */
+  settle (workspaceId: string, jobId: string, deleting?: 'job' | 'output'): Promise<Settled>
+  /**
+   * The pending job of the workspace whose output file this is, as Mistral named it to a check; undefined for any
+   * other file. Throws when PostgreSQL does not answer.
+   */
+  jobOfOutput (workspaceId: string, fileId: string): Promise<string | undefined>
+  /**
+   * Checks the pending jobs that are due, and charges the billed ones whose charge the spend counters did not take;
+   * every replica polls, a job is checked by one of them at a time.
+   */
   poll (): Promise<void>
   /** Called once per job billed, by the one replica that records it (the metrics count it there). */
   onBilled (listener: (facts: BilledFacts) => void): void
@@ -87,13 +96,14 @@ interface WatcherOptions {
 /**
  * Bills each batch job once, when it ends (MISTRAL-NOTES §2.6): its output lines' usage, summed, at the batch
  * discount, as ONE usage record `batch:<job id>`. State is in `watched_jobs`, so a restart loses nothing. Any number
- * of replicas may check the same job; it still ends in one record: the recorder is idempotent by request id, and
- * the spend counters count a charge once per request id, so each check that finds the record in the ledger while the
- * job is still pending may charge it before it turns the job from pending to recorded.
+ * of replicas may check the same job; it still ends in one record: the recorder is idempotent by request id, and the
+ * one check that turns the job from pending to recorded charges it to the spend counters. A charge they do not take
+ * stays in the watch (`charged_at` null), and the polls of every replica send it again (batch-charge.ts).
  */
 export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
   const { db, usage, prices, keys, workspaces, tokens, admission, upstream, log, intervalMs } = options
   const claimSize = options.claimSize ?? 20
+  const charger = createBatchCharger({ db, admission, workspaces, tokens, log })
   // a tenth short of the interval: the timer's jitter must not make a job checked at one poll wait for the one after
   const dueAfterMs = Math.round(intervalMs * 0.9)
   let polling: Promise<void> | undefined
@@ -105,14 +115,14 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
   timer.unref()
 
   /**
-   * Takes the pending jobs that match, for one check: `checked_at` moves CHECK_LEASE_MS ahead while the check runs,
-   * then back to when its poll started (or the client's read claimed it). A job is thus never checked by two replicas
-   * at once (unless a check outlives its lease), nor polled again before about `intervalMs` has passed; SKIP LOCKED:
-   * two polls at once take different jobs.
+   * Takes the jobs that match, for one check: `checked_at` moves CHECK_LEASE_MS ahead while the check runs, then back
+   * to when its poll started (or the client's read claimed it). A job is thus never checked by two replicas at once
+   * (unless a check outlives its lease), nor polled again before about `intervalMs` has passed; SKIP LOCKED: two polls
+   * at once take different jobs.
    */
   async function claim (where: SQL | undefined, limit: number): Promise<WatchedJob[]> {
     const due = db.select({ jobId: watchedJobs.jobId }).from(watchedJobs)
-      .where(and(eq(watchedJobs.status, 'pending'), where))
+      .where(where)
       .orderBy(sql`${watchedJobs.checkedAt} asc nulls first`, asc(watchedJobs.createdAt))
       .limit(limit)
       .for('update', { skipLocked: true })
@@ -139,7 +149,8 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
     const started = sql`${now}::timestamptz`
     const due = sql`${started} - ${dueAfterMs} * interval '1 millisecond'`
     for (;;) {
-      const jobs = await claim(or(isNull(watchedJobs.checkedAt), lt(watchedJobs.checkedAt, due)), claimSize)
+      const jobs = await claim(and(awaitingCheck, or(isNull(watchedJobs.checkedAt), lt(watchedJobs.checkedAt, due))),
+        claimSize)
       for (const job of jobs) {
         if (closed) return
         await check(job, undefined, started)
@@ -149,21 +160,25 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
   }
 
   /**
-   * One check of a claimed job: reads it (unless a client's read just showed it) and, if it has ended, bills it.
-   * `startedAt` is when the job counts as checked: the next poll, an interval later, finds it due from then. Gives the
-   * status Mistral showed the job in (KEY_GONE when it could not be read: its key was removed); undefined when the
-   * check failed.
+   * One check of a claimed job: reads it (unless a client's read just showed it) and, if it has ended, bills it; a
+   * job recorded but not charged yet is charged. `startedAt` is when the job counts as checked: the next poll, an
+   * interval later, finds it due from then. Gives the status Mistral showed the job in (KEY_GONE when it could not be
+   * read: its key was removed); undefined when the check failed.
    */
   async function check (job: WatchedJob, shown: Record<string, unknown> | undefined,
     startedAt: Date | SQL): Promise<string | undefined> {
     try {
+      if (job.status === 'recorded') {
+        await charger.chargeRecorded(job)
+        return job.upstreamStatus ?? undefined
+      }
       return await checkClaimed(job, shown)
     } catch (err) {
       log.warn({ err, job: job.jobId }, 'batch job check failed; trying again at the next interval')
       return undefined
     } finally {
       await db.update(watchedJobs).set({ checkedAt: startedAt })
-        .where(and(eq(watchedJobs.jobId, job.jobId), eq(watchedJobs.status, 'pending')))
+        .where(and(eq(watchedJobs.jobId, job.jobId), awaitingCheck))
         .catch((err: unknown) => log.warn({ err, job: job.jobId }, 'batch job lease not released; it expires'))
     }
   }
@@ -182,9 +197,14 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
       return 'NOT_FOUND'
     }
     const status = String(upstreamJob.status)
+    // kept as soon as Mistral names it: a client's deletion of the file through the gateway then bills the job first
+    const outputFile = typeof upstreamJob.output_file === 'string' ? upstreamJob.output_file : undefined
     if (!TERMINAL_STATUSES.has(status)) {
-      await db.update(watchedJobs).set({ upstreamStatus: status }).where(eq(watchedJobs.jobId, job.jobId))
+      await db.update(watchedJobs).set({ upstreamStatus: status, outputFile }).where(eq(watchedJobs.jobId, job.jobId))
       return status
+    }
+    if (outputFile !== undefined && outputFile !== job.outputFile) {
+      await db.update(watchedJobs).set({ outputFile }).where(eq(watchedJobs.jobId, job.jobId))
     }
     const totals = await readTotals(key.secret, job, upstreamJob)
     const reportedAt = completedAtOf(upstreamJob)
@@ -277,12 +297,18 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
   // the checks before deletions under way, by workspace and job
   const settlings = new Map<string, Promise<Settled>>()
 
-  async function settleWatch (mine: SQL | undefined): Promise<Settled> {
+  async function settleWatch (mine: SQL | undefined, deleting: 'job' | 'output'): Promise<Settled> {
     const waitUntil = Date.now() + SETTLE_WAIT_MS
     while (!closed) {
-      const [claimed] = await claim(and(mine, unclaimed), 1)
+      const [claimed] = await claim(and(pendingWatch, mine, unclaimed), 1)
       if (claimed) {
         const status = await checkRead(claimed, undefined)
+        if (status === KEY_GONE && deleting === 'output') {
+          // the job stays at Mistral: should the key come back, its results inline may still be read
+          log.warn({ job: claimed.jobId, key: claimed.keyName },
+            'batch job output file let go to its deletion with its Mistral key gone')
+          return { pending: true, keyGone: true }
+        }
         if (status === KEY_GONE) {
           // the operator's removal of the key already stopped its billing, and once Mistral has deleted the job no key
           // could bill it: the watch ends here, or its months' statements would stay open for good
@@ -304,8 +330,7 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
   }
 
   async function isPending (mine: SQL | undefined): Promise<boolean> {
-    const [row] = await db.select({ jobId: watchedJobs.jobId }).from(watchedJobs)
-      .where(and(mine, eq(watchedJobs.status, 'pending')))
+    const [row] = await db.select({ jobId: watchedJobs.jobId }).from(watchedJobs).where(and(mine, pendingWatch))
     return row !== undefined
   }
 
@@ -336,18 +361,20 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
     const record = recordOf(job, upstreamJob, totals, units, cost, completedAt)
     usage.record(record)
     await usage.flush()
-    if (!await awaitsCharge(job)) return
     // a deleted workspace's state in Redis was forgotten: a charge would bring its counters back
-    if (workspace.deletedAt === null) {
-      await admission.charge({
-        id: record.requestId,
-        workspace: { id: workspace.id, timezone: workspace.timezone, caps: workspace.caps as SpendCaps },
-        token: token ? { id: token.id, caps: token.caps as SpendCaps } : undefined,
-        cost: cost.billedMicros,
-        at: completedAt.getTime()
-      })
-    }
+    const charge = workspace.deletedAt === null
+      ? {
+          id: record.requestId,
+          workspace: { id: workspace.id, timezone: workspace.timezone, caps: workspace.caps as SpendCaps },
+          token: token ? { id: token.id, caps: token.caps as SpendCaps } : undefined,
+          cost: cost.billedMicros,
+          at: completedAt.getTime()
+        }
+      : undefined
+    // the job is billed once the ledger holds its record, whether or not the spend counters take its charge then
     if (!await finish(job, 'recorded', status, completedAt)) return
+    if (charge) await charger.charge(job.jobId, charge)
+    else await charger.nothingToCharge(job.jobId)
     const facts: BilledFacts = {
       workspace: workspace.slug,
       operation: 'batch',
@@ -355,7 +382,8 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
       status: record.status,
       inputTokens: units.promptTokens ?? 0,
       outputTokens: units.completionTokens ?? 0,
-      billedMicros: cost.billedMicros
+      billedMicros: cost.billedMicros,
+      currency: workspace.currency
     }
     for (const listener of billedListeners) listener(facts)
     log.info({
@@ -388,16 +416,6 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
   }
 
   /**
-   * The record is in the ledger and the job still pending: its cost may go to the spend counters. A check that finds
-   * the job recorded meanwhile leaves that to the one that recorded it (a charge's id is forgotten after an hour).
-   */
-  async function awaitsCharge (job: WatchedJob): Promise<boolean> {
-    const [row] = await db.select({ jobId: watchedJobs.jobId }).from(watchedJobs)
-      .where(and(eq(watchedJobs.jobId, job.jobId), eq(watchedJobs.status, 'pending'), inLedger(job)))
-    return row !== undefined
-  }
-
-  /**
    * Ends the watch, once: true for the one check that does it. `recorded` only once the ledger has the record — if
    * it is still in the spool, the job stays pending and the next check records it again, which changes nothing.
    */
@@ -405,7 +423,7 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
     const recorded = outcome === 'recorded' ? inLedger(job) : undefined
     const done = await db.update(watchedJobs)
       .set({ status: outcome, upstreamStatus: status, completedAt, checkedAt: sql`now()` })
-      .where(and(eq(watchedJobs.jobId, job.jobId), eq(watchedJobs.status, 'pending'), recorded))
+      .where(and(eq(watchedJobs.jobId, job.jobId), pendingWatch, recorded))
       .returning({ jobId: watchedJobs.jobId })
     return done.length === 1
   }
@@ -420,23 +438,29 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
       if (job === null || typeof job !== 'object' || typeof job.id !== 'string') return
       if (closed || !TERMINAL_STATUSES.has(String(job.status))) return
       // a job being checked elsewhere is left to that check
-      const [claimed] = await claim(and(ownWatch(workspaceId, job.id), unclaimed), 1)
+      const [claimed] = await claim(and(pendingWatch, ownWatch(workspaceId, job.id), unclaimed), 1)
       if (claimed) await checkRead(claimed, job)
     },
 
-    settle (workspaceId, jobId) {
+    settle (workspaceId, jobId, deleting = 'job') {
       // deletions of one job at once share one check: each would otherwise query PostgreSQL every step for as long as
       // another replica's check holds the job, and a client can send as many as it likes
-      const key = `${workspaceId}/${jobId}`
+      const key = `${workspaceId}/${jobId}/${deleting}`
       let settling = settlings.get(key)
       if (!settling) {
-        settling = settleWatch(ownWatch(workspaceId, jobId)).catch((err: unknown) => {
+        settling = settleWatch(ownWatch(workspaceId, jobId), deleting).catch((err: unknown) => {
           log.warn({ err, job: jobId }, 'batch job not checked before its deletion: the database does not answer')
           throw err
         }).finally(() => settlings.delete(key))
         settlings.set(key, settling)
       }
       return settling
+    },
+
+    async jobOfOutput (workspaceId, fileId) {
+      const [row] = await db.select({ jobId: watchedJobs.jobId }).from(watchedJobs).where(and(
+        eq(watchedJobs.outputFile, fileId), pendingWatch, eq(watchedJobs.workspaceId, workspaceId))).limit(1)
+      return row?.jobId
     },
 
     poll,
@@ -474,6 +498,12 @@ interface JobCost {
 
 // no check holds the job: a check moves `checked_at` a lease ahead while it runs
 const unclaimed = or(isNull(watchedJobs.checkedAt), lte(watchedJobs.checkedAt, sql`now()`))
+
+const pendingWatch = eq(watchedJobs.status, 'pending')
+
+// what a poll checks: the jobs not billed yet, and those billed whose charge the spend counters have not taken yet
+const awaitingCheck = or(pendingWatch,
+  and(eq(watchedJobs.status, 'recorded'), isNull(watchedJobs.chargedAt)))
 
 const ownWatch = (workspaceId: string, jobId: string) =>
   and(eq(watchedJobs.jobId, jobId), eq(watchedJobs.workspaceId, workspaceId))

@@ -2,6 +2,7 @@ import { and, eq, gte, inArray, lt, sql } from 'drizzle-orm'
 import type { Database } from '../db/client.js'
 import type { LedgerSums } from '../limits/admission.js'
 import { usageRecords } from '../db/schema.js'
+import { awaitingCharge } from './batch-charge.js'
 
 /** What the ledger says a workspace (or one of its tokens) spent: the record spend counters are seeded from. */
 export function createLedgerSums (db: Database): LedgerSums {
@@ -19,17 +20,16 @@ export function createLedgerSums (db: Database): LedgerSums {
       return Number(row.spent)
     },
     async spentAmong (workspaceId, tokenId, from, to, among, exclude = []) {
-      if (among.length === 0 && exclude.length === 0) {
-        return { spent: await this.spent(workspaceId, tokenId, from, to), recorded: [] }
-      }
       const left = exclude.length === 0 ? sql`true` : sql`not ${inArray(usageRecords.requestId, exclude)}`
       const kept = sql<string>`coalesce(sum(${usageRecords.billedCostMicros}) filter (where ${left}), 0)`
-      // one statement, so the sum and the list describe the same instant of the ledger
+      const asked = among.length === 0 ? sql`false` : inArray(usageRecords.requestId, among)
+      // one statement, so the sum and the list describe the same instant of the ledger; a batch job's record whose
+      // charge the counters have not taken is in neither: the charge counts it
       const [row] = await db.select({
         spent: kept,
-        recorded: sql<string[] | null>
-          `array_agg(${usageRecords.requestId}) filter (where ${inArray(usageRecords.requestId, among)})`
-      }).from(usageRecords).where(where(workspaceId, tokenId, from, to))
+        recorded: sql<string[] | null>`array_agg(${usageRecords.requestId}) filter (where ${asked})`
+      }).from(usageRecords)
+        .where(and(where(workspaceId, tokenId, from, to), sql`not ${awaitingCharge(usageRecords.requestId)}`))
       return { spent: Number(row.spent), recorded: row.recorded ?? [] }
     }
   }

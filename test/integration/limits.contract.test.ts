@@ -494,7 +494,8 @@ function contract (t: Test, fixture: Fixture) {
     admitted(t, await store.admit(prefix, d))
     t.same(await settle(d.id, 50_000), [[m, 100]], 'only 100 % is new')
     t.same(await spendOf(prefix, [m, l]), [[m, 106_000, 0], [l, 586_000, 0]], 'settle never denies after the fact')
-    denied(t, await store.admit(prefix, call(scopes)), 'cap_m')
+    t.equal(denied(t, await store.admit(prefix, call(scopes)), 'cap_m').reached, undefined,
+      'the refusal after it is no new 100 %')
 
     // the next month is a new key: its thresholds are reported afresh
     const next: PeriodInput = { ...MONTH, id: `${MONTH.id}-next` }
@@ -505,6 +506,37 @@ function contract (t: Test, fixture: Fixture) {
     admitted(t, await store.admit(prefix, e))
     t.same(await settle(e.id, 60_000, [[m2, 100_000], [l, 1_000_000]]), [[m2, 50]], 'a new period reports 50 % again')
     t.same(await spendOf(prefix, [m, m2, l]), [[m, 106_000, 0], [m2, 60_000, 0], [l, 646_000, 0]])
+  })
+
+  test('caps: the first refusal that no call in flight could lift is the cap\'s 100 %, once per period', async (t) => {
+    const { prefix, p, scopes } = await seeded({ m: 10_000 })
+    const m = spendKey(p, 'm')
+    const settle = (id: string, cost: number) =>
+      store.settle(prefix, { id, cost, tokens: 0, reservedTokens: 0, spend: [[m, 10_000]], thresholds: [100] })
+    const a = call(scopes)
+    const b = call(scopes)
+    admitted(t, await store.admit(prefix, a))
+    admitted(t, await store.admit(prefix, b))
+    const c = call(scopes, { clamp: true })
+    t.equal(admitted(t, await store.admit(prefix, c)).cost, 2_599, 'the third fits clamped: 1 µ of room left')
+    // the calls in flight hold the room: they settle in a moment, usually for far less, and admission waits for them
+    const busy = denied(t, await store.admit(prefix, call(scopes, { clamp: true })), 'cap_m', 'refused while they run')
+    t.same([busy.busy, busy.reached], [true, undefined], 'no crossing: calls in flight hold the room')
+    // they settle for all they reserved: 99.99 %, which no settlement can take to 100 % (a call that would is refused)
+    t.same(await settle(a.id, W), [])
+    t.same(await settle(b.id, W), [])
+    t.same(await settle(c.id, 2_599), [])
+    t.same(await spendOf(prefix, [m]), [[m, 9_999, 0]])
+    const refused = denied(t, await store.admit(prefix, call(scopes, { clamp: true })), 'cap_m', 'nothing in flight')
+    t.same([refused.busy, refused.reached], [false, m], 'the cap\'s first refusal is its 100 % crossing')
+    t.equal(denied(t, await store.admit(prefix, call(scopes)), 'cap_m').reached, undefined, 'once per period')
+    t.same(await settle(randomUUID(), 5), [], 'a charge that takes settled spend past the cap reports it no more')
+
+    // the next month is a new key: its first refusal is reported afresh
+    const next: PeriodInput = { ...MONTH, id: `${MONTH.id}-next` }
+    const m2 = spendKey(p, 'm', next)
+    await store.seed(prefix, [[m2, 9_999, [], []]], [])
+    t.equal(denied(t, await store.admit(prefix, call(scopes, { month: next })), 'cap_m').reached, m2, 'a new period')
   })
 
   test('expired reservations are released on the next admit of the workspace', async (t) => {

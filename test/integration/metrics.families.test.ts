@@ -223,3 +223,35 @@ t.test('a call waiting for a connection to Mistral is counted while it waits', a
   t.same([(await stream).statusCode, (await waiting).statusCode], [200, 200])
   t.equal(await queued(), 0, 'and none once the stream ended')
 })
+
+t.test('spend and caps read from the ledger carry each workspace\'s currency', async (t) => {
+  const { app, admin, createWorkspace } = await buildTestApp(t)
+  const eur = await createWorkspace()
+  const patched = await admin('PATCH', `/admin/v1/workspaces/${eur.slug}`,
+    { currency: 'EUR', caps: { monthly: '10.00' } })
+  t.equal(patched.statusCode, 200, patched.body)
+  const usd = await createWorkspace()
+  t.equal(await chatStatus(app, eur.headers), 200)
+  t.equal(await chatStatus(app, usd.headers), 200)
+  await app.usage.flush()
+  const billed = async (slug: string) =>
+    (await admin('GET', `/admin/v1/workspaces/${slug}/usage`)).json.totals.billedCostMicros as number
+  await sleep(FACTS_AGE_MS)
+  const samples = await scrape(app)
+  const gauge = (name: string, slug: string, currency: string) =>
+    valueOf(samples, name, { workspace: slug, currency, period: 'monthly' })
+  t.equal(gauge('tramontane_workspace_spend_micros', eur.slug, 'EUR'), await billed(eur.slug), 'euros')
+  t.equal(gauge('tramontane_workspace_cap_micros', eur.slug, 'EUR'), 10_000_000, 'a cap in euros')
+  t.equal(gauge('tramontane_workspace_spend_micros', usd.slug, 'USD'), await billed(usd.slug), 'dollars')
+})
+
+t.test('a call\'s spend counts in its workspace\'s currency', async (t) => {
+  const { app, admin, createWorkspace } = await buildTestApp(t)
+  const eur = await createWorkspace()
+  t.equal((await admin('PATCH', `/admin/v1/workspaces/${eur.slug}`, { currency: 'EUR' })).statusCode, 200)
+  t.equal(await chatStatus(app, eur.headers), 200)
+  await app.usage.flush()
+  const billed = (await admin('GET', `/admin/v1/workspaces/${eur.slug}/usage`)).json.totals.billedCostMicros
+  t.ok(billed > 0, 'the call was priced')
+  t.equal(valueOf(await scrape(app), 'tramontane_spend_micros_total', { workspace: eur.slug, currency: 'EUR' }), billed)
+})

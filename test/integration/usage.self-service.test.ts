@@ -168,8 +168,15 @@ t.test('GET /tramontane/v1/usage: only the calling token\'s calls, never another
   t.equal(groupedCsv.length, 2, 'a header and a\'s one token')
   t.match(groupedCsv[1], `${a.tokenId},app-a,2,0,${aSpent.promptTokens},`)
 
-  // there is no token filter: a query naming another token is ignored like any unknown parameter
-  const sneaky = (await get(`token=${b.tokenId}&tokenId=${b.tokenId}&groupBy=token`, 'json')).json()
+  // there is no token filter: a `tokenId` is ignored like any unknown parameter, and a `token` is refused (a token's
+  // secret must not go in a URL) whether or not it names one: neither reaches another token nor says it exists
+  const sneaky = (await get(`tokenId=${b.tokenId}&groupBy=token`, 'json')).json()
   t.same(sneaky.groups, grouped)
   t.equal(sneaky.totals.calls, 2)
+  for (const id of [b.tokenId, a.tokenId, '00000000-0000-0000-0000-000000000000']) {
+    const res = await s.app.inject({ method: 'GET', url: `/tramontane/v1/usage?token=${id}`, headers: a.headers })
+    t.equal(res.statusCode, 400)
+    t.equal(res.json().param, 'token')
+    t.notMatch(res.body, id)
+  }
 })

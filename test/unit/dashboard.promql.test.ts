@@ -3,6 +3,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
+import { parser } from '@prometheus-io/lezer-promql'
 import { parse as parseYaml, stringify } from 'yaml'
 import { createMetrics } from '../../src/metrics.js'
 import { DEPLOY, analyse, expressions, recordedNames, rulesFiles } from '../helpers/dashboards.js'
@@ -39,6 +40,33 @@ t.test('every expression names only series the app defines (or the recording rul
       if (source === 'dashboard') t.notOk(recordedNames().has(metric), `${where}: no recording rule in the dashboard`)
     }
   }
+})
+
+// money is in each workspace's own currency: an amount of euros added to one of dollars means nothing
+const MONEY = new Set(
+  ['tramontane_spend_micros_total', 'tramontane_workspace_spend_micros', 'tramontane_workspace_cap_micros'])
+
+/** The aggregations that add amounts up (sum, avg) over a money series, and the labels each groups by. */
+function moneyAdded (expr: string): Array<{ text: string, by: string[] }> {
+  const found: Array<{ text: string, by: string[] }> = []
+  parser.parse(expr).iterate({
+    enter (node) {
+      if (node.name !== 'AggregateExpr') return
+      const op = node.node.getChild('AggregateOp')
+      if (!op || !['sum', 'avg'].includes(expr.slice(op.from, op.to))) return
+      if (![...analyse(expr.slice(node.from, node.to)).metrics].some((metric) => MONEY.has(metric))) return
+      const modifier = node.node.getChild('AggregateModifier')
+      const by = modifier?.getChild('By') ? modifier.getChild('GroupingLabels')?.getChildren('LabelName') ?? [] : []
+      found.push({ text: expr.slice(node.from, node.to), by: by.map((label) => expr.slice(label.from, label.to)) })
+    }
+  })
+  return found
+}
+
+t.test('money is added up per currency, never across currencies', async (t) => {
+  const sums = all.flatMap(({ where, expr }) => moneyAdded(expr).map((sum) => ({ where, ...sum })))
+  t.ok(sums.length >= 3, `${sums.length} sums of money`)
+  for (const { where, text, by } of sums) t.ok(by.includes('currency'), `${where}: ${text} is by currency`)
 })
 
 t.test('every gateway family is charted on the dashboard', async (t) => {

@@ -112,3 +112,53 @@ t.test('a quota is shown while its window holds: a minute\'s for a minute, a mon
   const limits = parseExposition(await m.scrape()).filter((s) => s.name === 'tramontane_mistral_quota_limit')
   t.same(limits, [], 'nor its limits')
 })
+
+t.test('spend is labelled with its workspace\'s currency, with the workspace label on or off', async (t) => {
+  const m = metrics()
+  m.call({ ...chat, model: 'm', billedMicros: 5, currency: 'EUR' })
+  m.call({ ...chat, workspace: 'beta', model: 'm', billedMicros: 7, currency: 'USD' })
+  m.billed({ workspace: 'acme', operation: 'batch', model: 'm', status: 200, inputTokens: 1, outputTokens: 1,
+    billedMicros: 11, currency: 'EUR' })
+  const text = await m.scrape()
+  t.match(text, /tramontane_spend_micros_total\{[^}]*currency="EUR"[^}]*\} 5\n/, 'the text names the currency')
+  const samples = parseExposition(text)
+  const spend = (labels: Record<string, string>) => valueOf(samples, 'tramontane_spend_micros_total', labels)
+  t.equal(spend({ workspace: 'acme', operation: 'chat', currency: 'EUR' }), 5)
+  t.equal(spend({ workspace: 'beta', operation: 'chat', currency: 'USD' }), 7)
+  t.equal(spend({ workspace: 'acme', operation: 'batch', currency: 'EUR' }), 11, 'a batch job\'s too')
+
+  // METRICS_WORKSPACE_LABEL=false: the workspaces share one series per currency, never one for all money
+  const unlabelled = metrics({ workspaceLabel: false })
+  unlabelled.call({ ...chat, model: 'm', billedMicros: 5, currency: 'EUR' })
+  unlabelled.call({ ...chat, workspace: 'beta', model: 'm', billedMicros: 7, currency: 'USD' })
+  unlabelled.call({ ...chat, workspace: 'gamma', model: 'm', billedMicros: 2, currency: 'EUR' })
+  const bare = parseExposition(await unlabelled.scrape())
+  t.equal(valueOf(bare, 'tramontane_spend_micros_total', { workspace: '', currency: 'EUR' }), 7)
+  t.equal(valueOf(bare, 'tramontane_spend_micros_total', { workspace: '', currency: 'USD' }), 7)
+})
+
+t.test('spend and caps read at scrape time carry the currency, and so does `__other__`', async (t) => {
+  // 1,000 workspaces keep their label; the two after them are `__other__`, one series per currency
+  const spend = Array.from({ length: 1_002 }, (_, i) => ({
+    workspace: `w${i}`,
+    currency: i % 2 === 0 ? 'EUR' : 'USD',
+    spent: { daily: 10, monthly: 100 },
+    caps: { daily: 1_000 }
+  }))
+  for (const workspaceLabel of [true, false]) {
+    const m = metrics({
+      workspaceLabel,
+      facts: { read: async () => ({ spend, keysByStatus: { active: 0, invalid: 0 }, keyNames: new Map() }) }
+    })
+    const text = await m.scrape()
+    t.match(text, /tramontane_workspace_spend_micros\{workspace="w1",currency="USD",period="daily"\} 10\n/,
+      `workspace label ${workspaceLabel}: the exposition text names the currency`)
+    const samples = parseExposition(text)
+    t.equal(valueOf(samples, 'tramontane_workspace_cap_micros', { workspace: 'w0', currency: 'EUR', period: 'daily' }),
+      1_000)
+    t.equal(valueOf(samples, 'tramontane_workspace_spend_micros',
+      { workspace: '__other__', currency: 'EUR', period: 'monthly' }), 100, 'w1000 alone')
+    t.equal(valueOf(samples, 'tramontane_workspace_spend_micros',
+      { workspace: '__other__', currency: 'USD', period: 'monthly' }), 100, 'w1001 alone')
+  }
+})

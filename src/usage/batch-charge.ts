@@ -1,0 +1,82 @@
+import { and, eq, isNull, sql, type AnyColumn, type SQL } from 'drizzle-orm'
+import type { FastifyBaseLogger } from 'fastify'
+import type { Database } from '../db/client.js'
+import { usageRecords, watchedJobs, type WatchedJob } from '../db/schema.js'
+import type { Admission, Charge } from '../limits/admission.js'
+import type { SpendCaps } from '../limits/policy.js'
+import type { TokenStore } from '../tenancy/tokens.js'
+import type { WorkspaceStore } from '../tenancy/workspaces.js'
+
+/**
+ * A billed batch job's cost, on its way to the spend counters. The job's watch says whether they took it
+ * (`charged_at`), not the memory of the replica that billed it: a charge Redis did not take (a reconnect, the command
+ * timeout) is sent again by any replica's poll, after a restart too. The counters count a charge once per request id
+ * (for the hour Redis remembers settled ids), so one sent again after its first try did arrive changes nothing.
+ */
+export interface BatchCharger {
+  /** Charges a job just recorded; one the counters do not take is left, uncharged, to the next poll. */
+  charge (jobId: string, charge: Charge): Promise<void>
+  /** Charges a recorded job whose charge was not taken before, from its record in the ledger. */
+  chargeRecorded (job: WatchedJob): Promise<void>
+  /** Notes that a recorded job has nothing to charge. */
+  nothingToCharge (jobId: string): Promise<void>
+}
+
+interface ChargerOptions {
+  db: Database
+  admission: Admission
+  workspaces: WorkspaceStore
+  tokens: TokenStore
+  log: FastifyBaseLogger
+}
+
+export function createBatchCharger ({ db, admission, workspaces, tokens, log }: ChargerOptions): BatchCharger {
+  async function charged (jobId: string) {
+    await db.update(watchedJobs).set({ chargedAt: sql`now()` })
+      .where(and(eq(watchedJobs.jobId, jobId), isNull(watchedJobs.chargedAt)))
+  }
+
+  async function charge (jobId: string, what: Charge) {
+    try {
+      await admission.charge(what)
+    } catch (err) {
+      log.warn({ err, job: jobId }, 'batch job charge not taken by the spend counters; the next poll sends it again')
+      return
+    }
+    await charged(jobId)
+  }
+
+  return {
+    charge,
+    nothingToCharge: charged,
+
+    async chargeRecorded (job) {
+      const [record] = await db.select({ cost: usageRecords.billedCostMicros, at: usageRecords.createdAt })
+        .from(usageRecords).where(eq(usageRecords.requestId, `batch:${job.jobId}`))
+      // a watch is recorded only once the ledger holds the record; should it be gone, there is nothing to charge from
+      if (!record) return await charged(job.jobId)
+      // a deleted workspace's state in Redis was forgotten: a charge would bring its counters back
+      const workspace = await workspaces.find(job.workspaceId, { deleted: true })
+      if (!workspace || workspace.deletedAt !== null) return await charged(job.jobId)
+      const token = job.tokenId ? await tokens.find(job.workspaceId, job.tokenId) : undefined
+      await charge(job.jobId, {
+        id: `batch:${job.jobId}`,
+        workspace: { id: workspace.id, timezone: workspace.timezone, caps: workspace.caps as SpendCaps },
+        token: token ? { id: token.id, caps: token.caps as SpendCaps } : undefined,
+        cost: record.cost,
+        at: record.at.getTime()
+      })
+    }
+  }
+}
+
+/**
+ * The ledger records of batch jobs whose charge the spend counters have not taken yet: a seed of the counters from the
+ * ledger leaves them out of its sum (and out of the calls it says the ledger holds), as their charge will count them,
+ * whether it comes before the seed (vouched for) or after it.
+ */
+export function awaitingCharge (requestId: AnyColumn): SQL {
+  return sql`(${requestId} like 'batch:%' and exists (select 1 from ${watchedJobs}
+    where ${watchedJobs.jobId} = substr(${requestId}, 7) and ${watchedJobs.chargedAt} is null
+    and ${watchedJobs.status} <> 'failed'))`
+}

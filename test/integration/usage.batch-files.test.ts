@@ -1,0 +1,191 @@
+import { setTimeout as sleep } from 'node:timers/promises'
+import { Mistral } from '@mistralai/mistralai'
+import { eq } from 'drizzle-orm'
+import t, { type Test } from 'tap'
+import { usageRecords, watchedJobs } from '../../src/db/schema.js'
+import { buildTestApp, listen, TEST_DATABASE_URL, type TestApp, type TestWorkspace } from '../helpers/app.js'
+import { countTokens } from '../helpers/fake-mistral.js'
+import { completeBatchJob } from '../helpers/fake-mistral/batch.js'
+import { proxiedDatabase } from '../helpers/tcp-proxy.js'
+
+// A client deleting a batch job's output file (`DELETE /v1/files/{file_id}`, MISTRAL-NOTES §2.3) takes away what the
+// gateway bills the job from. The gateway keeps the output file Mistral names for a watched job, and such a deletion
+// of a job not billed yet is checked as the job's own deletion is: billed first, or refused while it cannot be.
+
+const MODEL = 'mistral-small-latest'
+const PROMPTS = ['a'.repeat(4_000), 'b'.repeat(2_000)]
+const WORDS = 300
+const requests = PROMPTS.map((content, i) => ({ customId: String(i), body: { messages: [{ role: 'user', content }] } }))
+const MISTRAL_DOWN = { object: 'error', message: 'Service unavailable', type: 'service_unavailable', code: '1000' }
+
+type Gateway = TestApp & { url: string }
+
+async function setup (t: Test, overrides: Record<string, string> = {}): Promise<Gateway> {
+  // the test says when a poll checks the jobs
+  const testApp = await buildTestApp(t, { BATCH_POLL_INTERVAL_MS: '600000', ...overrides })
+  return { ...testApp, url: await listen(testApp.app) }
+}
+
+async function watchOf (s: TestApp, jobId: string) {
+  const [row] = await s.app.database.db.select().from(watchedJobs).where(eq(watchedJobs.jobId, jobId))
+  return row
+}
+
+const recordsOf = (s: TestApp, workspaceId: string) =>
+  s.app.database.db.select().from(usageRecords).where(eq(usageRecords.workspaceId, workspaceId))
+
+const deletions = (s: TestApp) => s.mistral.received.filter((request) => request.method === 'DELETE')
+
+const deleteFile = (s: TestApp, ws: TestWorkspace, fileId: string) =>
+  s.app.inject({ method: 'DELETE', url: `/v1/files/${fileId}`, headers: ws.headers })
+
+/**
+ * A job that ended, whose output file a poll read Mistral name but could not download (Mistral answered 503): the
+ * job is still pending, its output file known.
+ */
+async function endedNotBilled (t: Test, s: Gateway, ws: TestWorkspace) {
+  const job = await new Mistral({ apiKey: ws.token, serverURL: s.url }).batch.jobs.create({
+    endpoint: '/v1/chat/completions', model: MODEL, requests
+  })
+  const ended = completeBatchJob(s.mistral.stores, job.id, { completionTokens: WORDS })
+  const output = String(ended.output_file)
+  s.mistral.enqueueError(503, MISTRAL_DOWN, {}, `/v1/files/${output}/content`)
+  await s.app.batchJobs.poll()
+  t.match(await watchOf(s, job.id), { status: 'pending', outputFile: output }, 'pending, its output file known')
+  return { jobId: job.id, output }
+}
+
+t.test('deleting a pending job\'s output file bills the job first, or is refused 409 while it cannot', async (t) => {
+  const s = await setup(t)
+  const ws = await s.createWorkspace()
+  const { jobId, output } = await endedNotBilled(t, s, ws)
+  const content = `/v1/files/${output}/content`
+
+  // Mistral fails the output's download once more: the job cannot be billed, and its output is not let go
+  s.mistral.enqueueError(503, MISTRAL_DOWN, {}, content)
+  const refused = await deleteFile(s, ws, output)
+  t.equal(refused.statusCode, 409)
+  t.match(refused.json(), {
+    object: 'error',
+    type: 'invalid_request_error',
+    code: 'conflict',
+    message: `File ${output} is the output of batch job ${jobId}, which could not be billed yet; retry shortly`,
+    request_id: String(refused.headers['x-request-id'])
+  }, 'in the gateway\'s envelope')
+  t.equal(refused.headers['retry-after'], '60')
+  t.equal(deletions(s).length, 0, 'Mistral was not asked to delete the file')
+  t.equal((await watchOf(s, jobId)).status, 'pending')
+
+  const removed = await deleteFile(s, ws, output)
+  t.equal(removed.statusCode, 200, 'deleted once the job is billed')
+  t.same(removed.json(), { id: output, object: 'file', deleted: true }, 'Mistral\'s answer')
+  t.equal(s.mistral.stores.files.has(output), false, 'Mistral deleted it')
+  t.equal((await watchOf(s, jobId)).status, 'recorded', 'the job was billed')
+  const promptTokens = PROMPTS.reduce((sum, text) => sum + countTokens(text), 0)
+  t.match(await recordsOf(s, ws.id), [{
+    requestId: `batch:${jobId}`, promptTokens, completionTokens: WORDS * PROMPTS.length
+  }], 'from its output')
+  const paths = s.mistral.received.map((request) => `${request.method} ${request.path}`)
+  t.ok(paths.lastIndexOf(`GET ${content}`) < paths.indexOf(`DELETE /v1/files/${output}`),
+    'its output file was read before Mistral was asked to delete it')
+  t.notOk(paths.some((path) => path.includes('inline=true')), 'not its results inline')
+})
+
+t.test('a file that is no pending job\'s output is deleted as it comes, with no read of any job', async (t) => {
+  const s = await setup(t)
+  const ws = await s.createWorkspace()
+  const other = await s.createWorkspace()
+  const { jobId, output } = await endedNotBilled(t, s, ws)
+  const reads = () => s.mistral.received.filter((request) => request.method === 'GET').length
+  const before = reads()
+
+  const upload = s.mistral.addFile({ filename: 'notes.jsonl', bytes: 10 })
+  const uploaded = await deleteFile(s, ws, upload.id)
+  t.same([uploaded.statusCode, uploaded.json()], [200, { id: upload.id, object: 'file', deleted: true }])
+  // another workspace's deletion of the file leaves the job alone, as its deletion of the job would
+  const foreign = await deleteFile(s, other, output)
+  t.equal(foreign.statusCode, 200)
+  t.equal(reads(), before, 'nothing was read from Mistral for either')
+  t.equal((await watchOf(s, jobId)).status, 'pending', 'the job was not checked')
+  t.same(deletions(s).map((request) => request.path), [`/v1/files/${upload.id}`, `/v1/files/${output}`])
+})
+
+t.test('the output file of a billed job, or of one whose key was removed, is deleted as it comes', async (t) => {
+  const s = await setup(t)
+  const ws = await s.createWorkspace({ keys: ['default', 'batch'] })
+  const billed = await endedNotBilled(t, s, ws)
+  await s.app.database.db.update(watchedJobs).set({ checkedAt: null }).where(eq(watchedJobs.jobId, billed.jobId))
+  await s.app.batchJobs.poll()
+  t.equal((await watchOf(s, billed.jobId)).status, 'recorded', 'billed by the next poll')
+  const reads = s.mistral.requestsTo(`/v1/batch/jobs/${billed.jobId}`).length
+  t.equal((await deleteFile(s, ws, billed.output)).statusCode, 200)
+  t.equal(s.mistral.requestsTo(`/v1/batch/jobs/${billed.jobId}`).length, reads, 'without reading the job again')
+
+  // a job whose key is gone cannot be read: its output file goes, but the job stays watched, as it stays at Mistral
+  const created = await s.app.inject({
+    method: 'POST',
+    url: '/v1/batch/jobs',
+    headers: { ...ws.headers, 'x-tramontane-key': 'batch' },
+    payload: { endpoint: '/v1/chat/completions', model: MODEL, requests }
+  })
+  const jobId = String(created.json().id)
+  const output = String(completeBatchJob(s.mistral.stores, jobId, { completionTokens: WORDS }).output_file)
+  s.mistral.enqueueError(503, MISTRAL_DOWN, {}, `/v1/files/${output}/content`)
+  await s.app.batchJobs.poll()
+  t.match(await watchOf(s, jobId), { status: 'pending', outputFile: output })
+  t.equal((await s.admin('DELETE', `/admin/v1/workspaces/${ws.slug}/mistral-keys/batch`)).statusCode, 204)
+  t.equal((await deleteFile(s, ws, output)).statusCode, 200, 'the gateway could not bill it first: it goes')
+  t.match(await watchOf(s, jobId), { status: 'pending', keyName: 'batch' }, 'the job is still watched')
+})
+
+t.test('should Mistral name a running job\'s output file, its deletion is refused while the job runs', async (t) => {
+  const s = await setup(t)
+  const ws = await s.createWorkspace()
+  const job = await new Mistral({ apiKey: ws.token, serverURL: s.url }).batch.jobs.create({
+    endpoint: '/v1/chat/completions', model: MODEL, requests
+  })
+  const file = s.mistral.addFile({ filename: `${job.id}.jsonl`, bytes: 10 })
+  s.mistral.stores.batchJobs.get(job.id)!.output_file = file.id
+  await s.app.batchJobs.poll()
+  t.match(await watchOf(s, job.id), { status: 'pending', upstreamStatus: 'QUEUED', outputFile: file.id })
+  const refused = await deleteFile(s, ws, file.id)
+  t.equal(refused.statusCode, 409)
+  t.match(refused.json(), {
+    code: 'conflict',
+    message: `File ${file.id} is the output of batch job ${job.id}, which is still running (QUEUED): ` +
+      'delete it once the job has ended'
+  })
+  t.equal(deletions(s).length, 0)
+})
+
+t.test('a file deletion while PostgreSQL does not answer is refused 503 with Retry-After, then goes on', async (t) => {
+  const { proxy, url: databaseUrl } = await proxiedDatabase(t, TEST_DATABASE_URL)
+  const s = await setup(t, { DATABASE_URL: databaseUrl })
+  const ws = await s.createWorkspace()
+  // a first deletion while PostgreSQL answers: the token is then known to the gateway, which need not read it again
+  t.equal((await deleteFile(s, ws, s.mistral.addFile({ filename: 'old.jsonl', bytes: 10 }).id)).statusCode, 200)
+  const upload = s.mistral.addFile({ filename: 'notes.jsonl', bytes: 10 })
+
+  proxy.cut()
+  const refused = await deleteFile(s, ws, upload.id)
+  t.equal(refused.statusCode, 503)
+  t.match(refused.json(), {
+    object: 'error',
+    type: 'server_error',
+    code: 'not_ready',
+    message: /^The file cannot be checked before its deletion right now \(the database does not answer\)/,
+    request_id: String(refused.headers['x-request-id'])
+  })
+  t.equal(refused.headers['retry-after'], '5')
+  t.equal(deletions(s).length, 1, 'Mistral was not asked to delete it')
+
+  proxy.restore()
+  // the pool may first meet a connection the cut broke: the client retries, as told
+  for (const deadline = Date.now() + 10_000; Date.now() < deadline; await sleep(50)) {
+    const res = await deleteFile(s, ws, upload.id)
+    if (res.statusCode === 503) continue
+    t.equal(res.statusCode, 200, 'deleted once PostgreSQL answers')
+    break
+  }
+  t.equal(deletions(s).length, 2)
+})
