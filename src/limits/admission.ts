@@ -282,7 +282,7 @@ export function createAdmission (options: AdmissionOptions): Admission {
             await sleep(10 + Math.random() * 40)
             continue
           }
-          // a cap's first refusal that waiting would not lift is its 100 %, where its scope's thresholds name 100
+          // a cap used up (not a call too large for it) is at its 100 %, where its scope's thresholds name 100
           const reachedThresholds = scopes[result.scope]?.p === `${prefix}:w` ? workspaceThresholds : tokenThresholds
           if (result.reached && reachedThresholds.includes(100)) announce(prefix, [[result.reached, 100]])
           throw denial(result, names, scopes, formatMoney)

@@ -172,14 +172,14 @@ export function createMemoryStore (clock: () => number = Date.now): AdmissionSto
 
       let room: number | undefined
       let settledRoom: number | undefined
-      const caps: Array<{ scope: number, kind: 'd' | 'm' | 'l', key: string, left: number }> = []
+      const caps: Array<{ scope: number, kind: 'd' | 'm' | 'l', key: string, unsettled: number, left: number }> = []
       a.scopes.forEach((scope, i) => {
         for (const [kind, cap] of Object.entries(scope.caps ?? {}) as Array<['d' | 'm' | 'l', number]>) {
           const key = spendKey(scope, kind)
           const spend = spends.get(key) as Spend
           const unsettled = cap - (spend.settled ?? 0)
           const left = unsettled - spend.reserved
-          caps.push({ scope: i, kind, key, left })
+          caps.push({ scope: i, kind, key, unsettled, left })
           if (room === undefined || left < room) room = left
           if (settledRoom === undefined || unsettled < settledRoom) settledRoom = unsettled
         }
@@ -198,19 +198,20 @@ export function createMemoryStore (clock: () => number = Date.now): AdmissionSto
             : cost
           const reset = { d: a.day.e, m: a.month.e, l: Infinity }
           const rank = { d: 1, m: 2, l: 3 }
-          let binding: { scope: number, kind: 'd' | 'm' | 'l', key: string } | undefined
+          let binding: (typeof caps)[number] | undefined
           for (const c of caps) {
             if (c.left >= least) continue
             if (binding === undefined || reset[c.kind] > reset[binding.kind] ||
               (reset[c.kind] === reset[binding.kind] && rank[c.kind] > rank[binding.kind])) binding = c
           }
-          const { scope, kind, key } = binding as { scope: number, kind: 'd' | 'm' | 'l', key: string }
+          const { scope, kind, key, unsettled } = binding as (typeof caps)[number]
           const denied = deny(`cap_${kind}`, scope, kind === 'l' ? null : reset[kind])
           const need = a.clamp ? a.promptCost + Math.ceil(a.outputPerMillion / 1_000_000) : cost
           const busy = (settledRoom as number) > (room as number) && (settledRoom as number) >= need
-          // a refusal waiting would not lift: the cap's first in the period is its 100 %, as the Redis script says
+          // the cap is reached once less than a micro-unit of its settled room is left (not a call too large for
+          // what is left): its first refusal is its 100 % unless that is recorded already, as the Redis script says
           const crossed = (spends.get(key) as Spend).crossed
-          if (busy || crossed.has(100)) return { ...denied, busy } as AdmitResult
+          if (busy || unsettled >= 1 || crossed.has(100)) return { ...denied, busy } as AdmitResult
           crossed.add(100)
           return { ...denied, busy, reached: key } as AdmitResult
         }

@@ -14,7 +14,7 @@ import { COUNTER_TTL_MS } from './counter-expiry.js'
 //   P:conc:ms    STRING  how long a call usually holds its slot     moving average, for a concurrency Retry-After
 //   P:spend:<d|m|l>[:<period id>]  HASH settled, reserved, t<pct>  micro-units of the workspace currency; t<pct>:
 //                                       when settled spend first reached pct % of the cap (t100 also: the cap's first
-//                                       refusal that no call in flight could lift)
+//                                       refusal once less than a micro-unit of it is left)
 //                                       v:<request id>  cost of a call that settled while the counter was missing
 //                a day's or a month's expires some days after its first write (counter-expiry.ts); a lifetime's stays
 // and per workspace: resv (ZSET request id → expiry), resv:data (HASH request id → what it holds), done (ZSET),
@@ -193,11 +193,15 @@ if room ~= nil and cost > room then
     -- busy: only calls in flight hold the room this one needs; they settle soon, usually for far less
     local need = a.clamp and (a.promptCost + math.ceil(a.outputPerMillion / 1000000)) or cost
     local busy = (settledRoom > room and settledRoom >= need) and 1 or 0
-    -- a refusal waiting would not lift is the cap reached: its first in the period is the cap's 100 % (t100, once,
-    -- whichever of this and a settlement comes first). Settled spend alone seldom gets there: a call that would take
-    -- it there is refused first. memory-store.ts does the same
+    -- the cap is reached once not even the least call fits under it, whatever the calls in flight settle for: less
+    -- than a micro-unit of its settled room left (the least a call is reserved, a batch job's creation; a token of the
+    -- cheapest models costs less). A call refused for being larger than what is left is no such refusal: a smaller one
+    -- fits. A cap reached that no settlement crossed (lowered below its spend, re-seeded at it) has its 100 % at its
+    -- first refusal (t100, once). memory-store.ts does the same
     local reached = ''
-    if busy == 0 and redis.call('HSETNX', binding[4], 't100', now) == 1 then reached = binding[4] end
+    if busy == 0 and binding[3] - binding[5] < 1 and redis.call('HSETNX', binding[4], 't100', now) == 1 then
+      reached = binding[4]
+    end
     return {0, 'cap_' .. binding[2], binding[1], retryAfter, now, busy, reached}
   end
   maxTokens = affordable

@@ -57,8 +57,9 @@ export type AdmitResult =
     /** a cap denial where only reservations of calls in flight hold the room: worth waiting for */
     busy?: boolean
     /**
-     * the spend key of the cap that refused, when this is its first refusal in the period that is not `busy`: the cap
-     * is reached, its 100 % crossing (recorded once, as a settlement's crossings are)
+     * the spend key of the cap that refused, when less than a micro-unit of it is left whatever the calls in flight
+     * settle for (not merely too little for this call) and its 100 % is not recorded yet: the cap is reached, its
+     * 100 % crossing (recorded once, as a settlement's crossings are)
      */
     reached?: string }
   | { kind: 'seed', missing: Array<{ scope: number, kind: 'd' | 'm' | 'l', key: string }>,

@@ -508,7 +508,7 @@ function contract (t: Test, fixture: Fixture) {
     t.same(await spendOf(prefix, [m, m2, l]), [[m, 106_000, 0], [m2, 60_000, 0], [l, 646_000, 0]])
   })
 
-  test('caps: the first refusal that no call in flight could lift is the cap\'s 100 %, once per period', async (t) => {
+  test('caps: a refusal is the cap\'s 100 % only once not even a micro-unit is left, once per period', async (t) => {
     const { prefix, p, scopes } = await seeded({ m: 10_000 })
     const m = spendKey(p, 'm')
     const settle = (id: string, cost: number) =>
@@ -522,21 +522,58 @@ function contract (t: Test, fixture: Fixture) {
     // the calls in flight hold the room: they settle in a moment, usually for far less, and admission waits for them
     const busy = denied(t, await store.admit(prefix, call(scopes, { clamp: true })), 'cap_m', 'refused while they run')
     t.same([busy.busy, busy.reached], [true, undefined], 'no crossing: calls in flight hold the room')
-    // they settle for all they reserved: 99.99 %, which no settlement can take to 100 % (a call that would is refused)
     t.same(await settle(a.id, W), [])
     t.same(await settle(b.id, W), [])
     t.same(await settle(c.id, 2_599), [])
     t.same(await spendOf(prefix, [m]), [[m, 9_999, 0]])
+    // 1 µ left: this call is too large for it, not the cap used up
     const refused = denied(t, await store.admit(prefix, call(scopes, { clamp: true })), 'cap_m', 'nothing in flight')
-    t.same([refused.busy, refused.reached], [false, m], 'the cap\'s first refusal is its 100 % crossing')
-    t.equal(denied(t, await store.admit(prefix, call(scopes)), 'cap_m').reached, undefined, 'once per period')
-    t.same(await settle(randomUUID(), 5), [], 'a charge that takes settled spend past the cap reports it no more')
+    t.same([refused.busy, refused.reached], [false, undefined], 'no 100 % while a micro-unit is left')
+    // the least a call is reserved (a batch job's creation) still fits, and its settlement is the cap's 100 %
+    const least = (over: Partial<AdmitInput> = {}) =>
+      call(scopes, { promptCost: 1, outputPerMillion: 0, maxTokens: 0, ...over })
+    const one = least()
+    t.equal(admitted(t, await store.admit(prefix, one), 'a call of 1 µ').cost, 1)
+    t.same(await settle(one.id, 1), [[m, 100]], 'settled spend at the cap: 100 %')
+    t.equal(denied(t, await store.admit(prefix, least()), 'cap_m').reached, undefined,
+      'the refusals after it: no new 100 %')
 
-    // the next month is a new key: its first refusal is reported afresh
+    // a cap lowered below what is settled, which no settlement crossed: its first refusal is its 100 %, once
+    const lowered = await seeded({ m: 20_000 }, { m: 12_000 })
+    const lm = spendKey(lowered.p, 'm')
+    const lowerCap: ScopeInput[] = [{ p: lowered.p, caps: { m: 10_000 } }]
+    const first = denied(t, await store.admit(lowered.prefix, call(lowerCap, { clamp: true })), 'cap_m', 'lowered')
+    t.same([first.busy, first.reached], [false, lm], 'a cap used up: its first refusal is the 100 % crossing')
+    t.equal(denied(t, await store.admit(lowered.prefix, least({ scopes: lowerCap })), 'cap_m').reached, undefined,
+      'once per period')
+    t.same(await store.settle(lowered.prefix,
+      { id: randomUUID(), cost: 5, tokens: 0, reservedTokens: 0, spend: [[lm, 10_000]], thresholds: [100] }), [],
+    'a charge that takes settled spend further past the cap reports it no more')
+
+    // the next month is a new key, here re-seeded at the cap from the ledger: its first refusal is reported afresh
     const next: PeriodInput = { ...MONTH, id: `${MONTH.id}-next` }
     const m2 = spendKey(p, 'm', next)
-    await store.seed(prefix, [[m2, 9_999, [], []]], [])
+    await store.seed(prefix, [[m2, 10_000, [], []]], [])
     t.equal(denied(t, await store.admit(prefix, call(scopes, { month: next })), 'cap_m').reached, m2, 'a new period')
+  })
+
+  test('caps: a call larger than what is left is no 100 %: settled spend reports it when it gets there', async (t) => {
+    // a monthly cap of 10.00 with 1.00 settled (10 %)
+    const { prefix, p, scopes } = await seeded({ m: 10_000_000 }, { m: 1_000_000 })
+    const m = spendKey(p, 'm')
+    // a prompt alone of 20.00, whether its output may be clamped or not, or a flat price (embeddings, OCR)
+    const large = [{ clamp: true }, { clamp: false }, { outputPerMillion: 0, maxTokens: 0 }]
+    for (const over of large) {
+      const refused = denied(t, await store.admit(prefix, call(scopes, { promptCost: 20_000_000, ...over })), 'cap_m')
+      t.same([refused.busy, refused.reached], [false, undefined], `no 100 % at 10 %: ${JSON.stringify(over)}`)
+    }
+    const next = call(scopes)
+    admitted(t, await store.admit(prefix, next), 'an ordinary call after it: the cap has room')
+    const spend: Array<[string, number]> = [[m, 10_000_000]]
+    t.same(await store.settle(prefix, { id: next.id, cost: 9_000_000, tokens: 0, reservedTokens: 0, spend,
+      thresholds: [50, 80, 100] }), [[m, 50], [m, 80], [m, 100]], 'settled spend reaching the cap crosses 100 % too')
+    t.same(await spendOf(prefix, [m]), [[m, 10_000_000, 0]])
+    t.equal(denied(t, await store.admit(prefix, call(scopes)), 'cap_m').reached, undefined, 'then refused: once')
   })
 
   test('expired reservations are released on the next admit of the workspace', async (t) => {

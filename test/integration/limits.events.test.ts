@@ -5,7 +5,7 @@ import { calendarPeriods } from '../../src/limits/periods.js'
 import { costOf } from '../../src/pricing/cost.js'
 import { completePrices, DEFAULT_PRICES } from '../../src/pricing/default-prices.js'
 import { formatMoney } from '../../src/pricing/money.js'
-import { SCRAPE_HEADERS, buildTestApp } from '../helpers/app.js'
+import { SCRAPE_HEADERS, buildTestApp, type TestApp, type TestWorkspace } from '../helpers/app.js'
 import { parseExposition, valueOf } from '../helpers/exposition.js'
 import { countTokens, startFakeMistral } from '../helpers/fake-mistral.js'
 
@@ -106,60 +106,89 @@ t.test('a batch charge reports a token cap\'s crossing by the token\'s own thres
   t.equal(events.length, 1, 'one event')
 })
 
-t.test('a cap\'s first refusal is its 100 % crossing, which settled spend never reaches', async (t) => {
+/** one chat call of the workspace (max_tokens COMPLETION unless given), once its settlement has reached the store */
+async function chat (app: TestApp['app'], admin: TestApp['admin'], ws: TestWorkspace, maxTokens = COMPLETION) {
+  const res = await app.inject({
+    method: 'POST',
+    url: '/v1/chat/completions',
+    headers: { ...ws.headers, 'content-type': 'application/json' },
+    payload: { model: 'mistral-small-latest', messages: [{ role: 'user', content: PROMPT }], max_tokens: maxTokens }
+  })
+  for (const deadline = Date.now() + 5_000; Date.now() < deadline; await sleep(20)) {
+    const daily = (await admin('GET', `/admin/v1/workspaces/${ws.slug}/limits`)).json.workspace.caps.daily
+    if (daily.reserved === formatMoney(0)) break
+  }
+  return res
+}
+
+t.test('a call too large for what a cap has left is no 100 %, reported when spend gets there', async (t) => {
   const mistral = await startFakeMistral({ completionTokens: COMPLETION })
   t.teardown(() => mistral.close())
   const { app, admin, createWorkspace } = await buildTestApp(t, {}, { mistral })
-  // two and a half calls' worth: the third is clamped to what is left, the next refused
+  // ten calls' worth a day, max_tokens never clamped: a call may ask for more than the whole cap
   const ws = await createWorkspace()
+  const caps = { daily: 10 * ONE_CALL, thresholds: [50, 100] }
   t.equal((await admin('PATCH', `/admin/v1/workspaces/${ws.slug}`,
-    { caps: { daily: formatMoney(Math.floor(2.5 * ONE_CALL)), thresholds: [80, 100] } })).statusCode, 200)
-  // the same, with no 100 % among its thresholds: its refusals report nothing
-  const quiet = await createWorkspace()
-  t.equal((await admin('PATCH', `/admin/v1/workspaces/${quiet.slug}`,
-    { caps: { daily: formatMoney(Math.floor(2.5 * ONE_CALL)), thresholds: [80] } })).statusCode, 200)
-
+    { caps: { daily: formatMoney(caps.daily), thresholds: caps.thresholds, clampMaxTokens: false } })).statusCode, 200)
   const events: SpendThresholdEvent[] = []
   app.events.on('spend.threshold', (event) => { events.push(event) })
-  const daily = async (slug: string) =>
-    (await admin('GET', `/admin/v1/workspaces/${slug}/limits`)).json.workspace.caps.daily
-  /** calls one at a time, each settled before the next, until the cap refuses one; the statuses */
-  async function callUntilRefused (headers: Record<string, string>, slug: string) {
-    const statuses: number[] = []
-    while (statuses.length < 10 && statuses.at(-1) !== 429) {
-      const res = await app.inject({
-        method: 'POST',
-        url: '/v1/chat/completions',
-        headers: { ...headers, 'content-type': 'application/json' },
-        payload: {
-          model: 'mistral-small-latest', messages: [{ role: 'user', content: PROMPT }], max_tokens: COMPLETION
-        }
-      })
-      statuses.push(res.statusCode)
-      if (res.statusCode === 429) t.equal(res.json().code, 'daily_spend_cap_reached')
-      for (const deadline = Date.now() + 5_000; Date.now() < deadline; await sleep(20)) {
-        if ((await daily(slug)).reserved === formatMoney(0)) break
-      }
-    }
-    return statuses
+
+  t.equal((await chat(app, admin, ws)).statusCode, 200, 'a call: 10 % of the cap')
+  const large = await chat(app, admin, ws, 100 * COMPLETION)
+  t.equal(large.statusCode, 429, 'a call whose worst case is larger than the whole cap is refused')
+  t.equal(large.json().code, 'daily_spend_cap_reached')
+  t.equal((await chat(app, admin, ws)).statusCode, 200, 'the next ordinary call is served: the cap has room')
+  await sleep(100) // an event would be emitted by now
+  t.same(events, [], 'no 100 % at 20 %')
+
+  // a batch job billed at eight calls' cost takes settled spend to the cap
+  await app.admission.charge({
+    id: `batch-${ws.id}`,
+    workspace: { id: ws.id, timezone: 'UTC', caps },
+    token: undefined,
+    cost: 8 * ONE_CALL,
+    at: Date.now()
+  })
+  for (const deadline = Date.now() + 2_000; events.length < 2 && Date.now() < deadline;) await sleep(20)
+  t.same(events.map((event) => event.percent), [50, 100], 'the charge crosses 50 and 100 %')
+  t.equal((await chat(app, admin, ws)).statusCode, 429, 'refused at the cap')
+  await sleep(100)
+  t.equal(events.length, 2, 'no other event')
+  const scraped = await app.inject({ method: 'GET', url: '/metrics', headers: SCRAPE_HEADERS })
+  t.equal(valueOf(parseExposition(scraped.body), 'tramontane_spend_threshold_crossings_total',
+    { period: 'daily', percent: '100' }), 1, 'counted once in the metric')
+})
+
+t.test('a cap lowered below its spend is reached: its first refusal is its 100 % crossing, once', async (t) => {
+  const mistral = await startFakeMistral({ completionTokens: COMPLETION })
+  t.teardown(() => mistral.close())
+  const { app, admin, createWorkspace } = await buildTestApp(t, {}, { mistral })
+  const ws = await createWorkspace()
+  // the same, with no 100 % among its thresholds: its refusals report nothing
+  const quiet = await createWorkspace()
+  const setDaily = (slug: string, micros: number, thresholds: number[]) =>
+    admin('PATCH', `/admin/v1/workspaces/${slug}`, { caps: { daily: formatMoney(micros), thresholds } })
+  t.equal((await setDaily(ws.slug, 10 * ONE_CALL, [80, 100])).statusCode, 200)
+  t.equal((await setDaily(quiet.slug, 10 * ONE_CALL, [80])).statusCode, 200)
+  const events: SpendThresholdEvent[] = []
+  app.events.on('spend.threshold', (event) => { events.push(event) })
+  for (const each of [ws, quiet]) t.equal((await chat(app, admin, each)).statusCode, 200, 'a call: 10 %')
+
+  // the operator lowers both caps below what each has spent: no settlement crosses them
+  t.equal((await setDaily(ws.slug, Math.floor(ONE_CALL / 2), [80, 100])).statusCode, 200)
+  t.equal((await setDaily(quiet.slug, Math.floor(ONE_CALL / 2), [80])).statusCode, 200)
+  for (const each of [ws, quiet, ws, quiet]) {
+    const res = await chat(app, admin, each)
+    t.same([res.statusCode, res.json().code], [429, 'daily_spend_cap_reached'], 'refused')
   }
-  const statuses = await callUntilRefused(ws.headers, ws.slug)
-  t.equal(statuses.at(-1), 429, `refused at last: ${statuses.join(', ')}`)
-  const { settled, cap } = await daily(ws.slug)
-  t.ok(Number(settled) < Number(cap), `settled spend stays under the cap: ${settled} of ${cap}`)
-  t.equal((await callUntilRefused(ws.headers, ws.slug)).length, 1, 'refused again')
-  t.same(await callUntilRefused(quiet.headers, quiet.slug), statuses, 'the other workspace, refused the same way')
-  for (const deadline = Date.now() + 2_000; events.length < 4 && Date.now() < deadline;) await sleep(20)
+  for (const deadline = Date.now() + 2_000; events.length < 1 && Date.now() < deadline;) await sleep(20)
   await sleep(100) // any further event would be emitted by now
 
   const { day } = calendarPeriods(Date.now(), 'UTC')
-  const of = (slug: string) => events.filter((event) => event.workspaceSlug === slug).map((event) => event.percent)
-  t.same(of(ws.slug), [80, 100], '100 % once, at the first refusal')
-  t.match(events.find((event) => event.percent === 100),
-    { type: 'spend.threshold', workspaceId: ws.id, scope: 'workspace', tokenId: null, cap: 'daily', periodId: day.id })
-  t.same(of(quiet.slug), [80], 'no 100 % where the thresholds have none')
+  t.match(events, [{ type: 'spend.threshold', workspaceId: ws.id, workspaceSlug: ws.slug, scope: 'workspace',
+    tokenId: null, cap: 'daily', periodId: day.id, percent: 100 }], '100 % once, at the first refusal')
+  t.equal(events.length, 1, 'none for the workspace whose thresholds have no 100 %')
   const scraped = await app.inject({ method: 'GET', url: '/metrics', headers: SCRAPE_HEADERS })
-  const crossings = parseExposition(scraped.body)
-  t.equal(valueOf(crossings, 'tramontane_spend_threshold_crossings_total', { period: 'daily', percent: '100' }), 1,
-    'counted once in the metric')
+  t.equal(valueOf(parseExposition(scraped.body), 'tramontane_spend_threshold_crossings_total',
+    { period: 'daily', percent: '100' }), 1, 'counted once in the metric')
 })
