@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto'
+import type { IncomingMessage, ServerResponse } from 'node:http'
 import { connect } from 'node:net'
 import { Readable } from 'node:stream'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -52,6 +53,26 @@ async function readStream (url: string, ws: TestWorkspace) {
   }
   return { res, text, failure, elapsedMs: Date.now() - startedAt }
 }
+
+/** A chat stream in Mistral's framing that never ends: large writes, as fast as the gateway takes them. */
+async function endlessStream (_req: IncomingMessage, res: ServerResponse) {
+  let open = true
+  res.once('close', () => { open = false })
+  res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8' })
+  while (open) {
+    if (res.write(ENDLESS_EVENTS)) continue
+    await new Promise<void>((resolve) => {
+      const done = () => { res.off('drain', done).off('close', done); resolve() }
+      res.on('drain', done).on('close', done)
+    })
+  }
+}
+
+// 16 events of 16 kB: a write of 256 kB
+const ENDLESS_EVENTS = Buffer.from(`data: ${JSON.stringify({
+  id: 'endless', object: 'chat.completion.chunk', created: 0, model: 'mistral-small-latest',
+  choices: [{ index: 0, delta: { content: 'word '.repeat(3_200) }, finish_reason: null, logprobs: null }]
+})}\n\n`.repeat(16))
 
 /** The workspace's usage records once there is one: the meter settles when the upstream body closes. */
 async function usageRecords ({ app, admin }: TestApp, ws: TestWorkspace) {
@@ -113,11 +134,14 @@ t.test('UPSTREAM_TOTAL_TIMEOUT_MS cuts a slow stream', async (t) => {
 
 t.test('a client that stops reading a stream is cut once the total timeout has passed, and its call recorded',
   async (t) => {
-    // an answer larger than the sockets' buffers: a client that reads nothing holds it back
-    const mistral = await startFakeMistral({ completionTokens: 60_000 })
-    t.teardown(() => mistral.close())
-    const testApp = await buildTestApp(t, { UPSTREAM_TOTAL_TIMEOUT_MS: '1500' }, { mistral })
+    // long enough for the answer to outgrow the buffers first, however loaded the machine (under half a second then)
+    const totalTimeoutMs = 3_000
+    const testApp = await buildTestApp(t, { UPSTREAM_TOTAL_TIMEOUT_MS: String(totalTimeoutMs) })
     const ws = await testApp.createWorkspace()
+    // a stream with no end, in large writes: it outgrows every buffer between Mistral and a client that reads nothing
+    // (some 4 MB on loopback). A generated answer of small events, one a turn, can be cut by the total timeout short
+    // enough to fit those buffers whole: its reply then finishes, and there is nothing to cut
+    testApp.mistral.enqueue(endlessStream, '/v1/chat/completions')
     const url = new URL(await listen(testApp.app))
     const socket = connect(Number(url.port), url.hostname)
     t.teardown(() => socket.destroy())
@@ -125,14 +149,26 @@ t.test('a client that stops reading a stream is cut once the total timeout has p
     socket.write(`POST /v1/chat/completions HTTP/1.1\r\nhost: ${url.host}\r\nauthorization: ${ws.headers.authorization}` +
       `\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`)
     socket.pause() // reads nothing more
-    // the total timeout (1.5 s) and the 5 s given to read the end of the answer
-    await sleep(8_000)
-    t.equal((await usageRecords(testApp, ws)).length, 1,
-      'its record is in the ledger, not held for as long as the client lives')
-    // what the client had not read, then the end of a connection the gateway cut (a kept-alive one would stay open)
-    const closed = new Promise<boolean>((resolve) => socket.once('close', () => resolve(true)))
+    const closed = new Promise<void>((resolve) => socket.once('close', resolve))
+
+    // the gateway's own account: its request line, marked unfinished when the reply's socket closed before the answer
+    // was all sent (this client never closes its own)
+    const written = await until(() => requestLines(testApp).length === 1, 20_000)
+    t.ok(written, 'the call\'s request line is written')
+    if (!written) return
+    const [line] = requestLines(testApp)
+    t.match(line, { status: 200, upstreamStatus: 200, unfinished: true }, 'the gateway cut the connection')
+    // the total timeout, then the 5 s given to read the end of the answer (timers may round a millisecond)
+    t.ok(line.durationMs >= totalTimeoutMs + 5_000 - 10,
+      `not before the time to read the end had passed (${line.durationMs} ms)`)
+    const records = await usageRecords(testApp, ws)
+    t.equal(records.length, 1, 'its record is in the ledger, not held for as long as the client lives')
+    t.match(records[0], { requestId: line.reqId, status: 200, streamed: true, estimated: true })
+
+    // what the client had not read, then the end of its connection
     socket.resume()
-    t.ok(await Promise.race([closed, sleep(5_000).then(() => false)]), 'the gateway cut the connection')
+    t.ok(await Promise.race([closed.then(() => true), sleep(10_000).then(() => false)]),
+      'the client, once it reads, finds its connection closed')
   })
 
 for (const mode of ['stall', 'cut'] as const) {
