@@ -82,7 +82,9 @@ async function services (app: FastifyInstance, { config, database }: ServicesOpt
     bus,
     backoffMaxMs: config.UPSTREAM_BACKOFF_MAX_MS,
     breakerThreshold: config.BREAKER_THRESHOLD,
-    breakerOpenMs: config.BREAKER_OPEN_MS
+    breakerOpenMs: config.BREAKER_OPEN_MS,
+    // a call that took a key before it was replaced ends within its total timeout (a minute more: its last updates)
+    forgetForMs: config.UPSTREAM_TOTAL_TIMEOUT_MS + 60_000
   })
   if (redis) {
     // a replica that starts (or reconnects) after a 429 must know the cooldown before it sends that key upstream

@@ -23,6 +23,11 @@ export interface KeyHealthOptions {
   breakerThreshold?: number
   breakerWindowMs?: number
   breakerOpenMs?: number
+  /**
+   * How long a forgotten key's id is remembered, so that what calls already under way with it meet is ignored: longer
+   * than any call can last (UPSTREAM_TOTAL_TIMEOUT_MS and a margin)
+   */
+  forgetForMs?: number
 }
 
 export interface KeyHealth {
@@ -54,7 +59,8 @@ export interface KeyHealth {
   observedQuotas (): ObservedQuota[]
   /**
    * A key replaced or deleted, whose id no call uses again: what is known of it goes, here, in Redis and on every
-   * replica, rather than lingering until it ends (an open breaker never does: it waits half-open for a probe).
+   * replica, rather than lingering until it ends (an open breaker never does: it waits half-open for a probe). What
+   * calls still under way with it meet afterwards (a 503, a 429, quota headers) is ignored for `forgetForMs`.
    */
   forget (workspaceId: string, keyId: string): Promise<void>
 }
@@ -80,11 +86,24 @@ interface HeldBlock extends Block {
   announcedUntil?: number
 }
 
+// the key ids forgotten (replaced or deleted) lately, `workspace:key`, by the end of their memory (Redis' clock): a
+// replica that starts, or whose pub/sub was away when one was forgotten, drops what it still holds of them. Read at
+// start and on reconnect only, like the registry
+const FORGOTTEN = 'tmt:key-forgotten'
+
+// forgotten ids a replica remembers at most (the oldest go first): key rotations, not calls, so far more than enough
+const FORGOTTEN_MAX = 10_000
+
 // how long a measured offset to Redis' clock is trusted: NTP may correct either clock while a replica runs
 const OFFSET_MAX_AGE_MS = 60_000
 
+// what every script that writes a key's health answers once the key is forgotten (KEYS[last] exists): a call that
+// took the key before it was replaced ends later, on a replica that may not have heard of the replacement yet
+const FORGOTTEN_REPLY = 'forgotten'
+
 // extends a cooldown, never shortens it: returns the remaining ms and the end, by Redis' clock
 const EXTEND = `
+if redis.call('EXISTS', KEYS[2]) == 1 then return '${FORGOTTEN_REPLY}' end
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local untilMs = now + tonumber(ARGV[1])
@@ -103,6 +122,7 @@ return {current - now, current}
 // is left of the cooldown in force. ARGV: the first step, the ceiling (ms), a random number in [0, 1) for the jitter,
 // how long the streak is remembered. Returns {remaining ms, end, streak (0: one was in force), reason}, by Redis' clock
 const BACKOFF = `
+if redis.call('EXISTS', KEYS[3]) == 1 then return '${FORGOTTEN_REPLY}' end
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local current = tonumber(redis.call('HGET', KEYS[1], 'until') or '0')
@@ -114,6 +134,30 @@ local ms = math.ceil(step / 2 + tonumber(ARGV[3]) * step / 2)
 redis.call('HSET', KEYS[1], 'until', now + ms, 'reason', 'rate_limited')
 redis.call('PEXPIRE', KEYS[1], ms + 1000)
 return {ms, now + ms, streak, 'rate_limited'}
+`
+
+// one more failure within the window (ARGV[1], ms): returns how many
+const COUNT_FAILURE = `
+if redis.call('EXISTS', KEYS[2]) == 1 then return '${FORGOTTEN_REPLY}' end
+local counted = redis.call('INCR', KEYS[1])
+if counted == 1 then redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1])) end
+return counted
+`
+
+// the last quota headers seen (ARGV[1]), kept for ARGV[2] ms
+const KEEP_QUOTA = `
+if redis.call('EXISTS', KEYS[2]) == 1 then return '${FORGOTTEN_REPLY}' end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', tonumber(ARGV[2]))
+return 1
+`
+
+// everything of a key goes, and the key is marked forgotten for ARGV[1] ms (KEYS[6]): the scripts above write nothing
+// of it after this, whichever replica's late call they run for. Returns Redis' clock (ms)
+const FORGET = `
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5])
+redis.call('SET', KEYS[6], '1', 'PX', tonumber(ARGV[1]))
+local clock = redis.call('TIME')
+return tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 `
 
 /**
@@ -132,12 +176,18 @@ export function createKeyHealth (options: KeyHealthOptions): KeyHealth {
   const threshold = options.breakerThreshold ?? 5
   const windowMs = options.breakerWindowMs ?? 30_000
   const openMs = options.breakerOpenMs ?? 15_000
+  const forgetForMs = options.forgetForMs ?? 3_660_000
   const blocks = new Map<string, HeldBlock>()
   const streaks = new Map<string, number>() // 429s in a row without a hint, this replica's view when Redis is absent
   const failures = new Map<string, number[]>()
   const probes = new Map<string, number>()
   const quotas = new Map<string, { workspaceId: string, observedAt: string, headers: Record<string, string> }>()
   const quotaWritten = new Map<string, number>()
+  // key ids forgotten lately, until when (local ms): what calls already under way with them meet is ignored
+  const forgotten = new Map<string, number>()
+  // forgotten keys whose forgetting Redis did not take (key id → workspace id): written, and announced again, once
+  // Redis answers (load), or Redis and the replicas that heard nothing would keep what they know of them
+  const unsaved = new Map<string, string>()
   // Redis' clock minus this replica's (ms). A block ends at an instant of Redis' clock (EXTEND's TIME), and every
   // replica converts that same instant to its own clock with its own offset: all of them lift the block together,
   // however late pub/sub brought the news and however far apart their clocks are. Measured on one Redis only: a
@@ -152,8 +202,8 @@ export function createKeyHealth (options: KeyHealthOptions): KeyHealth {
   bus.subscribe((message) => {
     // pub/sub reconnected: messages may have been missed while it was away
     if (message === null) void load().catch(() => {})
-    if (message?.type === 'key-forgotten') return drop(message.keyId)
-    if (message === null || message.type !== 'key-health') return
+    if (message?.type === 'key-forgotten') return remember(message.keyId)
+    if (message === null || message.type !== 'key-health' || isForgotten(message.keyId)) return
     // whichever replica succeeds next on this key resets the shared backoff, not only the one that saw the 429s
     if (message.reason === 'rate_limited') streaks.set(message.keyId, streaks.get(message.keyId) ?? 0)
     if (message.remainingMs <= 0) return void blocks.delete(message.keyId)
@@ -201,14 +251,24 @@ export function createKeyHealth (options: KeyHealthOptions): KeyHealth {
 
   async function load () {
     if (!redis) return
+    const retried = [...unsaved]
+    unsaved.clear() // a load that runs meanwhile (the bus's reload on the same reconnect) does not write them twice
+    for (const [keyId, workspaceId] of retried) await saveForgetting(workspaceId, keyId)
     const now = measurable ? await measure(measurable) : redisNow(await redis.time())
+    // what this replica may have missed being told: keys forgotten since it started, or while its pub/sub was away
+    await redis.zremrangebyscore(FORGOTTEN, '-inf', now)
+    const gone = await redis.zrangebyscore(FORGOTTEN, now, '+inf', 'WITHSCORES')
+    for (let i = 0; i < gone.length; i += 2) {
+      const end = Number(gone[i + 1])
+      remember(gone[i].split(':')[1], localEnd(end, end - now))
+    }
     // a block outlives its end by a second (EXTEND's PEXPIRE): a breaker half-open; anything older is gone
     await redis.zremrangebyscore(REGISTRY, '-inf', now - 1000)
     const members = await redis.zrangebyscore(REGISTRY, now - 1000, '+inf')
     await Promise.all(members.map(async (member) => {
       const [workspaceId, keyId] = member.split(':')
       const [until, reason] = await redis.hmget(blockKey(workspaceId, keyId), 'until', 'reason')
-      if (until === null || reason === null) return
+      if (until === null || reason === null || isForgotten(keyId)) return
       const announcedUntil = Number(until)
       extendLocal(keyId, {
         reason: reason as BlockReason, until: localEnd(announcedUntil, announcedUntil - now), announcedUntil
@@ -234,11 +294,20 @@ export function createKeyHealth (options: KeyHealthOptions): KeyHealth {
    */
   async function share (workspaceId: string, keyId: string, reason: BlockReason, wait: number | 'backoff'):
   Promise<Block> {
+    // a late answer to a call that took a key since forgotten: its client is told what the answer said, and nothing
+    // of it is kept (the call's retry, if any, picks the key that replaced it)
+    const unkept = { reason, until: clock() + (wait === 'backoff' ? backoffBase : wait) }
+    if (isForgotten(keyId)) return unkept
     const key = blockKey(workspaceId, keyId)
+    const forgottenMark = forgottenKey(workspaceId, keyId)
     const sent = clock()
     const extended = await shared((client) => (wait === 'backoff'
-      ? client.eval(BACKOFF, 2, key, streakKey(workspaceId, keyId), backoffBase, backoffMax, Math.random(), backoffMax * 4)
-      : client.eval(EXTEND, 1, key, wait, reason)) as Promise<[number, number, number?, string?]>)
+      ? client.eval(BACKOFF, 3, key, streakKey(workspaceId, keyId), forgottenMark, backoffBase, backoffMax,
+        Math.random(), backoffMax * 4)
+      : client.eval(EXTEND, 2, key, forgottenMark, wait, reason)) as
+      Promise<[number, number, number?, string?] | typeof FORGOTTEN_REPLY>)
+    if (extended === FORGOTTEN_REPLY) remember(keyId) // forgotten by a replica whose message has not come yet
+    if (isForgotten(keyId)) return unkept
     let remaining: number
     let until: number // by Redis' clock once Redis has answered
     let localUntil: number
@@ -287,6 +356,45 @@ export function createKeyHealth (options: KeyHealthOptions): KeyHealth {
     for (const known of [blocks, streaks, failures, probes, quotas, quotaWritten]) known.delete(keyId)
   }
 
+  /** A key forgotten: what this replica knows of it goes, and what it hears of it until `until` is ignored. */
+  function remember (keyId: string, until = clock() + forgetForMs) {
+    drop(keyId)
+    const known = forgotten.get(keyId) ?? -Infinity
+    forgotten.delete(keyId) // the latest last, for the trimming below
+    forgotten.set(keyId, Math.max(known, until))
+    for (const [oldest, end] of forgotten) {
+      if (end > clock() && forgotten.size <= FORGOTTEN_MAX) break
+      forgotten.delete(oldest)
+    }
+  }
+
+  function isForgotten (keyId: string): boolean {
+    return (forgotten.get(keyId) ?? -Infinity) > clock()
+  }
+
+  /** Writes a forgetting to Redis (see FORGET), then tells every replica; one Redis did not take is tried again. */
+  async function saveForgetting (workspaceId: string, keyId: string) {
+    const member = `${workspaceId}:${keyId}`
+    // one hash slot (the workspace's): one script, on a Cluster too; the two registries are a slot each
+    const saved = await shared(async (client) => {
+      const now = Number(await client.eval(FORGET, 6, blockKey(workspaceId, keyId), streakKey(workspaceId, keyId),
+        failuresKey(workspaceId, keyId), probeKey(workspaceId, keyId), quotaKey(workspaceId, keyId),
+        forgottenKey(workspaceId, keyId), forgetForMs))
+      await Promise.all([
+        client.zrem(REGISTRY, member),
+        client.zadd(FORGOTTEN, now + forgetForMs, member),
+        client.zremrangebyscore(FORGOTTEN, '-inf', now)
+      ])
+      return true
+    })
+    if (redis && !saved) {
+      unsaved.delete(keyId)
+      unsaved.set(keyId, workspaceId)
+      if (unsaved.size > FORGOTTEN_MAX) unsaved.delete(unsaved.keys().next().value as string)
+    }
+    await bus.publish({ type: 'key-forgotten', keyId })
+  }
+
   /** A command on the shared state; undefined without Redis, or when it cannot answer (the caller decides alone). */
   async function shared<T> (command: (client: Redis | Cluster) => Promise<T>): Promise<T | undefined> {
     if (!redis) return undefined
@@ -316,6 +424,7 @@ export function createKeyHealth (options: KeyHealthOptions): KeyHealth {
     },
 
     async failed (workspaceId, keyId) {
+      if (isForgotten(keyId)) return
       const now = clock()
       // a failed probe: the breaker opens again at once, for everyone
       if (blocks.get(keyId)?.reason === 'breaker_open') {
@@ -324,11 +433,10 @@ export function createKeyHealth (options: KeyHealthOptions): KeyHealth {
         return
       }
       const key = failuresKey(workspaceId, keyId)
-      let count = await shared(async (client) => {
-        const counted = Number(await client.incr(key))
-        if (counted === 1) await client.pexpire(key, windowMs)
-        return counted
-      })
+      const counted = await shared((client) =>
+        client.eval(COUNT_FAILURE, 2, key, forgottenKey(workspaceId, keyId), windowMs) as Promise<number | string>)
+      if (counted === FORGOTTEN_REPLY) return remember(keyId)
+      let count = counted === undefined ? undefined : Number(counted)
       if (count === undefined) {
         const recent = (failures.get(keyId) ?? []).filter((at) => at > now - windowMs)
         recent.push(now)
@@ -371,7 +479,7 @@ export function createKeyHealth (options: KeyHealthOptions): KeyHealth {
 
     noteQuota (workspaceId, keyId, headers) {
       const now = clock()
-      if (now - (quotaWritten.get(keyId) ?? 0) < 1_000) return
+      if (isForgotten(keyId) || now - (quotaWritten.get(keyId) ?? 0) < 1_000) return
       const seen: Record<string, string> = {}
       for (const name in headers) {
         const value = headers[name]
@@ -382,7 +490,9 @@ export function createKeyHealth (options: KeyHealthOptions): KeyHealth {
       const entry = { observedAt: new Date(now).toISOString(), headers: seen }
       quotas.set(keyId, { workspaceId, ...entry })
       if (redis) {
-        void redis.set(quotaKey(workspaceId, keyId), JSON.stringify(entry), 'PX', 86_400_000).catch(() => {})
+        void (redis.eval(KEEP_QUOTA, 2, quotaKey(workspaceId, keyId), forgottenKey(workspaceId, keyId),
+          JSON.stringify(entry), 86_400_000) as Promise<number | string>)
+          .then((kept) => { if (kept === FORGOTTEN_REPLY) remember(keyId) }, () => {})
       }
     },
 
@@ -429,14 +539,8 @@ export function createKeyHealth (options: KeyHealthOptions): KeyHealth {
     },
 
     async forget (workspaceId, keyId) {
-      drop(keyId)
-      // one hash slot (the workspace's): one DEL, on a Cluster too; the registry is a slot of its own
-      await shared((client) => Promise.all([
-        client.del(blockKey(workspaceId, keyId), streakKey(workspaceId, keyId), failuresKey(workspaceId, keyId),
-          probeKey(workspaceId, keyId), quotaKey(workspaceId, keyId)),
-        client.zrem(REGISTRY, `${workspaceId}:${keyId}`)
-      ]))
-      await bus.publish({ type: 'key-forgotten', keyId })
+      remember(keyId)
+      await saveForgetting(workspaceId, keyId)
     }
   }
 }
@@ -449,3 +553,4 @@ const streakKey = (workspaceId: string, keyId: string) => `tmt:{ws:${workspaceId
 const failuresKey = (workspaceId: string, keyId: string) => `tmt:{ws:${workspaceId}}:key:${keyId}:failures`
 const probeKey = (workspaceId: string, keyId: string) => `tmt:{ws:${workspaceId}}:key:${keyId}:probe`
 const quotaKey = (workspaceId: string, keyId: string) => `tmt:{ws:${workspaceId}}:key:${keyId}:quota`
+const forgottenKey = (workspaceId: string, keyId: string) => `tmt:{ws:${workspaceId}}:key:${keyId}:forgotten`

@@ -34,9 +34,11 @@ export interface InvalidationBus {
 const CHANNEL = 'tmt:invalidations'
 // what every replica reads as "messages may have been missed": `null`, which older replicas understand too
 const FORGET_EVERYTHING = 'null'
-// what another replica caches and would keep past a change it did not hear of; a lost key-health notice leaves none
-// (a replica meets the block itself), nor a lost spend recovery (calls in flight are renewed on a timer besides)
-const CACHE_INVALIDATIONS: ReadonlySet<Invalidation['type']> = new Set(['token', 'workspace', 'prices'])
+// what another replica caches and would keep past a change it did not hear of (a forgotten key's breaker, held
+// half-open for good, is such a thing: its reload drops it); a lost key-health notice leaves none (a replica meets the
+// block itself), nor a lost spend recovery (calls in flight are renewed on a timer besides)
+const CACHE_INVALIDATIONS: ReadonlySet<Invalidation['type']> =
+  new Set(['token', 'workspace', 'prices', 'key-forgotten'])
 // a forget-everything that timed out on a connection still up (no 'ready' follows) is tried again after this, twice as
 // long at each failure up to a minute: Redis may have delivered it all the same, and each one it delivers empties every
 // replica's caches

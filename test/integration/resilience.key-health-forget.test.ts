@@ -98,3 +98,155 @@ t.test('a deleted workspace\'s keys are forgotten', async (t) => {
   t.equal(one.app.keyHealth.blocked(id), undefined, 'its breaker is gone')
   t.same(await inRedis(one, ws, id), { block: 0, registered: false })
 })
+
+// Calls that took the old key before it was replaced are still in flight; what Mistral answers them comes after the
+// forgetting, and must not bring the old id back: a late 503 would reopen its breaker (half-open for good), a late 429
+// cool it, a late success keep its quota headers.
+
+/** What Redis holds of a key's health, all of it. */
+async function allInRedis (s: TestApp, ws: TestWorkspace, id: string) {
+  const redis = s.app.redis!.client
+  const prefix = `tmt:{ws:${ws.id}}:key:${id}:`
+  return {
+    ...await inRedis(s, ws, id),
+    others: await redis.exists(`${prefix}failures`, `${prefix}streak`, `${prefix}probe`, `${prefix}quota`)
+  }
+}
+
+const FORGOTTEN_IN_REDIS = { block: 0, registered: false, others: 0 }
+
+/** A scripted answer Mistral sends once `gate` opens: the test decides when a call in flight ends. */
+function heldAnswer (s: TestApp, gate: Promise<void>, status: number, body: unknown, headers: Record<string, string>) {
+  s.mistral.enqueue(async (_req, res) => {
+    await gate
+    res.writeHead(status, { 'content-type': 'application/json', ...headers })
+    res.end(JSON.stringify(body))
+  }, CHAT)
+}
+
+const COMPLETION = {
+  id: 'cmpl-late',
+  object: 'chat.completion',
+  created: 1_765_000_000,
+  model: 'mistral-small-latest',
+  choices: [{ index: 0, message: { role: 'assistant', content: 'Hi' }, finish_reason: 'stop', logprobs: null }],
+  usage: { prompt_tokens: 3, completion_tokens: 1, total_tokens: 4 }
+}
+
+/** Sends a call that Mistral holds; resolves once Mistral has it, to the call's own answer (a promise). */
+async function inFlight (s: TestApp, ws: TestWorkspace): Promise<{ answer: ReturnType<typeof chat> }> {
+  const before = s.mistral.requestsTo(CHAT).length
+  const reply = chat(s, ws)
+  if (!await until(() => s.mistral.requestsTo(CHAT).length > before)) throw new Error('the call never reached Mistral')
+  return { answer: reply }
+}
+
+t.test('a 503, a 429 and a success that come back after the key was replaced leave nothing of the old key anywhere',
+  async (t) => {
+    const one = await buildTestApp(t, ENV)
+    const two = await buildTestApp(t, ENV, { mistral: one.mistral })
+    const ws = await one.createWorkspace()
+    const oldId = await keyId(one, ws, 'default')
+    let open!: () => void
+    const gate = new Promise<void>((resolve) => { open = resolve })
+    heldAnswer(one, gate, 503, MISTRAL_503, {})
+    heldAnswer(one, gate, 429, { object: 'error', message: 'Rate limit exceeded', type: 'rate_limited', code: '1300' },
+      { 'retry-after': '60' })
+    heldAnswer(one, gate, 200, COMPLETION, { 'x-ratelimit-remaining-tokens-minute': '4999996' })
+    const failing = (await inFlight(two, ws)).answer
+    const limited = (await inFlight(one, ws)).answer
+    const served = (await inFlight(two, ws)).answer
+
+    t.equal((await one.admin('PUT', `/admin/v1/workspaces/${ws.slug}/mistral-keys/default`,
+      { key: `${ws.mistralKey}-new` })).statusCode, 200, 'replaced while the three calls wait for Mistral')
+    await sleep(100) // the other replica has heard of it
+    open()
+    t.equal((await failing).status, 503, 'the late 503 reaches its client')
+    t.equal((await limited).status, 429, 'the late 429 too')
+    t.equal((await served).status, 200, 'and the late success')
+    await sleep(100) // whatever they announced has reached both replicas
+
+    for (const [name, s] of [['one', one], ['two', two]] as const) {
+      t.equal(s.app.keyHealth.blocked(oldId), undefined, `no breaker or cooldown of the old key on replica ${name}`)
+      t.notOk(s.app.keyHealth.observedQuotas().some((quota) => quota.keyId === oldId), `nor its quota, on ${name}`)
+    }
+    t.same(await allInRedis(one, ws, oldId), FORGOTTEN_IN_REDIS, 'nor anything in Redis')
+    const three = await buildTestApp(t, ENV, { mistral: one.mistral })
+    t.equal(three.app.keyHealth.blocked(oldId), undefined, 'a replica started since knows nothing of it')
+    t.equal((await chat(two, ws)).status, 200, 'the new key serves')
+  })
+
+t.test('a replica that missed the news of the replacement writes nothing of the old key when its call fails late',
+  async (t) => {
+    const one = await buildTestApp(t, ENV)
+    const two = await buildTestApp(t, ENV, { mistral: one.mistral })
+    const ws = await one.createWorkspace()
+    const oldId = await keyId(one, ws, 'default')
+    let open!: () => void
+    heldAnswer(one, new Promise<void>((resolve) => { open = resolve }), 503, MISTRAL_503, {})
+    const failing = (await inFlight(two, ws)).answer
+
+    const subscriber = two.app.redis!.subscriber
+    const reconnected = new Promise((resolve) => subscriber.once('ready', resolve))
+    subscriber.disconnect()
+    t.equal((await one.admin('PUT', `/admin/v1/workspaces/${ws.slug}/mistral-keys/default`,
+      { key: `${ws.mistralKey}-new` })).statusCode, 200, 'replaced while replica two\'s pub/sub is away')
+    open()
+    t.equal((await failing).status, 503)
+    await sleep(100)
+    for (const [name, s] of [['one', one], ['two', two]] as const) {
+      t.equal(s.app.keyHealth.blocked(oldId), undefined, `no breaker of the old key on replica ${name}`)
+    }
+    t.same(await allInRedis(one, ws, oldId), FORGOTTEN_IN_REDIS, 'nothing in Redis')
+    await subscriber.connect()
+    await reconnected
+  })
+
+t.test('a replica whose pub/sub was away when the key was replaced drops the old key\'s breaker once it is back',
+  async (t) => {
+    const one = await buildTestApp(t, ENV)
+    const two = await buildTestApp(t, ENV, { mistral: one.mistral })
+    const ws = await one.createWorkspace()
+    const oldId = await keyId(one, ws, 'default')
+    one.mistral.enqueueError(503, MISTRAL_503, {}, CHAT)
+    t.equal((await chat(one, ws)).status, 503, 'Mistral\'s 503 opened the breaker')
+    t.ok(await until(() => two.app.keyHealth.blocked(oldId) !== undefined), 'on both replicas')
+
+    const subscriber = two.app.redis!.subscriber
+    const reconnected = new Promise((resolve) => subscriber.once('ready', resolve))
+    subscriber.disconnect()
+    t.equal((await one.admin('PUT', `/admin/v1/workspaces/${ws.slug}/mistral-keys/default`,
+      { key: `${ws.mistralKey}-new` })).statusCode, 200)
+    await sleep(100)
+    t.equal(two.app.keyHealth.blocked(oldId)?.reason, 'breaker_open', 'replica two did not hear of it')
+    await subscriber.connect()
+    await reconnected
+    t.ok(await until(() => two.app.keyHealth.blocked(oldId) === undefined), 'back, it forgets the old key too')
+    t.same(await allInRedis(one, ws, oldId), FORGOTTEN_IN_REDIS)
+  })
+
+t.test('a replacement made while Redis does not answer the replica is forgotten everywhere once Redis is back',
+  async (t) => {
+    const one = await buildTestApp(t, ENV)
+    const two = await buildTestApp(t, ENV, { mistral: one.mistral })
+    const ws = await one.createWorkspace()
+    const oldId = await keyId(one, ws, 'default')
+    one.mistral.enqueueError(503, MISTRAL_503, {}, CHAT)
+    t.equal((await chat(one, ws)).status, 503, 'Mistral\'s 503 opened the breaker')
+    t.ok(await until(() => two.app.keyHealth.blocked(oldId) !== undefined), 'on both replicas')
+
+    const client = one.app.redis!.client
+    const back = new Promise((resolve) => client.once('ready', resolve))
+    client.disconnect()
+    t.equal((await one.admin('PUT', `/admin/v1/workspaces/${ws.slug}/mistral-keys/default`,
+      { key: `${ws.mistralKey}-new` })).statusCode, 200, 'replaced while replica one cannot reach Redis')
+    t.equal(one.app.keyHealth.blocked(oldId), undefined, 'replica one forgot the old key at once')
+    await sleep(100)
+    t.equal(two.app.keyHealth.blocked(oldId)?.reason, 'breaker_open', 'replica two did not hear of it')
+    t.same(await inRedis(two, ws, oldId), { block: 1, registered: true }, 'nor did Redis')
+
+    await client.connect()
+    await back
+    t.ok(await until(() => two.app.keyHealth.blocked(oldId) === undefined), 'once Redis is back, replica two forgets it')
+    t.same(await allInRedis(one, ws, oldId), FORGOTTEN_IN_REDIS, 'and so does Redis')
+  })

@@ -9,6 +9,7 @@ import { createRedisBus, type Invalidation } from '../../src/tenancy/invalidatio
 const FORGET_EVERYTHING = 'null'
 const revoked: Invalidation = { type: 'token', hash: 'ab'.repeat(32) }
 const blocked: Invalidation = { type: 'key-health', keyId: 'k1', reason: 'rate_limited', remainingMs: 1_000 }
+const forgotten: Invalidation = { type: 'key-forgotten', keyId: 'k1' }
 
 /** A command connection whose publishes fail while `failing` is set: at once when down, after a timeout when up. */
 function fakeClient () {
@@ -82,6 +83,20 @@ t.test('a token revocation Redis did not take while down is followed by one forg
     client.emit('ready')
     await tick(0)
     t.same(forgets(client), [FORGET_EVERYTHING], 'and never again: nothing was missed since')
+  })
+
+t.test('a replaced key\'s forgetting Redis did not take is followed by a forget-everything when it is back',
+  async (t) => {
+    const client = fakeClient()
+    const bus = busOn(t, client)
+    client.status = 'reconnecting'
+    client.failing = true
+    await bus.publish(forgotten)
+    client.failing = false
+    client.status = 'ready'
+    client.emit('ready')
+    await tick(0)
+    t.same(forgets(client), [FORGET_EVERYTHING], 'the other replicas hold what they knew of the key: they reload it')
   })
 
 t.test('forget-everything messages that keep timing out on a connection still up are tried at growing intervals',
