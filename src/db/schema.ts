@@ -145,7 +145,8 @@ export const watchedJobs = pgTable('watched_jobs', {
 }, (t) => [
   index('watched_jobs_status_idx').on(t.status, t.checkedAt),
   index('watched_jobs_uncharged_idx').on(t.checkedAt).where(sql`${t.status} = 'recorded' and ${t.chargedAt} is null`),
-  index('watched_jobs_pending_output_idx').on(t.outputFile).where(sql`${t.status} = 'pending'`)
+  // whatever the watch's status: a deletion of a billed job's output then goes at once, with no read of Mistral
+  index('watched_jobs_output_idx').on(t.outputFile).where(sql`${t.outputFile} is not null`)
 ])
 
 export const auditLog = pgTable('audit_log', {

@@ -1,6 +1,7 @@
 import type { FastifyRequest } from 'fastify'
 import { conflict, notReady, retryAfterHeaders } from '../errors.js'
 import type { TenantContext } from '../tenancy/tokens.js'
+import type { OutputOwner } from '../usage/batch-output-owner.js'
 import type { BatchWatcher, Settled } from '../usage/batch-watcher.js'
 
 export type BatchJobCall = 'created' | 'read'
@@ -55,32 +56,38 @@ export const BATCH_JOB_DELETION = 'jobs_api_routes_batch_delete_batch_job'
 
 /**
  * Before `DELETE /v1/files/{id}` is forwarded: a job's output file is what the gateway bills the job from (its results
- * inline are not documented to outlive it), so the output of a job of the workspace not billed yet, as a check of the
- * job learnt it, is let go as the job itself is: the job billed first, else 409 (running, or not billable yet), and
- * 503 while PostgreSQL does not answer. One indexed lookup; any other file goes as it comes. A job whose Mistral key
- * was removed lets its output go but stays watched: it stays at Mistral, where the key, added back, may still read it.
+ * inline are not documented to outlive it), so the output of a job of the workspace not billed yet is let go as the
+ * job itself is: the job billed first, else 409 (running, or not billable yet), and 503 while PostgreSQL does not
+ * answer. Whose output the file is, a check may not have learnt yet when the client did (batch-output-owner.ts): the
+ * file is then read from Mistral, and the jobs that may have written it, and 409 while Mistral cannot say. Any other
+ * file goes as it comes. A job whose Mistral key was removed lets its output go but stays watched: it stays at
+ * Mistral, where the key, added back, may still read it.
  */
 export async function billBeforeFileDeletion (watcher: BatchWatcher, url: string, workspaceId: string):
 Promise<void> {
   const fileId = idInPath(url)
-  let settled: Settled
-  let jobId: string | undefined
+  let owner: OutputOwner
+  let settled: Settled | undefined
   try {
-    jobId = await watcher.jobOfOutput(workspaceId, fileId)
-    if (jobId === undefined) return
-    settled = await watcher.settle(workspaceId, jobId, 'output')
+    owner = await watcher.outputOwner(workspaceId, fileId)
+    if (owner.jobId !== undefined) settled = await watcher.settle(workspaceId, owner.jobId, 'output')
   } catch (err) {
     throw notReady('The file cannot be checked before its deletion right now (the database does not answer); ' +
       'retry shortly', { headers: retryAfterHeaders(DATABASE_RETRY_MS), cause: err })
   }
-  if (!settled.pending || settled.keyGone) return
+  if (owner.unchecked) {
+    // the file's id is the client's: the message quotes none
+    throw conflict('The file may be the output of a batch job of the workspace not billed yet, which could not be ' +
+      'checked; retry shortly', { headers: retryAfterHeaders(DELETION_RETRY_MS) })
+  }
+  if (!settled?.pending || settled.keyGone) return
   // both ids are Mistral's, as a check of the workspace's job read them: the message quotes none of a client's making
   if (settled.running) {
-    throw conflict(`File ${fileId} is the output of batch job ${jobId}, which is still running (${settled.running}): ` +
-      'delete it once the job has ended')
+    throw conflict(`File ${fileId} is the output of batch job ${owner.jobId}, which is still running ` +
+      `(${settled.running}): delete it once the job has ended`)
   }
-  throw conflict(`File ${fileId} is the output of batch job ${jobId}, which could not be billed yet; retry shortly`,
-    { headers: retryAfterHeaders(DELETION_RETRY_MS) })
+  throw conflict(`File ${fileId} is the output of batch job ${owner.jobId}, which could not be billed yet; ` +
+    'retry shortly', { headers: retryAfterHeaders(DELETION_RETRY_MS) })
 }
 
 /** The operation that deletes a file at Mistral: the route awaits billBeforeFileDeletion for it only. */

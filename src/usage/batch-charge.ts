@@ -14,12 +14,16 @@ import type { WorkspaceStore } from '../tenancy/workspaces.js'
  * (for the hour Redis remembers settled ids), so one sent again after its first try did arrive changes nothing.
  */
 export interface BatchCharger {
-  /** Charges a job just recorded; one the counters do not take is left, uncharged, to the next poll. */
-  charge (jobId: string, charge: Charge): Promise<void>
-  /** Charges a recorded job whose charge was not taken before, from its record in the ledger. */
+  /**
+   * Charges a job just recorded (undefined: it has nothing to charge). Never throws: a charge the counters do not
+   * take, or whose note in the watch PostgreSQL does not take, is left to the next poll, which sends it again.
+   */
+  charge (jobId: string, charge: Charge | undefined): Promise<void>
+  /**
+   * Charges a recorded job whose charge was not noted before, from its record in the ledger. Throws when PostgreSQL
+   * does not answer.
+   */
   chargeRecorded (job: WatchedJob): Promise<void>
-  /** Notes that a recorded job has nothing to charge. */
-  nothingToCharge (jobId: string): Promise<void>
 }
 
 interface ChargerOptions {
@@ -36,7 +40,7 @@ export function createBatchCharger ({ db, admission, workspaces, tokens, log }: 
       .where(and(eq(watchedJobs.jobId, jobId), isNull(watchedJobs.chargedAt)))
   }
 
-  async function charge (jobId: string, what: Charge) {
+  async function send (jobId: string, what: Charge) {
     try {
       await admission.charge(what)
     } catch (err) {
@@ -47,8 +51,14 @@ export function createBatchCharger ({ db, admission, workspaces, tokens, log }: 
   }
 
   return {
-    charge,
-    nothingToCharge: charged,
+    async charge (jobId, what) {
+      try {
+        await (what ? send(jobId, what) : charged(jobId))
+      } catch (err) {
+        log.warn({ err, job: jobId },
+          'batch job charge not noted in its watch; the next poll sends it again, which counts it once')
+      }
+    },
 
     async chargeRecorded (job) {
       const [record] = await db.select({ cost: usageRecords.billedCostMicros, at: usageRecords.createdAt })
@@ -59,7 +69,7 @@ export function createBatchCharger ({ db, admission, workspaces, tokens, log }: 
       const workspace = await workspaces.find(job.workspaceId, { deleted: true })
       if (!workspace || workspace.deletedAt !== null) return await charged(job.jobId)
       const token = job.tokenId ? await tokens.find(job.workspaceId, job.tokenId) : undefined
-      await charge(job.jobId, {
+      await send(job.jobId, {
         id: `batch:${job.jobId}`,
         workspace: { id: workspace.id, timezone: workspace.timezone, caps: workspace.caps as SpendCaps },
         token: token ? { id: token.id, caps: token.caps as SpendCaps } : undefined,

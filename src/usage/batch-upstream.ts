@@ -11,6 +11,8 @@ export interface BatchUpstream {
    * (they are as large as its output file). Undefined when Mistral has no such job.
    */
   jobWithResults (secret: string, jobId: string): Promise<AsyncIterable<Buffer> | undefined>
+  /** `GET /v1/files/{id}`: what Mistral says of the file (`sample_type`, ...). Undefined when it has no such file. */
+  file (secret: string, fileId: string): Promise<Record<string, unknown> | undefined>
   /**
    * `GET /v1/files/{id}/content` (MISTRAL-NOTES §2.3): the body as it downloads, never held whole. Undefined when
    * Mistral has no such file: a client may delete its job's output file.
@@ -59,6 +61,10 @@ export function createBatchUpstream (config: Pick<Config, 'MISTRAL_BASE_URL' | '
   return {
     async job (secret, jobId) {
       const body = await get(secret, `/v1/batch/jobs/${encodeURIComponent(jobId)}`)
+      return body && await body.json() as Record<string, unknown>
+    },
+    async file (secret, fileId) {
+      const body = await get(secret, `/v1/files/${encodeURIComponent(fileId)}`)
       return body && await body.json() as Record<string, unknown>
     },
     jobWithResults: (secret, jobId) => get(secret, `/v1/batch/jobs/${encodeURIComponent(jobId)}?inline=true`),

@@ -1,5 +1,5 @@
 import { setTimeout as sleep } from 'node:timers/promises'
-import { and, asc, eq, inArray, isNull, lt, lte, or, sql, type SQL } from 'drizzle-orm'
+import { and, asc, eq, inArray, isNull, lt, lte, not, or, sql, type SQL } from 'drizzle-orm'
 import type { FastifyBaseLogger } from 'fastify'
 import type { Database } from '../db/client.js'
 import { usageRecords, watchedJobs, type UsageRecord, type WatchedJob } from '../db/schema.js'
@@ -18,6 +18,7 @@ import {
   type ModelUsage
 } from './batch-output.js'
 import { createBatchCharger } from './batch-charge.js'
+import { createOutputOwners, type OutputOwner } from './batch-output-owner.js'
 import type { BatchUpstream } from './batch-upstream.js'
 import type { UsageRecorder } from './recorder.js'
 import { selectRows } from './sql-rows.js'
@@ -51,16 +52,19 @@ export interface BatchWatcher {
    */
   settle (workspaceId: string, jobId: string, deleting?: 'job' | 'output'): Promise<Settled>
   /**
-   * The pending job of the workspace whose output file this is, as Mistral named it to a check; undefined for any
-   * other file. Throws when PostgreSQL does not answer.
+   * The pending job of the workspace whose output file this is, as Mistral named it to a check, or names it when
+   * asked now (batch-output-owner.ts); none for any other file. Throws when PostgreSQL does not answer.
    */
-  jobOfOutput (workspaceId: string, fileId: string): Promise<string | undefined>
+  outputOwner (workspaceId: string, fileId: string): Promise<OutputOwner>
   /**
    * Checks the pending jobs that are due, and charges the billed ones whose charge the spend counters did not take;
    * every replica polls, a job is checked by one of them at a time.
    */
   poll (): Promise<void>
-  /** Called once per job billed, by the one replica that records it (the metrics count it there). */
+  /**
+   * Called once per job billed, by the one replica that records it (the metrics count it there), whether or not the
+   * spend counters take its charge then.
+   */
   onBilled (listener: (facts: BilledFacts) => void): void
   close (): Promise<void>
 }
@@ -104,6 +108,7 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
   const { db, usage, prices, keys, workspaces, tokens, admission, upstream, log, intervalMs } = options
   const claimSize = options.claimSize ?? 20
   const charger = createBatchCharger({ db, admission, workspaces, tokens, log })
+  const outputOwners = createOutputOwners({ db, keys, upstream, log })
   // a tenth short of the interval: the timer's jitter must not make a job checked at one poll wait for the one after
   const dueAfterMs = Math.round(intervalMs * 0.9)
   let polling: Promise<void> | undefined
@@ -184,6 +189,12 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
   }
 
   async function checkClaimed (job: WatchedJob, shown: Record<string, unknown> | undefined) {
+    const [earlier] = await db.select().from(usageRecords).where(eq(usageRecords.requestId, `batch:${job.jobId}`))
+    if (earlier) {
+      const status = shown ? String(shown.status) : job.upstreamStatus
+      await billedEarlier(job, earlier, status)
+      return status ?? undefined
+    }
     const key = await keys.resolve(job.workspaceId, job.keyName)
     if (!key) {
       log.warn({ job: job.jobId, key: job.keyName }, 'batch job pending: its Mistral key is gone')
@@ -371,24 +382,42 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
           at: completedAt.getTime()
         }
       : undefined
-    // the job is billed once the ledger holds its record, whether or not the spend counters take its charge then
+    // the job is billed once the ledger holds its record, whether or not the spend counters take its charge then: the
+    // one check that ends the watch tells the metrics before the charge, which a later poll may send again
     if (!await finish(job, 'recorded', status, completedAt)) return
-    if (charge) await charger.charge(job.jobId, charge)
-    else await charger.nothingToCharge(job.jobId)
+    announce(job, record, workspace, { models: [...totals.byModel.keys()], requests: totals.succeeded })
+    await charger.charge(job.jobId, charge)
+  }
+
+  /**
+   * An earlier check wrote the job's record, but the ledger did not hold it yet when that check would have ended the
+   * watch (PostgreSQL failing: the record waited in the recorder's spool), so the job stayed pending. The ledger's
+   * record is the job's bill, whatever became of the job since (deleted, its output gone, its key removed): the job is
+   * billed and charged from it, as any recorded job.
+   */
+  async function billedEarlier (job: WatchedJob, record: LedgerRecord, status: string | null) {
+    const workspace = await workspaces.find(job.workspaceId, { deleted: true })
+    if (!await finish(job, 'recorded', status, record.createdAt)) return
+    if (workspace) announce(job, record, workspace, {})
+    await charger.chargeRecorded(job)
+  }
+
+  /** Tells the metrics (the onBilled listeners) and the log of a job billed: once, by the check ending its watch. */
+  function announce (job: WatchedJob, record: Billed, workspace: { slug: string, currency: string },
+    detail: { models?: Array<string | undefined>, requests?: number }) {
     const facts: BilledFacts = {
       workspace: workspace.slug,
       operation: 'batch',
-      model: cost.pricedModel,
+      model: record.pricedModel ?? undefined,
       status: record.status,
-      inputTokens: units.promptTokens ?? 0,
-      outputTokens: units.completionTokens ?? 0,
-      billedMicros: cost.billedMicros,
+      inputTokens: record.promptTokens,
+      outputTokens: record.completionTokens,
+      billedMicros: record.billedCostMicros,
       currency: workspace.currency
     }
     for (const listener of billedListeners) listener(facts)
     log.info({
-      job: job.jobId, workspace: workspace.slug, model: record.model, models: [...totals.byModel.keys()],
-      requests: totals.succeeded, billedMicros: cost.billedMicros
+      job: job.jobId, workspace: workspace.slug, model: record.model, ...detail, billedMicros: record.billedCostMicros
     }, 'batch job billed')
   }
 
@@ -418,12 +447,13 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
   /**
    * Ends the watch, once: true for the one check that does it. `recorded` only once the ledger has the record — if
    * it is still in the spool, the job stays pending and the next check records it again, which changes nothing.
+   * `failed` only while the ledger has none: a record that reached it meanwhile is billed by the next check.
    */
-  async function finish (job: WatchedJob, outcome: 'recorded' | 'failed', status: string, completedAt: Date) {
-    const recorded = outcome === 'recorded' ? inLedger(job) : undefined
+  async function finish (job: WatchedJob, outcome: 'recorded' | 'failed', status: string | null, completedAt: Date) {
+    const ledger = outcome === 'recorded' ? inLedger(job) : not(inLedger(job))
     const done = await db.update(watchedJobs)
       .set({ status: outcome, upstreamStatus: status, completedAt, checkedAt: sql`now()` })
-      .where(and(eq(watchedJobs.jobId, job.jobId), pendingWatch, recorded))
+      .where(and(eq(watchedJobs.jobId, job.jobId), pendingWatch, ledger))
       .returning({ jobId: watchedJobs.jobId })
     return done.length === 1
   }
@@ -457,11 +487,7 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
       return settling
     },
 
-    async jobOfOutput (workspaceId, fileId) {
-      const [row] = await db.select({ jobId: watchedJobs.jobId }).from(watchedJobs).where(and(
-        eq(watchedJobs.outputFile, fileId), pendingWatch, eq(watchedJobs.workspaceId, workspaceId))).limit(1)
-      return row?.jobId
-    },
+    outputOwner: (workspaceId, fileId) => outputOwners.ownerOf(workspaceId, fileId),
 
     poll,
 
@@ -487,6 +513,12 @@ const KEY_GONE = 'KEY_GONE'
 // how long after a job completed its output may be missing before it is taken as deleted: a file not yet served
 // right after the job ended must not lose the job, and a client deletes its output hours later, if at all
 const OUTPUT_GRACE_MS = 60 * 60_000
+
+type LedgerRecord = typeof usageRecords.$inferSelect
+
+/** What the metrics and the log say of a billed job: its record's, as written, or as read back from the ledger. */
+type Billed = Pick<LedgerRecord,
+'model' | 'pricedModel' | 'status' | 'promptTokens' | 'completionTokens' | 'billedCostMicros'>
 
 /** What a job costs, summed over its models. */
 interface JobCost {
@@ -561,7 +593,7 @@ function meteredOf (used: ModelUsage): MeteredUsage {
  * named several.
  */
 function recordOf (job: WatchedJob, upstreamJob: Record<string, unknown>, totals: BatchTotals,
-  units: Record<string, number>, cost: JobCost, completedAt: Date): UsageRecord {
+  units: Record<string, number>, cost: JobCost, completedAt: Date): UsageRecord & Billed {
   const n = (unit: string) => units[unit] ?? 0
   const answeredModels = [...totals.byModel.keys()]
   const createdAt = typeof upstreamJob.created_at === 'number'

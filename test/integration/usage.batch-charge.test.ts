@@ -1,11 +1,13 @@
 import { setTimeout as sleep } from 'node:timers/promises'
 import { Mistral } from '@mistralai/mistralai'
 import { eq } from 'drizzle-orm'
+import pg from 'pg'
 import t, { type Test } from 'tap'
 import { usageRecords, watchedJobs } from '../../src/db/schema.js'
 import { calendarPeriods } from '../../src/limits/periods.js'
 import { parseMoney } from '../../src/pricing/money.js'
 import { buildTestApp, listen, TEST_REDIS_URL, type TestApp, type TestWorkspace } from '../helpers/app.js'
+import { createScratchDatabase } from '../helpers/database.js'
 import { completeBatchJob } from '../helpers/fake-mistral/batch.js'
 import { startTcpProxy } from '../helpers/tcp-proxy.js'
 
@@ -142,4 +144,97 @@ t.test('a spend counter re-seeded from the ledger before a job\'s charge counts 
   t.not((await watchOf(next, job.id)).chargedAt, null, 'the job is charged')
   t.same(await spendAndLedger(next, ws), { settled: 2 * callCost + jobCost, ledger: 2 * callCost + jobCost },
     'the seed left the job to its charge: counted once')
+})
+
+/** What the gateway's metrics counted of the workspace's batch jobs: requests, and spend in micro-units. */
+async function batchMetrics (s: TestApp, ws: TestWorkspace) {
+  const sum = async (name: string) => {
+    const { values } = await s.app.metrics.registry.getSingleMetric(name)!.get()
+    return values.filter(({ labels }) => labels.workspace === ws.slug && labels.operation === 'batch' &&
+      labels.model !== 'other').reduce((total, { value }) => total + value, 0)
+  }
+  return { requests: await sum('tramontane_requests_total'), spend: await sum('tramontane_spend_micros_total') }
+}
+
+/**
+ * A gateway on a database of its own, where the test makes PostgreSQL refuse one statement (a trigger) as a failover
+ * would; a capped workspace with a call settled, and a job of it that ended at Mistral.
+ */
+async function jobOnScratchDatabase (t: Test) {
+  const databaseUrl = await createScratchDatabase(t)
+  const s = await setup(t, { DATABASE_URL: databaseUrl, BATCH_POLL_INTERVAL_MS: '600000' })
+  const sql = new pg.Client({ connectionString: databaseUrl })
+  await sql.connect()
+  t.teardown(() => sql.end())
+  await sql.query(`create function refuse_row () returns trigger language plpgsql as $$
+    begin raise exception 'the test refuses this statement'; end $$`)
+  const ws = await s.createWorkspace({ keys: ['default', 'batch'] })
+  t.equal((await s.admin('PATCH', `/admin/v1/workspaces/${ws.slug}`, { caps: { monthly: '100.00' } })).statusCode, 200)
+  await sdkFor(s.url, ws).chat.complete({ model: MODEL, messages: [{ role: 'user', content: 'hello' }] })
+  const call = await until('the call settled', () => spendAndLedger(s, ws),
+    ({ settled, ledger }) => settled > 0 && settled === ledger)
+  // on a key of its own, which the operator may remove
+  const created = await s.app.inject({
+    method: 'POST',
+    url: '/v1/batch/jobs',
+    headers: { ...ws.headers, 'x-tramontane-key': 'batch' },
+    payload: { endpoint: '/v1/chat/completions', model: MODEL, requests: [{ custom_id: '0', body: requests[0].body }] }
+  })
+  const jobId = String(created.json().id)
+  completeBatchJob(s.mistral.stores, jobId, { completionTokens: 300 })
+  return { s, sql, ws, jobId, callCost: call.ledger }
+}
+
+const billedLines = (s: TestApp, jobId: string) =>
+  s.logs.filter((line) => line.includes('"batch job billed"') && line.includes(jobId)).length
+
+t.test('a job billed whose charge PostgreSQL does not let the watch note is in the metrics at once, once, and ' +
+  'charged once', async (t) => {
+  const { s, sql, ws, jobId, callCost } = await jobOnScratchDatabase(t)
+  await sql.query(`create trigger refuse_charge before update on watched_jobs for each row
+    when (new.job_id = '${jobId}' and new.charged_at is not null) execute function refuse_row()`)
+  await s.app.batchJobs.poll()
+  const watch = await watchOf(s, jobId)
+  t.match(watch, { status: 'recorded', chargedAt: null }, 'billed; its charge not noted')
+  const [record] = await s.app.database.db.select().from(usageRecords)
+    .where(eq(usageRecords.requestId, `batch:${jobId}`))
+  const total = callCost + record.billedCostMicros
+  t.same(await batchMetrics(s, ws), { requests: 1, spend: record.billedCostMicros }, 'the metrics count the job')
+  t.equal(billedLines(s, jobId), 1, 'its billing is logged')
+  t.same(await spendAndLedger(s, ws), { settled: total, ledger: total }, 'the spend counter took the charge')
+
+  // PostgreSQL lets the note through again: the next poll sends the charge again, which counts nothing more
+  await sql.query('drop trigger refuse_charge on watched_jobs')
+  await dueNow(s, jobId)
+  await s.app.batchJobs.poll()
+  t.not((await watchOf(s, jobId)).chargedAt, null, 'the charge is noted')
+  t.same(await batchMetrics(s, ws), { requests: 1, spend: record.billedCostMicros }, 'the metrics counted it once')
+  t.equal(billedLines(s, jobId), 1, 'billed once')
+  t.same(await spendAndLedger(s, ws), { settled: total, ledger: total }, 'the spend counter holds it once')
+})
+
+t.test('a job whose record reached the ledger after its check, and which then could not be read, is billed from ' +
+  'that record and charged once', async (t) => {
+  const { s, sql, ws, jobId, callCost } = await jobOnScratchDatabase(t)
+  // the record does not reach the ledger while the check runs: it waits in the recorder, and the job stays pending
+  await sql.query(`create trigger refuse_record before insert on usage_records for each row
+    when (new.request_id = 'batch:${jobId}') execute function refuse_row()`)
+  await s.app.batchJobs.poll()
+  t.equal((await watchOf(s, jobId)).status, 'pending', 'not billed: its record is not in the ledger')
+  await sql.query('drop trigger refuse_record on usage_records')
+  const [record] = await until('the record in the ledger', () =>
+    s.app.database.db.select().from(usageRecords).where(eq(usageRecords.requestId, `batch:${jobId}`)),
+  (rows) => rows.length === 1)
+  t.equal((await watchOf(s, jobId)).status, 'pending', 'the job is still pending')
+
+  // the operator removes the key the job was made with, and the client deletes the job: no check can read it now
+  t.equal((await s.admin('DELETE', `/admin/v1/workspaces/${ws.slug}/mistral-keys/batch`)).statusCode, 204)
+  const removed = await s.app.inject({ method: 'DELETE', url: `/v1/batch/jobs/${jobId}`, headers: ws.headers })
+  t.equal(removed.statusCode, 200, 'the job goes')
+  const watch = await watchOf(s, jobId)
+  t.equal(watch.status, 'recorded', 'billed: the ledger holds its record')
+  t.not(watch.chargedAt, null, 'and charged')
+  const total = callCost + record.billedCostMicros
+  t.same(await spendAndLedger(s, ws), { settled: total, ledger: total }, 'the spend counter holds the job once')
+  t.same(await batchMetrics(s, ws), { requests: 1, spend: record.billedCostMicros }, 'the metrics count it once')
 })

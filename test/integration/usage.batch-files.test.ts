@@ -189,3 +189,102 @@ t.test('a file deletion while PostgreSQL does not answer is refused 503 with Ret
   }
   t.equal(deletions(s).length, 2)
 })
+
+/** What Mistral was asked, in order, as `METHOD path`. */
+const asked = (s: TestApp) => s.mistral.received.map((request) => `${request.method} ${request.path}`)
+
+t.test('an output file a read named without the gateway looking (the jobs list, a read with inline) is billed ' +
+  'before its deletion', async (t) => {
+  const s = await setup(t)
+  const ws = await s.createWorkspace()
+  const sdk = new Mistral({ apiKey: ws.token, serverURL: s.url })
+  const promptTokens = PROMPTS.reduce((sum, text) => sum + countTokens(text), 0)
+  for (const read of ['the jobs list', 'a read with inline'] as const) {
+    const job = await sdk.batch.jobs.create({ endpoint: '/v1/chat/completions', model: MODEL, requests })
+    completeBatchJob(s.mistral.stores, job.id, { completionTokens: WORDS })
+    const shown = read === 'the jobs list'
+      ? (await sdk.batch.jobs.list()).data?.find((each) => each.id === job.id)
+      : await sdk.batch.jobs.get({ jobId: job.id, inline: true })
+    const output = String(shown?.outputFile)
+    t.match(await watchOf(s, job.id), { status: 'pending', outputFile: null }, `${read}: the gateway read none of it`)
+
+    const removed = await deleteFile(s, ws, output)
+    t.same([removed.statusCode, removed.json()], [200, { id: output, object: 'file', deleted: true }], read)
+    t.match(await watchOf(s, job.id), { status: 'recorded', outputFile: output },
+      `${read}: the job was billed before its output went`)
+    const paths = asked(s)
+    t.ok(paths.lastIndexOf(`GET /v1/files/${output}/content`) < paths.indexOf(`DELETE /v1/files/${output}`) &&
+      paths.includes(`GET /v1/files/${output}/content`), `${read}: its output was read before it was deleted`)
+    const [record] = await s.app.database.db.select().from(usageRecords)
+      .where(eq(usageRecords.requestId, `batch:${job.id}`))
+    t.match(record, { promptTokens, completionTokens: WORDS * PROMPTS.length }, `${read}: billed from its output`)
+  }
+})
+
+t.test('a read of a job that ended, then its output\'s deletion at once: the job is billed before the file goes',
+  async (t) => {
+    const s = await setup(t)
+    const ws = await s.createWorkspace()
+    const sdk = new Mistral({ apiKey: ws.token, serverURL: s.url })
+    for (let round = 0; round < 5; round++) {
+      const job = await sdk.batch.jobs.create({ endpoint: '/v1/chat/completions', model: MODEL, requests })
+      const output = String(completeBatchJob(s.mistral.stores, job.id, { completionTokens: WORDS }).output_file)
+      // the read's answer names the output file while the check it started is still under way
+      const read = await s.app.inject({ method: 'GET', url: `/v1/batch/jobs/${job.id}`, headers: ws.headers })
+      t.equal(read.json().output_file, output)
+      const removed = await deleteFile(s, ws, output)
+      t.equal(removed.statusCode, 200, `round ${round}: deleted`)
+      t.equal((await watchOf(s, job.id)).status, 'recorded', `round ${round}: the job was billed first`)
+      const paths = asked(s)
+      t.ok(paths.includes(`GET /v1/files/${output}/content`) &&
+        paths.lastIndexOf(`GET /v1/files/${output}/content`) < paths.indexOf(`DELETE /v1/files/${output}`),
+      `round ${round}: its output was read before it was deleted`)
+    }
+  })
+
+t.test('while jobs run, a file deletion reads the file from Mistral, and no job unless it is a job\'s output',
+  async (t) => {
+    const s = await setup(t)
+    const ws = await s.createWorkspace()
+    const sdk = new Mistral({ apiKey: ws.token, serverURL: s.url })
+    const billed = await endedNotBilled(t, s, ws)
+    await s.app.database.db.update(watchedJobs).set({ checkedAt: null }).where(eq(watchedJobs.jobId, billed.jobId))
+    await s.app.batchJobs.poll()
+    t.equal((await watchOf(s, billed.jobId)).status, 'recorded')
+    const running = await sdk.batch.jobs.create({ endpoint: '/v1/chat/completions', model: MODEL, requests })
+    const before = asked(s).length
+
+    // the output of a job billed, which its watch names: nothing is read from Mistral
+    t.equal((await deleteFile(s, ws, billed.output)).statusCode, 200)
+    t.same(asked(s).slice(before), [`DELETE /v1/files/${billed.output}`], 'the billed job\'s output: no read')
+
+    // an upload is no job's output, as Mistral's file says: the running job is not read
+    const upload = s.mistral.addFile({ filename: 'notes.jsonl', bytes: 10 })
+    t.equal((await deleteFile(s, ws, upload.id)).statusCode, 200)
+    t.same(asked(s).slice(before + 1), [`GET /v1/files/${upload.id}`, `DELETE /v1/files/${upload.id}`],
+      'an upload: its file read, no job')
+    t.equal(s.mistral.requestsTo(`/v1/batch/jobs/${running.id}`).length, 0, 'the running job was not read')
+    t.match(await watchOf(s, running.id), { status: 'pending', outputFile: null })
+  })
+
+t.test('a file that may be a pending job\'s output is not deleted while Mistral cannot say whose it is', async (t) => {
+  const s = await setup(t)
+  const ws = await s.createWorkspace()
+  const job = await new Mistral({ apiKey: ws.token, serverURL: s.url }).batch.jobs.create({
+    endpoint: '/v1/chat/completions', model: MODEL, requests
+  })
+  const output = String(completeBatchJob(s.mistral.stores, job.id, { completionTokens: WORDS }).output_file)
+  s.mistral.enqueueError(503, MISTRAL_DOWN, {}, `/v1/batch/jobs/${job.id}`)
+  const refused = await deleteFile(s, ws, output)
+  t.equal(refused.statusCode, 409)
+  t.match(refused.json(), {
+    code: 'conflict',
+    message: 'The file may be the output of a batch job of the workspace not billed yet, which could not be ' +
+      'checked; retry shortly'
+  })
+  t.equal(refused.headers['retry-after'], '60')
+  t.equal(deletions(s).length, 0, 'Mistral was not asked to delete it')
+
+  t.equal((await deleteFile(s, ws, output)).statusCode, 200, 'deleted once Mistral answers')
+  t.equal((await watchOf(s, job.id)).status, 'recorded', 'the job was billed first')
+})

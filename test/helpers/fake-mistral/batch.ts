@@ -93,10 +93,14 @@ export function completeBatchJob (stores: Stores, jobId: string, ending: BatchEn
   Object.assign(job, {
     status,
     output_file: outputs.length > 0 && ending.outputFile !== false
-      ? addFile(stores, { content: jsonl(outputs), filename: `${jobId}.jsonl`, numLines: outputs.length }).id
+      ? addFile(stores, {
+        content: jsonl(outputs), filename: `${jobId}.jsonl`, numLines: outputs.length, ...written('batch_result')
+      }).id
       : null,
     error_file: errors.length > 0
-      ? addFile(stores, { content: jsonl(errors), filename: `${jobId}_error.jsonl`, numLines: errors.length }).id
+      ? addFile(stores, {
+        content: jsonl(errors), filename: `${jobId}_error.jsonl`, numLines: errors.length, ...written('batch_error')
+      }).id
       : null,
     errors: errors.length > 0 ? [{ message: 'Invalid request', count: errors.length }] : [],
     completed_requests: succeeded + failed,
@@ -107,6 +111,9 @@ export function completeBatchJob (stores: Stores, jobId: string, ending: BatchEn
   })
   return job
 }
+
+/** How Mistral marks the files a job writes (the example of `GET /v1/files` in its spec). */
+const written = (sampleType: string) => ({ purpose: 'batch', sampleType, source: 'mistral' })
 
 /** The body the endpoint would have answered the request with (MISTRAL-NOTES §2.5 for the usage shapes). */
 function answerOf (endpoint: string, body: Record<string, unknown>, jobModel: string | null, words: number) {

@@ -26,6 +26,10 @@ export interface NewFile {
   content?: Buffer | string
   filename?: string
   purpose?: string
+  /** what Mistral marks the file as; by default that of an upload of its purpose */
+  sampleType?: string
+  /** `mistral` for a file Mistral wrote itself (a batch job's output); by default `upload` */
+  source?: string
   numLines?: number | null
   mimetype?: string | null
   expiresAt?: number | null
@@ -43,8 +47,8 @@ export function addFile (stores: Stores, file: NewFile): FileRecord {
     created_at: unixSeconds(),
     filename: file.filename ?? 'file.jsonl',
     purpose,
-    sample_type: SAMPLE_TYPES[purpose] ?? 'instruct',
-    source: 'upload',
+    sample_type: file.sampleType ?? SAMPLE_TYPES[purpose] ?? 'instruct',
+    source: file.source ?? 'upload',
     num_lines: file.numLines ?? null,
     mimetype: file.mimetype ?? null,
     signature: null,

@@ -1,0 +1,4 @@
+-- A job's output file is looked up by the deletion of a file through the gateway whatever its watch's status: the
+-- output of a job billed goes at once, while a file no watch names may have its pending jobs read from Mistral first.
+DROP INDEX "watched_jobs_pending_output_idx";--> statement-breakpoint
+CREATE INDEX "watched_jobs_output_idx" ON "watched_jobs" USING btree ("output_file") WHERE "watched_jobs"."output_file" is not null;
