@@ -28,7 +28,8 @@ const OCR_RESERVED_PAGES = 50
 // the most pages one OCR call processes: Mistral's document limit, ~1000 pages (docs.mistral.ai, OCR cookbook
 // "PDF Chunking"); a `pages` selection reaching past it is bounded here, not expanded
 const OCR_MAX_PAGES = 1_000
-// an upload of unknown length (chunked) may be as large as Mistral takes audio: 500 MB (MISTRAL-NOTES §2.1)
+// audio of unknown length (a chunked upload, a `file_url`) may be as long as the most Mistral takes: 500 MB
+// (MISTRAL-NOTES §2.1); nor does any call take more
 const MAX_AUDIO_SECONDS = Math.ceil(500 * 1024 * 1024 / AUDIO_BYTES_PER_SECOND)
 const MAX_OUTPUT_TOKENS = 10_000_000
 const MAX_CHOICES = 10_000
@@ -80,10 +81,11 @@ const isName = (value: unknown): value is string => typeof value === 'string' &&
  * The worst case of a metered call before it is made (DESIGN.md "Spend caps are hard"): prompt estimate + max_tokens
  * (or the model's output ceiling) × n, at the workspace's billed price. Unpriced models are refused here.
  */
-export function quoteCall ({ family, body, contentLength, prices, currency, markupBps, regional = false }: {
+export function quoteCall ({ family, body, audioBytes, prices, currency, markupBps, regional = false }: {
   family: MeteredFamily | null
   body: Record<string, unknown> | undefined
-  contentLength: number
+  /** a transcription's audio, in bytes (src/proxy/transcription-source.ts); undefined when its length is unknown */
+  audioBytes?: number
   prices: PriceBook
   currency: string
   markupBps: number
@@ -131,11 +133,13 @@ export function quoteCall ({ family, body, contentLength, prices, currency, mark
       return { quote: flatQuote(cost), price, tokenBound: false, regional, reservedUnits: { pages } }
     }
     case 'transcription': {
-      const audioSeconds = Math.ceil(contentLength / AUDIO_BYTES_PER_SECOND) || MAX_AUDIO_SECONDS
+      const known = audioBytes !== undefined && Number.isFinite(audioBytes) && audioBytes >= 0
+      const audioSeconds = known ? Math.min(Math.ceil(audioBytes / AUDIO_BYTES_PER_SECOND), MAX_AUDIO_SECONDS)
+        : MAX_AUDIO_SECONDS
       const cost = costOf(units({ audioSeconds }), price, { family, markupBps, regional }).billedMicros
-      // billed as an estimate only when the upload's size gave it: the most audio Mistral takes, reserved for an upload
-      // of unknown length, is no estimate of what a client that left was given
-      const reservedUnits = contentLength > 0 ? { audioSeconds } : undefined
+      // billed as an estimate only when a size gave it (the upload's, or the file's at Mistral): the most audio Mistral
+      // takes, reserved for audio of unknown length, is no estimate of what a client that left was given
+      const reservedUnits = known ? { audioSeconds } : undefined
       return { quote: flatQuote(cost), price, tokenBound: false, regional, reservedUnits }
     }
     case 'speech': {
@@ -183,10 +187,10 @@ function selectedPages (pages: unknown): number | undefined {
 }
 
 /**
- * The request's model, or — where the request names none (agents, conversations with an agent, transcriptions whose
- * model is a form field streamed past) — each unit at its dearest price in the family, the operator's `*` row
- * included: the call is settled at the price of the model Mistral answers with, whichever it is, so the reservation
- * must cover every one of them.
+ * The request's model, or — where the request names none (agents, conversations with an agent, transcriptions,
+ * whose model is a form field the gateway does not read) — each unit at its dearest price in the family, the
+ * operator's `*` row included: the call is settled at the price of the model Mistral answers with, whichever it is,
+ * so the reservation must cover every one of them.
  */
 function priceOf (prices: PriceBook, family: MeteredFamily, model: unknown, currency: string): ModelPrice | undefined {
   if (typeof model === 'string' && model.length > 0) return prices.resolve(model, family, currency)

@@ -28,6 +28,7 @@ import {
 } from './batch-hook.js'
 import { meterCall, type Meter } from './meter.js'
 import { boundOutput, quoteBatchCreation, quoteCall } from './quote.js'
+import { transcriptionAudio } from './transcription-source.js'
 import { isRegionalHost } from '../pricing/region.js'
 import { databaseUnanswered } from '../db/sql-state.js'
 import { holdLine, settled as lineSettled, unrouted } from '../request-line.js'
@@ -100,7 +101,7 @@ export async function proxyRoutes (app: FastifyInstance, { config, pool }: { con
     const tenant = request.tenant as TenantContext
     const operation = request.operation as Operation
     const candidates = await keyCandidates(tenant, request.headers['x-tramontane-key'], app.tenancy.keys)
-    const { body, rawBody } = requestBody(request.body)
+    const { body, rawBody: received } = requestBody(request.body)
     if (operation.metered !== null && operation.requestContentTypes.includes('application/json') && !isObject(body)) {
       // Mistral answers anything else with a 422; refused before the quote, which reads the object and bounds its
       // output, and before admission, so that nothing is held for it
@@ -110,6 +111,12 @@ export async function proxyRoutes (app: FastifyInstance, { config, pool }: { con
     // the model Mistral is asked for, once the dialect has named it (an OpenAI moderation without one runs on Mistral's)
     const model = modelOf(body)
     request.outcome = { model, keyName: candidates[0] }
+    // a transcription's audio, as its form names it (an upload, a file at Mistral, a URL): what bounds its cost
+    const audio = operation.metered === 'transcription'
+      ? await transcriptionAudio({ body: received, headers: request.headers, tenant, candidates, deps: attemptDeps,
+        log: request.log })
+      : undefined
+    const rawBody = audio ? audio.body : received
 
     // admission: the worst case of the call against every limit and cap, in one round trip
     const { workspace, token } = tenant
@@ -119,7 +126,7 @@ export async function proxyRoutes (app: FastifyInstance, { config, pool }: { con
     const priced = batchCall === 'created' ? quoteBatchCreation(body, app.prices, workspace.currency) : quoteCall({
       family: operation.metered,
       body: body as Record<string, unknown> | undefined,
-      contentLength: Number(request.headers['content-length'] ?? 0),
+      audioBytes: audio?.bytes,
       prices: app.prices,
       currency: workspace.currency,
       markupBps: workspace.markupBps,

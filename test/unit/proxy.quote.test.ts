@@ -34,9 +34,9 @@ async function bookWith (rows: Array<Partial<ModelPriceRow> & Pick<ModelPriceRow
   return book
 }
 
-function quote (family: MeteredFamily, body: Record<string, unknown> | undefined, { contentLength = 0,
-  prices = shipped }: { contentLength?: number, prices?: PriceBook } = {}) {
-  return quoteCall({ family, body, contentLength, prices, currency: 'USD', markupBps: 0 })
+function quote (family: MeteredFamily, body: Record<string, unknown> | undefined, { audioBytes,
+  prices = shipped }: { audioBytes?: number, prices?: PriceBook } = {}) {
+  return quoteCall({ family, body, audioBytes, prices, currency: 'USD', markupBps: 0 })
 }
 
 const ocr = shipped.resolve('mistral-ocr-latest', 'ocr', 'USD')!
@@ -74,13 +74,16 @@ t.test('transcription: an upload of unknown length reserves the most audio Mistr
   const seconds = (audioSeconds: number) => costOf({ promptTokens: 0, cachedTokens: 0, completionTokens: 0,
     audioSeconds, pages: 0, characters: 0 }, voxtral, { family: 'transcription', markupBps: 0 }).billedMicros
   const form = { model: 'voxtral-mini-latest' }
-  t.equal(quote('transcription', form, { contentLength: 2_000_000 }).quote.cost,
+  t.equal(quote('transcription', form, { audioBytes: 2_000_000 }).quote.cost,
     seconds(2_000_000 / AUDIO_BYTES_PER_SECOND), 'a known length: its seconds at 16 kbit/s')
-  // chunked: no content-length (routes.ts reads it as 0); 500 MB of audio (MISTRAL-NOTES §2.1) at 16 kbit/s
-  const unknown = quote('transcription', form, { contentLength: 0 }).quote.cost
+  // chunked, or a file_url: no length (src/proxy/transcription-source.ts); 500 MB of audio (MISTRAL-NOTES §2.1) at
+  // 16 kbit/s
+  const unknown = quote('transcription', form).quote.cost
   t.equal(unknown, seconds(Math.ceil(500 * 1024 * 1024 / AUDIO_BYTES_PER_SECOND)))
   t.ok(unknown > seconds(60), 'more than the minute a chunked upload used to reserve')
-  t.equal(quote('transcription', form, { contentLength: NaN }).quote.cost, unknown, 'an unreadable length too')
+  t.equal(quote('transcription', form, { audioBytes: NaN }).quote.cost, unknown, 'an unreadable length too')
+  t.equal(quote('transcription', form, { audioBytes: 2_000 * 1024 * 1024 }).quote.cost, unknown,
+    'no more than the most Mistral takes')
 })
 
 t.test('a model-less call is reserved at each field\'s dearest price, a cheap `*` row notwithstanding', async (t) => {
@@ -113,7 +116,7 @@ t.test('a model-less call is reserved at each field\'s dearest price, a cheap `*
       maxOutputTokens: row.outputCeiling }))))
   const audio = book.list('USD', 'transcription').filter((row) => row.status !== 'retired')
   const dearestMinute = Math.max(...audio.map((row) => row.audioPerMinute))
-  t.equal(quote('transcription', undefined, { contentLength: 120 * AUDIO_BYTES_PER_SECOND, prices: book }).quote.cost,
+  t.equal(quote('transcription', undefined, { audioBytes: 120 * AUDIO_BYTES_PER_SECOND, prices: book }).quote.cost,
     2 * dearestMinute, 'two minutes at the dearest per-minute price')
 
   // with a model named, its own price (or `*` for one the book does not know), as before
@@ -122,7 +125,7 @@ t.test('a model-less call is reserved at each field\'s dearest price, a cheap `*
 })
 
 t.test('a model-less call in a family with no price at all is refused', async (t) => {
-  t.throws(() => quoteCall({ family: 'agents_completion', body: { agent_id: 'ag_1' }, contentLength: 0,
+  t.throws(() => quoteCall({ family: 'agents_completion', body: { agent_id: 'ag_1' },
     prices: shipped, currency: 'GBP', markupBps: 0 }), { code: 'model_not_priced' })
 })
 

@@ -10,7 +10,7 @@ const BUFFERED_BODY_LIMIT = 64 * 1024 * 1024
 
 /**
  * Records every body as it is parsed. Uploads (multipart, binary) are streamed, counted and hashed, never kept;
- * everything else is buffered, and parsed when it is JSON.
+ * everything else is buffered, and parsed when it is JSON or an urlencoded form.
  */
 export function installBodyParsers (app: FastifyInstance, recorder: Recorder): void {
   app.removeAllContentTypeParsers()
@@ -21,6 +21,21 @@ export function installBodyParsers (app: FastifyInstance, recorder: Recorder): v
       const boundary = boundaryOf(request.headers['content-type'] ?? '') ?? ''
       record.form = await summarizeMultipart(counted(payload, (bytes) => { record.bodyBytes += bytes }), boundary)
       return record.form
+    })
+
+  // Mistral (FastAPI) reads a form's fields urlencoded too: the Python SDK sends a transcription without a file part
+  // so (mistralai/client-python#338)
+  app.addContentTypeParser('application/x-www-form-urlencoded', { parseAs: 'buffer', bodyLimit: BUFFERED_BODY_LIMIT },
+    function urlencoded (request, body: Buffer, done) {
+      const record = recorder.of(request.raw)
+      record.body = body
+      record.bodyBytes = body.length
+      const fields: Record<string, string> = {}
+      for (const [name, value] of new URLSearchParams(body.toString('utf8'))) {
+        fields[name] = name in fields ? `${fields[name]}, ${value}` : value
+      }
+      record.form = { fields, files: [] }
+      done(null, record.form)
     })
 
   app.addContentTypeParser(/^(application\/octet-stream|audio\/|video\/|image\/)/,

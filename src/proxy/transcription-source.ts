@@ -1,0 +1,322 @@
+import { Readable } from 'node:stream'
+import type { FastifyBaseLogger } from 'fastify'
+import { clientClosed } from '../errors.js'
+import { hasCaps } from '../limits/policy.js'
+import type { TenantContext } from '../tenancy/tokens.js'
+import type { AttemptDeps } from './attempts.js'
+
+/**
+ * A transcription names its audio by a `file` part (the audio is in the form), a `file_url` (Mistral fetches it) or
+ * a `file_id` (a file uploaded to /v1/files): AudioTranscriptionRequest in mistral-openapi.yaml. Its reservation
+ * against the spend caps must bound the audio Mistral bills, whichever it names; the form is streamed past, so this
+ * reads only as much of it as tells, and sends on the same bytes.
+ */
+
+/** What a form names as its audio, as far as the gateway read it. */
+interface AudioSource {
+  /** a `file` part: the audio is the body, as long as its length */
+  upload: boolean
+  /** a `file_url`: audio of any length, which the gateway does not fetch (no client's URL is fetched from here) */
+  url: boolean
+  /** `file_id` values */
+  fileIds: string[]
+  /** not read as Mistral reads it, or not wholly: it may name anything */
+  unread: boolean
+}
+
+export interface TranscriptionAudio {
+  /** the bytes of audio the call may be billed for; undefined when unknown (reserved as the most Mistral takes) */
+  bytes: number | undefined
+  /** the body to send on: the bytes received, those read put back */
+  body: Readable | undefined
+}
+
+/**
+ * The most of a form read before it says what it names: a form without an upload is a few hundred bytes (a
+ * `file_url` is at most 2,083 characters, a `file_id` a UUID, the other fields short), so 64 KiB holds any a client
+ * makes, and is read in one or a few socket reads. A form with an upload is read only up to its `file` part's
+ * headers; one whose head is longer is reserved as naming audio of unknown length.
+ */
+const READ_BOUND = 64 * 1024
+/** A form's head is a few KiB: 64 KiB take 10 s at 50 kbit/s. */
+const HEAD_READ_MS = 15_000
+/** A file's metadata is one small JSON answer: one that takes longer leaves its size unknown. */
+const LOOKUP_TIMEOUT_MS = 5_000
+
+const UNREAD: AudioSource = { upload: false, url: false, fileIds: [], unread: true }
+const NAMES_NOTHING: AudioSource = { upload: false, url: false, fileIds: [], unread: false }
+
+/**
+ * How many bytes of audio a transcription may be billed for, and its body to send on. A chunked form (no length) is
+ * not read: whatever it names, its length is unknown. A `file_id` is looked up at Mistral, with the key the call goes
+ * out with, only where a spend cap applies (nothing else needs its size).
+ */
+export async function transcriptionAudio ({ body, headers, tenant, candidates, deps, log }: {
+  /** undefined for a body parsed as JSON, from which Mistral reads an empty form: no audio */
+  body: Readable | undefined
+  headers: Record<string, string | string[] | undefined>
+  tenant: TenantContext
+  candidates: string[]
+  deps: AttemptDeps
+  log: FastifyBaseLogger
+}): Promise<TranscriptionAudio> {
+  const length = declaredLength(headers['content-length'])
+  if (body === undefined || length === 0) return { bytes: 0, body }
+  if (length === undefined) return { bytes: undefined, body }
+  const { source, body: forwarded } = await readSource(body, headers['content-type'], length)
+  if (source.unread || source.url || source.fileIds.length > 1) return { bytes: undefined, body: forwarded }
+  const uploaded = source.upload || source.fileIds.length === 0 ? length : 0
+  if (source.fileIds.length === 0) return { bytes: uploaded, body: forwarded }
+  const capped = hasCaps(tenant.workspace.caps) || hasCaps(tenant.token.caps)
+  const file = capped ? await fileBytes(deps, tenant.workspace.id, candidates, source.fileIds[0], log) : undefined
+  if (file === undefined) return { bytes: undefined, body: forwarded }
+  // a file Mistral does not have (null) is no audio: the call goes on, and the client gets Mistral's own answer
+  return { bytes: Math.max(uploaded, file ?? 0), body: forwarded }
+}
+
+function declaredLength (header: string | string[] | undefined): number | undefined {
+  return typeof header === 'string' && /^\d+$/.test(header) ? Number(header) : undefined
+}
+
+/**
+ * The form's source, from its content type as Mistral (Starlette) reads it: multipart/form-data, or
+ * application/x-www-form-urlencoded; anything else is read by Mistral as an empty form, which it refuses.
+ */
+async function readSource (body: Readable, contentType: string | string[] | undefined, length: number) {
+  if (typeof contentType !== 'string') return { source: NAMES_NOTHING, body }
+  const media = mediaType(contentType)
+  if (media?.type === 'application/x-www-form-urlencoded') {
+    if (length > READ_BOUND) return { source: UNREAD, body }
+    return readHead(body, (head, ended) => ended ? urlencodedSource(head) : undefined)
+  }
+  if (media?.type !== 'multipart/form-data') return { source: media === undefined ? UNREAD : NAMES_NOTHING, body }
+  const boundary = media.params.get('boundary')
+  if (boundary === undefined || boundary.length === 0 || boundary.length > 200 || media.escaped.has('boundary')) {
+    return { source: UNREAD, body }
+  }
+  // a small form is read whole (the parts after its audio too); a larger one only up to its audio
+  const whole = length <= READ_BOUND
+  return readHead(body, (head, ended) => multipartSource(head, boundary, ended, whole))
+}
+
+/**
+ * Reads `stream` until `decide` knows, or past READ_BOUND or HEAD_READ_MS (unread), then puts what it read back in
+ * front of the rest: the body sent on is the one received, and an upload's audio is never held. The bytes go back
+ * from the 'data' handler (or a timer), before the stream can end; a stream read to its end is replaced by them.
+ */
+function readHead (stream: Readable, decide: (head: Buffer, ended: boolean) => AudioSource | undefined):
+Promise<{ source: AudioSource, body: Readable }> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = []
+    let size = 0
+    // a client slow to send its form's head is not waited for unbounded before any limit applies: its form is read
+    // as naming audio of unknown length, and the call goes on to admission (concurrency, caps, deadlines)
+    const timer = setTimeout(() => putBack(UNREAD), HEAD_READ_MS)
+    const stop = () => {
+      clearTimeout(timer)
+      stream.off('data', onData).off('end', onEnd).off('error', onError).off('close', onClose)
+    }
+    function putBack (source: AudioSource) {
+      stop()
+      stream.pause()
+      if (size > 0) stream.unshift(Buffer.concat(chunks, size))
+      resolve({ source, body: stream })
+    }
+    function onData (chunk: Buffer) {
+      chunks.push(chunk)
+      size += chunk.length
+      const source = decide(Buffer.concat(chunks, size), false) ?? (size > READ_BOUND ? UNREAD : undefined)
+      if (source !== undefined) putBack(source)
+    }
+    function onEnd () {
+      stop()
+      const whole = Buffer.concat(chunks, size)
+      resolve({ source: decide(whole, true) ?? UNREAD, body: Readable.from([whole]) })
+    }
+    function onError (err: Error) {
+      stop()
+      reject(clientClosed('The client\'s form ended before it was read', { cause: err }))
+    }
+    function onClose () {
+      stop()
+      reject(clientClosed('The client closed the connection before its form was read'))
+    }
+    stream.on('data', onData).once('end', onEnd).once('error', onError).once('close', onClose)
+  })
+}
+
+const DELIMITER_END = Buffer.from('\r\n\r\n')
+const MENTION = /file_(?:url|id)/gi
+
+/**
+ * The source a multipart form names (RFC 7578), read strictly: where the gateway's reading could differ from
+ * Mistral's (python-multipart), the form is unread. Undefined while it needs more bytes. `whole`: read past the
+ * audio to the end (the form is small); otherwise its `file` part's headers end the reading.
+ */
+function multipartSource (head: Buffer, boundary: string, ended: boolean, whole: boolean): AudioSource | undefined {
+  const more = ended ? UNREAD : undefined
+  const delimiter = Buffer.from(`\r\n--${boundary}`)
+  // a leading CRLF makes the first delimiter like the others (RFC 2046 §5.1.1)
+  const data = Buffer.concat([Buffer.from('\r\n'), head])
+  const source: AudioSource = { upload: false, url: false, fileIds: [], unread: false }
+  let at = data.indexOf(delimiter)
+  if (at === -1) return more
+  let named = 0
+  while (true) {
+    const after = at + delimiter.length
+    if (data.length < after + 2) return more
+    const next = data.toString('latin1', after, after + 2)
+    if (next === '--') return mentionsOnlyWhatItNames(data.subarray(0, after), source, named)
+    if (next !== '\r\n') return UNREAD
+    const headersEnd = data.indexOf(DELIMITER_END, after + 2)
+    if (headersEnd === -1) return more
+    const name = partName(data.toString('latin1', after + 2, headersEnd))
+    if (name === undefined) return UNREAD
+    // a URL is reserved as the most audio there is, whatever else the form holds: no need to read on
+    if (name === 'file_url') return { ...source, url: true }
+    if (name === 'file') {
+      source.upload = true
+      if (!whole) return mentionsOnlyWhatItNames(data.subarray(0, headersEnd), source, named)
+    }
+    const valueStart = headersEnd + DELIMITER_END.length
+    const valueEnd = data.indexOf(delimiter, valueStart)
+    if (valueEnd === -1) return more
+    if (name === 'file_id') {
+      named++
+      const id = data.toString('utf8', valueStart, valueEnd)
+      // an empty id names no file
+      if (id.length > 0 && !source.fileIds.includes(id)) source.fileIds.push(id)
+    }
+    at = valueEnd
+  }
+}
+
+/**
+ * A form that mentions `file_url` or `file_id` elsewhere than as the name of a part it read (in another part's value,
+ * a filename, a header) may be one another parser reads otherwise: it is read as naming what the gateway cannot see.
+ * Skipped where a URL is named, as that is reserved as the most audio already.
+ */
+function mentionsOnlyWhatItNames (text: Buffer, source: AudioSource, named: number): AudioSource {
+  if (source.url) return source
+  const mentions = text.toString('latin1').match(MENTION)?.length ?? 0
+  const inIds = source.fileIds.reduce((sum, id) => sum + (id.match(MENTION)?.length ?? 0), 0)
+  return mentions === named + inIds ? source : UNREAD
+}
+
+/**
+ * A part's field name from its Content-Disposition: `form-data; name="..."`, a token or a quoted string without a
+ * quoted-pair. Undefined for anything else (no disposition or two, a folded header, `name*=` (RFC 2231), a name
+ * twice, an escape in it): Python reads those its own way.
+ */
+function partName (headers: string): string | undefined {
+  let disposition: string | undefined
+  for (const line of headers.split('\r\n')) {
+    const colon = line.indexOf(':')
+    if (colon <= 0 || line[0] === ' ' || line[0] === '\t') return undefined
+    if (line.slice(0, colon).trim().toLowerCase() !== 'content-disposition') continue
+    if (disposition !== undefined) return undefined
+    disposition = line.slice(colon + 1)
+  }
+  const media = disposition === undefined ? undefined : mediaType(disposition)
+  if (media?.type !== 'form-data' || media.escaped.has('name')) return undefined
+  return media.params.get('name')
+}
+
+/**
+ * A header's `type; key=value; ...` (RFC 9110 §5.6.6), keys lower-cased. Undefined when it does not parse, when a key
+ * repeats, or for an RFC 2231 `key*`: the reading Mistral makes of those cannot be told from here.
+ */
+function mediaType (header: string) {
+  const match = /^\s*([^\s;]+)\s*/.exec(header)
+  if (match === null) return undefined
+  const params = new Map<string, string>()
+  const escaped = new Set<string>()
+  const param = /;\s*([^\s=;"]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s;"]*))\s*/y
+  param.lastIndex = match[0].length
+  while (param.lastIndex < header.length) {
+    const found = param.exec(header)
+    if (found === null) return undefined
+    const key = found[1].toLowerCase()
+    if (params.has(key) || key.endsWith('*')) return undefined
+    const quoted = found[2]
+    if (quoted?.includes('\\')) escaped.add(key)
+    params.set(key, quoted ?? found[3])
+  }
+  return { type: match[1].toLowerCase(), params, escaped }
+}
+
+/**
+ * The source an urlencoded form names. Fields are split at `&` and at `;` too (python-multipart's separators are
+ * read as both: a field the gateway splits off that Mistral does not only reserves more), keys and values
+ * percent-decoded with `+` as a space, as Mistral decodes them.
+ */
+function urlencodedSource (body: Buffer): AudioSource {
+  const source: AudioSource = { upload: false, url: false, fileIds: [], unread: false }
+  let named = 0
+  let decodedText = ''
+  for (const field of body.toString('latin1').split(/[&;]/)) {
+    const equals = field.indexOf('=')
+    const key = decodeField(equals === -1 ? field : field.slice(0, equals))
+    const value = decodeField(equals === -1 ? '' : field.slice(equals + 1))
+    if (key === undefined || value === undefined) return UNREAD
+    decodedText += `${key}=${value}&`
+    if (key === 'file_url') {
+      source.url = true
+      named++
+    } else if (key === 'file_id') {
+      named++
+      if (value.length > 0 && !source.fileIds.includes(value)) source.fileIds.push(value)
+    }
+  }
+  return mentionsOnlyWhatItNames(Buffer.from(decodedText, 'latin1'), source, named)
+}
+
+function decodeField (text: string): string | undefined {
+  try {
+    return decodeURIComponent(text.replace(/\+/g, ' '))
+  } catch {
+    return undefined
+  }
+}
+
+/**
+ * `GET /v1/files/{id}` (RetrieveFile in mistral-openapi.yaml): the file's `bytes`, asked with the workspace's key
+ * that the call will go out with (the first of its candidates usable now: the one attempts.ts picks, unless the
+ * workspace's cooldown order holds for a cooling first key), through the proxy's pool. Null when Mistral has no such file; undefined when the size is not known (no usable key, an error, no
+ * answer in LOOKUP_TIMEOUT_MS, no `bytes`).
+ */
+async function fileBytes ({ pool, prefix, keys, health, metrics }: AttemptDeps, workspaceId: string,
+  candidates: string[], fileId: string, log: FastifyBaseLogger): Promise<number | null | undefined> {
+  let key
+  for (const name of candidates) {
+    const candidate = await keys.resolve(workspaceId, name)
+    if (candidate?.status === 'active' && !health.blocked(candidate.id)) {
+      key = candidate
+      break
+    }
+  }
+  if (key === undefined) return undefined
+  try {
+    const res = await pool.request({
+      // a dot segment encoded too: a hop that resolves `..` would ask another route
+      path: `${prefix}/v1/files/${encodeURIComponent(fileId).replace(/\./g, '%2E')}`,
+      method: 'GET',
+      headers: { authorization: `Bearer ${key.secret}`, accept: 'application/json' },
+      signal: AbortSignal.timeout(LOOKUP_TIMEOUT_MS)
+    })
+    metrics.upstream(res.statusCode)
+    if (res.statusCode !== 200) {
+      await res.body.dump()
+      if (res.statusCode === 404) return null
+      log.warn({ status: res.statusCode, key: key.name }, 'a transcription\'s file could not be looked up: reserved ' +
+        'as audio of unknown length')
+      return undefined
+    }
+    const { bytes } = await res.body.json() as { bytes?: unknown }
+    return typeof bytes === 'number' && Number.isSafeInteger(bytes) && bytes >= 0 ? bytes : undefined
+  } catch (err) {
+    log.warn({ err: { name: (err as Error).name, code: (err as NodeJS.ErrnoException).code }, key: key.name },
+      'a transcription\'s file could not be looked up: reserved as audio of unknown length')
+    return undefined
+  }
+}
