@@ -1,5 +1,5 @@
-import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify'
-import { databaseUnanswered } from './db/sql-state.js'
+import type { FastifyBaseLogger, FastifyError, FastifyReply, FastifyRequest } from 'fastify'
+import { databaseCause, databaseUnanswered } from './db/sql-state.js'
 
 /** Every error the gateway raises on purpose. `type` follows Mistral's and OpenAI's vocabularies. */
 export class GatewayError extends Error {
@@ -66,10 +66,13 @@ const DATABASE_RETRY_MS = 5_000
 
 /**
  * PostgreSQL unreachable, or not answering within PG_QUERY_TIMEOUT_MS, for a call that needs it now: a 503 to retry
- * shortly, as a token lookup's, not a 500 that says the call itself is at fault.
+ * shortly, as a token lookup's, not a 500 that says the call itself is at fault. Logged here, once per call.
  */
-export const databaseUnavailable = (cause: unknown) => notReady(
-  'The database does not answer right now; retry shortly', { headers: retryAfterHeaders(DATABASE_RETRY_MS), cause })
+export function databaseUnavailable (cause: unknown, log: FastifyBaseLogger): GatewayError {
+  log.error({ err: databaseCause(cause) ?? cause }, 'PostgreSQL did not answer: the request is answered 503')
+  return notReady('The database does not answer right now; retry shortly',
+    { headers: retryAfterHeaders(DATABASE_RETRY_MS), cause })
+}
 
 /**
  * When to retry, in both forms clients read: `Retry-After` in whole seconds (RFC 9110 §10.2.3; never 0, which some
@@ -103,9 +106,7 @@ function validationMessage (err: FastifyError): string | undefined {
 
 export function errorHandler (err: FastifyError | GatewayError, request: FastifyRequest, reply: FastifyReply) {
   if (!(err instanceof GatewayError) && databaseUnanswered(err)) {
-    // the driver's error: drizzle's own quotes the query's values
-    request.log.error({ err: err.cause ?? err }, 'PostgreSQL did not answer: the request is answered 503')
-    return errorHandler(databaseUnavailable(err), request, reply)
+    return errorHandler(databaseUnavailable(err, request.log), request, reply)
   }
   const known = err instanceof GatewayError
   let status = err.statusCode ?? 500

@@ -7,6 +7,7 @@ import { drizzle as drizzlePg } from 'drizzle-orm/node-postgres'
 import pg from 'pg'
 import { MAX_TIMER_MS } from '../config.js'
 import { lockFolder } from './embedded-lock.js'
+import { LeasingPool } from './pool.js'
 import * as schema from './schema.js'
 
 export type Database = PgDatabase<PgQueryResultHKT, typeof schema>
@@ -42,7 +43,7 @@ const SERVER_CANCEL_GRACE_MS = 1_000
 const CONNECT_TIMEOUT_MS = 5_000
 
 function openPostgres (url: string, poolSize: number, queryTimeoutMs: number | undefined): DatabaseHandle {
-  const pool = new pg.Pool({
+  const pool = new LeasingPool({
     connectionString: url,
     max: poolSize,
     connectionTimeoutMillis: CONNECT_TIMEOUT_MS,

@@ -1,3 +1,6 @@
+import { DrizzleQueryError } from 'drizzle-orm'
+import { DatabaseConnectError } from './pool.js'
+
 /**
  * The SQLSTATE code of an error PostgreSQL (or PGlite) raised, undefined for any other error (no connection, a bug):
  * drizzle wraps the driver's error, which carries the code, in its own.
@@ -20,14 +23,34 @@ const NETWORK_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE
 /**
  * Whether PostgreSQL did not answer: unreachable, gone silent, or cancelling a statement that waited past
  * PG_QUERY_TIMEOUT_MS (on a lock, say). The same call may succeed shortly; one whose statement PostgreSQL refused (a
- * constraint, a value, a trigger's exception) would not.
+ * constraint, a value, a trigger's exception) would not. Only a call to the database says so: a client's own error (a
+ * 4xx, such as an upload it cut short, which Node reports as ECONNRESET) or another service's never does.
  */
 export function databaseUnanswered (err: unknown): boolean {
-  const code = sqlState(err)
-  if (code !== undefined && (UNANSWERED_STATES.has(code) || code.startsWith('08') || NETWORK_CODES.has(code))) {
+  const status = (err as { statusCode?: unknown } | undefined)?.statusCode
+  if (typeof status === 'number' && status < 500) return false
+  const driverError = databaseCause(err)
+  if (!(driverError instanceof Error)) return false
+  const code = (driverError as { code?: unknown }).code
+  if (typeof code === 'string' && (UNANSWERED_STATES.has(code) || code.startsWith('08') || NETWORK_CODES.has(code))) {
     return true
   }
-  // drizzle wraps the driver's error in its own, whose message quotes the query
-  return [err, (err as { cause?: unknown }).cause].some((each) => each instanceof Error &&
-    UNANSWERED_MESSAGES.some((message) => each.message.startsWith(message)))
+  return UNANSWERED_MESSAGES.some((message) => driverError.message.startsWith(message))
+}
+
+// a cause chain is short; a cycle in one must not hang the error handler
+const MAX_CAUSES = 8
+
+/**
+ * What the driver (or PGlite) raised, found along the cause chain under drizzle's error (a query) or the pool's (a
+ * transaction's connection); undefined when no call to the database raised `err`. What to log: drizzle's message
+ * quotes the query's values.
+ */
+export function databaseCause (err: unknown): unknown {
+  let each = err
+  for (let depth = 0; each instanceof Error && depth < MAX_CAUSES; depth++) {
+    if (each instanceof DrizzleQueryError || each instanceof DatabaseConnectError) return each.cause
+    each = each.cause
+  }
+  return undefined
 }

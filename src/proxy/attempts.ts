@@ -4,8 +4,11 @@ import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
 import type { Dispatcher } from 'undici'
 import type { AuditLog } from '../audit/audit-log.js'
 import type { Config } from '../config.js'
+import { databaseUnanswered } from '../db/sql-state.js'
+import {
+  databaseUnavailable, GatewayError, retryAfterHeaders, unknownMistralKey, upstreamTimeout, upstreamUnreachable
+} from '../errors.js'
 import type { Metrics } from '../metrics.js'
-import { GatewayError, retryAfterHeaders, unknownMistralKey, upstreamTimeout, upstreamUnreachable } from '../errors.js'
 import type { KeyHealth } from '../resilience/key-health.js'
 import { isSpendLimit, retryAfterMs } from '../resilience/retry-after.js'
 import type { RetryBudget } from '../resilience/retry-budget.js'
@@ -102,7 +105,10 @@ export async function sendWithRetries (attempt: Attempt, deps: AttemptDeps): Pro
   budget.earn()
 
   while (true) {
-    const choice = await pickKey(workspaceId, candidates, plan, mayHold, deps)
+    const choice = await pickKey(workspaceId, candidates, plan, mayHold, deps).catch((err: unknown) => {
+      // a key PostgreSQL did not let the gateway read (never read yet) is its outage answer, not Mistral unreachable
+      throw databaseUnanswered(err) ? databaseUnavailable(err, request.log) : err
+    })
     if ('error' in choice) throw lastFailure ?? choice.error
     if ('hold' in choice) {
       after429 = undefined // mayHold counted it
