@@ -146,7 +146,10 @@ export const watchedJobs = pgTable('watched_jobs', {
   index('watched_jobs_status_idx').on(t.status, t.checkedAt),
   index('watched_jobs_uncharged_idx').on(t.checkedAt).where(sql`${t.status} = 'recorded' and ${t.chargedAt} is null`),
   // whatever the watch's status: a deletion of a billed job's output then goes at once, with no read of Mistral
-  index('watched_jobs_output_idx').on(t.outputFile).where(sql`${t.outputFile} is not null`)
+  index('watched_jobs_output_idx').on(t.outputFile).where(sql`${t.outputFile} is not null`),
+  // a file deletion's look for the workspace's jobs whose output is not known yet (batch-output-owner.ts)
+  index('watched_jobs_unknown_output_idx').on(t.workspaceId)
+    .where(sql`${t.status} = 'pending' and ${t.outputFile} is null`)
 ])
 
 export const auditLog = pgTable('audit_log', {

@@ -1,5 +1,6 @@
+import type { ServerResponse } from 'node:http'
 import type { FastifyRequest } from 'fastify'
-import { conflict, notReady, retryAfterHeaders } from '../errors.js'
+import { clientClosed, conflict, notReady, retryAfterHeaders } from '../errors.js'
 import type { TenantContext } from '../tenancy/tokens.js'
 import type { OutputOwner } from '../usage/batch-output-owner.js'
 import type { BatchWatcher, Settled } from '../usage/batch-watcher.js'
@@ -59,21 +60,25 @@ export const BATCH_JOB_DELETION = 'jobs_api_routes_batch_delete_batch_job'
  * inline are not documented to outlive it), so the output of a job of the workspace not billed yet is let go as the
  * job itself is: the job billed first, else 409 (running, or not billable yet), and 503 while PostgreSQL does not
  * answer. Whose output the file is, a check may not have learnt yet when the client did (batch-output-owner.ts): the
- * file is then read from Mistral, and the jobs that may have written it, and 409 while Mistral cannot say. Any other
- * file goes as it comes. A job whose Mistral key was removed lets its output go but stays watched: it stays at
- * Mistral, where the key, added back, may still read it.
+ * file is then read from Mistral, and the jobs that may have written it, and 409 while Mistral cannot say (within the
+ * check's budget); the client leaving ends that check. Any other file goes as it comes. A job whose Mistral key was
+ * removed lets its output go but stays watched: it stays at Mistral, where the key, added back, may still read it.
  */
-export async function billBeforeFileDeletion (watcher: BatchWatcher, url: string, workspaceId: string):
-Promise<void> {
+export async function billBeforeFileDeletion (watcher: BatchWatcher, url: string, workspaceId: string,
+  response: ServerResponse): Promise<void> {
   const fileId = idInPath(url)
+  const client = whileClientWaits(response)
   let owner: OutputOwner
   let settled: Settled | undefined
   try {
-    owner = await watcher.outputOwner(workspaceId, fileId)
+    owner = await watcher.outputOwner(workspaceId, fileId, client.signal)
     if (owner.jobId !== undefined) settled = await watcher.settle(workspaceId, owner.jobId, 'output')
   } catch (err) {
+    if (client.signal.aborted) throw clientClosed('The client left before the file was checked', { cause: err })
     throw notReady('The file cannot be checked before its deletion right now (the database does not answer); ' +
       'retry shortly', { headers: retryAfterHeaders(DATABASE_RETRY_MS), cause: err })
+  } finally {
+    client.done()
   }
   if (owner.unchecked) {
     // the file's id is the client's: the message quotes none
@@ -88,6 +93,15 @@ Promise<void> {
   }
   throw conflict(`File ${fileId} is the output of batch job ${owner.jobId}, which could not be billed yet; ` +
     'retry shortly', { headers: retryAfterHeaders(DELETION_RETRY_MS) })
+}
+
+/** A signal that ends when the client closes its connection before its answer is written. */
+function whileClientWaits (response: ServerResponse): { signal: AbortSignal, done: () => void } {
+  const left = new AbortController()
+  const onClose = () => { if (!response.writableFinished) left.abort(new Error('the client left')) }
+  if (response.destroyed) left.abort(new Error('the client left'))
+  else response.once('close', onClose)
+  return { signal: left.signal, done: () => response.off('close', onClose) }
 }
 
 /** The operation that deletes a file at Mistral: the route awaits billBeforeFileDeletion for it only. */

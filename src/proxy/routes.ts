@@ -156,7 +156,7 @@ export async function proxyRoutes (app: FastifyInstance, { config, pool }: { con
       if (operation.id === BATCH_JOB_DELETION) {
         await billBeforeDeletion(app.batchJobs, request.url, workspace.id)
       } else if (operation.id === FILE_DELETION) {
-        await billBeforeFileDeletion(app.batchJobs, request.url, workspace.id)
+        await billBeforeFileDeletion(app.batchJobs, request.url, workspace.id, reply.raw)
       }
       if (ticket) {
         reply.headers(ticket.headers)

@@ -11,8 +11,13 @@ export interface BatchUpstream {
    * (they are as large as its output file). Undefined when Mistral has no such job.
    */
   jobWithResults (secret: string, jobId: string): Promise<AsyncIterable<Buffer> | undefined>
+  /**
+   * `GET /v1/batch/jobs` with these filters (`status`, `created_after`, `order_by`, `page`, `page_size`): one page of
+   * the jobs the key's organisation sees (`data`).
+   */
+  jobs (secret: string, query: URLSearchParams, signal?: AbortSignal): Promise<Record<string, unknown>>
   /** `GET /v1/files/{id}`: what Mistral says of the file (`sample_type`, ...). Undefined when it has no such file. */
-  file (secret: string, fileId: string): Promise<Record<string, unknown> | undefined>
+  file (secret: string, fileId: string, signal?: AbortSignal): Promise<Record<string, unknown> | undefined>
   /**
    * `GET /v1/files/{id}/content` (MISTRAL-NOTES §2.3): the body as it downloads, never held whole. Undefined when
    * Mistral has no such file: a client may delete its job's output file.
@@ -40,11 +45,13 @@ export function createBatchUpstream (config: Pick<Config, 'MISTRAL_BASE_URL' | '
   })
   const prefix = basePath(config.MISTRAL_BASE_URL)
 
-  /** The body of a 200, unread; undefined for a 404; anything else throws. */
-  async function get (secret: string, path: string): Promise<Dispatcher.ResponseData['body'] | undefined> {
+  /** The body of a 200, unread; undefined for a 404; anything else throws, as does `signal` ending the read. */
+  async function get (secret: string, path: string, signal?: AbortSignal):
+  Promise<Dispatcher.ResponseData['body'] | undefined> {
     const res = await pool.request({
       path: prefix + path,
       method: 'GET',
+      signal,
       headers: { authorization: `Bearer ${secret}`, accept: 'application/json, application/octet-stream' }
     })
     if (res.statusCode === 404) {
@@ -63,8 +70,14 @@ export function createBatchUpstream (config: Pick<Config, 'MISTRAL_BASE_URL' | '
       const body = await get(secret, `/v1/batch/jobs/${encodeURIComponent(jobId)}`)
       return body && await body.json() as Record<string, unknown>
     },
-    async file (secret, fileId) {
-      const body = await get(secret, `/v1/files/${encodeURIComponent(fileId)}`)
+    async jobs (secret, query, signal) {
+      const path = `/v1/batch/jobs?${query.toString()}`
+      const body = await get(secret, path, signal)
+      if (!body) throw new BatchUpstreamError(404, path)
+      return await body.json() as Record<string, unknown>
+    },
+    async file (secret, fileId, signal) {
+      const body = await get(secret, `/v1/files/${encodeURIComponent(fileId)}`, signal)
       return body && await body.json() as Record<string, unknown>
     },
     jobWithResults: (secret, jobId) => get(secret, `/v1/batch/jobs/${encodeURIComponent(jobId)}?inline=true`),

@@ -53,9 +53,10 @@ export interface BatchWatcher {
   settle (workspaceId: string, jobId: string, deleting?: 'job' | 'output'): Promise<Settled>
   /**
    * The pending job of the workspace whose output file this is, as Mistral named it to a check, or names it when
-   * asked now (batch-output-owner.ts); none for any other file. Throws when PostgreSQL does not answer.
+   * asked now (batch-output-owner.ts); none for any other file. Throws when PostgreSQL does not answer, and once
+   * `signal` ends (the client left).
    */
-  outputOwner (workspaceId: string, fileId: string): Promise<OutputOwner>
+  outputOwner (workspaceId: string, fileId: string, signal: AbortSignal): Promise<OutputOwner>
   /**
    * Checks the pending jobs that are due, and charges the billed ones whose charge the spend counters did not take;
    * every replica polls, a job is checked by one of them at a time.
@@ -487,7 +488,7 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
       return settling
     },
 
-    outputOwner: (workspaceId, fileId) => outputOwners.ownerOf(workspaceId, fileId),
+    outputOwner: (workspaceId, fileId, signal) => outputOwners.ownerOf(workspaceId, fileId, signal),
 
     poll,
 

@@ -1,3 +1,5 @@
+import { randomUUID } from 'node:crypto'
+import { request as httpRequest } from 'node:http'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { Mistral } from '@mistralai/mistralai'
 import { eq } from 'drizzle-orm'
@@ -274,7 +276,8 @@ t.test('a file that may be a pending job\'s output is not deleted while Mistral 
     endpoint: '/v1/chat/completions', model: MODEL, requests
   })
   const output = String(completeBatchJob(s.mistral.stores, job.id, { completionTokens: WORDS }).output_file)
-  s.mistral.enqueueError(503, MISTRAL_DOWN, {}, `/v1/batch/jobs/${job.id}`)
+  // the list of the jobs that ended, which would name the job as the file's
+  s.mistral.enqueueError(503, MISTRAL_DOWN, {}, { method: 'GET', path: '/v1/batch/jobs' })
   const refused = await deleteFile(s, ws, output)
   t.equal(refused.statusCode, 409)
   t.match(refused.json(), {
@@ -287,4 +290,218 @@ t.test('a file that may be a pending job\'s output is not deleted while Mistral 
 
   t.equal((await deleteFile(s, ws, output)).statusCode, 200, 'deleted once Mistral answers')
   t.equal((await watchOf(s, job.id)).status, 'recorded', 'the job was billed first')
+})
+
+/** A file Mistral wrote as a batch job's output, of a job the gateway never saw. */
+const batchResult = { filename: 'out.jsonl', purpose: 'batch', sampleType: 'batch_result', source: 'mistral' }
+
+async function createJob (s: TestApp, ws: TestWorkspace, keyName = 'default'): Promise<string> {
+  const created = await s.app.inject({
+    method: 'POST',
+    url: '/v1/batch/jobs',
+    headers: { ...ws.headers, 'x-tramontane-key': keyName },
+    payload: {
+      endpoint: '/v1/chat/completions', model: MODEL, requests: [{ body: { messages: [{ role: 'user', content: 'hi' }] } }]
+    }
+  })
+  if (created.statusCode !== 200) throw new Error(`job not created: ${created.statusCode} ${created.body}`)
+  return String(created.json().id)
+}
+
+t.test('a pending job whose Mistral key Mistral refuses, or the gateway marked invalid, holds back no other file',
+  async (t) => {
+    const s = await setup(t)
+    const ws = await s.createWorkspace({ keys: ['default', 'old'] })
+    const jobId = await createJob(s, ws, 'old')
+    // Mistral has since revoked the key the job was created with: only the default one is valid
+    s.mistral.validKeys.add(ws.mistralKey)
+
+    const upload = s.mistral.addFile({ filename: 'notes.jsonl', bytes: 10 })
+    t.equal((await deleteFile(s, ws, upload.id)).statusCode, 200, 'an upload goes')
+    const elsewhere = s.mistral.addFile(batchResult)
+    t.equal((await deleteFile(s, ws, elsewhere.id)).statusCode, 200, 'the output of a job the gateway never saw goes')
+
+    // a call meets Mistral's 401: the key is marked invalid, and no check reads with it again
+    const call = await s.app.inject({ url: '/v1/models', headers: { ...ws.headers, 'x-tramontane-key': 'old' } })
+    t.match([call.statusCode, call.json()], [502, { code: 'mistral_key_rejected' }])
+    const keys = (await s.admin('GET', `/admin/v1/workspaces/${ws.slug}/mistral-keys`)).json
+    t.match(keys, { data: [{ name: 'default', status: 'active' }, { name: 'old', status: 'invalid' }] })
+    const before = s.mistral.received.length
+    const another = s.mistral.addFile(batchResult)
+    t.equal((await deleteFile(s, ws, another.id)).statusCode, 200)
+    t.notOk(s.mistral.received.slice(before).some((request) => request.apiKey === `${ws.mistralKey}-old`),
+      'nothing was read with the invalid key')
+    t.match(await watchOf(s, jobId), { status: 'pending', outputFile: null }, 'the job is still watched')
+  })
+
+t.test('a key Mistral cannot answer for leaves the check to the workspace\'s other keys; refused only when none ' +
+  'could answer', async (t) => {
+  const s = await setup(t)
+  const ws = await s.createWorkspace({ keys: ['default', 'batch'] })
+  const jobId = await createJob(s, ws, 'batch')
+  const output = String(completeBatchJob(s.mistral.stores, jobId).output_file)
+  const batchKey = `${ws.mistralKey}-batch`
+
+  // the job's key is rate limited: the default key reads the file, and the jobs that ended, in its place
+  s.mistral.enqueueRateLimit({ retryAfterSeconds: 1, filter: `/v1/files/${output}` })
+  const removed = await deleteFile(s, ws, output)
+  t.equal(removed.statusCode, 200)
+  t.match(s.mistral.requestsTo(`/v1/files/${output}`)[0], { method: 'GET', apiKey: batchKey, status: 429 })
+  t.equal((await watchOf(s, jobId)).status, 'recorded', 'the job was billed before its output went')
+
+  // neither key answers: the file may be a job's output, which could not be checked
+  const other = await createJob(s, ws, 'batch')
+  const second = String(completeBatchJob(s.mistral.stores, other).output_file)
+  s.mistral.enqueueError(503, MISTRAL_DOWN, {}, `/v1/files/${second}`)
+  s.mistral.enqueueError(503, MISTRAL_DOWN, {}, `/v1/files/${second}`)
+  const refused = await deleteFile(s, ws, second)
+  t.equal(refused.statusCode, 409)
+  t.match(refused.json(), { code: 'conflict', message: /which could not be checked; retry shortly$/ })
+  t.equal(refused.headers['retry-after'], '60')
+  t.same(s.mistral.requestsTo(`/v1/files/${second}`).map((request) => [request.apiKey, request.status]),
+    [[batchKey, 503], [ws.mistralKey, 503]], 'each key was asked once')
+  t.equal((await deleteFile(s, ws, second)).statusCode, 200, 'deleted once Mistral answers')
+  t.equal((await watchOf(s, other)).status, 'recorded')
+})
+
+t.test('a file deletion reads the jobs that ended in one list, not each running job, and deletions at once share it',
+  async (t) => {
+    const s = await setup(t)
+    const ws = await s.createWorkspace()
+    const running: string[] = []
+    for (let i = 0; i < 30; i++) running.push(await createJob(s, ws))
+    const ended = await createJob(s, ws)
+    const output = String(completeBatchJob(s.mistral.stores, ended).output_file)
+    const gets = (from: number) => s.mistral.received.slice(from).filter((request) => request.method === 'GET')
+      .map((request) => request.path.split('?')[0])
+
+    // the output of a job the gateway never saw, deleted ten times at once
+    const elsewhere = s.mistral.addFile(batchResult)
+    const before = s.mistral.received.length
+    const answers = await Promise.all(Array.from({ length: 10 }, () => deleteFile(s, ws, elsewhere.id)))
+    t.same(answers.map((answer) => answer.statusCode).sort(), [200, ...Array(9).fill(404)], 'deleted once')
+    t.same(gets(before), [`/v1/files/${elsewhere.id}`, '/v1/batch/jobs'], 'one check: the file, then one list')
+    const [list] = s.mistral.received.slice(before).filter((request) => request.path.startsWith('/v1/batch/jobs?'))
+    const query = new URL(list.path, 'http://x').searchParams
+    t.same(query.getAll('status').sort(), ['CANCELLATION_REQUESTED', 'CANCELLED', 'FAILED', 'SUCCESS',
+      'TIMEOUT_EXCEEDED'], 'of the jobs that may have an output')
+    t.ok(query.has('created_after'), 'created since the oldest job the check looks for')
+    t.match(await watchOf(s, ended), { status: 'pending', outputFile: output },
+      'the list named the ended job\'s output')
+
+    // which then goes as the job's own: billed first, with no list
+    const next = s.mistral.received.length
+    t.equal((await deleteFile(s, ws, output)).statusCode, 200)
+    t.equal((await watchOf(s, ended)).status, 'recorded')
+    t.notOk(gets(next).includes('/v1/batch/jobs'), 'no list')
+    t.notOk(running.some((jobId) => s.mistral.requestsTo(`/v1/batch/jobs/${jobId}`).length > 0),
+      'no running job was read')
+  })
+
+/** The next read of the file at Mistral stalls until `release()`, then answers the file as Mistral would. */
+function stallFileRead (s: TestApp, fileId: string) {
+  let release!: () => void
+  const gate = new Promise<void>((resolve) => { release = resolve })
+  s.mistral.enqueue(async (_req, res) => {
+    await gate
+    if (res.destroyed) return
+    res.writeHead(200, { 'content-type': 'application/json' })
+    res.end(JSON.stringify(s.mistral.stores.files.get(fileId)))
+  }, `/v1/files/${fileId}`)
+  return { release, read: () => s.mistral.requestsTo(`/v1/files/${fileId}`)[0] }
+}
+
+async function until (condition: () => boolean, ms: number): Promise<boolean> {
+  for (const deadline = Date.now() + ms; Date.now() < deadline; await sleep(20)) if (condition()) return true
+  return condition()
+}
+
+t.test('a check Mistral does not answer ends within its budget, in a 409 with Retry-After', async (t) => {
+  const s = await setup(t)
+  const ws = await s.createWorkspace()
+  await createJob(s, ws)
+  const file = s.mistral.addFile(batchResult)
+  const stalled = stallFileRead(s, file.id)
+  // without a budget, the deletion would wait on Mistral for as long as the read takes
+  const released = setTimeout(stalled.release, 15_000)
+  t.teardown(() => clearTimeout(released))
+  const started = Date.now()
+  const refused = await deleteFile(s, ws, file.id)
+  const took = Date.now() - started
+  t.equal(refused.statusCode, 409)
+  t.match(refused.json(), { code: 'conflict', message: /which could not be checked; retry shortly$/ })
+  t.equal(refused.headers['retry-after'], '60')
+  t.ok(took >= 9_500 && took < 12_000, `answered after the check's 10 s (${took} ms)`)
+  t.ok(await until(() => stalled.read().aborted, 2_000), 'the read at Mistral was cut')
+  stalled.release()
+  t.equal(deletions(s).length, 0)
+})
+
+t.test('a client that leaves stops the check, unless another deletion of the file waits on it', async (t) => {
+  const s = await setup(t)
+  const ws = await s.createWorkspace()
+  await createJob(s, ws)
+  /** A deletion by a client that leaves once Mistral has been asked about the file. */
+  const leaving = async (fileId: string, read: () => unknown) => {
+    const client = httpRequest(new URL(`/v1/files/${fileId}`, s.url), { method: 'DELETE', headers: ws.headers })
+    client.on('error', () => {})
+    client.end()
+    t.ok(await until(() => read() !== undefined, 5_000), 'Mistral was asked about the file')
+    client.destroy()
+  }
+
+  const shared = s.mistral.addFile({ filename: 'notes.jsonl', bytes: 10 })
+  const waited = stallFileRead(s, shared.id)
+  const staying = deleteFile(s, ws, shared.id)
+  await leaving(shared.id, waited.read)
+  await sleep(500)
+  t.equal(waited.read().aborted, false, 'the read goes on for the deletion still waiting')
+  waited.release()
+  t.equal((await staying).statusCode, 200, 'which goes')
+  t.equal(s.mistral.requestsTo(`/v1/files/${shared.id}`).filter((request) => request.method === 'GET').length, 1,
+    'both shared one read')
+
+  const alone = s.mistral.addFile({ filename: 'notes.jsonl', bytes: 10 })
+  const left = stallFileRead(s, alone.id)
+  t.teardown(left.release)
+  await leaving(alone.id, left.read)
+  t.ok(await until(() => left.read().aborted, 2_000), 'the read at Mistral was cut when the client left')
+  await sleep(200)
+  t.notOk(deletions(s).some((request) => request.path === `/v1/files/${alone.id}`), 'the file was not deleted')
+})
+
+t.test('the list holds only the jobs that could have written the file, and a few pages of it at most', async (t) => {
+  const s = await setup(t)
+  const ws = await s.createWorkspace()
+  const jobId = await createJob(s, ws)
+  const output = String(completeBatchJob(s.mistral.stores, jobId).output_file)
+  const now = Math.floor(Date.now() / 1000)
+  /** Jobs of the organisation that ended, created at `createdAt` (Unix seconds), each with an output. */
+  const organisationJobs = (count: number, createdAt: number) => {
+    for (let i = 0; i < count; i++) {
+      const id = randomUUID()
+      s.mistral.stores.batchJobs.set(id, {
+        id, status: 'SUCCESS', created_at: createdAt, output_file: s.mistral.addFile(batchResult).id
+      })
+    }
+  }
+  const lists = () => s.mistral.received.filter((request) => request.path.startsWith('/v1/batch/jobs?'))
+  // created an hour before the job, and an hour after the file: none of them can be the file's
+  organisationJobs(400, now - 3_600)
+  organisationJobs(400, now + 3_600)
+  const file = s.mistral.addFile(batchResult)
+  t.equal((await deleteFile(s, ws, file.id)).statusCode, 200)
+  t.equal(lists().length, 1, 'one page')
+  t.equal((await watchOf(s, jobId)).outputFile, output, 'the job that ended was on it')
+
+  // more jobs than three pages ended while the workspace's could have been the file's: it could not be checked
+  const running = await createJob(s, ws)
+  organisationJobs(350, now)
+  const busy = s.mistral.addFile(batchResult)
+  const before = lists().length
+  const refused = await deleteFile(s, ws, busy.id)
+  t.equal(refused.statusCode, 409)
+  t.match(refused.json(), { code: 'conflict', message: /which could not be checked; retry shortly$/ })
+  t.equal(lists().length - before, 3, 'three pages, no more')
+  t.match(await watchOf(s, running), { status: 'pending', outputFile: null })
 })

@@ -25,6 +25,15 @@ interface BatchRequest {
 
 interface JobParams { job_id: string }
 
+/** The filters of `GET /v1/batch/jobs` the fake applies. */
+interface ListQuery {
+  status?: string | string[]
+  page?: string
+  page_size?: string
+  created_after?: string
+  order_by?: string
+}
+
 /** How a job ends, for `completeBatchJob`. */
 export interface BatchEnding {
   /** a terminal `BatchJobStatus` (default SUCCESS) */
@@ -192,12 +201,16 @@ export async function batchRoutes (app: FastifyInstance, { ctx }: { ctx: FakeCon
     return job
   })
 
-  app.get<{ Querystring: { status?: string | string[], page?: string, page_size?: string } }>('/v1/batch/jobs',
+  app.get<{ Querystring: ListQuery }>('/v1/batch/jobs',
     async function listJobs (request) {
       const statuses = [request.query.status ?? []].flat()
+      const { created_after: createdAfter } = request.query
+      const after = createdAfter === undefined ? -Infinity : Date.parse(createdAfter) / 1000
+      // newest first unless `order_by=created`
+      const order = request.query.order_by === 'created' ? 1 : -1
       const all = [...jobs.values()]
-        .filter((job) => statuses.length === 0 || statuses.includes(job.status))
-        .sort((a, b) => b.created_at - a.created_at)
+        .filter((job) => (statuses.length === 0 || statuses.includes(job.status)) && job.created_at > after)
+        .sort((a, b) => order * (a.created_at - b.created_at))
       const page = Number(request.query.page ?? 0)
       const size = Number(request.query.page_size ?? 100)
       return { data: all.slice(page * size, (page + 1) * size), object: 'list', total: all.length }
