@@ -40,6 +40,11 @@ export interface TranscriptionAudio {
 const READ_BOUND = 64 * 1024
 /** A form's head is a few KiB: 64 KiB take 10 s at 50 kbit/s. */
 const HEAD_READ_MS = 15_000
+/**
+ * A form's head comes in a few socket reads (64 KiB in TCP segments are under 50): one sent in more, a byte or a few
+ * at a time, is not parsed read after read, which costs CPU before any limit applies.
+ */
+const HEAD_READS = 256
 /** A file's metadata is one small JSON answer: one that takes longer leaves its size unknown. */
 const LOOKUP_TIMEOUT_MS = 5_000
 
@@ -91,24 +96,32 @@ async function readSource (body: Readable, contentType: string | string[] | unde
   }
   if (media?.type !== 'multipart/form-data') return { source: media === undefined ? UNREAD : NAMES_NOTHING, body }
   const boundary = media.params.get('boundary')
-  if (boundary === undefined || boundary.length === 0 || boundary.length > 200 || media.escaped.has('boundary')) {
+  if (boundary === undefined || boundary.length === 0 || boundary.length > 200 || media.ambiguous.has('boundary')) {
     return { source: UNREAD, body }
   }
   // a small form is read whole (the parts after its audio too); a larger one only up to its audio
   const whole = length <= READ_BOUND
-  return readHead(body, (head, ended) => multipartSource(head, boundary, ended, whole))
+  // what tells (a delimiter's CRLF or `--`, a part's headers' end) ends in `\n` or `-`: a read without either adds
+  // nothing to tell by, as the reading of a longer head starts as that of a shorter one
+  return readHead(body, (head, ended, last) => ended || last.includes(0x0a) || last.includes(0x2d)
+    ? multipartSource(head, boundary, ended, whole)
+    : undefined)
 }
 
 /**
- * Reads `stream` until `decide` knows, or past READ_BOUND or HEAD_READ_MS (unread), then puts what it read back in
- * front of the rest: the body sent on is the one received, and an upload's audio is never held. The bytes go back
- * from the 'data' handler (or a timer), before the stream can end; a stream read to its end is replaced by them.
+ * Reads `stream` until `decide` knows, or past READ_BOUND, HEAD_READS or HEAD_READ_MS (unread), then puts what it read
+ * back in front of the rest: the body sent on is the one received, and an upload's audio is never held. The bytes go
+ * back from the 'data' handler (or a timer), before the stream can end; a stream read to its end is replaced by them.
+ * `decide` sees the first READ_BOUND bytes, copied once into one buffer, and the read just made.
  */
-function readHead (stream: Readable, decide: (head: Buffer, ended: boolean) => AudioSource | undefined):
+function readHead (stream: Readable,
+  decide: (head: Buffer, ended: boolean, last: Buffer) => AudioSource | undefined):
 Promise<{ source: AudioSource, body: Readable }> {
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = []
+    const head = Buffer.allocUnsafe(READ_BOUND)
     let size = 0
+    let reads = 0
     // a client slow to send its form's head is not waited for unbounded before any limit applies: its form is read
     // as naming audio of unknown length, and the call goes on to admission (concurrency, caps, deadlines)
     const timer = setTimeout(() => putBack(UNREAD), HEAD_READ_MS)
@@ -123,15 +136,18 @@ Promise<{ source: AudioSource, body: Readable }> {
       resolve({ source, body: stream })
     }
     function onData (chunk: Buffer) {
+      if (size < READ_BOUND) chunk.copy(head, size)
       chunks.push(chunk)
       size += chunk.length
-      const source = decide(Buffer.concat(chunks, size), false) ?? (size > READ_BOUND ? UNREAD : undefined)
+      reads++
+      const source = decide(head.subarray(0, Math.min(size, READ_BOUND)), false, chunk) ??
+        (size > READ_BOUND || reads >= HEAD_READS ? UNREAD : undefined)
       if (source !== undefined) putBack(source)
     }
     function onEnd () {
       stop()
       const whole = Buffer.concat(chunks, size)
-      resolve({ source: decide(whole, true) ?? UNREAD, body: Readable.from([whole]) })
+      resolve({ source: decide(whole, true, Buffer.alloc(0)) ?? UNREAD, body: Readable.from([whole]) })
     }
     function onError (err: Error) {
       stop()
@@ -161,6 +177,7 @@ function multipartSource (head: Buffer, boundary: string, ended: boolean, whole:
   const source: AudioSource = { upload: false, url: false, fileIds: [], unread: false }
   let at = data.indexOf(delimiter)
   if (at === -1) return more
+  // mentions read as what they are: the names of file_id parts, and text where no name can be (see below)
   let named = 0
   while (true) {
     const after = at + delimiter.length
@@ -170,10 +187,13 @@ function multipartSource (head: Buffer, boundary: string, ended: boolean, whole:
     if (next !== '\r\n') return UNREAD
     const headersEnd = data.indexOf(DELIMITER_END, after + 2)
     if (headersEnd === -1) return more
-    const name = partName(data.toString('latin1', after + 2, headersEnd))
-    if (name === undefined) return UNREAD
+    const disposition = partDisposition(data.toString('latin1', after + 2, headersEnd))
+    if (disposition === undefined) return UNREAD
+    const { name, filename } = disposition
     // a URL is reserved as the most audio there is, whatever else the form holds: no need to read on
     if (name === 'file_url') return { ...source, url: true }
+    // a filename read as Python reads it (profile_id.wav) names no field
+    named += mentions(filename ?? '')
     if (name === 'file') {
       source.upload = true
       if (!whole) return mentionsOnlyWhatItNames(data.subarray(0, headersEnd), source, named)
@@ -181,6 +201,8 @@ function multipartSource (head: Buffer, boundary: string, ended: boolean, whole:
     const valueStart = headersEnd + DELIMITER_END.length
     const valueEnd = data.indexOf(delimiter, valueStart)
     if (valueEnd === -1) return more
+    // nor does the audio: it ends at the same delimiter as a field's value, but it may hold any bytes
+    if (name === 'file') named += mentions(data.toString('latin1', valueStart, valueEnd))
     if (name === 'file_id') {
       named++
       const id = data.toString('utf8', valueStart, valueEnd)
@@ -193,22 +215,26 @@ function multipartSource (head: Buffer, boundary: string, ended: boolean, whole:
 
 /**
  * A form that mentions `file_url` or `file_id` elsewhere than as the name of a part it read (in another part's value,
- * a filename, a header) may be one another parser reads otherwise: it is read as naming what the gateway cannot see.
- * Skipped where a URL is named, as that is reserved as the most audio already.
+ * a header) may be one another parser reads otherwise: it is read as naming what the gateway cannot see. `named`
+ * counts the mentions read as what they are (names, filenames, audio). Skipped where a URL is named, as that is
+ * reserved as the most audio already.
  */
 function mentionsOnlyWhatItNames (text: Buffer, source: AudioSource, named: number): AudioSource {
   if (source.url) return source
-  const mentions = text.toString('latin1').match(MENTION)?.length ?? 0
-  const inIds = source.fileIds.reduce((sum, id) => sum + (id.match(MENTION)?.length ?? 0), 0)
-  return mentions === named + inIds ? source : UNREAD
+  const inIds = source.fileIds.reduce((sum, id) => sum + mentions(id), 0)
+  return mentions(text.toString('latin1')) === named + inIds ? source : UNREAD
+}
+
+function mentions (text: string): number {
+  return text.match(MENTION)?.length ?? 0
 }
 
 /**
  * A part's field name from its Content-Disposition: `form-data; name="..."`, a token or a quoted string without a
  * quoted-pair. Undefined for anything else (no disposition or two, a folded header, `name*=` (RFC 2231), a name
- * twice, an escape in it): Python reads those its own way.
+ * twice, an escape in it): Python reads those its own way. Its `filename` where Python reads it the same way.
  */
-function partName (headers: string): string | undefined {
+function partDisposition (headers: string): { name: string, filename: string | undefined } | undefined {
   let disposition: string | undefined
   for (const line of headers.split('\r\n')) {
     const colon = line.indexOf(':')
@@ -218,31 +244,36 @@ function partName (headers: string): string | undefined {
     disposition = line.slice(colon + 1)
   }
   const media = disposition === undefined ? undefined : mediaType(disposition)
-  if (media?.type !== 'form-data' || media.escaped.has('name')) return undefined
-  return media.params.get('name')
+  if (media?.type !== 'form-data' || media.ambiguous.has('name')) return undefined
+  const name = media.params.get('name')
+  if (name === undefined) return undefined
+  return { name, filename: media.ambiguous.has('filename') ? undefined : media.params.get('filename') }
 }
 
 /**
  * A header's `type; key=value; ...` (RFC 9110 §5.6.6), keys lower-cased. Undefined when it does not parse, when a key
- * repeats, or for an RFC 2231 `key*`: the reading Mistral makes of those cannot be told from here.
+ * repeats, or for any RFC 2231 key (`key*`, `key*0`, `key*1*`: Python's email package joins continuations into the
+ * key before the star, whatever a plain `key` says): the reading Mistral makes of those cannot be told from here.
+ * `ambiguous`: the keys whose value Python unquotes otherwise (a quoted-pair, or `<...>`, which it strips).
  */
 function mediaType (header: string) {
   const match = /^\s*([^\s;]+)\s*/.exec(header)
   if (match === null) return undefined
   const params = new Map<string, string>()
-  const escaped = new Set<string>()
+  const ambiguous = new Set<string>()
   const param = /;\s*([^\s=;"]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s;"]*))\s*/y
   param.lastIndex = match[0].length
   while (param.lastIndex < header.length) {
     const found = param.exec(header)
     if (found === null) return undefined
     const key = found[1].toLowerCase()
-    if (params.has(key) || key.endsWith('*')) return undefined
+    if (params.has(key) || key.includes('*')) return undefined
     const quoted = found[2]
-    if (quoted?.includes('\\')) escaped.add(key)
-    params.set(key, quoted ?? found[3])
+    const value = quoted ?? found[3]
+    if (quoted?.includes('\\') === true || /^<.*>$/s.test(value)) ambiguous.add(key)
+    params.set(key, value)
   }
-  return { type: match[1].toLowerCase(), params, escaped }
+  return { type: match[1].toLowerCase(), params, ambiguous }
 }
 
 /**

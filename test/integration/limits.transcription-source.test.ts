@@ -184,3 +184,24 @@ t.test('an upload is forwarded as it arrives, unchanged, with nothing looked up'
   t.equal(received?.form?.files[0].sha256, createHash('sha256').update(audio).digest('hex'), 'the audio unchanged')
   t.equal(mistral.requestsTo('/v1/files').length, 0, 'no file was looked up')
 })
+
+t.test('a form whose names or boundary Python joins from RFC 2231 continuations reserves the most audio', async (t) => {
+  const { url, ws, mistral } = await cappedWorkspace(t)
+  const audioUrl = 'https://example.com/ten-hours.mp3'
+  const part = (disposition: string, value: string) =>
+    `--${BOUNDARY}\r\ncontent-disposition: form-data; ${disposition}\r\n\r\n${value}\r\n`
+  const model = part('name="model"', MODEL)
+  const end = `--${BOUNDARY}--\r\n`
+  // Starlette reads `name*0`/`name*1` as `file_url` (or `file_id`), whatever the plain `name` says
+  refusedByCap(t, await transcribe(url, ws,
+    Buffer.from(model + part('name="file"; name*0="file_"; name*1="url"', audioUrl) + end), MULTIPART),
+  'a file part continued into file_url')
+  refusedByCap(t, await transcribe(url, ws,
+    Buffer.from(part('name="model"; name*0="file_"; name*1="id"', randomUUID()) + end), MULTIPART),
+  'a model part continued into file_id')
+  // the gateway would split on the plain boundary, Python on the continued one
+  refusedByCap(t, await transcribe(url, ws, multipart([['model', MODEL], ['file_url', audioUrl]]),
+    `multipart/form-data; boundary=other; boundary*0=${BOUNDARY}`), 'a continued boundary')
+  t.equal(mistral.requestsTo(TRANSCRIPTIONS).length, 0, 'none reached Mistral')
+  t.equal(mistral.requestsTo('/v1/files').length, 0, 'no file was looked up')
+})
