@@ -1,5 +1,5 @@
 import { setTimeout as sleep } from 'node:timers/promises'
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { buildTestApp, type TestApp, type TestWorkspace } from '../helpers/app.js'
 
 // A Mistral key replaced or deleted never comes back under its id (a replacement gets a new one): what key health
@@ -44,13 +44,7 @@ async function until (check: () => boolean, timeoutMs = 2_000) {
 
 t.test('a replaced key\'s open breaker is dropped on every replica and in Redis, not only kept off the new key',
   async (t) => {
-    const one = await buildTestApp(t, ENV)
-    const two = await buildTestApp(t, ENV, { mistral: one.mistral })
-    const ws = await one.createWorkspace()
-    const oldId = await keyId(one, ws, 'default')
-    one.mistral.enqueueError(503, MISTRAL_503, {}, CHAT)
-    t.equal((await chat(one, ws)).status, 503, 'Mistral\'s 503 opened the breaker')
-    t.ok(await until(() => two.app.keyHealth.blocked(oldId) !== undefined), 'the other replica heard of it')
+    const { one, two, ws, oldId } = await twoReplicasWithOpenBreaker(t)
     for (const s of [one, two]) t.equal(s.app.keyHealth.blocked(oldId)?.reason, 'breaker_open')
     t.same(await inRedis(one, ws, oldId), { block: 1, registered: true })
 
@@ -133,6 +127,18 @@ const COMPLETION = {
   usage: { prompt_tokens: 3, completion_tokens: 1, total_tokens: 4 }
 }
 
+/** Two replicas sharing Redis and one fake Mistral, whose 503 opened the breaker of the workspace's `default` key. */
+async function twoReplicasWithOpenBreaker (t: Test) {
+  const one = await buildTestApp(t, ENV)
+  const two = await buildTestApp(t, ENV, { mistral: one.mistral })
+  const ws = await one.createWorkspace()
+  const oldId = await keyId(one, ws, 'default')
+  one.mistral.enqueueError(503, MISTRAL_503, {}, CHAT)
+  t.equal((await chat(one, ws)).status, 503, 'Mistral\'s 503 opened the breaker')
+  t.ok(await until(() => two.app.keyHealth.blocked(oldId) !== undefined), 'the other replica heard of it')
+  return { one, two, ws, oldId }
+}
+
 /** Sends a call that Mistral holds; resolves once Mistral has it, to the call's own answer (a promise). */
 async function inFlight (s: TestApp, ws: TestWorkspace): Promise<{ answer: ReturnType<typeof chat> }> {
   const before = s.mistral.requestsTo(CHAT).length
@@ -204,13 +210,7 @@ t.test('a replica that missed the news of the replacement writes nothing of the 
 
 t.test('a replica whose pub/sub was away when the key was replaced drops the old key\'s breaker once it is back',
   async (t) => {
-    const one = await buildTestApp(t, ENV)
-    const two = await buildTestApp(t, ENV, { mistral: one.mistral })
-    const ws = await one.createWorkspace()
-    const oldId = await keyId(one, ws, 'default')
-    one.mistral.enqueueError(503, MISTRAL_503, {}, CHAT)
-    t.equal((await chat(one, ws)).status, 503, 'Mistral\'s 503 opened the breaker')
-    t.ok(await until(() => two.app.keyHealth.blocked(oldId) !== undefined), 'on both replicas')
+    const { one, two, ws, oldId } = await twoReplicasWithOpenBreaker(t)
 
     const subscriber = two.app.redis!.subscriber
     const reconnected = new Promise((resolve) => subscriber.once('ready', resolve))
@@ -227,13 +227,7 @@ t.test('a replica whose pub/sub was away when the key was replaced drops the old
 
 t.test('a replacement made while Redis does not answer the replica is forgotten everywhere once Redis is back',
   async (t) => {
-    const one = await buildTestApp(t, ENV)
-    const two = await buildTestApp(t, ENV, { mistral: one.mistral })
-    const ws = await one.createWorkspace()
-    const oldId = await keyId(one, ws, 'default')
-    one.mistral.enqueueError(503, MISTRAL_503, {}, CHAT)
-    t.equal((await chat(one, ws)).status, 503, 'Mistral\'s 503 opened the breaker')
-    t.ok(await until(() => two.app.keyHealth.blocked(oldId) !== undefined), 'on both replicas')
+    const { one, two, ws, oldId } = await twoReplicasWithOpenBreaker(t)
 
     const client = one.app.redis!.client
     const back = new Promise((resolve) => client.once('ready', resolve))
