@@ -62,7 +62,7 @@ export const authenticationUnavailable = (cause: unknown, retryMs: number) => ne
   { headers: retryAfterHeaders(retryMs), cause })
 
 // what a reconnect to PostgreSQL usually takes
-const DATABASE_RETRY_MS = 5_000
+export const DATABASE_RETRY_MS = 5_000
 
 /**
  * PostgreSQL unreachable, or not answering within PG_QUERY_TIMEOUT_MS, for a call that needs it now: a 503 to retry

@@ -1,6 +1,6 @@
 import type { ServerResponse } from 'node:http'
 import type { FastifyRequest } from 'fastify'
-import { clientClosed, conflict, notReady, retryAfterHeaders } from '../errors.js'
+import { clientClosed, conflict, DATABASE_RETRY_MS, notReady, retryAfterHeaders } from '../errors.js'
 import type { TenantContext } from '../tenancy/tokens.js'
 import type { OutputOwner } from '../usage/batch-output-owner.js'
 import type { BatchWatcher, Settled } from '../usage/batch-watcher.js'
@@ -109,8 +109,6 @@ export const FILE_DELETION = 'files_api_routes_delete_file'
 
 // about a poll's worth: the output not found yet is read again by then
 const DELETION_RETRY_MS = 60_000
-// what a reconnect to PostgreSQL usually takes
-const DATABASE_RETRY_MS = 5_000
 
 /**
  * The id as Mistral reads it: the last segment of the path, percent-decoded (the route has refused a path that does

@@ -4,6 +4,7 @@ import { clientClosed } from '../errors.js'
 import { hasCaps } from '../limits/policy.js'
 import type { TenantContext } from '../tenancy/tokens.js'
 import type { AttemptDeps } from './attempts.js'
+import { pathSegment } from './upstream.js'
 
 /**
  * A transcription names its audio by a `file` part (the audio is in the form), a `file_url` (Mistral fetches it) or
@@ -329,8 +330,7 @@ async function fileBytes ({ pool, prefix, keys, health, metrics }: AttemptDeps, 
   if (key === undefined) return undefined
   try {
     const res = await pool.request({
-      // a dot segment encoded too: a hop that resolves `..` would ask another route
-      path: `${prefix}/v1/files/${encodeURIComponent(fileId).replace(/\./g, '%2E')}`,
+      path: `${prefix}/v1/files/${pathSegment(fileId)}`,
       method: 'GET',
       headers: { authorization: `Bearer ${key.secret}`, accept: 'application/json' },
       signal: AbortSignal.timeout(LOOKUP_TIMEOUT_MS)

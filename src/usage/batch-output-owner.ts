@@ -3,6 +3,7 @@ import type { FastifyBaseLogger } from 'fastify'
 import type { Database } from '../db/client.js'
 import { watchedJobs } from '../db/schema.js'
 import type { MistralKeyStore } from '../tenancy/mistral-keys.js'
+import { TERMINAL_STATUSES } from './batch-output.js'
 import { BatchUpstreamError, type BatchUpstream } from './batch-upstream.js'
 
 /** Whose output a file is, among the workspace's watched jobs, as far as the gateway can tell before its deletion. */
@@ -218,7 +219,7 @@ export function createOutputOwners ({ db, keys, upstream, log }: OwnerOptions) {
 const NOT_SEEN = Symbol('not seen')
 
 // the statuses of jobs that may have an output file: not QUEUED, not RUNNING (BatchJobStatus in Mistral's spec)
-const ENDED_STATUSES = ['SUCCESS', 'FAILED', 'TIMEOUT_EXCEEDED', 'CANCELLATION_REQUESTED', 'CANCELLED']
+const ENDED_STATUSES = [...TERMINAL_STATUSES, 'CANCELLATION_REQUESTED']
 // Mistral's default page size for the jobs list; three pages bound a check at four reads of Mistral per key
 const PAGE_SIZE = 100
 const LIST_PAGES = 3

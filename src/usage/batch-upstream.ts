@@ -1,6 +1,6 @@
 import { Pool, type Dispatcher } from 'undici'
 import type { Config } from '../config.js'
-import { basePath } from '../proxy/upstream.js'
+import { basePath, pathSegment } from '../proxy/upstream.js'
 
 /** What the batch watcher reads from Mistral, with a workspace's own key. */
 export interface BatchUpstream {
@@ -67,7 +67,7 @@ export function createBatchUpstream (config: Pick<Config, 'MISTRAL_BASE_URL' | '
 
   return {
     async job (secret, jobId) {
-      const body = await get(secret, `/v1/batch/jobs/${encodeURIComponent(jobId)}`)
+      const body = await get(secret, `/v1/batch/jobs/${pathSegment(jobId)}`)
       return body && await body.json() as Record<string, unknown>
     },
     async jobs (secret, query, signal) {
@@ -77,11 +77,11 @@ export function createBatchUpstream (config: Pick<Config, 'MISTRAL_BASE_URL' | '
       return await body.json() as Record<string, unknown>
     },
     async file (secret, fileId, signal) {
-      const body = await get(secret, `/v1/files/${encodeURIComponent(fileId)}`, signal)
+      const body = await get(secret, `/v1/files/${pathSegment(fileId)}`, signal)
       return body && await body.json() as Record<string, unknown>
     },
-    jobWithResults: (secret, jobId) => get(secret, `/v1/batch/jobs/${encodeURIComponent(jobId)}?inline=true`),
-    fileContent: (secret, fileId) => get(secret, `/v1/files/${encodeURIComponent(fileId)}/content`),
+    jobWithResults: (secret, jobId) => get(secret, `/v1/batch/jobs/${pathSegment(jobId)}?inline=true`),
+    fileContent: (secret, fileId) => get(secret, `/v1/files/${pathSegment(fileId)}/content`),
     async close () {
       await pool.close()
     }

@@ -1,4 +1,3 @@
-import { setTimeout as sleep } from 'node:timers/promises'
 import { Mistral } from '@mistralai/mistralai'
 import { eq } from 'drizzle-orm'
 import pg from 'pg'
@@ -7,6 +6,7 @@ import { usageRecords, watchedJobs } from '../../src/db/schema.js'
 import { calendarPeriods } from '../../src/limits/periods.js'
 import { parseMoney } from '../../src/pricing/money.js'
 import { buildTestApp, listen, TEST_REDIS_URL, type TestApp, type TestWorkspace } from '../helpers/app.js'
+import { until, watchOf } from '../helpers/watched-jobs.js'
 import { createScratchDatabase } from '../helpers/database.js'
 import { completeBatchJob } from '../helpers/fake-mistral/batch.js'
 import { startTcpProxy } from '../helpers/tcp-proxy.js'
@@ -26,21 +26,6 @@ async function setup (t: Test, overrides: Record<string, string> = {}, shared?: 
 }
 
 const sdkFor = (url: string, ws: TestWorkspace) => new Mistral({ apiKey: ws.token, serverURL: url })
-
-async function watchOf (s: TestApp, jobId: string) {
-  const [row] = await s.app.database.db.select().from(watchedJobs).where(eq(watchedJobs.jobId, jobId))
-  return row
-}
-
-async function until<T> (what: string, read: () => Promise<T>, done: (value: T) => boolean, timeoutMs = 8_000) {
-  const deadline = Date.now() + timeoutMs
-  for (;;) {
-    const value = await read()
-    if (done(value)) return value
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}: ${JSON.stringify(value)}`)
-    await sleep(25)
-  }
-}
 
 /** The job is due at the next poll, as it would be an interval after the last check. */
 async function dueNow (s: TestApp, jobId: string) {

@@ -6,6 +6,7 @@ import { eq } from 'drizzle-orm'
 import t, { type Test } from 'tap'
 import { usageRecords, watchedJobs } from '../../src/db/schema.js'
 import { buildTestApp, listen, TEST_DATABASE_URL, type TestApp, type TestWorkspace } from '../helpers/app.js'
+import { watchOf } from '../helpers/watched-jobs.js'
 import { countTokens } from '../helpers/fake-mistral.js'
 import { completeBatchJob } from '../helpers/fake-mistral/batch.js'
 import { proxiedDatabase } from '../helpers/tcp-proxy.js'
@@ -26,11 +27,6 @@ async function setup (t: Test, overrides: Record<string, string> = {}): Promise<
   // the test says when a poll checks the jobs
   const testApp = await buildTestApp(t, { BATCH_POLL_INTERVAL_MS: '600000', ...overrides })
   return { ...testApp, url: await listen(testApp.app) }
-}
-
-async function watchOf (s: TestApp, jobId: string) {
-  const [row] = await s.app.database.db.select().from(watchedJobs).where(eq(watchedJobs.jobId, jobId))
-  return row
 }
 
 const recordsOf = (s: TestApp, workspaceId: string) =>

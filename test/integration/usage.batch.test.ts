@@ -7,6 +7,7 @@ import { usageRecords, watchedJobs } from '../../src/db/schema.js'
 import { formatMoney, parseMoney } from '../../src/pricing/money.js'
 import { billBeforeDeletion } from '../../src/proxy/batch-hook.js'
 import { buildTestApp, listen, TEST_DATABASE_URL, type TestApp, type TestWorkspace } from '../helpers/app.js'
+import { until, watchOf } from '../helpers/watched-jobs.js'
 import { createScratchDatabase } from '../helpers/database.js'
 import { countTokens } from '../helpers/fake-mistral.js'
 import { completeBatchJob } from '../helpers/fake-mistral/batch.js'
@@ -47,21 +48,6 @@ const sdkFor = (url: string, ws: TestWorkspace) => new Mistral({ apiKey: ws.toke
 
 async function recordsOf (s: TestApp, workspaceId: string) {
   return s.app.database.db.select().from(usageRecords).where(eq(usageRecords.workspaceId, workspaceId))
-}
-
-async function watchOf (s: TestApp, jobId: string) {
-  const [row] = await s.app.database.db.select().from(watchedJobs).where(eq(watchedJobs.jobId, jobId))
-  return row
-}
-
-async function until<T> (what: string, read: () => Promise<T>, done: (value: T) => boolean, timeoutMs = 15_000) {
-  const deadline = Date.now() + timeoutMs
-  for (;;) {
-    const value = await read()
-    if (done(value)) return value
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}: ${JSON.stringify(value)}`)
-    await sleep(25)
-  }
 }
 
 const jobReads = (s: TestApp, jobId: string) => s.mistral.requestsTo(`/v1/batch/jobs/${jobId}`).length
