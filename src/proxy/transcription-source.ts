@@ -71,8 +71,8 @@ export async function transcriptionAudio ({ body, headers, tenant, candidates, d
   if (length === undefined) return { bytes: undefined, body }
   const { source, body: forwarded } = await readSource(body, headers['content-type'], length)
   if (source.unread || source.url || source.fileIds.length > 1) return { bytes: undefined, body: forwarded }
-  const uploaded = source.upload || source.fileIds.length === 0 ? length : 0
-  if (source.fileIds.length === 0) return { bytes: uploaded, body: forwarded }
+  if (source.fileIds.length === 0) return { bytes: length, body: forwarded }
+  const uploaded = source.upload ? length : 0
   const capped = hasCaps(tenant.workspace.caps) || hasCaps(tenant.token.caps)
   const file = capped ? await fileBytes(deps, tenant.workspace.id, candidates, source.fileIds[0], log) : undefined
   if (file === undefined) return { bytes: undefined, body: forwarded }
@@ -314,8 +314,8 @@ function decodeField (text: string): string | undefined {
 /**
  * `GET /v1/files/{id}` (RetrieveFile in mistral-openapi.yaml): the file's `bytes`, asked with the workspace's key
  * that the call will go out with (the first of its candidates usable now: the one attempts.ts picks, unless the
- * workspace's cooldown order holds for a cooling first key), through the proxy's pool. Null when Mistral has no such file; undefined when the size is not known (no usable key, an error, no
- * answer in LOOKUP_TIMEOUT_MS, no `bytes`).
+ * workspace's cooldown order holds for a cooling first key), through the proxy's pool. Null when Mistral has no such
+ * file; undefined when the size is not known (no usable key, an error, no answer in LOOKUP_TIMEOUT_MS, no `bytes`).
  */
 async function fileBytes ({ pool, prefix, keys, health, metrics }: AttemptDeps, workspaceId: string,
   candidates: string[], fileId: string, log: FastifyBaseLogger): Promise<number | null | undefined> {

@@ -109,11 +109,11 @@ export function createUpstreamPool (config: PoolConfig): UpstreamPool {
 }
 
 /** The path prefix of MISTRAL_BASE_URL (usually empty), for a gateway in front of another proxy. */
+export function basePath (baseUrl: string): string {
+  return new URL(baseUrl).pathname.replace(/\/+$/, '')
+}
+
 /** An id as one segment of a Mistral path: a dot encoded too, so that a hop resolving `..` never asks another route. */
 export function pathSegment (id: string): string {
   return encodeURIComponent(id).replace(/\./g, '%2E')
-}
-
-export function basePath (baseUrl: string): string {
-  return new URL(baseUrl).pathname.replace(/\/+$/, '')
 }

@@ -100,10 +100,12 @@ const OFFSET_MAX_AGE_MS = 60_000
 // what every script that writes a key's health answers once the key is forgotten (KEYS[last] exists): a call that
 // took the key before it was replaced ends later, on a replica that may not have heard of the replacement yet
 const FORGOTTEN_REPLY = 'forgotten'
+/** The first line of such a script: KEYS[n] is the key's forgotten mark. */
+const unlessForgotten = (n: number) => `if redis.call('EXISTS', KEYS[${n}]) == 1 then return '${FORGOTTEN_REPLY}' end`
 
 // extends a cooldown, never shortens it: returns the remaining ms and the end, by Redis' clock
 const EXTEND = `
-if redis.call('EXISTS', KEYS[2]) == 1 then return '${FORGOTTEN_REPLY}' end
+${unlessForgotten(2)}
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local untilMs = now + tonumber(ARGV[1])
@@ -122,7 +124,7 @@ return {current - now, current}
 // is left of the cooldown in force. ARGV: the first step, the ceiling (ms), a random number in [0, 1) for the jitter,
 // how long the streak is remembered. Returns {remaining ms, end, streak (0: one was in force), reason}, by Redis' clock
 const BACKOFF = `
-if redis.call('EXISTS', KEYS[3]) == 1 then return '${FORGOTTEN_REPLY}' end
+${unlessForgotten(3)}
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local current = tonumber(redis.call('HGET', KEYS[1], 'until') or '0')
@@ -138,7 +140,7 @@ return {ms, now + ms, streak, 'rate_limited'}
 
 // one more failure within the window (ARGV[1], ms): returns how many
 const COUNT_FAILURE = `
-if redis.call('EXISTS', KEYS[2]) == 1 then return '${FORGOTTEN_REPLY}' end
+${unlessForgotten(2)}
 local counted = redis.call('INCR', KEYS[1])
 if counted == 1 then redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1])) end
 return counted
@@ -146,7 +148,7 @@ return counted
 
 // the last quota headers seen (ARGV[1]), kept for ARGV[2] ms
 const KEEP_QUOTA = `
-if redis.call('EXISTS', KEYS[2]) == 1 then return '${FORGOTTEN_REPLY}' end
+${unlessForgotten(2)}
 redis.call('SET', KEYS[1], ARGV[1], 'PX', tonumber(ARGV[2]))
 return 1
 `
@@ -548,9 +550,12 @@ export function createKeyHealth (options: KeyHealthOptions): KeyHealth {
 /** Redis' `TIME` reply in epoch ms, to the microsecond. */
 const redisNow = ([seconds, micros]: Array<number | string>) => Number(seconds) * 1000 + Number(micros) / 1000
 
-const blockKey = (workspaceId: string, keyId: string) => `tmt:{ws:${workspaceId}}:key:${keyId}:block`
-const streakKey = (workspaceId: string, keyId: string) => `tmt:{ws:${workspaceId}}:key:${keyId}:streak`
-const failuresKey = (workspaceId: string, keyId: string) => `tmt:{ws:${workspaceId}}:key:${keyId}:failures`
-const probeKey = (workspaceId: string, keyId: string) => `tmt:{ws:${workspaceId}}:key:${keyId}:probe`
-const quotaKey = (workspaceId: string, keyId: string) => `tmt:{ws:${workspaceId}}:key:${keyId}:quota`
-const forgottenKey = (workspaceId: string, keyId: string) => `tmt:{ws:${workspaceId}}:key:${keyId}:forgotten`
+/** A key's health in Redis, one entry a part, all in its workspace's hash slot (one script reaches them on a Cluster). */
+const healthKey = (part: 'block' | 'streak' | 'failures' | 'probe' | 'quota' | 'forgotten') =>
+  (workspaceId: string, keyId: string) => `tmt:{ws:${workspaceId}}:key:${keyId}:${part}`
+const blockKey = healthKey('block')
+const streakKey = healthKey('streak')
+const failuresKey = healthKey('failures')
+const probeKey = healthKey('probe')
+const quotaKey = healthKey('quota')
+const forgottenKey = healthKey('forgotten')
