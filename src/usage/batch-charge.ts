@@ -26,6 +26,23 @@ export interface BatchCharger {
   chargeRecorded (job: WatchedJob): Promise<void>
 }
 
+/**
+ * A billed job's charge to its workspace's (and token's) spend counters; undefined for a deleted workspace, whose
+ * state in Redis was forgotten: a charge would bring its counters back.
+ */
+export function chargeOf (requestId: string,
+  workspace: { id: string, timezone: string, caps: unknown, deletedAt: Date | null },
+  token: { id: string, caps: unknown } | undefined, cost: number, at: Date): Charge | undefined {
+  if (workspace.deletedAt !== null) return undefined
+  return {
+    id: requestId,
+    workspace: { id: workspace.id, timezone: workspace.timezone, caps: workspace.caps as SpendCaps },
+    token: token ? { id: token.id, caps: token.caps as SpendCaps } : undefined,
+    cost,
+    at: at.getTime()
+  }
+}
+
 interface ChargerOptions {
   db: Database
   admission: Admission
@@ -65,17 +82,10 @@ export function createBatchCharger ({ db, admission, workspaces, tokens, log }: 
         .from(usageRecords).where(eq(usageRecords.requestId, `batch:${job.jobId}`))
       // a watch is recorded only once the ledger holds the record; should it be gone, there is nothing to charge from
       if (!record) return await charged(job.jobId)
-      // a deleted workspace's state in Redis was forgotten: a charge would bring its counters back
       const workspace = await workspaces.find(job.workspaceId, { deleted: true })
-      if (!workspace || workspace.deletedAt !== null) return await charged(job.jobId)
       const token = job.tokenId ? await tokens.find(job.workspaceId, job.tokenId) : undefined
-      await send(job.jobId, {
-        id: `batch:${job.jobId}`,
-        workspace: { id: workspace.id, timezone: workspace.timezone, caps: workspace.caps as SpendCaps },
-        token: token ? { id: token.id, caps: token.caps as SpendCaps } : undefined,
-        cost: record.cost,
-        at: record.at.getTime()
-      })
+      const charge = workspace && chargeOf(`batch:${job.jobId}`, workspace, token, record.cost, record.at)
+      await (charge ? send(job.jobId, charge) : charged(job.jobId))
     }
   }
 }

@@ -5,7 +5,6 @@ import type { Database } from '../db/client.js'
 import { usageRecords, watchedJobs, type UsageRecord, type WatchedJob } from '../db/schema.js'
 import type { Admission } from '../limits/admission.js'
 import type { BilledFacts } from '../metrics.js'
-import type { SpendCaps } from '../limits/policy.js'
 import { costOf, type Cost, type CostOptions, type MeteredUsage } from '../pricing/cost.js'
 import type { UnitPrices } from '../pricing/default-prices.js'
 import type { PriceBook } from '../pricing/price-book.js'
@@ -17,7 +16,7 @@ import {
   addInlineOutputs, addJsonl, addLine, allModels, emptyTotals, familyOfEndpoint, TERMINAL_STATUSES, type BatchTotals,
   type ModelUsage
 } from './batch-output.js'
-import { createBatchCharger } from './batch-charge.js'
+import { chargeOf, createBatchCharger } from './batch-charge.js'
 import { createOutputOwners, type OutputOwner } from './batch-output-owner.js'
 import type { BatchUpstream } from './batch-upstream.js'
 import type { UsageRecorder } from './recorder.js'
@@ -373,16 +372,7 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
     const record = recordOf(job, upstreamJob, totals, units, cost, completedAt)
     usage.record(record)
     await usage.flush()
-    // a deleted workspace's state in Redis was forgotten: a charge would bring its counters back
-    const charge = workspace.deletedAt === null
-      ? {
-          id: record.requestId,
-          workspace: { id: workspace.id, timezone: workspace.timezone, caps: workspace.caps as SpendCaps },
-          token: token ? { id: token.id, caps: token.caps as SpendCaps } : undefined,
-          cost: cost.billedMicros,
-          at: completedAt.getTime()
-        }
-      : undefined
+    const charge = chargeOf(record.requestId, workspace, token, cost.billedMicros, completedAt)
     // the job is billed once the ledger holds its record, whether or not the spend counters take its charge then: the
     // one check that ends the watch tells the metrics before the charge, which a later poll may send again
     if (!await finish(job, 'recorded', status, completedAt)) return
