@@ -208,10 +208,13 @@ export function createAdmission (options: AdmissionOptions): Admission {
       if (!capped && !hasRates(workspace.limits) && !hasRates(token.limits) && !hasRates(modelLimits)) return undefined
 
       const prefix = `tmt:{ws:${workspace.id}}`
-      const scopes: ScopeInput[] = [scope(`${prefix}:w`, workspace.limits, workspace.caps)]
+      // each cap reports its own scope's thresholds: a token's, else the workspace's, else 50/80/100 %
+      const workspaceThresholds = workspace.caps.thresholds ?? DEFAULT_THRESHOLDS
+      const tokenThresholds = token.caps.thresholds ?? workspaceThresholds
+      const scopes: ScopeInput[] = [scope(`${prefix}:w`, workspace.limits, workspace.caps, workspaceThresholds)]
       const names = ['workspace']
       if (hasRates(token.limits) || hasCaps(token.caps)) {
-        scopes.push(scope(`${prefix}:t:${token.id}`, token.limits, token.caps))
+        scopes.push(scope(`${prefix}:t:${token.id}`, token.limits, token.caps, tokenThresholds))
         names.push('token')
       }
       if (modelLimits && hasRates(modelLimits)) {
@@ -222,9 +225,6 @@ export function createAdmission (options: AdmissionOptions): Admission {
       let periods = calendarPeriods(clock(), workspace.timezone)
       let target = store
       let holdUntil = Date.now() + holdMs
-      // each cap reports its own scope's thresholds: a token's, else the workspace's, else 50/80/100 %
-      const workspaceThresholds = workspace.caps.thresholds ?? DEFAULT_THRESHOLDS
-      const tokenThresholds = token.caps.thresholds ?? workspaceThresholds
       for (let attempt = 0; attempt < 4; attempt++) {
         const input: AdmitInput = {
           id: subject.requestId,
@@ -282,9 +282,7 @@ export function createAdmission (options: AdmissionOptions): Admission {
             await sleep(10 + Math.random() * 40)
             continue
           }
-          // a cap used up (not a call too large for it) is at its 100 %, where its scope's thresholds name 100
-          const reachedThresholds = scopes[result.scope]?.p === `${prefix}:w` ? workspaceThresholds : tokenThresholds
-          if (result.reached && reachedThresholds.includes(100)) announce(prefix, [[result.reached, 100]])
+          if (result.crossed) announce(prefix, result.crossed)
           throw denial(result, names, scopes, formatMoney)
         }
         const caps = scopes.flatMap((entry) =>
@@ -469,7 +467,8 @@ function crossingOf (key: string): Pick<ThresholdCrossing, 'scope' | 'tokenId' |
   }
 }
 
-function scope (p: string, limits: RateLimits | undefined, caps: SpendCaps | undefined): ScopeInput {
+function scope (p: string, limits: RateLimits | undefined, caps: SpendCaps | undefined,
+  thresholds = DEFAULT_THRESHOLDS): ScopeInput {
   const entry: ScopeInput = { p }
   if (limits?.rpm !== undefined) entry.rpm = limits.rpm
   if (limits?.rpd !== undefined) entry.rpd = limits.rpd
@@ -480,6 +479,8 @@ function scope (p: string, limits: RateLimits | undefined, caps: SpendCaps | und
     if (caps.daily !== undefined) entry.caps.d = caps.daily
     if (caps.monthly !== undefined) entry.caps.m = caps.monthly
     if (caps.lifetime !== undefined) entry.caps.l = caps.lifetime
+    // the stores' default: left out, so that the usual call's input stays as short as it was
+    if (thresholds !== DEFAULT_THRESHOLDS) entry.th = thresholds
   }
   return entry
 }

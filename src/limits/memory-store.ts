@@ -1,4 +1,5 @@
 import { counterTtl } from './counter-expiry.js'
+import { DEFAULT_THRESHOLDS } from './policy.js'
 import type { AdmissionStore, AdmitInput, AdmitResult, DenyReason, RateInfo, ScopeInput, SettleInput } from './store.js'
 
 const MINUTE = 60_000
@@ -172,14 +173,16 @@ export function createMemoryStore (clock: () => number = Date.now): AdmissionSto
 
       let room: number | undefined
       let settledRoom: number | undefined
-      const caps: Array<{ scope: number, kind: 'd' | 'm' | 'l', key: string, unsettled: number, left: number }> = []
+      const caps: Array<{ scope: number, kind: 'd' | 'm' | 'l', key: string, cap: number, settled: number,
+        left: number }> = []
       a.scopes.forEach((scope, i) => {
         for (const [kind, cap] of Object.entries(scope.caps ?? {}) as Array<['d' | 'm' | 'l', number]>) {
           const key = spendKey(scope, kind)
           const spend = spends.get(key) as Spend
-          const unsettled = cap - (spend.settled ?? 0)
+          const settled = spend.settled ?? 0
+          const unsettled = cap - settled
           const left = unsettled - spend.reserved
-          caps.push({ scope: i, kind, key, unsettled, left })
+          caps.push({ scope: i, kind, key, cap, settled, left })
           if (room === undefined || left < room) room = left
           if (settledRoom === undefined || unsettled < settledRoom) settledRoom = unsettled
         }
@@ -204,16 +207,24 @@ export function createMemoryStore (clock: () => number = Date.now): AdmissionSto
             if (binding === undefined || reset[c.kind] > reset[binding.kind] ||
               (reset[c.kind] === reset[binding.kind] && rank[c.kind] > rank[binding.kind])) binding = c
           }
-          const { scope, kind, key, unsettled } = binding as (typeof caps)[number]
-          const denied = deny(`cap_${kind}`, scope, kind === 'l' ? null : reset[kind])
+          const { scope, kind } = binding as (typeof caps)[number]
           const need = a.clamp ? a.promptCost + Math.ceil(a.outputPerMillion / 1_000_000) : cost
           const busy = (settledRoom as number) > (room as number) && (settledRoom as number) >= need
-          // the cap is reached once less than a micro-unit of its settled room is left (not a call too large for
-          // what is left): its first refusal is its 100 % unless that is recorded already, as the Redis script says
-          const crossed = (spends.get(key) as Spend).crossed
-          if (busy || unsettled >= 1 || crossed.has(100)) return { ...denied, busy } as AdmitResult
-          crossed.add(100)
-          return { ...denied, busy, reached: key } as AdmitResult
+          const denied = { ...deny(`cap_${kind}`, scope, kind === 'l' ? null : reset[kind]), busy } as
+            Extract<AdmitResult, { kind: 'denied' }>
+          if (busy) return denied
+          // of every cap of the call, each threshold its settled spend is at or past and not recorded in the period, as
+          // the Redis script says
+          for (const c of caps) {
+            const recorded = (spends.get(c.key) as Spend).crossed
+            for (const pct of a.scopes[c.scope].th ?? DEFAULT_THRESHOLDS) {
+              if (c.settled * 100 < c.cap * pct || recorded.has(pct)) continue
+              recorded.add(pct)
+              denied.crossed ??= []
+              denied.crossed.push([c.key, pct])
+            }
+          }
+          return denied
         }
         maxTokens = affordable
         cost = a.promptCost + Math.ceil(affordable * a.outputPerMillion / 1_000_000)

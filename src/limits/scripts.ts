@@ -1,4 +1,5 @@
 import { COUNTER_TTL_MS } from './counter-expiry.js'
+import { DEFAULT_THRESHOLDS } from './policy.js'
 
 // The admission decision and its settlement, each one Redis round trip (DESIGN.md, request path step 3).
 // KEYS[1] is the workspace prefix `tmt:{ws:<id>}`; every key the scripts touch starts with it, so they all live
@@ -13,8 +14,8 @@ import { COUNTER_TTL_MS } from './counter-expiry.js'
 //   P:conc       ZSET  request id → lease expiry (ms)             a lease a crashed replica cannot keep
 //   P:conc:ms    STRING  how long a call usually holds its slot     moving average, for a concurrency Retry-After
 //   P:spend:<d|m|l>[:<period id>]  HASH settled, reserved, t<pct>  micro-units of the workspace currency; t<pct>:
-//                                       when settled spend first reached pct % of the cap (t100 also: the cap's first
-//                                       refusal once less than a micro-unit of it is left)
+//                                       when pct % of the cap was first recorded as crossed in the period: by the
+//                                       settlement or the refusal that found settled spend at or past it
 //                                       v:<request id>  cost of a call that settled while the counter was missing
 //                a day's or a month's expires some days after its first write (counter-expiry.ts); a lifetime's stays
 // and per workspace: resv (ZSET request id → expiry), resv:data (HASH request id → what it holds), done (ZSET),
@@ -193,16 +194,27 @@ if room ~= nil and cost > room then
     -- busy: only calls in flight hold the room this one needs; they settle soon, usually for far less
     local need = a.clamp and (a.promptCost + math.ceil(a.outputPerMillion / 1000000)) or cost
     local busy = (settledRoom > room and settledRoom >= need) and 1 or 0
-    -- the cap is reached once not even the least call fits under it, whatever the calls in flight settle for: less
-    -- than a micro-unit of its settled room left (the least a call is reserved, a batch job's creation; a token of the
-    -- cheapest models costs less). A call refused for being larger than what is left is no such refusal: a smaller one
-    -- fits. A cap reached that no settlement crossed (lowered below its spend, re-seeded at it) has its 100 % at its
-    -- first refusal (t100, once). memory-store.ts does the same
-    local reached = ''
-    if busy == 0 and binding[3] - binding[5] < 1 and redis.call('HSETNX', binding[4], 't100', now) == 1 then
-      reached = binding[4]
+    -- a threshold is crossed once settled spend is at or past it, whatever moved it there: a refusal records, of every
+    -- cap of the call (not only the one it names), those not recorded in the period, as a settlement does. So a cap
+    -- used up beside the named one, or lowered below its spend (re-seeded at it), which no settlement crossed, reports
+    -- them here. 100 % is the cap reached: in whole micro-units, less than one of its settled room left (the least a
+    -- call is reserved, a batch job's creation; a token of the cheapest models costs less), whatever the calls in
+    -- flight settle for; a call refused for being larger than what is left is no such refusal. The default thresholds
+    -- are left out of the gateway's input. memory-store.ts does the same
+    local crossed = nil
+    if busy == 0 then
+      local defaults = {${DEFAULT_THRESHOLDS.join(', ')}}
+      for _, c in ipairs(caps) do
+        for _, pct in ipairs(a.scopes[c[1]].th or defaults) do
+          if c[5] * 100 >= c[3] * pct and redis.call('HSETNX', c[4], 't' .. pct, now) == 1 then
+            crossed = crossed or {}
+            table.insert(crossed, {c[4], pct})
+          end
+        end
+      end
     end
-    return {0, 'cap_' .. binding[2], binding[1], retryAfter, now, busy, reached}
+    crossed = crossed and cjson.encode(crossed) or ''
+    return {0, 'cap_' .. binding[2], binding[1], retryAfter, now, busy, crossed}
   end
   maxTokens = affordable
   cost = a.promptCost + math.ceil(affordable * a.outputPerMillion / 1000000)

@@ -8,6 +8,8 @@ export interface ScopeInput {
   conc?: number
   /** spend caps in micro-units: d(ay), m(onth), l(ifetime) */
   caps?: Partial<Record<'d' | 'm' | 'l', number>>
+  /** the percentages of its caps a refusal reports (absent: DEFAULT_THRESHOLDS, which the gateway then leaves out) */
+  th?: number[]
 }
 
 export interface PeriodInput {
@@ -57,11 +59,12 @@ export type AdmitResult =
     /** a cap denial where only reservations of calls in flight hold the room: worth waiting for */
     busy?: boolean
     /**
-     * the spend key of the cap that refused, when less than a micro-unit of it is left whatever the calls in flight
-     * settle for (not merely too little for this call) and its 100 % is not recorded yet: the cap is reached, its
-     * 100 % crossing (recorded once, as a settlement's crossings are)
+     * threshold crossings the refusal recorded, as a settlement's are: of every cap of the call, each threshold its
+     * settled spend is at or past and that was not recorded in the period (none while calls in flight hold the room).
+     * A cap's 100 % is its being reached: less than a micro-unit of its settled room left, not merely too little for
+     * this call
      */
-    reached?: string }
+    crossed?: Array<[string, number]> }
   | { kind: 'seed', missing: Array<{ scope: number, kind: 'd' | 'm' | 'l', key: string }>,
     /** the workspace's state was lost: put back what this replica holds, wait waitMs, ask again */
     recovery?: { since: number, waitMs: number } }
@@ -183,7 +186,7 @@ export function decodeAdmit (reply: unknown[]): AdmitResult {
       now: Number(reply[4]),
       busy: Number(reply[5]) === 1
     }
-    if (reply[6]) denied.reached = String(reply[6])
+    if (reply[6]) denied.crossed = JSON.parse(String(reply[6])) as Array<[string, number]>
     return denied
   }
   if (code === 2) {

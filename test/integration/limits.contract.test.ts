@@ -71,9 +71,12 @@ function admitted (t: Test, result: AdmitResult, what = 'admitted'): Admitted {
   return result as Admitted
 }
 
-function denied (t: Test, result: AdmitResult, reason: DenyReason, what = `denied: ${reason}`): Denied {
+/** and `reached`: the cap whose 100 % the refusal reported, if any (these cases' refusals can name no other) */
+function denied (t: Test, result: AdmitResult, reason: DenyReason, what = `denied: ${reason}`):
+Denied & { reached?: string } {
   t.match(result, { kind: 'denied', reason }, what)
-  return result as Denied
+  const refusal = result as Denied
+  return { ...refusal, reached: refusal.crossed?.find(([, percent]) => percent === 100)?.[0] }
 }
 
 function between (t: Test, value: number | null, low: number, high: number, what: string) {

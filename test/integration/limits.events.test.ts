@@ -159,12 +159,12 @@ t.test('a call too large for what a cap has left is no 100 %, reported when spen
     { period: 'daily', percent: '100' }), 1, 'counted once in the metric')
 })
 
-t.test('a cap lowered below its spend is reached: its first refusal is its 100 % crossing, once', async (t) => {
+t.test('a cap lowered below its spend: its first refusal reports the thresholds its spend is past, once', async (t) => {
   const mistral = await startFakeMistral({ completionTokens: COMPLETION })
   t.teardown(() => mistral.close())
   const { app, admin, createWorkspace } = await buildTestApp(t, {}, { mistral })
   const ws = await createWorkspace()
-  // the same, with no 100 % among its thresholds: its refusals report nothing
+  // the same, with no 100 % among its thresholds: its refusals report its 80 % alone
   const quiet = await createWorkspace()
   const setDaily = (slug: string, micros: number, thresholds: number[]) =>
     admin('PATCH', `/admin/v1/workspaces/${slug}`, { caps: { daily: formatMoney(micros), thresholds } })
@@ -181,13 +181,15 @@ t.test('a cap lowered below its spend is reached: its first refusal is its 100 %
     const res = await chat(app, admin, each)
     t.same([res.statusCode, res.json().code], [429, 'daily_spend_cap_reached'], 'refused')
   }
-  for (const deadline = Date.now() + 2_000; events.length < 1 && Date.now() < deadline;) await sleep(20)
+  for (const deadline = Date.now() + 2_000; events.length < 3 && Date.now() < deadline;) await sleep(20)
   await sleep(100) // any further event would be emitted by now
 
   const { day } = calendarPeriods(Date.now(), 'UTC')
-  t.match(events, [{ type: 'spend.threshold', workspaceId: ws.id, workspaceSlug: ws.slug, scope: 'workspace',
-    tokenId: null, cap: 'daily', periodId: day.id, percent: 100 }], '100 % once, at the first refusal')
-  t.equal(events.length, 1, 'none for the workspace whose thresholds have no 100 %')
+  const crossing = (each: typeof ws, percent: number) => ({ type: 'spend.threshold', workspaceId: each.id,
+    workspaceSlug: each.slug, scope: 'workspace', tokenId: null, cap: 'daily', periodId: day.id, percent })
+  t.match(events, [crossing(ws, 80), crossing(ws, 100), crossing(quiet, 80)],
+    '80 and 100 % at the first refusal; the workspace whose thresholds have no 100 %, its 80 %')
+  t.equal(events.length, 3, 'each once: the second refusals report nothing')
   const scraped = await app.inject({ method: 'GET', url: '/metrics', headers: SCRAPE_HEADERS })
   t.equal(valueOf(parseExposition(scraped.body), 'tramontane_spend_threshold_crossings_total',
     { period: 'daily', percent: '100' }), 1, 'counted once in the metric')
