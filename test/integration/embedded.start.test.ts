@@ -47,7 +47,9 @@ t.test('npm start with no DATABASE_URL answers /readyz and proxies a chat call',
 
   // a second gateway on the same folder stops before it opens (and migrates) the database: two processes on one PGlite
   // folder lose committed rows
-  const second = await startGatewayProcess(t, { DATA_DIR: dataDir, MISTRAL_BASE_URL: mistral.url })
+  // started from the build `npm start` just made: the same code, without compiling it again through tsx
+  const second = await startGatewayProcess(t, { DATA_DIR: dataDir, MISTRAL_BASE_URL: mistral.url },
+    { command: [process.execPath, 'dist/src/server.js'] })
     .then(() => null, (err: Error) => err.message)
   t.match(second, /is in use by process \d+ on this host/, 'a second start is refused, naming the holder')
   // draining on SIGTERM is proven on a bare node process (server.lifecycle.test.ts): npm in between relays signals
