@@ -10,6 +10,11 @@ export class DatabaseConnectError extends Error {
 
 // getTransactionStatus(): in a transaction, or in a failed one
 const IN_TRANSACTION = new Set<string | null>(['T', 'E'])
+// drizzle's `begin`, its transaction's options after it
+const BEGIN = /^\s*(?:begin|start\s+transaction)\b/i
+// the severity of a refusal after which the session goes on; FATAL and PANIC end it. pg reads the localized field, so
+// under a translated lc_messages every refusal counts as ending the session: a connection closed, none handed out dead
+const SESSION_GOES_ON = 'ERROR'
 
 /**
  * node-postgres' pool, whose checked-out connections are never lost nor handed out again broken. drizzle-orm 0.45's
@@ -20,9 +25,11 @@ const IN_TRANSACTION = new Set<string | null>(['T', 'E'])
  *
  * So each checkout is a lease: the first failure that is not PostgreSQL's answer (the driver's timeout, a connection
  * lost) gives the connection back to be closed at once, and later queries on the lease fail with that same error (a
- * rollback, then, tells the statement's cause). A lease given back while its connection is still in a transaction is
- * closed too. Giving a lease back twice does nothing. `pool.query()` checks out on its own, and drops a connection on
- * any error already.
+ * rollback, then, tells the statement's cause). A `begin` PostgreSQL refuses gives the connection back too, as it was
+ * (out of any transaction) unless the refusal ended the session (FATAL: a backend terminated by a restart, a failover,
+ * pg_terminate_backend), and later queries on the lease fail with the refusal: the connection is the pool's again. A
+ * lease given back while its connection is still in a transaction is closed too. Giving a lease back twice does
+ * nothing. `pool.query()` checks out on its own, and drops a connection on any error already.
  */
 export class LeasingPool extends pg.Pool {
   override connect (): Promise<pg.PoolClient>
@@ -39,6 +46,7 @@ export class LeasingPool extends pg.Pool {
 function lease (client: pg.PoolClient): pg.PoolClient {
   let released = false
   let failure: Error | undefined
+  let refusedBegin: pg.DatabaseError | undefined
 
   const release = (err?: Error | boolean) => {
     if (released) return
@@ -51,18 +59,25 @@ function lease (client: pg.PoolClient): pg.PoolClient {
     failure ??= err
     release()
   }
+  // drizzle-orm 0.45's transaction() sends `begin` before its try/finally: nobody else gives this connection back
+  function refuseBegin (err: pg.DatabaseError) {
+    refusedBegin ??= err
+    release(err.severity === SESSION_GOES_ON ? undefined : err)
+  }
   client.on('error', fail)
 
   const query = async (...args: unknown[]) => {
     // a callback would be told of failures this lease never sees
     if (typeof args.at(-1) === 'function') throw new TypeError('A leased connection takes its queries as promises')
     if (failure) throw failure
+    if (refusedBegin) throw refusedBegin
     try {
       return await (client.query as (...args: unknown[]) => Promise<unknown>)(...args)
     } catch (err) {
       // PostgreSQL's own answer (a constraint, a cancelled statement) leaves the connection in step; anything else
       // (no answer in time, a connection lost, a value the driver could not send) may not have
       if (!(err instanceof pg.DatabaseError)) fail(err as Error)
+      else if (BEGIN.test(queryText(args[0]))) refuseBegin(err)
       throw err
     }
   }
@@ -75,4 +90,10 @@ function lease (client: pg.PoolClient): pg.PoolClient {
       return typeof value === 'function' ? value.bind(target) : value
     }
   })
+}
+
+// a query is its text, or a config ({ text, values, ... }) as drizzle passes it
+function queryText (query: unknown): string {
+  const text = typeof query === 'string' ? query : (query as { text?: unknown } | null | undefined)?.text
+  return typeof text === 'string' ? text : ''
 }
