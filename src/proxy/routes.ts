@@ -4,8 +4,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { Config } from '../config.js'
 import {
   badRequest, clientClosed, errorEnvelope, GatewayError, invalidToken, organizationRouteDenied, scopeDenied,
-  unknownMistralKey, unknownRoute, upstreamCut, upstreamMalformed, upstreamStalled, upstreamTimeout, upstreamUnreachable,
-  workspaceSuspended
+  unknownMistralKey, unknownRoute, upstreamCut, upstreamMalformed, upstreamStalled, upstreamTimeout, workspaceSuspended
 } from '../errors.js'
 import { createRetryBudget } from '../resilience/retry-budget.js'
 import type { MistralKeyStore } from '../tenancy/mistral-keys.js'
@@ -212,8 +211,11 @@ export async function proxyRoutes (app: FastifyInstance, { config, pool }: { con
           signal: controller.signal
         }, attemptDeps)
       } catch (err) {
+        // attempts.ts names every failure of Mistral's; anything else that ends the call before its abort (a key this
+        // replica cannot open, a bug) is the gateway's own, which the catch below settles as the error handler answers
+        if (!(err instanceof GatewayError) && !controller.signal.aborted) throw err
         clearTimeout(deadline)
-        const failure = err instanceof GatewayError ? err : upstreamFailure(err, controller.signal)
+        const failure = err instanceof GatewayError ? err : abortedCall(controller.signal)
         meter.settle({ status: failure.statusCode, upstreamStatus: undefined, tap: undefined, cut: false })
         throw failure
       }
@@ -227,7 +229,7 @@ export async function proxyRoutes (app: FastifyInstance, { config, pool }: { con
         clearTimeout(deadline)
         upstream.body.destroy()
         reply.raw.off('close', onClientClose)
-        const failure = upstreamFailure(undefined, controller.signal)
+        const failure = abortedCall(controller.signal)
         meter.settle({ status: failure.statusCode, upstreamStatus: upstream.statusCode, tap: undefined, cut: true })
         throw failure
       }
@@ -247,7 +249,7 @@ export async function proxyRoutes (app: FastifyInstance, { config, pool }: { con
         try {
           whole = Buffer.from(await upstream.body.arrayBuffer())
         } catch (err) {
-          const failure = controller.signal.aborted ? upstreamFailure(undefined, controller.signal) : answerCut(err)
+          const failure = controller.signal.aborted ? abortedCall(controller.signal) : answerCut(err)
           meter.settle({ status: failure.statusCode, upstreamStatus: status, tap: undefined, cut: true })
           throw failure
         } finally {
@@ -528,13 +530,12 @@ function modelOf (body: unknown): string | undefined {
   return typeof model === 'string' ? model : undefined
 }
 
-/** undici failures by `err.code` (nodejs/undici docs/api/Errors.md): timeouts are 504, the rest 502. */
-function upstreamFailure (err: unknown, signal: AbortSignal): GatewayError {
-  if (signal.reason instanceof TotalTimeoutError) return upstreamTimeout('Mistral did not finish in time')
-  if (signal.aborted) return clientClosed('The client closed the connection before Mistral answered')
-  const code = (err as NodeJS.ErrnoException).code ?? ''
-  if (code === 'UND_ERR_CONNECT_TIMEOUT' || code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT') {
-    return upstreamTimeout('Mistral did not answer in time')
-  }
-  return upstreamUnreachable('Mistral could not be reached', { cause: err })
+/**
+ * A call its abort ended: the gateway's total deadline, or the client that left. A failure to reach Mistral is named
+ * where it happens (attempts.ts, connectionFailure).
+ */
+function abortedCall (signal: AbortSignal): GatewayError {
+  return signal.reason instanceof TotalTimeoutError
+    ? upstreamTimeout('Mistral did not finish in time')
+    : clientClosed('The client closed the connection before Mistral answered')
 }
