@@ -29,8 +29,9 @@ function namesInline (url: string): boolean {
  * so a job the workspace's calls created is checked first, and billed if it has ended. A job still running is not
  * let go (409): it would answer requests no one could bill; the client cancels it, then deletes it once it has ended.
  * Nor is one that could not be billed yet (its output not found yet, Mistral not answering, a check elsewhere): 409;
- * nor any while PostgreSQL, which holds the watch, does not answer: 503. A job whose Mistral key was removed goes:
- * the gateway cannot read it until the operator adds the key back, and a removed key already leaves it unbilled.
+ * nor any while PostgreSQL, which holds the watch, does not answer: 503. A job no key can read goes: its Mistral key
+ * removed (until the operator adds it back; a removed key already leaves it unbilled), or marked invalid with no valid
+ * key of the workspace seeing it (until the operator replaces it).
  */
 export async function billBeforeDeletion (watcher: BatchWatcher, url: string, workspaceId: string): Promise<void> {
   const jobId = idInPath(url)
@@ -39,17 +40,10 @@ export async function billBeforeDeletion (watcher: BatchWatcher, url: string, wo
     settled = await watcher.settle(workspaceId, jobId)
   } catch (err) {
     // the watcher logged the cause; the message quotes no id, as whose job it is could not be read
-    throw notReady('The batch job cannot be billed before its deletion right now (the database does not answer); ' +
-      'retry shortly', { headers: retryAfterHeaders(DATABASE_RETRY_MS), cause: err })
+    throw databaseDown('The batch job cannot be billed', err)
   }
-  if (!settled.pending || settled.keyGone) return
   // the id is that of a job the workspace created: the message quotes none of a client's making
-  if (settled.running) {
-    throw conflict(
-      `Batch job ${jobId} is still running (${settled.running}): cancel it, and delete it once it has ended`)
-  }
-  throw conflict(`Batch job ${jobId} could not be billed yet; retry shortly`,
-    { headers: retryAfterHeaders(DELETION_RETRY_MS) })
+  holdBack(settled, `Batch job ${jobId}`, 'cancel it, and delete it once it has ended')
 }
 
 /** The operation that deletes a batch job at Mistral: the route awaits billBeforeDeletion for it only. */
@@ -61,8 +55,8 @@ export const BATCH_JOB_DELETION = 'jobs_api_routes_batch_delete_batch_job'
  * job itself is: the job billed first, else 409 (running, or not billable yet), and 503 while PostgreSQL does not
  * answer. Whose output the file is, a check may not have learnt yet when the client did (batch-output-owner.ts): the
  * file is then read from Mistral, and the jobs that may have written it, and 409 while Mistral cannot say (within the
- * check's budget); the client leaving ends that check. Any other file goes as it comes. A job whose Mistral key was
- * removed lets its output go but stays watched: it stays at Mistral, where the key, added back, may still read it.
+ * check's budget); the client leaving ends that check. Any other file goes as it comes. A job no key can read lets its
+ * output go but stays watched: it stays at Mistral, where its key, added back or replaced, may still read it.
  */
 export async function billBeforeFileDeletion (watcher: BatchWatcher, url: string, workspaceId: string,
   response: ServerResponse): Promise<void> {
@@ -75,8 +69,7 @@ export async function billBeforeFileDeletion (watcher: BatchWatcher, url: string
     if (owner.jobId !== undefined) settled = await watcher.settle(workspaceId, owner.jobId, 'output')
   } catch (err) {
     if (client.signal.aborted) throw clientClosed('The client left before the file was checked', { cause: err })
-    throw notReady('The file cannot be checked before its deletion right now (the database does not answer); ' +
-      'retry shortly', { headers: retryAfterHeaders(DATABASE_RETRY_MS), cause: err })
+    throw databaseDown('The file cannot be checked', err)
   } finally {
     client.done()
   }
@@ -85,14 +78,26 @@ export async function billBeforeFileDeletion (watcher: BatchWatcher, url: string
     throw conflict('The file may be the output of a batch job of the workspace not billed yet, which could not be ' +
       'checked; retry shortly', { headers: retryAfterHeaders(DELETION_RETRY_MS) })
   }
-  if (!settled?.pending || settled.keyGone) return
   // both ids are Mistral's, as a check of the workspace's job read them: the message quotes none of a client's making
-  if (settled.running) {
-    throw conflict(`File ${fileId} is the output of batch job ${owner.jobId}, which is still running ` +
-      `(${settled.running}): delete it once the job has ended`)
-  }
-  throw conflict(`File ${fileId} is the output of batch job ${owner.jobId}, which could not be billed yet; ` +
-    'retry shortly', { headers: retryAfterHeaders(DELETION_RETRY_MS) })
+  holdBack(settled, `File ${fileId} is the output of batch job ${owner.jobId}, which`,
+    'delete it once the job has ended')
+}
+
+/**
+ * Refuses a deletion (409) while its job's watch is pending: the job still running, or not billed yet. A job no key
+ * can read goes: the gateway cannot bill it whatever the client waits for. `subject` names the job, `whenEnded` what
+ * the client does once it has ended.
+ */
+function holdBack (settled: Settled | undefined, subject: string, whenEnded: string): void {
+  if (!settled?.pending || settled.keyGone) return
+  if (settled.running) throw conflict(`${subject} is still running (${settled.running}): ${whenEnded}`)
+  throw conflict(`${subject} could not be billed yet; retry shortly`, { headers: retryAfterHeaders(DELETION_RETRY_MS) })
+}
+
+/** PostgreSQL, which holds the watches, does not answer: databaseUnavailable's 503, saying what could not be done. */
+function databaseDown (what: string, cause: unknown) {
+  return notReady(`${what} before its deletion right now (the database does not answer); retry shortly`,
+    { headers: retryAfterHeaders(DATABASE_RETRY_MS), cause })
 }
 
 /** A signal that ends when the client closes its connection before its answer is written. */

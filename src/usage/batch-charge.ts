@@ -27,6 +27,16 @@ export interface BatchCharger {
 }
 
 /**
+ * A batch job's one record in the ledger, by request id, which is also its charge's id in the spend counters: the
+ * watch's job id behind a prefix of its own, which no proxied call's request id has.
+ */
+export function batchRequestId (jobId: string): string {
+  return BATCH_PREFIX + jobId
+}
+
+const BATCH_PREFIX = 'batch:'
+
+/**
  * A billed job's charge to its workspace's (and token's) spend counters; undefined for a deleted workspace, whose
  * state in Redis was forgotten: a charge would bring its counters back.
  */
@@ -79,12 +89,12 @@ export function createBatchCharger ({ db, admission, workspaces, tokens, log }: 
 
     async chargeRecorded (job) {
       const [record] = await db.select({ cost: usageRecords.billedCostMicros, at: usageRecords.createdAt })
-        .from(usageRecords).where(eq(usageRecords.requestId, `batch:${job.jobId}`))
+        .from(usageRecords).where(eq(usageRecords.requestId, batchRequestId(job.jobId)))
       // a watch is recorded only once the ledger holds the record; should it be gone, there is nothing to charge from
       if (!record) return await charged(job.jobId)
       const workspace = await workspaces.find(job.workspaceId, { deleted: true })
       const token = job.tokenId ? await tokens.find(job.workspaceId, job.tokenId) : undefined
-      const charge = workspace && chargeOf(`batch:${job.jobId}`, workspace, token, record.cost, record.at)
+      const charge = workspace && chargeOf(batchRequestId(job.jobId), workspace, token, record.cost, record.at)
       await (charge ? send(job.jobId, charge) : charged(job.jobId))
     }
   }
@@ -96,7 +106,7 @@ export function createBatchCharger ({ db, admission, workspaces, tokens, log }: 
  * whether it comes before the seed (vouched for) or after it.
  */
 export function awaitingCharge (requestId: AnyColumn): SQL {
-  return sql`(${requestId} like 'batch:%' and exists (select 1 from ${watchedJobs}
-    where ${watchedJobs.jobId} = substr(${requestId}, 7) and ${watchedJobs.chargedAt} is null
+  return sql`(${requestId} like ${BATCH_PREFIX + '%'} and exists (select 1 from ${watchedJobs}
+    where ${watchedJobs.jobId} = substr(${requestId}, ${BATCH_PREFIX.length + 1}) and ${watchedJobs.chargedAt} is null
     and ${watchedJobs.status} <> 'failed'))`
 }

@@ -4,7 +4,7 @@ import type { Database } from '../db/client.js'
 import { watchedJobs } from '../db/schema.js'
 import type { MistralKeyStore } from '../tenancy/mistral-keys.js'
 import { TERMINAL_STATUSES } from './batch-output.js'
-import { BatchUpstreamError, type BatchUpstream } from './batch-upstream.js'
+import { refused, validKeys, type BatchUpstream } from './batch-upstream.js'
 
 /** Whose output a file is, among the workspace's watched jobs, as far as the gateway can tell before its deletion. */
 export interface OutputOwner {
@@ -66,20 +66,18 @@ export function createOutputOwners ({ db, keys, upstream, log }: OwnerOptions) {
     // a job billed (or given up on) has nothing left to bill from its output
     if (named) return named.status === 'pending' ? { jobId: named.jobId } : {}
     if (rows.length === 0) return {}
-    const candidates = new Map(rows.map((row) => [row.jobId, row]))
     let unanswered = false
-    for (const keyName of await keysToAsk(workspaceId, rows)) {
-      const key = await keys.resolve(workspaceId, keyName)
-      // a key removed, or one Mistral refused (401) until the operator replaces it, reads nothing
-      if (!key || key.status === 'invalid') continue
+    // the keys of the jobs first, by their oldest job: a key whose read fails leaves the question to the next one,
+    // which may see the same organisation
+    for await (const key of validKeys(keys, workspaceId, rows.map((row) => row.keyName))) {
       try {
-        const owner = await askWith(key.secret, fileId, rows, candidates, signal)
+        const owner = await askWith(key.secret, fileId, rows, signal)
         if (owner !== NOT_SEEN) return owner
       } catch (err) {
         if (!(err instanceof MistralUnanswered)) throw err
         // the check ended: out of time (logged once by its timer), or no deletion waits on it any more
         if (signal.aborted) break
-        log.warn({ err: err.cause, key: keyName },
+        log.warn({ err: err.cause, key: key.name },
           'batch jobs not read before a file deletion: Mistral did not answer')
         unanswered = true
       }
@@ -88,25 +86,17 @@ export function createOutputOwners ({ db, keys, upstream, log }: OwnerOptions) {
   }
 
   /**
-   * The keys of the jobs first, by their oldest job, then the workspace's others: a key whose read fails leaves the
-   * question to the next one, which may see the same organisation.
-   */
-  async function keysToAsk (workspaceId: string, rows: Candidate[]): Promise<string[]> {
-    return [...new Set([...rows.map((row) => row.keyName), ...await keys.names(workspaceId)])]
-  }
-
-  /**
    * What this key tells of the file: its job, or no candidate's ({}), or NOT_SEEN when its organisation has no such
    * file (404), or it may not read it (401, 403: a key Mistral has revoked since its jobs were created). Throws
    * MistralUnanswered when Mistral does not say.
    */
-  async function askWith (secret: string, fileId: string, rows: Candidate[], candidates: Map<string, Candidate>,
-    signal: AbortSignal): Promise<OutputOwner | typeof NOT_SEEN> {
+  async function askWith (secret: string, fileId: string, rows: Candidate[], signal: AbortSignal):
+  Promise<OutputOwner | typeof NOT_SEEN> {
     let file: Record<string, unknown> | undefined
     try {
       file = await upstream.file(secret, fileId, signal)
     } catch (err) {
-      if (err instanceof BatchUpstreamError && (err.statusCode === 401 || err.statusCode === 403)) return NOT_SEEN
+      if (refused(err)) return NOT_SEEN
       throw new MistralUnanswered(err)
     }
     if (!file) return NOT_SEEN
@@ -118,7 +108,7 @@ export function createOutputOwners ({ db, keys, upstream, log }: OwnerOptions) {
       from: rows[0].createdAt.getTime() - CLOCK_SKEW_MS,
       to: Math.min(rows[rows.length - 1].createdAt.getTime(), fileCreatedAt) + CLOCK_SKEW_MS
     }
-    return await ownerListed(secret, fileId, window, candidates, signal)
+    return await ownerListed(secret, fileId, window, rows, signal)
   }
 
   /**
@@ -128,9 +118,10 @@ export function createOutputOwners ({ db, keys, upstream, log }: OwnerOptions) {
    * output finds it in one lookup. A window holding more jobs than LIST_PAGES pages could not be checked.
    */
   async function ownerListed (secret: string, fileId: string, window: { from: number, to: number },
-    candidates: Map<string, Candidate>, signal: AbortSignal): Promise<OutputOwner> {
+    rows: Candidate[], signal: AbortSignal): Promise<OutputOwner> {
     // a file written before the oldest of them was created
     if (window.to < window.from) return {}
+    const candidates = new Map(rows.map((row) => [row.jobId, row]))
     for (let page = 0; page < LIST_PAGES; page++) {
       const query = new URLSearchParams({
         created_after: new Date(window.from).toISOString(), order_by: 'created', page: String(page),

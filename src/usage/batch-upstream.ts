@@ -1,6 +1,7 @@
 import { Pool, type Dispatcher } from 'undici'
 import type { Config } from '../config.js'
 import { basePath, pathSegment } from '../proxy/upstream.js'
+import type { MistralKeyStore, UsableKey } from '../tenancy/mistral-keys.js'
 
 /** What the batch watcher reads from Mistral, with a workspace's own key. */
 export interface BatchUpstream {
@@ -32,6 +33,27 @@ export class BatchUpstreamError extends Error {
     super(`Mistral answered ${statusCode} to GET ${path}`)
     this.name = 'BatchUpstreamError'
   }
+}
+
+/**
+ * The workspace's keys that may read from Mistral, decrypted as they are reached: `first`, then its others in failover
+ * order, each once. A key removed, or one Mistral refused (401) and the gateway marked invalid until the operator
+ * replaces it, reads nothing: asked, Mistral would only refuse it again.
+ */
+export async function * validKeys (keys: MistralKeyStore, workspaceId: string, first: string[]):
+AsyncGenerator<UsableKey> {
+  for (const name of new Set([...first, ...await keys.names(workspaceId)])) {
+    const key = await keys.resolve(workspaceId, name)
+    if (key && key.status !== 'invalid') yield key
+  }
+}
+
+/**
+ * Mistral refused the key this read (401, 403): a key of another organisation, or one Mistral revoked since the job
+ * was created. It does not see the job or the file, which may still be there for another key.
+ */
+export function refused (err: unknown): boolean {
+  return err instanceof BatchUpstreamError && (err.statusCode === 401 || err.statusCode === 403)
 }
 
 /** A pool of its own, apart from the proxy's: a slow download of an output file never holds a client's call. */

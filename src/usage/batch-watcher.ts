@@ -16,9 +16,9 @@ import {
   addInlineOutputs, addJsonl, addLine, allModels, emptyTotals, familyOfEndpoint, TERMINAL_STATUSES, type BatchTotals,
   type ModelUsage
 } from './batch-output.js'
-import { chargeOf, createBatchCharger } from './batch-charge.js'
+import { batchRequestId, chargeOf, createBatchCharger } from './batch-charge.js'
 import { createOutputOwners, type OutputOwner } from './batch-output-owner.js'
-import type { BatchUpstream } from './batch-upstream.js'
+import { refused, validKeys, type BatchUpstream } from './batch-upstream.js'
 import type { UsageRecorder } from './recorder.js'
 import { selectRows } from './sql-rows.js'
 
@@ -71,13 +71,16 @@ export interface BatchWatcher {
 
 /**
  * A watch after `settle`: pending while the job runs (as Mistral shows it), or ended but could not be billed yet, or
- * unreadable: its Mistral key was removed.
+ * unreadable: its Mistral key was removed, or marked invalid with no valid key of the workspace seeing the job.
  */
 export interface Settled {
   pending: boolean
   /** the status Mistral showed the job in, when it is still running */
   running?: string
-  /** its Mistral key is gone: the gateway cannot read the job, let alone bill it, until the operator adds it back */
+  /**
+   * no key can read the job: the gateway cannot bill it until the operator adds its key back (removed), or replaces it
+   * (marked invalid)
+   */
   keyGone?: boolean
 }
 
@@ -167,8 +170,8 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
   /**
    * One check of a claimed job: reads it (unless a client's read just showed it) and, if it has ended, bills it; a
    * job recorded but not charged yet is charged. `startedAt` is when the job counts as checked: the next poll, an
-   * interval later, finds it due from then. Gives the status Mistral showed the job in (KEY_GONE when it could not be
-   * read: its key was removed); undefined when the check failed.
+   * interval later, finds it due from then. Gives the status Mistral showed the job in (KEY_GONE or NO_VALID_KEY when
+   * no key could read it: readerOf); undefined when the check failed.
    */
   async function check (job: WatchedJob, shown: Record<string, unknown> | undefined,
     startedAt: Date | SQL): Promise<string | undefined> {
@@ -189,18 +192,15 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
   }
 
   async function checkClaimed (job: WatchedJob, shown: Record<string, unknown> | undefined) {
-    const [earlier] = await db.select().from(usageRecords).where(eq(usageRecords.requestId, `batch:${job.jobId}`))
+    const [earlier] = await db.select().from(usageRecords).where(eq(usageRecords.requestId, batchRequestId(job.jobId)))
     if (earlier) {
       const status = shown ? String(shown.status) : job.upstreamStatus
       await billedEarlier(job, earlier, status)
       return status ?? undefined
     }
-    const key = await keys.resolve(job.workspaceId, job.keyName)
-    if (!key) {
-      log.warn({ job: job.jobId, key: job.keyName }, 'batch job pending: its Mistral key is gone')
-      return KEY_GONE
-    }
-    const upstreamJob = shown ?? await upstream.job(key.secret, job.jobId)
+    const reader = await readerOf(job, shown)
+    if (reader === KEY_GONE || reader === NO_VALID_KEY) return reader
+    const { secret, upstreamJob } = reader
     if (!upstreamJob) {
       // deleted upstream before it was read: there is nothing left to bill from, and what it cost is lost
       log.error({ job: job.jobId, workspaceId: job.workspaceId }, 'batch job not found upstream; it will not be billed')
@@ -217,7 +217,7 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
     if (outputFile !== undefined && outputFile !== job.outputFile) {
       await db.update(watchedJobs).set({ outputFile }).where(eq(watchedJobs.jobId, job.jobId))
     }
-    const totals = await readTotals(key.secret, job, upstreamJob)
+    const totals = await readTotals(secret, job, upstreamJob)
     const reportedAt = completedAtOf(upstreamJob)
     if (!totals) {
       await outputMissing(job, upstreamJob, reportedAt)
@@ -231,6 +231,34 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
     }
     await bill(job, upstreamJob, status, totals, completedAt)
     return status
+  }
+
+  /**
+   * Who reads the job: its own key, or, once the gateway marked that one invalid (Mistral refused it, and would refuse
+   * each read until the operator replaces it), the first valid key of the workspace that sees the job. One that does
+   * not (401, 403, 404: another organisation's) says nothing of whether the job is still at Mistral. KEY_GONE when the
+   * job's key was removed; NO_VALID_KEY when no valid key sees the job.
+   */
+  async function readerOf (job: WatchedJob, shown: Record<string, unknown> | undefined):
+  Promise<Reader | typeof KEY_GONE | typeof NO_VALID_KEY> {
+    const facts = { job: job.jobId, key: job.keyName }
+    const own = await keys.resolve(job.workspaceId, job.keyName)
+    if (!own) {
+      log.warn(facts, 'batch job pending: its Mistral key is gone')
+      return KEY_GONE
+    }
+    if (own.status !== 'invalid') {
+      return { secret: own.secret, upstreamJob: shown ?? await upstream.job(own.secret, job.jobId) }
+    }
+    for await (const key of validKeys(keys, job.workspaceId, [])) {
+      const seen = await upstream.job(key.secret, job.jobId).catch((err: unknown) => {
+        if (refused(err)) return undefined
+        throw err
+      })
+      if (seen) return { secret: key.secret, upstreamJob: seen }
+    }
+    log.warn(facts, 'batch job pending: its Mistral key is invalid, and no valid key of the workspace sees the job')
+    return NO_VALID_KEY
   }
 
   /**
@@ -314,20 +342,7 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
       const [claimed] = await claim(and(pendingWatch, mine, unclaimed), 1)
       if (claimed) {
         const status = await checkRead(claimed, undefined)
-        if (status === KEY_GONE && deleting === 'output') {
-          // the job stays at Mistral: should the key come back, its results inline may still be read
-          log.warn({ job: claimed.jobId, key: claimed.keyName },
-            'batch job output file let go to its deletion with its Mistral key gone')
-          return { pending: true, keyGone: true }
-        }
-        if (status === KEY_GONE) {
-          // the operator's removal of the key already stopped its billing, and once Mistral has deleted the job no key
-          // could bill it: the watch ends here, or its months' statements would stay open for good
-          log.warn({ job: claimed.jobId, key: claimed.keyName },
-            'batch job let go to its deletion with its Mistral key gone; it will not be billed')
-          await finish(claimed, 'failed', KEY_GONE, new Date())
-          return { pending: true, keyGone: true }
-        }
+        if (status === KEY_GONE || status === NO_VALID_KEY) return await letGo(claimed, status, deleting)
         if (!await isPending(mine)) return { pending: false }
         const running = status !== undefined && !TERMINAL_STATUSES.has(status)
         return running ? { pending: true, running: status } : { pending: true }
@@ -338,6 +353,24 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
       await sleep(SETTLE_STEP_MS)
     }
     return { pending: await isPending(mine) }
+  }
+
+  /**
+   * A deletion the gateway could not bill the job before goes on, as no key could read the job. The job stays watched,
+   * as it stays at Mistral, where its key added back or replaced may still read it (its results inline, its output file
+   * gone), but for the deletion of a job whose key was removed: the operator's removal already stopped its billing,
+   * and once Mistral has deleted the job no key could bill it, so the watch ends, or its months' statements would stay
+   * open for good. No key the gateway holds sees a job whose key is invalid: its deletion does not reach it.
+   */
+  async function letGo (job: WatchedJob, why: typeof KEY_GONE | typeof NO_VALID_KEY, deleting: 'job' | 'output'):
+  Promise<Settled> {
+    const ends = deleting === 'job' && why === KEY_GONE
+    const what = deleting === 'job' ? 'batch job' : 'batch job output file'
+    const reason = why === KEY_GONE ? 'its Mistral key gone' : 'no valid Mistral key seeing the job'
+    log.warn({ job: job.jobId, key: job.keyName },
+      `${what} let go to its deletion with ${reason}${ends ? '; it will not be billed' : ''}`)
+    if (ends) await finish(job, 'failed', KEY_GONE, new Date())
+    return { pending: true, keyGone: true }
   }
 
   async function isPending (mine: SQL | undefined): Promise<boolean> {
@@ -499,13 +532,21 @@ const CHECK_LEASE_MS = 5 * 60_000
 // how long a client's deletion waits for a check of the job under way elsewhere, and how often it looks
 const SETTLE_WAIT_MS = 10_000
 const SETTLE_STEP_MS = 500
-// what a check gives for a job whose Mistral key is gone: no status of Mistral's, which it could not read
+// what a check gives for a job no key could read (its Mistral key gone; invalid, and no valid key sees the job): no
+// status of Mistral's, which it could not read
 const KEY_GONE = 'KEY_GONE'
+const NO_VALID_KEY = 'NO_VALID_KEY'
 // how long after a job completed its output may be missing before it is taken as deleted: a file not yet served
 // right after the job ended must not lose the job, and a client deletes its output hours later, if at all
 const OUTPUT_GRACE_MS = 60 * 60_000
 
 type LedgerRecord = typeof usageRecords.$inferSelect
+
+/** The key a check reads a job with, and the job as that key shows it (undefined: Mistral has no such job). */
+interface Reader {
+  secret: string
+  upstreamJob: Record<string, unknown> | undefined
+}
 
 /** What the metrics and the log say of a billed job: its record's, as written, or as read back from the ledger. */
 type Billed = Pick<LedgerRecord,
@@ -532,7 +573,7 @@ const ownWatch = (workspaceId: string, jobId: string) =>
   and(eq(watchedJobs.jobId, jobId), eq(watchedJobs.workspaceId, workspaceId))
 
 const inLedger = (job: WatchedJob) =>
-  sql`exists (select 1 from ${usageRecords} where ${usageRecords.requestId} = ${`batch:${job.jobId}`})`
+  sql`exists (select 1 from ${usageRecords} where ${usageRecords.requestId} = ${batchRequestId(job.jobId)})`
 
 /** When a job was claimed: the claim set `checked_at` a lease ahead of PostgreSQL's clock. */
 function claimedAt (job: WatchedJob): Date | SQL {
@@ -591,7 +632,7 @@ function recordOf (job: WatchedJob, upstreamJob: Record<string, unknown>, totals
     ? upstreamJob.created_at * 1000
     : job.createdAt.getTime()
   return {
-    requestId: `batch:${job.jobId}`,
+    requestId: batchRequestId(job.jobId),
     workspaceId: job.workspaceId,
     tokenId: job.tokenId,
     keyName: job.keyName,

@@ -1,0 +1,113 @@
+import { eq } from 'drizzle-orm'
+import t, { type Test } from 'tap'
+import { usageRecords, watchedJobs } from '../../src/db/schema.js'
+import { buildTestApp, type TestApp, type TestWorkspace } from '../helpers/app.js'
+import { watchOf } from '../helpers/watched-jobs.js'
+import { countTokens } from '../helpers/fake-mistral.js'
+import { completeBatchJob } from '../helpers/fake-mistral/batch.js'
+
+// A batch job outlives the Mistral key it was created with: Mistral may refuse the key (401) while the job runs, and
+// the gateway then marks it invalid until the operator replaces it. The watcher never reads with such a key (each
+// read would be refused again); the workspace's other keys read the job in its place.
+
+const MODEL = 'mistral-small-latest'
+const PROMPTS = ['a'.repeat(4_000), 'b'.repeat(2_000)]
+const WORDS = 300
+const MISTRAL_DOWN = { object: 'error', message: 'Service unavailable', type: 'service_unavailable', code: '1000' }
+
+async function setup (t: Test): Promise<TestApp> {
+  // the test says when a poll checks the jobs
+  return buildTestApp(t, { BATCH_POLL_INTERVAL_MS: '600000' })
+}
+
+async function createJob (s: TestApp, ws: TestWorkspace, keyName: string): Promise<string> {
+  const created = await s.app.inject({
+    method: 'POST',
+    url: '/v1/batch/jobs',
+    headers: { ...ws.headers, 'x-tramontane-key': keyName },
+    payload: {
+      endpoint: '/v1/chat/completions',
+      model: MODEL,
+      requests: PROMPTS.map((content, i) => ({ custom_id: String(i), body: { messages: [{ role: 'user', content }] } }))
+    }
+  })
+  if (created.statusCode !== 200) throw new Error(`job not created: ${created.statusCode} ${created.body}`)
+  return String(created.json().id)
+}
+
+/** Mistral now refuses every key but `valid`; a call with `keyName` meets its 401, and the gateway marks it invalid. */
+async function markInvalid (t: Test, s: TestApp, ws: TestWorkspace, keyName: string, valid: string) {
+  s.mistral.validKeys.add(valid)
+  const call = await s.app.inject({ url: '/v1/models', headers: { ...ws.headers, 'x-tramontane-key': keyName } })
+  t.match([call.statusCode, call.json()], [502, { code: 'mistral_key_rejected' }])
+  const keys = (await s.admin('GET', `/admin/v1/workspaces/${ws.slug}/mistral-keys`)).json.data
+  const key = keys.find((listed: { name: string }) => listed.name === keyName)
+  t.match(key, { status: 'invalid' }, `${keyName} marked invalid`)
+}
+
+/** Forgets when the job was checked: the next poll finds it due. */
+async function due (s: TestApp, jobId: string) {
+  await s.app.database.db.update(watchedJobs).set({ checkedAt: null }).where(eq(watchedJobs.jobId, jobId))
+}
+
+const recordsOf = (s: TestApp, workspaceId: string) =>
+  s.app.database.db.select().from(usageRecords).where(eq(usageRecords.workspaceId, workspaceId))
+
+const keysSince = (s: TestApp, from: number) => s.mistral.received.slice(from).map((request) => request.apiKey)
+
+t.test('a job whose Mistral key was marked invalid is read, and billed once it ends, with the workspace\'s valid key',
+  async (t) => {
+    const s = await setup(t)
+    const ws = await s.createWorkspace({ keys: ['default', 'old'] })
+    const jobId = await createJob(s, ws, 'old')
+    await markInvalid(t, s, ws, 'old', ws.mistralKey)
+    const marked = s.mistral.received.length
+
+    await s.app.batchJobs.poll()
+    t.match(await watchOf(s, jobId), { status: 'pending', upstreamStatus: 'QUEUED', keyName: 'old' },
+      'read while it runs')
+
+    completeBatchJob(s.mistral.stores, jobId, { completionTokens: WORDS })
+    await due(s, jobId)
+    await s.app.batchJobs.poll()
+    t.match(await watchOf(s, jobId), { status: 'recorded', upstreamStatus: 'SUCCESS' }, 'billed once it ended')
+    const promptTokens = PROMPTS.reduce((sum, text) => sum + countTokens(text), 0)
+    t.match(await recordsOf(s, ws.id), [{
+      requestId: `batch:${jobId}`, keyName: 'old', promptTokens, completionTokens: WORDS * PROMPTS.length
+    }], 'one record, under the key that created the job')
+    t.notOk(keysSince(s, marked).includes(`${ws.mistralKey}-old`), 'nothing was read with the invalid key')
+    t.ok(keysSince(s, marked).length >= 3 && keysSince(s, marked).every((key) => key === ws.mistralKey),
+      'the job and its output were read with the valid key')
+  })
+
+t.test('a job no valid key reads stays watched, its deletions let through, until its key is replaced', async (t) => {
+  const s = await setup(t)
+  const ws = await s.createWorkspace()
+  const jobId = await createJob(s, ws, 'default')
+  // read once while its key was valid: the job ended, its output file known, but its download failed
+  const output = String(completeBatchJob(s.mistral.stores, jobId, { completionTokens: WORDS }).output_file)
+  s.mistral.enqueueError(503, MISTRAL_DOWN, {}, `/v1/files/${output}/content`)
+  await s.app.batchJobs.poll()
+  t.match(await watchOf(s, jobId), { status: 'pending', outputFile: output })
+  await markInvalid(t, s, ws, 'default', 'mk-replacement-of-default')
+  const marked = s.mistral.received.length
+
+  await due(s, jobId)
+  await s.app.batchJobs.poll()
+  t.match(await watchOf(s, jobId), { status: 'pending' }, 'pending, as a key gone leaves it')
+  // the deletions go on as for a job whose key is gone (the token's only key is invalid: they end at the gateway)
+  const file = await s.app.inject({ method: 'DELETE', url: `/v1/files/${output}`, headers: ws.headers })
+  const job = await s.app.inject({ method: 'DELETE', url: `/v1/batch/jobs/${jobId}`, headers: ws.headers })
+  t.same([file.statusCode, job.statusCode], [502, 502], 'let through, not held back 409')
+  t.equal(s.mistral.received.length, marked, 'Mistral heard nothing: no read, no deletion, with the invalid key')
+  t.match(await watchOf(s, jobId), { status: 'pending' },
+    'still watched: the job is still at Mistral, where its key, once replaced, reads it')
+  t.equal((await recordsOf(s, ws.id)).length, 0, 'nothing billed')
+
+  t.equal((await s.admin('PUT', `/admin/v1/workspaces/${ws.slug}/mistral-keys/default`,
+    { key: 'mk-replacement-of-default' })).statusCode, 200)
+  await due(s, jobId)
+  await s.app.batchJobs.poll()
+  t.match(await watchOf(s, jobId), { status: 'recorded' }, 'billed with the replacement')
+  t.equal((await recordsOf(s, ws.id)).length, 1, 'once')
+})
