@@ -141,6 +141,7 @@ export async function buildApp ({ config, logger }: BuildOptions): Promise<Fasti
     upstreamQueued: () => upstream.waiting,
     facts: createScrapeFacts(database.db, app.log),
     workspaceLabel: config.METRICS_WORKSPACE_LABEL,
+    workspaceLabelLimit: config.METRICS_WORKSPACE_LABEL_LIMIT,
     adminToken: config.TRAMONTANE_ADMIN_TOKEN
   })
   app.decorate('events', createGatewayEvents(app.log))

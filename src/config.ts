@@ -4,6 +4,7 @@ import { envSchema } from 'env-schema'
 // Node's timers hold at most 2^31 - 1 ms; a longer delay fires after 1 ms (TimeoutOverflowWarning), so a timeout meant
 // as "no limit" would abort every call at once
 export const MAX_TIMER_MS = 2_147_483_647
+export const DEFAULT_WORKSPACE_LABEL_LIMIT = 1_000
 
 const ConfigSchema = Type.Object({
   PORT: Type.Integer({ default: 8080, minimum: 0, maximum: 65535 }),
@@ -16,6 +17,10 @@ const ConfigSchema = Type.Object({
   // false: the per-call metrics carry no workspace label (an agency with very many workspaces); the scrape-time
   // gauges (spend, caps, Mistral's quota) keep it
   METRICS_WORKSPACE_LABEL: Type.Boolean({ default: true }),
+  // how many workspace slugs a replica labels, in the order it sees them, before the rest share `__other__`: every
+  // family naming a workspace has up to this many series more per other label. Past 100,000 one family outgrows
+  // what a Prometheus holds comfortably: METRICS_WORKSPACE_LABEL=false is the way there
+  METRICS_WORKSPACE_LABEL_LIMIT: Type.Integer({ default: DEFAULT_WORKSPACE_LABEL_LIMIT, minimum: 1, maximum: 100_000 }),
   // unset: embedded PostgreSQL (PGlite) in DATA_DIR
   DATABASE_URL: Type.Optional(Type.String({ minLength: 1 })),
   // on PostgreSQL, the longest one of the gateway's statements may wait (on a lock another session holds, on a

@@ -8,6 +8,7 @@ import pkg from '../package.json' with { type: 'json' }
 import { CounterCells, HistogramCells } from './metric-cells.js'
 import { FALLBACK_MODEL } from './pricing/price-book.js'
 import type { ObservedQuota } from './resilience/key-health.js'
+import { DEFAULT_WORKSPACE_LABEL_LIMIT } from './config.js'
 import type { ScrapeFacts, ScrapeFactsReader } from './scrape-facts.js'
 
 // OpenTelemetry GenAI semantic conventions, in Prometheus form, plus the gateway's own accounting. Labels are
@@ -21,9 +22,6 @@ const DURATION_BUCKETS = [0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 
 const TTFT_BUCKETS = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10]
 // a millisecond or two on a healthy replica; seconds while admission waits (a cap's calls in flight, a store's loss)
 const OVERHEAD_BUCKETS = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
-const MAX_WORKSPACES = 1_000
-// Mistral keys whose quota is charted: one workspace's handful of keys each, up to the workspace cap
-const MAX_QUOTA_KEYS = 1_000
 // statuses Mistral and the gateway answer with (MISTRAL-NOTES §3.2); anything else is `other`
 const KNOWN_CODES = new Set([200, 201, 204, 400, 401, 403, 404, 408, 409, 410, 413, 415, 422, 429, 500, 502, 503, 504])
 // Mistral's rate-limit headers, every generation (MISTRAL-NOTES §3.3): the older `bysize` ones count tokens
@@ -116,16 +114,21 @@ export interface MetricsOptions {
   /**
    * false: the workspace label is empty on the families every call adds to; the scrape-time ones keep it (Mistral's
    * quota per key, a key's name meaning nothing without its workspace; spend and caps, which the cap alerts join by
-   * it), each capped at 1,000 series, and so do the refusals of limits and caps, which the cap alert reads. Money keeps
-   * its `currency` label either way
+   * it), each capped at `workspaceLabelLimit` series, and so do the refusals of limits and caps, which the cap alert
+   * reads. Money keeps its `currency` label either way
    */
   workspaceLabel?: boolean
+  /** how many workspace slugs are labelled before the rest share `__other__` (METRICS_WORKSPACE_LABEL_LIMIT) */
+  workspaceLabelLimit?: number
 }
 
 export function createMetrics (options: MetricsOptions): Metrics {
   const registry = new Registry()
   collectDefaultMetrics({ register: registry })
   const registers = [registry]
+  const maxWorkspaces = options.workspaceLabelLimit ?? DEFAULT_WORKSPACE_LABEL_LIMIT
+  // Mistral keys whose quota is charted: a workspace has a handful, so as many as there are workspace labels
+  const maxQuotaKeys = maxWorkspaces
   const seenWorkspaces = new Set<string>()
   const overflow = new Counter({
     name: 'tramontane_metric_label_overflow_total',
@@ -266,10 +269,10 @@ export function createMetrics (options: MetricsOptions): Metrics {
   })
 
   const workspaceOf = (slug: string) => options.workspaceLabel === false ? '' : boundedWorkspace(slug)
-  // the first 1,000 slugs this process sees, then `__other__`
+  // the first `maxWorkspaces` slugs this process sees, then `__other__`
   const boundedWorkspace = (slug: string) => {
     if (seenWorkspaces.has(slug)) return slug
-    if (seenWorkspaces.size < MAX_WORKSPACES) {
+    if (seenWorkspaces.size < maxWorkspaces) {
       seenWorkspaces.add(slug)
       return slug
     }
@@ -277,9 +280,9 @@ export function createMetrics (options: MetricsOptions): Metrics {
     return '__other__'
   }
   // scrape-time families rank workspaces as the facts do (capped first, then by spend): the rest are `__other__`. They
-  // keep the label whatever `workspaceLabel` says: one series per capped workspace at most (1,000, then one), and the
-  // cap alerts join spend to cap by it
-  const scrapeLabel = (slug: string, index: number) => index < MAX_WORKSPACES ? slug : '__other__'
+  // keep the label whatever `workspaceLabel` says: one series per capped workspace at most (the limit, then one), and
+  // the cap alerts join spend to cap by it
+  const scrapeLabel = (slug: string, index: number) => index < maxWorkspaces ? slug : '__other__'
   // the operator's catch-all price row (`*`) prices models the book does not know: they are `other` too
   const modelOf = (model: string | undefined) => model === undefined || model === FALLBACK_MODEL ? 'other' : model
   const statusClass = (status: number) => `${Math.floor(status / 100)}xx`
@@ -291,7 +294,7 @@ export function createMetrics (options: MetricsOptions): Metrics {
     let keys = 0
     for (const { keyId, observedAt, headers } of observed) {
       const name = names.get(keyId)
-      if (!name || keys++ >= MAX_QUOTA_KEYS) continue
+      if (!name || keys++ >= maxQuotaKeys) continue
       for (const [header, value] of Object.entries(headers)) {
         const match = QUOTA_HEADER.exec(header)
         if (!match || !Number.isFinite(Number(value))) continue
@@ -346,7 +349,7 @@ export function createMetrics (options: MetricsOptions): Metrics {
       if (facts.billedMicros) spend.inc(facts.billedMicros, workspace, facts.operation, model, facts.currency)
     },
     unmetered (workspace, operation, status) {
-      // an unknown workspace takes none of the 1,000 labels the cap allows
+      // an unknown workspace takes none of the labels the cap allows
       const label = workspace !== undefined ? workspaceOf(workspace)
         : options.workspaceLabel === false ? '' : NO_WORKSPACE
       requests.inc(1, label, operation ?? NO_OPERATION, 'other', statusClass(status))

@@ -9,6 +9,7 @@ t.test('defaults', async (t) => {
   t.equal(config.DATABASE_URL, undefined)
   t.equal(config.REDIS_URL, undefined)
   t.equal(config.BODY_LIMIT_BYTES, 64 * 1024 * 1024)
+  t.equal(config.METRICS_WORKSPACE_LABEL_LIMIT, 1000, 'the workspace label takes 1,000 slugs unless told otherwise')
   t.ok(Object.isFrozen(config))
 })
 
@@ -28,4 +29,8 @@ t.test('bad values fail at boot', async (t) => {
     t.throws(() => loadConfig({ [name]: '3000000000' }), new RegExp(name), `${name} past a timer's reach`)
     t.equal(loadConfig({ [name]: '2147483647' })[name as 'SHUTDOWN_GRACE_MS'], 2_147_483_647, `${name} at the most`)
   }
+  t.throws(() => loadConfig({ METRICS_WORKSPACE_LABEL_LIMIT: '0' }), /METRICS_WORKSPACE_LABEL_LIMIT/, 'no label at all')
+  t.throws(() => loadConfig({ METRICS_WORKSPACE_LABEL_LIMIT: '100001' }), /METRICS_WORKSPACE_LABEL_LIMIT/,
+    'more series than a Prometheus holds for one family')
+  t.equal(loadConfig({ METRICS_WORKSPACE_LABEL_LIMIT: '5000' }).METRICS_WORKSPACE_LABEL_LIMIT, 5000)
 })
