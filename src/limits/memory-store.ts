@@ -3,6 +3,7 @@ import { DEFAULT_THRESHOLDS } from './policy.js'
 import type { AdmissionStore, AdmitInput, AdmitResult, DenyReason, RateInfo, ScopeInput, SettleInput } from './store.js'
 
 const MINUTE = 60_000
+const CAP_KINDS = ['d', 'm', 'l'] as const
 const HOUR = 3_600_000
 
 interface Held {
@@ -176,7 +177,10 @@ export function createMemoryStore (clock: () => number = Date.now): AdmissionSto
       const caps: Array<{ scope: number, kind: 'd' | 'm' | 'l', key: string, cap: number, settled: number,
         left: number }> = []
       a.scopes.forEach((scope, i) => {
-        for (const [kind, cap] of Object.entries(scope.caps ?? {}) as Array<['d' | 'm' | 'l', number]>) {
+        // in the order d, m, l, as the Redis script reads them: a refusal's crossings come in one order in both
+        for (const kind of CAP_KINDS) {
+          const cap = scope.caps?.[kind]
+          if (cap === undefined) continue
           const key = spendKey(scope, kind)
           const spend = spends.get(key) as Spend
           const settled = spend.settled ?? 0

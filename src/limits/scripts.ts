@@ -73,14 +73,20 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', RESV, '-inf', now, 'LIMIT', 0, 1
 local caps = {}
 -- a spend counter missing from Redis (restart, eviction, FLUSHALL) is seeded from the ledger before any decision
 local missing = {}
+-- in the order d, m, l, as the gateway and memory-store.ts list them: a JSON object's pairs() come in hash order, and
+-- a refusal's crossings would be reported in another order than a settlement's
 for i, scope in ipairs(a.scopes) do
-  for kind, cap in pairs(scope.caps or {}) do
-    local key = scope.p .. ':spend:l'
-    if kind == 'd' then key = scope.p .. ':spend:d:' .. a.day.id end
-    if kind == 'm' then key = scope.p .. ':spend:m:' .. a.month.id end
-    local values = redis.call('HMGET', key, 'settled', 'reserved')
-    if not values[1] then table.insert(missing, {i, kind, key}) end
-    table.insert(caps, {i, kind, cap, key, tonumber(values[1]) or 0, tonumber(values[2]) or 0})
+  local scopeCaps = scope.caps or {}
+  for _, kind in ipairs({'d', 'm', 'l'}) do
+    local cap = scopeCaps[kind]
+    if cap then
+      local key = scope.p .. ':spend:l'
+      if kind == 'd' then key = scope.p .. ':spend:d:' .. a.day.id end
+      if kind == 'm' then key = scope.p .. ':spend:m:' .. a.month.id end
+      local values = redis.call('HMGET', key, 'settled', 'reserved')
+      if not values[1] then table.insert(missing, {i, kind, key}) end
+      table.insert(caps, {i, kind, cap, key, tonumber(values[1]) or 0, tonumber(values[2]) or 0})
+    end
   end
 end
 if #missing > 0 then

@@ -512,7 +512,10 @@ function contract (t: Test, fixture: Fixture) {
   })
 
   test('caps: a refusal is the cap\'s 100 % only once not even a micro-unit is left, once per period', async (t) => {
-    const { prefix, p, scopes } = await seeded({ m: 10_000 })
+    const base = await seeded({ m: 10_000 })
+    const { prefix, p } = base
+    // the thresholds its settlements report: 100 % alone, so that a refusal can report nothing else
+    const scopes = base.scopes.map((scope) => ({ ...scope, th: [100] }))
     const m = spendKey(p, 'm')
     const settle = (id: string, cost: number) =>
       store.settle(prefix, { id, cost, tokens: 0, reservedTokens: 0, spend: [[m, 10_000]], thresholds: [100] })
@@ -544,7 +547,7 @@ function contract (t: Test, fixture: Fixture) {
     // a cap lowered below what is settled, which no settlement crossed: its first refusal is its 100 %, once
     const lowered = await seeded({ m: 20_000 }, { m: 12_000 })
     const lm = spendKey(lowered.p, 'm')
-    const lowerCap: ScopeInput[] = [{ p: lowered.p, caps: { m: 10_000 } }]
+    const lowerCap: ScopeInput[] = [{ p: lowered.p, caps: { m: 10_000 }, th: [100] }]
     const first = denied(t, await store.admit(lowered.prefix, call(lowerCap, { clamp: true })), 'cap_m', 'lowered')
     t.same([first.busy, first.reached], [false, lm], 'a cap used up: its first refusal is the 100 % crossing')
     t.equal(denied(t, await store.admit(lowered.prefix, least({ scopes: lowerCap })), 'cap_m').reached, undefined,
