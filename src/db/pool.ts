@@ -62,7 +62,9 @@ function lease (client: pg.PoolClient): pg.PoolClient {
   // drizzle-orm 0.45's transaction() sends `begin` before its try/finally: nobody else gives this connection back
   function refuseBegin (err: pg.DatabaseError) {
     refusedBegin ??= err
-    release(err.severity === SESSION_GOES_ON ? undefined : err)
+    // class 08, connection exception: a pooler (PgBouncer's query_wait_timeout) says ERROR, then closes the connection
+    const sessionGoesOn = err.severity === SESSION_GOES_ON && !err.code?.startsWith('08')
+    release(sessionGoesOn ? undefined : err)
   }
   client.on('error', fail)
 
