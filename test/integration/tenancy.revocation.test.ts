@@ -85,6 +85,8 @@ t.test('a token known before a PostgreSQL outage keeps working through it, whate
   })
 
 t.test('a token that expires during a PostgreSQL outage is refused at its expiry all the same', async (t) => {
+  // its 1.5 s must not be shared with the replicas' start, which compiles and loads while it runs
+  await replicasStarting.catch(() => {})
   const { proxy, url } = await proxiedDatabase(t, TEST_DATABASE_URL)
   const testApp = await buildTestApp(t, { DATABASE_URL: url })
   const expiresAt = Date.now() + 1_500
@@ -114,6 +116,8 @@ t.test('a lookup is cached though another workspace changed while it read; not w
   // made through a gateway on a direct connection: the delay is for the reads under test, not for the setup's writes
   const direct = await buildTestApp(t, {}, { mistral: testApp.mistral })
   const [ws, other] = await Promise.all([direct.createWorkspace(), direct.createWorkspace()])
+  // the setup's cache messages reach the app under test over Redis: let them arrive before a read they would stop
+  await sleep(200)
   const tokenOf = (workspace: typeof ws) => workspace.headers.authorization.slice('Bearer '.length)
 
   /** Reads `workspace`'s token, and changes the workspace `changed` while the read is under way. */
