@@ -29,9 +29,10 @@ function namesInline (url: string): boolean {
  * so a job the workspace's calls created is checked first, and billed if it has ended. A job still running is not
  * let go (409): it would answer requests no one could bill; the client cancels it, then deletes it once it has ended.
  * Nor is one that could not be billed yet (its output not found yet, Mistral not answering, a check elsewhere): 409;
- * nor any while PostgreSQL, which holds the watch, does not answer: 503. A job no key can read goes: its Mistral key
- * removed (until the operator adds it back; a removed key already leaves it unbilled), or marked invalid with no valid
- * key of the workspace seeing it (until the operator replaces it).
+ * nor any while PostgreSQL, which holds the watch, does not answer: 503. Nor one whose key is marked invalid with no
+ * valid key of the workspace seeing it: 409 until the operator replaces the key, which would otherwise carry the
+ * deletion to Mistral before it has billed the job. A job whose Mistral key was removed goes (until the operator adds
+ * it back, no key can read it; a removed key already leaves it unbilled).
  */
 export async function billBeforeDeletion (watcher: BatchWatcher, url: string, workspaceId: string): Promise<void> {
   const jobId = idInPath(url)
@@ -43,6 +44,10 @@ export async function billBeforeDeletion (watcher: BatchWatcher, url: string, wo
     throw databaseDown('The batch job cannot be billed', err)
   }
   // the id is that of a job the workspace created: the message quotes none of a client's making
+  if (settled.keyInvalid) {
+    throw conflict(`Batch job ${jobId} cannot be read: its Mistral key is marked invalid and no valid key of the ` +
+      'workspace sees it; the key must be replaced so that the job can be billed before it is deleted')
+  }
   holdBack(settled, `Batch job ${jobId}`, 'cancel it, and delete it once it has ended')
 }
 

@@ -38,12 +38,20 @@ export class BatchUpstreamError extends Error {
 /**
  * The workspace's keys that may read from Mistral, decrypted as they are reached: `first`, then its others in failover
  * order, each once. A key removed, or one Mistral refused (401) and the gateway marked invalid until the operator
- * replaces it, reads nothing: asked, Mistral would only refuse it again.
+ * replaces it, reads nothing: asked, Mistral would only refuse it again. A key that cannot be resolved (one this
+ * replica cannot open) ends the walk, unless `unresolved` is given: it is then told, and the walk goes on.
  */
-export async function * validKeys (keys: MistralKeyStore, workspaceId: string, first: string[]):
-AsyncGenerator<UsableKey> {
+export async function * validKeys (keys: MistralKeyStore, workspaceId: string, first: string[],
+  unresolved?: (err: unknown, name: string) => void): AsyncGenerator<UsableKey> {
   for (const name of new Set([...first, ...await keys.names(workspaceId)])) {
-    const key = await keys.resolve(workspaceId, name)
+    let key: UsableKey | undefined
+    try {
+      key = await keys.resolve(workspaceId, name)
+    } catch (err) {
+      if (!unresolved) throw err
+      unresolved(err, name)
+      continue
+    }
     if (key && key.status !== 'invalid') yield key
   }
 }

@@ -82,6 +82,11 @@ export interface Settled {
    * (marked invalid)
    */
   keyGone?: boolean
+  /**
+   * the job's key is marked invalid and no valid key of the workspace sees the job: its deletion waits for the key's
+   * replacement, which would otherwise take it to Mistral unbilled
+   */
+  keyInvalid?: boolean
 }
 
 interface WatcherOptions {
@@ -237,7 +242,7 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
    * Who reads the job: its own key, or, once the gateway marked that one invalid (Mistral refused it, and would refuse
    * each read until the operator replaces it), the first valid key of the workspace that sees the job. One that does
    * not (401, 403, 404: another organisation's) says nothing of whether the job is still at Mistral. KEY_GONE when the
-   * job's key was removed; NO_VALID_KEY when no valid key sees the job.
+   * job's key was removed; NO_VALID_KEY when every valid key answered that it does not see the job.
    */
   async function readerOf (job: WatchedJob, shown: Record<string, unknown> | undefined):
   Promise<Reader | typeof KEY_GONE | typeof NO_VALID_KEY> {
@@ -250,13 +255,21 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
     if (own.status !== 'invalid') {
       return { secret: own.secret, upstreamJob: shown ?? await upstream.job(own.secret, job.jobId) }
     }
-    for await (const key of validKeys(keys, job.workspaceId, [])) {
+    // a key that could not answer (429, 5xx, one this replica cannot open) may see the job all the same: the next one
+    // is tried, and, when none sees it, the check fails on that key's error rather than taking it for one that does not
+    const failures: unknown[] = []
+    const failed = (err: unknown, key: string) => {
+      log.warn({ err, job: job.jobId, key }, 'batch job not read with a valid key of the workspace; trying the next')
+      failures.push(err)
+    }
+    for await (const key of validKeys(keys, job.workspaceId, [], failed)) {
       const seen = await upstream.job(key.secret, job.jobId).catch((err: unknown) => {
-        if (refused(err)) return undefined
-        throw err
+        if (!refused(err)) failed(err, key.name)
+        return undefined
       })
       if (seen) return { secret: key.secret, upstreamJob: seen }
     }
+    if (failures.length > 0) throw failures[0]
     log.warn(facts, 'batch job pending: its Mistral key is invalid, and no valid key of the workspace sees the job')
     return NO_VALID_KEY
   }
@@ -342,6 +355,9 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
       const [claimed] = await claim(and(pendingWatch, mine, unclaimed), 1)
       if (claimed) {
         const status = await checkRead(claimed, undefined)
+        // the operator may replace the key while the job is read with each other key, and the deletion would then go
+        // with the new one: Mistral deletes the job before any key has billed it
+        if (status === NO_VALID_KEY && deleting === 'job') return { pending: true, keyInvalid: true }
         if (status === KEY_GONE || status === NO_VALID_KEY) return await letGo(claimed, status, deleting)
         if (!await isPending(mine)) return { pending: false }
         const running = status !== undefined && !TERMINAL_STATUSES.has(status)
@@ -356,11 +372,12 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
   }
 
   /**
-   * A deletion the gateway could not bill the job before goes on, as no key could read the job. The job stays watched,
-   * as it stays at Mistral, where its key added back or replaced may still read it (its results inline, its output file
-   * gone), but for the deletion of a job whose key was removed: the operator's removal already stopped its billing,
-   * and once Mistral has deleted the job no key could bill it, so the watch ends, or its months' statements would stay
-   * open for good. No key the gateway holds sees a job whose key is invalid: its deletion does not reach it.
+   * A deletion the gateway could not bill the job before goes on, as no key could read the job: that of a job whose key
+   * was removed, or of the output file of a job whose key is invalid (settleWatch holds back the job's own). The job
+   * stays watched, as it stays at Mistral, where its key added back or replaced may still read it (its results inline,
+   * its output file gone), but for the deletion of a job whose key was removed: the operator's removal already stopped
+   * its billing, and once Mistral has deleted the job no key could bill it, so the watch ends, or its months'
+   * statements would stay open for good.
    */
   async function letGo (job: WatchedJob, why: typeof KEY_GONE | typeof NO_VALID_KEY, deleting: 'job' | 'output'):
   Promise<Settled> {

@@ -80,7 +80,7 @@ t.test('a job whose Mistral key was marked invalid is read, and billed once it e
       'the job and its output were read with the valid key')
   })
 
-t.test('a job no valid key reads stays watched, its deletions let through, until its key is replaced', async (t) => {
+t.test('a job no valid key reads stays watched, its deletion held back, until its key is replaced', async (t) => {
   const s = await setup(t)
   const ws = await s.createWorkspace()
   const jobId = await createJob(s, ws, 'default')
@@ -95,10 +95,17 @@ t.test('a job no valid key reads stays watched, its deletions let through, until
   await due(s, jobId)
   await s.app.batchJobs.poll()
   t.match(await watchOf(s, jobId), { status: 'pending' }, 'pending, as a key gone leaves it')
-  // the deletions go on as for a job whose key is gone (the token's only key is invalid: they end at the gateway)
+  // the output file goes (the job stays, its results inline readable; the token's only key is invalid: it ends at the
+  // gateway), the job does not: a key replaced meanwhile would have Mistral delete it unbilled
   const file = await s.app.inject({ method: 'DELETE', url: `/v1/files/${output}`, headers: ws.headers })
   const job = await s.app.inject({ method: 'DELETE', url: `/v1/batch/jobs/${jobId}`, headers: ws.headers })
-  t.same([file.statusCode, job.statusCode], [502, 502], 'let through, not held back 409')
+  t.same([file.statusCode, job.statusCode], [502, 409], 'the output file let through, the job held back')
+  t.match(job.json(), {
+    code: 'conflict',
+    message: `Batch job ${jobId} cannot be read: its Mistral key is marked invalid and no valid key of the workspace ` +
+      'sees it; the key must be replaced so that the job can be billed before it is deleted'
+  })
+  t.notMatch(job.body, ws.mistralKey, 'no secret in the answer')
   t.equal(s.mistral.received.length, marked, 'Mistral heard nothing: no read, no deletion, with the invalid key')
   t.match(await watchOf(s, jobId), { status: 'pending' },
     'still watched: the job is still at Mistral, where its key, once replaced, reads it')
@@ -110,4 +117,48 @@ t.test('a job no valid key reads stays watched, its deletions let through, until
   await s.app.batchJobs.poll()
   t.match(await watchOf(s, jobId), { status: 'recorded' }, 'billed with the replacement')
   t.equal((await recordsOf(s, ws.id)).length, 1, 'once')
+})
+
+/** A workspace whose job was created with 'old', marked invalid since; Mistral still takes the keys `valid` names. */
+async function invalidWithSpare (t: Test, s: TestApp, valid: string[]) {
+  const ws = await s.createWorkspace({ keys: ['default', 'old', 'spare'] })
+  const jobId = await createJob(s, ws, 'old')
+  await markInvalid(t, s, ws, 'old', ws.mistralKey)
+  for (const name of valid) s.mistral.validKeys.add(`${ws.mistralKey}-${name}`)
+  return { ws, jobId }
+}
+
+const jobReads = (s: TestApp, jobId: string, from: number) => s.mistral.requestsTo(`/v1/batch/jobs/${jobId}`)
+  .filter((request) => request.method === 'GET').slice(from).map((request) => request.apiKey)
+
+t.test('a valid key whose read of the job Mistral fails (503) leaves the job to the next valid key', async (t) => {
+  const s = await setup(t)
+  const { ws, jobId } = await invalidWithSpare(t, s, ['spare'])
+  completeBatchJob(s.mistral.stores, jobId, { completionTokens: WORDS })
+  const before = jobReads(s, jobId, 0).length
+  s.mistral.enqueueError(503, MISTRAL_DOWN, {}, { path: `/v1/batch/jobs/${jobId}`, method: 'GET' })
+
+  await s.app.batchJobs.poll()
+  t.same(jobReads(s, jobId, before), [ws.mistralKey, `${ws.mistralKey}-spare`],
+    'default (failover order) met the 503, spare read the job')
+  t.match(await watchOf(s, jobId), { status: 'recorded', upstreamStatus: 'SUCCESS' }, 'billed in that same check')
+  t.match(await recordsOf(s, ws.id), [{ requestId: `batch:${jobId}`, keyName: 'old' }])
+})
+
+t.test('a valid key Mistral failed, none other seeing the job: the check failed, not NO_VALID_KEY', async (t) => {
+  const s = await setup(t)
+  // spare is another organisation's: Mistral answers it 401
+  const { ws, jobId } = await invalidWithSpare(t, s, [])
+  s.mistral.enqueueError(503, MISTRAL_DOWN, {}, { path: `/v1/batch/jobs/${jobId}`, method: 'GET' })
+  const before = jobReads(s, jobId, 0).length
+
+  const job = await s.app.inject({ method: 'DELETE', url: `/v1/batch/jobs/${jobId}`, headers: ws.headers })
+  t.same(jobReads(s, jobId, before), [ws.mistralKey, `${ws.mistralKey}-spare`], 'default met the 503, spare its 401')
+  t.equal(job.statusCode, 409)
+  t.match(job.json(), { code: 'conflict', message: `Batch job ${jobId} could not be billed yet; retry shortly` },
+    'the key that could not answer may yet see the job: not taken for one that does not')
+  t.equal(job.headers['retry-after'], '60')
+  t.equal(s.mistral.requestsTo(`/v1/batch/jobs/${jobId}`).filter((r) => r.method === 'DELETE').length, 0,
+    'the deletion never reached Mistral')
+  t.match(await watchOf(s, jobId), { status: 'pending' })
 })
