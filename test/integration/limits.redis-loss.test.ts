@@ -1,4 +1,3 @@
-import { spawn, type ChildProcess } from 'node:child_process'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { Redis } from 'ioredis'
 import t, { type Test } from 'tap'
@@ -6,9 +5,9 @@ import { costOf } from '../../src/pricing/cost.js'
 import { completePrices, DEFAULT_PRICES } from '../../src/pricing/default-prices.js'
 import { formatMoney, parseMoney } from '../../src/pricing/money.js'
 import { countTokens, startFakeMistral } from '../helpers/fake-mistral.js'
-import { freePort } from '../helpers/gateway-process.js'
+import { ownRedis } from '../helpers/own-redis.js'
 import {
-  call, killChildrenOnSignal, startReplicas, statusCounts, type ReplicaWorkspace, type Reply
+  call, startReplicas, statusCounts, type ReplicaWorkspace, type Reply
 } from '../helpers/replicas.js'
 
 // Issue #3, failure behaviour: Redis loses its data (FLUSHALL) or goes away. Two gateway processes share a
@@ -24,44 +23,7 @@ const ONE_CALL = costOf({ ...ONE_USAGE, cachedTokens: 0, audioSeconds: 0, pages:
 const CAP = 50 * ONE_CALL
 const REDIS_TIMEOUT_MS = 300
 
-/** A redis-server of our own, on a loopback port, with no persistence: a restart loses everything. */
-async function ownRedis (t: { teardown (fn: () => unknown): void }, port: number) {
-  let child: ChildProcess | undefined
-  const start = async () => {
-    const args = ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no']
-    killChildrenOnSignal()
-    child = spawn('redis-server', args, { stdio: 'ignore' })
-    const probe = new Redis(port, '127.0.0.1',
-      { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null })
-    probe.on('error', () => {})
-    for (const deadline = Date.now() + 5_000; Date.now() < deadline; await sleep(50)) {
-      try {
-        await probe.connect()
-        if (await probe.ping() === 'PONG') break
-      } catch {}
-    }
-    probe.disconnect()
-  }
-  const stop = async (signal: NodeJS.Signals = 'SIGKILL') => {
-    const running = child
-    if (!running || running.exitCode !== null || running.signalCode !== null) return
-    const exited = new Promise((resolve) => running.once('exit', resolve))
-    running.kill(signal)
-    await exited
-  }
-  await start()
-  t.teardown(() => stop())
-  return {
-    url: `redis://127.0.0.1:${port}`,
-    start,
-    stop,
-    /** SIGSTOP / SIGCONT: the connection stays open and nothing answers */
-    pause: () => child?.kill('SIGSTOP'),
-    resume: () => child?.kill('SIGCONT')
-  }
-}
-
-const redis = await ownRedis(t, await freePort())
+const redis = await ownRedis(t)
 const client = new Redis(redis.url, { maxRetriesPerRequest: 1 })
 client.on('error', () => {})
 t.teardown(() => client.disconnect())

@@ -1,14 +1,12 @@
-import { spawn, type ChildProcess } from 'node:child_process'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { eq } from 'drizzle-orm'
-import { Redis } from 'ioredis'
-import t, { type Test } from 'tap'
+import t from 'tap'
 import { usageRecords } from '../../src/db/schema.js'
 import { generateMasterKey } from '../../src/tenancy/master-keys.js'
 import { buildTestApp, TEST_MASTER_KEYS, type TestApp, type TestWorkspace } from '../helpers/app.js'
 import { createScratchDatabase } from '../helpers/database.js'
 import { startFakeMistral } from '../helpers/fake-mistral.js'
-import { freePort } from '../helpers/gateway-process.js'
+import { ownRedis } from '../helpers/own-redis.js'
 
 // A call the gateway fails on its own side (a key it cannot open, a store it cannot reach) is not Mistral's failure:
 // neither its answer nor its ledger row nor its request line may say Mistral could not be reached
@@ -112,27 +110,3 @@ t.test('a batch job deletion refused before the call is metered gives its concur
       'no slot held, nothing reserved')
     t.equal((await chat(s, ws)).statusCode, 200, 'the next call is admitted')
   })
-
-/** A redis-server of this test's own (the shared one is never stopped), with no persistence. */
-async function ownRedis (t: Test) {
-  const port = await freePort()
-  const child: ChildProcess = spawn('redis-server',
-    ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' })
-  const stop = async () => {
-    if (child.exitCode !== null || child.signalCode !== null) return
-    const exited = new Promise((resolve) => child.once('exit', resolve))
-    child.kill('SIGKILL')
-    await exited
-  }
-  t.teardown(stop)
-  const probe = new Redis(port, '127.0.0.1', { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null })
-  probe.on('error', () => {})
-  for (const deadline = Date.now() + 5_000; Date.now() < deadline; await sleep(50)) {
-    try {
-      await probe.connect()
-      if (await probe.ping() === 'PONG') break
-    } catch {}
-  }
-  probe.disconnect()
-  return { url: `redis://127.0.0.1:${port}`, stop }
-}
