@@ -60,8 +60,9 @@ export const BATCH_JOB_DELETION = 'jobs_api_routes_batch_delete_batch_job'
  * job itself is: the job billed first, else 409 (running, or not billable yet), and 503 while PostgreSQL does not
  * answer. Whose output the file is, a check may not have learnt yet when the client did (batch-output-owner.ts): the
  * file is then read from Mistral, and the jobs that may have written it, and 409 while Mistral cannot say (within the
- * check's budget); the client leaving ends that check. Any other file goes as it comes. A job no key can read lets its
- * output go but stays watched: it stays at Mistral, where its key, added back or replaced, may still read it.
+ * check's budget); the client leaving ends that check. Any other file goes as it comes. A job whose key was removed
+ * lets its output go but stays watched: it stays at Mistral, where its key, added back, may still read it. One whose key
+ * is marked invalid, which no valid key sees, does not (409): a key replaced meanwhile would carry the deletion.
  */
 export async function billBeforeFileDeletion (watcher: BatchWatcher, url: string, workspaceId: string,
   response: ServerResponse): Promise<void> {
@@ -84,6 +85,11 @@ export async function billBeforeFileDeletion (watcher: BatchWatcher, url: string
       'checked; retry shortly', { headers: retryAfterHeaders(DELETION_RETRY_MS) })
   }
   // both ids are Mistral's, as a check of the workspace's job read them: the message quotes none of a client's making
+  if (settled?.keyInvalid) {
+    throw conflict(`File ${fileId} is the output of batch job ${owner.jobId}, which cannot be read: its Mistral key is ` +
+      'marked invalid and no valid key of the workspace sees it; the key must be replaced so that the job can be billed ' +
+      'before its output is deleted')
+  }
   holdBack(settled, `File ${fileId} is the output of batch job ${owner.jobId}, which`,
     'delete it once the job has ended')
 }

@@ -77,14 +77,11 @@ export interface Settled {
   pending: boolean
   /** the status Mistral showed the job in, when it is still running */
   running?: string
-  /**
-   * no key can read the job: the gateway cannot bill it until the operator adds its key back (removed), or replaces it
-   * (marked invalid)
-   */
+  /** no key can read the job, its key removed: the gateway cannot bill it until the operator adds the key back */
   keyGone?: boolean
   /**
-   * the job's key is marked invalid and no valid key of the workspace sees the job: its deletion waits for the key's
-   * replacement, which would otherwise take it to Mistral unbilled
+   * the job's key is marked invalid and no valid key of the workspace sees the job: the deletion of the job or of its
+   * output waits for the key's replacement, which would otherwise take it to Mistral unbilled
    */
   keyInvalid?: boolean
 }
@@ -356,9 +353,9 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
       if (claimed) {
         const status = await checkRead(claimed, undefined)
         // the operator may replace the key while the job is read with each other key, and the deletion would then go
-        // with the new one: Mistral deletes the job before any key has billed it
-        if (status === NO_VALID_KEY && deleting === 'job') return { pending: true, keyInvalid: true }
-        if (status === KEY_GONE || status === NO_VALID_KEY) return await letGo(claimed, status, deleting)
+        // with the new one: Mistral deletes the job, or its output, before any key has billed the job
+        if (status === NO_VALID_KEY) return { pending: true, keyInvalid: true }
+        if (status === KEY_GONE) return await letGo(claimed, deleting)
         if (!await isPending(mine)) return { pending: false }
         const running = status !== undefined && !TERMINAL_STATUSES.has(status)
         return running ? { pending: true, running: status } : { pending: true }
@@ -372,20 +369,16 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
   }
 
   /**
-   * A deletion the gateway could not bill the job before goes on, as no key could read the job: that of a job whose key
-   * was removed, or of the output file of a job whose key is invalid (settleWatch holds back the job's own). The job
-   * stays watched, as it stays at Mistral, where its key added back or replaced may still read it (its results inline,
-   * its output file gone), but for the deletion of a job whose key was removed: the operator's removal already stopped
-   * its billing, and once Mistral has deleted the job no key could bill it, so the watch ends, or its months'
-   * statements would stay open for good.
+   * A deletion the gateway could not bill the job before goes on, as its Mistral key was removed and no key can read
+   * the job. An output file's job stays watched, as it stays at Mistral, where its key added back may still read its
+   * results inline. The job's own deletion ends the watch: the operator's removal already stopped its billing, and once
+   * Mistral has deleted the job no key could bill it, so its months' statements would stay open for good.
    */
-  async function letGo (job: WatchedJob, why: typeof KEY_GONE | typeof NO_VALID_KEY, deleting: 'job' | 'output'):
-  Promise<Settled> {
-    const ends = deleting === 'job' && why === KEY_GONE
-    const what = deleting === 'job' ? 'batch job' : 'batch job output file'
-    const reason = why === KEY_GONE ? 'its Mistral key gone' : 'no valid Mistral key seeing the job'
+  async function letGo (job: WatchedJob, deleting: 'job' | 'output'): Promise<Settled> {
+    const ends = deleting === 'job'
+    const what = ends ? 'batch job' : 'batch job output file'
     log.warn({ job: job.jobId, key: job.keyName },
-      `${what} let go to its deletion with ${reason}${ends ? '; it will not be billed' : ''}`)
+      `${what} let go to its deletion with its Mistral key gone${ends ? '; it will not be billed' : ''}`)
     if (ends) await finish(job, 'failed', KEY_GONE, new Date())
     return { pending: true, keyGone: true }
   }

@@ -101,11 +101,13 @@ t.test('a job no valid key reads stays watched, its deletion held back, until it
   await due(s, jobId)
   await s.app.batchJobs.poll()
   t.match(await watchOf(s, jobId), { status: 'pending' }, 'pending, as a key gone leaves it')
-  // the output file goes (the job stays, its results inline readable; the token's only key is invalid: it ends at the
-  // gateway), the job does not: a key replaced meanwhile would have Mistral delete it unbilled
+  // neither goes: a key replaced meanwhile would have Mistral delete the job, or the output it is billed from, unbilled
   const file = await s.app.inject({ method: 'DELETE', url: `/v1/files/${output}`, headers: ws.headers })
   const job = await s.app.inject({ method: 'DELETE', url: `/v1/batch/jobs/${jobId}`, headers: ws.headers })
-  t.same([file.statusCode, job.statusCode], [502, 409], 'the output file let through, the job held back')
+  t.same([file.statusCode, job.statusCode], [409, 409], 'the output file and the job held back')
+  t.match(file.json(), { code: 'conflict', message: `File ${output} is the output of batch job ${jobId}, which cannot ` +
+    'be read: its Mistral key is marked invalid and no valid key of the workspace sees it; the key must be replaced ' +
+    'so that the job can be billed before its output is deleted' })
   t.match(job.json(), {
     code: 'conflict',
     message: `Batch job ${jobId} cannot be read: its Mistral key is marked invalid and no valid key of the workspace ` +
