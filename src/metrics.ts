@@ -126,9 +126,8 @@ export function createMetrics (options: MetricsOptions): Metrics {
   const registry = new Registry()
   collectDefaultMetrics({ register: registry })
   const registers = [registry]
+  // also the Mistral keys whose quota is charted: a workspace has a handful, so as many as there are workspace labels
   const maxWorkspaces = options.workspaceLabelLimit ?? DEFAULT_WORKSPACE_LABEL_LIMIT
-  // Mistral keys whose quota is charted: a workspace has a handful, so as many as there are workspace labels
-  const maxQuotaKeys = maxWorkspaces
   const seenWorkspaces = new Set<string>()
   const overflow = new Counter({
     name: 'tramontane_metric_label_overflow_total',
@@ -294,7 +293,7 @@ export function createMetrics (options: MetricsOptions): Metrics {
     let keys = 0
     for (const { keyId, observedAt, headers } of observed) {
       const name = names.get(keyId)
-      if (!name || keys++ >= maxQuotaKeys) continue
+      if (!name || keys++ >= maxWorkspaces) continue
       for (const [header, value] of Object.entries(headers)) {
         const match = QUOTA_HEADER.exec(header)
         if (!match || !Number.isFinite(Number(value))) continue

@@ -71,13 +71,14 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', RESV, '-inf', now, 'LIMIT', 0, 1
 
 -- every cap of every scope, its counter read once: {scope index, kind, cap, key, settled, reserved}
 local caps = {}
+local CAP_KINDS = {'d', 'm', 'l'}
 -- a spend counter missing from Redis (restart, eviction, FLUSHALL) is seeded from the ledger before any decision
 local missing = {}
 -- in the order d, m, l, as the gateway and memory-store.ts list them: a JSON object's pairs() come in hash order, and
 -- a refusal's crossings would be reported in another order than a settlement's
 for i, scope in ipairs(a.scopes) do
   local scopeCaps = scope.caps or {}
-  for _, kind in ipairs({'d', 'm', 'l'}) do
+  for _, kind in ipairs(CAP_KINDS) do
     local cap = scopeCaps[kind]
     if cap then
       local key = scope.p .. ':spend:l'
