@@ -61,6 +61,15 @@ export const authenticationUnavailable = (cause: unknown, retryMs: number) => ne
   'authentication_unavailable', 'The token cannot be checked right now; retry shortly',
   { headers: retryAfterHeaders(retryMs), cause })
 
+/**
+ * A workspace's time zone this replica's Node has no data for: the admin API checked it on the replica that stored it,
+ * whose zone data was newer. Its calendar day and month cannot be told here, so neither can its caps' periods; falling
+ * back to UTC would count its spend in other periods than the replicas that know the zone.
+ */
+export const timeZoneUnknown = (timeZone: string, cause: unknown) => new GatewayError(500, 'server_error',
+  'time_zone_unknown', `This replica's Node does not know the workspace's time zone '${timeZone}', which its spend ` +
+  'caps and limits count in: the operator must set a zone every replica knows, or update Node on this one', { cause })
+
 // what a reconnect to PostgreSQL usually takes
 export const DATABASE_RETRY_MS = 5_000
 
@@ -111,7 +120,9 @@ export function errorHandler (err: FastifyError | GatewayError, request: Fastify
   const known = err instanceof GatewayError
   let status = err.statusCode ?? 500
   if (!known && (status < 400 || status > 599)) status = 500
-  if (status >= 500 && !known) request.log.error({ err }, 'request failed')
+  // a known error above 500 is a state the gateway reports (not ready, PostgreSQL away: logged where it is raised); a
+  // 500 is a fault the operator must hear of
+  if (status === 500 || (status > 500 && !known)) request.log.error({ err }, 'request failed')
   let body: ErrorBody
   if (known) {
     body = { type: err.type, code: err.code, message: err.message, param: err.param }

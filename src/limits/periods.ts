@@ -1,3 +1,5 @@
+import { timeZoneUnknown } from '../errors.js'
+
 /** A calendar period of a workspace's budget: its id goes into the Redis key, so nothing ever resets a counter. */
 export interface Period {
   id: string
@@ -42,9 +44,13 @@ export function calendarPeriods (instant: number, timeZone: string): CalendarPer
 function formatter (timeZone: string): Intl.DateTimeFormat {
   let format = formatters.get(timeZone)
   if (!format) {
-    format = new Intl.DateTimeFormat('en-US', {
-      timeZone, hourCycle: 'h23', year: 'numeric', month: 'numeric', day: 'numeric', hour: 'numeric', minute: 'numeric', second: 'numeric'
-    })
+    try {
+      format = new Intl.DateTimeFormat('en-US', {
+        timeZone, hourCycle: 'h23', year: 'numeric', month: 'numeric', day: 'numeric', hour: 'numeric', minute: 'numeric', second: 'numeric'
+      })
+    } catch (err) {
+      throw timeZoneUnknown(timeZone, err)
+    }
     formatters.set(timeZone, format)
   }
   return format

@@ -87,3 +87,30 @@ t.test('a stored zone PostgreSQL does not know: the self-service usage and /me s
   t.same(byDay.json().groups.map((group: { day: string, calls: number }) => [group.day, group.calls]), [[today, 1]],
     'the call, on its UTC day')
 })
+
+t.test('a stored zone this replica\'s Node does not know: capped calls are refused with a code that names it', async (t) => {
+  const s = await buildTestApp(t)
+  const ws = await s.createWorkspace()
+  t.equal((await s.admin('PATCH', `/admin/v1/workspaces/${ws.slug}`, { caps: { monthly: '100' } })).statusCode, 200)
+  // as a replica with older zone data than the one that stored it would find it (the PATCH drops the cached context)
+  await s.app.database.db.execute(sql`update workspaces set timezone = ${POSTGRES_ONLY} where id = ${ws.id}`)
+  t.equal((await s.admin('PATCH', `/admin/v1/workspaces/${ws.slug}`, { name: 'renamed' })).statusCode, 200)
+  const sentBefore = s.mistral.received.length
+  const res = await s.app.inject({
+    method: 'POST', url: '/v1/chat/completions', headers: ws.headers,
+    payload: { model: 'mistral-small-latest', messages: [{ role: 'user', content: 'Hello' }] }
+  })
+  t.equal(res.statusCode, 500)
+  t.match(res.json(), {
+    object: 'error',
+    type: 'server_error',
+    code: 'time_zone_unknown',
+    message: `This replica's Node does not know the workspace's time zone '${POSTGRES_ONLY}', which its spend caps ` +
+      'and limits count in: the operator must set a zone every replica knows, or update Node on this one',
+    request_id: res.headers['x-request-id']
+  })
+  t.equal(s.mistral.received.length, sentBefore, 'nothing went to Mistral')
+  const logged = s.logs.map((line) => JSON.parse(line) as { level: number, reqId?: string, err?: { message?: string } })
+    .find((line) => line.reqId === res.headers['x-request-id'] && line.level >= 50)
+  t.match(logged?.err?.message, `time zone '${POSTGRES_ONLY}'`, 'logged as an error, with the zone')
+})
