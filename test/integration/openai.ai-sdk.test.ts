@@ -139,3 +139,33 @@ t.test('errors reach the user with Mistral\'s message', async (t) => {
       `${name}: the message`)
   }
 })
+
+// By default the provider asks for no usage, sends no OpenAI SDK header and nothing OpenAI-only in its body: the gateway
+// cannot tell it from a Mistral client and passes Mistral's answer as it is. The provider reads Mistral's tool calls
+// itself, whole and streamed; this is what makes leaving it undetected harmless
+t.test('the OpenAI-compatible provider without includeUsage: tool calls in Mistral\'s own shape', async (t) => {
+  const s = await setup()
+  const plain = createOpenAICompatible({ name: 'tramontane', baseURL: url + '/v1', apiKey: s.ws.token })
+  const streamed = streamText({
+    model: plain.chatModel(MODEL),
+    prompt: 'Weather in Paris?',
+    tools: { get_weather: weather },
+    toolChoice: 'required',
+    maxRetries: 0
+  })
+  t.match(await streamed.toolCalls, [{ toolName: 'get_weather', toolCallId: /^[a-zA-Z0-9]{9}$/ }])
+  t.equal(await streamed.finishReason, 'tool-calls')
+  const whole = await generateText({
+    model: plain.chatModel(MODEL),
+    prompt: 'Weather in Paris?',
+    tools: { get_weather: weather },
+    toolChoice: 'required',
+    stopWhen: stepCountIs(1),
+    maxRetries: 0
+  })
+  t.match(whole.toolCalls, [{ toolName: 'get_weather', toolCallId: /^[a-zA-Z0-9]{9}$/ }])
+  t.equal(whole.finishReason, 'tool-calls')
+  const sent = s.upstream()
+  t.equal(sent.length, 2)
+  t.ok(sent.every((r) => r.status === 200), 'Mistral accepted both calls')
+})
