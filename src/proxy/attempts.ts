@@ -76,10 +76,10 @@ function resendableAfterDoubt (request: FastifyRequest): boolean {
 const MAX_HOLD_SPREAD_MS = 250
 
 /** The gateway's order when the workspace sets none: another key first, then a short hold (issue 4). */
-const DEFAULT_ORDER: readonly CooldownStrategy[] = ['failover', 'hold']
+export const DEFAULT_ORDER: readonly CooldownStrategy[] = ['failover', 'hold']
 
 /** What a call may do while its preferred key is unusable, tried in order; after them the client gets the answer. */
-interface CooldownPlan {
+export interface CooldownPlan {
   order: readonly CooldownStrategy[]
   holdMs: number
 }
@@ -275,7 +275,7 @@ interface Blocked {
  * soonest of all once failover was allowed) if that ends within the hold. After them: the error to answer. `look`:
  * what it would answer, claiming no breaker's probe.
  */
-async function pickKey (workspaceId: string, candidates: string[], plan: CooldownPlan,
+export async function pickKey (workspaceId: string, candidates: string[], plan: CooldownPlan,
   mayHold: (wait: number) => Promise<boolean>, deps: AttemptDeps, look?: 'look'):
 Promise<{ key: UsableKey } | { hold: number } | { error: GatewayError }> {
   let next = 0

@@ -1,10 +1,11 @@
 import { Readable } from 'node:stream'
 import type { FastifyBaseLogger } from 'fastify'
-import { clientClosed } from '../errors.js'
+import { databaseUnanswered } from '../db/sql-state.js'
+import { clientClosed, databaseUnavailable } from '../errors.js'
 import { hasCaps } from '../limits/policy.js'
 import type { TenantContext } from '../tenancy/tokens.js'
-import type { AttemptDeps } from './attempts.js'
-import { pathSegment } from './upstream.js'
+import { DEFAULT_ORDER, pickKey, type AttemptDeps } from './attempts.js'
+import { filePath } from './mistral-files.js'
 
 /**
  * A transcription names its audio by a `file` part (the audio is in the form), a `file_url` (Mistral fetches it) or
@@ -55,7 +56,8 @@ const NAMES_NOTHING: AudioSource = { upload: false, url: false, fileIds: [], unr
 /**
  * How many bytes of audio a transcription may be billed for, and its body to send on. A chunked form (no length) is
  * not read: whatever it names, its length is unknown. A `file_id` is looked up at Mistral, with the key the call goes
- * out with, only where a spend cap applies (nothing else needs its size).
+ * out with, only where a spend cap applies; elsewhere its size stays unknown, and a call whose count Mistral never
+ * sends is billed no audio (meter.ts).
  */
 export async function transcriptionAudio ({ body, headers, tenant, candidates, deps, log }: {
   /** undefined for a body parsed as JSON, from which Mistral reads an empty form: no audio */
@@ -74,7 +76,7 @@ export async function transcriptionAudio ({ body, headers, tenant, candidates, d
   if (source.fileIds.length === 0) return { bytes: length, body: forwarded }
   const uploaded = source.upload ? length : 0
   const capped = hasCaps(tenant.workspace.caps) || hasCaps(tenant.token.caps)
-  const file = capped ? await fileBytes(deps, tenant.workspace.id, candidates, source.fileIds[0], log) : undefined
+  const file = capped ? await fileBytes(deps, tenant, candidates, source.fileIds[0], log) : undefined
   if (file === undefined) return { bytes: undefined, body: forwarded }
   // a file Mistral does not have (null) is no audio: the call goes on, and the client gets Mistral's own answer
   return { bytes: Math.max(uploaded, file ?? 0), body: forwarded }
@@ -312,25 +314,30 @@ function decodeField (text: string): string | undefined {
 }
 
 /**
- * `GET /v1/files/{id}` (RetrieveFile in mistral-openapi.yaml): the file's `bytes`, asked with the workspace's key
- * that the call will go out with (the first of its candidates usable now: the one attempts.ts picks, unless the
- * workspace's cooldown order holds for a cooling first key), through the proxy's pool. Null when Mistral has no such
- * file; undefined when the size is not known (no usable key, an error, no answer in LOOKUP_TIMEOUT_MS, no `bytes`).
+ * `GET /v1/files/{id}` (RetrieveFile in mistral-openapi.yaml): the file's `bytes`, asked with the key the call will go
+ * out with, as the attempt loop picks it (pickKey, asked without claiming a breaker's probe), through the proxy's pool:
+ * files belong to an organisation, and another key of the workspace may be of another one. Null when Mistral has no
+ * such file; undefined when the size is not known (no key usable now, the call held for one or refused, an error, no
+ * answer in LOOKUP_TIMEOUT_MS, no `bytes`).
  */
-async function fileBytes ({ pool, prefix, keys, health, metrics }: AttemptDeps, workspaceId: string,
-  candidates: string[], fileId: string, log: FastifyBaseLogger): Promise<number | null | undefined> {
-  let key
-  for (const name of candidates) {
-    const candidate = await keys.resolve(workspaceId, name)
-    if (candidate?.status === 'active' && !health.blocked(candidate.id)) {
-      key = candidate
-      break
-    }
-  }
-  if (key === undefined) return undefined
+async function fileBytes (deps: AttemptDeps, tenant: TenantContext, candidates: string[], fileId: string,
+  log: FastifyBaseLogger): Promise<number | null | undefined> {
+  const { pool, prefix, metrics, config } = deps
+  const setting = tenant.workspace.cooldown
+  const plan = { order: setting.order ?? DEFAULT_ORDER, holdMs: setting.holdMs ?? config.UPSTREAM_COOLDOWN_HOLD_MS }
+  // the call's first pick holds for any wait that fits its retry time (mayHold in attempts.ts, before any 429)
+  const mayHold = async (wait: number) => wait <= config.UPSTREAM_RETRY_MAX_WAIT_MS
+  const choice = await pickKey(tenant.workspace.id, candidates, plan, mayHold, deps, 'look')
+    .catch((err: unknown) => {
+      // the answer the call itself would get (attempts.ts)
+      throw databaseUnanswered(err) ? databaseUnavailable(err, log) : err
+    })
+  // held: the key the call waits for is cooling down, and would only meet Mistral's 429 now
+  if (!('key' in choice)) return undefined
+  const { key } = choice
   try {
     const res = await pool.request({
-      path: `${prefix}/v1/files/${pathSegment(fileId)}`,
+      path: prefix + filePath(fileId),
       method: 'GET',
       headers: { authorization: `Bearer ${key.secret}`, accept: 'application/json' },
       signal: AbortSignal.timeout(LOOKUP_TIMEOUT_MS)

@@ -1,5 +1,6 @@
 import { Pool, type Dispatcher } from 'undici'
 import type { Config } from '../config.js'
+import { filePath } from '../proxy/mistral-files.js'
 import { basePath, pathSegment } from '../proxy/upstream.js'
 import type { MistralKeyStore, UsableKey } from '../tenancy/mistral-keys.js'
 
@@ -107,7 +108,7 @@ export function createBatchUpstream (config: Pick<Config, 'MISTRAL_BASE_URL' | '
       return await body.json() as Record<string, unknown>
     },
     async file (secret, fileId, signal) {
-      const body = await get(secret, `/v1/files/${pathSegment(fileId)}`, signal)
+      const body = await get(secret, filePath(fileId), signal)
       return body && await body.json() as Record<string, unknown>
     },
     jobWithResults: (secret, jobId) => get(secret, `/v1/batch/jobs/${pathSegment(jobId)}?inline=true`),

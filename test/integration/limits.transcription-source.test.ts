@@ -64,10 +64,10 @@ function dearestPerMinute ({ app }: TestApp): number {
 }
 
 /** A gateway, and a workspace whose monthly cap affords an hour of audio at the dearest price: far less than 500 MB. */
-async function cappedWorkspace (t: Test) {
+async function cappedWorkspace (t: Test, keys?: string[]) {
   const testApp = await buildTestApp(t)
   const url = await listen(testApp.app)
-  const ws = await testApp.createWorkspace()
+  const ws = await testApp.createWorkspace({ keys })
   const hour = 60 * dearestPerMinute(testApp)
   const patched = await testApp.admin('PATCH', `/admin/v1/workspaces/${ws.slug}`,
     { caps: { monthly: formatMoney(hour) } })
@@ -152,6 +152,43 @@ t.test('a file_id transcription reserves by the size Mistral gives for the file'
   const unknown = await transcribe(url, ws, multipart([['model', MODEL], ['file_id', missing]]), MULTIPART)
   t.not(unknown.status, 429, `a file Mistral does not have is not refused by the cap (${unknown.status})`)
   t.equal(transcriptions().at(-1)?.form?.fields.file_id, missing, 'it reached Mistral')
+})
+
+t.test('a file_id is looked up with the key the call goes out with, as the cooldown order picks it', async (t) => {
+  const { testApp, url, ws, mistral } = await cappedWorkspace(t, ['default', 'backup'])
+  const keyName = (apiKey: string | undefined) =>
+    apiKey === ws.mistralKey ? 'default' : apiKey === `${ws.mistralKey}-backup` ? 'backup' : 'other'
+  const lookups = () => mistral.requestsTo('/v1/files').map((seen) => keyName(seen.apiKey))
+  const transcriptions = () => mistral.requestsTo(TRANSCRIPTIONS).map((seen) => keyName(seen.apiKey))
+  const setOrder = async (cooldown: Record<string, unknown>) => t.equal((await testApp.admin('PATCH',
+    `/admin/v1/workspaces/${ws.slug}`, { cooldown })).statusCode, 200, `cooldown ${JSON.stringify(cooldown)} set`)
+  const short = mistral.addFile({ bytes: 200_000, purpose: 'audio', filename: 'short.mp3' })
+  const long = mistral.addFile({ bytes: 40_000_000, purpose: 'audio', filename: 'long.mp3' })
+  const byId = (id: string) => multipart([['model', MODEL], ['file_id', id]])
+
+  // `default` cools down for 3 s: a chat meets Mistral's 429 on it, and the default order fails over to `backup`
+  mistral.enqueueRateLimit({ retryAfterSeconds: 3, filter: '/v1/chat/completions' })
+  const chat = await testApp.app.inject({ method: 'POST', url: '/v1/chat/completions',
+    headers: { ...ws.headers, 'content-type': 'application/json' },
+    payload: JSON.stringify({ model: 'mistral-small-latest', messages: [{ role: 'user', content: 'Hi' }] }) })
+  t.equal(chat.statusCode, 200, 'the chat was served by `backup`')
+
+  t.equal((await transcribe(url, ws, byId(short.id), MULTIPART)).status, 200, 'failover: admitted')
+  t.same(lookups(), ['backup'], 'failover: the file was looked up with `backup`')
+  t.same(transcriptions(), ['backup'], 'the call that `backup` serves')
+
+  // a hold shorter than the cooldown, and no failover: the call can go out with no key, so nothing is looked up
+  await setOrder({ order: ['hold'], holdMs: 500 })
+  refusedByCap(t, await transcribe(url, ws, byId(short.id), MULTIPART), '["hold"] past its hold: no key to ask with')
+  t.same(lookups(), ['backup'], '["hold"] past its hold: not looked up with `backup`, which the call never uses')
+
+  // a hold that fits: the call waits for `default`. `backup` may be of another organisation, which has no such file
+  // (Mistral's 404, read as no audio): asked with it, the long file would be reserved as nothing, and sent on `default`
+  await setOrder({ order: ['hold'], holdMs: 5_000 })
+  mistral.enqueueError(404, { detail: 'File not found' }, {}, { path: `/v1/files/${long.id}`, method: 'GET' })
+  refusedByCap(t, await transcribe(url, ws, byId(long.id), MULTIPART), '["hold"] within its hold: the size unknown')
+  t.same(lookups(), ['backup'], '["hold"] within its hold: not looked up with `backup`')
+  t.same(transcriptions(), ['backup'], 'neither call reached Mistral')
 })
 
 t.test('an upload is forwarded as it arrives, unchanged, with nothing looked up', async (t) => {
