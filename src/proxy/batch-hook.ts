@@ -152,7 +152,7 @@ export async function observeBatchJob (watcher: BatchWatcher, call: BatchJobCall
   }
   if (typeof job?.id !== 'string') return
   if (call === 'read') {
-    watcher.seen(tenant.workspace.id, job)
+    watcher.seen(tenant.workspace.id, job, keyName)
       .catch((err: unknown) => request.log.warn({ err, job: job.id }, 'batch job check failed'))
     return
   }

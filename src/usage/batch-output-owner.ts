@@ -2,6 +2,7 @@ import { and, asc, eq, isNull, or, sql } from 'drizzle-orm'
 import type { FastifyBaseLogger } from 'fastify'
 import type { Database } from '../db/client.js'
 import { watchedJobs } from '../db/schema.js'
+import { databaseUnanswered } from '../db/sql-state.js'
 import type { MistralKeyStore } from '../tenancy/mistral-keys.js'
 import { TERMINAL_STATUSES } from './batch-output.js'
 import { refused, validKeys, type BatchUpstream } from './batch-upstream.js'
@@ -10,7 +11,10 @@ import { refused, validKeys, type BatchUpstream } from './batch-upstream.js'
 export interface OutputOwner {
   /** the pending job whose output the file is */
   jobId?: string
-  /** the file may be the output of a pending job, which no key could check: Mistral failed, or took too long */
+  /**
+   * the file may be the output of a pending job, which no key could check: Mistral failed, or took too long, or a key
+   * was one this replica cannot open
+   */
   unchecked?: boolean
 }
 
@@ -67,9 +71,17 @@ export function createOutputOwners ({ db, keys, upstream, log }: OwnerOptions) {
     if (named) return named.status === 'pending' ? { jobId: named.jobId } : {}
     if (rows.length === 0) return {}
     let unanswered = false
+    // a key this replica cannot open may see the file all the same: the next one is asked, and, when none sees it, the
+    // file is left unchecked rather than taken for none of the jobs'
+    const unopened = (err: unknown, name: string) => {
+      // PostgreSQL not answering the key's lookup is the deletion's 503 (ownerOf), not a key to pass over
+      if (databaseUnanswered(err)) throw err
+      log.warn({ err, key: name }, 'batch jobs not read before a file deletion with a key this replica cannot open')
+      unanswered = true
+    }
     // the keys of the jobs first, by their oldest job: a key whose read fails leaves the question to the next one,
     // which may see the same organisation
-    for await (const key of validKeys(keys, workspaceId, rows.map((row) => row.keyName))) {
+    for await (const key of validKeys(keys, workspaceId, rows.map((row) => row.keyName), unopened)) {
       try {
         const owner = await askWith(key.secret, fileId, rows, signal)
         if (owner !== NOT_SEEN) return owner
@@ -190,8 +202,9 @@ export function createOutputOwners ({ db, keys, upstream, log }: OwnerOptions) {
   return {
     /**
      * Throws when PostgreSQL does not answer, and `signal`'s reason once it ends (the client left); Mistral not
-     * answering, or not within CHECK_BUDGET_MS, leaves the file `unchecked`. Deletions of one file at once share one
-     * check, which ends once none of them waits on it.
+     * answering, or not within CHECK_BUDGET_MS, leaves the file `unchecked`, as does a key this replica cannot open
+     * when no other sees the file. Deletions of one file at once share one check, which ends once none of them waits
+     * on it.
      */
     async ownerOf (workspaceId: string, fileId: string, signal: AbortSignal): Promise<OutputOwner> {
       signal.throwIfAborted()

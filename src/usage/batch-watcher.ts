@@ -9,7 +9,7 @@ import { costOf, type Cost, type CostOptions, type MeteredUsage } from '../prici
 import type { UnitPrices } from '../pricing/default-prices.js'
 import type { PriceBook } from '../pricing/price-book.js'
 import type { MeteredFamily } from '../proxy/operations.js'
-import type { MistralKeyStore } from '../tenancy/mistral-keys.js'
+import type { MistralKeyStore, UsableKey } from '../tenancy/mistral-keys.js'
 import type { TokenStore } from '../tenancy/tokens.js'
 import type { WorkspaceStore } from '../tenancy/workspaces.js'
 import {
@@ -39,10 +39,10 @@ export interface BatchWatcher {
   /** Tracks a job as pending until it ends upstream; a job already watched is left as it is. */
   watch (job: NewWatchedJob): Promise<void>
   /**
-   * A client of the workspace read the job through the gateway: if it has ended, bill it now rather than at the next
-   * poll. A job of another workspace is not touched.
+   * A client of the workspace read the job through the gateway, with its Mistral key `keyName`: if it has ended, bill
+   * it now rather than at the next poll. A job of another workspace is not touched.
    */
-  seen (workspaceId: string, job: unknown): Promise<void>
+  seen (workspaceId: string, job: unknown, keyName: string): Promise<void>
   /**
    * A client of the workspace is about to delete the job, after which Mistral shows nothing of it, or its output
    * file, after which the gateway cannot read what it answered: checks it now (after a check under way elsewhere,
@@ -175,7 +175,7 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
    * interval later, finds it due from then. Gives the status Mistral showed the job in (KEY_GONE or NO_VALID_KEY when
    * no key could read it: readerOf); undefined when the check failed.
    */
-  async function check (job: WatchedJob, shown: Record<string, unknown> | undefined,
+  async function check (job: WatchedJob, shown: Shown | undefined,
     startedAt: Date | SQL): Promise<string | undefined> {
     try {
       if (job.status === 'recorded') {
@@ -193,10 +193,10 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
     }
   }
 
-  async function checkClaimed (job: WatchedJob, shown: Record<string, unknown> | undefined) {
+  async function checkClaimed (job: WatchedJob, shown: Shown | undefined) {
     const [earlier] = await db.select().from(usageRecords).where(eq(usageRecords.requestId, batchRequestId(job.jobId)))
     if (earlier) {
-      const status = shown ? String(shown.status) : job.upstreamStatus
+      const status = shown ? String(shown.job.status) : job.upstreamStatus
       await billedEarlier(job, earlier, status)
       return status ?? undefined
     }
@@ -238,10 +238,12 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
   /**
    * Who reads the job: its own key, or, once the gateway marked that one invalid (Mistral refused it, and would refuse
    * each read until the operator replaces it), the first valid key of the workspace that sees the job. One that does
-   * not (401, 403, 404: another organisation's) says nothing of whether the job is still at Mistral. KEY_GONE when the
-   * job's key was removed; NO_VALID_KEY when every valid key answered that it does not see the job.
+   * not (401, 403, 404: another organisation's) says nothing of whether the job is still at Mistral. The key a client's
+   * read just went out with is tried first, its read being that one: it sees the job, and the gateway sends no call
+   * with a key marked invalid. KEY_GONE when the job's key was removed; NO_VALID_KEY when every valid key answered that
+   * it does not see the job.
    */
-  async function readerOf (job: WatchedJob, shown: Record<string, unknown> | undefined):
+  async function readerOf (job: WatchedJob, shown: Shown | undefined):
   Promise<Reader | typeof KEY_GONE | typeof NO_VALID_KEY> {
     const facts = { job: job.jobId, key: job.keyName }
     const own = await keys.resolve(job.workspaceId, job.keyName)
@@ -250,7 +252,7 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
       return KEY_GONE
     }
     if (own.status !== 'invalid') {
-      return { secret: own.secret, upstreamJob: shown ?? await upstream.job(own.secret, job.jobId) }
+      return { secret: own.secret, upstreamJob: shown?.job ?? await upstream.job(own.secret, job.jobId) }
     }
     // a key that could not answer (429, 5xx, one this replica cannot open) may see the job all the same: the next one
     // is tried, and, when none sees it, the check fails on that key's error rather than taking it for one that does not
@@ -259,11 +261,12 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
       log.warn({ err, job: job.jobId, key }, 'batch job not read with a valid key of the workspace; trying the next')
       failures.push(err)
     }
-    for await (const key of validKeys(keys, job.workspaceId, [], failed)) {
-      const seen = await upstream.job(key.secret, job.jobId).catch((err: unknown) => {
-        if (!refused(err)) failed(err, key.name)
-        return undefined
-      })
+    const readWith = (key: UsableKey) => upstream.job(key.secret, job.jobId).catch((err: unknown) => {
+      if (!refused(err)) failed(err, key.name)
+      return undefined
+    })
+    for await (const key of validKeys(keys, job.workspaceId, shown ? [shown.keyName] : [], failed)) {
+      const seen = key.name === shown?.keyName ? shown.job : await readWith(key)
       if (seen) return { secret: key.secret, upstreamJob: seen }
     }
     if (failures.length > 0) throw failures[0]
@@ -333,7 +336,7 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
   }
 
   /** A check started by a client's call: close() waits for it too. */
-  async function checkRead (job: WatchedJob, shown: Record<string, unknown> | undefined) {
+  async function checkRead (job: WatchedJob, shown: Shown | undefined) {
     const checking = check(job, shown, claimedAt(job))
     reading.add(checking)
     try {
@@ -497,13 +500,13 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
       await db.insert(watchedJobs).values(job).onConflictDoNothing({ target: watchedJobs.jobId })
     },
 
-    async seen (workspaceId, shown) {
+    async seen (workspaceId, shown, keyName) {
       const job = shown as Record<string, unknown> | null
       if (job === null || typeof job !== 'object' || typeof job.id !== 'string') return
       if (closed || !TERMINAL_STATUSES.has(String(job.status))) return
       // a job being checked elsewhere is left to that check
       const [claimed] = await claim(and(pendingWatch, ownWatch(workspaceId, job.id), unclaimed), 1)
-      if (claimed) await checkRead(claimed, job)
+      if (claimed) await checkRead(claimed, { job, keyName })
     },
 
     settle (workspaceId, jobId, deleting = 'job') {
@@ -551,6 +554,12 @@ const NO_VALID_KEY = 'NO_VALID_KEY'
 const OUTPUT_GRACE_MS = 60 * 60_000
 
 type LedgerRecord = typeof usageRecords.$inferSelect
+
+/** A job as a client's read through the gateway showed it, and the Mistral key that read went out with. */
+interface Shown {
+  job: Record<string, unknown>
+  keyName: string
+}
 
 /** The key a check reads a job with, and the job as that key shows it (undefined: Mistral has no such job). */
 interface Reader {

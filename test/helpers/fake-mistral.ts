@@ -22,7 +22,7 @@ import { createRecorder, type ReceivedRequest, type ReportedUsage } from './fake
 import { createScripts, type RequestFilter, type ScriptedHandler, type StreamGate } from './fake-mistral/scripts.js'
 import { speechRoutes } from './fake-mistral/speech.js'
 import { openSse, type StreamFault } from './fake-mistral/sse.js'
-import { createStores, type FileRecord, type Stores } from './fake-mistral/stores.js'
+import { createStores, organisationOf, type FileRecord, type Stores } from './fake-mistral/stores.js'
 import { transcriptionRoutes } from './fake-mistral/transcriptions.js'
 import { bodyIssues, toolCallIdError } from './fake-mistral/validation.js'
 
@@ -74,6 +74,11 @@ export interface FakeMistral {
   readonly reportedUsage: ReportedUsage[]
   /** when not empty, other keys get the edge's 401 */
   readonly validKeys: Set<string>
+  /**
+   * API key → its organisation, which alone sees the batch jobs and files its keys made (another's key gets 404, as
+   * from Mistral); keys not named share one organisation
+   */
+  readonly organisations: Map<string, string>
   readonly inFlight: number
   readonly maxInFlight: number
   /** what the fake remembers: agents, files, libraries… for tests that need to reach in */
@@ -123,6 +128,7 @@ export async function startFakeMistral (options: FakeMistralOptions = {}): Promi
       const json = recorder.of(request.raw).json
       return (typeof json === 'object' && json !== null ? json : {}) as T
     },
+    organisation: (request) => organisationOf(stores, recorder.of(request.raw).apiKey),
     form: (request) => recorder.of(request.raw).form ?? { fields: {}, files: [] },
     reportUsage: (request, model, usage, streamed) => recorder.reportUsage(request.raw, model, usage, streamed),
     openStream (request, reply, headers = {}) {
@@ -211,6 +217,7 @@ export async function startFakeMistral (options: FakeMistralOptions = {}): Promi
     get inFlight () { return recorder.inFlight },
     get maxInFlight () { return recorder.maxInFlight },
     validKeys,
+    organisations: stores.organisations,
     stores,
     requestsTo: (prefix) => recorder.received.filter((request) => pathnameOf(request.path).startsWith(prefix)),
     reset () {

@@ -5,7 +5,8 @@ import { Mistral } from '@mistralai/mistralai'
 import { eq } from 'drizzle-orm'
 import t, { type Test } from 'tap'
 import { usageRecords, watchedJobs } from '../../src/db/schema.js'
-import { buildTestApp, listen, TEST_DATABASE_URL, type TestApp, type TestWorkspace } from '../helpers/app.js'
+import { buildTestApp, listen, type TestApp, type TestWorkspace } from '../helpers/app.js'
+import { createScratchDatabase } from '../helpers/database.js'
 import { watchOf } from '../helpers/watched-jobs.js'
 import { countTokens } from '../helpers/fake-mistral.js'
 import { completeBatchJob } from '../helpers/fake-mistral/batch.js'
@@ -14,6 +15,10 @@ import { proxiedDatabase } from '../helpers/tcp-proxy.js'
 // A client deleting a batch job's output file (`DELETE /v1/files/{file_id}`, MISTRAL-NOTES §2.3) takes away what the
 // gateway bills the job from. The gateway keeps the output file Mistral names for a watched job, and such a deletion
 // of a job not billed yet is checked as the job's own deletion is: billed first, or refused while it cannot be.
+
+// a database of this file's own: every replica's watcher polls every due job of its database, and another test
+// file's gateways, polling often, would check these jobs with their own fake Mistral (which knows none of them)
+const databaseUrl = await createScratchDatabase(t)
 
 const MODEL = 'mistral-small-latest'
 const PROMPTS = ['a'.repeat(4_000), 'b'.repeat(2_000)]
@@ -25,7 +30,7 @@ type Gateway = TestApp & { url: string }
 
 async function setup (t: Test, overrides: Record<string, string> = {}): Promise<Gateway> {
   // the test says when a poll checks the jobs
-  const testApp = await buildTestApp(t, { BATCH_POLL_INTERVAL_MS: '600000', ...overrides })
+  const testApp = await buildTestApp(t, { BATCH_POLL_INTERVAL_MS: '600000', DATABASE_URL: databaseUrl, ...overrides })
   return { ...testApp, url: await listen(testApp.app) }
 }
 
@@ -157,8 +162,8 @@ t.test('should Mistral name a running job\'s output file, its deletion is refuse
 })
 
 t.test('a file deletion while PostgreSQL does not answer is refused 503 with Retry-After, then goes on', async (t) => {
-  const { proxy, url: databaseUrl } = await proxiedDatabase(t, TEST_DATABASE_URL)
-  const s = await setup(t, { DATABASE_URL: databaseUrl })
+  const { proxy, url: proxiedUrl } = await proxiedDatabase(t, databaseUrl)
+  const s = await setup(t, { DATABASE_URL: proxiedUrl })
   const ws = await s.createWorkspace()
   // a first deletion while PostgreSQL answers: the token is then known to the gateway, which need not read it again
   t.equal((await deleteFile(s, ws, s.mistral.addFile({ filename: 'old.jsonl', bytes: 10 }).id)).statusCode, 200)

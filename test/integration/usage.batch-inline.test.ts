@@ -4,15 +4,21 @@ import { eq } from 'drizzle-orm'
 import t from 'tap'
 import { usageRecords, watchedJobs } from '../../src/db/schema.js'
 import { buildTestApp, listen } from '../helpers/app.js'
+import { createScratchDatabase } from '../helpers/database.js'
 import { completeBatchJob } from '../helpers/fake-mistral/batch.js'
 
 // A job's results inline are as large as its output file: the watcher reads them as they download, as it reads the
 // file, never whole.
 
+// a database of this file's own: every replica's watcher polls every due job of its database, and another test
+// file's gateways, polling often, would check these jobs with their own fake Mistral (which knows none of them)
+const databaseUrl = await createScratchDatabase(t)
+
 const MODEL = 'mistral-small-latest'
 
 t.test('results inline past the longest string V8 can hold are billed, read as they download', async (t) => {
-  const { app, mistral, createWorkspace } = await buildTestApp(t, { BATCH_POLL_INTERVAL_MS: '600000' })
+  const { app, mistral, createWorkspace } = await buildTestApp(t,
+    { BATCH_POLL_INTERVAL_MS: '600000', DATABASE_URL: databaseUrl })
   const url = await listen(app)
   const ws = await createWorkspace()
   const sdk = new Mistral({ apiKey: ws.token, serverURL: url })
@@ -51,7 +57,7 @@ t.test('results inline past the longest string V8 can hold are billed, read as t
     res.end('],"tail":{"outputs":[1]}}')
   }, `/v1/batch/jobs/${job.id}`)
 
-  await app.batchJobs.seen(ws.id, ended)
+  await app.batchJobs.seen(ws.id, ended, 'default')
   t.equal(sent, answers, 'the whole answer was sent')
   const [watched] = await app.database.db.select().from(watchedJobs).where(eq(watchedJobs.jobId, job.id))
   t.equal(watched.status, 'recorded')

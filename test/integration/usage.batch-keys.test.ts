@@ -1,10 +1,11 @@
 import { eq } from 'drizzle-orm'
 import t, { type Test } from 'tap'
 import { usageRecords, watchedJobs } from '../../src/db/schema.js'
-import { buildTestApp, type TestApp, type TestWorkspace } from '../helpers/app.js'
+import { generateMasterKey } from '../../src/tenancy/master-keys.js'
+import { buildTestApp, TEST_MASTER_KEYS, type TestApp, type TestWorkspace } from '../helpers/app.js'
 import { createScratchDatabase } from '../helpers/database.js'
-import { watchOf } from '../helpers/watched-jobs.js'
-import { countTokens } from '../helpers/fake-mistral.js'
+import { until, watchOf } from '../helpers/watched-jobs.js'
+import { countTokens, startFakeMistral } from '../helpers/fake-mistral.js'
 import { completeBatchJob } from '../helpers/fake-mistral/batch.js'
 
 // A batch job outlives the Mistral key it was created with: Mistral may refuse the key (401) while the job runs, and
@@ -169,4 +170,105 @@ t.test('a valid key Mistral failed, none other seeing the job: the check failed,
   t.equal(s.mistral.requestsTo(`/v1/batch/jobs/${jobId}`).filter((r) => r.method === 'DELETE').length, 0,
     'the deletion never reached Mistral')
   t.match(await watchOf(s, jobId), { status: 'pending' })
+})
+
+const readsSince = (s: TestApp, from: number) => s.mistral.received.slice(from)
+  .map((request) => `${request.method} ${request.path} ${request.apiKey} ${request.status}`)
+
+t.test('a client\'s read of the ended job with a valid key bills it from that read: the job is not read again',
+  async (t) => {
+    const s = await setup(t)
+    const { ws, jobId } = await invalidWithSpare(t, s, ['spare'])
+    const output = String(completeBatchJob(s.mistral.stores, jobId, { completionTokens: WORDS }).output_file)
+    const before = s.mistral.received.length
+
+    const read = await s.app.inject({
+      url: `/v1/batch/jobs/${jobId}`, headers: { ...ws.headers, 'x-tramontane-key': 'spare' }
+    })
+    t.match([read.statusCode, read.json()], [200, { id: jobId, status: 'SUCCESS', output_file: output }])
+    await until('the job billed', () => watchOf(s, jobId), (watch) => watch?.status === 'recorded')
+    t.same(readsSince(s, before), [
+      `GET /v1/batch/jobs/${jobId} ${ws.mistralKey}-spare 200`,
+      `GET /v1/files/${output}/content ${ws.mistralKey}-spare 200`
+    ], 'the client\'s read, then the output file with the key that read the job')
+    t.match(await recordsOf(s, ws.id), [{
+      requestId: `batch:${jobId}`, keyName: 'old', completionTokens: WORDS * PROMPTS.length
+    }], 'billed once, under the key that created the job')
+  })
+
+t.test('a key this replica cannot open is passed over by the check of a file before its deletion', async (t) => {
+  // a database of its own: a key under a master key the run's ring lacks would stop any app started on it after
+  const databaseUrl = await createScratchDatabase(t)
+  const mistral = await startFakeMistral()
+  t.teardown(() => mistral.close())
+  const options = { BATCH_POLL_INTERVAL_MS: '600000', DATABASE_URL: databaseUrl }
+  // a replica left behind by a rotation of the master keys, and one that has the new master key
+  const behind = await buildTestApp(t, options, { mistral })
+  const rotated = await buildTestApp(t, {
+    ...options, TRAMONTANE_MASTER_KEYS: `${generateMasterKey('rotated')},${TEST_MASTER_KEYS}`
+  }, { mistral })
+  const ws = await behind.createWorkspace()
+  t.equal((await rotated.admin('POST', `/admin/v1/workspaces/${ws.slug}/mistral-keys`,
+    { name: 'new', key: `${ws.mistralKey}-new` })).statusCode, 201, 'a key sealed under the new master key')
+  // the oldest pending job, whose key the check tries first, is one the replica behind cannot open
+  const unopened = await createJob(rotated, ws, 'new')
+  const jobId = await createJob(behind, ws, 'default')
+  const output = String(completeBatchJob(mistral.stores, jobId, { completionTokens: WORDS }).output_file)
+
+  const file = await behind.app.inject({ method: 'DELETE', url: `/v1/files/${output}`, headers: ws.headers })
+  t.equal(file.statusCode, 200, `the deletion went once its job was billed: ${file.body}`)
+  t.equal(mistral.stores.files.has(output), false, 'Mistral deleted it')
+  t.match(await watchOf(behind, jobId), { status: 'recorded', outputFile: output }, 'the job billed first')
+  t.match(await recordsOf(behind, ws.id), [{ requestId: `batch:${jobId}`, keyName: 'default' }])
+  t.match(await watchOf(behind, unopened), { status: 'pending' }, 'the other job still watched')
+  const passed = behind.logs.map((line) => JSON.parse(line)).find((line) => line.key === 'new')
+  t.match(passed, { level: 40, err: { type: 'KeyCryptoError' } }, 'the key passed over is logged with its cause')
+  t.notMatch(JSON.stringify(passed), ws.mistralKey, 'never the secret')
+})
+
+t.test('a job whose key is invalid is read by a valid key of its organisation, never of another one', async (t) => {
+  const s = await setup(t)
+  const ws = await s.createWorkspace({ keys: ['default', 'old', 'spare'] })
+  // default is another organisation's key: Mistral answers it 404 for old's and spare's jobs and files
+  s.mistral.organisations.set(ws.mistralKey, 'another')
+  const jobId = await createJob(s, ws, 'old')
+  const output = String(completeBatchJob(s.mistral.stores, jobId, { completionTokens: WORDS }).output_file)
+  // Mistral now refuses old, and spare for a while (401): default alone is taken
+  await markInvalid(t, s, ws, 'old', ws.mistralKey)
+  const marked = s.mistral.received.length
+
+  await s.app.batchJobs.poll()
+  t.same(readsSince(s, marked), [
+    `GET /v1/batch/jobs/${jobId} ${ws.mistralKey} 404`,
+    `GET /v1/batch/jobs/${jobId} ${ws.mistralKey}-spare 401`
+  ], 'read with the valid keys only: another organisation\'s does not see it')
+  t.match(await watchOf(s, jobId), { status: 'pending', upstreamStatus: null, outputFile: null },
+    'pending, not taken for a job gone from Mistral')
+  const job = await s.app.inject({ method: 'DELETE', url: `/v1/batch/jobs/${jobId}`, headers: ws.headers })
+  t.match([job.statusCode, job.json()], [409, { code: 'conflict', message: /its Mistral key is marked invalid/ }],
+    'its deletion held back')
+  // no valid key sees the file: it is none of the workspace's jobs' as far as the gateway can tell, and goes to
+  // Mistral, which answers default's deletion of another organisation's file 404
+  const file = await s.app.inject({ method: 'DELETE', url: `/v1/files/${output}`, headers: ws.headers })
+  t.equal(file.statusCode, 404, 'the output file\'s deletion answered by Mistral')
+  t.equal(s.mistral.stores.files.has(output), true, 'the output file is still there')
+  t.equal(s.mistral.requestsTo(`/v1/batch/jobs/${jobId}`).filter((r) => r.method === 'DELETE').length, 0,
+    'the job\'s deletion never reached Mistral')
+  t.equal((await recordsOf(s, ws.id)).length, 0, 'nothing billed')
+
+  // Mistral takes spare again: a key of the job's organisation
+  s.mistral.validKeys.add(`${ws.mistralKey}-spare`)
+  const taken = s.mistral.received.length
+  await due(s, jobId)
+  await s.app.batchJobs.poll()
+  t.match(await watchOf(s, jobId), { status: 'recorded', upstreamStatus: 'SUCCESS', outputFile: output },
+    'read and billed with the key of its organisation')
+  t.match(await recordsOf(s, ws.id), [{
+    requestId: `batch:${jobId}`, keyName: 'old', completionTokens: WORDS * PROMPTS.length
+  }], 'once, under the key that created it')
+  t.same(readsSince(s, taken), [
+    `GET /v1/batch/jobs/${jobId} ${ws.mistralKey} 404`,
+    `GET /v1/batch/jobs/${jobId} ${ws.mistralKey}-spare 200`,
+    `GET /v1/files/${output}/content ${ws.mistralKey}-spare 200`
+  ], 'the job and its output read with spare')
 })

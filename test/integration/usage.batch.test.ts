@@ -195,11 +195,11 @@ t.test('two gateways checking the same jobs write one record each and charge the
   const ended = completeBatchJob(one.mistral.stores, slow.id, { completionTokens: WORDS })
   const content = `/v1/files/${String(ended.output_file)}/content`
   one.mistral.enqueueDelay(3_000, content)
-  const first = one.app.batchJobs.seen(ws.id, ended)
+  const first = one.app.batchJobs.seen(ws.id, ended, 'default')
   await until('the first check reading the output', async () => one.mistral.requestsTo(content).length, (n) => n === 1)
   await one.app.database.db.update(watchedJobs).set({ checkedAt: null }).where(eq(watchedJobs.jobId, slow.id))
   // the second check: this read, or a poll of either gateway (every 50 ms here) if one claims the job first
-  await two.app.batchJobs.seen(ws.id, ended)
+  await two.app.batchJobs.seen(ws.id, ended, 'default')
   const second = await until('the second check', () => watchOf(one, slow.id), (row) => row.status === 'recorded')
   t.equal(second.status, 'recorded', 'the second check recorded the job while the first was still reading')
   await first
@@ -473,7 +473,7 @@ t.test('a job whose output is gone, file and results inline, ends OUTPUT_GONE wi
     s.mistral.stores.files.delete(String(ended.output_file))
     answer(ended)
     // the job as a client's read showed it: the next read of it upstream is the watcher's, inline
-    await s.app.batchJobs.seen(ws.id, ended)
+    await s.app.batchJobs.seen(ws.id, ended, 'default')
     t.match(await watchOf(s, job.id), { status: 'failed', upstreamStatus: 'OUTPUT_GONE' }, how)
     t.ok(s.mistral.requestsTo(`/v1/batch/jobs/${job.id}`).some((request) => request.path.endsWith('?inline=true')),
       `${how}: it was asked for`)
@@ -498,13 +498,13 @@ t.test('an output file not found right after its job ended leaves the job pendin
     res.writeHead(200, { 'content-type': 'application/json' })
     res.end(JSON.stringify({ ...ended, outputs: [] }))
   }, `/v1/batch/jobs/${job.id}`)
-  await s.app.batchJobs.seen(ws.id, ended)
+  await s.app.batchJobs.seen(ws.id, ended, 'default')
   t.equal((await watchOf(s, job.id)).status, 'pending', 'not given up on')
   t.equal(errorLogs(s).filter((entry) => entry.job === job.id).length, 0, 'no error logged')
   t.equal((await recordsOf(s, ws.id)).length, 0)
 
   // the next check finds the file
-  await s.app.batchJobs.seen(ws.id, ended)
+  await s.app.batchJobs.seen(ws.id, ended, 'default')
   t.equal((await watchOf(s, job.id)).status, 'recorded')
   t.equal(s.mistral.requestsTo(content).length, 2, 'the file was read at both checks')
   const [record] = await recordsOf(s, ws.id)
@@ -526,7 +526,7 @@ t.test('a job shown without completed_at is given up an hour after its output wa
       res.writeHead(200, { 'content-type': 'application/json' })
       res.end(JSON.stringify({ ...ended, outputs: [] }))
     }, `/v1/batch/jobs/${job.id}`)
-    await s.app.batchJobs.seen(ws.id, ended)
+    await s.app.batchJobs.seen(ws.id, ended, 'default')
     return watchOf(s, job.id)
   }
   const first = await check()
@@ -703,7 +703,7 @@ t.test('a job shown with an empty `outputs` list and no output file is billed fr
   })
   const ended = completeBatchJob(s.mistral.stores, job.id, { outputFile: false, completionTokens: WORDS })
   // a read without `inline` may carry `outputs: []`: that is not the job's results
-  await s.app.batchJobs.seen(ws.id, { ...ended, outputs: [] })
+  await s.app.batchJobs.seen(ws.id, { ...ended, outputs: [] }, 'default')
   t.equal((await watchOf(s, job.id)).status, 'recorded')
   const promptTokens = PROMPTS.reduce((sum, text) => sum + countTokens(text), 0)
   t.match(await recordsOf(s, ws.id), [{ promptTokens, completionTokens: WORDS * PROMPTS.length }])
@@ -747,7 +747,7 @@ t.test('a job Mistral says answered requests is not closed as answering nothing 
       })
       t.equal(ended.succeeded_requests, PROMPTS.length)
       answer(ended)
-      await s.app.batchJobs.seen(ws.id, ended)
+      await s.app.batchJobs.seen(ws.id, ended, 'default')
       t.equal((await watchOf(s, job.id)).status, 'pending', `${how}: not closed within the hour`)
       t.equal(jobLogs(s, job.id, 50).length, 0, `${how}: no error yet`)
       t.match(jobLogs(s, job.id, 40), [
@@ -757,7 +757,8 @@ t.test('a job Mistral says answered requests is not closed as answering nothing 
 
       // an hour past its end, the output is taken as gone, loudly
       answer(ended)
-      await s.app.batchJobs.seen(ws.id, { ...ended, completed_at: (ended.completed_at as number) - 2 * 3600 })
+      await s.app.batchJobs.seen(ws.id, { ...ended, completed_at: (ended.completed_at as number) - 2 * 3600 },
+        'default')
       t.match(await watchOf(s, job.id), { status: 'failed', upstreamStatus: 'OUTPUT_GONE' }, `${how}: given up`)
       t.match(jobLogs(s, job.id, 50), [{ workspaceId: ws.id, msg: /will not be billed/ }], `${how}: logged as an error`)
     }
@@ -774,7 +775,7 @@ t.test('a job whose output file holds only errored lines ends failed at once, wi
   // Mistral writes a line for every request to the output file, those that answered 400 too
   ended.output_file = ended.error_file
   t.equal(ended.succeeded_requests, 0)
-  await s.app.batchJobs.seen(ws.id, ended)
+  await s.app.batchJobs.seen(ws.id, ended, 'default')
   t.match(await watchOf(s, job.id), { status: 'failed', upstreamStatus: 'FAILED' }, 'ended, not held for the hour')
   t.same(s.mistral.requestsTo(`/v1/files/${String(ended.output_file)}/content`).length, 1, 'its output was read')
   t.equal(jobLogs(s, job.id, 50).length, 0, 'no error logged: nothing was lost')

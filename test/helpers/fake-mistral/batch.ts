@@ -4,7 +4,7 @@ import type { FakeContext } from './context.js'
 import { sendNotFound } from './errors.js'
 import { addFile } from './files.js'
 import { hexId, unixSeconds } from './ids.js'
-import type { BatchJob, Stores } from './stores.js'
+import { DEFAULT_ORGANISATION, heldBy, ownedBy, type BatchJob, type Stores } from './stores.js'
 import { completionUsage, countTokens, generatedWords, messagesText } from './usage.js'
 
 interface BatchBody {
@@ -97,18 +97,22 @@ export function completeBatchJob (stores: Stores, jobId: string, ending: BatchEn
     error: { message: 'Invalid request', code: 400 }
   }))
   const jsonl = (lines: unknown[]) => lines.map((line) => JSON.stringify(line) + '\n').join('')
+  // the job's files are its organisation's
+  const organisation = stores.owners.get(jobId)
   outputsOf(stores).set(jobId, outputs)
   const now = unixSeconds()
   Object.assign(job, {
     status,
     output_file: outputs.length > 0 && ending.outputFile !== false
       ? addFile(stores, {
-        content: jsonl(outputs), filename: `${jobId}.jsonl`, numLines: outputs.length, ...written('batch_result')
+        content: jsonl(outputs), filename: `${jobId}.jsonl`, numLines: outputs.length, ...written('batch_result'),
+        organisation
       }).id
       : null,
     error_file: errors.length > 0
       ? addFile(stores, {
-        content: jsonl(errors), filename: `${jobId}_error.jsonl`, numLines: errors.length, ...written('batch_error')
+        content: jsonl(errors), filename: `${jobId}_error.jsonl`, numLines: errors.length, ...written('batch_error'),
+        organisation
       }).id
       : null,
     errors: errors.length > 0 ? [{ message: 'Invalid request', count: errors.length }] : [],
@@ -197,6 +201,8 @@ export async function batchRoutes (app: FastifyInstance, { ctx }: { ctx: FakeCon
       completed_at: null
     }
     jobs.set(job.id, job)
+    const organisation = ctx.organisation(request)
+    if (organisation !== DEFAULT_ORGANISATION) ctx.stores.owners.set(job.id, organisation)
     inputsOf(ctx.stores).set(job.id, requests)
     return job
   })
@@ -208,8 +214,10 @@ export async function batchRoutes (app: FastifyInstance, { ctx }: { ctx: FakeCon
       const after = createdAfter === undefined ? -Infinity : Date.parse(createdAfter) / 1000
       // newest first unless `order_by=created`
       const order = request.query.order_by === 'created' ? 1 : -1
+      const organisation = ctx.organisation(request)
       const all = [...jobs.values()]
-        .filter((job) => (statuses.length === 0 || statuses.includes(job.status)) && job.created_at > after)
+        .filter((job) => heldBy(ctx.stores, job.id, organisation) &&
+          (statuses.length === 0 || statuses.includes(job.status)) && job.created_at > after)
         .sort((a, b) => order * (a.created_at - b.created_at))
       const page = Number(request.query.page ?? 0)
       const size = Number(request.query.page_size ?? 100)
@@ -218,7 +226,7 @@ export async function batchRoutes (app: FastifyInstance, { ctx }: { ctx: FakeCon
 
   app.get<{ Params: JobParams, Querystring: { inline?: string } }>('/v1/batch/jobs/:job_id',
     async function getJob (request, reply) {
-      const job = jobs.get(request.params.job_id)
+      const job = ownedBy(ctx.stores, jobs, request.params.job_id, ctx.organisation(request))
       if (!job) return sendNotFound(reply, 'Batch job not found')
       // `inline=true`: the results in the job itself, once it has ended
       if (request.query.inline !== 'true' || !TERMINAL.has(job.status)) return job
@@ -226,7 +234,7 @@ export async function batchRoutes (app: FastifyInstance, { ctx }: { ctx: FakeCon
     })
 
   app.post<{ Params: JobParams }>('/v1/batch/jobs/:job_id/cancel', async function cancelJob (request, reply) {
-    const job = jobs.get(request.params.job_id)
+    const job = ownedBy(ctx.stores, jobs, request.params.job_id, ctx.organisation(request))
     if (!job) return sendNotFound(reply, 'Batch job not found')
     // cancelling is asynchronous upstream: the job first shows the request
     if (job.status === 'QUEUED' || job.status === 'RUNNING') job.status = 'CANCELLATION_REQUESTED'
@@ -234,9 +242,10 @@ export async function batchRoutes (app: FastifyInstance, { ctx }: { ctx: FakeCon
   })
 
   app.delete<{ Params: JobParams }>('/v1/batch/jobs/:job_id', async function deleteJob (request, reply) {
-    const job = jobs.get(request.params.job_id)
+    const job = ownedBy(ctx.stores, jobs, request.params.job_id, ctx.organisation(request))
     if (!job) return sendNotFound(reply, 'Batch job not found')
     jobs.delete(job.id)
+    ctx.stores.owners.delete(job.id)
     return { id: job.id, object: 'batch', deleted: true }
   })
 }

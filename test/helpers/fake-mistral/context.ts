@@ -11,6 +11,8 @@ export interface FakeContext {
   readonly completionTokens: number
   /** the JSON body (an empty object when there is none) */
   body<T> (request: FastifyRequest): T
+  /** the organisation of the request's API key: it sees that organisation's batch jobs and files only */
+  organisation (request: FastifyRequest): string
   /** the multipart fields and file counts (empty when the body was not multipart) */
   form (request: FastifyRequest): MultipartSummary
   /** Records `usage` as the fake sent it: call it only once the bytes carrying it have been written. */

@@ -4,7 +4,7 @@ import type { FastifyInstance } from 'fastify'
 import type { FakeContext } from './context.js'
 import { sendNotFound } from './errors.js'
 import { unixSeconds } from './ids.js'
-import type { FileRecord, Stores } from './stores.js'
+import { DEFAULT_ORGANISATION, heldBy, ownedBy, type FileRecord, type Stores } from './stores.js'
 
 /** Byte `i` of any file the fake did not make itself: downloads are checkable without keeping what was uploaded. */
 export function filePatternByte (i: number): number {
@@ -34,6 +34,8 @@ export interface NewFile {
   mimetype?: string | null
   expiresAt?: number | null
   visibility?: string
+  /** the organisation that has the file (default: the one keys share unless a test names theirs) */
+  organisation?: string
 }
 
 /** Registers a file as `POST /v1/files` would, without any upload. */
@@ -56,6 +58,9 @@ export function addFile (stores: Stores, file: NewFile): FileRecord {
     visibility: file.visibility ?? 'workspace'
   }
   stores.files.set(record.id, record)
+  if (file.organisation !== undefined && file.organisation !== DEFAULT_ORGANISATION) {
+    stores.owners.set(record.id, file.organisation)
+  }
   if (content) stores.fileContents.set(record.id, content)
   return record
 }
@@ -78,33 +83,37 @@ export async function fileRoutes (app: FastifyInstance, { ctx }: { ctx: FakeCont
       numLines: purpose === 'ocr' ? null : part?.lines ?? null,
       mimetype: part?.contentType ?? null,
       expiresAt: expiry === undefined ? null : unixSeconds() + expiry * 3600,
-      visibility: fields.visibility
+      visibility: fields.visibility,
+      organisation: ctx.organisation(request)
     })
   })
 
   app.get<{ Querystring: { purpose?: string, page?: string, page_size?: string } }>('/v1/files',
     async function listFiles (request) {
-      const all = [...files.values()].filter((file) => !request.query.purpose || file.purpose === request.query.purpose)
+      const organisation = ctx.organisation(request)
+      const all = [...files.values()].filter((file) => heldBy(ctx.stores, file.id, organisation) &&
+        (!request.query.purpose || file.purpose === request.query.purpose))
       const page = Number(request.query.page ?? 0)
       const size = Number(request.query.page_size ?? 100)
       return { data: all.slice(page * size, (page + 1) * size), object: 'list', total: all.length }
     })
 
   app.get<{ Params: { file_id: string } }>('/v1/files/:file_id', async function retrieveFile (request, reply) {
-    const file = files.get(request.params.file_id)
+    const file = ownedBy(ctx.stores, files, request.params.file_id, ctx.organisation(request))
     return file ? { ...file, deleted: false } : sendNotFound(reply, 'File not found')
   })
 
   app.delete<{ Params: { file_id: string } }>('/v1/files/:file_id', async function deleteFile (request, reply) {
-    const file = files.get(request.params.file_id)
+    const file = ownedBy(ctx.stores, files, request.params.file_id, ctx.organisation(request))
     if (!file) return sendNotFound(reply, 'File not found')
     files.delete(file.id)
     fileContents.delete(file.id)
+    ctx.stores.owners.delete(file.id)
     return { id: file.id, object: 'file', deleted: true }
   })
 
   app.get<{ Params: { file_id: string } }>('/v1/files/:file_id/content', async function downloadFile (request, reply) {
-    const file = files.get(request.params.file_id)
+    const file = ownedBy(ctx.stores, files, request.params.file_id, ctx.organisation(request))
     if (!file) return sendNotFound(reply, 'File not found')
     const content = fileContents.get(file.id)
     return reply.type('application/octet-stream').header('content-length', file.bytes)

@@ -52,6 +52,28 @@ export interface Stores {
   libraries: Map<string, Library>
   documents: Map<string, LibraryDocument>
   batchJobs: Map<string, BatchJob>
+  /** the organisation of each API key a test named; every other key is of DEFAULT_ORGANISATION */
+  organisations: Map<string, string>
+  /** the organisation of each batch job and file (none noted: DEFAULT_ORGANISATION's) */
+  owners: Map<string, string>
+}
+
+export const DEFAULT_ORGANISATION = 'default'
+
+export function organisationOf (stores: Stores, apiKey: string | undefined): string {
+  return (apiKey === undefined ? undefined : stores.organisations.get(apiKey)) ?? DEFAULT_ORGANISATION
+}
+
+/**
+ * The job or file with this id if the organisation holds it: Mistral answers another organisation's key 404, as for
+ * one it does not have.
+ */
+export function ownedBy<T> (stores: Stores, records: Map<string, T>, id: string, organisation: string): T | undefined {
+  return heldBy(stores, id, organisation) ? records.get(id) : undefined
+}
+
+export function heldBy (stores: Stores, id: string, organisation: string): boolean {
+  return (stores.owners.get(id) ?? DEFAULT_ORGANISATION) === organisation
 }
 
 export function createStores (): Stores {
@@ -62,7 +84,9 @@ export function createStores (): Stores {
     conversations: new Map(),
     libraries: new Map(),
     documents: new Map(),
-    batchJobs: new Map()
+    batchJobs: new Map(),
+    organisations: new Map(),
+    owners: new Map()
   }
 }
 
