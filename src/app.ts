@@ -10,7 +10,7 @@ import { usageRoutes } from './admin/usage-routes.js'
 import { ErrorBody } from './admin/schemas.js'
 import type { Config } from './config.js'
 import { openDatabase } from './db/client.js'
-import { badRequest, errorHandler, errorEnvelope, notReady, retryAfterHeaders, unknownRoute } from './errors.js'
+import { badRequest, errorHandler, errorEnvelope, shuttingDown, unknownRoute } from './errors.js'
 import { createGatewayEvents, type GatewayEvents } from './events.js'
 import { healthRoutes } from './health.js'
 import { metricsPlugin } from './metrics.js'
@@ -100,8 +100,7 @@ export async function buildApp ({ config, logger }: BuildOptions): Promise<Fasti
     trackRequestLine(request, reply)
     if (!closing) return done()
     reply.header('connection', 'close')
-    done(notReady('The gateway is shutting down; retry the call (it goes to another replica)',
-      { headers: retryAfterHeaders(1000) }))
+    done(shuttingDown())
   })
   app.addHook('onSend', (request, reply, payload, done) => {
     reply.header('x-request-id', request.id)

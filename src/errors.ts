@@ -52,6 +52,10 @@ export const upstreamMalformed = define(502, 'upstream_error', 'upstream_malform
 /** nginx's 499: nobody reads this one, but the ledger, the logs and the metrics must not blame Mistral for it */
 export const clientClosed = define(499, 'invalid_request_error', 'client_closed_request')
 export const notReady = define(503, 'server_error', 'not_ready')
+/** a call the gateway's shutdown stops: another replica takes its retry */
+export const shuttingDown = (cause?: unknown) => notReady(
+  'The gateway is shutting down; retry the call (it goes to another replica)',
+  { headers: retryAfterHeaders(1000), cause })
 /**
  * A token this replica cannot read while PostgreSQL does not answer, and has nothing of to keep serving: neither valid
  * nor invalid as far as the gateway can tell, so not a 401 the client would act on. Retry once a new read may succeed.
@@ -113,13 +117,23 @@ function validationMessage (err: FastifyError): string | undefined {
   return extra ? `${where} has an unknown property '${extra}'` : `${where} ${first.message ?? 'is invalid'}`
 }
 
+/**
+ * The status errorHandler answers `err` with, which is also what a call it ends is recorded as (proxy/routes.ts): a
+ * library's error keeps a status of its own in 400-599, anything else unknown is a 500.
+ */
+export function answeredStatus (err: unknown): number {
+  if (err instanceof GatewayError) return err.statusCode
+  if (databaseUnanswered(err)) return 503
+  const status = (err as { statusCode?: unknown } | undefined)?.statusCode
+  return typeof status === 'number' && status >= 400 && status <= 599 ? status : 500
+}
+
 export function errorHandler (err: FastifyError | GatewayError, request: FastifyRequest, reply: FastifyReply) {
   if (!(err instanceof GatewayError) && databaseUnanswered(err)) {
     return errorHandler(databaseUnavailable(err, request.log), request, reply)
   }
   const known = err instanceof GatewayError
-  let status = err.statusCode ?? 500
-  if (!known && (status < 400 || status > 599)) status = 500
+  const status = answeredStatus(err)
   // a known error above 500 is a state the gateway reports (not ready, PostgreSQL away: logged where it is raised); a
   // 500 is a fault the operator must hear of
   if (status === 500 || (status > 500 && !known)) request.log.error({ err }, 'request failed')

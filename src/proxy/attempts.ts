@@ -6,14 +6,15 @@ import type { AuditLog } from '../audit/audit-log.js'
 import type { Config } from '../config.js'
 import { databaseUnanswered } from '../db/sql-state.js'
 import {
-  databaseUnavailable, GatewayError, retryAfterHeaders, unknownMistralKey, upstreamTimeout, upstreamUnreachable
+  databaseUnavailable, GatewayError, retryAfterHeaders, shuttingDown, unknownMistralKey, upstreamTimeout,
+  upstreamUnreachable
 } from '../errors.js'
 import type { Metrics } from '../metrics.js'
 import type { KeyHealth } from '../resilience/key-health.js'
 import { isSpendLimit, retryAfterMs } from '../resilience/retry-after.js'
 import type { RetryBudget } from '../resilience/retry-budget.js'
 import type { MistralKeyStore, UsableKey } from '../tenancy/mistral-keys.js'
-import type { CooldownStrategy } from '../tenancy/workspaces.js'
+import type { CooldownPolicy, CooldownStrategy } from '../tenancy/workspaces.js'
 import { upstreamHeaders } from './headers.js'
 import { UpstreamQueueTimeoutError, type UpstreamPool } from './upstream.js'
 
@@ -76,12 +77,18 @@ function resendableAfterDoubt (request: FastifyRequest): boolean {
 const MAX_HOLD_SPREAD_MS = 250
 
 /** The gateway's order when the workspace sets none: another key first, then a short hold (issue 4). */
-export const DEFAULT_ORDER: readonly CooldownStrategy[] = ['failover', 'hold']
+const DEFAULT_ORDER: readonly CooldownStrategy[] = ['failover', 'hold']
 
 /** What a call may do while its preferred key is unusable, tried in order; after them the client gets the answer. */
 export interface CooldownPlan {
   order: readonly CooldownStrategy[]
   holdMs: number
+}
+
+/** The workspace's cooldown setting, the gateway's defaults where it sets nothing. */
+export function cooldownPlan (setting: CooldownPolicy,
+  config: Pick<Config, 'UPSTREAM_COOLDOWN_HOLD_MS'>): CooldownPlan {
+  return { order: setting.order ?? DEFAULT_ORDER, holdMs: setting.holdMs ?? config.UPSTREAM_COOLDOWN_HOLD_MS }
 }
 
 /**
@@ -95,8 +102,7 @@ export async function sendWithRetries (attempt: Attempt, deps: AttemptDeps): Pro
   const started = Date.now()
   const resendable = rawBody === undefined
   const resendableAfterFailure = resendableAfterDoubt(request)
-  const setting = request.tenant?.workspace.cooldown ?? {}
-  const plan = { order: setting.order ?? DEFAULT_ORDER, holdMs: setting.holdMs ?? config.UPSTREAM_COOLDOWN_HOLD_MS }
+  const plan = cooldownPlan(request.tenant?.workspace.cooldown ?? {}, config)
   let tries = 0
   let failovers = 0
   let lastFailure: GatewayError | undefined
@@ -140,6 +146,10 @@ export async function sendWithRetries (attempt: Attempt, deps: AttemptDeps): Pro
         throw busyError(err.waitedMs)
       }
       const failure = connectionFailure(err)
+      // the gateway's own fault (undefined: its 500) or its shutdown (not_ready), not Mistral's nor the network's:
+      // nothing to hold against the key, and a retry would meet the same
+      if (failure === undefined) throw err
+      if (failure.code === 'not_ready') throw failure
       await health.failed(workspaceId, key.id).catch(() => {})
       const sent = !NOT_SENT.has((err as NodeJS.ErrnoException).code ?? '')
       if ((sent && !resendableAfterFailure) || !(await mayRetry())) throw failure
@@ -357,9 +367,26 @@ function invalidKeyError (keyName: string): GatewayError {
     `Mistral rejected the workspace's key '${keyName}' (401); the operator must replace it`)
 }
 
-/** undici failures by `err.code` (nodejs/undici docs/api/Errors.md): timeouts are 504, the rest 502. */
-function connectionFailure (err: unknown): GatewayError {
+/**
+ * undici's errors of the gateway's own making (nodejs/undici lib/core/errors.js): a request it built wrong, or a body
+ * stream that ended short of (or past) the content-length sent with it. Node's parser never ends a client's body
+ * short (a client that stops sending gets Node's 400, or is gone): the stream is the gateway's.
+ */
+const GATEWAY_FAULTS = new Set(['UND_ERR_INVALID_ARG', 'UND_ERR_NOT_SUPPORTED', 'UND_ERR_INVALID_RETURN_VALUE',
+  'UND_ERR_REQ_CONTENT_LENGTH_MISMATCH'])
+
+/** The pool closed (the gateway's shutdown, app.ts) or destroyed: nothing of Mistral's. */
+const POOL_CLOSED = new Set(['UND_ERR_CLOSED', 'UND_ERR_DESTROYED'])
+
+/**
+ * undici failures by `err.code` (nodejs/undici docs/api/Errors.md): timeouts are 504, the gateway closing its pool a
+ * 503, the rest of the network's and Mistral's a 502. Undefined for a fault of the gateway's own, which the error
+ * handler answers as its logged 500.
+ */
+function connectionFailure (err: unknown): GatewayError | undefined {
   const code = (err as NodeJS.ErrnoException).code ?? ''
+  if (GATEWAY_FAULTS.has(code)) return undefined
+  if (POOL_CLOSED.has(code)) return shuttingDown(err)
   if (code === 'UND_ERR_CONNECT_TIMEOUT' || code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT') {
     return upstreamTimeout('Mistral did not answer in time')
   }

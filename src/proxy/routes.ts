@@ -3,8 +3,9 @@ import { Readable } from 'node:stream'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { Config } from '../config.js'
 import {
-  badRequest, clientClosed, errorEnvelope, GatewayError, invalidToken, organizationRouteDenied, scopeDenied,
-  unknownMistralKey, unknownRoute, upstreamCut, upstreamMalformed, upstreamStalled, upstreamTimeout, workspaceSuspended
+  answeredStatus, badRequest, clientClosed, errorEnvelope, GatewayError, invalidToken, organizationRouteDenied,
+  scopeDenied, unknownMistralKey, unknownRoute, upstreamCut, upstreamMalformed, upstreamStalled, upstreamTimeout,
+  workspaceSuspended
 } from '../errors.js'
 import { createRetryBudget } from '../resilience/retry-budget.js'
 import type { MistralKeyStore } from '../tenancy/mistral-keys.js'
@@ -29,7 +30,6 @@ import { meterCall, type Meter } from './meter.js'
 import { boundOutput, quoteBatchCreation, quoteCall } from './quote.js'
 import { transcriptionAudio } from './transcription-source.js'
 import { isRegionalHost } from '../pricing/region.js'
-import { databaseUnanswered } from '../db/sql-state.js'
 import { holdLine, settled as lineSettled, unrouted } from '../request-line.js'
 
 declare module 'fastify' {
@@ -366,9 +366,11 @@ export async function proxyRoutes (app: FastifyInstance, { config, pool }: { con
       reply.raw.off('close', onClientClose)
       // whatever is left of the body, read off (up to undici's limit, then dropped) so that the connection is reused
       answer?.upstream.body.dump().catch(() => {})
-      // the status the error handler will answer with: a PostgreSQL that did not answer is its 503
-      const status = err instanceof GatewayError ? err.statusCode : databaseUnanswered(err) ? 503 : 500
-      meter.settle({ status, upstreamStatus: request.outcome.upstreamStatus, tap: undefined, cut: false })
+      // recorded as the error handler answers it: a PostgreSQL that did not answer is its 503, a library's error
+      // that carries a status of its own is that status
+      meter.settle({
+        status: answeredStatus(err), upstreamStatus: request.outcome.upstreamStatus, tap: undefined, cut: false
+      })
       throw err
     }
   }

@@ -4,7 +4,7 @@ import { databaseUnanswered } from '../db/sql-state.js'
 import { clientClosed, databaseUnavailable } from '../errors.js'
 import { hasCaps } from '../limits/policy.js'
 import type { TenantContext } from '../tenancy/tokens.js'
-import { DEFAULT_ORDER, pickKey, type AttemptDeps } from './attempts.js'
+import { cooldownPlan, pickKey, type AttemptDeps } from './attempts.js'
 import { filePath } from './mistral-files.js'
 
 /**
@@ -323,8 +323,7 @@ function decodeField (text: string): string | undefined {
 async function fileBytes (deps: AttemptDeps, tenant: TenantContext, candidates: string[], fileId: string,
   log: FastifyBaseLogger): Promise<number | null | undefined> {
   const { pool, prefix, metrics, config } = deps
-  const setting = tenant.workspace.cooldown
-  const plan = { order: setting.order ?? DEFAULT_ORDER, holdMs: setting.holdMs ?? config.UPSTREAM_COOLDOWN_HOLD_MS }
+  const plan = cooldownPlan(tenant.workspace.cooldown, config)
   // the call's first pick holds for any wait that fits its retry time (mayHold in attempts.ts, before any 429)
   const mayHold = async (wait: number) => wait <= config.UPSTREAM_RETRY_MAX_WAIT_MS
   const choice = await pickKey(tenant.workspace.id, candidates, plan, mayHold, deps, 'look')
