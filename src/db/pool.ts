@@ -17,6 +17,15 @@ const BEGIN = /^\s*(?:begin|start\s+transaction)\b/i
 const SESSION_GOES_ON = 'ERROR'
 
 /**
+ * Whether PostgreSQL's refusal leaves a session to go on with. Class 08, connection exception, does not, whatever its
+ * severity: a pooler (PgBouncer's query_wait_timeout) says ERROR, then closes the connection, and sends no
+ * ReadyForQuery before it: a query sent meanwhile would wait for the close.
+ */
+function sessionGoesOn (err: pg.DatabaseError): boolean {
+  return err.severity === SESSION_GOES_ON && !err.code?.startsWith('08')
+}
+
+/**
  * node-postgres' pool, whose checked-out connections are never lost nor handed out again broken. drizzle-orm 0.45's
  * `transaction()` sends `begin` before its try/finally, so a `begin` that fails never gives its connection back; and
  * after the driver's query_timeout a connection still waits for the answer it gave up on, so the rollback that follows
@@ -24,11 +33,13 @@ const SESSION_GOES_ON = 'ERROR'
  * lost while checked out emits an `error` nobody hears, which ends the process.
  *
  * So each checkout is a lease: the first failure that is not PostgreSQL's answer (the driver's timeout, a connection
- * lost) gives the connection back to be closed at once, and later queries on the lease fail with that same error (a
- * rollback, then, tells the statement's cause). A `begin` PostgreSQL refuses gives the connection back too, as it was
- * (out of any transaction) unless the refusal ended the session (FATAL: a backend terminated by a restart, a failover,
- * pg_terminate_backend), and later queries on the lease fail with the refusal: the connection is the pool's again. A
- * lease given back while its connection is still in a transaction is closed too. Giving a lease back twice does
+ * lost), or a refusal that ends the session (FATAL: a backend terminated by a restart, a failover,
+ * pg_terminate_backend; class 08 whatever its severity: a pooler giving up on the connection), on any statement,
+ * gives the connection back to be closed at once, and later queries on the lease fail with that same error (a
+ * rollback, then, tells the statement's cause, and is not waited for). A `begin` PostgreSQL refuses otherwise gives
+ * the connection back too, as it was (out of any transaction), and later queries on the lease fail with the refusal:
+ * the connection is the pool's again. A lease given back while its connection is still in a transaction is closed
+ * too. Giving a lease back twice does
  * nothing. `pool.query()` checks out on its own, and drops a connection on any error already.
  */
 export class LeasingPool extends pg.Pool {
@@ -62,9 +73,7 @@ function lease (client: pg.PoolClient): pg.PoolClient {
   // drizzle-orm 0.45's transaction() sends `begin` before its try/finally: nobody else gives this connection back
   function refuseBegin (err: pg.DatabaseError) {
     refusedBegin ??= err
-    // class 08, connection exception: a pooler (PgBouncer's query_wait_timeout) says ERROR, then closes the connection
-    const sessionGoesOn = err.severity === SESSION_GOES_ON && !err.code?.startsWith('08')
-    release(sessionGoesOn ? undefined : err)
+    release()
   }
   client.on('error', fail)
 
@@ -77,8 +86,8 @@ function lease (client: pg.PoolClient): pg.PoolClient {
       return await (client.query as (...args: unknown[]) => Promise<unknown>)(...args)
     } catch (err) {
       // PostgreSQL's own answer (a constraint, a cancelled statement) leaves the connection in step; anything else
-      // (no answer in time, a connection lost, a value the driver could not send) may not have
-      if (!(err instanceof pg.DatabaseError)) fail(err as Error)
+      // (no answer in time, a connection lost, a value the driver could not send, a session ended) may not have
+      if (!(err instanceof pg.DatabaseError) || !sessionGoesOn(err)) fail(err as Error)
       else if (BEGIN.test(queryText(args[0]))) refuseBegin(err)
       throw err
     }

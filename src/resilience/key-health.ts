@@ -63,6 +63,8 @@ export interface KeyHealth {
    * calls still under way with it meet afterwards (a 503, a 429, quota headers) is ignored for `forgetForMs`.
    */
   forget (workspaceId: string, keyId: string): Promise<void>
+  /** Stops writing again the forgettings Redis did not take. */
+  close (): void
 }
 
 export interface ObservedQuota {
@@ -93,6 +95,11 @@ const FORGOTTEN = 'tmt:key-forgotten'
 
 // forgotten ids a replica remembers at most (the oldest go first): key rotations, not calls, so far more than enough
 const FORGOTTEN_MAX = 10_000
+
+// a forgetting Redis did not take on a connection that stays up (a command refused, timed out) is written again after
+// this, twice as long at each failure up to a minute; a reconnect's reload writes it at once as well
+const RESAVE_FIRST_MS = 1_000
+const RESAVE_MAX_MS = 60_000
 
 // how long a measured offset to Redis' clock is trusted: NTP may correct either clock while a replica runs
 const OFFSET_MAX_AGE_MS = 60_000
@@ -187,9 +194,13 @@ export function createKeyHealth (options: KeyHealthOptions): KeyHealth {
   const quotaWritten = new Map<string, number>()
   // key ids forgotten lately, until when (local ms): what calls already under way with them meet is ignored
   const forgotten = new Map<string, number>()
-  // forgotten keys whose forgetting Redis did not take (key id → workspace id): written, and announced again, once
-  // Redis answers (load), or Redis and the replicas that heard nothing would keep what they know of them
+  // forgotten keys whose forgetting Redis did not take (key id → workspace id): written, and announced again, on a
+  // timer and at each reload, until Redis takes them, or Redis and the replicas that heard nothing would keep what
+  // they know of them
   const unsaved = new Map<string, string>()
+  let resave: NodeJS.Timeout | undefined
+  let resaveMs = RESAVE_FIRST_MS
+  let closed = false
   // Redis' clock minus this replica's (ms). A block ends at an instant of Redis' clock (EXTEND's TIME), and every
   // replica converts that same instant to its own clock with its own offset: all of them lift the block together,
   // however late pub/sub brought the news and however far apart their clocks are. Measured on one Redis only: a
@@ -253,9 +264,7 @@ export function createKeyHealth (options: KeyHealthOptions): KeyHealth {
 
   async function load () {
     if (!redis) return
-    const retried = [...unsaved]
-    unsaved.clear() // a load that runs meanwhile (the bus's reload on the same reconnect) does not write them twice
-    for (const [keyId, workspaceId] of retried) await saveForgetting(workspaceId, keyId)
+    await saveUnsaved()
     const now = measurable ? await measure(measurable) : redisNow(await redis.time())
     // what this replica may have missed being told: keys forgotten since it started, or while its pub/sub was away
     await redis.zremrangebyscore(FORGOTTEN, '-inf', now)
@@ -393,8 +402,27 @@ export function createKeyHealth (options: KeyHealthOptions): KeyHealth {
       unsaved.delete(keyId)
       unsaved.set(keyId, workspaceId)
       if (unsaved.size > FORGOTTEN_MAX) unsaved.delete(unsaved.keys().next().value as string)
+      scheduleResave()
+    } else if (unsaved.size === 0) {
+      resaveMs = RESAVE_FIRST_MS // taken: the next failure starts over
     }
     await bus.publish({ type: 'key-forgotten', keyId })
+  }
+
+  /** The forgettings Redis did not take, written again; those it still does not take wait for the timer. */
+  async function saveUnsaved () {
+    const retried = [...unsaved]
+    unsaved.clear() // a load that runs meanwhile (the bus's reload on the same reconnect) does not write them twice
+    for (const [keyId, workspaceId] of retried) await saveForgetting(workspaceId, keyId).catch(() => {})
+  }
+
+  function scheduleResave () {
+    if (closed || resave) return
+    resave = setTimeout(() => {
+      resave = undefined
+      void saveUnsaved()
+    }, resaveMs).unref()
+    resaveMs = Math.min(resaveMs * 2, RESAVE_MAX_MS)
   }
 
   /** A command on the shared state; undefined without Redis, or when it cannot answer (the caller decides alone). */
@@ -543,6 +571,12 @@ export function createKeyHealth (options: KeyHealthOptions): KeyHealth {
     async forget (workspaceId, keyId) {
       remember(keyId)
       await saveForgetting(workspaceId, keyId)
+    },
+
+    close () {
+      closed = true
+      clearTimeout(resave)
+      resave = undefined
     }
   }
 }

@@ -1,6 +1,8 @@
 import { setTimeout as sleep } from 'node:timers/promises'
+import { Redis } from 'ioredis'
 import t, { type Test } from 'tap'
 import { buildTestApp, type TestApp, type TestWorkspace } from '../helpers/app.js'
+import { ownRedis } from '../helpers/own-redis.js'
 
 // A Mistral key replaced or deleted never comes back under its id (a replacement gets a new one): what key health
 // knew of it — a cooldown, an open breaker, Mistral's quota headers — goes at once, on every replica and in Redis,
@@ -128,9 +130,9 @@ const COMPLETION = {
 }
 
 /** Two replicas sharing Redis and one fake Mistral, whose 503 opened the breaker of the workspace's `default` key. */
-async function twoReplicasWithOpenBreaker (t: Test) {
-  const one = await buildTestApp(t, ENV)
-  const two = await buildTestApp(t, ENV, { mistral: one.mistral })
+async function twoReplicasWithOpenBreaker (t: Test, env: Record<string, string> = {}) {
+  const one = await buildTestApp(t, { ...ENV, ...env })
+  const two = await buildTestApp(t, { ...ENV, ...env }, { mistral: one.mistral })
   const ws = await one.createWorkspace()
   const oldId = await keyId(one, ws, 'default')
   one.mistral.enqueueError(503, MISTRAL_503, {}, CHAT)
@@ -243,4 +245,27 @@ t.test('a replacement made while Redis does not answer the replica is forgotten 
     await back
     t.ok(await until(() => two.app.keyHealth.blocked(oldId) === undefined), 'once Redis is back, replica two forgets it')
     t.same(await allInRedis(one, ws, oldId), FORGOTTEN_IN_REDIS, 'and so does Redis')
+  })
+
+t.test('a forgetting Redis refuses on a connection that stays up is written again on a timer, with no reload',
+  async (t) => {
+    // a Redis of this test's own: its ACL is changed for every connection
+    const redis = await ownRedis(t)
+    const { one, two, ws, oldId } = await twoReplicasWithOpenBreaker(t, { REDIS_URL: redis.url })
+    const operator = new Redis(redis.url)
+    t.teardown(() => operator.quit())
+    // the scripts are refused (NOPERM) while every connection stays up: no reconnect, no reload follows
+    await operator.call('ACL', 'SETUSER', 'default', '-eval', '-evalsha')
+    t.equal((await one.admin('PUT', `/admin/v1/workspaces/${ws.slug}/mistral-keys/default`,
+      { key: `${ws.mistralKey}-new` })).statusCode, 200, 'replaced while Redis refuses scripts')
+    t.ok(await until(() => two.app.keyHealth.blocked(oldId) === undefined), 'the replicas heard of it over pub/sub')
+    t.same(await inRedis(one, ws, oldId), { block: 1, registered: true }, 'Redis refused the forgetting')
+
+    await operator.call('ACL', 'SETUSER', 'default', '+eval', '+evalsha')
+    const forgotten = async () =>
+      JSON.stringify(await allInRedis(one, ws, oldId)) === JSON.stringify(FORGOTTEN_IN_REDIS)
+    const deadline = Date.now() + 3_000
+    while (!await forgotten() && Date.now() < deadline) await sleep(50)
+    t.same(await allInRedis(one, ws, oldId), FORGOTTEN_IN_REDIS, 'once Redis takes scripts again, it is written there')
+    t.equal(one.app.redis!.client.status, 'ready', 'on the same connection, never lost')
   })

@@ -104,6 +104,13 @@ t.test('a token that expires during a PostgreSQL outage is refused at its expiry
   proxy.restore()
 })
 
+/** Whether `check` holds within `timeoutMs`, asked every 10 ms. */
+async function until (check: () => boolean, timeoutMs = 2_000): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs
+  while (!check() && Date.now() < deadline) await sleep(10)
+  return check()
+}
+
 t.test('a lookup is cached though another workspace changed while it read; not when its own workspace did', async (t) => {
   // every byte to and from PostgreSQL held 150 ms: a lookup takes long enough for a change to arrive in the middle
   const database = new URL(TEST_DATABASE_URL)
@@ -115,9 +122,20 @@ t.test('a lookup is cached though another workspace changed while it read; not w
   const { app } = testApp
   // made through a gateway on a direct connection: the delay is for the reads under test, not for the setup's writes
   const direct = await buildTestApp(t, {}, { mistral: testApp.mistral })
+  // the setup's cache messages reach the app under test over Redis: they must have arrived before a read they would
+  // stop. What the setup's gateway published (it hears its own at once) is what the app under test must have heard
+  const published = new Map<string, number>()
+  const heard = new Map<string, number>()
+  const count = (seen: Map<string, number>) => (message: unknown) => {
+    const key = JSON.stringify(message)
+    seen.set(key, (seen.get(key) ?? 0) + 1)
+  }
+  direct.app.bus.subscribe(count(published))
+  app.bus.subscribe(count(heard))
   const [ws, other] = await Promise.all([direct.createWorkspace(), direct.createWorkspace()])
-  // the setup's cache messages reach the app under test over Redis: let them arrive before a read they would stop
-  await sleep(200)
+  const setupMessages = [...published]
+  t.ok(await until(() => setupMessages.every(([message, times]) => (heard.get(message) ?? 0) >= times)),
+    `the setup's ${setupMessages.length} kinds of cache message reached the app under test`)
   const tokenOf = (workspace: typeof ws) => workspace.headers.authorization.slice('Bearer '.length)
 
   /** Reads `workspace`'s token, and changes the workspace `changed` while the read is under way. */
