@@ -3,6 +3,7 @@ import { readdirSync, readFileSync } from 'node:fs'
 import { createServer } from 'node:net'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
+import { killChildrenAtExit } from './child-guard.js'
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url))
 
@@ -27,6 +28,7 @@ interface Tap {
  */
 export async function startGatewayProcess (t: Tap, env: Record<string, string>,
   options: { command?: string[], readyTimeoutMs?: number } = {}): Promise<GatewayProcess> {
+  killChildrenAtExit()
   const port = env.PORT ?? String(await freePort())
   const [command, ...args] = options.command ?? [process.execPath, '--import', 'tsx', 'src/server.ts']
   const child: ChildProcess = spawn(command, args, {

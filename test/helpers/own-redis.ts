@@ -1,8 +1,8 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { Redis } from 'ioredis'
+import { killChildrenAtExit } from './child-guard.js'
 import { freePort } from './gateway-process.js'
-import { killChildrenOnSignal } from './replicas.js'
 
 /** A redis-server of our own, on a loopback port, with no persistence: a restart loses everything. */
 export async function ownRedis (t: { teardown (fn: () => unknown): void }, port?: number) {
@@ -10,7 +10,7 @@ export async function ownRedis (t: { teardown (fn: () => unknown): void }, port?
   let child: ChildProcess | undefined
   const start = async () => {
     const args = ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no']
-    killChildrenOnSignal()
+    killChildrenAtExit()
     child = spawn('redis-server', args, { stdio: 'ignore' })
     const probe = new Redis(port, '127.0.0.1',
       { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null })

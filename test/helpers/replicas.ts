@@ -1,5 +1,4 @@
 import { randomBytes } from 'node:crypto'
-import { readdirSync, readFileSync } from 'node:fs'
 import { TEST_ADMIN_TOKEN, gatewayEnv } from './app.js'
 import { startGatewayProcess, type GatewayProcess } from './gateway-process.js'
 
@@ -40,39 +39,6 @@ export interface Replicas {
   settledUsage (ws: ReplicaWorkspace, records: number, timeoutMs?: number): Promise<{ totals: any, records: any[] }>
 }
 
-let guarded = false
-
-/**
- * If this test process is killed (tap times a file out), its teardowns never run: kill what it spawned first, or a
- * detached gateway (its own process group) or a redis-server outlives it. Linux: children are found in /proc.
- */
-export function killChildrenOnSignal () {
-  if (guarded) return
-  guarded = true
-  for (const signal of ['SIGTERM', 'SIGINT'] as const) {
-    process.once(signal, () => {
-      for (const { pid, leader } of children()) {
-        try { process.kill(leader ? -pid : pid, 'SIGKILL') } catch {}
-      }
-      process.kill(process.pid, signal)
-    })
-  }
-}
-
-function children () {
-  const found: Array<{ pid: number, leader: boolean }> = []
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue
-    try {
-      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8')
-      // after "pid (comm) ": state, ppid, pgrp
-      const [, ppid, pgrp] = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
-      if (Number(ppid) === process.pid) found.push({ pid: Number(entry), leader: Number(pgrp) === Number(entry) })
-    } catch {}
-  }
-  return found
-}
-
 export async function startReplicas (t: Tap, mistralUrl: string, env: Record<string, string> = {},
   { count = 2, freshDatabase = false }: { count?: number, freshDatabase?: boolean } = {}): Promise<Replicas> {
   const base = {
@@ -80,7 +46,6 @@ export async function startReplicas (t: Tap, mistralUrl: string, env: Record<str
     LOG_LEVEL: 'warn',
     ...env
   }
-  killChildrenOnSignal()
   // on a fresh database the first one migrates it alone; the others start together
   const first = freshDatabase ? [await startGatewayProcess(t, base)] : []
   const rest = await Promise.all(Array.from({ length: count - first.length }, () => startGatewayProcess(t, base)))
