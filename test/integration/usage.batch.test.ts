@@ -6,7 +6,7 @@ import t, { type Test } from 'tap'
 import { usageRecords, watchedJobs } from '../../src/db/schema.js'
 import { formatMoney, parseMoney } from '../../src/pricing/money.js'
 import { billBeforeDeletion } from '../../src/proxy/batch-hook.js'
-import { buildTestApp, listen, TEST_DATABASE_URL, type TestApp, type TestWorkspace } from '../helpers/app.js'
+import { buildTestApp, listen, type TestApp, type TestWorkspace } from '../helpers/app.js'
 import { until, watchOf } from '../helpers/watched-jobs.js'
 import { createScratchDatabase } from '../helpers/database.js'
 import { countTokens } from '../helpers/fake-mistral.js'
@@ -38,8 +38,13 @@ function batchCost (promptTokens: number, completionTokens: number, markupBps: n
   }
 }
 
+// a database of this file's own: its gateways poll every 50 ms, and every replica's watcher checks each due job of its
+// database, with its own fake Mistral, which knows nothing of another file's jobs
+const fileDatabaseUrl = await createScratchDatabase(t)
+
 async function setup (t: Test, overrides: Record<string, string> = {}, shared?: TestApp) {
-  const testApp = await buildTestApp(t, overrides, shared && { mistral: shared.mistral })
+  const testApp = await buildTestApp(t, { DATABASE_URL: fileDatabaseUrl, ...overrides },
+    shared && { mistral: shared.mistral })
   const url = await listen(testApp.app)
   return { ...testApp, url }
 }
@@ -807,7 +812,7 @@ t.test('a job whose Mistral key was removed is let go to its deletion, with a wa
 })
 
 t.test('a deletion while PostgreSQL does not answer is refused 503 with Retry-After, then goes on', async (t) => {
-  const { proxy, url: databaseUrl } = await proxiedDatabase(t, TEST_DATABASE_URL)
+  const { proxy, url: databaseUrl } = await proxiedDatabase(t, fileDatabaseUrl)
   const s = await setup(t, { BATCH_POLL_INTERVAL_MS: '600000', DATABASE_URL: databaseUrl })
   const ws = await s.createWorkspace()
   const job = await sdkFor(s.url, ws).batch.jobs.create({
