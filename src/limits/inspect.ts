@@ -1,7 +1,7 @@
 import { GatewayError, retryAfterHeaders } from '../errors.js'
 import { formatMoney } from '../pricing/money.js'
 import type { LedgerSums } from './admission.js'
-import { calendarPeriods } from './periods.js'
+import { calendarPeriods, type CalendarPeriods } from './periods.js'
 import { hasCaps, type RateLimits, type SpendCaps } from './policy.js'
 import type { AdmissionStore, ScopeUsage } from './store.js'
 
@@ -26,13 +26,24 @@ export async function inspectLimits ({ store, ledger, workspaceId, timezone, sco
   timezone: string
   scopes: ScopeToInspect[]
 }) {
-  const periods = calendarPeriods(Date.now(), timezone)
+  // computed for a daily or monthly cap only: a zone this replica's Node does not know (time_zone_unknown) then fails
+  // the inspection of a workspace with such a cap, not of every workspace in that zone
+  let periods: CalendarPeriods | undefined
+  const calendar = () => (periods ??= calendarPeriods(Date.now(), timezone))
   const capKeys = (scope: ScopeToInspect) => {
     const keys: Array<{ kind: 'daily' | 'monthly' | 'lifetime', key: string, cap: number, from?: number, to?: number }> = []
     const caps = scope.caps
     if (!caps || !hasCaps(caps)) return keys
-    if (caps.daily !== undefined) keys.push({ kind: 'daily', key: `${scope.p}:spend:d:${periods.day.id}`, cap: caps.daily, from: periods.day.start, to: periods.day.end })
-    if (caps.monthly !== undefined) keys.push({ kind: 'monthly', key: `${scope.p}:spend:m:${periods.month.id}`, cap: caps.monthly, from: periods.month.start, to: periods.month.end })
+    if (caps.daily !== undefined) {
+      const { day } = calendar()
+      keys.push({ kind: 'daily', key: `${scope.p}:spend:d:${day.id}`, cap: caps.daily, from: day.start, to: day.end })
+    }
+    if (caps.monthly !== undefined) {
+      const { month } = calendar()
+      keys.push({
+        kind: 'monthly', key: `${scope.p}:spend:m:${month.id}`, cap: caps.monthly, from: month.start, to: month.end
+      })
+    }
     if (caps.lifetime !== undefined) keys.push({ kind: 'lifetime', key: `${scope.p}:spend:l`, cap: caps.lifetime })
     return keys
   }

@@ -76,6 +76,15 @@ function resendableAfterDoubt (request: FastifyRequest): boolean {
 
 const MAX_HOLD_SPREAD_MS = 250
 
+/**
+ * Every call held for a key, on every replica, waits for the same end of its cooldown: woken at once they would meet
+ * Mistral's per-second limit together. Each wakes up to a quarter of its hold (at most 250 ms) later, at random,
+ * within the `left` ms its UPSTREAM_RETRY_MAX_WAIT_MS leaves after the hold.
+ */
+export function holdSpread (hold: number, left: number): number {
+  return Math.random() * Math.max(0, Math.min(MAX_HOLD_SPREAD_MS, hold / 4, left))
+}
+
 /** The gateway's order when the workspace sets none: another key first, then a short hold (issue 4). */
 const DEFAULT_ORDER: readonly CooldownStrategy[] = ['failover', 'hold']
 
@@ -118,7 +127,8 @@ export async function sendWithRetries (attempt: Attempt, deps: AttemptDeps): Pro
     if ('error' in choice) throw lastFailure ?? choice.error
     if ('hold' in choice) {
       after429 = undefined // mayHold counted it
-      await sleep(choice.hold + 5 + holdSpread(choice.hold), undefined, { signal })
+      const left = config.UPSTREAM_RETRY_MAX_WAIT_MS - (Date.now() - started) - choice.hold
+      await sleep(choice.hold + 5 + holdSpread(choice.hold, left), undefined, { signal })
       continue
     }
     const key = choice.key
@@ -253,16 +263,6 @@ export async function sendWithRetries (attempt: Attempt, deps: AttemptDeps): Pro
     tries++
     deps.metrics.retried()
     return true
-  }
-
-  /**
-   * Every call held for a key, on every replica, waits for the same end of its cooldown: woken at once they would
-   * meet Mistral's per-second limit together. Each wakes up to a quarter of its hold (at most 250 ms) later, at
-   * random, within what UPSTREAM_RETRY_MAX_WAIT_MS leaves.
-   */
-  function holdSpread (hold: number): number {
-    const left = config.UPSTREAM_RETRY_MAX_WAIT_MS - (Date.now() - started) - hold
-    return Math.random() * Math.max(0, Math.min(MAX_HOLD_SPREAD_MS, hold / 4, left))
   }
 
   async function backoff () {

@@ -113,9 +113,11 @@ export async function proxyRoutes (app: FastifyInstance, { config, pool }: { con
     // a transcription's audio, as its form names it (an upload, a file at Mistral, a URL): what bounds its cost
     const audio = operation.metered === 'transcription'
       ? await transcriptionAudio({ body: received, headers: request.headers, tenant, candidates, deps: attemptDeps,
-        log: request.log })
+        client: reply.raw, log: request.log })
       : undefined
     const rawBody = audio ? audio.body : received
+    // a file the lookup's key does not see: the call goes out on that key alone, which answers as the lookup did
+    const callKeys = audio?.pinnedKey === undefined ? candidates : [audio.pinnedKey]
 
     // admission: the worst case of the call against every limit and cap, in one round trip
     const { workspace, token } = tenant
@@ -139,14 +141,18 @@ export async function proxyRoutes (app: FastifyInstance, { config, pool }: { con
       // quoted at the dearest prices, not run on the model they are named after
       model: model ? priced.price?.model : undefined
     }, priced.quote).catch((err: unknown) => {
-      if (err instanceof GatewayError) app.metrics.denied(workspace.slug, err.param ?? err.code)
+      // a refusal: a limit or cap reached (429), or caps that cannot be checked (503 budget_unavailable). A fault of
+      // the gateway's own (its 500, such as time_zone_unknown) is no denial: the answers' metrics count it
+      if (err instanceof GatewayError && err.statusCode !== 500) {
+        app.metrics.denied(workspace.slug, err.param ?? err.code)
+      }
       throw err
     })
 
     const startedAt = Date.now()
     // authentication, classification and admission are the gateway's part of the call
     const receivedAt = startedAt - Math.round(reply.elapsedTime)
-    let keyName = candidates[0]
+    let keyName = callKeys[0]
     let meter: Meter
     try {
       // a watched batch job is billed before Mistral forgets it, or its output file; one still running is refused
@@ -205,7 +211,7 @@ export async function proxyRoutes (app: FastifyInstance, { config, pool }: { con
         answer = await sendWithRetries({
           request,
           workspaceId: workspace.id,
-          candidates,
+          candidates: callKeys,
           body: body === undefined ? undefined : JSON.stringify(body),
           rawBody,
           signal: controller.signal

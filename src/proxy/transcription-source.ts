@@ -1,10 +1,12 @@
+import type { ServerResponse } from 'node:http'
 import { Readable } from 'node:stream'
+import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyBaseLogger } from 'fastify'
 import { databaseUnanswered } from '../db/sql-state.js'
 import { clientClosed, databaseUnavailable } from '../errors.js'
 import { hasCaps } from '../limits/policy.js'
 import type { TenantContext } from '../tenancy/tokens.js'
-import { cooldownPlan, pickKey, type AttemptDeps } from './attempts.js'
+import { cooldownPlan, holdSpread, pickKey, type AttemptDeps } from './attempts.js'
 import { filePath } from './mistral-files.js'
 
 /**
@@ -31,6 +33,12 @@ export interface TranscriptionAudio {
   bytes: number | undefined
   /** the body to send on: the bytes received, those read put back */
   body: Readable | undefined
+  /**
+   * the only key the call may go out with: the one whose lookup Mistral answered 404, so that the call gets the same
+   * answer at no cost. Another key of the workspace may be of another organisation, which has the file, and the audio
+   * was reserved as none
+   */
+  pinnedKey?: string
 }
 
 /**
@@ -57,15 +65,17 @@ const NAMES_NOTHING: AudioSource = { upload: false, url: false, fileIds: [], unr
  * How many bytes of audio a transcription may be billed for, and its body to send on. A chunked form (no length) is
  * not read: whatever it names, its length is unknown. A `file_id` is looked up at Mistral, with the key the call goes
  * out with, only where a spend cap applies; elsewhere its size stays unknown, and a call whose count Mistral never
- * sends is billed no audio (meter.ts).
+ * sends is billed no audio (meter.ts). Throws the answer the call would get when no key can serve it.
  */
-export async function transcriptionAudio ({ body, headers, tenant, candidates, deps, log }: {
+export async function transcriptionAudio ({ body, headers, tenant, candidates, deps, client, log }: {
   /** undefined for a body parsed as JSON, from which Mistral reads an empty form: no audio */
   body: Readable | undefined
   headers: Record<string, string | string[] | undefined>
   tenant: TenantContext
   candidates: string[]
   deps: AttemptDeps
+  /** the client's response, where there is one: its connection closing ends a lookup's wait for a cooling key */
+  client?: ServerResponse
   log: FastifyBaseLogger
 }): Promise<TranscriptionAudio> {
   const length = declaredLength(headers['content-length'])
@@ -76,10 +86,11 @@ export async function transcriptionAudio ({ body, headers, tenant, candidates, d
   if (source.fileIds.length === 0) return { bytes: length, body: forwarded }
   const uploaded = source.upload ? length : 0
   const capped = hasCaps(tenant.workspace.caps) || hasCaps(tenant.token.caps)
-  const file = capped ? await fileBytes(deps, tenant, candidates, source.fileIds[0], log) : undefined
+  const file = capped ? await fileSize(deps, tenant, candidates, source.fileIds[0], client, log) : undefined
   if (file === undefined) return { bytes: undefined, body: forwarded }
-  // a file Mistral does not have (null) is no audio: the call goes on, and the client gets Mistral's own answer
-  return { bytes: Math.max(uploaded, file ?? 0), body: forwarded }
+  // a file Mistral does not have is no audio: the call goes on, on that key, and the client gets Mistral's own answer
+  if ('absentFor' in file) return { bytes: uploaded, body: forwarded, pinnedKey: file.absentFor }
+  return { bytes: Math.max(uploaded, file.bytes), body: forwarded }
 }
 
 function declaredLength (header: string | string[] | undefined): number | undefined {
@@ -313,27 +324,21 @@ function decodeField (text: string): string | undefined {
   }
 }
 
+/** A file's size as Mistral gives it, or the key Mistral said has no such file. */
+type FileSize = { bytes: number } | { absentFor: string }
+
 /**
  * `GET /v1/files/{id}` (RetrieveFile in mistral-openapi.yaml): the file's `bytes`, asked with the key the call will go
  * out with, as the attempt loop picks it (pickKey, asked without claiming a breaker's probe), through the proxy's pool:
- * files belong to an organisation, and another key of the workspace may be of another one. Null when Mistral has no
- * such file; undefined when the size is not known (no key usable now, the call held for one or refused, an error, no
- * answer in LOOKUP_TIMEOUT_MS, no `bytes`).
+ * files belong to an organisation, and another key of the workspace may be of another one. A key the call would wait
+ * for is waited for here, as the call would (within UPSTREAM_RETRY_MAX_WAIT_MS), and asked once usable; with no key
+ * to serve the call, the call's own answer is thrown. Undefined when the size is not known (an error, no answer in
+ * LOOKUP_TIMEOUT_MS, no `bytes`).
  */
-async function fileBytes (deps: AttemptDeps, tenant: TenantContext, candidates: string[], fileId: string,
-  log: FastifyBaseLogger): Promise<number | null | undefined> {
-  const { pool, prefix, metrics, config } = deps
-  const plan = cooldownPlan(tenant.workspace.cooldown, config)
-  // the call's first pick holds for any wait that fits its retry time (mayHold in attempts.ts, before any 429)
-  const mayHold = async (wait: number) => wait <= config.UPSTREAM_RETRY_MAX_WAIT_MS
-  const choice = await pickKey(tenant.workspace.id, candidates, plan, mayHold, deps, 'look')
-    .catch((err: unknown) => {
-      // the answer the call itself would get (attempts.ts)
-      throw databaseUnanswered(err) ? databaseUnavailable(err, log) : err
-    })
-  // held: the key the call waits for is cooling down, and would only meet Mistral's 429 now
-  if (!('key' in choice)) return undefined
-  const { key } = choice
+async function fileSize (deps: AttemptDeps, tenant: TenantContext, candidates: string[], fileId: string,
+  client: ServerResponse | undefined, log: FastifyBaseLogger): Promise<FileSize | undefined> {
+  const key = await keyOfTheCall(deps, tenant, candidates, client, log)
+  const { pool, prefix, metrics } = deps
   try {
     const res = await pool.request({
       path: prefix + filePath(fileId),
@@ -344,16 +349,58 @@ async function fileBytes (deps: AttemptDeps, tenant: TenantContext, candidates: 
     metrics.upstream(res.statusCode)
     if (res.statusCode !== 200) {
       await res.body.dump()
-      if (res.statusCode === 404) return null
+      if (res.statusCode === 404) return { absentFor: key.name }
       log.warn({ status: res.statusCode, key: key.name }, 'a transcription\'s file could not be looked up: reserved ' +
         'as audio of unknown length')
       return undefined
     }
     const { bytes } = await res.body.json() as { bytes?: unknown }
-    return typeof bytes === 'number' && Number.isSafeInteger(bytes) && bytes >= 0 ? bytes : undefined
+    return typeof bytes === 'number' && Number.isSafeInteger(bytes) && bytes >= 0 ? { bytes } : undefined
   } catch (err) {
     log.warn({ err: { name: (err as Error).name, code: (err as NodeJS.ErrnoException).code }, key: key.name },
       'a transcription\'s file could not be looked up: reserved as audio of unknown length')
     return undefined
+  }
+}
+
+/**
+ * The key the call's first pick would go out with, as sendWithRetries picks it: a hold (the key it waits for is
+ * cooling down, and would only meet Mistral's 429 now) is waited out, then picked again, within what
+ * UPSTREAM_RETRY_MAX_WAIT_MS allows; no key (all cooling past the hold, rejected, their breakers open) throws the
+ * error the call would answer. Reserving such a call as audio of unknown length would refuse it by the spend cap, an
+ * answer not to retry, where the call would have held and gone on, or been answered its own retryable error.
+ */
+async function keyOfTheCall (deps: AttemptDeps, tenant: TenantContext, candidates: string[],
+  client: ServerResponse | undefined, log: FastifyBaseLogger) {
+  const { config } = deps
+  const plan = cooldownPlan(tenant.workspace.cooldown, config)
+  const started = Date.now()
+  // the call's first pick holds for any wait that fits its retry time (mayHold in attempts.ts, before any 429)
+  const mayHold = async (wait: number) => Date.now() - started + wait <= config.UPSTREAM_RETRY_MAX_WAIT_MS
+  while (true) {
+    const choice = await pickKey(tenant.workspace.id, candidates, plan, mayHold, deps, 'look')
+      .catch((err: unknown) => {
+        // the answer the call itself would get (attempts.ts)
+        throw databaseUnanswered(err) ? databaseUnavailable(err, log) : err
+      })
+    if ('error' in choice) throw choice.error
+    if ('key' in choice) return choice.key
+    const left = config.UPSTREAM_RETRY_MAX_WAIT_MS - (Date.now() - started) - choice.hold
+    await holdFor(choice.hold + 5 + holdSpread(choice.hold, left), client)
+  }
+}
+
+/** Waits, unless the client closes its connection first (then its call ends here). */
+async function holdFor (ms: number, client: ServerResponse | undefined) {
+  const gone = new AbortController()
+  const onClose = () => gone.abort()
+  if (client?.destroyed === true) onClose()
+  else client?.once('close', onClose)
+  try {
+    await sleep(ms, undefined, { signal: gone.signal })
+  } catch (err) {
+    throw clientClosed('The client closed the connection while its call waited for a key', { cause: err })
+  } finally {
+    client?.off('close', onClose)
   }
 }

@@ -112,7 +112,7 @@ export function createBatchUpstream (config: Pick<Config, 'MISTRAL_BASE_URL' | '
       return body && await body.json() as Record<string, unknown>
     },
     jobWithResults: (secret, jobId) => get(secret, `/v1/batch/jobs/${pathSegment(jobId)}?inline=true`),
-    fileContent: (secret, fileId) => get(secret, `/v1/files/${pathSegment(fileId)}/content`),
+    fileContent: (secret, fileId) => get(secret, `${filePath(fileId)}/content`),
     async close () {
       await pool.close()
     }

@@ -158,7 +158,7 @@ t.test('a file_id is looked up with the key the call goes out with, as the coold
   const { testApp, url, ws, mistral } = await cappedWorkspace(t, ['default', 'backup'])
   const keyName = (apiKey: string | undefined) =>
     apiKey === ws.mistralKey ? 'default' : apiKey === `${ws.mistralKey}-backup` ? 'backup' : 'other'
-  const lookups = () => mistral.requestsTo('/v1/files').map((seen) => keyName(seen.apiKey))
+  const lookups = () => mistral.requestsTo('/v1/files').map((seen) => `${keyName(seen.apiKey)} ${seen.path}`)
   const transcriptions = () => mistral.requestsTo(TRANSCRIPTIONS).map((seen) => keyName(seen.apiKey))
   const setOrder = async (cooldown: Record<string, unknown>) => t.equal((await testApp.admin('PATCH',
     `/admin/v1/workspaces/${ws.slug}`, { cooldown })).statusCode, 200, `cooldown ${JSON.stringify(cooldown)} set`)
@@ -174,21 +174,59 @@ t.test('a file_id is looked up with the key the call goes out with, as the coold
   t.equal(chat.statusCode, 200, 'the chat was served by `backup`')
 
   t.equal((await transcribe(url, ws, byId(short.id), MULTIPART)).status, 200, 'failover: admitted')
-  t.same(lookups(), ['backup'], 'failover: the file was looked up with `backup`')
+  t.same(lookups(), [`backup /v1/files/${short.id}`], 'failover: the file was looked up with `backup`')
   t.same(transcriptions(), ['backup'], 'the call that `backup` serves')
 
-  // a hold shorter than the cooldown, and no failover: the call can go out with no key, so nothing is looked up
+  // a hold shorter than the cooldown, and no failover: no key can serve the call, which gets its own retryable 429
+  // (not the spend cap's refusal, which tells the client not to retry), and nothing is looked up
   await setOrder({ order: ['hold'], holdMs: 500 })
-  refusedByCap(t, await transcribe(url, ws, byId(short.id), MULTIPART), '["hold"] past its hold: no key to ask with')
-  t.same(lookups(), ['backup'], '["hold"] past its hold: not looked up with `backup`, which the call never uses')
+  const unserved = await transcribe(url, ws, byId(short.id), MULTIPART)
+  t.equal(unserved.status, 429, '["hold"] past its hold: refused')
+  t.match(unserved.json, { type: 'rate_limit_error', code: 'upstream_rate_limited' },
+    '["hold"] past its hold: as `default` is cooling down')
+  t.equal(unserved.headers['x-should-retry'], 'true', '["hold"] past its hold: to be retried')
+  t.same(lookups(), [`backup /v1/files/${short.id}`], '["hold"] past its hold: not looked up with `backup`')
 
-  // a hold that fits: the call waits for `default`. `backup` may be of another organisation, which has no such file
-  // (Mistral's 404, read as no audio): asked with it, the long file would be reserved as nothing, and sent on `default`
+  // a hold that fits: the lookup waits for `default`, as the call does, and asks with it (`backup` may be of another
+  // organisation, which has no such file); the cap then applies to each file's own size
   await setOrder({ order: ['hold'], holdMs: 5_000 })
-  mistral.enqueueError(404, { detail: 'File not found' }, {}, { path: `/v1/files/${long.id}`, method: 'GET' })
-  refusedByCap(t, await transcribe(url, ws, byId(long.id), MULTIPART), '["hold"] within its hold: the size unknown')
-  t.same(lookups(), ['backup'], '["hold"] within its hold: not looked up with `backup`')
-  t.same(transcriptions(), ['backup'], 'neither call reached Mistral')
+  const [shortHeld, longHeld] = await Promise.all([transcribe(url, ws, byId(short.id), MULTIPART),
+    transcribe(url, ws, byId(long.id), MULTIPART)])
+  t.equal(shortHeld.status, 200, '["hold"] within its hold: the short file is admitted after the hold')
+  refusedByCap(t, longHeld, '["hold"] within its hold: the long file, by its size')
+  t.same(lookups().slice(1).sort(), [`default /v1/files/${long.id}`, `default /v1/files/${short.id}`].sort(),
+    '["hold"] within its hold: each file looked up with `default`, once its cooldown ended')
+  t.same(transcriptions(), ['backup', 'default'], 'the short file\'s call went out with `default`')
+})
+
+t.test('a file the lookup\'s key does not see pins the call to that key', async (t) => {
+  const { testApp, url, ws, mistral } = await cappedWorkspace(t, ['default', 'backup'])
+  const keyName = (apiKey: string | undefined) =>
+    apiKey === ws.mistralKey ? 'default' : apiKey === `${ws.mistralKey}-backup` ? 'backup' : 'other'
+  const lookups = () => mistral.requestsTo('/v1/files').map((seen) => keyName(seen.apiKey))
+  const transcriptions = () => mistral.requestsTo(TRANSCRIPTIONS).map((seen) => keyName(seen.apiKey))
+  // `backup` is of another organisation, which alone has the long file: `default` is answered 404 for it
+  mistral.organisations.set(`${ws.mistralKey}-backup`, 'backup-organisation')
+  const long = mistral.addFile({ bytes: 40_000_000, purpose: 'audio', filename: 'long.mp3',
+    organisation: 'backup-organisation' })
+
+  // while the lookup (with `default`) is on its way, a chat meets Mistral's 429 on `default`, which cools down for
+  // 30 s: the call, picking its key after the lookup, would fail over to `backup`, which has the file
+  mistral.enqueueDelay(1_500, { path: `/v1/files/${long.id}`, method: 'GET' })
+  const call = transcribe(url, ws, multipart([['model', MODEL], ['file_id', long.id]]), MULTIPART)
+  while (mistral.requestsTo('/v1/files').length === 0) await sleep(10)
+  mistral.enqueueRateLimit({ retryAfterSeconds: 30, filter: '/v1/chat/completions' })
+  const chat = await testApp.app.inject({ method: 'POST', url: '/v1/chat/completions',
+    headers: { ...ws.headers, 'content-type': 'application/json' },
+    payload: JSON.stringify({ model: 'mistral-small-latest', messages: [{ role: 'user', content: 'Hi' }] }) })
+  t.equal(chat.statusCode, 200, 'the chat was served by `backup`')
+
+  const sent = await call
+  t.same(lookups(), ['default'], 'the file was looked up with `default`, which does not see it')
+  t.same(transcriptions(), [], 'the call never went out with `backup`, which would transcribe the long file')
+  t.equal(sent.status, 429, 'the call, pinned to `default`, is refused')
+  t.match(sent.json, { type: 'rate_limit_error', code: 'upstream_rate_limited' }, 'as `default` is cooling down')
+  t.equal(sent.headers['x-should-retry'], 'true', 'to be retried (with `default`, which Mistral answers 404)')
 })
 
 t.test('an upload is forwarded as it arrives, unchanged, with nothing looked up', async (t) => {

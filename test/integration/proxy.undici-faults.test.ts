@@ -114,6 +114,10 @@ t.test('a client whose upload stops short over a socket never reaches undici: No
     t.equal(await cooldownOf(s, ws), null, 'the key\'s breaker did not count it')
   })
 
+// Reached through inject only, as a guard of defensive code: no client on a socket meets the closed pool. app.ts
+// closes it in an onClose hook, which fastify runs after server.close() has seen every connection end, and a call whose
+// connection the grace period cuts is aborted (its signal) before any retry; a batch job's creation, never aborted,
+// could meet the closed pool then, but its client is gone. An injected call holds no connection.
 t.test('a retry the gateway\'s shutdown stops (its pool closed) is its 503, neither blamed on the key nor retried',
   async (t) => {
     const env = { BREAKER_THRESHOLD: '2', UPSTREAM_RETRIES: '3', UPSTREAM_COOLDOWN_HOLD_MS: '0' }

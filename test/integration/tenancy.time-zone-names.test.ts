@@ -1,6 +1,7 @@
 import { sql } from 'drizzle-orm'
 import t from 'tap'
-import { buildTestApp } from '../helpers/app.js'
+import { SCRAPE_HEADERS, buildTestApp } from '../helpers/app.js'
+import { parseExposition } from '../helpers/exposition.js'
 
 // A workspace's time zone must be known to both Node (its spend periods) and PostgreSQL (its usage rollup, views and
 // statements). A name only one of them knows is refused with a 400 that says which one lacks it; a zone stored before
@@ -113,4 +114,35 @@ t.test('a stored zone this replica\'s Node does not know: capped calls are refus
   const logged = s.logs.map((line) => JSON.parse(line) as { level: number, reqId?: string, err?: { message?: string } })
     .find((line) => line.reqId === res.headers['x-request-id'] && line.level >= 50)
   t.match(logged?.err?.message, `time zone '${POSTGRES_ONLY}'`, 'logged as an error, with the zone')
+  const scraped = await s.app.inject({ method: 'GET', url: '/metrics', headers: SCRAPE_HEADERS })
+  const samples = parseExposition(scraped.body)
+  t.same(samples.filter((sample) => sample.name === 'tramontane_rate_limit_denials_total' &&
+    sample.labels.workspace === ws.slug), [], 'the gateway\'s own fault, not a call it refused: no denial counted')
+  // what the caps have used is read in the same periods
+  for (const res of [
+    await s.app.inject({ method: 'GET', url: '/tramontane/v1/me', headers: ws.headers }),
+    await s.app.inject({ method: 'GET', url: `/admin/v1/workspaces/${ws.slug}/limits`, headers: s.adminHeaders })
+  ]) {
+    t.same([res.statusCode, res.json().code], [500, 'time_zone_unknown'], res.body.slice(0, 300))
+  }
 })
+
+t.test('a stored zone this replica\'s Node does not know, no daily or monthly cap: /me and the limits still answer',
+  async (t) => {
+    const s = await buildTestApp(t)
+    const ws = await s.createWorkspace()
+    t.equal((await s.admin('PATCH', `/admin/v1/workspaces/${ws.slug}`,
+      { limits: { rpm: 60 }, caps: { lifetime: '100' } })).statusCode, 200)
+    await s.app.database.db.execute(sql`update workspaces set timezone = ${POSTGRES_ONLY} where id = ${ws.id}`)
+    t.equal((await s.admin('PATCH', `/admin/v1/workspaces/${ws.slug}`, { name: 'renamed' })).statusCode, 200)
+    const me = await s.app.inject({ method: 'GET', url: '/tramontane/v1/me', headers: ws.headers })
+    t.equal(me.statusCode, 200, me.body.slice(0, 300))
+    t.equal(me.json().workspace.timezone, POSTGRES_ONLY)
+    t.match(me.json().limits.workspace, {
+      limits: { rpm: { limit: 60, used: 0, remaining: 60 } },
+      caps: { lifetime: { cap: '100.000000', settled: '0.000000', resetsAt: null } }
+    })
+    const limits = await s.admin('GET', `/admin/v1/workspaces/${ws.slug}/limits`)
+    t.equal(limits.statusCode, 200, JSON.stringify(limits.json).slice(0, 300))
+    t.match(limits.json.workspace, { limits: { rpm: { limit: 60 } }, caps: { lifetime: { cap: '100.000000' } } })
+  })
