@@ -319,6 +319,8 @@ export function createAdmission (options: AdmissionOptions): Admission {
     },
 
     async charge ({ id, workspace, token, cost, at }) {
+      // nothing to count without a cap; nor a calendar to read (a zone this replica's Node may not know)
+      if (!hasCaps(workspace.caps) && !(token && hasCaps(token.caps))) return
       const prefix = `tmt:{ws:${workspace.id}}`
       const periods = calendarPeriods(at, workspace.timezone)
       const workspaceThresholds = workspace.caps.thresholds ?? DEFAULT_THRESHOLDS
