@@ -131,7 +131,7 @@ async function services (app: FastifyInstance, { config, database }: ServicesOpt
     prices.close()
     await admission.close()
     await usage.close()
-    keyHealth.close()
+    await keyHealth.close()
     await bus.close()
     await redis?.close()
     await database.close()

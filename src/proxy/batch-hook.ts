@@ -1,5 +1,6 @@
 import type { ServerResponse } from 'node:http'
 import type { FastifyRequest } from 'fastify'
+import { databaseUnanswered } from '../db/sql-state.js'
 import { clientClosed, conflict, DATABASE_RETRY_MS, notReady, retryAfterHeaders } from '../errors.js'
 import type { TenantContext } from '../tenancy/tokens.js'
 import type { OutputOwner } from '../usage/batch-output-owner.js'
@@ -40,6 +41,8 @@ export async function billBeforeDeletion (watcher: BatchWatcher, url: string, wo
   try {
     settled = await watcher.settle(workspaceId, jobId)
   } catch (err) {
+    // anything but PostgreSQL away is the gateway's own fault: its logged 500 (routes.ts)
+    if (!databaseUnanswered(err)) throw err
     // the watcher logged the cause; the message quotes no id, as whose job it is could not be read
     throw databaseDown('The batch job cannot be billed', err)
   }
@@ -75,6 +78,7 @@ export async function billBeforeFileDeletion (watcher: BatchWatcher, url: string
     if (owner.jobId !== undefined) settled = await watcher.settle(workspaceId, owner.jobId, 'output')
   } catch (err) {
     if (client.signal.aborted) throw clientClosed('The client left before the file was checked', { cause: err })
+    if (!databaseUnanswered(err)) throw err
     throw databaseDown('The file cannot be checked', err)
   } finally {
     client.done()

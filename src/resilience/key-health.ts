@@ -63,8 +63,8 @@ export interface KeyHealth {
    * calls still under way with it meet afterwards (a 503, a 429, quota headers) is ignored for `forgetForMs`.
    */
   forget (workspaceId: string, keyId: string): Promise<void>
-  /** Stops writing again the forgettings Redis did not take. */
-  close (): void
+  /** Stops writing again the forgettings Redis did not take, once the writing under way (if any) has ended. */
+  close (): Promise<void>
 }
 
 export interface ObservedQuota {
@@ -199,6 +199,8 @@ export function createKeyHealth (options: KeyHealthOptions): KeyHealth {
   // they know of them
   const unsaved = new Map<string, string>()
   let resave: NodeJS.Timeout | undefined
+  // the timer's writing under way, which close() waits for
+  let resaving: Promise<void> | undefined
   let resaveMs = RESAVE_FIRST_MS
   let closed = false
   // Redis' clock minus this replica's (ms). A block ends at an instant of Redis' clock (EXTEND's TIME), and every
@@ -403,8 +405,15 @@ export function createKeyHealth (options: KeyHealthOptions): KeyHealth {
       unsaved.set(keyId, workspaceId)
       if (unsaved.size > FORGOTTEN_MAX) unsaved.delete(unsaved.keys().next().value as string)
       scheduleResave()
-    } else if (unsaved.size === 0) {
+    } else {
       resaveMs = RESAVE_FIRST_MS // taken: the next failure starts over
+      // Redis answers again: the forgettings still waiting go a first step from now, not after the backoff their
+      // failures grew (up to RESAVE_MAX_MS)
+      if (unsaved.size > 0) {
+        clearTimeout(resave)
+        resave = undefined
+        scheduleResave()
+      }
     }
     await bus.publish({ type: 'key-forgotten', keyId })
   }
@@ -420,7 +429,8 @@ export function createKeyHealth (options: KeyHealthOptions): KeyHealth {
     if (closed || resave) return
     resave = setTimeout(() => {
       resave = undefined
-      void saveUnsaved()
+      const writing = saveUnsaved().finally(() => { if (resaving === writing) resaving = undefined })
+      resaving = writing
     }, resaveMs).unref()
     resaveMs = Math.min(resaveMs * 2, RESAVE_MAX_MS)
   }
@@ -573,10 +583,11 @@ export function createKeyHealth (options: KeyHealthOptions): KeyHealth {
       await saveForgetting(workspaceId, keyId)
     },
 
-    close () {
+    async close () {
       closed = true
       clearTimeout(resave)
       resave = undefined
+      await resaving
     }
   }
 }

@@ -2,7 +2,7 @@ import { and, asc, eq, isNull, or, sql } from 'drizzle-orm'
 import type { FastifyBaseLogger } from 'fastify'
 import type { Database } from '../db/client.js'
 import { watchedJobs } from '../db/schema.js'
-import { databaseUnanswered } from '../db/sql-state.js'
+import { KeyCryptoError } from '../tenancy/key-crypto.js'
 import type { MistralKeyStore } from '../tenancy/mistral-keys.js'
 import { TERMINAL_STATUSES } from './batch-output.js'
 import { refused, validKeys, type BatchUpstream } from './batch-upstream.js'
@@ -74,8 +74,9 @@ export function createOutputOwners ({ db, keys, upstream, log }: OwnerOptions) {
     // a key this replica cannot open may see the file all the same: the next one is asked, and, when none sees it, the
     // file is left unchecked rather than taken for none of the jobs'
     const unopened = (err: unknown, name: string) => {
-      // PostgreSQL not answering the key's lookup is the deletion's 503 (ownerOf), not a key to pass over
-      if (databaseUnanswered(err)) throw err
+      // any other failure of the key's lookup is not a key to pass over: PostgreSQL not answering it is the deletion's
+      // 503, anything else (a refusal, a bug) its 500 (ownerOf)
+      if (!(err instanceof KeyCryptoError)) throw err
       log.warn({ err, key: name }, 'batch jobs not read before a file deletion with a key this replica cannot open')
       unanswered = true
     }
@@ -201,8 +202,8 @@ export function createOutputOwners ({ db, keys, upstream, log }: OwnerOptions) {
 
   return {
     /**
-     * Throws when PostgreSQL does not answer, and `signal`'s reason once it ends (the client left); Mistral not
-     * answering, or not within CHECK_BUDGET_MS, leaves the file `unchecked`, as does a key this replica cannot open
+     * Throws when PostgreSQL fails (a key's lookup too), and `signal`'s reason once it ends (the client left); Mistral
+     * not answering, or not within CHECK_BUDGET_MS, leaves the file `unchecked`, as does a key this replica cannot open
      * when no other sees the file. Deletions of one file at once share one check, which ends once none of them waits
      * on it.
      */

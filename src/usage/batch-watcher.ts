@@ -3,12 +3,14 @@ import { and, asc, eq, inArray, isNull, lt, lte, not, or, sql, type SQL } from '
 import type { FastifyBaseLogger } from 'fastify'
 import type { Database } from '../db/client.js'
 import { usageRecords, watchedJobs, type UsageRecord, type WatchedJob } from '../db/schema.js'
+import { databaseUnanswered } from '../db/sql-state.js'
 import type { Admission } from '../limits/admission.js'
 import type { BilledFacts } from '../metrics.js'
 import { costOf, type Cost, type CostOptions, type MeteredUsage } from '../pricing/cost.js'
 import type { UnitPrices } from '../pricing/default-prices.js'
 import type { PriceBook } from '../pricing/price-book.js'
 import type { MeteredFamily } from '../proxy/operations.js'
+import { KeyCryptoError } from '../tenancy/key-crypto.js'
 import type { MistralKeyStore, UsableKey } from '../tenancy/mistral-keys.js'
 import type { TokenStore } from '../tenancy/tokens.js'
 import type { WorkspaceStore } from '../tenancy/workspaces.js'
@@ -261,11 +263,16 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
       log.warn({ err, job: job.jobId, key }, 'batch job not read with a valid key of the workspace; trying the next')
       failures.push(err)
     }
+    // any other failure of a key's lookup (PostgreSQL's, a bug) is the check's, not a key to pass over
+    const unopened = (err: unknown, key: string) => {
+      if (!(err instanceof KeyCryptoError)) throw err
+      failed(err, key)
+    }
     const readWith = (key: UsableKey) => upstream.job(key.secret, job.jobId).catch((err: unknown) => {
       if (!refused(err)) failed(err, key.name)
       return undefined
     })
-    for await (const key of validKeys(keys, job.workspaceId, shown ? [shown.keyName] : [], failed)) {
+    for await (const key of validKeys(keys, job.workspaceId, shown ? [shown.keyName] : [], unopened)) {
       const seen = key.name === shown?.keyName ? shown.job : await readWith(key)
       if (seen) return { secret: key.secret, upstreamJob: seen }
     }
@@ -516,7 +523,10 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
       let settling = settlings.get(key)
       if (!settling) {
         settling = settleWatch(ownWatch(workspaceId, jobId), deleting).catch((err: unknown) => {
-          log.warn({ err, job: jobId }, 'batch job not checked before its deletion: the database does not answer')
+          // any other failure is the deletion's 500, logged with its cause there
+          if (databaseUnanswered(err)) {
+            log.warn({ err, job: jobId }, 'batch job not checked before its deletion: the database does not answer')
+          }
           throw err
         }).finally(() => settlings.delete(key))
         settlings.set(key, settling)

@@ -84,7 +84,10 @@ export interface FakeMistral {
   /** what the fake remembers: agents, files, libraries… for tests that need to reach in */
   readonly stores: Stores
   requestsTo (pathPrefix: string): ReceivedRequest[]
-  /** forgets requests, usage and pending scripts, and releases a held gate; keeps stores and keys */
+  /**
+   * forgets requests, usage and pending scripts, the organisations of keys and of jobs and files (all then the one
+   * keys share), and releases a held gate; keeps the other stores and the valid keys
+   */
   reset (): void
   /** the next request matching `filter` is answered by `handler` instead */
   enqueue (handler: ScriptedHandler, filter?: RequestFilter): void
@@ -223,6 +226,8 @@ export async function startFakeMistral (options: FakeMistralOptions = {}): Promi
     reset () {
       recorder.reset()
       scripts.reset()
+      stores.organisations.clear()
+      stores.owners.clear()
     },
     enqueue,
     enqueueError,

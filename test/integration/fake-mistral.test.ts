@@ -10,7 +10,9 @@ import t from 'tap'
 import { request } from 'undici'
 import { readSpec, specPath } from '../../scripts/operation-table.js'
 import { strictRequestBody } from '../fixtures/mistral/request-fields.js'
-import { errorBodies, filePatternByte, startFakeMistral, type FakeMistral } from '../helpers/fake-mistral.js'
+import {
+  errorBodies, filePatternByte, startFakeMistral, URL_AUDIO_SECONDS, type FakeMistral
+} from '../helpers/fake-mistral.js'
 
 const API_KEY = 'sk-fake-test'
 
@@ -362,6 +364,32 @@ t.test('batch jobs count the lines of their input files', async (t) => {
   })
   t.equal(job.totalRequests, 3)
 })
+
+t.test('a key sees its organisation\'s files only: as batch input, OCR document and audio; reset forgets whose',
+  async (t) => {
+    const { fake, mistral } = await setup(t)
+    const theirs = fake.addFile({ bytes: 32_000 * 5, numLines: 3, organisation: 'other' })
+    const ours = fake.addFile({ bytes: 32_000 * 2, numLines: 2 })
+    const inputFiles = (ids: string[]) => mistral.batch.jobs.create({
+      endpoint: '/v1/embeddings', model: 'mistral-embed', inputFiles: ids
+    })
+    t.equal(await statusOf(inputFiles([ours.id, theirs.id])), 404, 'a job naming another organisation\'s file')
+    t.equal(fake.stores.batchJobs.size, 0, 'no job made')
+    t.equal((await inputFiles([ours.id])).totalRequests, 2, 'a job of its own organisation\'s file')
+
+    await mistral.ocr.process({ model: 'mistral-ocr-latest', document: { type: 'file', fileId: theirs.id } })
+    await mistral.audio.transcriptions.complete({ model: 'voxtral-mini-latest', fileId: theirs.id })
+    fake.organisations.set('sk-of-other', 'other')
+    const other = new Mistral({ apiKey: 'sk-of-other', serverURL: fake.url })
+    await other.ocr.process({ model: 'mistral-ocr-latest', document: { type: 'file', fileId: theirs.id } })
+    await other.audio.transcriptions.complete({ model: 'voxtral-mini-latest', fileId: theirs.id })
+    t.same(fake.reportedUsage.map((report) => report.usage.doc_size_bytes ?? report.usage.prompt_audio_seconds),
+      [0, URL_AUDIO_SECONDS, theirs.bytes, 5], 'a file the organisation does not have weighs as one not there')
+
+    fake.reset()
+    t.same([fake.organisations.size, fake.stores.owners.size], [0, 0], 'no key, job or file of an organisation left')
+    t.equal((await mistral.files.retrieve({ fileId: theirs.id })).id, theirs.id, 'every key sees every file again')
+  })
 
 t.test('OCR: pages processed and document size', async (t) => {
   const { fake, mistral } = await setup(t)

@@ -269,3 +269,28 @@ t.test('a forgetting Redis refuses on a connection that stays up is written agai
     t.same(await allInRedis(one, ws, oldId), FORGOTTEN_IN_REDIS, 'once Redis takes scripts again, it is written there')
     t.equal(one.app.redis!.client.status, 'ready', 'on the same connection, never lost')
   })
+
+t.test('a forgetting Redis takes again brings those still waiting forward, whatever backoff their failures grew',
+  async (t) => {
+    const redis = await ownRedis(t)
+    const { one, ws, oldId } = await twoReplicasWithOpenBreaker(t, { REDIS_URL: redis.url })
+    const later = await one.createWorkspace()
+    const operator = new Redis(redis.url)
+    t.teardown(() => operator.quit())
+    await operator.call('ACL', 'SETUSER', 'default', '-eval', '-evalsha')
+    t.equal((await one.admin('PUT', `/admin/v1/workspaces/${ws.slug}/mistral-keys/default`,
+      { key: `${ws.mistralKey}-new` })).statusCode, 200, 'replaced while Redis refuses scripts')
+    // refused again 1 s and 3 s later: the next try waits until 7 s
+    await sleep(3_500)
+    t.same(await inRedis(one, ws, oldId), { block: 1, registered: true }, 'Redis refused the forgetting each time')
+
+    await operator.call('ACL', 'SETUSER', 'default', '+eval', '+evalsha')
+    t.equal((await one.admin('PUT', `/admin/v1/workspaces/${later.slug}/mistral-keys/default`,
+      { key: `${later.mistralKey}-new` })).statusCode, 200, 'another key replaced: Redis takes its forgetting')
+    const taken = Date.now()
+    const forgotten = async () =>
+      JSON.stringify(await allInRedis(one, ws, oldId)) === JSON.stringify(FORGOTTEN_IN_REDIS)
+    while (!await forgotten() && Date.now() - taken < 2_000) await sleep(50)
+    t.same(await allInRedis(one, ws, oldId), FORGOTTEN_IN_REDIS,
+      'the forgetting that waited is written a first step later, not when its grown backoff ends')
+  })

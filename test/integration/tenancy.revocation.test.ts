@@ -134,6 +134,13 @@ t.test('a lookup is cached though another workspace changed while it read; not w
   app.bus.subscribe(count(heard))
   const [ws, other] = await Promise.all([direct.createWorkspace(), direct.createWorkspace()])
   const setupMessages = [...published]
+  // else the wait below holds on no message at all
+  const announced = (workspaceId: string) => setupMessages.some(([message]) => {
+    const parsed = JSON.parse(message) as { type?: string, workspaceId?: string } | null
+    return parsed?.type === 'workspace' && parsed.workspaceId === workspaceId
+  })
+  t.same([announced(ws.id), announced(other.id)], [true, true],
+    'the setup published the cache message of each workspace it made')
   t.ok(await until(() => setupMessages.every(([message, times]) => (heard.get(message) ?? 0) >= times)),
     `the setup's ${setupMessages.length} kinds of cache message reached the app under test`)
   const tokenOf = (workspace: typeof ws) => workspace.headers.authorization.slice('Bearer '.length)

@@ -1,4 +1,4 @@
-import { eq } from 'drizzle-orm'
+import { eq, sql } from 'drizzle-orm'
 import t, { type Test } from 'tap'
 import { usageRecords, watchedJobs } from '../../src/db/schema.js'
 import { generateMasterKey } from '../../src/tenancy/master-keys.js'
@@ -272,3 +272,69 @@ t.test('a job whose key is invalid is read by a valid key of its organisation, n
     `GET /v1/files/${output}/content ${ws.mistralKey}-spare 200`
   ], 'the job and its output read with spare')
 })
+
+/**
+ * An app on a database of its own whose replica holds the rows of the keys `held` names (calls with them), not the
+ * others': PostgreSQL then refuses a lookup of those, the keys' table having lost a column (42703), as it refuses
+ * a statement that no retry makes pass.
+ */
+async function refusingLookups (t: Test, held: string[], keys: string[]) {
+  const s = await buildTestApp(t, { BATCH_POLL_INTERVAL_MS: '600000', DATABASE_URL: await createScratchDatabase(t) })
+  const ws = await s.createWorkspace({ keys })
+  return {
+    s,
+    ws,
+    async refuse () {
+      for (const name of held) await s.app.tenancy.keys.resolve(ws.id, name)
+      await s.app.database.db.execute(sql`alter table mistral_keys rename column last4 to last4_gone`)
+    }
+  }
+}
+
+const logsOf = (s: TestApp) => s.logs.map((line) => JSON.parse(line))
+
+t.test('a key whose lookup PostgreSQL refuses is no key to pass over in the check of a file before its deletion',
+  async (t) => {
+    const { s, ws, refuse } = await refusingLookups(t, ['default'], ['default', 'spare'])
+    // the oldest pending job, whose key the check tries first, is spare's
+    const other = await createJob(s, ws, 'spare')
+    const jobId = await createJob(s, ws, 'default')
+    const output = String(completeBatchJob(s.mistral.stores, jobId, { completionTokens: WORDS }).output_file)
+    // a key added: the replica forgets what it held of the workspace's keys, then reads default's again
+    t.equal((await s.admin('POST', `/admin/v1/workspaces/${ws.slug}/mistral-keys`,
+      { name: 'added', key: `${ws.mistralKey}-added` })).statusCode, 201)
+    await refuse()
+    const before = s.mistral.received.length
+
+    const file = await s.app.inject({ method: 'DELETE', url: `/v1/files/${output}`, headers: ws.headers })
+    // not the 409 of a file that could not be checked, which a client retries for good
+    t.equal(file.statusCode, 500, `the deletion failed as the gateway's own fault: ${file.body}`)
+    t.match(file.json(), { code: 'internal_error', request_id: String(file.headers['x-request-id']) })
+    t.same(readsSince(s, before), [], 'Mistral heard nothing: no read with default, no deletion')
+    t.equal(s.mistral.stores.files.has(output), true, 'the output file is still there')
+    t.match(await watchOf(s, jobId), { status: 'pending' }, 'its job not billed past the failure')
+    t.match(await watchOf(s, other), { status: 'pending' })
+    t.notOk(logsOf(s).find((line) => line.key === 'spare' && /cannot open/.test(line.msg)),
+      'not logged as a key this replica cannot open')
+  })
+
+t.test('a key whose lookup PostgreSQL refuses ends the check of a job whose key is invalid: no other key reads it',
+  async (t) => {
+    const { s, ws, refuse } = await refusingLookups(t, ['old', 'spare'], ['default', 'old', 'spare'])
+    const jobId = await createJob(s, ws, 'old')
+    completeBatchJob(s.mistral.stores, jobId, { completionTokens: WORDS })
+    // Mistral takes spare alone; marking old invalid made the replica forget the keys it held
+    await markInvalid(t, s, ws, 'old', `${ws.mistralKey}-spare`)
+    await refuse()
+    const before = s.mistral.received.length
+
+    await s.app.batchJobs.poll()
+    t.same(readsSince(s, before), [], 'spare, after default in failover order, never read the job')
+    t.match(await watchOf(s, jobId), { status: 'pending' }, 'not billed past the failure')
+    t.equal((await recordsOf(s, ws.id)).length, 0)
+    const logs = logsOf(s)
+    t.match(logs.find((line) => line.job === jobId && /^batch job check failed/.test(line.msg)), { level: 40 },
+      'the check failed, to be tried again at the next poll')
+    t.notOk(logs.find((line) => line.key === 'default' && /trying the next/.test(line.msg)),
+      'default not passed over as a key that could not answer')
+  })

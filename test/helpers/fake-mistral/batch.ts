@@ -161,24 +161,37 @@ function answerOf (endpoint: string, body: Record<string, unknown>, jobModel: st
   }
 }
 
-/** The lines of the job's input files the fake holds the bytes of; an uploaded file's lines are unknown, so empty. */
-function fileRequests (stores: Stores, fileIds: string[]): BatchRequest[] {
-  return fileIds.flatMap((id) => {
+/**
+ * The lines of the job's input files the fake holds the bytes of; an uploaded file's lines are unknown, so empty.
+ * Undefined when the organisation does not have one of the files (another's, or none's).
+ */
+function fileRequests (stores: Stores, fileIds: string[], organisation: string): BatchRequest[] | undefined {
+  const requests: BatchRequest[] = []
+  for (const id of fileIds) {
+    const file = ownedBy(stores, stores.files, id, organisation)
+    if (!file) return undefined
     const content = stores.fileContents.get(id)
-    if (!content) return Array.from({ length: stores.files.get(id)?.num_lines ?? 0 }, () => ({ body: {} }))
-    return content.toString('utf8').split('\n').filter((line) => line.trim() !== '')
-      .map((line) => JSON.parse(line) as BatchRequest)
-  })
+    if (!content) {
+      requests.push(...Array.from({ length: file.num_lines ?? 0 }, () => ({ body: {} })))
+      continue
+    }
+    requests.push(...content.toString('utf8').split('\n').filter((line) => line.trim() !== '')
+      .map((line) => JSON.parse(line) as BatchRequest))
+  }
+  return requests
 }
 
 export async function batchRoutes (app: FastifyInstance, { ctx }: { ctx: FakeContext }) {
   const jobs = ctx.stores.batchJobs
 
-  app.post('/v1/batch/jobs', async function createJob (request) {
+  app.post('/v1/batch/jobs', async function createJob (request, reply) {
     const body = ctx.body<BatchBody>(request)
     const inputFiles = body.input_files ?? []
+    const organisation = ctx.organisation(request)
     // one request per line of each input file, or one per inline request
-    const requests = body.requests ?? fileRequests(ctx.stores, inputFiles)
+    const requests = body.requests ?? fileRequests(ctx.stores, inputFiles, organisation)
+    // Mistral's answer to a file it does not have is not documented: the fake answers as its files routes do
+    if (!requests) return sendNotFound(reply, 'File not found')
     const job: BatchJob = {
       id: randomUUID(),
       object: 'batch',
@@ -201,7 +214,6 @@ export async function batchRoutes (app: FastifyInstance, { ctx }: { ctx: FakeCon
       completed_at: null
     }
     jobs.set(job.id, job)
-    const organisation = ctx.organisation(request)
     if (organisation !== DEFAULT_ORGANISATION) ctx.stores.owners.set(job.id, organisation)
     inputsOf(ctx.stores).set(job.id, requests)
     return job

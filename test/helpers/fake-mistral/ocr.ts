@@ -1,6 +1,7 @@
 import type { FastifyInstance } from 'fastify'
 import type { FakeContext } from './context.js'
 import { rateLimitHeaders } from './headers.js'
+import { ownedBy } from './stores.js'
 
 interface OcrBody {
   model?: string | null
@@ -22,7 +23,9 @@ export async function ocrRoutes (app: FastifyInstance, { ctx }: { ctx: FakeConte
     const image = document.type === 'image_url'
     const pages = pageIndices(body.pages) ?? [...Array(image ? 1 : OCR_DOCUMENT_PAGES).keys()]
     // usage_info is OCR's only meter: pages, priced higher when an annotation format is asked for (MISTRAL-NOTES §2.2)
-    const usageInfo = { pages_processed: pages.length, doc_size_bytes: documentBytes(ctx, document) }
+    const usageInfo = {
+      pages_processed: pages.length, doc_size_bytes: documentBytes(ctx, document, ctx.organisation(request))
+    }
     const annotated = body.document_annotation_format != null
     ctx.reportUsage(request, body.model ?? undefined, usageInfo, false)
     return reply.headers(rateLimitHeaders(3, { cost: pages.length })).send({
@@ -53,8 +56,9 @@ function pageIndices (pages: OcrBody['pages']): number[] | undefined {
   })
 }
 
-function documentBytes (ctx: FakeContext, document: NonNullable<OcrBody['document']>): number {
-  if (document.file_id) return ctx.stores.files.get(document.file_id)?.bytes ?? 0
+/** What the document weighs; a file the organisation does not have (another's, say) weighs nothing. */
+function documentBytes (ctx: FakeContext, document: NonNullable<OcrBody['document']>, organisation: string): number {
+  if (document.file_id) return ownedBy(ctx.stores, ctx.stores.files, document.file_id, organisation)?.bytes ?? 0
   const image = document.image_url
   const url = typeof image === 'object' ? image.url : image ?? document.document_url
   const base64 = /^data:[^,]*;base64,(.*)$/s.exec(url ?? '')?.[1]

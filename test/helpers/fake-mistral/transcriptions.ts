@@ -1,6 +1,7 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { FakeContext } from './context.js'
 import { rateLimitHeaders } from './headers.js'
+import { ownedBy } from './stores.js'
 import { generatedWords, type Usage } from './usage.js'
 
 /** 16 kHz, 16-bit mono PCM: how many uploaded bytes make one second of audio. */
@@ -14,7 +15,11 @@ export async function transcriptionRoutes (app: FastifyInstance, { ctx }: { ctx:
   app.post('/v1/audio/transcriptions', async function transcribe (request, reply) {
     const { fields, files } = ctx.form(request)
     const upload = files.find((part) => part.field === 'file')
-    const bytes = upload?.bytes ?? (fields.file_id ? ctx.stores.files.get(fields.file_id)?.bytes : undefined)
+    // another organisation's file is one the key's does not have
+    const named = fields.file_id
+      ? ownedBy(ctx.stores, ctx.stores.files, fields.file_id, ctx.organisation(request))
+      : undefined
+    const bytes = upload?.bytes ?? named?.bytes
     const seconds = bytes === undefined ? URL_AUDIO_SECONDS : Math.max(1, Math.ceil(bytes / AUDIO_BYTES_PER_SECOND))
     const words = generatedWords(ctx.completionTokens)
     const text = words.join('')
