@@ -1,9 +1,7 @@
-import { setTimeout as sleep } from 'node:timers/promises'
-import { eq } from 'drizzle-orm'
 import t from 'tap'
-import { usageRecords } from '../../src/db/schema.js'
 import { generateMasterKey } from '../../src/tenancy/master-keys.js'
 import { buildTestApp, TEST_MASTER_KEYS, type TestApp, type TestWorkspace } from '../helpers/app.js'
+import { recordsOf, requestLine } from '../helpers/recorded.js'
 import { createScratchDatabase } from '../helpers/database.js'
 import { startFakeMistral } from '../helpers/fake-mistral.js'
 import { ownRedis } from '../helpers/own-redis.js'
@@ -20,22 +18,6 @@ const chat = (s: TestApp, ws: TestWorkspace) => s.app.inject({
   headers: { ...ws.headers, 'content-type': 'application/json' },
   payload: JSON.stringify({ model: 'mistral-small-latest', messages: [{ role: 'user', content: 'Hello' }] })
 })
-
-/** The workspace's ledger rows once there are `count`: the recorder writes in the background. */
-async function recordsOf (s: TestApp, ws: TestWorkspace, count = 1) {
-  const deadline = Date.now() + 2_000
-  for (;;) {
-    await s.app.usage.flush()
-    const rows = await s.app.database.db.select().from(usageRecords).where(eq(usageRecords.workspaceId, ws.id))
-    if (rows.length >= count || Date.now() > deadline) return rows
-    await sleep(25)
-  }
-}
-
-/** The request line logged for a request id. */
-function requestLine (s: TestApp, requestId: string): Record<string, unknown> | undefined {
-  return s.logs.map((line) => JSON.parse(line)).find((line) => line.msg === 'request' && line.reqId === requestId)
-}
 
 t.test('a Mistral key this replica cannot open is its own 500, recorded as one, and nothing goes to Mistral',
   async (t) => {

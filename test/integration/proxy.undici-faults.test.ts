@@ -1,9 +1,8 @@
 import { connect } from 'node:net'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { eq } from 'drizzle-orm'
 import t from 'tap'
-import { usageRecords } from '../../src/db/schema.js'
 import { buildTestApp, listen, type TestApp, type TestWorkspace } from '../helpers/app.js'
+import { recordsOf, requestLine } from '../helpers/recorded.js'
 
 // What undici throws from pool.request is not always Mistral's or the network's doing (src/proxy/attempts.ts): a
 // request the gateway built wrong is its own 500, and a pool closed by the gateway's shutdown is its 503. Neither is
@@ -24,22 +23,6 @@ const chat = (s: TestApp, ws: TestWorkspace, headers: Record<string, string> = {
   headers: { ...ws.headers, 'content-type': 'application/json', ...headers },
   payload: CHAT_BODY
 })
-
-/** The workspace's ledger rows once there are `count`: the recorder writes in the background. */
-async function recordsOf (s: TestApp, ws: TestWorkspace, count = 1) {
-  const deadline = Date.now() + 2_000
-  for (;;) {
-    await s.app.usage.flush()
-    const rows = await s.app.database.db.select().from(usageRecords).where(eq(usageRecords.workspaceId, ws.id))
-    if (rows.length >= count || Date.now() > deadline) return rows
-    await sleep(25)
-  }
-}
-
-/** The request line logged for a request id. */
-function requestLine (s: TestApp, requestId: string): Record<string, unknown> | undefined {
-  return s.logs.map((line) => JSON.parse(line)).find((line) => line.msg === 'request' && line.reqId === requestId)
-}
 
 async function cooldownOf (s: TestApp, ws: TestWorkspace) {
   const keys = (await s.admin('GET', `/admin/v1/workspaces/${ws.slug}/mistral-keys`)).json.data as any[]
