@@ -69,6 +69,51 @@ t.test('money is added up per currency, never across currencies', async (t) => {
   for (const { where, text, by } of sums) t.ok(by.includes('currency'), `${where}: ${text} is by currency`)
 })
 
+const histograms = defined.filter((family) => family.type === 'histogram').map((family) => family.name)
+
+/**
+ * Why a query reading a histogram's `_sum` is not that histogram's mean, or undefined when it is: the whole query
+ * divides the sum by the `_count` of the same family, selectors and window. Any other count, or a difference of two
+ * means, divides one set of calls by another (the overhead panel once took the client's mean duration minus
+ * Mistral's, whose calls are not the same: the client's include those Mistral never answered).
+ */
+function notOwnMean (expr: string): string | undefined {
+  const read = [...analyse(expr).metrics].filter((metric) => histograms.some((name) => metric === `${name}_sum`))
+  if (read.length === 0) return undefined
+  if (read.length > 1) return `it reads the sums of ${read.join(' and ')}`
+  const [sum] = read
+  const count = sum.replace(/_sum$/, '_count')
+  const division = parser.parse(expr).topNode.firstChild
+  const numerator = division?.firstChild
+  const operator = numerator?.nextSibling
+  const denominator = division?.lastChild
+  if (division?.name !== 'BinaryExpr' || operator?.name !== 'Div' || !numerator || !denominator) {
+    return `${sum} is not divided by a count as the whole query`
+  }
+  const own = expr.slice(numerator.from, numerator.to).replaceAll(sum, count)
+  const by = expr.slice(denominator.from, denominator.to)
+  return own === by ? undefined : `${sum} is divided by ${by}, not by ${own}`
+}
+
+t.test('a histogram\'s mean divides its sum by the count of the same calls', async (t) => {
+  const means = all.filter(({ expr }) => [...analyse(expr).metrics].some((metric) => metric.endsWith('_sum')))
+  t.ok(means.length >= 1, `${means.length} queries read a histogram's sum`)
+  for (const { where, expr } of means) t.equal(notOwnMean(expr), undefined, where)
+  // the ways a mean has mixed or could mix call sets, each refused
+  const mean = (family: string, selector = '') =>
+    `sum(rate(${family}_sum${selector}[1m])) / sum(rate(${family}_count${selector}[1m]))`
+  const client = 'gen_ai_client_operation_duration_seconds'
+  const server = 'gen_ai_server_request_duration_seconds'
+  const overhead = 'tramontane_gateway_overhead_seconds'
+  t.ok(notOwnMean(`${mean(client)} - ${mean(server)}`), 'a difference of two histograms\' means')
+  t.ok(notOwnMean(`sum(rate(${overhead}_sum[1m])) / sum(rate(${client}_count[1m]))`), 'another family\'s count')
+  t.ok(notOwnMean(`sum(rate(${overhead}_sum[1m])) / sum(rate(tramontane_requests_total[1m]))`), 'a counter of calls')
+  t.ok(notOwnMean(`sum(rate(${overhead}_sum{operation="chat"}[1m])) / sum(rate(${overhead}_count[1m]))`),
+    'the count of more calls than the sum')
+  t.ok(notOwnMean(`sum(rate(${overhead}_sum[1m])) / sum(rate(${overhead}_count[5m]))`), 'another window')
+  t.equal(notOwnMean(mean(overhead, '{operation="chat"}')), undefined, 'its own count, as filtered')
+})
+
 t.test('every gateway family is charted on the dashboard', async (t) => {
   const charted = new Set(all.filter((e) => e.source === 'dashboard').flatMap((e) => [...analyse(e.expr).metrics]))
   const own = defined.filter((family) => /^(tramontane|gen_ai)_/.test(family.name))
