@@ -149,9 +149,6 @@ export async function proxyRoutes (app: FastifyInstance, { config, pool }: { con
       throw err
     })
 
-    const startedAt = Date.now()
-    // authentication, classification and admission are the gateway's part of the call
-    const receivedAt = startedAt - Math.round(reply.elapsedTime)
     let keyName = callKeys[0]
     let meter: Meter
     try {
@@ -163,6 +160,9 @@ export async function proxyRoutes (app: FastifyInstance, { config, pool }: { con
       } else if (operation.id === FILE_DELETION) {
         await billBeforeFileDeletion(app.batchJobs, request.url, workspace.id, reply.raw)
       }
+      const startedAt = Date.now()
+      // authentication, classification, admission and a deletion's billing are the gateway's part of the call
+      const receivedAt = startedAt - Math.round(reply.elapsedTime)
       if (ticket) {
         reply.headers(ticket.headers)
         // a capped call's cost is bounded only by the max_tokens Mistral is sent
