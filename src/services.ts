@@ -109,7 +109,7 @@ async function services (app: FastifyInstance, { config, database }: ServicesOpt
     holdMs: config.ADMISSION_HOLD_MS
   })
   app.decorate('admission', admission)
-  const batchUpstream = createBatchUpstream(config)
+  const batchUpstream = createBatchUpstream(config, keyHealth)
   const batchJobs = createBatchWatcher({
     db,
     usage,

@@ -39,8 +39,8 @@ function sessionGoesOn (err: pg.DatabaseError): boolean {
  * rollback, then, tells the statement's cause, and is not waited for). A `begin` PostgreSQL refuses otherwise gives
  * the connection back too, as it was (out of any transaction), and later queries on the lease fail with the refusal:
  * the connection is the pool's again. A lease given back while its connection is still in a transaction is closed
- * too. Giving a lease back twice does
- * nothing. `pool.query()` checks out on its own, and drops a connection on any error already.
+ * too. Giving a lease back twice does nothing. `pool.query()` checks out on its own, and drops a connection on any
+ * error already.
  */
 export class LeasingPool extends pg.Pool {
   override connect (): Promise<pg.PoolClient>

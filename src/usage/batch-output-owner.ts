@@ -5,7 +5,7 @@ import { watchedJobs } from '../db/schema.js'
 import { KeyCryptoError } from '../tenancy/key-crypto.js'
 import type { MistralKeyStore } from '../tenancy/mistral-keys.js'
 import { TERMINAL_STATUSES } from './batch-output.js'
-import { refused, validKeys, type BatchUpstream } from './batch-upstream.js'
+import { refused, validKeys, type BatchUpstream, type ReadingKey } from './batch-upstream.js'
 
 /** Whose output a file is, among the workspace's watched jobs, as far as the gateway can tell before its deletion. */
 export interface OutputOwner {
@@ -84,7 +84,7 @@ export function createOutputOwners ({ db, keys, upstream, log }: OwnerOptions) {
     // which may see the same organisation
     for await (const key of validKeys(keys, workspaceId, rows.map((row) => row.keyName), unopened)) {
       try {
-        const owner = await askWith(key.secret, fileId, rows, signal)
+        const owner = await askWith(key, fileId, rows, signal)
         if (owner !== NOT_SEEN) return owner
       } catch (err) {
         if (!(err instanceof MistralUnanswered)) throw err
@@ -103,11 +103,11 @@ export function createOutputOwners ({ db, keys, upstream, log }: OwnerOptions) {
    * file (404), or it may not read it (401, 403: a key Mistral has revoked since its jobs were created). Throws
    * MistralUnanswered when Mistral does not say.
    */
-  async function askWith (secret: string, fileId: string, rows: Candidate[], signal: AbortSignal):
+  async function askWith (key: ReadingKey, fileId: string, rows: Candidate[], signal: AbortSignal):
   Promise<OutputOwner | typeof NOT_SEEN> {
     let file: Record<string, unknown> | undefined
     try {
-      file = await upstream.file(secret, fileId, signal)
+      file = await upstream.file(key, fileId, signal)
     } catch (err) {
       if (refused(err)) return NOT_SEEN
       throw new MistralUnanswered(err)
@@ -121,7 +121,7 @@ export function createOutputOwners ({ db, keys, upstream, log }: OwnerOptions) {
       from: rows[0].createdAt.getTime() - CLOCK_SKEW_MS,
       to: Math.min(rows[rows.length - 1].createdAt.getTime(), fileCreatedAt) + CLOCK_SKEW_MS
     }
-    return await ownerListed(secret, fileId, window, rows, signal)
+    return await ownerListed(key, fileId, window, rows, signal)
   }
 
   /**
@@ -130,7 +130,7 @@ export function createOutputOwners ({ db, keys, upstream, log }: OwnerOptions) {
    * job, or no job). A candidate listed with its output has it kept, as a check keeps it: the next deletion of that
    * output finds it in one lookup. A window holding more jobs than LIST_PAGES pages could not be checked.
    */
-  async function ownerListed (secret: string, fileId: string, window: { from: number, to: number },
+  async function ownerListed (key: ReadingKey, fileId: string, window: { from: number, to: number },
     rows: Candidate[], signal: AbortSignal): Promise<OutputOwner> {
     // a file written before the oldest of them was created
     if (window.to < window.from) return {}
@@ -141,7 +141,7 @@ export function createOutputOwners ({ db, keys, upstream, log }: OwnerOptions) {
         page_size: String(PAGE_SIZE)
       })
       for (const status of ENDED_STATUSES) query.append('status', status)
-      const listed = await fromMistral(() => upstream.jobs(secret, query, signal))
+      const listed = await fromMistral(() => upstream.jobs(key, query, signal))
       const jobs = Array.isArray(listed.data) ? listed.data as Array<Record<string, unknown>> : []
       for (const job of jobs) {
         const outputFile = typeof job.output_file === 'string' ? job.output_file : undefined

@@ -20,7 +20,7 @@ import {
 } from './batch-output.js'
 import { batchRequestId, chargeOf, createBatchCharger } from './batch-charge.js'
 import { createOutputOwners, type OutputOwner } from './batch-output-owner.js'
-import { refused, validKeys, type BatchUpstream } from './batch-upstream.js'
+import { refused, validKeys, type BatchUpstream, type ReadingKey } from './batch-upstream.js'
 import type { UsageRecorder } from './recorder.js'
 import { selectRows } from './sql-rows.js'
 
@@ -204,7 +204,7 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
     }
     const reader = await readerOf(job, shown)
     if (reader === KEY_GONE || reader === NO_VALID_KEY) return reader
-    const { secret, upstreamJob } = reader
+    const { key, upstreamJob } = reader
     if (!upstreamJob) {
       // deleted upstream before it was read: there is nothing left to bill from, and what it cost is lost
       log.error({ job: job.jobId, workspaceId: job.workspaceId }, 'batch job not found upstream; it will not be billed')
@@ -221,7 +221,7 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
     if (outputFile !== undefined && outputFile !== job.outputFile) {
       await db.update(watchedJobs).set({ outputFile }).where(eq(watchedJobs.jobId, job.jobId))
     }
-    const totals = await readTotals(secret, job, upstreamJob)
+    const totals = await readTotals(key, job, upstreamJob)
     const reportedAt = completedAtOf(upstreamJob)
     if (!totals) {
       await outputMissing(job, upstreamJob, reportedAt)
@@ -254,9 +254,11 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
       return KEY_GONE
     }
     if (own.status !== 'invalid') {
-      return { secret: own.secret, upstreamJob: shown?.job ?? await upstream.job(own.secret, job.jobId) }
+      const key = { ...own, workspaceId: job.workspaceId }
+      return { key, upstreamJob: shown?.job ?? await upstream.job(key, job.jobId) }
     }
-    // a key that could not answer (429, 5xx, one this replica cannot open) may see the job all the same: the next one
+    // a key that could not answer (429, 5xx, cooling down, one this replica cannot open) may see the job all the same:
+    // the next one
     // is tried, and, when none sees it, the check fails on that key's error rather than taking it for one that does not
     const failures: unknown[] = []
     const failed = (err: unknown, key: string) => {
@@ -268,13 +270,13 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
       if (!(err instanceof KeyCryptoError)) throw err
       failed(err, key)
     }
-    const readWith = (key: UsableKey) => upstream.job(key.secret, job.jobId).catch((err: unknown) => {
+    const readWith = (key: UsableKey & ReadingKey) => upstream.job(key, job.jobId).catch((err: unknown) => {
       if (!refused(err)) failed(err, key.name)
       return undefined
     })
     for await (const key of validKeys(keys, job.workspaceId, shown ? [shown.keyName] : [], unopened)) {
       const seen = key.name === shown?.keyName ? shown.job : await readWith(key)
-      if (seen) return { secret: key.secret, upstreamJob: seen }
+      if (seen) return { key, upstreamJob: seen }
     }
     if (failures.length > 0) throw failures[0]
     log.warn(facts, 'batch job pending: its Mistral key is invalid, and no valid key of the workspace sees the job')
@@ -287,17 +289,17 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
    * requires the field; the output file, which holds the errored lines too, says so only when the count is absent).
    * Its answers are then missing rather than none.
    */
-  async function readTotals (secret: string, job: WatchedJob, upstreamJob: Record<string, unknown>) {
+  async function readTotals (key: ReadingKey, job: WatchedJob, upstreamJob: Record<string, unknown>) {
     const totals = emptyTotals(jobModelOf(job, upstreamJob))
     const outputFile = upstreamJob.output_file
-    const content = typeof outputFile === 'string' ? await upstream.fileContent(secret, outputFile) : undefined
+    const content = typeof outputFile === 'string' ? await upstream.fileContent(key, outputFile) : undefined
     if (content) {
       await addJsonl(totals, content)
     } else {
       if (typeof outputFile === 'string') {
         log.warn({ job: job.jobId, file: outputFile }, 'batch job output file not found; reading its results inline')
       }
-      await addInline(secret, job.jobId, upstreamJob, totals)
+      await addInline(key, job.jobId, upstreamJob, totals)
     }
     if (totals.unreadable > 0) {
       log.warn({ job: job.jobId, lines: totals.unreadable },
@@ -312,14 +314,14 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
    * A read without `inline` may carry `outputs: []`, which is not the job's results: only a list that holds some is
    * taken as them, else they are asked for.
    */
-  async function addInline (secret: string, jobId: string, upstreamJob: Record<string, unknown>,
+  async function addInline (key: ReadingKey, jobId: string, upstreamJob: Record<string, unknown>,
     totals: BatchTotals): Promise<void> {
     const shown = upstreamJob.outputs
     if (Array.isArray(shown) && shown.length > 0) {
       for (const line of shown) addLine(totals, line)
       return
     }
-    const answer = await upstream.jobWithResults(secret, jobId)
+    const answer = await upstream.jobWithResults(key, jobId)
     if (answer) await addInlineOutputs(totals, answer)
   }
 
@@ -573,7 +575,7 @@ interface Shown {
 
 /** The key a check reads a job with, and the job as that key shows it (undefined: Mistral has no such job). */
 interface Reader {
-  secret: string
+  key: ReadingKey
   upstreamJob: Record<string, unknown> | undefined
 }
 

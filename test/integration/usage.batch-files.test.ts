@@ -343,11 +343,15 @@ t.test('a key Mistral cannot answer for leaves the check to the workspace\'s oth
   const output = String(completeBatchJob(s.mistral.stores, jobId).output_file)
   const batchKey = `${ws.mistralKey}-batch`
 
-  // the job's key is rate limited: the default key reads the file, and the jobs that ended, in its place
+  // the job's key is rate limited: the default key reads the file, and the jobs that ended, in its place; the job
+  // itself is read with its own key, which cools down for the second Mistral asks: the file goes once it is billed
   s.mistral.enqueueRateLimit({ retryAfterSeconds: 1, filter: `/v1/files/${output}` })
-  const removed = await deleteFile(s, ws, output)
-  t.equal(removed.statusCode, 200)
-  t.match(s.mistral.requestsTo(`/v1/files/${output}`)[0], { method: 'GET', apiKey: batchKey, status: 429 })
+  const held = await deleteFile(s, ws, output)
+  t.match([held.statusCode, held.json()], [409, { code: 'conflict' }], 'held back while the job\'s key cools down')
+  t.match(s.mistral.requestsTo(`/v1/files/${output}`), [{ method: 'GET', apiKey: batchKey, status: 429 },
+    { method: 'GET', apiKey: ws.mistralKey, status: 200 }], 'the default key read the file in its place')
+  await sleep(1_100)
+  t.equal((await deleteFile(s, ws, output)).statusCode, 200, 'deleted once the cooldown ended')
   t.equal((await watchOf(s, jobId)).status, 'recorded', 'the job was billed before its output went')
 
   // neither key answers: the file may be a job's output, which could not be checked
