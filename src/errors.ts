@@ -71,8 +71,9 @@ export const authenticationUnavailable = (cause: unknown, retryMs: number) => ne
  * back to UTC would count its spend in other periods than the replicas that know the zone.
  */
 export const timeZoneUnknown = (timeZone: string, cause: unknown) => new GatewayError(500, 'server_error',
-  'time_zone_unknown', `This replica's Node does not know the workspace's time zone '${timeZone}', which its spend ` +
-  'caps and limits count in: the operator must set a zone every replica knows, or update Node on this one', { cause })
+  'time_zone_unknown', `This replica's Node does not know the workspace's time zone '${timeZone}', which its daily ` +
+  'and monthly spend caps count in: the operator must set a zone every replica knows, or update Node on this one',
+  { cause })
 
 // what a reconnect to PostgreSQL usually takes
 export const DATABASE_RETRY_MS = 5_000

@@ -141,6 +141,16 @@ const LIMIT_WORDS: Record<string, string> = {
   rpm: 'requests per minute', rpd: 'requests per day', tpm: 'tokens per minute', concurrency: 'concurrent calls'
 }
 
+/**
+ * The zone a call's day and month are read in: its workspace's, where a daily or monthly cap counts in them; else
+ * UTC, as nothing does (rates slide, a lifetime cap has no period), so that a zone this replica's Node does not know
+ * (time_zone_unknown) fails only what it would count.
+ */
+function periodZone (workspace: { timezone: string, caps: SpendCaps }, token: { caps: SpendCaps } | undefined): string {
+  const calendarCap = (caps: SpendCaps | undefined) => caps?.daily !== undefined || caps?.monthly !== undefined
+  return calendarCap(workspace.caps) || calendarCap(token?.caps) ? workspace.timezone : 'UTC'
+}
+
 export function createAdmission (options: AdmissionOptions): Admission {
   const { store, fallback, ledger, flushLedger, log, formatMoney } = options
   const leaseMs = options.leaseMs ?? 60_000
@@ -222,7 +232,8 @@ export function createAdmission (options: AdmissionOptions): Admission {
         names.push(`model ${subject.model}`)
       }
       const clamp = workspace.caps.clampMaxTokens !== false && token.caps.clampMaxTokens !== false
-      let periods = calendarPeriods(clock(), workspace.timezone)
+      const zone = periodZone(workspace, token)
+      let periods = calendarPeriods(clock(), zone)
       let target = store
       let holdUntil = Date.now() + holdMs
       for (let attempt = 0; attempt < 4; attempt++) {
@@ -252,7 +263,7 @@ export function createAdmission (options: AdmissionOptions): Admission {
           continue
         }
         if (result.kind === 'period') {
-          periods = calendarPeriods(result.now, workspace.timezone)
+          periods = calendarPeriods(result.now, zone)
           continue
         }
         if (result.kind === 'seed') {
@@ -322,7 +333,7 @@ export function createAdmission (options: AdmissionOptions): Admission {
       // nothing to count without a cap; nor a calendar to read (a zone this replica's Node may not know)
       if (!hasCaps(workspace.caps) && !(token && hasCaps(token.caps))) return
       const prefix = `tmt:{ws:${workspace.id}}`
-      const periods = calendarPeriods(at, workspace.timezone)
+      const periods = calendarPeriods(at, periodZone(workspace, token))
       const workspaceThresholds = workspace.caps.thresholds ?? DEFAULT_THRESHOLDS
       const spend = spendEntries(scope(`${prefix}:w`, undefined, workspace.caps), periods, workspaceThresholds)
       if (token && hasCaps(token.caps)) {

@@ -106,8 +106,8 @@ t.test('a stored zone this replica\'s Node does not know: capped calls are refus
     object: 'error',
     type: 'server_error',
     code: 'time_zone_unknown',
-    message: `This replica's Node does not know the workspace's time zone '${POSTGRES_ONLY}', which its spend caps ` +
-      'and limits count in: the operator must set a zone every replica knows, or update Node on this one',
+    message: `This replica's Node does not know the workspace's time zone '${POSTGRES_ONLY}', which its daily and ` +
+      'monthly spend caps count in: the operator must set a zone every replica knows, or update Node on this one',
     request_id: res.headers['x-request-id']
   })
   t.equal(s.mistral.received.length, sentBefore, 'nothing went to Mistral')
@@ -145,4 +145,11 @@ t.test('a stored zone this replica\'s Node does not know, no daily or monthly ca
     const limits = await s.admin('GET', `/admin/v1/workspaces/${ws.slug}/limits`)
     t.equal(limits.statusCode, 200, JSON.stringify(limits.json).slice(0, 300))
     t.match(limits.json.workspace, { limits: { rpm: { limit: 60 } }, caps: { lifetime: { cap: '100.000000' } } })
+    // nor do its calls need the zone: a sliding rpm and a lifetime cap count in no calendar period
+    const call = await s.app.inject({
+      method: 'POST', url: '/v1/chat/completions', headers: ws.headers,
+      payload: { model: 'mistral-small-latest', messages: [{ role: 'user', content: 'Hello' }] }
+    })
+    t.equal(call.statusCode, 200, call.body.slice(0, 300))
+    t.equal(call.headers['x-ratelimit-remaining-requests'], '59', 'counted against its rpm')
   })

@@ -31,3 +31,8 @@ t.test('a capped one: time_zone_unknown, as its calls get', async (t) => {
   await t.rejects(admission().charge({ id: 'batch-2', workspace, token: undefined, cost: 5, at: Date.now() }),
     { code: 'time_zone_unknown', statusCode: 500 })
 })
+
+t.test('a lifetime cap alone counts in no calendar period: charged whatever the zone', async (t) => {
+  const workspace = { id: 'w-lifetime', timezone: UNKNOWN_ZONE, caps: { lifetime: 1_000_000 } }
+  await t.resolves(admission().charge({ id: 'batch-3', workspace, token: undefined, cost: 5, at: Date.now() }))
+})
