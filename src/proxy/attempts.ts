@@ -52,7 +52,7 @@ const RETRYABLE = new Set([502, 503, 504])
  * An answer that counts against its key and may be sent again: 502, 503, 504, or a status outside HTTP's 200-599,
  * which undici reads (any three digits) but only a broken hop between the gateway and Mistral sends.
  */
-function failedAnswer (status: number): boolean {
+export function failedAnswer (status: number): boolean {
   return RETRYABLE.has(status) || status < 200 || status > 599
 }
 
@@ -81,7 +81,7 @@ const MAX_HOLD_SPREAD_MS = 250
  * Mistral's per-second limit together. Each wakes up to a quarter of its hold (at most 250 ms) later, at random,
  * within the `left` ms its UPSTREAM_RETRY_MAX_WAIT_MS leaves after the hold.
  */
-export function holdSpread (hold: number, left: number): number {
+function holdSpread (hold: number, left: number): number {
   return Math.random() * Math.max(0, Math.min(MAX_HOLD_SPREAD_MS, hold / 4, left))
 }
 
@@ -120,15 +120,11 @@ export async function sendWithRetries (attempt: Attempt, deps: AttemptDeps): Pro
   budget.earn()
 
   while (true) {
-    const choice = await pickKey(workspaceId, candidates, plan, mayHold, deps).catch((err: unknown) => {
-      // a key PostgreSQL did not let the gateway read (never read yet) is its outage answer, not Mistral unreachable
-      throw databaseUnanswered(err) ? databaseUnavailable(err, request.log) : err
-    })
+    const choice = await pickCallKey(workspaceId, candidates, plan, mayHold, deps, request.log)
     if ('error' in choice) throw lastFailure ?? choice.error
     if ('hold' in choice) {
       after429 = undefined // mayHold counted it
-      const left = config.UPSTREAM_RETRY_MAX_WAIT_MS - (Date.now() - started) - choice.hold
-      await sleep(choice.hold + 5 + holdSpread(choice.hold, left), undefined, { signal })
+      await sleep(holdDelay(choice.hold, started, config), undefined, { signal })
       continue
     }
     const key = choice.key
@@ -240,19 +236,14 @@ export async function sendWithRetries (attempt: Attempt, deps: AttemptDeps): Pro
    * gateway's own 429 or 503, and costs the client Mistral's answer). A hold ends at the same instant either way.
    */
   async function anyKeyLeft (): Promise<boolean> {
-    const choice = await pickKey(workspaceId, candidates, plan, async (wait) => holdFits(wait), deps, 'look')
-      .catch(() => undefined)
+    const fits = async (wait: number) => holdFitsCall(wait, started, config)
+    const choice = await pickKey(workspaceId, candidates, plan, fits, deps, 'look').catch(() => undefined)
     return choice !== undefined && !('error' in choice)
-  }
-
-  /** A hold is one of the waits UPSTREAM_RETRY_MAX_WAIT_MS bounds. */
-  function holdFits (wait: number): boolean {
-    return Date.now() - started + wait <= config.UPSTREAM_RETRY_MAX_WAIT_MS
   }
 
   /** Waiting out this call's own 429 is a retry. */
   async function mayHold (wait: number): Promise<boolean> {
-    if (!holdFits(wait)) return false
+    if (!holdFitsCall(wait, started, config)) return false
     return after429 === undefined || await mayRetry()
   }
 
@@ -273,6 +264,35 @@ export async function sendWithRetries (attempt: Attempt, deps: AttemptDeps): Pro
   }
 }
 
+/** A key to send with, a wait for one (ms), or the error to answer. */
+type KeyChoice = { key: UsableKey } | { hold: number } | { error: GatewayError }
+
+/** A hold is one of the waits UPSTREAM_RETRY_MAX_WAIT_MS bounds, counted from the call's start. */
+export function holdFitsCall (wait: number, started: number,
+  config: Pick<Config, 'UPSTREAM_RETRY_MAX_WAIT_MS'>): boolean {
+  return Date.now() - started + wait <= config.UPSTREAM_RETRY_MAX_WAIT_MS
+}
+
+/** How long a call held for a key sleeps: past the hold's end, spread (holdSpread) within its retry time's rest. */
+export function holdDelay (hold: number, started: number, config: Pick<Config, 'UPSTREAM_RETRY_MAX_WAIT_MS'>): number {
+  const left = config.UPSTREAM_RETRY_MAX_WAIT_MS - (Date.now() - started) - hold
+  return hold + 5 + holdSpread(hold, left)
+}
+
+/**
+ * A call's pick of a key (pickKey), as the call answers a failed one: a key PostgreSQL did not let the gateway read
+ * (never read yet) is the database's outage answer, not Mistral unreachable.
+ */
+export async function pickCallKey (workspaceId: string, candidates: string[], plan: CooldownPlan,
+  mayHold: (wait: number) => Promise<boolean>, deps: AttemptDeps, log: FastifyBaseLogger, look?: 'look'):
+Promise<KeyChoice> {
+  try {
+    return await pickKey(workspaceId, candidates, plan, mayHold, deps, look)
+  } catch (err) {
+    throw databaseUnanswered(err) ? databaseUnavailable(err, log) : err
+  }
+}
+
 /** A key that cannot be used now: how long until it can (Infinity: at no known time), and what the client is told. */
 interface Blocked {
   wait: number
@@ -285,9 +305,9 @@ interface Blocked {
  * soonest of all once failover was allowed) if that ends within the hold. After them: the error to answer. `look`:
  * what it would answer, claiming no breaker's probe.
  */
-export async function pickKey (workspaceId: string, candidates: string[], plan: CooldownPlan,
+async function pickKey (workspaceId: string, candidates: string[], plan: CooldownPlan,
   mayHold: (wait: number) => Promise<boolean>, deps: AttemptDeps, look?: 'look'):
-Promise<{ key: UsableKey } | { hold: number } | { error: GatewayError }> {
+Promise<KeyChoice> {
   let next = 0
   let preferred: Blocked | undefined
   while (next < candidates.length && preferred === undefined) {

@@ -118,6 +118,8 @@ export async function proxyRoutes (app: FastifyInstance, { config, pool }: { con
     const rawBody = audio ? audio.body : received
     // a file the lookup's key does not see: the call goes out on that key alone, which answers as the lookup did
     const callKeys = audio?.pinnedKey === undefined ? candidates : [audio.pinnedKey]
+    // the key the call would go out with: what its line names if it is refused before it goes (admission, a cap)
+    request.outcome.keyName = callKeys[0]
 
     // admission: the worst case of the call against every limit and cap, in one round trip
     const { workspace, token } = tenant

@@ -2,11 +2,10 @@ import type { ServerResponse } from 'node:http'
 import { Readable } from 'node:stream'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyBaseLogger } from 'fastify'
-import { databaseUnanswered } from '../db/sql-state.js'
-import { clientClosed, databaseUnavailable } from '../errors.js'
+import { clientClosed } from '../errors.js'
 import { hasCaps } from '../limits/policy.js'
 import type { TenantContext } from '../tenancy/tokens.js'
-import { cooldownPlan, holdSpread, pickKey, type AttemptDeps } from './attempts.js'
+import { cooldownPlan, holdDelay, holdFitsCall, pickCallKey, type AttemptDeps } from './attempts.js'
 import { filePath } from './mistral-files.js'
 
 /**
@@ -329,11 +328,11 @@ type FileSize = { bytes: number } | { absentFor: string }
 
 /**
  * `GET /v1/files/{id}` (RetrieveFile in mistral-openapi.yaml): the file's `bytes`, asked with the key the call will go
- * out with, as the attempt loop picks it (pickKey, asked without claiming a breaker's probe), through the proxy's pool:
- * files belong to an organisation, and another key of the workspace may be of another one. A key the call would wait
- * for is waited for here, as the call would (within UPSTREAM_RETRY_MAX_WAIT_MS), and asked once usable; with no key
- * to serve the call, the call's own answer is thrown. Undefined when the size is not known (an error, no answer in
- * LOOKUP_TIMEOUT_MS, no `bytes`).
+ * out with, as the attempt loop picks it (pickCallKey, asked without claiming a breaker's probe), through the proxy's
+ * pool: files belong to an organisation, and another key of the workspace may be of another one. A key the call would
+ * wait for is waited for here, as the call would (within UPSTREAM_RETRY_MAX_WAIT_MS), and asked once usable; with no
+ * key to serve the call, the call's own answer is thrown. Undefined when the size is not known (an error, no answer
+ * in LOOKUP_TIMEOUT_MS, no `bytes`).
  */
 async function fileSize (deps: AttemptDeps, tenant: TenantContext, candidates: string[], fileId: string,
   client: ServerResponse | undefined, log: FastifyBaseLogger): Promise<FileSize | undefined> {
@@ -376,17 +375,12 @@ async function keyOfTheCall (deps: AttemptDeps, tenant: TenantContext, candidate
   const plan = cooldownPlan(tenant.workspace.cooldown, config)
   const started = Date.now()
   // the call's first pick holds for any wait that fits its retry time (mayHold in attempts.ts, before any 429)
-  const mayHold = async (wait: number) => Date.now() - started + wait <= config.UPSTREAM_RETRY_MAX_WAIT_MS
+  const mayHold = async (wait: number) => holdFitsCall(wait, started, config)
   while (true) {
-    const choice = await pickKey(tenant.workspace.id, candidates, plan, mayHold, deps, 'look')
-      .catch((err: unknown) => {
-        // the answer the call itself would get (attempts.ts)
-        throw databaseUnanswered(err) ? databaseUnavailable(err, log) : err
-      })
+    const choice = await pickCallKey(tenant.workspace.id, candidates, plan, mayHold, deps, log, 'look')
     if ('error' in choice) throw choice.error
     if ('key' in choice) return choice.key
-    const left = config.UPSTREAM_RETRY_MAX_WAIT_MS - (Date.now() - started) - choice.hold
-    await holdFor(choice.hold + 5 + holdSpread(choice.hold, left), client)
+    await holdFor(holdDelay(choice.hold, started, config), client)
   }
 }
 

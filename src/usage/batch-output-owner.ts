@@ -2,7 +2,6 @@ import { and, asc, eq, isNull, or, sql } from 'drizzle-orm'
 import type { FastifyBaseLogger } from 'fastify'
 import type { Database } from '../db/client.js'
 import { watchedJobs } from '../db/schema.js'
-import { KeyCryptoError } from '../tenancy/key-crypto.js'
 import type { MistralKeyStore } from '../tenancy/mistral-keys.js'
 import { TERMINAL_STATUSES } from './batch-output.js'
 import { refused, validKeys, type BatchUpstream, type ReadingKey } from './batch-upstream.js'
@@ -72,11 +71,9 @@ export function createOutputOwners ({ db, keys, upstream, log }: OwnerOptions) {
     if (rows.length === 0) return {}
     let unanswered = false
     // a key this replica cannot open may see the file all the same: the next one is asked, and, when none sees it, the
-    // file is left unchecked rather than taken for none of the jobs'
+    // file is left unchecked rather than taken for none of the jobs'. Any other failure of a key's lookup ends the
+    // walk: PostgreSQL not answering it is the deletion's 503, anything else (a refusal, a bug) its 500 (ownerOf)
     const unopened = (err: unknown, name: string) => {
-      // any other failure of the key's lookup is not a key to pass over: PostgreSQL not answering it is the deletion's
-      // 503, anything else (a refusal, a bug) its 500 (ownerOf)
-      if (!(err instanceof KeyCryptoError)) throw err
       log.warn({ err, key: name }, 'batch jobs not read before a file deletion with a key this replica cannot open')
       unanswered = true
     }

@@ -1,9 +1,11 @@
 import { Pool, type Dispatcher } from 'undici'
 import type { Config } from '../config.js'
+import { failedAnswer } from '../proxy/attempts.js'
 import { filePath } from '../proxy/mistral-files.js'
 import { basePath, pathSegment } from '../proxy/upstream.js'
 import type { Block, KeyHealth } from '../resilience/key-health.js'
 import { isSpendLimit, retryAfterMs } from '../resilience/retry-after.js'
+import { KeyCryptoError } from '../tenancy/key-crypto.js'
 import type { MistralKeyStore, UsableKey } from '../tenancy/mistral-keys.js'
 
 /** A workspace's key, as a background read takes it: its health is kept by workspace. */
@@ -62,18 +64,19 @@ export class KeyCoolingError extends Error {
 /**
  * The workspace's keys that may read from Mistral, decrypted as they are reached: `first`, then its others in failover
  * order, each once. A key removed, or one Mistral refused (401) and the gateway marked invalid until the operator
- * replaces it, reads nothing: asked, Mistral would only refuse it again. A key that cannot be resolved (one this
- * replica cannot open) ends the walk, unless `unresolved` is given: it is then told, and the walk goes on.
+ * replaces it, reads nothing: asked, Mistral would only refuse it again. A key this replica cannot open
+ * (KeyCryptoError) is told to `unopened`, and the walk goes on; any other failure of a key's lookup (PostgreSQL's, a
+ * bug) is no key to pass over: it ends the walk, thrown.
  */
 export async function * validKeys (keys: MistralKeyStore, workspaceId: string, first: string[],
-  unresolved?: (err: unknown, name: string) => void): AsyncGenerator<UsableKey & ReadingKey> {
+  unopened: (err: KeyCryptoError, name: string) => void): AsyncGenerator<UsableKey & ReadingKey> {
   for (const name of new Set([...first, ...await keys.names(workspaceId)])) {
     let key: UsableKey | undefined
     try {
       key = await keys.resolve(workspaceId, name)
     } catch (err) {
-      if (!unresolved) throw err
-      unresolved(err, name)
+      if (!(err instanceof KeyCryptoError)) throw err
+      unopened(err, name)
       continue
     }
     if (key && key.status !== 'invalid') yield { ...key, workspaceId }
@@ -105,28 +108,41 @@ export function createBatchUpstream (config: Pick<Config, 'MISTRAL_BASE_URL' | '
   /**
    * Throws KeyCoolingError, sending nothing, while the key cools down or its breaker is open; once the breaker's open
    * time is over, the read is the key's probe if it can claim it (else another call's probe decides), which no client
-   * call may be waiting to make for a workspace that only runs batches.
+   * call may be waiting to make for a workspace that only runs batches. Whether the read is that probe.
    */
-  async function mayRead (key: ReadingKey): Promise<void> {
+  async function mayRead (key: ReadingKey): Promise<boolean> {
     const block = health.blocked(key.id)
-    if (!block) return
+    if (!block) return false
     const halfOpen = block.reason === 'breaker_open' && block.until <= Date.now()
     if (!halfOpen || !await health.claimProbe(key.workspaceId, key.id)) throw new KeyCoolingError(block)
+    return true
   }
 
   /**
    * The body of a 200, unread; undefined for a 404; anything else throws, as does `signal` ending the read. A 429
-   * cools the key as the proxy's does (attempts.ts): from Mistral's headers, else the shared backoff.
+   * cools the key as the proxy's does (attempts.ts): from Mistral's headers, else the shared backoff. A probe Mistral
+   * fails (502, 503, 504) or does not answer opens the breaker again at once, as a client's does; any other background
+   * read's failure is not counted towards a breaker.
    */
   async function get (key: ReadingKey, path: string, signal?: AbortSignal):
   Promise<Dispatcher.ResponseData['body'] | undefined> {
-    await mayRead(key)
-    const res = await pool.request({
-      path: prefix + path,
-      method: 'GET',
-      signal,
-      headers: { authorization: `Bearer ${key.secret}`, accept: 'application/json, application/octet-stream' }
-    })
+    const probe = await mayRead(key)
+    const probeFailed = async () => {
+      if (probe) await health.failed(key.workspaceId, key.id).catch(() => {})
+    }
+    let res: Dispatcher.ResponseData
+    try {
+      res = await pool.request({
+        path: prefix + path,
+        method: 'GET',
+        signal,
+        headers: { authorization: `Bearer ${key.secret}`, accept: 'application/json, application/octet-stream' }
+      })
+    } catch (err) {
+      // the read's own end (a file deletion's check given up) says nothing of the key
+      if (!signal?.aborted) await probeFailed()
+      throw err
+    }
     if (res.statusCode === 429) {
       const text = await res.body.text().catch(() => '')
       const block = await health.rateLimited(key.workspaceId, key.id, retryAfterMs(res.headers, Date.now()),
@@ -134,6 +150,10 @@ export function createBatchUpstream (config: Pick<Config, 'MISTRAL_BASE_URL' | '
       throw new BatchUpstreamError(429, path, Math.max(block.until - Date.now(), 0))
     }
     if (res.statusCode !== 200 && res.statusCode !== 404) {
+      // a probe's answer is judged as a client call's (attempts.ts): a 502, 503 or 504 fails it, anything else (a 401,
+      // a 500) is Mistral answering, which closes the breaker
+      if (failedAnswer(res.statusCode)) await probeFailed()
+      else if (probe) health.succeeded(key.workspaceId, key.id)
       await res.body.dump()
       throw new BatchUpstreamError(res.statusCode, path)
     }

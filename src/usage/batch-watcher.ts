@@ -10,7 +10,6 @@ import { costOf, type Cost, type CostOptions, type MeteredUsage } from '../prici
 import type { UnitPrices } from '../pricing/default-prices.js'
 import type { PriceBook } from '../pricing/price-book.js'
 import type { MeteredFamily } from '../proxy/operations.js'
-import { KeyCryptoError } from '../tenancy/key-crypto.js'
 import type { MistralKeyStore, UsableKey } from '../tenancy/mistral-keys.js'
 import type { TokenStore } from '../tenancy/tokens.js'
 import type { WorkspaceStore } from '../tenancy/workspaces.js'
@@ -258,23 +257,18 @@ export function createBatchWatcher (options: WatcherOptions): BatchWatcher {
       return { key, upstreamJob: shown?.job ?? await upstream.job(key, job.jobId) }
     }
     // a key that could not answer (429, 5xx, cooling down, one this replica cannot open) may see the job all the same:
-    // the next one
-    // is tried, and, when none sees it, the check fails on that key's error rather than taking it for one that does not
+    // the next one is tried, and, when none sees it, the check fails on that key's error rather than taking it for one
+    // that does not
     const failures: unknown[] = []
     const failed = (err: unknown, key: string) => {
       log.warn({ err, job: job.jobId, key }, 'batch job not read with a valid key of the workspace; trying the next')
       failures.push(err)
     }
-    // any other failure of a key's lookup (PostgreSQL's, a bug) is the check's, not a key to pass over
-    const unopened = (err: unknown, key: string) => {
-      if (!(err instanceof KeyCryptoError)) throw err
-      failed(err, key)
-    }
     const readWith = (key: UsableKey & ReadingKey) => upstream.job(key, job.jobId).catch((err: unknown) => {
       if (!refused(err)) failed(err, key.name)
       return undefined
     })
-    for await (const key of validKeys(keys, job.workspaceId, shown ? [shown.keyName] : [], unopened)) {
+    for await (const key of validKeys(keys, job.workspaceId, shown ? [shown.keyName] : [], failed)) {
       const seen = key.name === shown?.keyName ? shown.job : await readWith(key)
       if (seen) return { key, upstreamJob: seen }
     }

@@ -5,6 +5,7 @@ import t, { type Test } from 'tap'
 import { request } from 'undici'
 import { formatMoney } from '../../src/pricing/money.js'
 import { buildTestApp, listen, type TestApp, type TestWorkspace } from '../helpers/app.js'
+import { requestLine } from '../helpers/recorded.js'
 
 // A transcription names its audio by a `file` part, a `file_url` or a `file_id` (AudioTranscriptionRequest in
 // mistral-openapi.yaml): what it reserves against the spend caps must bound the audio Mistral bills, whichever it
@@ -227,6 +228,32 @@ t.test('a file the lookup\'s key does not see pins the call to that key', async 
   t.equal(sent.status, 429, 'the call, pinned to `default`, is refused')
   t.match(sent.json, { type: 'rate_limit_error', code: 'upstream_rate_limited' }, 'as `default` is cooling down')
   t.equal(sent.headers['x-should-retry'], 'true', 'to be retried (with `default`, which Mistral answers 404)')
+})
+
+t.test('a pinned call refused by a cap is logged with the key it was pinned to', async (t) => {
+  const { testApp, url, ws, mistral } = await cappedWorkspace(t, ['default', 'backup'])
+  const keyName = (apiKey: string | undefined) =>
+    apiKey === ws.mistralKey ? 'default' : apiKey === `${ws.mistralKey}-backup` ? 'backup' : 'other'
+  // `backup` is of another organisation, which does not have `default`'s file
+  mistral.organisations.set(`${ws.mistralKey}-backup`, 'backup-organisation')
+  const file = mistral.addFile({ bytes: 200_000, purpose: 'audio', filename: 'short.mp3' })
+  // `default` cools down for 30 s: the lookup fails over to `backup`, which Mistral answers 404
+  mistral.enqueueRateLimit({ retryAfterSeconds: 30, filter: '/v1/chat/completions' })
+  const chat = await testApp.app.inject({ method: 'POST', url: '/v1/chat/completions',
+    headers: { ...ws.headers, 'content-type': 'application/json' },
+    payload: JSON.stringify({ model: 'mistral-small-latest', messages: [{ role: 'user', content: 'Hi' }] }) })
+  t.equal(chat.statusCode, 200, 'the chat was served by `backup`')
+
+  // the form's upload, past the hour of audio the cap affords, is reserved all the same
+  const sent = await transcribe(url, ws,
+    multipart([['model', MODEL], ['file_id', file.id], ['file', Buffer.alloc(8_000_000)]]), MULTIPART)
+  t.same(mistral.requestsTo('/v1/files').map((seen) => keyName(seen.apiKey)), ['backup'],
+    'the file was looked up with `backup`, which does not see it')
+  refusedByCap(t, sent, 'the call pinned to `backup`, by its upload')
+  const requestId = String(sent.headers['x-request-id'])
+  for (let waited = 0; requestLine(testApp, requestId) === undefined && waited < 3_000; waited += 50) await sleep(50)
+  t.match(requestLine(testApp, requestId), { status: 429, key: 'backup' },
+    'its request line names `backup`, the key it was pinned to, not `default`')
 })
 
 t.test('an upload is forwarded as it arrives, unchanged, with nothing looked up', async (t) => {

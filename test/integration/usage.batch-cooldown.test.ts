@@ -1,3 +1,4 @@
+import type { ServerResponse } from 'node:http'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { eq } from 'drizzle-orm'
 import t, { type Test } from 'tap'
@@ -127,4 +128,46 @@ t.test('a file deletion does not read Mistral with a key cooling down: the file 
   const deleted = await s.app.inject({ method: 'DELETE', url: `/v1/files/${output}`, headers: ws.headers })
   t.equal(deleted.statusCode, 409, 'held back: the file may be the pending job\'s output, which no key could check')
   t.equal(s.mistral.requestsTo('/v1/files').length, files, 'Mistral heard nothing of the file')
+})
+
+/**
+ * The only key's breaker opened by a client's 503, its open time over: the watcher's read takes the probe and meets
+ * `fail`. The breaker is open again at once, for a whole BREAKER_OPEN_MS: a client's call right after is refused with
+ * that wait, not with the second a call waiting on another's probe is told.
+ */
+async function probeFails (t: Test, fail: (res: ServerResponse) => void) {
+  const openMs = 2_000
+  const s = await buildTestApp(t, {
+    BATCH_POLL_INTERVAL_MS: '600000', UPSTREAM_COOLDOWN_HOLD_MS: '0', DATABASE_URL: databaseUrl,
+    BREAKER_THRESHOLD: '1', BREAKER_OPEN_MS: String(openMs), UPSTREAM_RETRIES: '0'
+  })
+  const ws = await s.createWorkspace()
+  const { jobId } = await endedJob(s, ws)
+  s.mistral.enqueueError(503, { object: 'error', message: 'overloaded' }, {}, '/v1/chat/completions')
+  t.equal((await chat(s, ws)).statusCode, 503, 'the client met Mistral\'s 503, which opened the breaker')
+  await sleep(openMs + 100)
+
+  s.mistral.enqueue((_req, res) => fail(res), { method: 'GET', path: `/v1/batch/jobs/${jobId}` })
+  await s.app.batchJobs.poll()
+  t.equal(jobReads(s, jobId, ws.mistralKey).length, 1, 'the watcher\'s read took the probe')
+  t.match(await watchOf(s, jobId), { status: 'pending' }, 'the job stays pending')
+
+  const chats = s.mistral.requestsTo('/v1/chat/completions').length
+  const refused = await chat(s, ws)
+  t.match([refused.statusCode, refused.json()], [503, { code: 'upstream_unavailable' }],
+    'a client\'s call right after meets the breaker')
+  t.ok(Number(refused.headers['retry-after-ms']) > openMs - 500,
+    `open again for its whole time (retry-after-ms ${String(refused.headers['retry-after-ms'])})`)
+  t.equal(s.mistral.requestsTo('/v1/chat/completions').length, chats, 'the client\'s call did not reach Mistral')
+}
+
+t.test('a probe the watcher\'s read takes and Mistral fails (5xx) opens the breaker again at once', async (t) => {
+  await probeFails(t, (res) => {
+    res.writeHead(502, { 'content-type': 'application/json' })
+    res.end('{"object":"error","message":"bad gateway"}')
+  })
+})
+
+t.test('so does one that gets no answer (the connection dropped)', async (t) => {
+  await probeFails(t, (res) => res.socket?.destroy())
 })
