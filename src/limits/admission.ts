@@ -147,8 +147,11 @@ const LIMIT_WORDS: Record<string, string> = {
  * (time_zone_unknown) fails only what it would count.
  */
 function periodZone (workspace: { timezone: string, caps: SpendCaps }, token: { caps: SpendCaps } | undefined): string {
-  const calendarCap = (caps: SpendCaps | undefined) => caps?.daily !== undefined || caps?.monthly !== undefined
   return calendarCap(workspace.caps) || calendarCap(token?.caps) ? workspace.timezone : 'UTC'
+}
+
+function calendarCap (caps: SpendCaps | undefined): boolean {
+  return caps?.daily !== undefined || caps?.monthly !== undefined
 }
 
 export function createAdmission (options: AdmissionOptions): Admission {
