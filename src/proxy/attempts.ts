@@ -10,6 +10,7 @@ import {
   upstreamUnreachable
 } from '../errors.js'
 import type { Metrics } from '../metrics.js'
+import { failedAnswer } from '../resilience/failed-answer.js'
 import type { KeyHealth } from '../resilience/key-health.js'
 import { isSpendLimit, retryAfterMs } from '../resilience/retry-after.js'
 import type { RetryBudget } from '../resilience/retry-budget.js'
@@ -44,16 +45,6 @@ export interface Attempt {
 export interface Answer {
   upstream: Dispatcher.ResponseData
   key: UsableKey
-}
-
-const RETRYABLE = new Set([502, 503, 504])
-
-/**
- * An answer that counts against its key and may be sent again: 502, 503, 504, or a status outside HTTP's 200-599,
- * which undici reads (any three digits) but only a broken hop between the gateway and Mistral sends.
- */
-export function failedAnswer (status: number): boolean {
-  return RETRYABLE.has(status) || status < 200 || status > 599
 }
 
 /** Connection failures that happen before the request can have left: sending it again cannot repeat its effect. */

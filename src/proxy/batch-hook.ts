@@ -47,11 +47,7 @@ export async function billBeforeDeletion (watcher: BatchWatcher, url: string, wo
     throw databaseDown('The batch job cannot be billed', err)
   }
   // the id is that of a job the workspace created: the message quotes none of a client's making
-  if (settled.keyInvalid) {
-    throw conflict(`Batch job ${jobId} cannot be read: its Mistral key is marked invalid and no valid key of the ` +
-      'workspace sees it; the key must be replaced so that the job can be billed before it is deleted')
-  }
-  holdBack(settled, `Batch job ${jobId}`, 'cancel it, and delete it once it has ended')
+  holdBack(settled, `Batch job ${jobId}`, 'cancel it, and delete it once it has ended', 'it is deleted')
 }
 
 /** The operation that deletes a batch job at Mistral: the route awaits billBeforeDeletion for it only. */
@@ -89,21 +85,21 @@ export async function billBeforeFileDeletion (watcher: BatchWatcher, url: string
       'checked; retry shortly', { headers: retryAfterHeaders(DELETION_RETRY_MS) })
   }
   // both ids are Mistral's, as a check of the workspace's job read them: the message quotes none of a client's making
-  if (settled?.keyInvalid) {
-    throw conflict(`File ${fileId} is the output of batch job ${owner.jobId}, which cannot be read: its Mistral key is ` +
-      'marked invalid and no valid key of the workspace sees it; the key must be replaced so that the job can be billed ' +
-      'before its output is deleted')
-  }
   holdBack(settled, `File ${fileId} is the output of batch job ${owner.jobId}, which`,
-    'delete it once the job has ended')
+    'delete it once the job has ended', 'its output is deleted')
 }
 
 /**
- * Refuses a deletion (409) while its job's watch is pending: the job still running, or not billed yet. A job no key
- * can read goes: the gateway cannot bill it whatever the client waits for. `subject` names the job, `whenEnded` what
- * the client does once it has ended.
+ * Refuses a deletion (409) while its job's watch is pending: the job still running, or not billed yet, or only an
+ * invalid key of the workspace sees it (until the key is replaced). A job whose key was removed goes: the gateway
+ * cannot bill it whatever the client waits for. `subject` names the job, `whenEnded` what the client does once it has
+ * ended, `deleted` what the deletion removes.
  */
-function holdBack (settled: Settled | undefined, subject: string, whenEnded: string): void {
+function holdBack (settled: Settled | undefined, subject: string, whenEnded: string, deleted: string): void {
+  if (settled?.keyInvalid) {
+    throw conflict(`${subject} cannot be read: its Mistral key is marked invalid and no valid key of the workspace ` +
+      `sees it; the key must be replaced so that the job can be billed before ${deleted}`)
+  }
   if (!settled?.pending || settled.keyGone) return
   if (settled.running) throw conflict(`${subject} is still running (${settled.running}): ${whenEnded}`)
   throw conflict(`${subject} could not be billed yet; retry shortly`, { headers: retryAfterHeaders(DELETION_RETRY_MS) })
